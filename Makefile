@@ -1,0 +1,41 @@
+# The README's two commands: `make demo` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast lint typecheck services venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "aqueue needs Python >= 3.11: run make PYTHON=python3.11 ...")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q -e ".[all]" --group dev
+	@touch $(STAMP)
+
+## make demo: a worker and a producer on the embedded SQLite broker, no server needed
+demo: venv
+	$(BIN)/python examples/demo.py
+
+## make test: ruff, mypy --strict, then the whole suite against real Redis and RabbitMQ
+test: venv services lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider
+
+## make test-fast: the suite without subprocess and fault tests
+test-fast: venv
+	$(BIN)/pytest -q -m "not slow" -p no:cacheprovider
+
+lint: venv
+	$(BIN)/ruff check aqueue tests benchmarks examples
+	$(BIN)/ruff format --check aqueue
+
+typecheck: venv
+	$(BIN)/mypy
+
+services:
+	@bash scripts/ensure-services
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Result backends, one module each, chosen by URL scheme (see ``aqueue.core.urls``)."""

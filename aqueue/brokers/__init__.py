@@ -1,0 +1,1 @@
+"""Brokers, one module each, chosen by URL scheme (see ``aqueue.core.urls``)."""

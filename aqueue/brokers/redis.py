@@ -1,0 +1,472 @@
+"""The Redis broker: sorted sets, hashes and Lua scripts, one round trip per batch.
+
+See docs/brokers/redis.md for the key layout and the delivery guarantees in plain words.
+Every key of a queue shares the hash tag ``{q:<queue>}``; the scripts live in
+:mod:`aqueue.brokers.redis_scripts`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from aqueue.core.errors import BrokerError, IndeterminatePublish, PublishTimeout
+from aqueue.core.protocols import Capabilities, DeadLetter, Delivery, Lease, Outgoing
+
+from . import redis_scripts as lua
+from .redis_connection import (
+    Coalescer,
+    LazySyncClient,
+    ScriptCall,
+    command,
+    guarded,
+    parse_settings,
+    run_scripts,
+    run_scripts_sync,
+)
+
+__all__ = ["RedisBroker", "RedisDelivery"]
+
+log = logging.getLogger("aqueue.broker.redis")
+
+#: messages per PUBLISH script call; larger batches become several calls in one pipeline so
+#: no single script blocks the server for long
+_PUBLISH_CHUNK = 500
+#: delayed / expired messages moved back to ready per queue per claim
+_MOVE_BATCH = 1000
+#: settle operations per SETTLE call and per flush
+_SETTLE_BATCH = 1000
+_PURGE_BATCH = 1000
+
+# a settle operation: (op, lease, a, b); see redis_scripts.SETTLE
+_Op = tuple[str, Lease, bytes | str, str]
+
+
+class RedisDelivery:
+    """One claimed message; settle it exactly once with ack, release, requeue or dead_letter."""
+
+    __slots__ = ("_body", "_broker", "_count", "_lease")
+
+    def __init__(self, broker: RedisBroker, lease: Lease, body: bytes, count: int) -> None:
+        self._broker = broker
+        self._lease = lease
+        self._body = body
+        self._count = count
+
+    @property
+    def id(self) -> str:
+        """The task id."""
+        return self._lease.id
+
+    @property
+    def queue(self) -> str:
+        """The queue it was claimed from."""
+        return self._lease.queue
+
+    @property
+    def body(self) -> bytes:
+        """The message bytes as published."""
+        return self._body
+
+    @property
+    def delivery_count(self) -> int:
+        """Claims of this message since it was (re-)enqueued; 1 on the first delivery."""
+        return self._count
+
+    @property
+    def lease(self) -> Lease:
+        """The lease this delivery holds; its token is unique to this claim."""
+        return self._lease
+
+    async def ack(self) -> bool:
+        """Remove the message. ``False`` if the lease had been lost."""
+        return await self._broker._settle(("A", self._lease, "", ""))
+
+    async def release(self, *, executed: bool) -> bool:
+        """Hand the message back, claimable at once; uncounted unless ``executed``."""
+        return await self._broker._settle(("R", self._lease, "1" if executed else "0", ""))
+
+    async def requeue(self, body: bytes, *, eta: float | None) -> bool:
+        """Replace the message with ``body`` due at ``eta``, delivery count reset."""
+        return await self._broker._settle(("Q", self._lease, body, _delay(eta)))
+
+    async def dead_letter(self, reason: str) -> bool:
+        """Move the message to the queue's dead-letter list with ``reason``."""
+        return await self._broker._settle(("D", self._lease, reason, ""))
+
+    def __repr__(self) -> str:
+        return (
+            f"<RedisDelivery id={self.id!r} queue={self.queue!r} "
+            f"count={self._count} token={self._lease.token}>"
+        )
+
+
+def _delay(eta: float | None) -> str:
+    # An ETA is turned into a delay on the producer's clock and anchored to the server's
+    # clock by the script, so a producer whose clock is off does not shift other queues.
+    if eta is None:
+        return "0"
+    return repr(max(0.0, eta - time.time()))
+
+
+class RedisBroker:
+    """A :class:`~aqueue.core.protocols.Broker` on Redis >= 6.2.
+
+    Args:
+        url: ``redis://[:password@]host[:port][/db]``, ``rediss://...`` or
+            ``unix:///path/to/socket``; query parameters may carry the options below.
+        **options: ``prefix`` (key prefix, default ``"aqueue"``), ``dedupe_ttl`` (seconds an
+            enqueued id is refused again, default 86400; 0 disables), ``dead_letter_limit``
+            (per queue, default 10000), ``socket_timeout``, ``socket_connect_timeout``,
+            ``health_check_interval``, ``operation_timeout``, ``retries``; anything else is
+            passed to redis-py.
+    """
+
+    capabilities = Capabilities(
+        delayed_delivery=True, priorities=True, dead_letters=True, shared=True, leases=True
+    )
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self._settings = parse_settings(url, options, what="redis broker")
+        self._prefix = self._settings.prefix
+        self._client: aioredis.Redis | None = None
+        self._sync = LazySyncClient(self._settings)
+        self._settler: Coalescer[_Op, bool] = Coalescer(self._flush_settles, _SETTLE_BATCH)
+        self._keys: dict[str, tuple[str, ...]] = {}
+        # a blocking wait never outlives the socket timeout, so a blocked read is never
+        # mistaken for a dead connection
+        self._max_block = max(0.05, min(5.0, self._settings.socket_timeout / 2))
+
+    def __repr__(self) -> str:
+        return f"<RedisBroker {self._settings.redacted} prefix={self._prefix!r}>"
+
+    # -- keys -------------------------------------------------------------------------
+
+    def _queue_keys(self, queue: str) -> tuple[str, ...]:
+        """The queue's keys in SETTLE_KEYS order, all in the hash tag ``{q:<queue>}``."""
+        keys = self._keys.get(queue)
+        if keys is None:
+            base = f"{self._prefix}:{{q:{queue}}}:"
+            keys = tuple(base + name for name in lua.SETTLE_KEYS)
+            self._keys[queue] = keys
+        return keys
+
+    def _dedupe_key(self, queue: str, message_id: str) -> str:
+        return f"{self._prefix}:{{q:{queue}}}:dedupe:{message_id}"
+
+    @property
+    def _dead_registry(self) -> str:
+        """A set of the queues that have dead letters, for ``dead_letters(None)``."""
+        return f"{self._prefix}:dead-queues"
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Create the connection pool and check the server answers; idempotent."""
+        if self._client is not None:
+            return
+        client = self._settings.async_client()
+        try:
+            await guarded(
+                self._settings,
+                "connect",
+                lambda: command(client, "PING"),
+                error=BrokerError,
+            )
+        except BaseException:
+            await client.aclose()
+            raise
+        if self._client is None:
+            self._client = client
+        else:  # a concurrent connect() won
+            await client.aclose()
+
+    async def close(self) -> None:
+        """Flush pending settlements and close every connection; idempotent."""
+        try:
+            await self._settler.drain()
+        except Exception:  # their callers got the error already
+            log.debug("pending settlements failed during close", exc_info=True)
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+        await asyncio.to_thread(self._sync.close)
+
+    async def _redis(self) -> aioredis.Redis:
+        if self._client is None:
+            await self.connect()
+        assert self._client is not None
+        return self._client
+
+    # -- publish ------------------------------------------------------------------------
+
+    async def publish(self, messages: Sequence[Outgoing]) -> list[bool]:
+        """Store messages in one round trip; ``False`` for an id already known.
+
+        An id is refused while it is queued, delayed or in flight, and for ``dedupe_ttl``
+        seconds after it was enqueued (so a completed task is not enqueued again by a
+        retried ``delay()``). If the connection fails mid-way, raises
+        :class:`~aqueue.core.errors.IndeterminatePublish`: re-sending the same ids is safe.
+        """
+        if not messages:
+            return []
+        by_queue: dict[str, list[int]] = defaultdict(list)
+        for index, message in enumerate(messages):
+            by_queue[message.queue].append(index)
+        ttl_ms = int(self._settings.dedupe_ttl * 1000)
+        calls: list[ScriptCall] = []
+        spans: list[list[int]] = []
+        for queue, indexes in by_queue.items():
+            k = self._queue_keys(queue)
+            seq_key = f"{self._prefix}:{{q:{queue}}}:seq"
+            fixed = [k[0], k[1], k[3], k[4], k[7], seq_key]
+            for start in range(0, len(indexes), _PUBLISH_CHUNK):
+                chunk = indexes[start : start + _PUBLISH_CHUNK]
+                keys = list(fixed)
+                args: list[str | bytes | int | float] = [ttl_ms]
+                for i in chunk:
+                    m = messages[i]
+                    keys.append(self._dedupe_key(queue, m.id))
+                    priority = max(-lua.MAX_PRIORITY, min(lua.MAX_PRIORITY, int(m.priority)))
+                    args += (m.id, m.body, priority, _delay(m.eta))
+                calls.append((lua.PUBLISH, keys, args))
+                spans.append(chunk)
+        client = await self._redis()
+        replies = await guarded(
+            self._settings,
+            "publish",
+            lambda: run_scripts(client, calls),
+            error=BrokerError,
+            timeout_error=PublishTimeout,
+            connection_error=IndeterminatePublish,
+        )
+        stored = [False] * len(messages)
+        for chunk, reply in zip(spans, replies, strict=True):
+            for i, flag in zip(chunk, reply, strict=True):
+                stored[i] = flag == 1
+        return stored
+
+    # -- claim --------------------------------------------------------------------------
+
+    async def claim(
+        self,
+        queues: Sequence[str],
+        *,
+        limit: int,
+        lease_seconds: float,
+        owner: str,
+        timeout: float,  # noqa: ASYNC109 - the Broker protocol's signature
+    ) -> list[Delivery]:
+        """Claim up to ``limit`` due messages, highest priority first, earlier queues first.
+
+        One script call claims the batch. When nothing is due, waits on the queues'
+        notification lists (``BLPOP``) until a publish or hand-back arrives, the next
+        delayed message is due, the next lease expires, or ``timeout`` runs out: no
+        polling. ``owner`` is not stored; the lease token identifies the holder.
+        """
+        if limit <= 0 or not queues:
+            return []
+        queues = list(dict.fromkeys(queues))
+        keys: list[str] = []
+        for queue in queues:
+            keys += self._queue_keys(queue)[:8]
+        notify = [self._queue_keys(queue)[7] for queue in queues]
+        args: list[str | bytes | int | float] = [limit, repr(float(lease_seconds)), _MOVE_BATCH]
+        client = await self._redis()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        while True:
+            [reply] = await guarded(
+                self._settings,
+                "claim",
+                lambda: run_scripts(client, [(lua.CLAIM, keys, args)]),
+                error=BrokerError,
+            )
+            wake_ms, count = int(reply[0]), int(reply[1])
+            if count:
+                return self._deliveries(queues, reply)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return []
+            block = min(remaining, self._max_block)
+            if wake_ms >= 0:
+                block = min(block, wake_ms / 1000)
+            # BLPOP's timeout has millisecond resolution; zero would mean "forever"
+            block = max(block, 0.001)
+            await guarded(
+                self._settings,
+                "claim (wait)",
+                partial(command, client, "BLPOP", *notify, f"{block:.3f}"),
+                error=BrokerError,
+                deadline=self._settings.operation_timeout + block,
+            )
+
+    def _deliveries(self, queues: list[str], reply: list[Any]) -> list[Delivery]:
+        out: list[Delivery] = []
+        for j in range(2, len(reply), 5):
+            queue = queues[int(reply[j])]
+            message_id = reply[j + 1].decode()
+            lease = Lease(id=message_id, queue=queue, token=int(reply[j + 4]))
+            out.append(RedisDelivery(self, lease, reply[j + 2], int(reply[j + 3])))
+        return out
+
+    # -- settle -------------------------------------------------------------------------
+
+    async def _settle(self, op: _Op) -> bool:
+        # Settlements made in the same loop tick (or while one batch is in flight) share
+        # one script call per queue: the per-task cost is a few Lua commands, not a round
+        # trip and a redis-py command.
+        return await self._settler.submit(op)
+
+    async def _flush_settles(self, ops: list[_Op]) -> list[bool]:
+        by_queue: dict[str, list[int]] = defaultdict(list)
+        for index, (_, lease, _, _) in enumerate(ops):
+            by_queue[lease.queue].append(index)
+        calls: list[ScriptCall] = []
+        spans: list[list[int]] = []
+        dead_queues: list[str] = []
+        for queue, indexes in by_queue.items():
+            args: list[str | bytes | int | float] = [self._settings.dead_letter_limit]
+            for i in indexes:
+                op, lease, a, b = ops[i]
+                args += (op, lease.id, str(lease.token), a, b)
+                if op == "D" and queue not in dead_queues:
+                    dead_queues.append(queue)
+            calls.append((lua.SETTLE, list(self._queue_keys(queue)), args))
+            spans.append(indexes)
+        client = await self._redis()
+
+        async def run() -> list[Any]:
+            replies = await run_scripts(client, calls)
+            if dead_queues:
+                await command(client, "SADD", self._dead_registry, *dead_queues)
+            return replies
+
+        replies = await guarded(self._settings, "settle", run, error=BrokerError)
+        done = [False] * len(ops)
+        for indexes, reply in zip(spans, replies, strict=True):
+            for i, flag in zip(indexes, reply, strict=True):
+                done[i] = flag == 1
+        return done
+
+    # -- renew --------------------------------------------------------------------------
+
+    def renew(self, leases: Sequence[Lease], lease_seconds: float) -> list[Lease]:
+        """Extend leases in one round trip and return the ones that were lost.
+
+        Blocking and thread-safe: it runs on its own synchronous connection pool so a
+        heartbeat thread keeps leases alive while the event loop is blocked.
+
+        Raises:
+            BrokerError: Redis could not be reached; the leases' fate is unknown.
+        """
+        if not leases:
+            return []
+        by_queue: dict[str, list[int]] = defaultdict(list)
+        for index, lease in enumerate(leases):
+            by_queue[lease.queue].append(index)
+        calls: list[ScriptCall] = []
+        spans: list[list[int]] = []
+        for queue, indexes in by_queue.items():
+            k = self._queue_keys(queue)
+            args: list[str | bytes | int | float] = [repr(float(lease_seconds))]
+            for i in indexes:
+                args += (leases[i].id, str(leases[i].token))
+            calls.append((lua.RENEW, [k[0], k[2], k[6]], args))
+            spans.append(indexes)
+        try:
+            replies = run_scripts_sync(self._sync.get(), calls)
+        except Exception as exc:
+            raise BrokerError(
+                f"renew on {self._settings.redacted} failed: {self._settings.describe(exc)}"
+            ) from None
+        lost: list[Lease] = []
+        for indexes, reply in zip(spans, replies, strict=True):
+            lost += (leases[indexes[int(n) - 1]] for n in reply)
+        return lost
+
+    # -- inspection ---------------------------------------------------------------------
+
+    async def size(self, queue: str) -> int:
+        """Messages in ``queue``: ready, delayed and in flight (not dead letters)."""
+        k = self._queue_keys(queue)
+        client = await self._redis()
+        [n] = await guarded(
+            self._settings,
+            "size",
+            lambda: run_scripts(client, [(lua.SIZE, [k[0], k[1], k[2]], [])]),
+            error=BrokerError,
+        )
+        return int(n)
+
+    async def purge(self, queue: str) -> int:
+        """Delete the ready and delayed messages of ``queue`` (and their dedupe markers)."""
+        k = self._queue_keys(queue)
+        keys = [k[0], k[1], k[3], k[4], k[5], k[6]]
+        client = await self._redis()
+        total = 0
+        while True:
+            [ids] = await guarded(
+                self._settings,
+                "purge",
+                lambda: run_scripts(client, [(lua.PURGE, keys, [_PURGE_BATCH])]),
+                error=BrokerError,
+            )
+            if not ids:
+                return total
+            total += len(ids)
+            markers = [self._dedupe_key(queue, raw.decode()) for raw in ids]
+            await guarded(
+                self._settings,
+                "purge",
+                partial(command, client, "DEL", *markers),
+                error=BrokerError,
+            )
+
+    async def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """The most recent dead letters (of ``queue``, or of every queue), newest first."""
+        if limit <= 0:
+            return []
+        client = await self._redis()
+
+        async def read() -> list[DeadLetter]:
+            if queue is None:
+                members = await command(client, "SMEMBERS", self._dead_registry)
+                names = sorted(m.decode() for m in members)
+            else:
+                names = [queue]
+            if not names:
+                return []
+            pipe = client.pipeline(transaction=False)
+            for name in names:
+                command(pipe, "LRANGE", self._queue_keys(name)[8], 0, limit - 1)
+            lists = await pipe.execute()
+            letters = [
+                _parse_dead_letter(name, raw)
+                for name, entries in zip(names, lists, strict=True)
+                for raw in entries
+            ]
+            letters.sort(key=lambda letter: letter.at, reverse=True)
+            return letters[:limit]
+
+        return await guarded(self._settings, "dead_letters", read, error=BrokerError)
+
+
+def _parse_dead_letter(queue: str, raw: bytes) -> DeadLetter:
+    # layout written by SETTLE: "<at>\n<len(id)>\n<len(reason)>\n" + id + reason + body
+    at, id_len, reason_len, rest = raw.split(b"\n", 3)
+    i, r = int(id_len), int(reason_len)
+    return DeadLetter(
+        id=rest[:i].decode(),
+        queue=queue,
+        reason=rest[i : i + r].decode(),
+        body=rest[i + r :],
+        at=float(at),
+    )

@@ -1,0 +1,388 @@
+"""Redis plumbing shared by the Redis broker and the Redis result backend.
+
+URL and option parsing (``redis://``, ``rediss://``, ``unix://``), client factories with
+deadlines and retries, Lua script execution with one round trip per batch, and a small
+coalescer that turns many concurrent calls into one batched call.
+
+Nothing here does I/O at import time, and nothing here ever formats a password: every
+message goes through :meth:`RedisSettings.scrub` or uses :attr:`RedisSettings.redacted`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry as SyncRetry
+
+from aqueue.core.errors import AqueueError, ConfigurationError
+from aqueue.core.urls import redact
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_SCHEMES = ("redis", "rediss", "unix")
+
+# aqueue's own options: read from keyword options first, then from the URL query string,
+# and never passed on to redis-py (which would reject them as unknown connection kwargs).
+_FLOAT_OPTIONS = {
+    "socket_timeout": 5.0,
+    "socket_connect_timeout": 5.0,
+    "health_check_interval": 15.0,
+    "operation_timeout": 15.0,
+    "dedupe_ttl": 86400.0,
+}
+_INT_OPTIONS = {"retries": 3, "dead_letter_limit": 10000, "protocol": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    """Everything needed to open Redis clients, parsed once from a URL and options.
+
+    Attributes:
+        url: the URL handed to redis-py (aqueue's own query options removed). It may hold a
+            password, so it is never printed; use ``redacted``.
+        redacted: the URL with any password replaced by ``***``.
+        prefix: first component of every key.
+        socket_timeout: seconds a single read or write may take; longer than any blocking
+            read aqueue issues.
+        socket_connect_timeout: seconds to establish a connection.
+        health_check_interval: seconds of idleness after which a connection is pinged
+            before use (and the pub/sub connection is pinged to detect a dead peer).
+        operation_timeout: overall deadline of one broker/backend call, retries included.
+        retries: reconnect-and-retry attempts on connection errors (with jittered backoff).
+        dedupe_ttl: seconds an enqueued id is remembered by the broker; ``0`` disables.
+        dead_letter_limit: dead letters kept per queue (older ones are trimmed).
+        protocol: RESP version for command connections (pub/sub always uses RESP2).
+        extra: other options, passed to redis-py unchanged (``ssl_ca_certs``, ...).
+    """
+
+    url: str = field(repr=False)
+    redacted: str
+    prefix: str
+    socket_timeout: float
+    socket_connect_timeout: float
+    health_check_interval: float
+    operation_timeout: float
+    retries: int
+    dedupe_ttl: float
+    dead_letter_limit: int
+    protocol: int
+    extra: dict[str, Any] = field(repr=False, default_factory=dict)
+    secrets: tuple[str, ...] = field(repr=False, default=())
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every occurrence of the password removed."""
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def describe(self, exc: BaseException) -> str:
+        """A one-line, password-free description of ``exc``."""
+        return self.scrub(f"{type(exc).__name__}: {exc}")
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        return {
+            "socket_timeout": self.socket_timeout,
+            "socket_connect_timeout": self.socket_connect_timeout,
+            "socket_keepalive": True,
+            "health_check_interval": self.health_check_interval,
+            "protocol": self.protocol,
+            **self.extra,
+        }
+
+    def async_client(self) -> aioredis.Redis:
+        """A pooled asyncio client that retries connection errors with backoff.
+
+        redis-py disconnects a connection whose command was cancelled between send and
+        reply (``read_response`` closes it on any ``BaseException``), so a cancelled call
+        never leaves a half-read reply for the next user of the pooled connection.
+        """
+        retry = AsyncRetry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), self.retries)
+        return aioredis.Redis.from_url(self.url, retry=retry, **self._client_kwargs())
+
+    def sync_client(self) -> redis.Redis:
+        """A pooled blocking client (thread-safe), used where the event loop cannot be."""
+        retry = SyncRetry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), self.retries)
+        return redis.Redis.from_url(self.url, retry=retry, **self._client_kwargs())
+
+    def pubsub_connection(self) -> aioredis.Connection:
+        """One unpooled RESP2 connection for pub/sub, reconnected by its owner, not redis-py."""
+        kwargs = self._client_kwargs()
+        kwargs.update(protocol=2, health_check_interval=0, retry=AsyncRetry(NoBackoff(), 0))
+        pool: Any = aioredis.ConnectionPool.from_url(self.url, **kwargs)
+        conn: aioredis.Connection = pool.make_connection()
+        return conn
+
+
+def parse_settings(url: str, options: dict[str, Any], *, what: str) -> RedisSettings:
+    """Parse a Redis URL and keyword options into :class:`RedisSettings`.
+
+    Keyword options win over URL query parameters. aqueue's options are ``prefix``,
+    ``socket_timeout``, ``socket_connect_timeout``, ``health_check_interval``,
+    ``operation_timeout``, ``retries``, ``dedupe_ttl``, ``dead_letter_limit`` and
+    ``protocol``; anything else is passed to redis-py.
+
+    Raises:
+        ConfigurationError: unsupported scheme or an option with a bad value.
+    """
+    redacted = redact(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ConfigurationError(f"{what}: unparsable Redis URL {redacted!r}") from None
+    if parts.scheme.lower() not in _SCHEMES:
+        raise ConfigurationError(
+            f"{what}: unsupported URL {redacted!r}; use redis://, rediss:// or unix://"
+        )
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    merged: dict[str, Any] = {**dict(query), **options}
+    values: dict[str, Any] = {}
+    try:
+        for name, default in _FLOAT_OPTIONS.items():
+            raw = merged.get(name)
+            values[name] = default if raw in (None, "") else float(raw)
+        for name, idefault in _INT_OPTIONS.items():
+            raw = merged.get(name)
+            values[name] = idefault if raw in (None, "") else int(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{what}: bad option for {redacted!r}: {exc}") from None
+    ours = {*_FLOAT_OPTIONS, *_INT_OPTIONS, "prefix"}
+    prefix = str(merged.get("prefix") or "aqueue")
+    if any(c in prefix for c in "{}"):
+        # a brace in the prefix would move the cluster hash tag out of the queue name
+        raise ConfigurationError(f"{what}: the key prefix must not contain braces")
+    if values["socket_timeout"] <= 0 or values["operation_timeout"] <= 0:
+        raise ConfigurationError(f"{what}: timeouts must be positive")
+    # Query parameters that are not ours stay in the URL for redis-py to parse; keyword
+    # options that are not ours are passed to redis-py as they are.
+    rest = [(k, v) for k, v in query if k not in ours and k not in options]
+    extra = {k: v for k, v in options.items() if k not in ours}
+    clean = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(rest), parts.fragment))
+    secrets = tuple(s for s in {parts.password, unquote(parts.password or "")} if s)
+    return RedisSettings(
+        url=clean,
+        redacted=redacted,
+        prefix=prefix,
+        extra=extra,
+        secrets=secrets,
+        **values,
+    )
+
+
+def command(target: Any, *args: Any) -> Any:
+    """``target.execute_command(*args)``: a client, a pipeline, async or blocking.
+
+    redis-py's typed command wrappers return ``Awaitable[T] | T`` unions and add a Python
+    call layer per command; the raw form is both cheaper and simpler to type.
+    """
+    return target.execute_command(*args)
+
+
+class Script:
+    """A Lua script run by SHA, loaded on first ``NOSCRIPT`` (e.g. after a restart)."""
+
+    __slots__ = ("name", "sha", "source")
+
+    def __init__(self, name: str, source: str) -> None:
+        self.name = name
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+
+#: one script invocation: (script, keys, args)
+ScriptCall = tuple[Script, Sequence[str | bytes], Sequence[str | bytes | int | float]]
+
+
+async def run_scripts(client: aioredis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+    """Run script calls in one round trip (a pipeline when several), returning their replies.
+
+    Raises the first error reply. Error text never includes the arguments (message bodies);
+    redis-py's pipeline would add them, so errors are collected with ``raise_on_error=False``.
+    """
+    if len(calls) == 1:
+        script, keys, args = calls[0]
+        try:
+            return [await command(client, "EVALSHA", script.sha, len(keys), *keys, *args)]
+        except NoScriptError:
+            await command(client, "SCRIPT", "LOAD", script.source)
+            return [await command(client, "EVALSHA", script.sha, len(keys), *keys, *args)]
+    results: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    for _ in range(2):
+        pipe = client.pipeline(transaction=False)
+        for i in todo:
+            script, keys, args = calls[i]
+            command(pipe, "EVALSHA", script.sha, len(keys), *keys, *args)
+        replies = await pipe.execute(raise_on_error=False)
+        missing: list[int] = []
+        for i, reply in zip(todo, replies, strict=True):
+            if isinstance(reply, NoScriptError):
+                missing.append(i)
+            elif isinstance(reply, Exception):
+                raise reply
+            else:
+                results[i] = reply
+        if not missing:
+            return results
+        # NOSCRIPT means the call did not run, so re-sending it cannot apply it twice.
+        for source in {calls[i][0].source for i in missing}:
+            await command(client, "SCRIPT", "LOAD", source)
+        todo = missing
+    raise RedisError("scripts could not be loaded")
+
+
+def run_scripts_sync(client: redis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+    """The blocking twin of :func:`run_scripts`."""
+    results: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    for _ in range(2):
+        pipe = client.pipeline(transaction=False)
+        for i in todo:
+            script, keys, args = calls[i]
+            command(pipe, "EVALSHA", script.sha, len(keys), *keys, *args)
+        replies = pipe.execute(raise_on_error=False)
+        missing: list[int] = []
+        for i, reply in zip(todo, replies, strict=True):
+            if isinstance(reply, NoScriptError):
+                missing.append(i)
+            elif isinstance(reply, Exception):
+                raise reply
+            else:
+                results[i] = reply
+        if not missing:
+            return results
+        for source in {calls[i][0].source for i in missing}:
+            command(client, "SCRIPT", "LOAD", source)
+        todo = missing
+    raise RedisError("scripts could not be loaded")
+
+
+class LazySyncClient:
+    """A blocking client created on first use, safe to share between threads."""
+
+    def __init__(self, settings: RedisSettings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._client: redis.Redis | None = None
+
+    def get(self) -> redis.Redis:
+        """The client, created under a lock the first time."""
+        with self._lock:
+            if self._client is None:
+                self._client = self._settings.sync_client()
+            return self._client
+
+    def close(self) -> None:
+        """Close the client's connections; a later ``get()`` makes a new one."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+async def guarded(
+    settings: RedisSettings,
+    what: str,
+    call: Callable[[], Awaitable[T]],
+    *,
+    error: type[AqueueError],
+    timeout_error: type[AqueueError] | None = None,
+    connection_error: type[AqueueError] | None = None,
+    deadline: float | None = None,
+) -> T:
+    """Await ``call()`` within the operation deadline, mapping failures to aqueue errors.
+
+    The overall deadline bounds the whole call including redis-py's retries, so a frozen
+    server fails the call at ``operation_timeout`` rather than after every retry's socket
+    timeout. Cancelling the call disconnects the connection in use (see ``async_client``).
+
+    Args:
+        settings: where the call goes (for the deadline and for error text).
+        what: the operation, for error text.
+        call: makes the awaitable to run.
+        error: raised for any other Redis failure (an error reply, a refused connection).
+        timeout_error: raised when the deadline passes (default ``error``).
+        connection_error: raised when the connection failed or timed out mid-call, after
+            retries (default ``error``); a publish uses it to say the outcome is unknown.
+        deadline: seconds, instead of ``settings.operation_timeout``.
+    """
+    limit = settings.operation_timeout if deadline is None else deadline
+    try:
+        async with asyncio.timeout(limit):
+            return await call()
+    except TimeoutError:
+        cls = timeout_error or error
+        raise cls(f"{what} on {settings.redacted} did not complete within {limit:g}s") from None
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        cls = connection_error or error
+        raise cls(f"{what} on {settings.redacted} failed: {settings.describe(exc)}") from None
+    except RedisError as exc:
+        raise error(f"{what} on {settings.redacted} failed: {settings.describe(exc)}") from None
+    except OSError as exc:
+        raise error(f"{what} on {settings.redacted} failed: {settings.describe(exc)}") from None
+
+
+class Coalescer(Generic[T, R]):
+    """Group calls made close together into one batched call (group commit).
+
+    ``submit`` queues an item and returns a future. A single flusher task sends everything
+    queued so far in one ``flush(items)`` call; items arriving while a flush is in flight
+    go in the next one, so batches grow with load and a lone call pays one loop tick.
+    An item is flushed even if its caller was cancelled meanwhile (an ack still happens).
+    """
+
+    def __init__(self, flush: Callable[[list[T]], Awaitable[list[R]]], max_batch: int) -> None:
+        self._flush = flush
+        self._max_batch = max_batch
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def submit(self, item: T) -> asyncio.Future[R]:
+        """Queue ``item``; the future resolves to its result or raises the batch's error."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self._pending.append((item, future))
+        if self._task is None:
+            self._task = loop.create_task(self._run())
+        return future
+
+    async def drain(self) -> None:
+        """Wait until everything submitted so far has been flushed."""
+        task = self._task
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def _run(self) -> None:
+        try:
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                try:
+                    results = await self._flush([item for item, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                except BaseException:
+                    for _, future in batch:
+                        future.cancel()
+                    raise
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self._task = None

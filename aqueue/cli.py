@@ -1,0 +1,295 @@
+"""The ``aqueue`` command: thin typer wrappers over the core.
+
+Configures logging (the library never does), loads the app from ``module:attr``, and turns
+configuration mistakes into one-line errors naming the fix instead of tracebacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from . import __version__
+from .core.app import App
+from .core.errors import AqueueError
+from .core.message import decode_result
+from .core.urls import redact
+
+T = TypeVar("T")
+
+cli = typer.Typer(
+    name="aqueue",
+    help="aqueue: an asyncio-native task queue. Run `aqueue worker proj.tasks:app` to start.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+class CLIError(Exception):
+    """A user mistake reported as one line, exit status 2."""
+
+
+def load_app(spec: str) -> App:
+    """Import ``module:attr`` (or ``module``, finding its App) and return the App."""
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module_name, _, attr = spec.partition(":")
+    if not module_name:
+        raise CLIError(f"bad APP {spec!r}: use module:attribute, e.g. proj.tasks:app")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise CLIError(
+                f"cannot import {module_name!r} (no module {exc.name!r}): run aqueue from the "
+                "directory that contains your package, or add it to PYTHONPATH"
+            ) from None
+        raise
+    if attr:
+        obj: Any = module
+        for part in attr.split("."):
+            try:
+                obj = getattr(obj, part)
+            except AttributeError:
+                raise CLIError(
+                    f"module {module_name!r} has no attribute {attr!r}: APP is module:attribute, "
+                    "where the attribute is your aqueue.App"
+                ) from None
+        if callable(obj) and not isinstance(obj, App):
+            obj = obj()
+    else:
+        apps = [v for v in vars(module).values() if isinstance(v, App)]
+        if len(apps) != 1:
+            raise CLIError(
+                f"module {module_name!r} has {len(apps)} App objects: name one, e.g. "
+                f"{module_name}:app"
+            )
+        obj = apps[0]
+    if not isinstance(obj, App):
+        raise CLIError(f"{spec!r} is a {type(obj).__name__}, not an aqueue.App")
+    return obj
+
+
+def _configure_logging(level: str) -> None:
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise CLIError(f"bad log level {level!r}: use debug, info, warning, error or critical")
+    logging.basicConfig(
+        level=numeric,
+        format="[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine on uvloop when it is installed, plain asyncio otherwise."""
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main())
+
+
+def _resolve_app(app: str | None, app_option: str | None) -> App:
+    spec = app or app_option
+    if not spec:
+        raise CLIError("give the app: aqueue worker proj.tasks:app (or -A proj.tasks)")
+    return load_app(spec)
+
+
+def _fail(exc: BaseException) -> None:
+    typer.echo(f"aqueue: error: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"aqueue {__version__}")
+        raise typer.Exit()
+
+
+@cli.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """aqueue: an asyncio-native distributed task queue."""
+
+
+AppArg = Annotated[
+    str | None, typer.Argument(help="The app as module:attribute, e.g. proj.tasks:app.")
+]
+AppOpt = Annotated[str | None, typer.Option("-A", "--app", help="The app (Celery's -A).")]
+
+
+@cli.command()
+def worker(
+    app: AppArg = None,
+    app_option: AppOpt = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option("-c", "--concurrency", min=1, help="Tasks running at once (default 100)."),
+    ] = None,
+    queues: Annotated[
+        str | None, typer.Option("-Q", "--queues", help="Comma-separated queues, first ones first.")
+    ] = None,
+    hostname: Annotated[
+        str | None,
+        typer.Option(
+            "-n", "--hostname", help="Node name; %h, %n, %d expand to host, name, domain."
+        ),
+    ] = None,
+    loglevel: Annotated[str, typer.Option("-l", "--loglevel", help="Log level.")] = "warning",
+    prefetch: Annotated[
+        int | None,
+        typer.Option("--prefetch", min=1, help="Messages held at once, running or waiting."),
+    ] = None,
+    burst: Annotated[bool, typer.Option("--burst", help="Exit once the queues are empty.")] = False,
+    shutdown_timeout: Annotated[
+        float | None,
+        typer.Option("--shutdown-timeout", min=0, help="Seconds running tasks get on SIGTERM."),
+    ] = None,
+) -> None:
+    """Start a worker."""
+    try:
+        _configure_logging(loglevel)
+        the_app = _resolve_app(app, app_option)
+        queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+        w = the_app.worker(
+            queues=queue_list,
+            concurrency=concurrency,
+            prefetch=prefetch,
+            hostname=hostname,
+            burst=burst,
+            shutdown_timeout=shutdown_timeout,
+        )
+    except (CLIError, AqueueError, ValueError) as exc:
+        _fail(exc)
+        return
+    log = logging.getLogger("aqueue.worker")
+    if the_app.broker_url.startswith("sqlite:"):
+        log.warning(
+            "using the embedded SQLite store %s (set broker= for a server)",
+            os.path.abspath(the_app.broker_url.split(":///", 1)[-1]),
+        )
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, w.request_stop)
+        try:
+            await w.run()
+        finally:
+            await the_app.close()
+
+    try:
+        _run(main)
+    except (AqueueError, OSError) as exc:
+        _fail(exc)
+
+
+@cli.command()
+def result(
+    task_id: Annotated[str, typer.Argument(help="The task id.")],
+    app: Annotated[str | None, typer.Option("-A", "--app", help="The app.")] = None,
+) -> None:
+    """Print a task's state and result."""
+    try:
+        the_app = _resolve_app(None, app)
+    except (CLIError, AqueueError) as exc:
+        _fail(exc)
+        return
+
+    async def main() -> str:
+        async with the_app:
+            backend = await the_app._result_backend()
+            raw = await backend.get(task_id)
+            if raw is None:
+                return f"{task_id} PENDING (no record)"
+            record = decode_result(raw)
+            handle = the_app.AsyncResult(task_id)
+            await handle.state()
+            shown = handle.result
+            return f"{task_id} {record.state} attempt={record.attempt} {shown!r}"
+
+    try:
+        typer.echo(_run(main))
+    except AqueueError as exc:
+        _fail(exc)
+
+
+@cli.command()
+def purge(
+    app: AppArg = None,
+    app_option: AppOpt = None,
+    queues: Annotated[str | None, typer.Option("-Q", "--queues", help="Queues to purge.")] = None,
+    force: Annotated[bool, typer.Option("-f", "--force", help="Do not ask.")] = False,
+) -> None:
+    """Delete waiting messages (not those being processed)."""
+    try:
+        the_app = _resolve_app(app, app_option)
+    except (CLIError, AqueueError) as exc:
+        _fail(exc)
+        return
+    names = [q for q in (queues or the_app.conf.task_default_queue).split(",") if q]
+    if not force and not typer.confirm(
+        f"Purge {', '.join(names)} on {redact(the_app.broker_url)}?"
+    ):
+        raise typer.Exit(1)
+
+    async def main() -> int:
+        async with the_app:
+            return sum([await the_app.broker.purge(q) for q in names])
+
+    typer.echo(f"purged {_run(main)} message(s)")
+
+
+@cli.command()
+def status(
+    app: AppArg = None,
+    app_option: AppOpt = None,
+    queues: Annotated[str | None, typer.Option("-Q", "--queues")] = None,
+) -> None:
+    """Print queue sizes and recent dead letters."""
+    try:
+        the_app = _resolve_app(app, app_option)
+    except (CLIError, AqueueError) as exc:
+        _fail(exc)
+        return
+    names = [q for q in (queues or the_app.conf.task_default_queue).split(",") if q]
+
+    async def main() -> list[str]:
+        async with the_app:
+            lines = [f"broker {redact(the_app.broker_url)}"]
+            for q in names:
+                lines.append(f"queue {q}: {await the_app.broker.size(q)} message(s)")
+            for d in await the_app.broker.dead_letters(limit=10):
+                lines.append(f"dead letter {d.id} queue={d.queue} reason={d.reason}")
+            return lines
+
+    try:
+        typer.echo("\n".join(_run(main)))
+    except AqueueError as exc:
+        _fail(exc)
+
+
+def main() -> None:
+    """Entry point of the ``aqueue`` script."""
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,373 @@
+"""``App``: the task registry, the settings and the connections, created explicitly.
+
+There is no global app and no ``current_app`` proxy: tasks hold their app, and the worker
+is given one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Literal,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    Unpack,
+    overload,
+)
+
+from .config import Settings
+from .errors import ConfigurationError, NotRegistered, PublishTimeout
+from .message import MessageOut, encode_message
+from .protocols import Broker, Outgoing, ResultBackend
+from .result import AsyncResult
+from .serialization import check_serializer
+from .task import CallOptions, Task
+from .urls import backend_class, broker_class, default_backend_url, redact
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+log = logging.getLogger("aqueue.app")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_BROKER_URL = "sqlite:///aqueue.db"
+
+
+class TaskDecorator(Protocol):
+    """What ``@app.task(...)`` returns for an unbound function."""
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+
+class BoundTaskDecorator(Protocol):
+    """What ``@app.task(bind=True, ...)`` returns: the function takes the task first."""
+
+    @overload
+    def __call__(
+        self, fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]], /
+    ) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[Concatenate[Any, P], R], /) -> Task[P, R]: ...
+
+
+class App:
+    """An aqueue application.
+
+    Args:
+        name: the app's name; task names default to ``module.qualname``.
+        broker: broker URL; default the embedded SQLite file ``aqueue.db`` in the working
+            directory, or ``AQUEUE_BROKER_URL``.
+        backend: result backend URL; default the broker's own store.
+        include: modules the worker imports at start.
+        **settings: any :class:`~aqueue.core.config.Settings` field.
+    """
+
+    def __init__(
+        self,
+        name: str = "aqueue",
+        broker: str | None = None,
+        backend: str | None = None,
+        *,
+        include: Sequence[str] = (),
+        **settings: Any,
+    ) -> None:
+        self.name = name
+        self.conf = Settings()
+        self.conf.load_environment()
+        if broker is not None:
+            settings["broker_url"] = broker
+        if backend is not None:
+            settings["result_backend"] = backend
+        if include:
+            settings["include"] = list(include)
+        self.conf.update(settings)
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._broker: Broker | None = None
+        self._backend: ResultBackend | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connect_lock: asyncio.Lock | None = None
+
+    def __repr__(self) -> str:
+        return f"<App {self.name} broker={redact(self.broker_url)}>"
+
+    @property
+    def broker_url(self) -> str:
+        """The broker URL in effect."""
+        return self.conf.broker_url or DEFAULT_BROKER_URL
+
+    @property
+    def backend_url(self) -> str | None:
+        """The result backend URL in effect (``None``: results are not stored)."""
+        return self.conf.result_backend or default_backend_url(self.broker_url)
+
+    # -- tasks --------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    @overload
+    def task(
+        self,
+        *,
+        bind: Literal[True],
+        name: str | None = None,
+        base: type[Task[Any, Any]] | None = None,
+        **options: Any,
+    ) -> BoundTaskDecorator: ...
+    @overload
+    def task(
+        self,
+        *,
+        bind: Literal[False] = False,
+        name: str | None = None,
+        base: type[Task[Any, Any]] | None = None,
+        **options: Any,
+    ) -> TaskDecorator: ...
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        bind: bool = False,
+        name: str | None = None,
+        base: type[Task[Any, Any]] | None = None,
+        **options: Any,
+    ) -> Any:
+        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., ...)``.
+
+        ``async def`` tasks run on the worker's event loop; ``def`` tasks run in a thread.
+
+        Options (Celery's names): ``name``, ``bind``, ``base``, ``queue``, ``ignore_result``,
+        ``serializer``, ``acks_late``, ``track_started``, ``priority``.
+        """
+
+        def register(func: Callable[..., Any]) -> Task[Any, Any]:
+            if not callable(func):
+                raise TypeError("@app.task decorates a function")
+            task_name = name or f"{func.__module__}.{func.__qualname__}"
+            if "serializer" in options and options["serializer"] is not None:
+                check_serializer(options["serializer"])
+            cls = base or Task
+            if not (isinstance(cls, type) and issubclass(cls, Task)):
+                raise TypeError("base= must be a subclass of aqueue.Task")
+            existing = self.tasks.get(task_name)
+            if existing is not None and existing.fn is not func:
+                log.warning("task %s registered twice; the later definition wins", task_name)
+            task = cls(self, func, name=task_name, bind=bind, **options)
+            self.tasks[task_name] = task
+            return task
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        """The registered task called ``name``."""
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise NotRegistered(
+                f"no task named {name!r} is registered on app {self.name}"
+            ) from None
+
+    def import_includes(self) -> None:
+        """Import the modules named in ``include`` so their tasks register."""
+        for module in self.conf.include:
+            importlib.import_module(module)
+
+    # -- connections --------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the broker and backend connections (done on first use otherwise)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # a new event loop (asyncio.run called again): connections of the old one are
+            # unusable there, so start over
+            self._broker = self._backend = None
+            self._loop = loop
+            self._connect_lock = asyncio.Lock()
+        assert self._connect_lock is not None
+        async with self._connect_lock:
+            if self._broker is None:
+                broker = broker_class(self.broker_url)(self.broker_url, **self.conf.broker_options)
+                await broker.connect()
+                self._broker = broker
+                log.debug("connected to broker %s", redact(self.broker_url))
+            if self._backend is None and self.backend_url is not None:
+                backend = backend_class(self.backend_url)(self.backend_url)
+                await backend.connect()
+                self._backend = backend
+
+    async def close(self) -> None:
+        """Close connections; the app can connect again later."""
+        broker, backend = self._broker, self._backend
+        self._broker = self._backend = None
+        self._loop = None
+        if backend is not None:
+            await backend.close()
+        if broker is not None:
+            await broker.close()
+
+    async def __aenter__(self) -> App:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _connected_broker(self) -> Broker:
+        if self._broker is None or self._loop is not asyncio.get_running_loop():
+            await self.connect()
+        assert self._broker is not None
+        return self._broker
+
+    async def _result_backend(self) -> ResultBackend:
+        if self._backend is None or self._loop is not asyncio.get_running_loop():
+            await self.connect()
+        if self._backend is None:
+            raise ConfigurationError(
+                f"app {self.name} has no result backend: pass backend=... "
+                "(e.g. redis://localhost:6379/0 or sqlite:///aqueue.db)"
+            )
+        return self._backend
+
+    @property
+    def broker(self) -> Broker:
+        """The connected broker (after ``connect()`` or first use)."""
+        if self._broker is None:
+            raise ConfigurationError("the app is not connected: use `async with app:`")
+        return self._broker
+
+    # -- sending ------------------------------------------------------------------------
+
+    async def send_task(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Unpack[CallOptions],
+    ) -> AsyncResult[Any]:
+        """Send a task by name; it need not be registered in this process."""
+        return await self._send(
+            name, tuple(args or ()), dict(kwargs or {}), options, task=self.tasks.get(name)
+        )
+
+    async def _send(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: CallOptions,
+        *,
+        task: Task[Any, Any] | None,
+    ) -> AsyncResult[Any]:
+        outgoing = self._build(name, args, kwargs, options, task)
+        broker = await self._connected_broker()
+        try:
+            async with asyncio.timeout(self.conf.publish_timeout):
+                await broker.publish([outgoing])
+        except TimeoutError:
+            raise PublishTimeout(
+                f"publishing {name} did not complete within {self.conf.publish_timeout}s "
+                f"(broker {redact(self.broker_url)}); it may or may not have been queued"
+            ) from None
+        result_type = task.spec.result_type if task is not None else Any
+        return AsyncResult(self, outgoing.id, result_type=result_type, task=task)
+
+    def _build(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: CallOptions,
+        task: Task[Any, Any] | None,
+    ) -> Outgoing:
+        now = time.time()
+        unknown = set(options) - set(CallOptions.__annotations__)
+        if unknown:
+            raise TypeError(f"unknown call option(s): {', '.join(sorted(unknown))}")
+        eta = _when(options.get("eta"), now, "eta")
+        if "countdown" in options:
+            if eta is not None:
+                raise TypeError("give countdown or eta, not both")
+            eta = now + float(options["countdown"])
+        expires = _when(options.get("expires"), now, "expires", relative=True)
+        queue = (
+            options.get("queue") or (task.queue if task else None) or self.conf.task_default_queue
+        )
+        priority = options.get("priority", task.priority if task else 0)
+        if not 0 <= priority <= 255:
+            raise ValueError("priority must be between 0 and 255 (higher runs first)")
+        serializer = check_serializer(
+            options.get("serializer")
+            or (task.serializer if task else None)
+            or self.conf.task_serializer
+        )
+        task_id = options.get("task_id") or str(uuid.uuid4())
+        msg = MessageOut(
+            id=task_id,
+            task=name,
+            queue=queue,
+            args=args,
+            kwargs=kwargs,
+            headers=options.get("headers", {}),
+            eta=eta if eta is not None and eta > now else None,
+            expires=expires,
+            priority=priority,
+            time_limit=options.get("time_limit"),
+            soft_time_limit=options.get("soft_time_limit"),
+            ignore_result=options.get("ignore_result", task.ignore_result if task else False),
+            parent_id=options.get("parent_id"),
+            root_id=options.get("root_id"),
+            group_id=options.get("group_id"),
+            sent_at=now,
+        )
+        body = encode_message(msg, serializer, self.conf.max_message_bytes)
+        return Outgoing(id=task_id, queue=queue, body=body, priority=priority, eta=msg.eta)
+
+    # -- worker -------------------------------------------------------------------------
+
+    def worker(self, **options: Any) -> Worker:
+        """A worker for this app; ``async with app.worker(...):`` runs it in this loop.
+
+        Options: ``queues``, ``concurrency``, ``prefetch``, ``hostname``, ``burst``,
+        ``shutdown_timeout``, ``lease_seconds``.
+        """
+        from .worker import Worker
+
+        return Worker(self, **options)
+
+    def AsyncResult(self, task_id: str) -> AsyncResult[Any]:
+        """A handle on any task by id (results decode untyped)."""
+        return AsyncResult(self, task_id)
+
+
+def _when(
+    value: datetime | float | None, now: float, what: str, *, relative: bool = False
+) -> float | None:
+    """A time option as unix seconds. Numbers are seconds from now for ``expires``."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.timestamp()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return now + float(value) if relative else float(value)
+    raise TypeError(f"{what} must be a datetime or a number, not {type(value).__name__}")

@@ -1,0 +1,110 @@
+"""Every error aqueue raises, as one tree.
+
+::
+
+    AqueueError
+    ├── ConfigurationError        bad settings, bad URL, missing extra
+    ├── NotRegistered             a task name the app does not know
+    ├── BrokerError               the broker failed or could not be reached
+    │   ├── PublishTimeout        a publish did not complete within its deadline
+    │   └── IndeterminatePublish  the connection died before the broker confirmed
+    ├── BackendError              the result backend failed or could not be reached
+    ├── MessageError              a message that cannot be accepted
+    │   ├── MessageTooLarge       payload over ``max_message_bytes``
+    │   └── DecodeError           bytes that are not a valid aqueue message
+    ├── ArgumentError             arguments that do not fit the task's signature
+    ├── TaskFailed                the remote task ended in FAILURE
+    ├── TaskRevoked               the task was revoked or expired
+    └── Retry                     raised by ``self.retry()`` to ask for another attempt
+
+``TimeoutError`` (the builtin) is raised by ``wait(timeout=...)`` when the deadline passes.
+"""
+
+from __future__ import annotations
+
+
+class AqueueError(Exception):
+    """Base class of every error aqueue raises."""
+
+
+class ConfigurationError(AqueueError):
+    """Settings, a URL or an installed extra do not allow what was asked."""
+
+
+class NotRegistered(AqueueError, KeyError):
+    """No task with this name is registered on the app."""
+
+    def __str__(self) -> str:
+        return Exception.__str__(self)
+
+
+class BrokerError(AqueueError):
+    """The broker failed or could not be reached."""
+
+
+class PublishTimeout(BrokerError):
+    """A publish did not complete within its deadline; it may or may not have been stored."""
+
+
+class IndeterminatePublish(BrokerError):
+    """The connection died after a publish was sent and before it was confirmed.
+
+    Re-sending with the same ``task_id`` is safe: the broker de-duplicates by id.
+    """
+
+
+class BackendError(AqueueError):
+    """The result backend failed or could not be reached."""
+
+
+class MessageError(AqueueError):
+    """A message that cannot be accepted."""
+
+
+class MessageTooLarge(MessageError):
+    """The encoded message is larger than ``max_message_bytes``."""
+
+
+class DecodeError(MessageError):
+    """Bytes that are not a valid aqueue message."""
+
+
+class ArgumentError(AqueueError, TypeError):
+    """Arguments that do not fit the task's signature or annotations."""
+
+
+class TaskFailed(AqueueError):
+    """The task ended in FAILURE; carries the remote error as text, never as an object."""
+
+    def __init__(self, task_id: str, exc_type: str, message: str, traceback: str | None) -> None:
+        super().__init__(f"{exc_type}: {message}" if message else exc_type)
+        self.task_id = task_id
+        self.exc_type = exc_type
+        self.exc_message = message
+        self.traceback = traceback
+
+
+class TaskRevoked(AqueueError):
+    """The task was revoked or expired before it ran."""
+
+    def __init__(self, task_id: str, reason: str = "revoked") -> None:
+        super().__init__(f"task {task_id} {reason}")
+        self.task_id = task_id
+        self.reason = reason
+
+
+class Retry(AqueueError):
+    """Raised by ``self.retry()``: end this attempt and run the task again later."""
+
+    def __init__(
+        self,
+        message: str = "retry",
+        *,
+        exc: BaseException | None = None,
+        countdown: float | None = None,
+        when: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.exc = exc
+        self.countdown = countdown
+        self.when = when

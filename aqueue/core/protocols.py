@@ -1,0 +1,189 @@
+"""The boundaries every broker and result backend implements.
+
+A broker moves opaque message bodies; it never decodes them and never imports the worker.
+Settlement lives on the :class:`Delivery` (``await delivery.ack()``). Every broker passes the
+shared conformance suite in ``tests/conformance/``.
+
+Delivery semantics every broker keeps (docs/architecture.md, "Delivery"):
+
+* ``claim`` is atomic and increments the message's delivery count;
+* a claimed message holds a lease until ``lease_seconds`` from the claim or the last
+  ``renew``; an expired lease makes it claimable again;
+* ``ack`` / ``requeue`` / ``release`` / ``dead_letter`` by a holder whose lease was taken over
+  (its token no longer matches) do nothing and return ``False`` (fencing);
+* ``publish`` of an id that is still queued or in flight does not create a second message;
+* messages with an ``eta`` are stored by due time on the broker side, never in worker memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message to publish: the broker sees an id, routing data and opaque bytes."""
+
+    id: str
+    queue: str
+    body: bytes
+    priority: int = 0
+    #: due time, unix seconds; ``None`` means now
+    eta: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Proof of a claim: the message id and the delivery count it was claimed with."""
+
+    id: str
+    queue: str
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message the broker set aside, with why."""
+
+    id: str
+    queue: str
+    reason: str
+    body: bytes
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a broker does natively; core chooses fallbacks for the rest."""
+
+    #: messages with an eta wait on the broker
+    delayed_delivery: bool = True
+    #: higher priority first within a queue
+    priorities: bool = True
+    #: a dead-letter store that can be listed
+    dead_letters: bool = True
+    #: visible to other processes (False for ``memory://``)
+    shared: bool = True
+    #: leases expire and need renewing (False where the connection is the lease)
+    leases: bool = True
+
+
+@runtime_checkable
+class Delivery(Protocol):
+    """One claimed message, settled exactly one way."""
+
+    @property
+    def id(self) -> str:
+        """The task id."""
+
+    @property
+    def queue(self) -> str:
+        """The queue it was claimed from."""
+
+    @property
+    def body(self) -> bytes:
+        """The message bytes as published."""
+
+    @property
+    def delivery_count(self) -> int:
+        """Claims of this message since it was (re-)enqueued; 1 on the first delivery."""
+
+    @property
+    def lease(self) -> Lease:
+        """The lease this delivery holds."""
+
+    async def ack(self) -> bool:
+        """Remove the message: it was handled. ``False`` if the lease had been lost."""
+
+    async def release(self, *, executed: bool) -> bool:
+        """Hand the message back, claimable at once.
+
+        Args:
+            executed: whether it started running; if not, the claim does not count
+                towards ``max_deliveries``.
+        """
+
+    async def requeue(self, body: bytes, *, eta: float | None) -> bool:
+        """Atomically replace the message with ``body`` due at ``eta``, delivery count reset."""
+
+    async def dead_letter(self, reason: str) -> bool:
+        """Move the message to the dead-letter store with ``reason``."""
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """A queue of opaque messages with leases. Chosen by URL scheme."""
+
+    capabilities: Capabilities
+
+    async def connect(self) -> None:
+        """Open connections; idempotent."""
+
+    async def close(self) -> None:
+        """Close connections; idempotent."""
+
+    async def publish(self, messages: Sequence[Outgoing]) -> list[bool]:
+        """Store messages; per message, ``False`` if that id was already queued or in flight."""
+
+    async def claim(
+        self,
+        queues: Sequence[str],
+        *,
+        limit: int,
+        lease_seconds: float,
+        owner: str,
+        timeout: float,
+    ) -> list[Delivery]:
+        """Claim up to ``limit`` due messages, highest priority first, earlier queues first.
+
+        Waits up to ``timeout`` seconds for one to be available; returns ``[]`` if none.
+        Cancel-safe: if the caller is cancelled, messages the claim took are handed back
+        (as by ``release(executed=False)``), so a stopping worker can cancel an idle claim.
+        """
+
+    def renew(self, leases: Sequence[Lease], lease_seconds: float) -> list[Lease]:
+        """Extend leases. **Blocking and thread-safe**: the worker calls it from a thread
+        so that a blocked event loop cannot starve it. Returns the leases that were lost."""
+
+    async def size(self, queue: str) -> int:
+        """Messages in ``queue``: ready, delayed and in flight (not dead letters)."""
+
+    async def purge(self, queue: str) -> int:
+        """Delete the messages of ``queue`` that are not in flight; return how many."""
+
+    async def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """The most recent dead letters, newest first."""
+
+
+@runtime_checkable
+class ResultBackend(Protocol):
+    """Stores result and state records by task id, with a TTL, fenced by attempt."""
+
+    async def connect(self) -> None:
+        """Open connections; idempotent."""
+
+    async def close(self) -> None:
+        """Close connections; idempotent."""
+
+    async def store(
+        self, task_id: str, record: bytes, *, state: str, attempt: int, ttl: float | None
+    ) -> bool:
+        """Store ``record`` unless fenced; return whether it was stored.
+
+        A write is refused when the stored record has a higher attempt, or the same attempt
+        and a ready state (SUCCESS, FAILURE, REVOKED). Writers are told subscribers.
+        """
+
+    async def get(self, task_id: str) -> bytes | None:
+        """The stored record, or ``None``."""
+
+    def watch(self, task_id: str) -> AsyncGenerator[bytes, None]:
+        """Yield the stored record (if any), then every record stored after it.
+
+        Subscribes before reading, so a record stored in between is never missed.
+        """
+
+    async def forget(self, task_id: str) -> None:
+        """Delete the record."""

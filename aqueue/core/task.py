@@ -1,0 +1,234 @@
+"""``Task[P, R]``: what ``@app.task`` makes of a function.
+
+A task plays two roles, as in Celery: calling ``delay`` / ``apply_async`` sends a message;
+a worker that receives one calls the task (``__call__`` -> ``run``). Per-call options cannot
+share the function's ParamSpec, hence ``task.options(...).delay(...)`` for the typed path and
+``apply_async(args, kwargs, **options)`` for Celery's.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack
+
+from .arguments import ArgumentSpec
+from .context import Request, current_request
+from .message import ResultOut
+from .serialization import check_serializer, encode
+from .states import READY_STATES
+
+if TYPE_CHECKING:
+    from .app import App
+    from .result import AsyncResult
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class CallOptions(TypedDict, total=False):
+    """Per-call options of ``apply_async`` / ``options()`` (Celery's names)."""
+
+    #: seconds from now before the task may run
+    countdown: float
+    #: when the task may run (aware datetime, naive means UTC, or unix seconds)
+    eta: datetime | float
+    #: seconds from now, or a time, after which the task is not run (state REVOKED)
+    expires: datetime | float
+    queue: str
+    #: 0..255, higher runs first within a queue
+    priority: int
+    #: the id to use; enqueueing an id that is still queued does nothing
+    task_id: str
+    headers: dict[str, str]
+    serializer: str
+    ignore_result: bool
+    time_limit: float
+    soft_time_limit: float
+    parent_id: str
+    root_id: str
+    group_id: str
+
+
+class Task(Generic[P, R]):
+    """A registered task. Subclass it and pass ``base=`` for hooks and class defaults.
+
+    Class attributes are defaults that ``@app.task(...)`` keywords override.
+    """
+
+    #: queue used when a call names none (``None``: the app's ``task_default_queue``)
+    queue: str | None = None
+    ignore_result: bool = False
+    #: ``None``: the app's ``task_serializer``
+    serializer: str | None = None
+    #: ``None``: the app's ``task_acks_late``
+    acks_late: bool | None = None
+    #: ``None``: the app's ``task_track_started``
+    track_started: bool | None = None
+    priority: int = 0
+
+    name: str
+    app: App
+    #: the function as written (with ``self`` first when bound)
+    fn: Callable[..., Any]
+
+    def __init__(
+        self, app: App, fn: Callable[..., Any], *, name: str, bind: bool, **options: Any
+    ) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.bind = bind
+        self.is_async = inspect.iscoroutinefunction(fn)
+        for key, value in options.items():
+            if not hasattr(type(self), key):
+                raise TypeError(f"unknown task option {key!r}")
+            setattr(self, key, value)
+        self.spec = ArgumentSpec(fn, skip_first=bind)
+        self.run: Callable[..., Any] = functools.partial(fn, self) if bind else fn
+        functools.update_wrapper(self, fn, updated=())
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Run in-process, as a plain call (an ``async`` task returns its coroutine)."""
+        return self.run(*args, **kwargs)
+
+    # -- the running task -------------------------------------------------------------
+
+    @property
+    def request(self) -> Request:
+        """The current request (inside a running task) or an empty one called directly."""
+        req = current_request()
+        if req is not None and req.task == self.name:
+            return req
+        return Request(
+            id="",
+            task=self.name,
+            args=(),
+            kwargs={},
+            queue="",
+            attempt=1,
+            retries=0,
+            headers={},
+            called_directly=True,
+        )
+
+    async def update_state(
+        self, state: str = "PROGRESS", meta: Any = None, *, task_id: str | None = None
+    ) -> bool:
+        """Store a custom state (e.g. PROGRESS with ``meta={"done": 3, "total": 10}``).
+
+        Waiters see it through ``result.events()``, ``await result.state()`` and
+        ``result.info``. Returns ``False`` if a newer attempt owns the task (fencing).
+        """
+        if state in READY_STATES:
+            raise ValueError(f"update_state cannot set {state}: return or raise instead")
+        req = self.request
+        target = task_id or req.id
+        if not target:
+            raise RuntimeError("update_state outside a running task needs task_id=")
+        backend = await self.app._result_backend()
+        record = ResultOut(
+            id=target,
+            state=state,
+            task=self.name,
+            meta=meta,
+            attempt=req.attempt,
+            retries=req.retries,
+            worker=req.hostname,
+            parent_id=req.parent_id,
+            root_id=req.root_id,
+            group_id=req.group_id,
+        )
+        fmt = check_serializer(self.serializer or self.app.conf.task_serializer)
+        return await backend.store(
+            target,
+            encode(record, fmt),
+            state=state,
+            attempt=req.attempt,
+            ttl=self.app.conf.result_expires,
+        )
+
+    # -- hooks (sync or async; Celery's signatures) ---------------------------------------
+
+    def on_success(
+        self, retval: Any, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Awaitable[None] | None:
+        """Called in the worker after the task returned."""
+        return None
+
+    def on_failure(
+        self,
+        exc: BaseException,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        einfo: str,
+    ) -> Awaitable[None] | None:
+        """Called in the worker after the task raised (``einfo`` is the traceback text)."""
+        return None
+
+    def after_return(
+        self,
+        status: str,
+        retval: Any,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        einfo: str | None,
+    ) -> Awaitable[None] | None:
+        """Called in the worker after either of the above."""
+        return None
+
+    # -- calling ----------------------------------------------------------------------
+
+    async def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """Send the task with these arguments; returns once the broker has it."""
+        return await self.app._send(self.name, args, kwargs, {}, task=self)
+
+    async def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Unpack[CallOptions],
+    ) -> AsyncResult[R]:
+        """Celery's form: arguments as a tuple and a dict, then options."""
+        return await self.app._send(
+            self.name, tuple(args or ()), dict(kwargs or {}), options, task=self
+        )
+
+    def options(self, **options: Unpack[CallOptions]) -> TaskCall[P, R]:
+        """Bind call options, keeping ``delay``'s typed arguments.
+
+        ``await add.options(countdown=5, queue="hi").delay(2, 2)``
+        """
+        return TaskCall(self, options)
+
+    def AsyncResult(self, task_id: str) -> AsyncResult[R]:
+        """A handle on an earlier call of this task, typed by its return annotation."""
+        from .result import AsyncResult
+
+        return AsyncResult(self.app, task_id, result_type=self.spec.result_type, task=self)
+
+
+class TaskCall(Generic[P, R]):
+    """A task with call options bound; ``delay`` keeps the task's argument types."""
+
+    def __init__(self, task: Task[P, R], options: CallOptions) -> None:
+        self.task = task
+        self.call_options = options
+
+    async def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """Send the task with these arguments and the bound options."""
+        return await self.task.app._send(
+            self.task.name, args, kwargs, self.call_options, task=self.task
+        )
+
+    def options(self, **options: Unpack[CallOptions]) -> TaskCall[P, R]:
+        """Add more options."""
+        merged: CallOptions = {**self.call_options, **options}
+        return TaskCall(self.task, merged)

@@ -1,0 +1,307 @@
+"""The worker: claim deliveries, run them with bounded concurrency, keep their leases.
+
+``async with app.worker(queues=["default"], concurrency=100):`` runs one inside an existing
+event loop; ``await app.worker(...).run()`` runs until ``stop()`` (the CLI wires SIGTERM and
+SIGINT to it).
+
+Shutdown is graceful: stop claiming, hand unstarted deliveries back at once (they do not
+count as deliveries), let running tasks finish within ``shutdown_timeout``, then cancel the
+rest and hand them back at once too, so nobody waits for a lease to expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from .execution import Executor
+from .protocols import Broker, Delivery, Lease
+from .urls import redact
+
+if TYPE_CHECKING:
+    from .app import App
+
+log = logging.getLogger("aqueue.worker")
+
+_CLAIM_WAIT = 5.0  # seconds an idle claim blocks before the loop looks around again
+_ERROR_BACKOFF = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def expand_hostname(pattern: str) -> str:
+    """Celery's node name patterns: ``%h`` host, ``%n`` name part, ``%d`` domain part."""
+    host = socket.gethostname()
+    name, _, domain = host.partition(".")
+    return pattern.replace("%h", host).replace("%n", name).replace("%d", domain)
+
+
+class Worker:
+    """Runs an app's tasks from one or more queues.
+
+    Args:
+        app: the app whose tasks run here.
+        queues: queue names, earlier ones first; default ``[conf.task_default_queue]``.
+        concurrency: tasks running at once; default ``conf.worker_concurrency``.
+        prefetch: deliveries held at once, running or waiting (at least ``concurrency``).
+        hostname: node name, ``%h`` expanded; default ``aqueue@%h``.
+        burst: stop once nothing is claimable and nothing is running.
+        shutdown_timeout: seconds running tasks get to finish on stop.
+        lease_seconds: lease length; renewed every third of it.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        prefetch: int | None = None,
+        hostname: str | None = None,
+        burst: bool = False,
+        shutdown_timeout: float | None = None,
+        lease_seconds: float | None = None,
+    ) -> None:
+        conf = app.conf
+        self.app = app
+        self.queues = list(queues) if queues else [conf.task_default_queue]
+        self.concurrency = concurrency or conf.worker_concurrency
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.prefetch = max(prefetch or conf.worker_prefetch or self.concurrency, self.concurrency)
+        self.hostname = expand_hostname(hostname or "aqueue@%h")
+        self.owner = f"{self.hostname}/{os.getpid()}"
+        self.burst = burst
+        self.shutdown_timeout = (
+            conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
+        )
+        self.lease_seconds = lease_seconds or conf.lease_seconds
+        self._held: dict[str, Delivery] = {}
+        self._held_lock = threading.Lock()  # the heartbeat thread reads _held
+        self._started: set[str] = set()
+        self._running: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._room = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._consumer: asyncio.Task[None] | None = None
+        self._heartbeat: threading.Thread | None = None
+        self._heartbeat_stop = threading.Event()
+        self._pool = ThreadPoolExecutor(min(self.concurrency, 64), thread_name_prefix="aqueue-task")
+        self._executor = Executor(app, self.hostname, self._pool)
+        self.lost_leases = 0
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.hostname} queues={','.join(self.queues)}>"
+
+    @property
+    def executor(self) -> Executor:
+        """Counters of what ran: ``succeeded``, ``failed``, ``dead_lettered``."""
+        return self._executor
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and start consuming in the background."""
+        if self._consumer is not None:
+            return
+        await self.app.connect()
+        self.app.import_includes()
+        broker = self.app.broker
+        log.info(
+            "worker %s ready: broker %s, queues %s, concurrency %d, prefetch %d, tasks %s",
+            self.hostname,
+            redact(self.app.broker_url),
+            ",".join(self.queues),
+            self.concurrency,
+            self.prefetch,
+            ", ".join(sorted(self.app.tasks)) or "(none)",
+        )
+        if broker.capabilities.leases:
+            self._heartbeat = threading.Thread(
+                target=self._renew_forever, args=(broker,), name="aqueue-heartbeat", daemon=True
+            )
+            self._heartbeat.start()
+        self._consumer = asyncio.create_task(self._consume(broker), name="aqueue-consumer")
+
+    async def run(self) -> None:
+        """Start, and return once stopped (by ``stop()``, or in burst mode when drained)."""
+        await self.start()
+        try:
+            await self._stopped.wait()
+        finally:
+            if not self._stopped.is_set():  # cancelled from outside: still shut down cleanly
+                await asyncio.shield(self.stop())
+
+    def request_stop(self) -> None:
+        """Begin a graceful stop without waiting (safe from a signal handler)."""
+        if not self._stopping.is_set():
+            self._stopping.set()
+            asyncio.get_running_loop().create_task(self.stop())
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop claiming, hand back what has not started, wait for running tasks.
+
+        Args:
+            timeout: seconds running tasks may take; default ``shutdown_timeout``.
+        """
+        if self._stopped.is_set():
+            return
+        if self._stopping.is_set() and self._consumer is None:
+            await self._stopped.wait()
+            return
+        self._stopping.set()
+        self._room.set()
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            consumer.cancel()  # claims are cancel-safe: what a cancelled claim took goes back
+            await asyncio.wait([consumer])
+        grace = self.shutdown_timeout if timeout is None else timeout
+        await self._release_waiting()
+        if self._running:
+            log.info("waiting up to %.1fs for %d running task(s)", grace, len(self._running))
+            _, pending = await asyncio.wait(set(self._running), timeout=grace)
+            if pending:
+                log.warning(
+                    "handing back %d task(s) still running after %.1fs", len(pending), grace
+                )
+                for t in pending:
+                    t.cancel()
+                await asyncio.wait(pending)
+        self._heartbeat_stop.set()
+        if self._heartbeat is not None:
+            await asyncio.to_thread(self._heartbeat.join)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        ex = self._executor
+        log.info(
+            "worker %s stopped: %d succeeded, %d failed, %d dead-lettered",
+            self.hostname,
+            ex.succeeded,
+            ex.failed,
+            ex.dead_lettered,
+        )
+        self._stopped.set()
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def wait_stopped(self) -> None:
+        """Wait until the worker has stopped."""
+        await self._stopped.wait()
+
+    # -- consuming ----------------------------------------------------------------------
+
+    async def _consume(self, broker: Broker) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            room = self.prefetch - len(self._held)
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                deliveries = await broker.claim(
+                    self.queues,
+                    limit=room,
+                    lease_seconds=self.lease_seconds,
+                    owner=self.owner,
+                    timeout=0.05 if self.burst else _CLAIM_WAIT,
+                )
+            except Exception as exc:  # the broker is down: keep trying, never die
+                delay = _ERROR_BACKOFF[min(failures, len(_ERROR_BACKOFF) - 1)]
+                failures += 1
+                log.warning(
+                    "claim failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay
+                )
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                except TimeoutError:
+                    pass
+                continue
+            failures = 0
+            if not deliveries:
+                if self.burst and not self._held:
+                    log.info("burst: queues %s are drained", ",".join(self.queues))
+                    asyncio.get_running_loop().create_task(self.stop())
+                    return
+                continue
+            for delivery in deliveries:
+                with self._held_lock:
+                    self._held[delivery.id] = delivery
+                task = asyncio.create_task(self._handle(delivery))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+
+    async def _handle(self, delivery: Delivery) -> None:
+        started = False
+        try:
+            async with self._slots:
+                if self._stopping.is_set():
+                    return  # handed back by _release_waiting
+                started = True
+                self._started.add(delivery.id)
+                await self._executor.execute(delivery)
+        except asyncio.CancelledError:
+            if started:
+                await asyncio.shield(self._hand_back(delivery, executed=True))
+            raise
+        except Exception:
+            log.exception("error handling message %s; handing it back", delivery.id)
+            await self._hand_back(delivery, executed=True)
+        finally:
+            self._started.discard(delivery.id)
+            with self._held_lock:
+                self._held.pop(delivery.id, None)
+            self._room.set()
+
+    async def _release_waiting(self) -> None:
+        waiting = [d for id_, d in list(self._held.items()) if id_ not in self._started]
+        for delivery in waiting:
+            await self._hand_back(delivery, executed=False)
+            with self._held_lock:
+                self._held.pop(delivery.id, None)
+        if waiting:
+            log.info("handed back %d prefetched task(s)", len(waiting))
+
+    @staticmethod
+    async def _hand_back(delivery: Delivery, *, executed: bool) -> None:
+        try:
+            await delivery.release(executed=executed)
+        except Exception as exc:  # the lease will expire and it will be claimed again
+            log.warning(
+                "could not hand back %s (%s); it returns when its lease expires", delivery.id, exc
+            )
+
+    # -- leases -------------------------------------------------------------------------
+
+    def _renew_forever(self, broker: Broker) -> None:
+        """Heartbeat thread: renew every held lease each third of the lease length."""
+        interval = self.lease_seconds / 3
+        while not self._heartbeat_stop.wait(interval):
+            with self._held_lock:
+                leases: list[Lease] = [d.lease for d in self._held.values()]
+            if not leases:
+                continue
+            t0 = time.monotonic()
+            try:
+                lost = broker.renew(leases, self.lease_seconds)
+            except Exception as exc:
+                log.warning("lease renewal failed (%s: %s)", type(exc).__name__, exc)
+                continue
+            if lost:
+                self.lost_leases += len(lost)
+                log.warning(
+                    "%d lease(s) lost (e.g. %s): another worker may run them", len(lost), lost[0].id
+                )
+            elapsed = time.monotonic() - t0
+            if elapsed > interval:
+                log.warning("lease renewal took %.1fs, longer than its interval", elapsed)

@@ -1,0 +1,192 @@
+"""The Broker protocol, as every broker must keep it (docs/architecture.md, "Delivery")."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from aqueue.core.protocols import Broker, Delivery, Outgoing
+from aqueue.core.urls import broker_class
+
+LEASE = 0.4  # short leases where expiry must be observed
+
+
+@pytest.fixture
+async def broker(broker_url: str) -> AsyncIterator[Broker]:
+    b: Broker = broker_class(broker_url)(broker_url)
+    await b.connect()
+    try:
+        yield b
+    finally:
+        await b.close()
+
+
+def msg(queue: str = "q", *, priority: int = 0, eta: float | None = None, id: str | None = None):
+    mid = id or uuid.uuid4().hex
+    return Outgoing(id=mid, queue=queue, body=f"body-{mid}".encode(), priority=priority, eta=eta)
+
+
+async def claim(
+    broker: Broker, queues=("q",), limit=10, lease=30.0, timeout=0.05
+) -> list[Delivery]:
+    return await broker.claim(
+        list(queues), limit=limit, lease_seconds=lease, owner="t", timeout=timeout
+    )
+
+
+async def test_publish_claim_ack(broker: Broker) -> None:
+    m = msg()
+    assert await broker.publish([m]) == [True]
+    assert await broker.size("q") == 1
+    [d] = await claim(broker)
+    assert (d.id, d.queue, d.body, d.delivery_count) == (m.id, "q", m.body, 1)
+    assert await claim(broker) == []  # leased: not claimable twice
+    assert await d.ack() is True
+    assert await broker.size("q") == 0
+    assert await d.ack() is False  # settled once
+
+
+async def test_publish_is_idempotent_by_id(broker: Broker) -> None:
+    m = msg()
+    assert await broker.publish([m, msg(id=m.id)]) == [True, False]
+    [d] = await claim(broker)
+    assert await broker.publish([m]) == [False]  # in flight counts too
+    assert await claim(broker) == []
+    await d.ack()
+
+
+async def test_batch_claim_respects_limit(broker: Broker) -> None:
+    await broker.publish([msg() for _ in range(25)])
+    first = await claim(broker, limit=10)
+    second = await claim(broker, limit=100)
+    assert len(first) == 10 and len(second) == 15
+    assert len({d.id for d in first + second}) == 25
+
+
+async def test_priority_then_fifo(broker: Broker) -> None:
+    low1, high, low2, mid = msg(priority=0), msg(priority=9), msg(priority=0), msg(priority=5)
+    for m in (low1, high, low2, mid):
+        await broker.publish([m])
+    got = await claim(broker, limit=4)
+    assert [d.id for d in got] == [high.id, mid.id, low1.id, low2.id]
+
+
+async def test_earlier_queue_first(broker: Broker) -> None:
+    b, a = msg("b"), msg("a")
+    await broker.publish([b, a])
+    got = await claim(broker, queues=("a", "b"), limit=1)
+    assert [d.id for d in got] == [a.id]
+    got = await claim(broker, queues=("a", "b"), limit=5)
+    assert [d.id for d in got] == [b.id]
+
+
+async def test_queues_are_separate(broker: Broker) -> None:
+    await broker.publish([msg("other")])
+    assert await claim(broker, queues=("q",)) == []
+    assert await broker.size("other") == 1
+
+
+async def test_delayed_message_waits_on_the_broker(broker: Broker) -> None:
+    due = time.time() + 0.5
+    m = msg(eta=due)
+    await broker.publish([m])
+    assert await claim(broker) == []
+    assert await broker.size("q") == 1
+    got = await claim(broker, timeout=5.0)  # returns when due, without another publish
+    assert [d.id for d in got] == [m.id]
+    assert time.time() >= due - 0.05
+
+
+async def test_idle_claim_waits_then_wakes_on_publish(broker: Broker) -> None:
+    t0 = time.monotonic()
+    assert await claim(broker, timeout=0.3) == []
+    assert time.monotonic() - t0 >= 0.25  # it waited, it did not return at once
+    waiter = asyncio.create_task(claim(broker, timeout=10.0))
+    await asyncio.sleep(0.05)  # let the claim start waiting
+    m = msg()
+    t1 = time.monotonic()
+    await broker.publish([m])
+    got = await waiter
+    assert [d.id for d in got] == [m.id]
+    assert time.monotonic() - t1 < 2.0
+
+
+async def test_expired_lease_is_claimable_again_and_fenced(broker: Broker) -> None:
+    m = msg()
+    await broker.publish([m])
+    [stale] = await claim(broker, lease=LEASE)
+    [fresh] = await claim(broker, lease=30.0, timeout=5.0)  # after the lease runs out
+    assert fresh.id == m.id and fresh.delivery_count == 2
+    assert await stale.ack() is False  # the old holder cannot settle it
+    assert await stale.release(executed=True) is False
+    assert broker.renew([stale.lease], 30.0) == [stale.lease]
+    assert await broker.size("q") == 1
+    assert await fresh.ack() is True
+    assert await broker.size("q") == 0
+
+
+async def test_renew_from_a_thread_keeps_the_lease(broker: Broker) -> None:
+    await broker.publish([msg()])
+    [d] = await claim(broker, lease=LEASE)
+    stop = threading.Event()
+    lost: list[object] = []
+
+    def renewer() -> None:
+        while not stop.wait(LEASE / 4):
+            lost.extend(broker.renew([d.lease], LEASE))
+
+    thread = threading.Thread(target=renewer)
+    thread.start()
+    try:
+        assert await claim(broker, lease=LEASE, timeout=LEASE * 3) == []
+    finally:
+        stop.set()
+        thread.join()
+    assert lost == []
+    assert await d.ack() is True
+
+
+async def test_release_unexecuted_does_not_count(broker: Broker) -> None:
+    await broker.publish([msg()])
+    [d] = await claim(broker)
+    assert await d.release(executed=False) is True
+    [d] = await claim(broker)
+    assert d.delivery_count == 1
+    assert await d.release(executed=True) is True
+    [d] = await claim(broker)  # handed back: claimable at once, no lease wait
+    assert d.delivery_count == 2
+    await d.ack()
+
+
+async def test_requeue_replaces_body_and_resets_count(broker: Broker) -> None:
+    await broker.publish([msg()])
+    [d] = await claim(broker)
+    assert await d.requeue(b"v2", eta=time.time() + 0.3) is True
+    assert await claim(broker) == []  # delayed
+    [again] = await claim(broker, timeout=5.0)
+    assert (again.id, again.body, again.delivery_count) == (d.id, b"v2", 1)
+    await again.ack()
+
+
+async def test_dead_letter_keeps_reason_and_body(broker: Broker) -> None:
+    m = msg()
+    await broker.publish([m])
+    [d] = await claim(broker)
+    assert await d.dead_letter("decode_error") is True
+    assert await broker.size("q") == 0
+    letters = await broker.dead_letters("q")
+    assert [(x.id, x.reason, x.body) for x in letters] == [(m.id, "decode_error", m.body)]
+    assert await claim(broker) == []
+
+
+async def test_purge_leaves_in_flight(broker: Broker) -> None:
+    await broker.publish([msg() for _ in range(3)])
+    [held] = await claim(broker, limit=1)
+    assert await broker.purge("q") == 2
+    assert await broker.size("q") == 1
+    assert await held.ack() is True

@@ -1,0 +1,71 @@
+"""Checked by `mypy --strict` (see pyproject's [tool.mypy] files), never run.
+
+Each `type: ignore[code]` pins an error that must happen: with warn_unused_ignores, mypy
+fails if the error goes away. `assert_type` pins inferred types.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, assert_type
+
+from aqueue import App, AsyncResult, Task, TaskCall
+
+app = App("typing", broker="memory://typing")
+
+
+@app.task
+async def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task
+def mul(x: int, y: int) -> int:
+    return x * y
+
+
+@app.task(name="custom", queue="hi", ignore_result=False)
+async def stamp(at: dt.datetime) -> dt.datetime:
+    return at
+
+
+@app.task(bind=True)
+async def fetch(self: Task[[str], str], url: str) -> str:
+    assert_type(self.request.attempt, int)
+    return url
+
+
+async def calls() -> None:
+    typed_add: Task[[int, int], int] = add
+    typed_mul: Task[[int, int], int] = mul
+    del typed_add, typed_mul
+
+    h = await add.delay(2, 2)
+    assert_type(h, AsyncResult[int])
+    assert_type(await h.wait(timeout=10), int)
+    assert_type(await h.get(), int)
+    assert_type(await (await mul.delay(2, 3)).wait(), int)
+    assert_type(await (await stamp.delay(dt.datetime.now())).wait(), dt.datetime)
+    assert_type(await (await fetch.delay("https://example.org")).wait(), str)
+
+    bound: TaskCall[[int, int], int] = add.options(countdown=10, queue="hi")
+    del bound
+    assert_type(await add.options(countdown=10).delay(1, y=2), AsyncResult[int])
+    assert_type(await add.apply_async((2, 2), countdown=10, priority=5), AsyncResult[int])
+    assert_type(await app.send_task("proj.tasks.add", args=(2, 5)), AsyncResult[Any])
+    assert_type(app.AsyncResult("id"), AsyncResult[Any])
+    assert_type(add.AsyncResult("id"), AsyncResult[int])
+    assert_type(await h.state(), str)
+    assert_type(await h.ready(), bool)
+
+
+async def errors() -> None:
+    await add.delay("x", 2)  # type: ignore[arg-type]
+    await add.delay(1)  # type: ignore[call-arg]
+    await add.delay(1, 2, 3)  # type: ignore[call-arg]
+    await add.options(countdown=1).delay(1, "y")  # type: ignore[arg-type]
+    await add.apply_async((1, 2), countdwn=1)  # type: ignore[call-arg]
+    add.options(queue=1)  # type: ignore[arg-type]
+    await fetch.delay(1)  # type: ignore[arg-type]
+    text: str = await (await add.delay(1, 2)).wait()  # type: ignore[assignment]
+    del text
