@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 async def produce() -> int:
     import demo_tasks as t
 
-    from aqueue import TaskFailed
+    from aqueue import AsyncResult, TaskFailed
 
     started = time.perf_counter()
     adds = [await t.add.delay(i, i) for i in range(40)]
@@ -35,10 +35,17 @@ async def produce() -> int:
             print(f"  crunch[{progress.id[:8]}] {change.state} {change.info}")
 
     watcher = asyncio.create_task(show_progress())
+
+    async def labelled(label: str, handle: AsyncResult[int]) -> tuple[str, int]:
+        return label, await handle.wait(timeout=30)
+
+    calls = [labelled(f"add({i}, {i})", h) for i, h in enumerate(adds)]
+    calls += [labelled(f"mul({i}, 3)", h) for i, h in enumerate(muls)]
     total = 0
-    for done in asyncio.as_completed([h.wait(timeout=30) for h in adds + muls]):
-        value = await done
+    for done in asyncio.as_completed(calls):
+        label, value = await done
         total += value
+        print(f"  {label} = {value}")
     expected = sum(2 * i for i in range(40)) + sum(3 * i for i in range(20))
     print(f"add/mul: 60 results as they arrived, sum {total} (expected {expected})")
     try:
@@ -71,7 +78,7 @@ def main() -> int:
             "-c",
             "20",
             "-l",
-            "info",
+            "warning",
             "-n",
             "demo@%h",
         ],

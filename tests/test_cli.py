@@ -1,0 +1,47 @@
+"""The CLI: one-line errors naming the fix, and the version."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from aqueue import App, __version__
+from aqueue.cli import cli
+
+runner = CliRunner()
+
+
+def test_version() -> None:
+    result = runner.invoke(cli, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"aqueue {__version__}"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["worker", "no_such_module:app"], "cannot import 'no_such_module'"),
+        (["worker", "aqueue:nope"], "has no attribute 'nope'"),
+        (["worker", "aqueue.core.states:PENDING"], "not an aqueue.App"),
+        (["worker"], "give the app"),
+        (["worker", "-A", "aqueue:nope"], "has no attribute 'nope'"),
+        (["worker", "tests.test_cli:bad_url_app"], "unsupported URL 'foo://"),
+        (["worker", "tests.test_cli:secret_app"], "***"),
+    ],
+)
+def test_worker_errors_are_one_line(args: list[str], needle: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "aqueue.cli", *args],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[1],
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "hunter2" not in proc.stderr + proc.stdout
+
+# apps the CLI tests load by module:attribute
+bad_url_app = App("bad", broker="foo://user:hunter2@localhost/")
+secret_app = App("secret", broker="redis://user:hunter2@127.0.0.1:1/0")

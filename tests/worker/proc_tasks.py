@@ -1,0 +1,38 @@
+"""Tasks for the subprocess worker tests. The app reads its URL from AQUEUE_BROKER_URL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+from aqueue import App, Task
+
+app = App("proc")
+
+
+def _mark(name: str, text: str) -> None:
+    """Append a line to a file in AQUEUE_TEST_DIR: how the test observes executions."""
+    with Path(os.environ["AQUEUE_TEST_DIR"], name).open("a") as f:
+        f.write(text + "\n")
+
+
+@app.task(bind=True)
+async def slow(self: Task[[str, float], str], key: str, seconds: float) -> str:
+    _mark(f"started-{key}", str(self.request.attempt))
+    await asyncio.sleep(seconds)
+    _mark(f"done-{key}", str(self.request.attempt))
+    return f"{key}:{self.request.attempt}"
+
+
+@app.task
+def blocking(key: str, seconds: float) -> str:
+    _mark(f"started-{key}", "1")
+    time.sleep(seconds)
+    return key
+
+
+@app.task
+async def add(x: int, y: int) -> int:
+    return x + y

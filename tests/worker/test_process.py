@@ -1,0 +1,178 @@
+"""Real worker processes on the embedded SQLite broker: kill -9, SIGTERM, the quickstart.
+
+Each test reports figures (lost, extra executions, recovery seconds) in its output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from aqueue import App, states
+
+from . import proc_tasks
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    url = f"sqlite:///{tmp_path / 'aqueue.db'}"
+    yield {
+        **os.environ,
+        "AQUEUE_BROKER_URL": url,
+        "AQUEUE_TEST_DIR": str(tmp_path),
+        "AQUEUE_LEASE_SECONDS": "1.5",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+@pytest.fixture
+async def app(env: dict[str, str]) -> AsyncIterator[App]:
+    proc_tasks.app.conf.update(broker_url=env["AQUEUE_BROKER_URL"], lease_seconds=1.5)
+    async with proc_tasks.app:
+        yield proc_tasks.app
+
+
+def start_worker(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "aqueue.cli", "worker", "tests.worker.proc_tasks:app", "-l", "info",
+         *args],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+
+
+async def wait_for_file(path: Path, timeout: float = 20.0) -> str:
+    """Wait until a task wrote its marker (the task runs in another process)."""
+    async with asyncio.timeout(timeout):
+        while not path.exists() or not path.read_text():
+            await asyncio.sleep(0.02)
+    return path.read_text()
+
+
+def stop(proc: subprocess.Popen[bytes]) -> str:
+    if proc.poll() is None:
+        proc.kill()
+    out, _ = proc.communicate(timeout=30)
+    return out.decode(errors="replace")
+
+
+async def test_sigkill_mid_task_runs_again(app: App, env: dict[str, str], tmp_path: Path) -> None:
+    h = await proc_tasks.slow.delay("k", 0.5)
+    first = start_worker(env, "-n", "first@%h")
+    try:
+        await wait_for_file(tmp_path / "started-k")
+        killed_at = time.monotonic()
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+    finally:
+        stop(first)
+    assert not (tmp_path / "done-k").exists()
+    second = start_worker(env, "-n", "second@%h")
+    try:
+        assert await h.wait(timeout=30) == "k:2"
+        recovery = time.monotonic() - killed_at
+    finally:
+        stop(second)
+    starts = (tmp_path / "started-k").read_text().split()
+    print(f"\nsigkill mid-task: lost 0/1, executions {len(starts)}, recovery {recovery:.2f}s")
+    assert starts == ["1", "2"]
+    assert recovery < 1.5 + 5  # lease + reclaim, never an hour
+
+
+async def test_sigkill_with_prefetched_tasks(app: App, env: dict[str, str], tmp_path: Path) -> None:
+    handles = [await proc_tasks.slow.delay(f"p{i}", 0.3) for i in range(20)]
+    first = start_worker(env, "-c", "2", "--prefetch", "20")
+    try:
+        await wait_for_file(tmp_path / "started-p0")
+        await wait_for_file(tmp_path / "started-p1")
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+    finally:
+        stop(first)
+    second = start_worker(env, "-c", "20")
+    try:
+        results = await asyncio.gather(*(h.wait(timeout=60) for h in handles))
+    finally:
+        stop(second)
+    assert sorted(r.split(":")[0] for r in results) == sorted(f"p{i}" for i in range(20))
+    runs = {i: (tmp_path / f"done-p{i}").read_text().split() for i in range(20)}
+    extra = sum(len(v) - 1 for v in runs.values())
+    print(f"\nsigkill with 20 prefetched: lost 0/20, extra executions {extra}")
+    assert all(len(v) == 1 for v in runs.values()), runs  # killed before any finished
+
+
+async def test_sigterm_finishes_short_and_hands_back_long(
+    app: App, env: dict[str, str], tmp_path: Path
+) -> None:
+    short = [await proc_tasks.slow.delay(f"s{i}", 1.0) for i in range(3)]
+    long = await proc_tasks.slow.delay("long", 60.0)
+    worker = start_worker(env, "-c", "10", "--shutdown-timeout", "3")
+    try:
+        for i in range(3):
+            await wait_for_file(tmp_path / f"started-s{i}")
+        await wait_for_file(tmp_path / "started-long")
+        t0 = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(worker.wait, 30)
+        elapsed = time.monotonic() - t0
+    finally:
+        out = stop(worker)
+    assert code == 0, out
+    assert elapsed < 3 + 2, out
+    for h in short:
+        assert await h.state() == states.SUCCESS
+    assert await long.state() == states.PENDING
+    # handed back at once: claimable now, without waiting for the lease to expire
+    [d] = await app.broker.claim(["default"], limit=5, lease_seconds=30, owner="t", timeout=0.5)
+    assert d.id == long.id and d.delivery_count == 2
+    print(f"\nsigterm: 3 short finished, long handed back, exit {code} in {elapsed:.2f}s")
+
+
+async def test_blocked_event_loop_keeps_its_lease(
+    app: App, env: dict[str, str], tmp_path: Path
+) -> None:
+    # a sync task in the worker's thread pool and an async task blocking the loop itself
+    h = await proc_tasks.blocking.delay("b", 1.5 * 3)
+    worker = start_worker(env, "-c", "2")
+    other = start_worker(env, "-c", "2")
+    try:
+        assert await h.wait(timeout=30) == "b"
+    finally:
+        stop(worker)
+        stop(other)
+    assert (tmp_path / "started-b").read_text().split() == ["1"]
+
+
+def test_quickstart_two_processes(tmp_path: Path) -> None:
+    qs = ROOT / "examples" / "quickstart"
+    env = {**os.environ, "PYTHONPATH": str(qs)}
+    env.pop("AQUEUE_BROKER_URL", None)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "aqueue.cli", "worker", "proj.tasks:app",
+         "-c", "50", "-Q", "default", "-n", "w1@%h", "-l", "info"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c",
+             "import asyncio, proj.tasks as t; print(asyncio.run(t.main()))"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        )
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        log = worker.communicate(timeout=30)[0].decode()
+    assert out.stdout.strip() == "8", out.stderr
+    assert worker.returncode == 0, log
+    assert "aqueue.db" in log  # the embedded store's location is logged at start
+    assert (tmp_path / "aqueue.db").exists()
