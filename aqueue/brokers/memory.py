@@ -28,6 +28,8 @@ class _Entry:
     seq: int
     deliveries: int = 0
     lease_until: float | None = None
+    #: fencing token: bumped by every claim, never reset (deliveries is reset by requeue)
+    token: int = 0
 
 
 class _Store:
@@ -40,6 +42,7 @@ class _Store:
         self.ready: dict[str, list[tuple[int, int, str]]] = {}  # (-priority, seq, id)
         self.delayed: list[tuple[float, int, str]] = []  # (due, seq, id)
         self.leased: list[tuple[float, str, int]] = []  # (lease_until, id, token)
+        self.tokens = itertools.count(1)
         self.dead: list[DeadLetter] = []
         self.seq = itertools.count()
 
@@ -67,7 +70,7 @@ class _Store:
         while self.leased and self.leased[0][0] <= now:
             _, id_, token = heapq.heappop(self.leased)
             entry = self.entries.get(id_)
-            if entry is None or entry.deliveries != token or entry.lease_until is None:
+            if entry is None or entry.token != token or entry.lease_until is None:
                 continue  # settled or re-leased since
             if entry.lease_until <= now:
                 entry.lease_until = None
@@ -81,7 +84,7 @@ class _Store:
 
     def holder(self, lease: Lease) -> _Entry | None:
         entry = self.entries.get(lease.id)
-        if entry is None or entry.deliveries != lease.token or entry.lease_until is None:
+        if entry is None or entry.token != lease.token or entry.lease_until is None:
             return None
         return entry
 
@@ -99,12 +102,13 @@ def store_for(url: str) -> _Store:
 class MemoryDelivery:
     """A message claimed from a :class:`MemoryBroker`."""
 
-    __slots__ = ("_body", "_lease", "_store")
+    __slots__ = ("_body", "_count", "_lease", "_store")
 
     def __init__(self, store: _Store, entry: _Entry) -> None:
         self._store = store
         self._body = entry.body
-        self._lease = Lease(entry.id, entry.queue, entry.deliveries)
+        self._lease = Lease(entry.id, entry.queue, entry.token)
+        self._count = entry.deliveries
 
     @property
     def id(self) -> str:
@@ -120,7 +124,7 @@ class MemoryDelivery:
 
     @property
     def delivery_count(self) -> int:
-        return self._lease.token
+        return self._count
 
     @property
     def lease(self) -> Lease:
@@ -230,8 +234,9 @@ class MemoryBroker:
                         if entry is None or entry.seq != seq or entry.lease_until is not None:
                             continue  # stale heap item
                         entry.deliveries += 1
+                        entry.token = next(store.tokens)
                         entry.lease_until = now + lease_seconds
-                        heapq.heappush(store.leased, (entry.lease_until, id_, entry.deliveries))
+                        heapq.heappush(store.leased, (entry.lease_until, id_, entry.token))
                         out.append(MemoryDelivery(store, entry))
                 next_event = store.next_event(now)
             remaining = deadline - time.monotonic()

@@ -15,6 +15,7 @@ whose lease was taken over cannot touch the message again. See ``docs/brokers/sq
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
@@ -223,6 +224,7 @@ class SQLiteBroker:
         # Bumped on every in-process change that can make a message claimable; a claim that
         # saw it move while it was looking retries at once instead of sleeping.
         self._changes = 0
+        self._handing_back: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"<SQLiteBroker {self.path}>"
@@ -232,7 +234,9 @@ class SQLiteBroker:
         await self._store.open()
 
     async def close(self) -> None:
-        """Finish queued writes and close; idempotent."""
+        """Finish queued writes (and hand back cancelled claims), then close; idempotent."""
+        if self._handing_back:
+            await asyncio.gather(*self._handing_back, return_exceptions=True)
         await self._store.close()
 
     def _notify(self) -> None:
@@ -267,7 +271,7 @@ class SQLiteBroker:
         limit: int,
         lease_seconds: float,
         owner: str,
-        timeout: float,  # noqa: ASYNC109 - the Broker protocol's signature
+        timeout: float,
     ) -> list[Delivery]:
         """Claim up to ``limit`` due messages: earlier queues first, then priority, then due.
 
@@ -284,7 +288,7 @@ class SQLiteBroker:
         interval = self._poll_min
         while True:
             changes = self._changes
-            rows, next_at, version = await self._store.write(claim_op)
+            rows, next_at, version = await self._store.write(claim_op, self._hand_back)
             if rows:
                 return [SQLiteDelivery(self, q, i, b, d, t) for q, i, b, d, t in rows]
             while True:  # wait until something may be claimable, then claim again
@@ -311,6 +315,29 @@ class SQLiteBroker:
                 version, next_at, interval = seen, later, self._poll_min
                 if ready:
                     break
+
+    def _hand_back(self, result: _ClaimResult) -> None:
+        """A claim whose caller was cancelled (shutdown) committed anyway: release its rows
+        at once, uncounted, instead of letting them wait out their lease."""
+        held = [(id_, token) for _, id_, _, _, token in result[0]]
+        if not held:
+            return
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(_RELEASE, [(1, id_, token) for id_, token in held])
+
+        task = asyncio.get_running_loop().create_task(self._store.write(op))
+        self._handing_back.add(task)
+        task.add_done_callback(self._handed_back)
+
+    def _handed_back(self, task: asyncio.Task[None]) -> None:
+        self._handing_back.discard(task)
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            log.warning("could not hand back cancelled claims: %s", task.exception())
+        else:
+            self._notify()
 
     def renew(self, leases: Sequence[Lease], lease_seconds: float) -> list[Lease]:
         """Extend ``leases`` to ``lease_seconds`` from now; return those that were lost.

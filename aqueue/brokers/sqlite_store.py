@@ -111,10 +111,12 @@ class SQLiteStore:
         self._lock_timeout = lock_timeout
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._opened: concurrent.futures.Future[None] | None = None
-        self._conn: sqlite3.Connection | None = None
+        # The main connection lives in its thread's locals: a store reopened after close()
+        # gets a new thread, and the old thread's jobs can only ever see the old connection.
+        self._local = threading.local()
         # Group commit: writes queue here; at most one flush job waits in the executor.
         self._pending_lock = threading.Lock()
-        self._pending: list[tuple[Op, asyncio.AbstractEventLoop, asyncio.Future[Any]]] = []
+        self._pending: list[_Write] = []
         self._flush_queued = False
         # The connection for blocking callers on other threads (renew).
         self._side_lock = threading.Lock()
@@ -156,10 +158,11 @@ class SQLiteStore:
             side.close()
 
     def _open_main(self) -> None:
-        self._conn = self._connect()
+        self._local.conn = self._connect()
 
     def _close_main(self) -> None:
-        conn, self._conn = self._conn, None
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        self._local.conn = None
         if conn is not None:
             conn.close()
 
@@ -203,50 +206,66 @@ class SQLiteStore:
         conn = self._main()
         return self._retry(lambda: op(conn))
 
-    async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+    async def write(
+        self,
+        op: Callable[[sqlite3.Connection], T],
+        orphan: Callable[[T], None] | None = None,
+    ) -> T:
         """Run ``op`` inside a write transaction, possibly shared with other queued writes.
 
-        ``op`` must only touch the database (it may run again after a rollback).
+        Args:
+            op: only touches the database (it may run again after a rollback).
+            orphan: called on the loop with the result if the caller was cancelled while
+                ``op`` committed anyway, to undo what nobody will see (claimed leases).
         """
         executor = self._start()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         with self._pending_lock:
-            self._pending.append((op, loop, fut))
+            self._pending.append(_Write(op, loop, fut, orphan))
             submit = not self._flush_queued
             self._flush_queued = True
         if submit:
             executor.submit(self._flush)
-        return await fut
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            # Cancelled after the result arrived: _settle will not see it as orphaned.
+            if orphan is not None and fut.done() and not fut.cancelled() and not fut.exception():
+                orphan(fut.result())
+            raise
 
     def _flush(self) -> None:
         with self._pending_lock:
             batch, self._pending = self._pending, []
             self._flush_queued = False
-        outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
         try:
             conn = self._main()
-            values = self._retry(lambda: self._transaction(conn, [op for op, _, _ in batch]))
-            outcomes = [(fut, True, v) for (_, _, fut), v in zip(batch, values, strict=True)]
+            values = self._retry(lambda: self._transaction(conn, [w.op for w in batch]))
+            for w, value in zip(batch, values, strict=True):
+                w.ok, w.value = True, value
         except Exception as exc:
             if len(batch) == 1 or _lock_exhausted(exc):
-                outcomes = [(fut, False, exc) for _, _, fut in batch]
+                for w in batch:
+                    w.value = exc
             else:
                 # One op failed for its own reasons: run each alone so the others still land.
-                outcomes = [self._run_alone(op, fut) for op, _, fut in batch]
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
-        for (_, loop, _), outcome in zip(batch, outcomes, strict=True):
-            by_loop.setdefault(loop, []).append(outcome)
+                for w in batch:
+                    self._run_alone(w)
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Write]] = {}
+        for w in batch:
+            by_loop.setdefault(w.loop, []).append(w)
         for loop, items in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
                 loop.call_soon_threadsafe(_settle, items)
 
-    def _run_alone(self, op: Op, fut: asyncio.Future[Any]) -> tuple[asyncio.Future[Any], bool, Any]:
+    def _run_alone(self, w: _Write) -> None:
         try:
             conn = self._main()
-            return fut, True, self._retry(lambda: self._transaction(conn, [op]))[0]
+            w.value = self._retry(lambda: self._transaction(conn, [w.op]))[0]
+            w.ok = True
         except Exception as exc:
-            return fut, False, exc
+            w.value = exc
 
     def side(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``op`` in a write transaction on the side connection. Blocking, thread-safe."""
@@ -258,10 +277,11 @@ class SQLiteStore:
             return result
 
     def _main(self) -> sqlite3.Connection:
-        if self._conn is None:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
             # Only reachable on the store's thread after close() ran or open failed.
             raise self._error(f"SQLite file {self.path} is not open (see the earlier error)")
-        return self._conn
+        return conn
 
     @staticmethod
     def _transaction(conn: sqlite3.Connection, ops: Sequence[Op]) -> list[Any]:
@@ -309,11 +329,32 @@ def _lock_exhausted(exc: BaseException) -> bool:
     return isinstance(cause, sqlite3.OperationalError) and is_busy(cause)
 
 
-def _settle(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for fut, ok, value in items:
-        if fut.done():  # the caller was cancelled
-            continue
-        if ok:
-            fut.set_result(value)
+class _Write:
+    """One queued write and, once run, its outcome."""
+
+    __slots__ = ("fut", "loop", "ok", "op", "orphan", "value")
+
+    def __init__(
+        self,
+        op: Op,
+        loop: asyncio.AbstractEventLoop,
+        fut: asyncio.Future[Any],
+        orphan: Callable[[Any], None] | None,
+    ) -> None:
+        self.op = op
+        self.loop = loop
+        self.fut = fut
+        self.orphan = orphan
+        self.ok = False
+        self.value: Any = None
+
+
+def _settle(items: list[_Write]) -> None:
+    for w in items:
+        if w.fut.done():  # the caller was cancelled
+            if w.ok and w.orphan is not None:
+                w.orphan(w.value)
+        elif w.ok:
+            w.fut.set_result(w.value)
         else:
-            fut.set_exception(value)
+            w.fut.set_exception(w.value)

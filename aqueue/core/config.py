@@ -51,6 +51,10 @@ class Settings:
     include: list[str] = dataclasses.field(default_factory=list)
     #: seconds a publish may take before it raises
     publish_timeout: float = 10.0
+    #: default hard time limit of every task, seconds (``None``: none)
+    task_time_limit: float | None = None
+    #: default soft time limit of every task, seconds (``None``: none)
+    task_soft_time_limit: float | None = None
 
     def update(self, values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         """Set several settings, validating names and types."""

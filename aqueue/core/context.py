@@ -32,6 +32,9 @@ class Request:
     root_id: str | None = None
     group_id: str | None = None
     delivery_count: int = 1
+    max_retries: int | None = None
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
     #: True when called in-process (``task(...)``), not from a worker
     called_directly: bool = False
 

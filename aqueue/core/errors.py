@@ -15,7 +15,10 @@
     ├── ArgumentError             arguments that do not fit the task's signature
     ├── TaskFailed                the remote task ended in FAILURE
     ├── TaskRevoked               the task was revoked or expired
-    └── Retry                     raised by ``self.retry()`` to ask for another attempt
+    ├── Retry                     raised by ``self.retry()`` to ask for another attempt
+    ├── MaxRetriesExceededError   ``retry()`` called with no retries left and no ``exc``
+    ├── SoftTimeLimitExceeded     raised inside a task when its soft time limit passes
+    └── TimeLimitExceeded         the task ran past its hard time limit and was stopped
 
 ``TimeoutError`` (the builtin) is raised by ``wait(timeout=...)`` when the deadline passes.
 """
@@ -103,8 +106,22 @@ class Retry(AqueueError):
         exc: BaseException | None = None,
         countdown: float | None = None,
         when: float | None = None,
+        max_retries: int | None = None,
     ) -> None:
         super().__init__(message)
         self.exc = exc
         self.countdown = countdown
         self.when = when
+        self.max_retries = max_retries
+
+
+class MaxRetriesExceededError(AqueueError):
+    """``retry()`` was called with no retries left and no ``exc`` to re-raise."""
+
+
+class SoftTimeLimitExceeded(AqueueError):
+    """Raised inside a running task when its ``soft_time_limit`` passes; catch it to clean up."""
+
+
+class TimeLimitExceeded(AqueueError):
+    """The task ran past its hard ``time_limit``: cancelled, or its process killed."""

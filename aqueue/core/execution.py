@@ -7,7 +7,6 @@ task id is known, a FAILURE is stored so waiters are told).
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import functools
 import inspect
@@ -17,8 +16,10 @@ import traceback
 from concurrent.futures import Executor as PoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from . import context, states
-from .errors import ArgumentError, DecodeError
+import msgspec
+
+from . import context, limits, retry, states
+from .errors import ArgumentError, DecodeError, Retry
 from .message import ErrorInfo, MessageIn, ResultOut, decode_message
 from .protocols import Delivery
 from .serialization import SerializerName, encode, format_of
@@ -41,6 +42,7 @@ class Executor:
         self.succeeded = 0
         self.failed = 0
         self.dead_lettered = 0
+        self.retried = 0
 
     async def execute(self, delivery: Delivery) -> None:
         """Handle one delivery to the end; raises only ``CancelledError``."""
@@ -112,6 +114,8 @@ class Executor:
         track = conf.task_track_started if task.track_started is None else task.track_started
         if track and not msg.ignore_result:
             await self._store(msg, attempt, serializer, states.STARTED, date_started=started)
+        hard = _first(msg.time_limit, task.time_limit, conf.task_time_limit)
+        soft = _first(msg.soft_time_limit, task.soft_time_limit, conf.task_soft_time_limit)
         request = context.Request(
             id=msg.id,
             task=msg.task,
@@ -135,11 +139,22 @@ class Executor:
             if task.is_async:
                 value = task(*args, **kwargs)
                 if inspect.isawaitable(value):
-                    value = await value
+                    value = await limits.run_coroutine(_as_coroutine(value), soft=soft, hard=hard)
             else:
                 call = functools.partial(contextvars.copy_context().run, task, *args, **kwargs)
-                value = await asyncio.get_running_loop().run_in_executor(self.pool, call)
+                value = await limits.run_in_thread(self.pool, call, soft=soft, hard=hard)
+        except Retry as signal:
+            await self._retry(
+                delivery, task, msg, attempt, serializer, args, kwargs, signal, request
+            )
+            return
         except Exception as exc:
+            auto = retry.autoretry(task, request, exc)
+            if auto is not None:
+                await self._retry(
+                    delivery, task, msg, attempt, serializer, args, kwargs, auto, request
+                )
+                return
             await self._failed(
                 delivery, task, msg, attempt, serializer, args, kwargs, exc, acks_late, started
             )
@@ -164,6 +179,61 @@ class Executor:
         if acks_late and not await delivery.ack():
             log.warning(
                 "Task %s[%s]: lease lost before ack; a newer attempt owns it", msg.task, msg.id
+            )
+
+    async def _retry(
+        self,
+        delivery: Delivery,
+        task: Task[Any, Any],
+        msg: MessageIn,
+        attempt: int,
+        serializer: SerializerName,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        signal: Retry,
+        request: context.Request,
+    ) -> None:
+        """Re-enqueue the same task id as a new attempt, due after the countdown."""
+        now = time.time()
+        if signal.when is not None:
+            eta: float | None = signal.when
+        else:
+            eta = now + (signal.countdown if signal.countdown is not None else 0.0)
+        if eta is not None and eta <= now:
+            eta = None
+        max_retries = signal.max_retries if signal.max_retries is not None else msg.max_retries
+        again = msgspec.structs.replace(
+            msg,
+            retries=msg.retries + 1,
+            prior_attempts=attempt,
+            eta=eta,
+            max_retries=max_retries,
+        )
+        exc = signal.exc if signal.exc is not None else signal
+        tb = "".join(traceback.format_exception(exc))
+        self.retried += 1
+        log.warning(
+            "Task %s[%s] retry %d in %.1fs: %s",
+            msg.task,
+            msg.id,
+            msg.retries + 1,
+            max((eta or now) - now, 0.0),
+            type(exc).__qualname__,
+        )
+        if not msg.ignore_result:
+            await self._store(
+                msg,
+                attempt,
+                serializer,
+                states.RETRY,
+                error=ErrorInfo(type=type(exc).__qualname__, message=str(exc), traceback=tb),
+            )
+        await _hook(task.on_retry, exc, msg.id, args, kwargs, tb)
+        if not await delivery.requeue(encode(again, serializer), eta=eta):
+            log.warning(
+                "Task %s[%s]: lease lost before the retry was queued; a newer attempt owns it",
+                msg.task,
+                msg.id,
             )
 
     async def _failed(
@@ -287,6 +357,15 @@ class Executor:
                 state,
                 attempt,
             )
+
+
+def _first(*values: float | None) -> float | None:
+    return next((v for v in values if v is not None), None)
+
+
+async def _as_coroutine(awaitable: Any) -> Any:
+    """Wrap any awaitable (a custom ``__call__`` may return one) as a coroutine."""
+    return await awaitable
 
 
 async def _hook(hook: Any, *args: Any) -> None:

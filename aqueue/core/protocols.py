@@ -11,6 +11,8 @@ Delivery semantics every broker keeps (docs/architecture.md, "Delivery"):
   ``renew``; an expired lease makes it claimable again;
 * ``ack`` / ``requeue`` / ``release`` / ``dead_letter`` by a holder whose lease was taken over
   (its token no longer matches) do nothing and return ``False`` (fencing);
+* ``claim`` is cancel-safe: a cancelled claim leaves no message leased;
+* brokers ignore constructor options they do not know (logged at debug level);
 * ``publish`` of an id that is still queued or in flight does not create a second message;
 * messages with an ``eta`` are stored by due time on the broker side, never in worker memory.
 """
@@ -36,7 +38,12 @@ class Outgoing:
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """Proof of a claim: the message id and the delivery count it was claimed with."""
+    """Proof of a claim: the message id and a fencing token.
+
+    The token changes with every claim of the message and is never reused (not the
+    delivery count, which ``requeue`` resets), so a holder whose lease expired can never
+    settle a later claim of the same message.
+    """
 
     id: str
     queue: str
@@ -180,9 +187,10 @@ class ResultBackend(Protocol):
         """The stored record, or ``None``."""
 
     def watch(self, task_id: str) -> AsyncGenerator[bytes, None]:
-        """Yield the stored record (if any), then every record stored after it.
+        """Yield the stored record (if any), then each newer record.
 
-        Subscribes before reading, so a record stored in between is never missed.
+        Subscribes before reading, so a record stored in between is never missed. A polling
+        backend may merge updates stored in quick succession; the latest always arrives.
         """
 
     async def forget(self, task_id: str) -> None:

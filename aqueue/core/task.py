@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar, U
 
 from .arguments import ArgumentSpec
 from .context import Request, current_request
+from .errors import MaxRetriesExceededError, Retry
 from .message import ResultOut
+from .retry import backoff_delay, retries_left
 from .serialization import check_serializer, encode
 from .states import READY_STATES
 
@@ -68,6 +70,23 @@ class Task(Generic[P, R]):
     #: ``None``: the app's ``task_track_started``
     track_started: bool | None = None
     priority: int = 0
+    #: retries allowed (``None``: unlimited); Celery's default is 3
+    max_retries: int | None = 3
+    #: seconds before a retry when ``retry()`` names no countdown and there is no backoff
+    default_retry_delay: float = 180.0
+    #: exceptions that retry the task automatically
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    #: exceptions never retried automatically, even if they match ``autoretry_for``
+    dont_autoretry_for: tuple[type[BaseException], ...] = ()
+    #: exponential backoff for automatic retries: ``True`` (1 s base) or a base in seconds
+    retry_backoff: bool | float = False
+    retry_backoff_max: float = 600.0
+    #: randomize backoff delays between 0 and the computed delay
+    retry_jitter: bool = True
+    #: seconds after which the task is stopped (``None``: the worker's default)
+    time_limit: float | None = None
+    #: seconds after which ``SoftTimeLimitExceeded`` is raised inside the task
+    soft_time_limit: float | None = None
 
     name: str
     app: App
@@ -153,6 +172,42 @@ class Task(Generic[P, R]):
             ttl=self.app.conf.result_expires,
         )
 
+    def retry(
+        self,
+        exc: BaseException | None = None,
+        *,
+        countdown: float | None = None,
+        eta: datetime | float | None = None,
+        max_retries: int | None = None,
+        throw: bool = True,
+    ) -> Retry:
+        """End this attempt and run the task again later: ``raise self.retry(exc=e)``.
+
+        The retry is a new attempt of the same task id, after ``countdown`` seconds (default
+        ``default_retry_delay``, or the backoff). With no retries left, re-raises ``exc``
+        (or raises :class:`MaxRetriesExceededError`).
+        """
+        req = self.request
+        if req.called_directly:
+            raise RuntimeError("retry() works inside a task run by a worker")
+        if not retries_left(self, req, max_retries):
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceededError(f"{self.name}[{req.id}] used its {req.retries} retries")
+        when = eta.timestamp() if isinstance(eta, datetime) else eta
+        if countdown is None and when is None:
+            countdown = backoff_delay(self, req.retries)
+        signal = Retry(
+            f"retry in {countdown}s" if countdown is not None else "retry",
+            exc=exc,
+            countdown=countdown,
+            when=when,
+            max_retries=max_retries,
+        )
+        if throw:
+            raise signal
+        return signal
+
     # -- hooks (sync or async; Celery's signatures) ---------------------------------------
 
     def on_success(
@@ -170,6 +225,17 @@ class Task(Generic[P, R]):
         einfo: str,
     ) -> Awaitable[None] | None:
         """Called in the worker after the task raised (``einfo`` is the traceback text)."""
+        return None
+
+    def on_retry(
+        self,
+        exc: BaseException,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        einfo: str,
+    ) -> Awaitable[None] | None:
+        """Called in the worker when the task is to be retried."""
         return None
 
     def after_return(

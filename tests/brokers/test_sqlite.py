@@ -60,8 +60,12 @@ def msg(queue: str = "q", *, priority: int = 0, eta: float | None = None) -> Out
 
 
 async def claim(
-    broker: Broker, queues: tuple[str, ...] = ("q",), *, limit: int = 10,
-    lease: float = 30.0, timeout: float = 0.0,
+    broker: Broker,
+    queues: tuple[str, ...] = ("q",),
+    *,
+    limit: int = 10,
+    lease: float = 30.0,
+    timeout: float = 0.0,
 ) -> list[Delivery]:
     return await broker.claim(
         list(queues), limit=limit, lease_seconds=lease, owner="test", timeout=timeout
@@ -88,8 +92,15 @@ def test_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["sqlite://", "sqlite:///", "sqlite://host/q.db", "sqlite:///:memory:", "sqlite:///q.db?x=1",
-     "redis://localhost/0", "q.db"],
+    [
+        "sqlite://",
+        "sqlite:///",
+        "sqlite://host/q.db",
+        "sqlite:///:memory:",
+        "sqlite:///q.db?x=1",
+        "redis://localhost/0",
+        "q.db",
+    ],
 )
 def test_bad_urls_name_the_right_form(url: str) -> None:
     with pytest.raises(ConfigurationError, match=r"sqlite:////absolute"):
@@ -191,6 +202,21 @@ async def test_release_unexecuted_does_not_count(broker: SQLiteBroker) -> None:
     [d] = await claim(broker)
     assert d.delivery_count == 2
     assert await d.ack()
+
+
+async def test_cancelled_claim_hands_its_messages_back(broker: SQLiteBroker) -> None:
+    await broker.publish([msg() for _ in range(5)])
+    pending = asyncio.create_task(claim(broker, limit=10))
+    await asyncio.sleep(0)  # the claim is now in the database thread
+    pending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    got: list[Delivery] = []
+    async with asyncio.timeout(5):
+        while len(got) < 5:
+            got += await claim(broker, timeout=1.0)
+    assert [d.delivery_count for d in got] == [1] * 5  # handed back uncounted, no lease wait
+    assert [d.lease.token for d in got] == [2] * 5  # the cancelled claim did take them
 
 
 async def test_token_is_never_reused_after_a_reset(broker: SQLiteBroker) -> None:
@@ -405,8 +431,13 @@ CONSUMER = textwrap.dedent(
 async def run_script(script: str, *args: str) -> asyncio.subprocess.Process:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-c", script, *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-c",
+        script,
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
 
 
@@ -439,7 +470,6 @@ async def test_four_processes_claim_each_message_exactly_once(tmp_path: Path) ->
     for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err.decode()
         reports.append(json.loads(out.decode().strip().splitlines()[-1]))
-    print("per process:", [len(r["ids"]) for r in reports])
     claimed = [i for r in reports for i in r["ids"]]
     expected = {f"{n}-{i}" for n in names for i in range(500)}
     assert len(claimed) == len(expected) == 2000  # nothing claimed twice

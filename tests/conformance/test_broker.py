@@ -190,3 +190,18 @@ async def test_purge_leaves_in_flight(broker: Broker) -> None:
     assert await broker.purge("q") == 2
     assert await broker.size("q") == 1
     assert await held.ack() is True
+
+
+async def test_stale_holder_cannot_settle_a_retry_of_the_same_message(broker: Broker) -> None:
+    # A's lease expires; B claims and requeues (count reset); C claims the retry.
+    # A's late ack must not delete C's message: tokens are never reused.
+    await broker.publish([msg()])
+    [a] = await claim(broker, lease=LEASE)
+    [b] = await claim(broker, lease=30.0, timeout=5.0)
+    assert await b.requeue(b"retry", eta=None) is True
+    [c] = await claim(broker)
+    assert c.delivery_count == 1
+    assert await a.ack() is False
+    assert await a.dead_letter("x") is False
+    assert await broker.size("q") == 1
+    assert await c.ack() is True
