@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +79,12 @@ class MemoryBackend:
         with self._results.lock:
             rec = self._results.live(task_id, time.time())
             return rec.body if rec is not None else None
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[bytes | None]:
+        now = time.time()
+        with self._results.lock:
+            recs = [self._results.live(t, now) for t in task_ids]
+        return [r.body if r is not None else None for r in recs]
 
     async def watch(self, task_id: str) -> AsyncGenerator[bytes, None]:
         results = self._results

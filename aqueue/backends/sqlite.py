@@ -14,7 +14,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from ..brokers.sqlite_store import SQLiteStore, sqlite_path
@@ -165,6 +165,13 @@ class SQLiteBackend:
         found = await self._store.read(_get_op(task_id))
         return None if found is None else found[0]
 
+    async def get_many(self, task_ids: Sequence[str]) -> list[bytes | None]:
+        """The stored records of ``task_ids`` (``None`` where absent or expired)."""
+        if not task_ids:
+            return []
+        found = await self._store.read(_get_many_op(list(task_ids)))
+        return [found.get(t) for t in task_ids]
+
     async def watch(self, task_id: str) -> AsyncIterator[bytes]:
         """Yield the stored record (if any), then each newer one.
 
@@ -252,6 +259,25 @@ def _get_op(task_id: str) -> Callable[[sqlite3.Connection], tuple[bytes, int] | 
         if row is None or (row[2] is not None and row[2] <= time.time()):
             return None
         return row[0], row[1]
+
+    return op
+
+
+def _get_many_op(ids: list[str]) -> Callable[[sqlite3.Connection], dict[str, bytes]]:
+    def op(conn: sqlite3.Connection) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        now = time.time()
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = conn.execute(
+                f"SELECT id, record, expires_at FROM aq_results WHERE id IN ({marks})",  # noqa: S608
+                chunk,
+            )
+            for task_id, record, expires_at in rows:
+                if expires_at is None or expires_at > now:
+                    out[task_id] = record
+        return out
 
     return op
 

@@ -7,11 +7,14 @@ is given one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import time
+import types
 import uuid
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import (
     TYPE_CHECKING,
@@ -26,11 +29,13 @@ from typing import (
 )
 
 from .config import Settings
+from .control import Control
 from .errors import ConfigurationError, NotRegistered, PublishTimeout
 from .message import MessageOut, encode_message
+from .middleware import Middleware, chain_publish
 from .protocols import Broker, Outgoing, ResultBackend
 from .result import AsyncResult
-from .serialization import check_serializer
+from .serialization import SerializerName, check_serializer
 from .task import CallOptions, Task
 from .urls import backend_class, broker_class, default_backend_url, redact
 
@@ -97,6 +102,11 @@ class App:
             settings["include"] = list(include)
         self.conf.update(settings)
         self.tasks: dict[str, Task[Any, Any]] = {}
+        #: shared resources built by lifespan functions (``app.state.db = ...``)
+        self.state = types.SimpleNamespace()
+        self.middleware: list[Middleware] = []
+        self.lifespans: list[Callable[[App], AbstractAsyncContextManager[None]]] = []
+        self.control = Control(self)
         self._broker: Broker | None = None
         self._backend: ResultBackend | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -176,6 +186,27 @@ class App:
         if fn is not None:
             return register(fn)
         return register
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Add middleware around every publish and execution; the first added is outermost."""
+        self.middleware.append(middleware)
+
+    def lifespan(
+        self, fn: Callable[[App], AsyncIterator[None]]
+    ) -> Callable[[App], AsyncIterator[None]]:
+        """Register worker startup/shutdown code, as an async generator (FastAPI's style).
+
+        Code before ``yield`` runs when a worker starts, before it claims anything; code after
+        runs when it stops, after its tasks finished. Put shared resources on ``app.state``::
+
+            @app.lifespan
+            async def resources(app):
+                app.state.http = httpx.AsyncClient()
+                yield
+                await app.state.http.aclose()
+        """
+        self.lifespans.append(contextlib.asynccontextmanager(fn))
+        return fn
 
     def get_task(self, name: str) -> Task[Any, Any]:
         """The registered task called ``name``."""
@@ -277,18 +308,37 @@ class App:
         *,
         task: Task[Any, Any] | None,
     ) -> AsyncResult[Any]:
-        outgoing = self._build(name, args, kwargs, options, task)
+        msg, fmt = self._build(name, args, kwargs, options, task)
+        if self.middleware:
+            sent: list[MessageOut] = []
+
+            async def last(final: MessageOut) -> None:
+                await self._publish(final, fmt)
+                sent.append(final)
+
+            await chain_publish(self.middleware, last)(msg)
+            task_id = sent[0].id if sent else msg.id
+        else:
+            await self._publish(msg, fmt)
+            task_id = msg.id
+        result_type = task.spec.result_type if task is not None else Any
+        return AsyncResult(self, task_id, result_type=result_type, task=task)
+
+    async def _publish(self, msg: MessageOut, fmt: SerializerName) -> None:
+        # encoded once, and refused if oversized before any I/O
+        body = encode_message(msg, fmt, self.conf.max_message_bytes)
+        outgoing = Outgoing(
+            id=msg.id, queue=msg.queue, body=body, priority=msg.priority, eta=msg.eta
+        )
         broker = await self._connected_broker()
         try:
             async with asyncio.timeout(self.conf.publish_timeout):
                 await broker.publish([outgoing])
         except TimeoutError:
             raise PublishTimeout(
-                f"publishing {name} did not complete within {self.conf.publish_timeout}s "
+                f"publishing {msg.task} did not complete within {self.conf.publish_timeout}s "
                 f"(broker {redact(self.broker_url)}); it may or may not have been queued"
             ) from None
-        result_type = task.spec.result_type if task is not None else Any
-        return AsyncResult(self, outgoing.id, result_type=result_type, task=task)
 
     def _build(
         self,
@@ -297,7 +347,7 @@ class App:
         kwargs: dict[str, Any],
         options: CallOptions,
         task: Task[Any, Any] | None,
-    ) -> Outgoing:
+    ) -> tuple[MessageOut, SerializerName]:
         now = time.time()
         unknown = set(options) - set(CallOptions.__annotations__)
         if unknown:
@@ -338,8 +388,7 @@ class App:
             group_id=options.get("group_id"),
             sent_at=now,
         )
-        body = encode_message(msg, serializer, self.conf.max_message_bytes)
-        return Outgoing(id=task_id, queue=queue, body=body, priority=priority, eta=msg.eta)
+        return msg, serializer
 
     # -- worker -------------------------------------------------------------------------
 

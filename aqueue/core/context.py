@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import dataclasses
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,8 @@ class Request:
     max_retries: int | None = None
     time_limit: float | None = None
     soft_time_limit: float | None = None
+    #: the worker's event loop (sync tasks in threads reach the backend through it)
+    loop: asyncio.AbstractEventLoop | None = dataclasses.field(default=None, repr=False)
     #: True when called in-process (``task(...)``), not from a worker
     called_directly: bool = False
 

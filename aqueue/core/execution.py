@@ -1,12 +1,16 @@
-"""Running one delivery: decode, validate, call, store the result, settle.
+"""Running one delivery: decode, admit, call, store the result, settle.
 
 The worker never dies of a message: undecodable bytes, unknown task names, arguments that do
 not fit and messages past ``max_deliveries`` are dead-lettered with a reason (and, where the
 task id is known, a FAILURE is stored so waiters are told).
+
+Order of checks for a claimed delivery: decode → registered? → ``max_deliveries`` →
+revoked? → expired? → arguments → rate limit → concurrency limit → run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import inspect
@@ -14,14 +18,18 @@ import logging
 import time
 import traceback
 from concurrent.futures import Executor as PoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from . import context, limits, retry, states
+from . import context, limits, retry, signals, states
+from .admission import RATE_SLOT_HEADER, LocalThrottle, parse_rate
+from .control import TERMINATE
 from .errors import ArgumentError, DecodeError, Retry
 from .message import ErrorInfo, MessageIn, ResultOut, decode_message
-from .protocols import Delivery
+from .middleware import chain_execute
+from .protocols import Delivery, SharedThrottle
 from .serialization import SerializerName, encode, format_of
 
 if TYPE_CHECKING:
@@ -30,28 +38,60 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aqueue.worker")
 
+#: seconds a task blocked by its concurrency limit waits on the broker before another try
+_CONCURRENCY_BACKOFF = 0.5
+
+
+@dataclass(slots=True)
+class Job:
+    """One delivery on its way through the executor."""
+
+    delivery: Delivery
+    msg: MessageIn
+    task: Task[Any, Any]
+    attempt: int
+    fmt: SerializerName
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] | None = None
+    request: context.Request | None = None
+    started: float = 0.0
+    #: the concurrency slot it holds, if any: released when it ends
+    slot: str | None = None
+
 
 class Executor:
     """Runs deliveries for one worker."""
 
-    def __init__(self, app: App, hostname: str, pool: PoolExecutor) -> None:
+    def __init__(
+        self, app: App, hostname: str, pool: PoolExecutor, throttle: SharedThrottle | None
+    ) -> None:
         self.app = app
         self.hostname = hostname
         self.pool = pool
         self.conf = app.conf
+        self.throttle: SharedThrottle = throttle or LocalThrottle()
+        self.slots_held: dict[str, tuple[str, str]] = {}  # task id -> (key, holder)
         self.succeeded = 0
         self.failed = 0
         self.dead_lettered = 0
         self.retried = 0
+        self.revoked = 0
 
-    async def execute(self, delivery: Delivery) -> None:
-        """Handle one delivery to the end; raises only ``CancelledError``."""
+    # -- admission ----------------------------------------------------------------------
+
+    async def execute(self, delivery: Delivery, *, revoked: bool = False) -> None:
+        """Handle one delivery to the end; raises only ``CancelledError``.
+
+        Args:
+            delivery: the claimed message.
+            revoked: the worker found a revocation for it in the backend.
+        """
         try:
             msg = decode_message(delivery.body, self.conf.max_message_bytes)
         except DecodeError as exc:
             await self._dead_letter(delivery, "decode_error", str(exc))
             return
-        serializer = format_of(delivery.body)
+        fmt = format_of(delivery.body)
         attempt = msg.prior_attempts + delivery.delivery_count
         task = self.app.tasks.get(msg.task)
         if task is None:
@@ -59,70 +99,106 @@ class Executor:
                 delivery,
                 msg,
                 attempt,
-                serializer,
+                fmt,
                 "unknown_task",
                 "NotRegistered",
                 f"no task named {msg.task!r} is registered on this worker",
             )
             return
+        job = Job(delivery, msg, task, attempt, fmt)
         if delivery.delivery_count > self.conf.max_deliveries:
             await self._refuse(
                 delivery,
                 msg,
                 attempt,
-                serializer,
+                fmt,
                 "max_deliveries",
                 "WorkerLostError",
                 f"delivered {delivery.delivery_count - 1} times without completing "
                 f"(max_deliveries={self.conf.max_deliveries}); the worker running it died",
             )
             return
+        if revoked:
+            self.revoked += 1
+            log.info("Task %s[%s] revoked: not run", msg.task, msg.id)
+            await delivery.ack()
+            await signals.task_revoked.send(task, task_id=msg.id, terminated=False, expired=False)
+            return
         if msg.expires is not None and time.time() >= msg.expires:
+            self.revoked += 1
             await self._store(
-                msg,
-                attempt,
-                serializer,
+                job,
                 states.REVOKED,
                 error=ErrorInfo(type="TaskRevoked", message="expired", reason="expired"),
             )
             await delivery.ack()
+            await signals.task_revoked.send(task, task_id=msg.id, terminated=False, expired=True)
             return
         try:
-            args, kwargs = task.spec.decode(msg.args, msg.kwargs, serializer)
+            job.args, job.kwargs = task.spec.decode(msg.args, msg.kwargs, fmt)
         except ArgumentError as exc:
             await self._refuse(
-                delivery, msg, attempt, serializer, "bad_arguments", "ArgumentError", str(exc)
+                delivery, msg, attempt, fmt, "bad_arguments", "ArgumentError", str(exc)
             )
             return
-        await self._run(delivery, task, msg, attempt, serializer, args, kwargs)
+        if task.rate_limit is not None and not await self._admit_rate(job):
+            return
+        if task.concurrency_limit is not None:
+            holder = msg.id
+            key = f"task:{task.name}"
+            if not await self.throttle.acquire_slot(
+                key, holder, task.concurrency_limit, self.conf.lease_seconds
+            ):
+                await delivery.requeue(delivery.body, eta=time.time() + _CONCURRENCY_BACKOFF)
+                return
+            job.slot = key
+            self.slots_held[msg.id] = (key, holder)
+        try:
+            await self._run(job)
+        finally:
+            if job.slot is not None:
+                self.slots_held.pop(msg.id, None)
+                await self.throttle.release_slot(job.slot, msg.id)
 
-    async def _run(
-        self,
-        delivery: Delivery,
-        task: Task[Any, Any],
-        msg: MessageIn,
-        attempt: int,
-        serializer: SerializerName,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> None:
-        conf = self.conf
+    async def _admit_rate(self, job: Job) -> bool:
+        """Reserve a rate slot, or delay the message on the broker until its slot."""
+        msg, task = job.msg, job.task
+        assert task.rate_limit is not None
+        now = time.time()
+        reserved = msg.headers.get(RATE_SLOT_HEADER)
+        if reserved is not None and float(reserved) <= now + 0.01:
+            return True  # came back at the slot it reserved earlier
+        rate = parse_rate(task.rate_limit)
+        slot = await self.throttle.reserve_rate(f"task:{task.name}", rate.limit, rate.period)
+        if slot <= now + 0.01:
+            return True
+        delayed = msgspec.structs.replace(
+            msg, headers={**msg.headers, RATE_SLOT_HEADER: repr(slot)}
+        )
+        await job.delivery.requeue(encode(delayed, job.fmt), eta=slot)
+        return False
+
+    # -- running ------------------------------------------------------------------------
+
+    async def _run(self, job: Job) -> None:
+        conf, task, msg, delivery = self.conf, job.task, job.msg, job.delivery
         acks_late = conf.task_acks_late if task.acks_late is None else task.acks_late
         if not acks_late:
             await delivery.ack()  # at-most-once, by the task's choice
-        started = time.time()
+        job.started = time.time()
         track = conf.task_track_started if task.track_started is None else task.track_started
         if track and not msg.ignore_result:
-            await self._store(msg, attempt, serializer, states.STARTED, date_started=started)
+            await self._store(job, states.STARTED, date_started=job.started)
         hard = _first(msg.time_limit, task.time_limit, conf.task_time_limit)
         soft = _first(msg.soft_time_limit, task.soft_time_limit, conf.task_soft_time_limit)
-        request = context.Request(
+        args, kwargs = job.args, job.kwargs or {}
+        request = job.request = context.Request(
             id=msg.id,
             task=msg.task,
             args=args,
             kwargs=kwargs,
             queue=msg.queue,
-            attempt=attempt,
+            attempt=job.attempt,
             retries=msg.retries,
             headers=msg.headers,
             hostname=self.hostname,
@@ -133,153 +209,177 @@ class Executor:
             root_id=msg.root_id,
             group_id=msg.group_id,
             delivery_count=delivery.delivery_count,
+            max_retries=msg.max_retries,
+            time_limit=hard,
+            soft_time_limit=soft,
+            loop=asyncio.get_running_loop(),
         )
-        token = context.enter(task, request)
-        try:
+        if signals.task_prerun.receivers:
+            await signals.task_prerun.send(
+                task, task_id=msg.id, args=args, kwargs=kwargs, request=request
+            )
+
+        async def call() -> Any:
             if task.is_async:
                 value = task(*args, **kwargs)
                 if inspect.isawaitable(value):
                     value = await limits.run_coroutine(_as_coroutine(value), soft=soft, hard=hard)
-            else:
-                call = functools.partial(contextvars.copy_context().run, task, *args, **kwargs)
-                value = await limits.run_in_thread(self.pool, call, soft=soft, hard=hard)
+                return value
+            run = functools.partial(contextvars.copy_context().run, task, *args, **kwargs)
+            return await limits.run_in_thread(self.pool, run, soft=soft, hard=hard)
+
+        token = context.enter(task, request)
+        try:
+            middlewares = self.app.middleware
+            value = await (chain_execute(middlewares, request, call)() if middlewares else call())
         except Retry as signal:
-            await self._retry(
-                delivery, task, msg, attempt, serializer, args, kwargs, signal, request
-            )
+            await self._retry(job, signal)
             return
         except Exception as exc:
             auto = retry.autoretry(task, request, exc)
             if auto is not None:
-                await self._retry(
-                    delivery, task, msg, attempt, serializer, args, kwargs, auto, request
-                )
+                await self._retry(job, auto)
                 return
-            await self._failed(
-                delivery, task, msg, attempt, serializer, args, kwargs, exc, acks_late, started
-            )
+            await self._failed(job, exc, acks_late)
             return
         finally:
             context.leave(token)
+        await self._succeeded(job, value, acks_late)
+
+    async def _succeeded(self, job: Job, value: Any, acks_late: bool) -> None:
+        task, msg = job.task, job.msg
         self.succeeded += 1
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "Task %s[%s] succeeded in %.3fs (attempt %d)",
                 msg.task,
                 msg.id,
-                time.time() - started,
-                attempt,
+                time.time() - job.started,
+                job.attempt,
             )
         if not msg.ignore_result:
-            await self._store(
-                msg, attempt, serializer, states.SUCCESS, value=value, date_started=started
-            )
+            await self._store(job, states.SUCCESS, value=value, date_started=job.started)
+        args, kwargs = job.args, job.kwargs or {}
         await _hook(task.on_success, value, msg.id, args, kwargs)
         await _hook(task.after_return, states.SUCCESS, value, msg.id, args, kwargs, None)
-        if acks_late and not await delivery.ack():
+        if signals.task_success.receivers:
+            await signals.task_success.send(task, result=value, request=job.request)
+        if signals.task_postrun.receivers:
+            await signals.task_postrun.send(
+                task, task_id=msg.id, args=args, kwargs=kwargs, retval=value, state=states.SUCCESS
+            )
+        if acks_late and not await job.delivery.ack():
             log.warning(
                 "Task %s[%s]: lease lost before ack; a newer attempt owns it", msg.task, msg.id
             )
 
-    async def _retry(
-        self,
-        delivery: Delivery,
-        task: Task[Any, Any],
-        msg: MessageIn,
-        attempt: int,
-        serializer: SerializerName,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        signal: Retry,
-        request: context.Request,
-    ) -> None:
+    async def _retry(self, job: Job, signal: Retry) -> None:
         """Re-enqueue the same task id as a new attempt, due after the countdown."""
+        task, msg = job.task, job.msg
         now = time.time()
         if signal.when is not None:
             eta: float | None = signal.when
         else:
-            eta = now + (signal.countdown if signal.countdown is not None else 0.0)
+            eta = now + (signal.countdown or 0.0)
         if eta is not None and eta <= now:
             eta = None
         max_retries = signal.max_retries if signal.max_retries is not None else msg.max_retries
         again = msgspec.structs.replace(
             msg,
             retries=msg.retries + 1,
-            prior_attempts=attempt,
+            prior_attempts=job.attempt,
             eta=eta,
             max_retries=max_retries,
         )
         exc = signal.exc if signal.exc is not None else signal
         tb = "".join(traceback.format_exception(exc))
         self.retried += 1
+        countdown = max((eta or now) - now, 0.0)
         log.warning(
             "Task %s[%s] retry %d in %.1fs: %s",
             msg.task,
             msg.id,
             msg.retries + 1,
-            max((eta or now) - now, 0.0),
+            countdown,
             type(exc).__qualname__,
         )
         if not msg.ignore_result:
             await self._store(
-                msg,
-                attempt,
-                serializer,
+                job,
                 states.RETRY,
                 error=ErrorInfo(type=type(exc).__qualname__, message=str(exc), traceback=tb),
             )
-        await _hook(task.on_retry, exc, msg.id, args, kwargs, tb)
-        if not await delivery.requeue(encode(again, serializer), eta=eta):
+        await _hook(task.on_retry, exc, msg.id, job.args, job.kwargs or {}, tb)
+        if signals.task_retry.receivers:
+            await signals.task_retry.send(
+                task, request=job.request, reason=exc, countdown=countdown
+            )
+        if not await job.delivery.requeue(encode(again, job.fmt), eta=eta):
             log.warning(
                 "Task %s[%s]: lease lost before the retry was queued; a newer attempt owns it",
                 msg.task,
                 msg.id,
             )
 
-    async def _failed(
-        self,
-        delivery: Delivery,
-        task: Task[Any, Any],
-        msg: MessageIn,
-        attempt: int,
-        serializer: SerializerName,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        exc: Exception,
-        acks_late: bool,
-        started: float,
-    ) -> None:
+    async def _failed(self, job: Job, exc: Exception, acks_late: bool) -> None:
+        task, msg = job.task, job.msg
         self.failed += 1
         tb = "".join(traceback.format_exception(exc))
         log.error(
-            "Task %s[%s] raised %s (attempt %d)", msg.task, msg.id, type(exc).__qualname__, attempt
+            "Task %s[%s] raised %s (attempt %d)",
+            msg.task,
+            msg.id,
+            type(exc).__qualname__,
+            job.attempt,
         )
-        error = ErrorInfo(type=type(exc).__qualname__, message=str(exc), traceback=tb)
         if not msg.ignore_result:
             await self._store(
-                msg, attempt, serializer, states.FAILURE, error=error, date_started=started
+                job,
+                states.FAILURE,
+                date_started=job.started,
+                error=ErrorInfo(type=type(exc).__qualname__, message=str(exc), traceback=tb),
             )
+        args, kwargs = job.args, job.kwargs or {}
         await _hook(task.on_failure, exc, msg.id, args, kwargs, tb)
         await _hook(task.after_return, states.FAILURE, exc, msg.id, args, kwargs, tb)
+        if signals.task_failure.receivers:
+            await signals.task_failure.send(
+                task, task_id=msg.id, exception=exc, traceback=tb, request=job.request
+            )
+        if signals.task_postrun.receivers:
+            await signals.task_postrun.send(
+                task, task_id=msg.id, args=args, kwargs=kwargs, retval=exc, state=states.FAILURE
+            )
         if acks_late:
-            await delivery.ack()
+            await job.delivery.ack()
+
+    async def terminated(self, delivery: Delivery) -> None:
+        """Settle a running delivery that was revoked with ``terminate=True``."""
+        self.revoked += 1
+        log.warning("Task %s terminated by revoke", delivery.id)
+        await delivery.ack()
+        await signals.task_revoked.send(None, task_id=delivery.id, terminated=True, expired=False)
+
+    # -- refusals -----------------------------------------------------------------------
 
     async def _refuse(
         self,
         delivery: Delivery,
         msg: MessageIn,
         attempt: int,
-        serializer: SerializerName,
+        fmt: SerializerName,
         reason: str,
         exc_type: str,
         text: str,
     ) -> None:
         """Fail the task without running it and dead-letter the message."""
-        await self._store(
-            msg,
+        await self._write(
+            msg.id,
+            msg.task,
             attempt,
-            serializer,
+            fmt,
             states.FAILURE,
+            msg=msg,
             error=ErrorInfo(type=exc_type, message=text, reason=reason),
         )
         await self._dead_letter(delivery, reason, text, task=msg.task)
@@ -298,13 +398,38 @@ class Executor:
         )
         await delivery.dead_letter(reason)
 
+    # -- results ------------------------------------------------------------------------
+
     async def _store(
         self,
-        msg: MessageIn,
-        attempt: int,
-        serializer: SerializerName,
+        job: Job,
         state: str,
         *,
+        value: Any = None,
+        error: ErrorInfo | None = None,
+        date_started: float | None = None,
+    ) -> None:
+        await self._write(
+            job.msg.id,
+            job.msg.task,
+            job.attempt,
+            job.fmt,
+            state,
+            msg=job.msg,
+            value=value,
+            error=error,
+            date_started=date_started,
+        )
+
+    async def _write(
+        self,
+        task_id: str,
+        name: str,
+        attempt: int,
+        fmt: SerializerName,
+        state: str,
+        *,
+        msg: MessageIn,
         value: Any = None,
         error: ErrorInfo | None = None,
         date_started: float | None = None,
@@ -314,9 +439,9 @@ class Executor:
             return
         now = time.time()
         record = ResultOut(
-            id=msg.id,
+            id=task_id,
             state=state,
-            task=msg.task,
+            task=name,
             value=value,
             error=error,
             attempt=attempt,
@@ -329,34 +454,41 @@ class Executor:
             group_id=msg.group_id,
         )
         try:
-            body = encode(record, serializer)
+            body = encode(record, fmt)
         except (TypeError, ValueError) as exc:  # a return value msgspec cannot encode
-            record = ResultOut(
-                id=msg.id,
-                state=states.FAILURE,
-                task=msg.task,
-                attempt=attempt,
-                worker=self.hostname,
-                date_done=now,
-                error=ErrorInfo(
-                    type="EncodeError",
-                    message=f"result not serializable: {exc}",
-                    reason="encode_error",
-                ),
-            )
             state = states.FAILURE
-            body = encode(record, serializer)
-        stored = await backend.store(
-            msg.id, body, state=state, attempt=attempt, ttl=self.conf.result_expires
-        )
-        if not stored:
+            body = encode(
+                ResultOut(
+                    id=task_id,
+                    state=state,
+                    task=name,
+                    attempt=attempt,
+                    worker=self.hostname,
+                    date_done=now,
+                    error=ErrorInfo(
+                        type="EncodeError",
+                        reason="encode_error",
+                        message=f"result not serializable: {exc}",
+                    ),
+                ),
+                fmt,
+            )
+        if not await backend.store(
+            task_id, body, state=state, attempt=attempt, ttl=self.conf.result_expires
+        ):
             log.warning(
-                "Task %s[%s]: %s from attempt %d refused; a newer attempt wrote first",
-                msg.task,
-                msg.id,
+                "Task %s[%s]: %s from attempt %d refused; a newer attempt or a "
+                "revocation wrote first",
+                name,
+                task_id,
                 state,
                 attempt,
             )
+
+
+def is_terminate(record_error: ErrorInfo | None) -> bool:
+    """Whether a REVOKED record asks running executions to stop."""
+    return record_error is not None and record_error.reason == TERMINATE
 
 
 def _first(*values: float | None) -> float | None:

@@ -193,5 +193,25 @@ class ResultBackend(Protocol):
         backend may merge updates stored in quick succession; the latest always arrives.
         """
 
+    async def get_many(self, task_ids: Sequence[str]) -> list[bytes | None]:
+        """The stored records of several tasks in one round trip (``None`` where absent)."""
+
     async def forget(self, task_id: str) -> None:
         """Delete the record."""
+
+
+@runtime_checkable
+class SharedThrottle(Protocol):
+    """Optional: rate and concurrency limits that hold across every worker of a broker."""
+
+    async def reserve_rate(self, key: str, limit: float, period: float) -> float:
+        """Reserve the next slot for ``key`` (GCRA, burst ``limit``); return its unix time."""
+
+    async def acquire_slot(self, key: str, holder: str, limit: int, lease_seconds: float) -> bool:
+        """Take one of ``limit`` leased slots of ``key`` for ``holder``; ``False`` if full."""
+
+    async def release_slot(self, key: str, holder: str) -> None:
+        """Give a slot back."""
+
+    def renew_slots(self, slots: Sequence[tuple[str, str]], lease_seconds: float) -> None:
+        """Extend slot leases of ``(key, holder)`` pairs. Blocking and thread-safe."""

@@ -122,6 +122,10 @@ class AsyncResult(Generic[R]):
         """Whether the task finished with FAILURE."""
         return await self.state() == states.FAILURE
 
+    async def revoke(self, *, terminate: bool = False) -> None:
+        """Revoke this task (see ``app.control.revoke``)."""
+        await self.app.control.revoke(self.id, terminate=terminate)
+
     async def forget(self) -> None:
         """Delete the stored result."""
         backend = await self.app._result_backend()

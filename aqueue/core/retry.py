@@ -34,7 +34,7 @@ def backoff_delay(task: Task[Any, Any], retries: int, rng: random.Random | None 
     if not task.retry_backoff:
         return float(task.default_retry_delay)
     base = 1.0 if task.retry_backoff is True else float(task.retry_backoff)
-    delay = min(float(task.retry_backoff_max), base * (2**retries))
+    delay = min(float(task.retry_backoff_max), base * (2.0**retries))
     if task.retry_jitter:
         delay = rng.uniform(0, delay) if rng is not None else random.uniform(0, delay)
     return delay

@@ -8,12 +8,14 @@ share the function's ParamSpec, hence ``task.options(...).delay(...)`` for the t
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack
 
+from .admission import parse_rate
 from .arguments import ArgumentSpec
 from .context import Request, current_request
 from .errors import MaxRetriesExceededError, Retry
@@ -87,6 +89,10 @@ class Task(Generic[P, R]):
     time_limit: float | None = None
     #: seconds after which ``SoftTimeLimitExceeded`` is raised inside the task
     soft_time_limit: float | None = None
+    #: e.g. ``"10/s"``, ``"100/m"``: across all workers on Redis, per worker otherwise
+    rate_limit: str | None = None
+    #: at most this many executions running at once (across the fleet where shared)
+    concurrency_limit: int | None = None
 
     name: str
     app: App
@@ -105,6 +111,10 @@ class Task(Generic[P, R]):
             if not hasattr(type(self), key):
                 raise TypeError(f"unknown task option {key!r}")
             setattr(self, key, value)
+        if self.rate_limit is not None:
+            parse_rate(self.rate_limit)  # a bad rate fails at decoration, not in the worker
+        if self.concurrency_limit is not None and self.concurrency_limit < 1:
+            raise ValueError("concurrency_limit must be at least 1")
         self.spec = ArgumentSpec(fn, skip_first=bind)
         self.run: Callable[..., Any] = functools.partial(fn, self) if bind else fn
         functools.update_wrapper(self, fn, updated=())
@@ -136,14 +146,28 @@ class Task(Generic[P, R]):
             called_directly=True,
         )
 
-    async def update_state(
+    def update_state(
         self, state: str = "PROGRESS", meta: Any = None, *, task_id: str | None = None
-    ) -> bool:
+    ) -> Awaitable[bool]:
         """Store a custom state (e.g. PROGRESS with ``meta={"done": 3, "total": 10}``).
 
+        In an ``async def`` task: ``await self.update_state(...)``. In a ``def`` task (a
+        worker thread) the call completes before it returns; awaiting it is not needed.
         Waiters see it through ``result.events()``, ``await result.state()`` and
-        ``result.info``. Returns ``False`` if a newer attempt owns the task (fencing).
+        ``result.info``. Resolves to ``False`` if a newer attempt owns the task (fencing).
         """
+        coro = self._store_state(state, meta, task_id)
+        loop = self.request.loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is None and loop is not None:  # a sync task in a worker thread
+            done = asyncio.run_coroutine_threadsafe(coro, loop).result()
+            return _Done(done)
+        return coro
+
+    async def _store_state(self, state: str, meta: Any, task_id: str | None) -> bool:
         if state in READY_STATES:
             raise ValueError(f"update_state cannot set {state}: return or raise instead")
         req = self.request
@@ -279,6 +303,20 @@ class Task(Generic[P, R]):
         from .result import AsyncResult
 
         return AsyncResult(self.app, task_id, result_type=self.spec.result_type, task=self)
+
+
+class _Done:
+    """An already-finished awaitable (what ``update_state`` returns in a worker thread)."""
+
+    def __init__(self, value: bool) -> None:
+        self.value = value
+
+    def __await__(self) -> Generator[Any, None, bool]:
+        return self.value
+        yield  # a generator that finishes at once
+
+    def __bool__(self) -> bool:
+        return self.value
 
 
 class TaskCall(Generic[P, R]):

@@ -12,6 +12,7 @@ rest and hand them back at once too, so nobody waits for a lease to expire.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -21,8 +22,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from .execution import Executor
-from .protocols import Broker, Delivery, Lease
+from . import signals, states
+from .execution import Executor, is_terminate
+from .message import decode_result
+from .protocols import Broker, Delivery, Lease, SharedThrottle
 from .urls import redact
 
 if TYPE_CHECKING:
@@ -32,6 +35,7 @@ log = logging.getLogger("aqueue.worker")
 
 _CLAIM_WAIT = 5.0  # seconds an idle claim blocks before the loop looks around again
 _ERROR_BACKOFF = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+_TERMINATE_CHECK = 1.0  # seconds between checks for running tasks revoked with terminate
 
 
 def expand_hostname(pattern: str) -> str:
@@ -93,7 +97,11 @@ class Worker:
         self._heartbeat: threading.Thread | None = None
         self._heartbeat_stop = threading.Event()
         self._pool = ThreadPoolExecutor(min(self.concurrency, 64), thread_name_prefix="aqueue-task")
-        self._executor = Executor(app, self.hostname, self._pool)
+        self._executor: Executor | None = None
+        self._handlers: dict[str, asyncio.Task[None]] = {}
+        self._terminated: set[str] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+        self._lifespans = contextlib.AsyncExitStack()
         self.lost_leases = 0
 
     def __repr__(self) -> str:
@@ -101,7 +109,9 @@ class Worker:
 
     @property
     def executor(self) -> Executor:
-        """Counters of what ran: ``succeeded``, ``failed``, ``dead_lettered``."""
+        """Counters of what ran: ``succeeded``, ``failed``, ``retried``, ``dead_lettered``."""
+        if self._executor is None:
+            raise RuntimeError("the worker has not started")
         return self._executor
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -113,6 +123,10 @@ class Worker:
         await self.app.connect()
         self.app.import_includes()
         broker = self.app.broker
+        throttle = broker if isinstance(broker, SharedThrottle) else None
+        self._executor = Executor(self.app, self.hostname, self._pool, throttle)
+        for lifespan in self.app.lifespans:
+            await self._lifespans.enter_async_context(lifespan(self.app))
         log.info(
             "worker %s ready: broker %s, queues %s, concurrency %d, prefetch %d, tasks %s",
             self.hostname,
@@ -128,6 +142,11 @@ class Worker:
             )
             self._heartbeat.start()
         self._consumer = asyncio.create_task(self._consume(broker), name="aqueue-consumer")
+        if self.app._backend is not None:
+            self._watchdog = asyncio.create_task(
+                self._watch_terminations(), name="aqueue-terminations"
+            )
+        await signals.worker_ready.send(self)
 
     async def run(self) -> None:
         """Start, and return once stopped (by ``stop()``, or in burst mode when drained)."""
@@ -173,11 +192,19 @@ class Worker:
                 for t in pending:
                     t.cancel()
                 await asyncio.wait(pending)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.wait([self._watchdog])
         self._heartbeat_stop.set()
         if self._heartbeat is not None:
             await asyncio.to_thread(self._heartbeat.join)
         self._pool.shutdown(wait=False, cancel_futures=True)
-        ex = self._executor
+        try:
+            await self._lifespans.aclose()
+        except Exception:
+            log.exception("a lifespan's shutdown raised")
+        await signals.worker_shutdown.send(self)
+        ex = self.executor
         log.info(
             "worker %s stopped: %d succeeded, %d failed, %d dead-lettered",
             self.hostname,
@@ -234,14 +261,17 @@ class Worker:
                     asyncio.get_running_loop().create_task(self.stop())
                     return
                 continue
-            for delivery in deliveries:
-                with self._held_lock:
+            with self._held_lock:
+                for delivery in deliveries:
                     self._held[delivery.id] = delivery
-                task = asyncio.create_task(self._handle(delivery))
+            revoked = await self._revoked([d.id for d in deliveries])
+            for delivery in deliveries:
+                task = asyncio.create_task(self._handle(delivery, delivery.id in revoked))
                 self._running.add(task)
+                self._handlers[delivery.id] = task
                 task.add_done_callback(self._running.discard)
 
-    async def _handle(self, delivery: Delivery) -> None:
+    async def _handle(self, delivery: Delivery, revoked: bool) -> None:
         started = False
         try:
             async with self._slots:
@@ -249,9 +279,12 @@ class Worker:
                     return  # handed back by _release_waiting
                 started = True
                 self._started.add(delivery.id)
-                await self._executor.execute(delivery)
+                await self.executor.execute(delivery, revoked=revoked)
         except asyncio.CancelledError:
-            if started:
+            if delivery.id in self._terminated:
+                self._terminated.discard(delivery.id)
+                await asyncio.shield(self.executor.terminated(delivery))
+            elif started:
                 await asyncio.shield(self._hand_back(delivery, executed=True))
             raise
         except Exception:
@@ -259,9 +292,50 @@ class Worker:
             await self._hand_back(delivery, executed=True)
         finally:
             self._started.discard(delivery.id)
+            self._handlers.pop(delivery.id, None)
             with self._held_lock:
                 self._held.pop(delivery.id, None)
             self._room.set()
+
+    async def _revoked(self, ids: list[str]) -> set[str]:
+        """The ids among a claimed batch that have a stored revocation (one round trip)."""
+        backend = self.app._backend
+        if backend is None:
+            return set()
+        try:
+            records = await backend.get_many(ids)
+        except Exception as exc:  # run them: revocation is best effort when the backend is down
+            log.warning("could not check revocations (%s: %s)", type(exc).__name__, exc)
+            return set()
+        return {
+            tid
+            for tid, raw in zip(ids, records, strict=True)
+            if raw is not None and decode_result(raw).state == states.REVOKED
+        }
+
+    async def _watch_terminations(self) -> None:
+        """Every second, cancel running tasks revoked with ``terminate=True``."""
+        backend = self.app._backend
+        assert backend is not None
+        while True:
+            await asyncio.sleep(_TERMINATE_CHECK)
+            running = list(self._started)
+            if not running:
+                continue
+            try:
+                records = await backend.get_many(running)
+            except Exception as exc:
+                log.warning("could not check revocations (%s: %s)", type(exc).__name__, exc)
+                continue
+            for tid, raw in zip(running, records, strict=True):
+                if raw is None:
+                    continue
+                record = decode_result(raw)
+                if record.state == states.REVOKED and is_terminate(record.error):
+                    handler = self._handlers.get(tid)
+                    if handler is not None and not handler.done():
+                        self._terminated.add(tid)
+                        handler.cancel()
 
     async def _release_waiting(self) -> None:
         waiting = [d for id_, d in list(self._held.items()) if id_ not in self._started]
@@ -291,6 +365,14 @@ class Worker:
                 leases: list[Lease] = [d.lease for d in self._held.values()]
             if not leases:
                 continue
+            executor = self._executor
+            if executor is not None and executor.slots_held:
+                try:
+                    executor.throttle.renew_slots(
+                        list(executor.slots_held.values()), self.lease_seconds
+                    )
+                except Exception as exc:
+                    log.warning("slot renewal failed (%s: %s)", type(exc).__name__, exc)
             t0 = time.monotonic()
             try:
                 lost = broker.renew(leases, self.lease_seconds)

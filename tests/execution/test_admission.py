@@ -1,0 +1,73 @@
+"""Rate limits and concurrency limits: over-limit tasks wait on the broker, not in a loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from aqueue import App, ConfigurationError
+from aqueue.core.admission import Rate, gcra_reserve, parse_rate
+
+
+def test_parse_rate() -> None:
+    assert parse_rate("10/s") == Rate(10, 1)
+    assert parse_rate("100/m") == Rate(100, 60)
+    assert parse_rate("1000/h") == Rate(1000, 3600)
+    assert parse_rate("5/10s") == Rate(5, 10)
+    for bad in ("10", "x/s", "0/s", "10/d", ""):
+        with pytest.raises(ConfigurationError):
+            parse_rate(bad)
+
+
+def test_gcra_burst_then_spacing() -> None:
+    rate = Rate(10, 1.0)
+    tat, now, slots = 0.0, 1000.0, []
+    for _ in range(15):
+        slot, tat = gcra_reserve(tat, now, rate)
+        slots.append(round(slot - now, 6))
+    assert slots[:10] == [0.0] * 10  # a burst of 10
+    assert slots[10:] == [0.1, 0.2, 0.3, 0.4, 0.5]  # then one every 100 ms
+
+
+def test_bad_rate_fails_at_decoration() -> None:
+    app = App("x", broker="memory://bad-rate")
+    with pytest.raises(ConfigurationError):
+
+        @app.task(rate_limit="fast")
+        async def t() -> None: ...
+
+
+async def test_rate_limit_spaces_executions(app: App) -> None:
+    times: list[float] = []
+
+    @app.task(name="ad.limited", rate_limit="20/s")
+    async def limited() -> None:
+        times.append(time.monotonic())
+
+    async with app.worker(concurrency=50):
+        handles = [await limited.delay() for _ in range(30)]
+        await asyncio.gather(*(h.wait(timeout=20) for h in handles))
+    times.sort()
+    # burst of 20, then one every 50 ms: the last 10 take at least ~0.45 s after the burst
+    assert times[-1] - times[0] >= 0.4
+    assert len(times) == 30
+
+
+async def test_concurrency_limit(app: App) -> None:
+    running = 0
+    peak = 0
+
+    @app.task(name="ad.exclusive", concurrency_limit=2)
+    async def exclusive() -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+
+    async with app.worker(concurrency=20):
+        handles = [await exclusive.delay() for _ in range(8)]
+        await asyncio.gather(*(h.wait(timeout=30) for h in handles))
+    assert peak == 2
