@@ -25,6 +25,7 @@ class _Results:
         self.lock = threading.Lock()
         self.records: dict[str, _Record] = {}
         self.watchers: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Queue[bytes]]]] = {}
+        self.chords: dict[str, tuple[set[str], list[bool], float | None]] = {}
 
     def live(self, task_id: str, now: float) -> _Record | None:
         rec = self.records.get(task_id)
@@ -105,6 +106,22 @@ class MemoryBackend:
                     watchers.discard(entry)
                     if not watchers:
                         del results.watchers[task_id]
+
+    async def chord_join(
+        self, chord_id: str, member_id: str, size: int, *, failed: bool, ttl: float | None
+    ) -> bool:
+        now = time.time()
+        with self._results.lock:
+            entry = self._results.chords.get(chord_id)
+            if entry is None or (entry[2] is not None and entry[2] <= now):
+                entry = (set(), [False], None if ttl is None else now + ttl)
+                self._results.chords[chord_id] = entry
+            members, fired, _ = entry
+            members.add(member_id)
+            if fired[0] or not (failed or len(members) >= size):
+                return False
+            fired[0] = True
+            return True
 
     async def forget(self, task_id: str) -> None:
         with self._results.lock:

@@ -34,6 +34,17 @@ SCHEMA = (
     )""",
     """CREATE INDEX IF NOT EXISTS aq_results_expiry
         ON aq_results (expires_at) WHERE expires_at IS NOT NULL""",
+    # chord members (idempotent set) and the fire-once marker; expired rows are swept by join
+    """CREATE TABLE IF NOT EXISTS aq_chord_members (
+        chord_id TEXT NOT NULL,
+        member_id TEXT NOT NULL,
+        expires_at REAL,
+        PRIMARY KEY (chord_id, member_id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS aq_chord_fired (
+        chord_id TEXT PRIMARY KEY,
+        expires_at REAL
+    )""",
 )
 
 _CURRENT = "SELECT state, attempt, expires_at, version FROM aq_results WHERE id = ?"
@@ -205,6 +216,38 @@ class SQLiteBackend:
                 watchers.discard(watcher)
                 if not watchers:
                     del self._watchers[task_id]
+
+    async def chord_join(
+        self, chord_id: str, member_id: str, size: int, *, failed: bool, ttl: float | None
+    ) -> bool:
+        """Add a member to the chord's set; ``True`` for the one call that fires it."""
+        expires = None if ttl is None else time.time() + ttl
+
+        def op(conn: sqlite3.Connection) -> bool:
+            conn.execute(
+                "INSERT OR IGNORE INTO aq_chord_members (chord_id, member_id, expires_at)"
+                " VALUES (?, ?, ?)",
+                (chord_id, member_id, expires),
+            )
+            if not failed:
+                (count,) = conn.execute(
+                    "SELECT COUNT(*) FROM aq_chord_members WHERE chord_id = ?", (chord_id,)
+                ).fetchone()
+                if count < size:
+                    return False
+            fired = conn.execute(
+                "INSERT OR IGNORE INTO aq_chord_fired (chord_id, expires_at) VALUES (?, ?)",
+                (chord_id, expires),
+            ).rowcount
+            if fired:  # the chord is settled: its member rows are no longer needed
+                conn.execute("DELETE FROM aq_chord_members WHERE chord_id = ?", (chord_id,))
+                conn.execute(
+                    "DELETE FROM aq_chord_fired WHERE expires_at IS NOT NULL AND expires_at < ?",
+                    (time.time(),),
+                )
+            return bool(fired)
+
+        return await self._store.write(op)
 
     async def forget(self, task_id: str) -> None:
         """Delete the record."""

@@ -28,6 +28,12 @@ from typing import (
     overload,
 )
 
+from ..workflows.apply import workflow_states
+from ..workflows.builtins import register as register_builtins
+from ..workflows.engine import Engine
+from ..workflows.results import GroupResults
+from ..workflows.signature import Canvas, Signature
+from .canvas import Node
 from .config import Settings
 from .control import Control
 from .errors import ConfigurationError, NotRegistered, PublishTimeout
@@ -107,10 +113,14 @@ class App:
         self.middleware: list[Middleware] = []
         self.lifespans: list[Callable[[App], AbstractAsyncContextManager[None]]] = []
         self.control = Control(self)
+        self.workflows = Engine(self)
+        #: ``app.GroupResult(id, results)`` and ``await app.GroupResult.restore(id)``
+        self.GroupResult = GroupResults(self)
         self._broker: Broker | None = None
         self._backend: ResultBackend | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connect_lock: asyncio.Lock | None = None
+        register_builtins(self)
 
     def __repr__(self) -> str:
         return f"<App {self.name} broker={redact(self.broker_url)}>"
@@ -207,6 +217,20 @@ class App:
         """
         self.lifespans.append(contextlib.asynccontextmanager(fn))
         return fn
+
+    def signature(
+        self,
+        name: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Signature[Any]:
+        """A signature by task name; the task need not be registered in this process."""
+        return Signature(name, args, kwargs, app=self, **options)
+
+    async def workflow_states(self, root_id: str) -> dict[str, str]:
+        """The state of every node of a workflow, by the id of its first task."""
+        return await workflow_states(self, root_id)
 
     def get_task(self, name: str) -> Task[Any, Any]:
         """The registered task called ``name``."""
@@ -370,7 +394,11 @@ class App:
             or self.conf.task_serializer
         )
         task_id = options.get("task_id") or str(uuid.uuid4())
+        link = _nodes(options.get("link"))
+        link_error = _nodes(options.get("link_error"))
         msg = MessageOut(
+            link=link,
+            link_error=link_error,
             id=task_id,
             task=name,
             queue=queue,
@@ -405,6 +433,14 @@ class App:
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:
         """A handle on any task by id (results decode untyped)."""
         return AsyncResult(self, task_id)
+
+
+def _nodes(value: Canvas[Any] | list[Canvas[Any]] | None) -> tuple[Node, ...]:
+    """Callbacks given as ``link=`` / ``link_error=`` (one or a list), as wire nodes."""
+    if value is None:
+        return ()
+    items = value if isinstance(value, list | tuple) else [value]
+    return tuple(c.freeze() for c in items)
 
 
 def _when(

@@ -55,6 +55,8 @@ class Settings:
     task_time_limit: float | None = None
     #: default soft time limit of every task, seconds (``None``: none)
     task_soft_time_limit: float | None = None
+    #: seconds after which a chord with an unfinished member fails (it never hangs)
+    chord_timeout: float = 86400.0
 
     def update(self, values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         """Set several settings, validating names and types."""

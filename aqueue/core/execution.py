@@ -121,16 +121,17 @@ class Executor:
         if revoked:
             self.revoked += 1
             log.info("Task %s[%s] revoked: not run", msg.task, msg.id)
+            await self._continue_failure(
+                msg, ErrorInfo(type="TaskRevoked", message="revoked", reason="revoked")
+            )
             await delivery.ack()
             await signals.task_revoked.send(task, task_id=msg.id, terminated=False, expired=False)
             return
         if msg.expires is not None and time.time() >= msg.expires:
             self.revoked += 1
-            await self._store(
-                job,
-                states.REVOKED,
-                error=ErrorInfo(type="TaskRevoked", message="expired", reason="expired"),
-            )
+            expired = ErrorInfo(type="TaskRevoked", message="expired", reason="expired")
+            await self._store(job, states.REVOKED, error=expired)
+            await self._continue_failure(msg, expired)
             await delivery.ack()
             await signals.task_revoked.send(task, task_id=msg.id, terminated=False, expired=True)
             return
@@ -259,6 +260,8 @@ class Executor:
             )
         if not msg.ignore_result:
             await self._store(job, states.SUCCESS, value=value, date_started=job.started)
+        if msg.chain or msg.link or msg.chord is not None:
+            await self.app.workflows.on_success(msg, value)
         args, kwargs = job.args, job.kwargs or {}
         await _hook(task.on_success, value, msg.id, args, kwargs)
         await _hook(task.after_return, states.SUCCESS, value, msg.id, args, kwargs, None)
@@ -332,13 +335,10 @@ class Executor:
             type(exc).__qualname__,
             job.attempt,
         )
+        error = ErrorInfo(type=type(exc).__qualname__, message=str(exc), traceback=tb)
         if not msg.ignore_result:
-            await self._store(
-                job,
-                states.FAILURE,
-                date_started=job.started,
-                error=ErrorInfo(type=type(exc).__qualname__, message=str(exc), traceback=tb),
-            )
+            await self._store(job, states.FAILURE, date_started=job.started, error=error)
+        await self._continue_failure(msg, error)
         args, kwargs = job.args, job.kwargs or {}
         await _hook(task.on_failure, exc, msg.id, args, kwargs, tb)
         await _hook(task.after_return, states.FAILURE, exc, msg.id, args, kwargs, tb)
@@ -357,6 +357,14 @@ class Executor:
         """Settle a running delivery that was revoked with ``terminate=True``."""
         self.revoked += 1
         log.warning("Task %s terminated by revoke", delivery.id)
+        try:
+            msg = decode_message(delivery.body, self.conf.max_message_bytes)
+        except DecodeError:
+            pass
+        else:
+            await self._continue_failure(
+                msg, ErrorInfo(type="TaskRevoked", message="terminated", reason="revoked")
+            )
         await delivery.ack()
         await signals.task_revoked.send(None, task_id=delivery.id, terminated=True, expired=False)
 
@@ -373,16 +381,15 @@ class Executor:
         text: str,
     ) -> None:
         """Fail the task without running it and dead-letter the message."""
-        await self._write(
-            msg.id,
-            msg.task,
-            attempt,
-            fmt,
-            states.FAILURE,
-            msg=msg,
-            error=ErrorInfo(type=exc_type, message=text, reason=reason),
-        )
+        error = ErrorInfo(type=exc_type, message=text, reason=reason)
+        await self._write(msg.id, msg.task, attempt, fmt, states.FAILURE, msg=msg, error=error)
+        await self._continue_failure(msg, error)
         await self._dead_letter(delivery, reason, text, task=msg.task)
+
+    async def _continue_failure(self, msg: MessageIn, error: ErrorInfo) -> None:
+        """A workflow step ended without a result: errbacks, and nothing ahead may hang."""
+        if msg.chain or msg.link_error or msg.chord is not None:
+            await self.app.workflows.on_failure(msg, error)
 
     async def _dead_letter(
         self, delivery: Delivery, reason: str, text: str, task: str | None = None

@@ -12,6 +12,7 @@ from typing import Any, Final
 
 import msgspec
 
+from .canvas import Node
 from .errors import DecodeError, MessageTooLarge
 from .serialization import SerializerName, decode, encode, format_of
 
@@ -40,6 +41,14 @@ class _MessageBase(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     root_id: str | None = None
     group_id: str | None = None
     sent_at: float = 0.0
+    #: steps to run after this task, the first one given this task's result
+    chain: tuple[Node, ...] = ()
+    #: callbacks applied with the result on success
+    link: tuple[Node, ...] = ()
+    #: callbacks applied with ``(task_id, error)`` on failure
+    link_error: tuple[Node, ...] = ()
+    #: id of the chord this task completes a member of (its meta lives in the backend)
+    chord: str | None = None
 
 
 class MessageOut(_MessageBase, frozen=True, kw_only=True, omit_defaults=True):

@@ -199,6 +199,16 @@ class ResultBackend(Protocol):
     async def forget(self, task_id: str) -> None:
         """Delete the record."""
 
+    async def chord_join(
+        self, chord_id: str, member_id: str, size: int, *, failed: bool, ttl: float | None
+    ) -> bool:
+        """Record that a chord member finished; atomically decide who fires the chord.
+
+        Adds ``member_id`` to the chord's set (idempotent: a member that ran twice counts
+        once). Returns ``True`` for exactly one call per chord: the first ``failed`` one, or
+        the one after which ``size`` distinct members have joined, whichever comes first.
+        """
+
 
 @runtime_checkable
 class SharedThrottle(Protocol):

@@ -53,6 +53,12 @@ class AsyncResult(Generic[R]):
         self._task = task
         self._record: ResultIn | None = None
         self._format: SerializerName = "msgpack"
+        #: the previous step's result when this is a step of a chain (or a chord's header)
+        self.parent: Any = None
+        #: the next steps' results, when known (a chain's next step)
+        self.children: list[Any] = []
+        #: every task id of the workflow this result ends, when it came from one
+        self.workflow_ids: list[str] | None = None
 
     def __repr__(self) -> str:
         return f"<AsyncResult {self.id} {self.status}>"
@@ -123,8 +129,12 @@ class AsyncResult(Generic[R]):
         return await self.state() == states.FAILURE
 
     async def revoke(self, *, terminate: bool = False) -> None:
-        """Revoke this task (see ``app.control.revoke``)."""
-        await self.app.control.revoke(self.id, terminate=terminate)
+        """Revoke this task, or every node of the workflow it ends (``app.control.revoke``)."""
+        await self.app.control.revoke(self.workflow_ids or self.id, terminate=terminate)
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        """Celery's tuple form ``(id, parent_tuple)``; see ``result_from_tuple``."""
+        return (self.id, self.parent.as_tuple() if self.parent is not None else None)
 
     async def forget(self) -> None:
         """Delete the stored result."""

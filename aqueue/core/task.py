@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack
 
@@ -25,6 +25,8 @@ from .serialization import check_serializer, encode
 from .states import READY_STATES
 
 if TYPE_CHECKING:
+    from ..workflows.primitives import Group
+    from ..workflows.signature import Canvas, Signature
     from .app import App
     from .result import AsyncResult
 
@@ -54,6 +56,10 @@ class CallOptions(TypedDict, total=False):
     parent_id: str
     root_id: str
     group_id: str
+    #: applied with the result when the task succeeds
+    link: Canvas[Any] | list[Canvas[Any]]
+    #: applied with ``(task_id, error)`` when the task fails
+    link_error: Canvas[Any] | list[Canvas[Any]]
 
 
 class Task(Generic[P, R]):
@@ -297,6 +303,58 @@ class Task(Generic[P, R]):
         ``await add.options(countdown=5, queue="hi").delay(2, 2)``
         """
         return TaskCall(self, options)
+
+    # -- signatures (workflows) ----------------------------------------------------------
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
+        """A signature: ``add.s(2, 2)``; in a chain the previous result is prepended."""
+        from ..workflows.signature import Signature
+
+        return Signature(self, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature[R]:
+        """An immutable signature: in a chain, the previous result is not passed to it."""
+        from ..workflows.signature import Signature
+
+        return Signature(self, args, kwargs, immutable=True)
+
+    def signature(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        immutable: bool = False,
+        **options: Any,
+    ) -> Signature[R]:
+        """A signature with options: ``add.signature((2, 2), countdown=10)``."""
+        from ..workflows.signature import Signature
+
+        return Signature(self, args, kwargs, immutable=immutable, **options)
+
+    def map(self, items: Iterable[Any]) -> Signature[list[R]]:
+        """One task that calls this one for each item, in order: ``add1.map([1, 2, 3])``."""
+        from ..workflows.builtins import MAP_TASK
+        from ..workflows.signature import Signature
+
+        return Signature(MAP_TASK, (self.name, list(items)), app=self.app, immutable=True)
+
+    def starmap(self, items: Iterable[Sequence[Any]]) -> Signature[list[R]]:
+        """One task calling this one with each item as its arguments: ``add.starmap([(1, 2)])``."""
+        from ..workflows.builtins import STARMAP_TASK
+        from ..workflows.signature import Signature
+
+        return Signature(
+            STARMAP_TASK, (self.name, [list(i) for i in items]), app=self.app, immutable=True
+        )
+
+    def chunks(self, items: Iterable[Sequence[Any]], n: int) -> Group[list[R]]:
+        """A group of ``starmap`` tasks over ``n``-sized chunks of ``items``."""
+        from ..workflows.primitives import Group
+
+        if n < 1:
+            raise ValueError("chunk size must be at least 1")
+        seq = [list(i) for i in items]
+        return Group([self.starmap(seq[i : i + n]) for i in range(0, len(seq), n)])
 
     def AsyncResult(self, task_id: str) -> AsyncResult[R]:
         """A handle on an earlier call of this task, typed by its return annotation."""

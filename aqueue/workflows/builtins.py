@@ -1,0 +1,40 @@
+"""Tasks every app registers for workflows: the chord deadline, map and starmap."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .engine import CHORD_DEADLINE_TASK
+
+if TYPE_CHECKING:
+    from ..core.app import App
+
+MAP_TASK = "aqueue.map"
+STARMAP_TASK = "aqueue.starmap"
+
+
+async def _call(app: App, name: str, args: Sequence[Any]) -> Any:
+    task = app.get_task(name)  # a registry lookup: nothing is imported by name
+    if task.is_async:
+        value = task(*args)
+        return await value if inspect.isawaitable(value) else value
+    return await asyncio.to_thread(task, *args)
+
+
+def register(app: App) -> None:
+    """Register the workflow tasks on ``app``."""
+
+    @app.task(name=CHORD_DEADLINE_TASK, ignore_result=True)
+    async def chord_deadline(chord_id: str) -> None:
+        await app.workflows.deadline(chord_id)
+
+    @app.task(name=MAP_TASK)
+    async def xmap(task: str, items: list[Any]) -> list[Any]:
+        return [await _call(app, task, (item,)) for item in items]
+
+    @app.task(name=STARMAP_TASK)
+    async def xstarmap(task: str, items: list[list[Any]]) -> list[Any]:
+        return [await _call(app, task, item) for item in items]

@@ -1,0 +1,76 @@
+"""RELIABILITY rows 26 and 27: chords fire exactly once, and never hang."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from aqueue import App, TaskFailed
+from aqueue.core.protocols import Outgoing
+from aqueue.workflows import chord
+
+from ..workflows.conftest import Calls
+
+pytestmark = pytest.mark.faults
+
+
+async def _claim_member(app: App, not_ids: set[str]) -> Any:
+    """Take one header message away from the worker, as a worker about to die would."""
+    got = await app.broker.claim(["default"], limit=100, lease_seconds=30, owner="x", timeout=2)
+    mine = next(d for d in got if d.id not in not_ids and not d.id.endswith(".deadline"))
+    for d in got:
+        if d is not mine:
+            await d.release(executed=False)
+    return mine
+
+
+async def test_row26_header_task_executed_twice_fires_body_once(
+    app: App, t: Any, calls: Calls
+) -> None:
+    n = 20
+    res = await chord((t.add.s(i, i) for i in range(n)), t.tsum.s()).delay()
+    member = await _claim_member(app, set())
+    body = member.body  # the message as it was when its worker stored the result and died
+    await member.release(executed=True)
+    key = ("add", (_arg(body), _arg(body)))
+    async with app.worker(concurrency=10):
+        assert await res.wait(timeout=20) == sum(2 * i for i in range(n))
+        # the "dead" worker's message comes back after the chord fired: a duplicate member run
+        await app.broker.publish([Outgoing(id=member.id, queue="default", body=body)])
+        async with asyncio.timeout(10):
+            while calls.log.count(key) < 2:
+                await asyncio.sleep(0.01)
+    # leaving the block stopped the worker, which waits for the duplicate to finish
+    member_runs = calls.log.count(key)
+    extra = member_runs - 1
+    fired = calls.log.count(("tsum", n))
+    print(f"\nrow 26: header re-executed {extra} time(s); body fired {fired} time(s)")
+    assert extra == 1 and fired == 1
+    assert await res.wait(timeout=1) == sum(2 * i for i in range(n))
+
+
+def _arg(body: bytes) -> int:
+    from aqueue.core.message import decode_message
+    from aqueue.core.serialization import decode, format_of
+
+    msg = decode_message(body, 10**6)
+    return int(decode(msg.args, list[int], format_of(body))[0])  # the member's x (== y)
+
+
+async def test_row27_member_lost_for_good_fails_by_deadline(app: App, t: Any, calls: Calls) -> None:
+    timeout = 1.5
+    res = await chord((t.add.s(i, 1) for i in range(5)), t.tsum.s(), timeout=timeout).delay()
+    sent = time.monotonic()
+    lost = await _claim_member(app, set())
+    assert await lost.dead_letter("poison") is True  # gone, and nobody stored a result for it
+    async with app.worker():
+        with pytest.raises(TaskFailed) as info:
+            await res.wait(timeout=30)
+    waited = time.monotonic() - sent
+    print(f"\nrow 27: chord failed {waited:.2f}s after sending (timeout {timeout}s)")
+    assert info.value.exc_type == "ChordTimeout"
+    assert waited >= timeout - 0.2
+    assert not any(c[0] == "tsum" for c in calls.log)
