@@ -46,9 +46,20 @@ async def app(env: dict[str, str]) -> AsyncIterator[App]:
 
 def start_worker(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "aqueue.cli", "worker", "tests.worker.proc_tasks:app", "-l", "info",
-         *args],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "aqueue.cli",
+            "worker",
+            "tests.worker.proc_tasks:app",
+            "-l",
+            "info",
+            *args,
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -159,15 +170,34 @@ def test_quickstart_two_processes(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(qs)}
     env.pop("AQUEUE_BROKER_URL", None)
     worker = subprocess.Popen(
-        [sys.executable, "-m", "aqueue.cli", "worker", "proj.tasks:app",
-         "-c", "50", "-Q", "default", "-n", "w1@%h", "-l", "info"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "aqueue.cli",
+            "worker",
+            "proj.tasks:app",
+            "-c",
+            "50",
+            "-Q",
+            "default",
+            "-n",
+            "w1@%h",
+            "-l",
+            "info",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         out = subprocess.run(
-            [sys.executable, "-c",
-             "import asyncio, proj.tasks as t; print(asyncio.run(t.main()))"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+            [sys.executable, "-c", "import asyncio, proj.tasks as t; print(asyncio.run(t.main()))"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     finally:
         worker.send_signal(signal.SIGTERM)
@@ -176,3 +206,26 @@ def test_quickstart_two_processes(tmp_path: Path) -> None:
     assert worker.returncode == 0, log
     assert "aqueue.db" in log  # the embedded store's location is logged at start
     assert (tmp_path / "aqueue.db").exists()
+
+
+async def test_sigkill_mid_chain_resumes(app: App, env: dict[str, str], tmp_path: Path) -> None:
+    wf = await (
+        proc_tasks.slow.si("c1", 0.05)
+        | proc_tasks.slow.si("c2", 2.0)
+        | proc_tasks.slow.si("c3", 0.05)
+    ).delay()
+    first = start_worker(env)
+    try:
+        await wait_for_file(tmp_path / "started-c2")
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+    finally:
+        stop(first)
+    second = start_worker(env)
+    try:
+        assert await wf.wait(timeout=30) == "c3:1"
+    finally:
+        stop(second)
+    runs = {k: (tmp_path / f"started-{k}").read_text().split() for k in ("c1", "c2", "c3")}
+    print(f"\nsigkill mid-chain: chain resumed; step executions {runs}")
+    assert runs == {"c1": ["1"], "c2": ["1", "2"], "c3": ["1"]}
