@@ -35,6 +35,8 @@ from .core.errors import (
 from .core.logs import get_task_logger
 from .core.message import ErrorInfo
 from .core.middleware import Middleware
+from .core.offload import ProcessPool, offload
+from .core.offload_wire import RemoteError, WorkerLostError
 from .core.result import AsyncResult, StateChange
 from .core.task import CallOptions, Task, TaskCall
 from .core.worker import Worker
@@ -72,7 +74,9 @@ __all__ = [
     "MessageTooLarge",
     "Middleware",
     "NotRegistered",
+    "ProcessPool",
     "PublishTimeout",
+    "RemoteError",
     "Request",
     "Retry",
     "Settings",
@@ -85,12 +89,14 @@ __all__ = [
     "TaskRevoked",
     "TimeLimitExceeded",
     "Worker",
+    "WorkerLostError",
     "__version__",
     "chain",
     "chord",
     "current_task",
     "get_task_logger",
     "group",
+    "offload",
     "result_from_tuple",
     "signature",
     "states",

@@ -57,6 +57,12 @@ class Settings:
     task_soft_time_limit: float | None = None
     #: seconds after which a chord with an unfinished member fails (it never hangs)
     chord_timeout: float = 86400.0
+    #: processes for ``offload="process"`` tasks and ``aqueue.offload()`` (0: CPU count)
+    worker_process_pool_size: int = 0
+    #: replace an offload process after this many calls (0: never)
+    worker_max_tasks_per_child: int = 0
+    #: replace an offload process whose RSS passed this many KiB after a call (0: never)
+    worker_max_memory_per_child: int = 0
 
     def update(self, values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         """Set several settings, validating names and types."""

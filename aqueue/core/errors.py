@@ -18,7 +18,10 @@
     ├── Retry                     raised by ``self.retry()`` to ask for another attempt
     ├── MaxRetriesExceededError   ``retry()`` called with no retries left and no ``exc``
     ├── SoftTimeLimitExceeded     raised inside a task when its soft time limit passes
-    └── TimeLimitExceeded         the task ran past its hard time limit and was stopped
+    ├── TimeLimitExceeded         the task ran past its hard time limit and was stopped
+    ├── RemoteError               (offload_wire) an exception of a type that cannot cross
+    │                             the process boundary; keeps its name, message, traceback
+    └── WorkerLostError           (offload_wire) an offload child process died mid-call
 
 ``TimeoutError`` (the builtin) is raised by ``wait(timeout=...)`` when the deadline passes.
 """

@@ -17,6 +17,7 @@ import inspect
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import Executor as PoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ from .control import TERMINATE
 from .errors import ArgumentError, DecodeError, Retry
 from .message import ErrorInfo, MessageIn, ResultOut, decode_message
 from .middleware import chain_execute
+from .offload import ProcessPool
 from .protocols import Delivery, SharedThrottle
 from .serialization import SerializerName, encode, format_of
 
@@ -63,11 +65,18 @@ class Executor:
     """Runs deliveries for one worker."""
 
     def __init__(
-        self, app: App, hostname: str, pool: PoolExecutor, throttle: SharedThrottle | None
+        self,
+        app: App,
+        hostname: str,
+        pool: PoolExecutor,
+        throttle: SharedThrottle | None,
+        processes: Callable[[], ProcessPool],
     ) -> None:
         self.app = app
         self.hostname = hostname
         self.pool = pool
+        #: the worker's process pool (created on first use)
+        self.processes = processes
         self.conf = app.conf
         self.throttle: SharedThrottle = throttle or LocalThrottle()
         self.slots_held: dict[str, tuple[str, str]] = {}  # task id -> (key, holder)
@@ -226,6 +235,8 @@ class Executor:
                 if inspect.isawaitable(value):
                     value = await limits.run_coroutine(_as_coroutine(value), soft=soft, hard=hard)
                 return value
+            if task.offload == "process":
+                return await self.processes().run(task, args, kwargs, soft=soft, hard=hard)
             run = functools.partial(contextvars.copy_context().run, task, *args, **kwargs)
             return await limits.run_in_thread(self.pool, run, soft=soft, hard=hard)
 

@@ -2,24 +2,21 @@
 
 A :class:`ProcessPool` keeps ``size`` child interpreters (started fresh, as ``spawn`` does:
 forking a process that runs an event loop and threads is unsafe) and runs one call at a time
-in each. Nothing is pickled: a function travels as its module and qualified name and the
-child imports it; arguments and results travel as msgpack (an argument or result msgspec
-cannot encode fails the call with a ``TypeError`` saying so). In the child, arguments are
-decoded against the function's annotations and, in the parent, the result against its return
-annotation, so a ``msgspec.Struct`` or a tuple comes back as one.
+in each. Nothing is pickled (see :mod:`aqueue.core.offload_wire`): a function travels as its
+module and qualified name, arguments and results as msgpack, decoded against the function's
+annotations on each side so a ``msgspec.Struct`` or a tuple arrives as one.
 
 Limits match :mod:`aqueue.core.limits`: at the soft limit the child gets ``SIGUSR1``, which
 raises :class:`SoftTimeLimitExceeded` inside the running function; at the hard limit the
 child is killed (``SIGKILL``) and replaced, and the call raises :class:`TimeLimitExceeded`.
-A child that dies mid-call fails that call with :class:`WorkerLostError` and is replaced.
-Children are recycled between calls after ``max_tasks_per_child`` calls or when their
-resident memory passes ``max_memory_per_child`` KiB.
+Both are counted from when a child takes the call. A child that dies mid-call fails that call
+with :class:`WorkerLostError` and is replaced. Children are recycled between calls after
+``max_tasks_per_child`` calls or when their resident memory passes ``max_memory_per_child``
+KiB.
 
-Exceptions raised in a child come back with their type name, message and traceback text:
-builtin exceptions and aqueue errors are rebuilt as the same type, anything else as a
-:class:`RemoteError` subclass whose ``__qualname__`` and ``__module__`` are the original's.
-Either way ``exc.__cause__`` is a :class:`RemoteTraceback` holding the child's traceback, so
-``traceback.format_exception(exc)`` shows both sides.
+Exceptions from a child keep their type name, message and traceback text: builtin exceptions
+and aqueue errors are rebuilt as the same type, anything else as a :class:`RemoteError`
+subclass named like the original; ``exc.__cause__`` is a :class:`RemoteTraceback`.
 
 POSIX only (signals, ``/proc``). A pool belongs to the event loop it is first used on.
 """
@@ -28,10 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import builtins
-import contextlib
 import contextvars
-import inspect
 import json
 import logging
 import os
@@ -44,22 +38,34 @@ from typing import Any, Final, ParamSpec, TypeVar, cast
 
 import msgspec
 
-from . import errors
-from .arguments import ArgumentSpec
-from .errors import AqueueError, ConfigurationError, SoftTimeLimitExceeded, TimeLimitExceeded
-from .offload_child import (
-    BOOTSTRAP,
+from .errors import ConfigurationError, SoftTimeLimitExceeded, TimeLimitExceeded
+from .offload_child import BOOTSTRAP, PATH_ENV
+from .offload_wire import (
     HEADER,
     MAX_FRAME,
-    PATH_ENV,
     Call,
-    ErrorInfo,
     Ready,
+    RemoteError,
+    RemoteTraceback,
     Reply,
-    resolve,
+    WorkerLostError,
+    decode_result,
+    encoder,
+    rebuild_exception,
+    reference,
 )
-from .serialization import decode
-from .task import Task
+
+__all__ = [
+    "ProcessPool",
+    "RemoteError",
+    "RemoteTraceback",
+    "WorkerLostError",
+    "close_default_pool",
+    "current_pool",
+    "offload",
+    "reset_current_pool",
+    "set_current_pool",
+]
 
 log = logging.getLogger("aqueue.offload")
 
@@ -71,172 +77,7 @@ START_TIMEOUT: Final = 60.0
 #: seconds an exiting child gets before it is killed
 _EXIT_GRACE: Final = 5.0
 
-_encoder = msgspec.msgpack.Encoder()
 _frame_decoder: msgspec.msgpack.Decoder[Ready | Reply] = msgspec.msgpack.Decoder(Ready | Reply)
-
-
-class RemoteError(AqueueError):
-    """An exception from a child process whose type is not rebuilt in the parent.
-
-    Each original type gets its own subclass with the original ``__qualname__`` and
-    ``__module__``, so ``type(exc).__qualname__`` names the original while
-    ``except RemoteError`` catches them all.
-
-    Attributes:
-        exc_type: the original type's qualified name (``"MyError"``).
-        exc_module: the original type's module.
-        message: ``str()`` of the original exception.
-        traceback: the child's traceback text.
-    """
-
-    def __init__(self, exc_type: str, message: str, traceback: str, exc_module: str = "") -> None:
-        super().__init__(message)
-        self.exc_type = exc_type
-        self.exc_module = exc_module
-        self.message = message
-        self.traceback = traceback
-
-
-class WorkerLostError(AqueueError):
-    """The child process running a call died: ``os._exit``, a signal, the OOM killer.
-
-    Attributes:
-        pid: the dead child's process id.
-        exitcode: its exit code, negative for a signal (``-9`` for ``SIGKILL``).
-    """
-
-    def __init__(self, message: str, *, pid: int, exitcode: int | None) -> None:
-        super().__init__(message)
-        self.pid = pid
-        self.exitcode = exitcode
-
-
-class RemoteTraceback(Exception):
-    """The ``__cause__`` of an exception raised in a child: the child's traceback text."""
-
-    def __init__(self, traceback: str) -> None:
-        super().__init__(traceback)
-        self.traceback = traceback
-
-    def __str__(self) -> str:
-        return f'\n"""\n{self.traceback}"""'
-
-
-_remote_types: dict[tuple[str, str], type[RemoteError]] = {}
-
-
-def _remote_type(module: str, qualname: str) -> type[RemoteError]:
-    cls = _remote_types.get((module, qualname))
-    if cls is None:
-        if len(_remote_types) >= 1024:  # bound the cache against endless distinct names
-            _remote_types.clear()
-        namespace = {"__module__": module, "__qualname__": qualname, "__doc__": RemoteError.__doc__}
-        cls = cast(type[RemoteError], type(qualname.rpartition(".")[2], (RemoteError,), namespace))
-        _remote_types[(module, qualname)] = cls
-    return cls
-
-
-def _same_type(info: ErrorInfo) -> Exception | None:
-    """Rebuild a builtin exception or an aqueue error as its own type, if it allows."""
-    if info.module == "builtins":
-        cls, base = getattr(builtins, info.qualname, None), Exception
-    elif info.module == errors.__name__:
-        cls, base = getattr(errors, info.qualname, None), AqueueError
-    else:
-        return None
-    # StopIteration raised out of a coroutine turns into RuntimeError; keep it remote.
-    if not (isinstance(cls, type) and issubclass(cls, base)) or issubclass(
-        cls, (StopIteration, StopAsyncIteration)
-    ):
-        return None
-    try:
-        args = msgspec.msgpack.decode(info.args)
-    except msgspec.DecodeError:
-        args = None
-    # The original args give the original message (KeyError quotes its key); failing
-    # that, the message alone.
-    attempts = [args, [info.message]] if isinstance(args, list) else [[info.message]]
-    for attempt in attempts:
-        with contextlib.suppress(Exception):  # a constructor wanting other arguments
-            return cls(*attempt)
-    return None
-
-
-def rebuild_exception(info: ErrorInfo) -> Exception:
-    """The parent-side exception for an error reported by a child."""
-    exc = _same_type(info)
-    if exc is None:
-        exc = _remote_type(info.module, info.qualname)(
-            info.qualname, info.message, info.traceback, info.module
-        )
-    exc.__cause__ = RemoteTraceback(info.traceback)
-    return exc
-
-
-_result_types: dict[tuple[str, str], Any] = {}
-
-
-def _reference(fn: Callable[..., Any]) -> tuple[str, str, Any]:
-    """The module and qualified name a child imports ``fn`` by, and its result type.
-
-    Raises:
-        ConfigurationError: ``fn`` cannot be found again by importing it by name.
-    """
-    module = getattr(fn, "__module__", None)
-    qualname = getattr(fn, "__qualname__", None)
-    if not isinstance(module, str) or not isinstance(qualname, str):
-        raise ConfigurationError(
-            f"{fn!r} has no module and qualified name; offload runs functions defined at "
-            "module level"
-        )
-    where = f"{module}.{qualname}"
-    if "<" in qualname:
-        raise ConfigurationError(
-            f"{where} cannot run in a child process: a child imports functions by module and "
-            "name, so lambdas and nested functions cannot be sent; define it at module level"
-        )
-    if module == "__main__":
-        raise ConfigurationError(
-            f"{where} is defined in the script being run (__main__), which a child process "
-            "does not import; move it into an importable module"
-        )
-    if fn.is_async if isinstance(fn, Task) else inspect.iscoroutinefunction(fn):
-        raise ConfigurationError(
-            f"{where} is an async function: it belongs on the event loop, not in a process"
-        )
-    try:
-        target = resolve(module, qualname)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigurationError(
-            f"{where} cannot be imported by name ({exc}), so a child could not find it"
-        ) from None
-    if not (target is fn or target == fn or (isinstance(target, Task) and target.fn is fn)):
-        raise ConfigurationError(
-            f"importing {where} gives {target!r}, not {fn!r}: a child would run the wrong thing"
-        )
-    key = (module, qualname)
-    if isinstance(target, Task):
-        result_type = target.spec.result_type
-    elif key in _result_types:
-        result_type = _result_types[key]
-    else:
-        try:
-            result_type = ArgumentSpec(target, skip_first=False).result_type
-        except (TypeError, ValueError):  # no signature (some builtins)
-            result_type = Any
-        _result_types[key] = result_type
-    return module, qualname, result_type
-
-
-def _result(raw: msgspec.Raw, tp: Any) -> Any:
-    if tp is not Any:
-        try:
-            return decode(raw, tp, "msgpack")
-        except (msgspec.ValidationError, TypeError):
-            # The value does not match the annotation (or msgspec cannot decode into it):
-            # return it as the function returned it, not an error for a call that worked.
-            pass
-    return msgspec.msgpack.decode(raw)
 
 
 def _exit_text(code: int | None) -> str:
@@ -448,14 +289,14 @@ class ProcessPool:
             RuntimeError: the pool is closed.
             Exception: what ``fn`` raised, rebuilt (see the module docstring).
         """
-        module, qualname, result_type = _reference(fn)
+        module, qualname, result_type = reference(fn)
         where = f"{module}.{qualname}"
         try:
             call = Call(
                 module,
                 qualname,
-                msgspec.Raw(_encoder.encode(args)),
-                msgspec.Raw(_encoder.encode(kwargs)),
+                msgspec.Raw(encoder.encode(args)),
+                msgspec.Raw(encoder.encode(kwargs)),
                 soft,
             )
         except (TypeError, ValueError, OverflowError) as exc:
@@ -463,7 +304,7 @@ class ProcessPool:
                 f"the arguments of {where} cannot be sent to a child process: msgpack cannot "
                 f"encode them ({exc})"
             ) from None
-        body = _encoder.encode(call)
+        body = encoder.encode(call)
         if len(body) > MAX_FRAME:
             raise ValueError(f"the arguments of {where} are over 4 GiB encoded")
         if self._closed:
@@ -483,7 +324,7 @@ class ProcessPool:
             self._free.put_nowait(slot)
         if reply.error is not None:
             raise rebuild_exception(reply.error)
-        return _result(reply.value, result_type)
+        return decode_result(reply.value, result_type)
 
     async def close(self, timeout: float = 5.0) -> None:
         """Stop every child and reap it; idempotent.
@@ -525,7 +366,7 @@ class ProcessPool:
 
     def _fill(self, slot: _Slot) -> asyncio.Task[_Child]:
         """The task starting this slot's child, started now if it is not already."""
-        if slot.starting is None:
+        if slot.starting is None or slot.starting.done():  # done: cancelled before it ran
             slot.starting = asyncio.ensure_future(self._start_child(slot))
             slot.starting.add_done_callback(_log_start_failure)
         return slot.starting

@@ -15,15 +15,12 @@ its children itself).
 from __future__ import annotations
 
 import faulthandler
-import importlib
 import io
 import os
 import signal
-import struct
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from types import FrameType
 from typing import Any, Final
@@ -32,10 +29,9 @@ import msgspec
 
 from .arguments import ArgumentSpec
 from .errors import ArgumentError, SoftTimeLimitExceeded
+from .offload_wire import HEADER, MAX_FRAME, NIL, Call, Ready, Reply, describe, encoder, resolve
 from .task import Task
 
-HEADER: Final = struct.Struct(">I")
-MAX_FRAME: Final = 2**32 - 1
 #: environment variable carrying the parent's ``sys.path`` (JSON) to the bootstrap
 PATH_ENV: Final = "AQUEUE_OFFLOAD_SYS_PATH"
 #: ``python -c`` program that starts a child with the parent's import path
@@ -47,45 +43,7 @@ BOOTSTRAP: Final = (
 )
 
 
-class Call(msgspec.Struct, tag="call", array_like=True):
-    """Parent to child: run ``module.qualname(*args, **kwargs)``."""
-
-    module: str
-    qualname: str
-    args: msgspec.Raw
-    kwargs: msgspec.Raw
-    #: the soft limit in seconds, only to word the exception the same way as in-process
-    soft: float | None = None
-
-
-class ErrorInfo(msgspec.Struct, array_like=True):
-    """An exception raised in the child, as text plus its ``args`` when they encode."""
-
-    module: str
-    qualname: str
-    message: str
-    traceback: str
-    #: msgpack of ``list(exc.args)``, or of ``None`` when they do not encode
-    args: msgspec.Raw
-
-
-class Ready(msgspec.Struct, tag="ready", array_like=True):
-    """Child to parent, once: imports are done and calls may be sent."""
-
-    pid: int
-
-
-class Reply(msgspec.Struct, tag="reply", array_like=True):
-    """Child to parent: the outcome of one call and the child's resident memory after it."""
-
-    value: msgspec.Raw
-    error: ErrorInfo | None
-    rss_kib: int
-
-
-_encoder = msgspec.msgpack.Encoder()
 _call_decoder = msgspec.msgpack.Decoder(Call)
-_NIL: Final = msgspec.Raw(_encoder.encode(None))
 
 
 class _SoftLimit:
@@ -108,14 +66,6 @@ class _SoftLimit:
 
 _soft = _SoftLimit()
 _resolved: dict[tuple[str, str], tuple[Callable[..., Any], ArgumentSpec | None]] = {}
-
-
-def resolve(module: str, qualname: str) -> Any:
-    """Import ``module`` and walk ``qualname``'s dotted attributes."""
-    target: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        target = getattr(target, part)
-    return target
 
 
 def _function(module: str, qualname: str) -> tuple[Callable[..., Any], ArgumentSpec | None]:
@@ -167,25 +117,6 @@ def rss_kib() -> int:
     return peak // 1024 if sys.platform == "darwin" else peak  # bytes on macOS
 
 
-def describe(exc: BaseException) -> ErrorInfo:
-    """Capture an exception as text (and its args when msgpack can carry them)."""
-    try:
-        args = msgspec.Raw(_encoder.encode(list(exc.args)))
-    except Exception:
-        args = _NIL
-    try:
-        message = str(exc)
-    except Exception:
-        message = "<str() of the exception failed>"
-    return ErrorInfo(
-        module=type(exc).__module__,
-        qualname=type(exc).__qualname__,
-        message=message,
-        traceback="".join(traceback.format_exception(exc)),
-        args=args,
-    )
-
-
 def _invoke(call: Call) -> Reply:
     try:
         _soft.seconds = call.soft
@@ -195,7 +126,7 @@ def _invoke(call: Call) -> Reply:
         value = fn(*args, **kwargs)
         _soft.armed = False
         try:
-            body = _encoder.encode(value)
+            body = encoder.encode(value)
         except Exception as exc:
             raise TypeError(
                 f"the result of {call.module}.{call.qualname} cannot be sent back: msgpack "
@@ -207,7 +138,7 @@ def _invoke(call: Call) -> Reply:
     except BaseException as exc:
         # SystemExit and KeyboardInterrupt too: the call failed, the child lives on.
         _soft.armed = False
-        return Reply(value=_NIL, error=describe(exc), rss_kib=rss_kib())
+        return Reply(value=NIL, error=describe(exc), rss_kib=rss_kib())
 
 
 def _read_exactly(stream: io.BufferedReader, n: int) -> bytes | None:
@@ -216,7 +147,7 @@ def _read_exactly(stream: io.BufferedReader, n: int) -> bytes | None:
 
 
 def _send(stream: io.BufferedWriter, message: Ready | Reply) -> None:
-    body = _encoder.encode(message)
+    body = encoder.encode(message)
     stream.write(HEADER.pack(len(body)))
     stream.write(body)
     stream.flush()
@@ -256,5 +187,5 @@ def main() -> None:
             try:
                 reply = _invoke(call)
             except SoftTimeLimitExceeded as exc:  # fired in the gap after the call ended
-                reply = Reply(value=_NIL, error=describe(exc), rss_kib=rss_kib())
+                reply = Reply(value=NIL, error=describe(exc), rss_kib=rss_kib())
             _send(writer, reply)

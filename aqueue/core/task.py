@@ -99,6 +99,8 @@ class Task(Generic[P, R]):
     rate_limit: str | None = None
     #: at most this many executions running at once (across the fleet where shared)
     concurrency_limit: int | None = None
+    #: where a ``def`` task runs: ``"thread"`` (default) or ``"process"`` (killable, no GIL)
+    offload: str = "thread"
 
     name: str
     app: App
@@ -121,6 +123,13 @@ class Task(Generic[P, R]):
             parse_rate(self.rate_limit)  # a bad rate fails at decoration, not in the worker
         if self.concurrency_limit is not None and self.concurrency_limit < 1:
             raise ValueError("concurrency_limit must be at least 1")
+        if self.offload not in ("thread", "process"):
+            raise ValueError("offload must be 'thread' or 'process'")
+        if self.offload == "process" and self.is_async:
+            raise TypeError(
+                f"{fn.__qualname__} is async: offload='process' is for def tasks (inside an "
+                "async task, await aqueue.offload(fn, ...) for a CPU-bound section)"
+            )
         self.spec = ArgumentSpec(fn, skip_first=bind)
         self.run: Callable[..., Any] = functools.partial(fn, self) if bind else fn
         functools.update_wrapper(self, fn, updated=())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import socket
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING
 from . import signals, states
 from .execution import Executor, is_terminate
 from .message import decode_result
+from .offload import ProcessPool, set_current_pool
 from .protocols import Broker, Delivery, Lease, SharedThrottle
 from .urls import redact
 
@@ -102,6 +104,7 @@ class Worker:
         self._terminated: set[str] = set()
         self._watchdog: asyncio.Task[None] | None = None
         self._lifespans = contextlib.AsyncExitStack()
+        self._process_pool: ProcessPool | None = None
         self.lost_leases = 0
 
     def __repr__(self) -> str:
@@ -114,6 +117,17 @@ class Worker:
             raise RuntimeError("the worker has not started")
         return self._executor
 
+    def _processes(self) -> ProcessPool:
+        """The worker's offload process pool; children start on first use."""
+        if self._process_pool is None:
+            conf = self.app.conf
+            self._process_pool = ProcessPool(
+                conf.worker_process_pool_size or os.cpu_count() or 1,
+                max_tasks_per_child=conf.worker_max_tasks_per_child or None,
+                max_memory_per_child=conf.worker_max_memory_per_child or None,
+            )
+        return self._process_pool
+
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -124,7 +138,7 @@ class Worker:
         self.app.import_includes()
         broker = self.app.broker
         throttle = broker if isinstance(broker, SharedThrottle) else None
-        self._executor = Executor(self.app, self.hostname, self._pool, throttle)
+        self._executor = Executor(self.app, self.hostname, self._pool, throttle, self._processes)
         for lifespan in self.app.lifespans:
             await self._lifespans.enter_async_context(lifespan(self.app))
         log.info(
@@ -141,7 +155,13 @@ class Worker:
                 target=self._renew_forever, args=(broker,), name="aqueue-heartbeat", daemon=True
             )
             self._heartbeat.start()
-        self._consumer = asyncio.create_task(self._consume(broker), name="aqueue-consumer")
+        # task handlers are created by the consumer and copy its context: in it, and only in
+        # it (not in the caller's), aqueue.offload() finds this worker's process pool
+        consumer_context = contextvars.copy_context()
+        consumer_context.run(set_current_pool, self._processes())
+        self._consumer = asyncio.create_task(
+            self._consume(broker), name="aqueue-consumer", context=consumer_context
+        )
         if self.app._backend is not None:
             self._watchdog = asyncio.create_task(
                 self._watch_terminations(), name="aqueue-terminations"
@@ -199,6 +219,8 @@ class Worker:
         if self._heartbeat is not None:
             await asyncio.to_thread(self._heartbeat.join)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._process_pool is not None:
+            await self._process_pool.close()
         try:
             await self._lifespans.aclose()
         except Exception:
