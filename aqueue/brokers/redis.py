@@ -27,10 +27,12 @@ from .redis_connection import (
     ScriptCall,
     command,
     guarded,
+    pack_fields,
     parse_settings,
     run_scripts,
     run_scripts_sync,
 )
+from .redis_throttle import RedisThrottle
 
 __all__ = ["RedisBroker", "RedisDelivery"]
 
@@ -39,11 +41,13 @@ log = logging.getLogger("aqueue.broker.redis")
 #: messages per PUBLISH script call; larger batches become several calls in one pipeline so
 #: no single script blocks the server for long
 _PUBLISH_CHUNK = 500
+#: messages per publish flush (several chunks, one pipeline)
+_PUBLISH_BATCH = 5000
 #: delayed / expired messages moved back to ready per queue per claim
 _MOVE_BATCH = 1000
 #: settle operations per SETTLE call and per flush
-_SETTLE_BATCH = 1000
-_PURGE_BATCH = 1000
+_SETTLE_BATCH = lua.MAX_BATCH
+_PURGE_BATCH = lua.MAX_BATCH
 
 # a settle operation: (op, lease, a, b); see redis_scripts.SETTLE
 _Op = tuple[str, Lease, bytes | str, str]
@@ -87,19 +91,19 @@ class RedisDelivery:
 
     async def ack(self) -> bool:
         """Remove the message. ``False`` if the lease had been lost."""
-        return await self._broker._settle(("A", self._lease, "", ""))
+        return await self._broker._settler.submit(("A", self._lease, "", ""))
 
     async def release(self, *, executed: bool) -> bool:
         """Hand the message back, claimable at once; uncounted unless ``executed``."""
-        return await self._broker._settle(("R", self._lease, "1" if executed else "0", ""))
+        return await self._broker._settler.submit(("R", self._lease, "1" if executed else "0", ""))
 
     async def requeue(self, body: bytes, *, eta: float | None) -> bool:
         """Replace the message with ``body`` due at ``eta``, delivery count reset."""
-        return await self._broker._settle(("Q", self._lease, body, _delay(eta)))
+        return await self._broker._settler.submit(("Q", self._lease, body, _delay(eta)))
 
     async def dead_letter(self, reason: str) -> bool:
         """Move the message to the queue's dead-letter list with ``reason``."""
-        return await self._broker._settle(("D", self._lease, reason, ""))
+        return await self._broker._settler.submit(("D", self._lease, reason, ""))
 
     def __repr__(self) -> str:
         return (
@@ -138,8 +142,16 @@ class RedisBroker:
         self._prefix = self._settings.prefix
         self._client: aioredis.Redis | None = None
         self._sync = LazySyncClient(self._settings)
+        # Settlements made in the same loop tick (or while a batch is in flight) share one
+        # script call per queue: per task that is a few Lua commands, not a round trip.
         self._settler: Coalescer[_Op, bool] = Coalescer(self._flush_settles, _SETTLE_BATCH)
+        self._publisher: Coalescer[Outgoing, bool] = Coalescer(
+            self._flush_publishes, _PUBLISH_BATCH
+        )
+        self._throttle = RedisThrottle(self._settings, self._redis, self._sync)
         self._keys: dict[str, tuple[str, ...]] = {}
+        # hand-backs of cancelled claims still in progress; close() waits for them
+        self._background: set[asyncio.Future[Any]] = set()
         # a blocking wait never outlives the socket timeout, so a blocked read is never
         # mistaken for a dead connection
         self._max_block = max(0.05, min(5.0, self._settings.socket_timeout / 2))
@@ -150,16 +162,13 @@ class RedisBroker:
     # -- keys -------------------------------------------------------------------------
 
     def _queue_keys(self, queue: str) -> tuple[str, ...]:
-        """The queue's keys in SETTLE_KEYS order, all in the hash tag ``{q:<queue>}``."""
+        """The queue's keys in QUEUE_KEYS order, all in the hash tag ``{q:<queue>}``."""
         keys = self._keys.get(queue)
         if keys is None:
             base = f"{self._prefix}:{{q:{queue}}}:"
-            keys = tuple(base + name for name in lua.SETTLE_KEYS)
+            keys = tuple(base + name for name in lua.QUEUE_KEYS)
             self._keys[queue] = keys
         return keys
-
-    def _dedupe_key(self, queue: str, message_id: str) -> str:
-        return f"{self._prefix}:{{q:{queue}}}:dedupe:{message_id}"
 
     @property
     def _dead_registry(self) -> str:
@@ -190,10 +199,16 @@ class RedisBroker:
 
     async def close(self) -> None:
         """Flush pending settlements and close every connection; idempotent."""
-        try:
-            await self._settler.drain()
-        except Exception:  # their callers got the error already
-            log.debug("pending settlements failed during close", exc_info=True)
+        # cancelled claims' scripts first, then the hand-backs they started
+        for _ in range(2):
+            if self._background:
+                limit = self._settings.operation_timeout
+                await asyncio.wait(set(self._background), timeout=limit)
+        for coalescer in (self._publisher, self._settler):
+            try:
+                await coalescer.drain()
+            except Exception:  # their callers got the error already
+                log.debug("pending calls failed during close", exc_info=True)
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
@@ -217,26 +232,32 @@ class RedisBroker:
         """
         if not messages:
             return []
+        # Concurrent publishes (many delay() calls at once) share one round trip.
+        futures = [self._publisher.submit(message) for message in messages]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return [result is True for result in results]
+
+    async def _flush_publishes(self, messages: list[Outgoing]) -> list[bool]:
         by_queue: dict[str, list[int]] = defaultdict(list)
         for index, message in enumerate(messages):
             by_queue[message.queue].append(index)
-        ttl_ms = int(self._settings.dedupe_ttl * 1000)
+        ttl = repr(float(self._settings.dedupe_ttl))
         calls: list[ScriptCall] = []
         spans: list[list[int]] = []
         for queue, indexes in by_queue.items():
             k = self._queue_keys(queue)
-            seq_key = f"{self._prefix}:{{q:{queue}}}:seq"
-            fixed = [k[0], k[1], k[3], k[4], k[7], seq_key]
+            keys = [k[0], k[1], k[3], k[4], k[7], k[9], k[10]]
             for start in range(0, len(indexes), _PUBLISH_CHUNK):
                 chunk = indexes[start : start + _PUBLISH_CHUNK]
-                keys = list(fixed)
-                args: list[str | bytes | int | float] = [ttl_ms]
+                fields: list[bytes | str] = []
                 for i in chunk:
                     m = messages[i]
-                    keys.append(self._dedupe_key(queue, m.id))
                     priority = max(-lua.MAX_PRIORITY, min(lua.MAX_PRIORITY, int(m.priority)))
-                    args += (m.id, m.body, priority, _delay(m.eta))
-                calls.append((lua.PUBLISH, keys, args))
+                    fields += (m.id, m.body, str(priority), _delay(m.eta))
+                calls.append((lua.PUBLISH, keys, [ttl, *pack_fields(fields)]))
                 spans.append(chunk)
         client = await self._redis()
         replies = await guarded(
@@ -262,7 +283,7 @@ class RedisBroker:
         limit: int,
         lease_seconds: float,
         owner: str,
-        timeout: float,  # noqa: ASYNC109 - the Broker protocol's signature
+        timeout: float,
     ) -> list[Delivery]:
         """Claim up to ``limit`` due messages, highest priority first, earlier queues first.
 
@@ -273,6 +294,8 @@ class RedisBroker:
         """
         if limit <= 0 or not queues:
             return []
+        # Lua's unpack() takes at most ~8000 values; a bigger batch gains nothing anyway
+        limit = min(limit, lua.MAX_BATCH)
         queues = list(dict.fromkeys(queues))
         keys: list[str] = []
         for queue in queues:
@@ -283,12 +306,7 @@ class RedisBroker:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
         while True:
-            [reply] = await guarded(
-                self._settings,
-                "claim",
-                lambda: run_scripts(client, [(lua.CLAIM, keys, args)]),
-                error=BrokerError,
-            )
+            reply = await self._claim_once(client, queues, keys, args)
             wake_ms, count = int(reply[0]), int(reply[1])
             if count:
                 return self._deliveries(queues, reply)
@@ -300,6 +318,8 @@ class RedisBroker:
                 block = min(block, wake_ms / 1000)
             # BLPOP's timeout has millisecond resolution; zero would mean "forever"
             block = max(block, 0.001)
+            # Cancelling the wait is safe: redis-py drops the connection, and a wake-up
+            # token it may have taken only delays other idle claimers by one wait.
             await guarded(
                 self._settings,
                 "claim (wait)",
@@ -307,6 +327,51 @@ class RedisBroker:
                 error=BrokerError,
                 deadline=self._settings.operation_timeout + block,
             )
+            if self._client is not client:
+                raise BrokerError(f"the broker on {self._settings.redacted} was closed")
+
+    async def _claim_once(
+        self,
+        client: aioredis.Redis,
+        queues: list[str],
+        keys: list[str],
+        args: list[str | bytes | int | float],
+    ) -> list[Any]:
+        call = asyncio.ensure_future(
+            guarded(
+                self._settings,
+                "claim",
+                lambda: run_scripts(client, [(lua.CLAIM, keys, args)]),
+                error=BrokerError,
+            )
+        )
+        try:
+            [reply] = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            # The script may have claimed messages already: once it answers, hand them
+            # back uncounted so a cancelled claim costs nobody a lease timeout. close()
+            # waits for this, so a stopping worker does not strand them.
+            self._track(call)
+            call.add_done_callback(partial(self._hand_back, queues))
+            raise
+        return list(reply)
+
+    def _track(self, future: asyncio.Future[Any]) -> None:
+        self._background.add(future)
+        future.add_done_callback(self._background.discard)
+
+    def _hand_back(self, queues: list[str], call: asyncio.Future[list[Any]]) -> None:
+        if call.cancelled() or call.exception() is not None:
+            return
+        [reply] = call.result()
+        if not int(reply[1]):
+            return
+        deliveries = self._deliveries(queues, reply)
+        task = asyncio.ensure_future(
+            asyncio.gather(*(d.release(executed=False) for d in deliveries))
+        )
+        self._track(task)
+        task.add_done_callback(_log_failure)
 
     def _deliveries(self, queues: list[str], reply: list[Any]) -> list[Delivery]:
         out: list[Delivery] = []
@@ -319,12 +384,6 @@ class RedisBroker:
 
     # -- settle -------------------------------------------------------------------------
 
-    async def _settle(self, op: _Op) -> bool:
-        # Settlements made in the same loop tick (or while one batch is in flight) share
-        # one script call per queue: the per-task cost is a few Lua commands, not a round
-        # trip and a redis-py command.
-        return await self._settler.submit(op)
-
     async def _flush_settles(self, ops: list[_Op]) -> list[bool]:
         by_queue: dict[str, list[int]] = defaultdict(list)
         for index, (_, lease, _, _) in enumerate(ops):
@@ -333,13 +392,17 @@ class RedisBroker:
         spans: list[list[int]] = []
         dead_queues: list[str] = []
         for queue, indexes in by_queue.items():
-            args: list[str | bytes | int | float] = [self._settings.dead_letter_limit]
+            fields: list[bytes | str] = []
             for i in indexes:
                 op, lease, a, b = ops[i]
-                args += (op, lease.id, str(lease.token), a, b)
+                fields += (op, lease.id, str(lease.token), a, b)
                 if op == "D" and queue not in dead_queues:
                     dead_queues.append(queue)
-            calls.append((lua.SETTLE, list(self._queue_keys(queue)), args))
+            args: list[str | bytes | int | float] = [
+                self._settings.dead_letter_limit,
+                *pack_fields(fields),
+            ]
+            calls.append((lua.SETTLE, list(self._queue_keys(queue)[:9]), args))
             spans.append(indexes)
         client = await self._redis()
 
@@ -376,11 +439,15 @@ class RedisBroker:
         spans: list[list[int]] = []
         for queue, indexes in by_queue.items():
             k = self._queue_keys(queue)
-            args: list[str | bytes | int | float] = [repr(float(lease_seconds))]
-            for i in indexes:
-                args += (leases[i].id, str(leases[i].token))
-            calls.append((lua.RENEW, [k[0], k[2], k[6]], args))
-            spans.append(indexes)
+            for start in range(0, len(indexes), lua.MAX_BATCH):
+                chunk = indexes[start : start + lua.MAX_BATCH]
+                fields: list[bytes | str] = []
+                for i in chunk:
+                    fields += (leases[i].id, str(leases[i].token))
+                args: list[str | bytes | int | float] = [repr(float(lease_seconds))]
+                args += pack_fields(fields)
+                calls.append((lua.RENEW, [k[0], k[2], k[6]], args))
+                spans.append(chunk)
         try:
             replies = run_scripts_sync(self._sync.get(), calls)
         except Exception as exc:
@@ -409,26 +476,19 @@ class RedisBroker:
     async def purge(self, queue: str) -> int:
         """Delete the ready and delayed messages of ``queue`` (and their dedupe markers)."""
         k = self._queue_keys(queue)
-        keys = [k[0], k[1], k[3], k[4], k[5], k[6]]
+        keys = [k[0], k[1], k[3], k[4], k[5], k[6], k[10]]
         client = await self._redis()
         total = 0
         while True:
-            [ids] = await guarded(
+            removed = await guarded(
                 self._settings,
                 "purge",
                 lambda: run_scripts(client, [(lua.PURGE, keys, [_PURGE_BATCH])]),
                 error=BrokerError,
             )
-            if not ids:
+            if not removed[0]:
                 return total
-            total += len(ids)
-            markers = [self._dedupe_key(queue, raw.decode()) for raw in ids]
-            await guarded(
-                self._settings,
-                "purge",
-                partial(command, client, "DEL", *markers),
-                error=BrokerError,
-            )
+            total += int(removed[0])
 
     async def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
         """The most recent dead letters (of ``queue``, or of every queue), newest first."""
@@ -457,6 +517,29 @@ class RedisBroker:
             return letters[:limit]
 
         return await guarded(self._settings, "dead_letters", read, error=BrokerError)
+
+    # -- shared throttle (aqueue.core.protocols.SharedThrottle) ------------------------------
+
+    async def reserve_rate(self, key: str, limit: float, period: float) -> float:
+        """Reserve the next rate slot for ``key`` across all workers; return its unix time."""
+        return await self._throttle.reserve_rate(key, limit, period)
+
+    async def acquire_slot(self, key: str, holder: str, limit: int, lease_seconds: float) -> bool:
+        """Take one of ``limit`` leased slots of ``key`` for ``holder``; ``False`` if full."""
+        return await self._throttle.acquire_slot(key, holder, limit, lease_seconds)
+
+    async def release_slot(self, key: str, holder: str) -> None:
+        """Give a slot back."""
+        await self._throttle.release_slot(key, holder)
+
+    def renew_slots(self, slots: Sequence[tuple[str, str]], lease_seconds: float) -> None:
+        """Extend slot leases of ``(key, holder)`` pairs. Blocking and thread-safe."""
+        self._throttle.renew_slots(slots, lease_seconds)
+
+
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("handing back a cancelled claim failed: %s", task.exception())
 
 
 def _parse_dead_letter(queue: str, raw: bytes) -> DeadLetter:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import struct
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,10 +42,10 @@ _FLOAT_OPTIONS = {
     "socket_timeout": 5.0,
     "socket_connect_timeout": 5.0,
     "health_check_interval": 15.0,
-    "operation_timeout": 15.0,
+    "operation_timeout": 10.0,
     "dedupe_ttl": 86400.0,
 }
-_INT_OPTIONS = {"retries": 3, "dead_letter_limit": 10000, "protocol": 2}
+_INT_OPTIONS = {"retries": 3, "dead_letter_limit": 10000, "protocol": 2, "max_connections": 64}
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,16 +57,19 @@ class RedisSettings:
             password, so it is never printed; use ``redacted``.
         redacted: the URL with any password replaced by ``***``.
         prefix: first component of every key.
-        socket_timeout: seconds a single read or write may take; longer than any blocking
-            read aqueue issues.
+        socket_timeout: seconds a single read or write of the blocking client (lease
+            renewal) may take; also caps how long one blocking wait of a claim lasts.
         socket_connect_timeout: seconds to establish a connection.
         health_check_interval: seconds of idleness after which a connection is pinged
             before use (and the pub/sub connection is pinged to detect a dead peer).
-        operation_timeout: overall deadline of one broker/backend call, retries included.
+        operation_timeout: overall deadline of one asyncio broker/backend call, retries
+            included (a blocking wait adds its own length).
         retries: reconnect-and-retry attempts on connection errors (with jittered backoff).
         dedupe_ttl: seconds an enqueued id is remembered by the broker; ``0`` disables.
         dead_letter_limit: dead letters kept per queue (older ones are trimmed).
         protocol: RESP version for command connections (pub/sub always uses RESP2).
+        max_connections: asyncio connections per client; further callers wait for one
+            (within their deadline) instead of failing.
         extra: other options, passed to redis-py unchanged (``ssl_ca_certs``, ...).
     """
 
@@ -80,6 +84,7 @@ class RedisSettings:
     dedupe_ttl: float
     dead_letter_limit: int
     protocol: int
+    max_connections: int
     extra: dict[str, Any] = field(repr=False, default_factory=dict)
     secrets: tuple[str, ...] = field(repr=False, default=())
 
@@ -93,9 +98,14 @@ class RedisSettings:
         """A one-line, password-free description of ``exc``."""
         return self.scrub(f"{type(exc).__name__}: {exc}")
 
-    def _client_kwargs(self) -> dict[str, Any]:
+    def _client_kwargs(self, *, asyncio_client: bool) -> dict[str, Any]:
         return {
-            "socket_timeout": self.socket_timeout,
+            # redis-py's asyncio send path wraps writes in asyncio.wait_for when a socket
+            # timeout is set, and on Python 3.11 wait_for can swallow the caller's
+            # cancellation (cpython#86296): a cancelled claim would keep running. So the
+            # asyncio clients bound each call with asyncio.timeout (operation_timeout,
+            # see guarded()) and only the blocking client uses the socket timeout.
+            "socket_timeout": None if asyncio_client else self.socket_timeout,
             "socket_connect_timeout": self.socket_connect_timeout,
             "socket_keepalive": True,
             "health_check_interval": self.health_check_interval,
@@ -107,21 +117,37 @@ class RedisSettings:
         """A pooled asyncio client that retries connection errors with backoff.
 
         redis-py disconnects a connection whose command was cancelled between send and
-        reply (``read_response`` closes it on any ``BaseException``), so a cancelled call
-        never leaves a half-read reply for the next user of the pooled connection.
+        reply (``read_response`` closes it on any ``BaseException``), so a cancelled or
+        timed-out call never leaves a half-read reply for the next user of the pool.
         """
         retry = AsyncRetry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), self.retries)
-        return aioredis.Redis.from_url(self.url, retry=retry, **self._client_kwargs())
+        kwargs = self._client_kwargs(asyncio_client=True)
+        # a bounded pool that queues callers (the default pool raises when full, which a
+        # burst of concurrent wait() calls would hit)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url, max_connections=self.max_connections, timeout=None, retry=retry, **kwargs
+        )
+        return aioredis.Redis.from_pool(pool)
 
     def sync_client(self) -> redis.Redis:
         """A pooled blocking client (thread-safe), used where the event loop cannot be."""
         retry = SyncRetry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), self.retries)
-        return redis.Redis.from_url(self.url, retry=retry, **self._client_kwargs())
+        kwargs = self._client_kwargs(asyncio_client=False)
+        return redis.Redis.from_url(self.url, retry=retry, **kwargs)
 
-    def pubsub_connection(self) -> aioredis.Connection:
-        """One unpooled RESP2 connection for pub/sub, reconnected by its owner, not redis-py."""
-        kwargs = self._client_kwargs()
-        kwargs.update(protocol=2, health_check_interval=0, retry=AsyncRetry(NoBackoff(), 0))
+    def pubsub_connection(self, client_name: str) -> aioredis.Connection:
+        """One unpooled RESP2 connection for pub/sub, reconnected by its owner, not redis-py.
+
+        Args:
+            client_name: shown by ``CLIENT LIST``, so operators can tell it apart.
+        """
+        kwargs = self._client_kwargs(asyncio_client=True)
+        kwargs.update(
+            protocol=2,
+            health_check_interval=0,
+            retry=AsyncRetry(NoBackoff(), 0),
+            client_name=client_name,
+        )
         pool: Any = aioredis.ConnectionPool.from_url(self.url, **kwargs)
         conn: aioredis.Connection = pool.make_connection()
         return conn
@@ -171,7 +197,13 @@ def parse_settings(url: str, options: dict[str, Any], *, what: str) -> RedisSett
     rest = [(k, v) for k, v in query if k not in ours and k not in options]
     extra = {k: v for k, v in options.items() if k not in ours}
     clean = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(rest), parts.fragment))
-    secrets = tuple(s for s in {parts.password, unquote(parts.password or "")} if s)
+    given = options.get("password")
+    candidates = {
+        parts.password,
+        unquote(parts.password or ""),
+        given if isinstance(given, str) else None,
+    }
+    secrets = tuple(s for s in candidates if s)
     return RedisSettings(
         url=clean,
         redacted=redacted,
@@ -189,6 +221,17 @@ def command(target: Any, *args: Any) -> Any:
     call layer per command; the raw form is both cheaper and simpler to type.
     """
     return target.execute_command(*args)
+
+
+def pack_fields(fields: Sequence[bytes | str]) -> tuple[bytes, bytes]:
+    """Pack many script arguments into two: big-endian u32 lengths, and the joined bytes.
+
+    redis-py encodes and frames every argument in Python (microseconds each, and its
+    asyncio framing re-copies a growing buffer); a batch of a thousand settlements would
+    spend more time there than in Redis. The scripts split the pair back (``split``).
+    """
+    encoded = [f if isinstance(f, bytes) else f.encode() for f in fields]
+    return struct.pack(f">{len(encoded)}I", *map(len, encoded)), b"".join(encoded)
 
 
 class Script:

@@ -3,14 +3,20 @@
 Every script touches the keys of one queue only, all sharing the queue's hash tag, and takes
 every key it touches in ``KEYS`` so it can run unchanged on Redis Cluster. The one
 exception is ``CLAIM``, which accepts the key groups of several queues so a worker polling
-``["hi", "default"]`` pays one round trip; on a cluster it is called once per queue.
+``["hi", "default"]`` pays one round trip; on a cluster it would be called once per queue.
+
+Cost model: the server spends about a microsecond per ``redis.call``, so the scripts work
+on whole batches (``HMGET``/``HSET``/``ZADD``/``ZREM`` with many members) rather than one
+call per message, and per-message calls are left to the rare paths (hand-back, dead
+letter). Batches are capped by the callers at 1000 messages, well under Lua's limit of
+about 8000 values for ``unpack``.
 
 Time is the Redis server's (``TIME``), never the caller's: lease deadlines and due times are
 compared on one clock however skewed the workers' clocks are. Producers pass an ETA as a
 delay relative to their own clock, which the script anchors to server time.
 
 Scores are formatted with ``%.17g`` / ``%d`` because Lua's default number-to-string
-conversion keeps only 14 significant digits.
+conversion keeps only 14 significant digits. Needs Redis >= 6.2 (``ZMSCORE``).
 """
 
 from __future__ import annotations
@@ -21,10 +27,14 @@ from aqueue.brokers.redis_connection import Script
 CLAIM_KEYS = ("ready", "delayed", "inflight", "body", "score", "count", "epoch", "notify")
 #: keys passed to SETTLE, in this order
 SETTLE_KEYS = (*CLAIM_KEYS, "dead")
+#: every key of a queue, in the order RedisBroker keeps them
+QUEUE_KEYS = (*SETTLE_KEYS, "seq", "dedupe")
 #: priority weight in the ready score: score = seq - priority * 2^42. With priorities
 #: clamped to +-1000 and a per-queue sequence below 2^42, scores stay exact doubles (< 2^53).
 PRIORITY_WEIGHT = 2**42
 MAX_PRIORITY = 1000
+#: most messages one script call handles (claim limit, publish chunk, settle batch)
+MAX_BATCH = 1000
 
 _COMMON = """
 local function now()
@@ -32,6 +42,22 @@ local function now()
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 local function fmt(x) return string.format('%.17g', x) end
+-- Fields travel as two strings (big-endian u32 lengths, then the bytes joined), so a batch
+-- costs the client two arguments, not thousands (see redis_connection.pack_fields).
+local function split(lens, data)
+  local out, pos = {}, 1
+  for i = 1, #lens / 4 do
+    local len = struct.unpack('>I4', lens, (i - 1) * 4 + 1)
+    out[i] = string.sub(data, pos, pos + len - 1)
+    pos = pos + len
+  end
+  return out
+end
+local function column(f, width, k)
+  local out = {}
+  for i = k, #f, width do out[#out + 1] = f[i] end
+  return out
+end
 local function wake(notify)
   -- one pending token is enough: a woken claimer passes it on while work remains
   redis.call('LPUSH', notify, '1')
@@ -39,45 +65,67 @@ local function wake(notify)
 end
 """
 
-# KEYS: ready, delayed, body, score, notify, seq, dedupe_1 .. dedupe_n
-# ARGV: dedupe_ttl_ms, then per message: id, body, priority, delay_seconds
+#: the Lua helpers (now, fmt, split, column, wake), for scripts defined elsewhere
+LUA_HELPERS = _COMMON
+
+# KEYS: ready, delayed, body, score, notify, seq, dedupe
+# ARGV: dedupe_ttl_seconds (0: off), then fields (id, body, priority, delay_seconds)*
 # -> per message 1 (stored) or 0 (id already queued, delayed, in flight or recently enqueued)
 PUBLISH = Script(
     "publish",
     _COMMON
     + """
+local ready, delayed, body, score, dedupe = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[7]
 local ttl = tonumber(ARGV[1])
-local n = (#ARGV - 1) / 4
+local f = split(ARGV[2], ARGV[3])
+local n = #f / 4
+local t = now()
+local ids = column(f, 4, 1)
+local queued = redis.call('HMGET', body, unpack(ids))
+local known = {}
+if ttl > 0 then
+  -- the dedupe set remembers enqueued ids until their score (expiry) passes
+  redis.call('ZREMRANGEBYSCORE', dedupe, '-inf', fmt(t))
+  known = redis.call('ZMSCORE', dedupe, unpack(ids))
+end
 local top = redis.call('INCRBY', KEYS[6], n)
-local t = nil
-local out = {}
-local added = 0
+local bodies, scores, due_now, due_later, marks, taken, out = {}, {}, {}, {}, {}, {}, {}
 for i = 1, n do
-  local j = 1 + (i - 1) * 4
-  local id = ARGV[j + 1]
-  local ok = redis.call('HEXISTS', KEYS[3], id) == 0
-  if ok and ttl > 0 then
-    ok = redis.call('SET', KEYS[6 + i], '1', 'NX', 'PX', ttl) ~= false
-  end
-  if ok then
-    local score = string.format('%d', top - n + i - tonumber(ARGV[j + 3]) * %(weight)d)
-    local delay = tonumber(ARGV[j + 4])
-    redis.call('HSET', KEYS[3], id, ARGV[j + 2])
-    redis.call('HSET', KEYS[4], id, score)
-    if delay > 0 then
-      t = t or now()
-      redis.call('ZADD', KEYS[2], fmt(t + delay), id)
-    else
-      redis.call('ZADD', KEYS[1], score, id)
-    end
-    added = added + 1
-    out[i] = 1
-  else
+  local j = (i - 1) * 4
+  local id = f[j + 1]
+  if queued[i] or known[i] or taken[id] then
     out[i] = 0
+  else
+    taken[id] = true
+    local s = string.format('%d', top - n + i - tonumber(f[j + 3]) * %(weight)d)
+    local delay = tonumber(f[j + 4])
+    bodies[#bodies + 1] = id
+    bodies[#bodies + 1] = f[j + 2]
+    scores[#scores + 1] = id
+    scores[#scores + 1] = s
+    if delay > 0 then
+      due_later[#due_later + 1] = fmt(t + delay)
+      due_later[#due_later + 1] = id
+    else
+      due_now[#due_now + 1] = s
+      due_now[#due_now + 1] = id
+    end
+    if ttl > 0 then
+      marks[#marks + 1] = fmt(t + ttl)
+      marks[#marks + 1] = id
+    end
+    out[i] = 1
   end
 end
--- a delayed message wakes waiters too, so they shorten their wait to its due time
-if added > 0 then wake(KEYS[5]) end
+if #bodies > 0 then
+  redis.call('HSET', body, unpack(bodies))
+  redis.call('HSET', score, unpack(scores))
+  if #due_now > 0 then redis.call('ZADD', ready, unpack(due_now)) end
+  if #due_later > 0 then redis.call('ZADD', delayed, unpack(due_later)) end
+  if #marks > 0 then redis.call('ZADD', dedupe, unpack(marks)) end
+  -- a delayed message wakes waiters too, so they shorten their wait to its due time
+  wake(KEYS[5])
+end
 return out
 """.replace("%(weight)d", str(PRIORITY_WEIGHT)),
 )
@@ -122,16 +170,21 @@ for q = 0, nq - 1 do
   if got < limit then
     local popped = redis.call('ZPOPMIN', ready, limit - got)
     if #popped > 0 then
-      local ids = {}
-      for i = 1, #popped, 2 do ids[#ids + 1] = popped[i] end
+      local ids = column(popped, 2, 1)
       local bodies = redis.call('HMGET', body, unpack(ids))
-      local leases = {}
+      local counts = redis.call('HMGET', count, unpack(ids))
+      local epochs = redis.call('HMGET', epoch, unpack(ids))
+      local new_counts, new_epochs, leases = {}, {}, {}
       for i, id in ipairs(ids) do
         local b = bodies[i]
         -- an id without a body was purged concurrently: popping it was the cleanup
         if b then
-          local c = redis.call('HINCRBY', count, id, 1)
-          local e = redis.call('HINCRBY', epoch, id, 1)
+          local c = (tonumber(counts[i]) or 0) + 1
+          local e = (tonumber(epochs[i]) or 0) + 1
+          new_counts[#new_counts + 1] = id
+          new_counts[#new_counts + 1] = c
+          new_epochs[#new_epochs + 1] = id
+          new_epochs[#new_epochs + 1] = e
           leases[#leases + 1] = deadline
           leases[#leases + 1] = id
           out[#out + 1] = q
@@ -142,7 +195,11 @@ for q = 0, nq - 1 do
           got = got + 1
         end
       end
-      if #leases > 0 then redis.call('ZADD', inflight, unpack(leases)) end
+      if #leases > 0 then
+        redis.call('HSET', count, unpack(new_counts))
+        redis.call('HSET', epoch, unpack(new_epochs))
+        redis.call('ZADD', inflight, unpack(leases))
+      end
     end
   end
 end
@@ -175,7 +232,7 @@ return out
 )
 
 # KEYS: SETTLE_KEYS
-# ARGV: dead_letter_limit, then per operation: op, id, token, a, b
+# ARGV: dead_letter_limit, then fields (op, id, token, a, b)*
 #   op 'A' ack | 'R' release (a = '1' if executed) | 'Q' requeue (a = body, b = delay)
 #   | 'D' dead letter (a = reason)
 # -> per operation 1 (done) or 0 (the token no longer holds the message)
@@ -186,30 +243,28 @@ SETTLE = Script(
 local ready, delayed, inflight = KEYS[1], KEYS[2], KEYS[3]
 local body, score, count, epoch = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local cap = tonumber(ARGV[1])
-local out = {}
+local f = split(ARGV[2], ARGV[3])
+local epochs = redis.call('HMGET', epoch, unpack(column(f, 5, 2)))
+local out, gone, handled = {}, {}, {}
 local t = nil
 local woke = false
-for i = 1, (#ARGV - 1) / 5 do
-  local j = 1 + (i - 1) * 5
-  local op, id, token, a, b = ARGV[j + 1], ARGV[j + 2], ARGV[j + 3], ARGV[j + 4], ARGV[j + 5]
-  if redis.call('HGET', epoch, id) == token then
-    redis.call('ZREM', inflight, id)
-    -- an expired lease may have been moved back to ready without being claimed again;
-    -- its holder still owns it until someone else claims it
-    redis.call('ZREM', ready, id)
-    if op == 'A' or op == 'D' then
-      if op == 'D' then
-        t = t or now()
-        local payload = redis.call('HGET', body, id) or ''
-        local entry = string.format('%s\\n%d\\n%d\\n', fmt(t), #id, #a) .. id .. a .. payload
-        redis.call('LPUSH', KEYS[9], entry)
-        redis.call('LTRIM', KEYS[9], 0, cap - 1)
-      end
-      redis.call('HDEL', body, id)
-      redis.call('HDEL', score, id)
-      redis.call('HDEL', count, id)
-      redis.call('HDEL', epoch, id)
+for i = 1, #f / 5 do
+  local j = (i - 1) * 5
+  local op, id, token, a, b = f[j + 1], f[j + 2], f[j + 3], f[j + 4], f[j + 5]
+  -- a second operation on one id in a batch sees the first one's effect: it loses
+  if epochs[i] == token and not handled[id] then
+    handled[id] = true
+    if op == 'A' then
+      gone[#gone + 1] = id
+    elseif op == 'D' then
+      t = t or now()
+      local payload = redis.call('HGET', body, id) or ''
+      local entry = string.format('%s\\n%d\\n%d\\n', fmt(t), #id, #a) .. id .. a .. payload
+      redis.call('LPUSH', KEYS[9], entry)
+      redis.call('LTRIM', KEYS[9], 0, cap - 1)
+      gone[#gone + 1] = id
     else
+      redis.call('ZREM', inflight, id)
       -- a new epoch: the handed-back lease's token is dead, so a late renew or ack by
       -- the old holder cannot grab or remove the message again
       redis.call('HINCRBY', epoch, id, 1)
@@ -223,6 +278,7 @@ for i = 1, (#ARGV - 1) / 5 do
         local delay = tonumber(b)
         if delay > 0 then
           t = t or now()
+          redis.call('ZREM', ready, id)
           redis.call('ZADD', delayed, fmt(t + delay), id)
         else
           redis.call('ZADD', ready, s, id)
@@ -235,35 +291,43 @@ for i = 1, (#ARGV - 1) / 5 do
     out[i] = 0
   end
 end
+if #gone > 0 then
+  redis.call('ZREM', inflight, unpack(gone))
+  -- an expired lease may have been moved back to ready without being claimed again;
+  -- its holder still owns it until someone else claims it
+  redis.call('ZREM', ready, unpack(gone))
+  for _, h in ipairs({body, score, count, epoch}) do redis.call('HDEL', h, unpack(gone)) end
+end
 if woke then wake(KEYS[8]) end
 return out
 """,
 )
 
 # KEYS: ready, inflight, epoch
-# ARGV: lease_seconds, then per lease: id, token
+# ARGV: lease_seconds, then fields (id, token)*
 # -> 1-based indexes of the leases that were lost
 RENEW = Script(
     "renew",
     _COMMON
     + """
 local deadline = fmt(now() + tonumber(ARGV[1]))
-local lost = {}
-for i = 1, (#ARGV - 1) / 2 do
-  local id, token = ARGV[2 * i], ARGV[2 * i + 1]
-  local held = redis.call('HGET', KEYS[3], id) == token
-  if held then
-    if redis.call('ZSCORE', KEYS[2], id) then
-      redis.call('ZADD', KEYS[2], deadline, id)
-    elseif redis.call('ZREM', KEYS[1], id) == 1 then
-      -- expired and moved back to ready, but nobody claimed it since: take it back
-      redis.call('ZADD', KEYS[2], deadline, id)
-    else
-      held = false
-    end
+local f = split(ARGV[2], ARGV[3])
+local ids = column(f, 2, 1)
+local epochs = redis.call('HMGET', KEYS[3], unpack(ids))
+local held = redis.call('ZMSCORE', KEYS[2], unpack(ids))
+local leases, lost = {}, {}
+for i, id in ipairs(ids) do
+  local ok = epochs[i] == f[2 * i]
+  -- expired and moved back to ready, but nobody claimed it since: take it back
+  if ok and not held[i] then ok = redis.call('ZREM', KEYS[1], id) == 1 end
+  if ok then
+    leases[#leases + 1] = deadline
+    leases[#leases + 1] = id
+  else
+    lost[#lost + 1] = i
   end
-  if not held then lost[#lost + 1] = i end
 end
+if #leases > 0 then redis.call('ZADD', KEYS[2], unpack(leases)) end
 return lost
 """,
 )
@@ -276,22 +340,24 @@ return redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2]) + redis.call(
 """,
 )
 
-# KEYS: ready, delayed, body, score, count, epoch
-# ARGV: batch -> ids removed (at most batch from each of ready and delayed)
+# KEYS: ready, delayed, body, score, count, epoch, dedupe
+# ARGV: batch -> number removed (at most batch from each of ready and delayed); their ids
+# leave the dedupe set too, so they may be published again
 PURGE = Script(
     "purge",
     """
-local removed = {}
+local removed = 0
 for _, z in ipairs({KEYS[1], KEYS[2]}) do
   local ids = redis.call('ZRANGE', z, 0, tonumber(ARGV[1]) - 1)
   if #ids > 0 then
     redis.call('ZREM', z, unpack(ids))
-    for k = 3, 6 do redis.call('HDEL', KEYS[k], unpack(ids)) end
-    for _, id in ipairs(ids) do removed[#removed + 1] = id end
+    for k = 3, 7 do
+      if k == 7 then redis.call('ZREM', KEYS[k], unpack(ids))
+      else redis.call('HDEL', KEYS[k], unpack(ids)) end
+    end
+    removed = removed + #ids
   end
 end
 return removed
 """,
 )
-
-ALL = (PUBLISH, CLAIM, SETTLE, RENEW, SIZE, PURGE)

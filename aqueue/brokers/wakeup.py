@@ -21,7 +21,10 @@ class Wakeup:
         with self._lock:
             self._waiters.add(entry)
         try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout) if timeout > 0 else None
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation,
+            # and a cancelled claim must stop at once (claims are cancel-safe)
+            async with asyncio.timeout(max(timeout, 0.0)):
+                await fut
         except TimeoutError:
             pass
         finally:

@@ -272,7 +272,8 @@ class Worker:
                     "claim failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay
                 )
                 try:
-                    await asyncio.wait_for(self._stopping.wait(), delay)
+                    async with asyncio.timeout(delay):  # not wait_for: see wakeup.py
+                        await self._stopping.wait()
                 except TimeoutError:
                     pass
                 continue

@@ -1,0 +1,499 @@
+"""The Redis result backend: one hash per task, fenced writes, multiplexed pub/sub watching.
+
+Key ``<prefix>:{t:<task id>}:result`` is a hash with fields ``r`` (the record bytes), ``s``
+(state), ``a`` (attempt) and ``v`` (a version bumped on every write), expiring after the
+record's TTL. Every accepted write is published on a channel of the same name as
+``b"<version>:" + record``, so a watcher can drop what it has already seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections import deque
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from aqueue.brokers.redis_connection import (
+    Coalescer,
+    RedisSettings,
+    Script,
+    ScriptCall,
+    command,
+    guarded,
+    pack_fields,
+    parse_settings,
+    run_scripts,
+)
+from aqueue.brokers.redis_scripts import LUA_HELPERS
+from aqueue.core.errors import BackendError
+from aqueue.core.states import READY_STATES
+
+__all__ = ["RedisBackend"]
+
+log = logging.getLogger("aqueue.backend.redis")
+
+_READY_LUA = ", ".join(f"[{state!r}] = true" for state in sorted(READY_STATES))
+
+# ARGV: key prefix, key suffix, then fields (task id, record, state, attempt, ttl_ms)*
+#   ttl_ms -1 means no expiry. -> per record 1 (stored) or 0 (fenced).
+# The rule is aqueue.core.states.supersedes(). Each record is published on a channel named
+# like its key. Keys are built here from the ids: one call stores a whole batch of
+# results, which live in different cluster slots (a cluster would need one call per slot).
+STORE = Script(
+    "store",
+    LUA_HELPERS
+    + f"""
+local ready = {{{_READY_LUA}}}
+local f = split(ARGV[3], ARGV[4])
+local out = {{}}
+for i = 1, #f / 5 do
+  local j = (i - 1) * 5
+  local key = ARGV[1] .. f[j + 1] .. ARGV[2]
+  local attempt = tonumber(f[j + 4])
+  local cur = redis.call('HMGET', key, 'a', 's', 'v')
+  local ok = true
+  if cur[1] then
+    local stored = tonumber(cur[1])
+    if attempt ~= stored then ok = attempt > stored else ok = not ready[cur[2]] end
+  end
+  if ok then
+    local v = (tonumber(cur[3]) or 0) + 1
+    redis.call('HSET', key, 'r', f[j + 2], 's', f[j + 3], 'a', f[j + 4], 'v', v)
+    local ttl = tonumber(f[j + 5])
+    if ttl >= 0 then
+      redis.call('PEXPIRE', key, ttl)
+    elseif cur[1] then
+      redis.call('PERSIST', key)
+    end
+    redis.call('PUBLISH', key, string.format('%d:', v) .. f[j + 2])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+""",
+)
+
+# KEYS: result key; ARGV: channel. Watchers see version 0 and start counting afresh.
+FORGET = Script(
+    "forget",
+    """
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[1], '0:')
+return 1
+""",
+)
+
+# KEYS: chord members set, chord fired flag; ARGV: member_id, size, failed ('1'/'0'),
+# ttl_ms (-1: none) -> 1 for exactly one call per chord (the one that fires it), else 0
+CHORD_JOIN = Script(
+    "chord_join",
+    """
+local ttl = tonumber(ARGV[4])
+redis.call('SADD', KEYS[1], ARGV[1])
+if ttl >= 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if ARGV[3] ~= '1' and redis.call('SCARD', KEYS[1]) < tonumber(ARGV[2]) then return 0 end
+if ttl >= 0 then
+  redis.call('SET', KEYS[2], '1', 'PX', ttl)
+else
+  redis.call('SET', KEYS[2], '1')
+end
+return 1
+""",
+)
+
+#: stores per STORE call
+_STORE_BATCH = 500
+#: queued to a watcher after a reconnect: "read the stored record again"
+_RESYNC = b""
+#: queued to every watcher when the backend closes
+_CLOSED = b"closed"
+
+_Store = tuple[str, bytes, str, int, float | None]
+
+
+class RedisBackend:
+    """A :class:`~aqueue.core.protocols.ResultBackend` on Redis.
+
+    Args:
+        url: ``redis://``, ``rediss://`` or ``unix://`` URL.
+        **options: ``prefix`` (default ``"aqueue"``) and the connection options of
+            :func:`aqueue.brokers.redis_connection.parse_settings`.
+    """
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self._settings = parse_settings(url, options, what="redis backend")
+        self._prefix = self._settings.prefix
+        self._client: aioredis.Redis | None = None
+        self._hub: _Hub | None = None
+        self._storer: Coalescer[_Store, bool] = Coalescer(self._flush_stores, _STORE_BATCH)
+
+    def __repr__(self) -> str:
+        return f"<RedisBackend {self._settings.redacted} prefix={self._prefix!r}>"
+
+    def _key(self, task_id: str) -> str:
+        head, tail = self._key_parts
+        return f"{head}{task_id}{tail}"
+
+    @property
+    def _key_parts(self) -> tuple[str, str]:
+        """What goes before and after the task id in its key (and channel) name."""
+        return f"{self._prefix}:{{t:", "}:result"
+
+    async def connect(self) -> None:
+        """Create the connection pool and check the server answers; idempotent."""
+        if self._client is not None:
+            return
+        client = self._settings.async_client()
+        try:
+            await guarded(
+                self._settings, "connect", lambda: command(client, "PING"), error=BackendError
+            )
+        except BaseException:
+            await client.aclose()
+            raise
+        if self._client is None:
+            self._client = client
+        else:
+            await client.aclose()
+
+    async def close(self) -> None:
+        """Flush pending stores, stop watching and close connections; idempotent."""
+        try:
+            await self._storer.drain()
+        except Exception:
+            log.debug("pending stores failed during close", exc_info=True)
+        hub, self._hub = self._hub, None
+        if hub is not None:
+            await hub.close()
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def _redis(self) -> aioredis.Redis:
+        if self._client is None:
+            await self.connect()
+        assert self._client is not None
+        return self._client
+
+    async def store(
+        self, task_id: str, record: bytes, *, state: str, attempt: int, ttl: float | None
+    ) -> bool:
+        """Store ``record`` unless fenced (see :func:`aqueue.core.states.supersedes`).
+
+        Stores made close together share one script call; each is published to watchers.
+        """
+        return await self._storer.submit((task_id, record, state, attempt, ttl))
+
+    async def _flush_stores(self, items: list[_Store]) -> list[bool]:
+        fields: list[bytes | str] = []
+        for task_id, record, state, attempt, ttl in items:
+            ttl_ms = -1 if ttl is None else max(1, int(ttl * 1000))
+            fields += (task_id, record, state, str(int(attempt)), str(ttl_ms))
+        args: list[str | bytes | int | float] = [*self._key_parts, *pack_fields(fields)]
+        calls: list[ScriptCall] = [(STORE, [], args)]
+        client = await self._redis()
+        [reply] = await guarded(
+            self._settings, "store", lambda: run_scripts(client, calls), error=BackendError
+        )
+        return [flag == 1 for flag in reply]
+
+    async def get(self, task_id: str) -> bytes | None:
+        """The stored record, or ``None``."""
+        record, _ = await self._fetch(self._key(task_id))
+        return record
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[bytes | None]:
+        """The stored records of several tasks in one round trip (``None`` where absent)."""
+        if not task_ids:
+            return []
+        client = await self._redis()
+        keys = [self._key(task_id) for task_id in task_ids]
+
+        async def read() -> list[Any]:
+            # one HGET per key, pipelined: the keys live in different cluster slots
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                command(pipe, "HGET", key, "r")
+            return list(await pipe.execute())
+
+        return await guarded(self._settings, "get_many", read, error=BackendError)
+
+    async def _fetch(self, key: str) -> tuple[bytes | None, int]:
+        client = await self._redis()
+        record, version = await guarded(
+            self._settings,
+            "get",
+            lambda: command(client, "HMGET", key, "r", "v"),
+            error=BackendError,
+        )
+        return record, int(version or 0)
+
+    async def forget(self, task_id: str) -> None:
+        """Delete the record (watchers then accept a new record stored under the id)."""
+        client = await self._redis()
+        key = self._key(task_id)
+        await guarded(
+            self._settings,
+            "forget",
+            lambda: run_scripts(client, [(FORGET, [key], [key])]),
+            error=BackendError,
+        )
+
+    async def chord_join(
+        self, chord_id: str, member_id: str, size: int, *, failed: bool, ttl: float | None
+    ) -> bool:
+        """Record that a chord member finished; ``True`` for exactly one call per chord.
+
+        That call is the first ``failed`` one, or the one after which ``size`` distinct
+        members joined. Members are a set (a member that ran twice counts once) and the
+        decision is one script, so concurrent joins on several workers fire it once.
+        """
+        client = await self._redis()
+        base = f"{self._prefix}:{{c:{chord_id}}}:"
+        keys = [base + "members", base + "fired"]
+        ttl_ms = -1 if ttl is None else max(1, int(ttl * 1000))
+        args: list[str | bytes | int | float] = [member_id, int(size), "1" if failed else "0"]
+        args.append(ttl_ms)
+        [fired] = await guarded(
+            self._settings,
+            "chord_join",
+            lambda: run_scripts(client, [(CHORD_JOIN, keys, args)]),
+            error=BackendError,
+        )
+        return int(fired) == 1
+
+    async def watch(self, task_id: str) -> AsyncGenerator[bytes, None]:
+        """Yield the stored record (if any), then every record stored after it.
+
+        Subscribes (and waits for Redis to confirm) before reading the stored record, so a
+        record stored in between is never missed; versions drop anything seen twice. All
+        watchers of this backend share one pub/sub connection.
+
+        Raises:
+            BackendError: the subscription could not be made, a read failed, or the backend
+                was closed while watching.
+        """
+        key = self._key(task_id)
+        if self._hub is None:
+            self._hub = _Hub(self._settings)
+        hub = self._hub
+        inbox: asyncio.Queue[bytes] = asyncio.Queue()
+        await hub.add(key, inbox)
+        try:
+            seen = 0
+            record, version = await self._fetch(key)
+            if record is not None:
+                seen = version
+                yield record
+            while True:
+                item = await inbox.get()
+                if item == _RESYNC:
+                    # the connection was re-established: anything may have been missed
+                    record, version = await self._fetch(key)
+                elif item == _CLOSED:
+                    raise BackendError("the result backend was closed while watching")
+                else:
+                    head, _, record = item.partition(b":")
+                    version = int(head)
+                    if version == 0:  # forgotten: versions start again from 1
+                        seen = 0
+                        continue
+                if record is not None and version > seen:
+                    seen = version
+                    yield record
+        finally:
+            hub.remove(key, inbox)
+
+
+class _Channel:
+    """Subscription state of one channel on the shared connection."""
+
+    __slots__ = ("inboxes", "pending", "ready", "resync")
+
+    def __init__(self) -> None:
+        self.inboxes: set[asyncio.Queue[bytes]] = set()
+        # SUBSCRIBE (True) / UNSUBSCRIBE (False) commands sent and not yet confirmed, in
+        # order: Redis confirms each per channel, in order, on one connection
+        self.pending: deque[bool] = deque()
+        self.ready = asyncio.Event()
+        self.resync = False
+
+    def wants_subscription(self) -> bool:
+        return self.pending[-1] if self.pending else self.ready.is_set()
+
+
+class _Hub:
+    """One pub/sub connection per backend, multiplexed over every watcher.
+
+    The dispatcher task owns reading and reconnecting; a writer task sends every command in
+    the order it was requested, which is the order Redis confirms them in, so each
+    channel's ``pending`` queue lines up with its confirmations. An idle connection is
+    pinged every ``health_check_interval``; a ping still unanswered one interval later
+    counts as a dead connection (a silent network drop), as does any error. After
+    reconnecting, every channel is subscribed again and each watcher re-reads the stored
+    record, since anything published meanwhile was lost.
+    """
+
+    def __init__(self, settings: RedisSettings) -> None:
+        self._settings = settings
+        # typed Any: redis-py's Connection methods are unannotated
+        name = re.sub(r"[^\w:.-]", "_", f"{settings.prefix}:results")
+        self._conn: Any = settings.pubsub_connection(name)
+        self._channels: dict[str, _Channel] = {}
+        self._outbox: asyncio.Queue[tuple[int, tuple[str, ...]]] = asyncio.Queue()
+        # commands requested for an earlier connection are dropped, not sent on the new one
+        self._generation = 0
+        self._live = False
+        self._task: asyncio.Task[None] | None = None
+        self._ping_every = max(0.5, settings.health_check_interval or 15.0)
+
+    async def add(self, channel: str, inbox: asyncio.Queue[bytes]) -> None:
+        """Register ``inbox`` for ``channel``; return once Redis confirmed the subscription."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        state = self._channels.get(channel)
+        if state is None:
+            state = self._channels[channel] = _Channel()
+        state.inboxes.add(inbox)
+        if not state.wants_subscription() and self._live:
+            # (while disconnected, the reconnect subscribes every channel with an inbox)
+            state.pending.append(True)
+            self._request("SUBSCRIBE", channel)
+        limit = self._settings.socket_connect_timeout + self._settings.socket_timeout
+        try:
+            async with asyncio.timeout(limit):
+                await state.ready.wait()
+        except TimeoutError:
+            self.remove(channel, inbox)
+            raise BackendError(
+                f"subscribing on {self._settings.redacted} did not complete within {limit:g}s"
+            ) from None
+
+    def remove(self, channel: str, inbox: asyncio.Queue[bytes]) -> None:
+        """Unregister ``inbox``; the last one out unsubscribes. Never blocks."""
+        state = self._channels.get(channel)
+        if state is None:
+            return
+        state.inboxes.discard(inbox)
+        if not state.inboxes and state.wants_subscription():
+            state.ready.clear()
+            if self._live:
+                state.pending.append(False)
+                self._request("UNSUBSCRIBE", channel)
+
+    def _request(self, *args: str) -> None:
+        self._outbox.put_nowait((self._generation, args))
+
+    async def _write(self) -> None:
+        while True:
+            generation, args = await self._outbox.get()
+            if generation != self._generation or not self._live:
+                continue
+            try:
+                await self._conn.send_command(*args, check_health=False)
+            except (RedisError, OSError) as exc:
+                # redis-py closed the connection; the reader fails and reconnects
+                log.debug("pub/sub send failed: %s", self._settings.describe(exc))
+
+    async def _run(self) -> None:
+        writer = asyncio.get_running_loop().create_task(self._write())
+        backoff = 0.05
+        try:
+            while True:
+                try:
+                    await self._conn.connect()
+                    self._go_live()
+                    backoff = 0.05
+                    await self._read_until_broken()
+                except Exception as exc:  # whatever broke, watchers must not hang on it
+                    log.warning(
+                        "result pub/sub connection to %s lost (%s); reconnecting",
+                        self._settings.redacted,
+                        self._settings.describe(exc),
+                    )
+                self._live = False
+                self._generation += 1
+                with contextlib.suppress(RedisError, OSError):
+                    await self._conn.disconnect(nowait=True)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+        finally:
+            writer.cancel()
+
+    def _go_live(self) -> None:
+        # Synchronous from the check to the request: no watcher can slip a command in.
+        self._live = True
+        names: list[str] = []
+        for name, state in list(self._channels.items()):
+            state.pending.clear()
+            # a watcher past its first read may have missed a record while disconnected
+            state.resync = state.resync or state.ready.is_set()
+            state.ready.clear()
+            if not state.inboxes:
+                del self._channels[name]
+                continue
+            state.pending.append(True)
+            names.append(name)
+        if names:
+            self._request("SUBSCRIBE", *names)
+
+    async def _read_until_broken(self) -> None:
+        ping_sent = False
+        while True:
+            reply = await self._conn.read_response(timeout=self._ping_every)
+            if reply is None:
+                if ping_sent:
+                    raise RedisError("no reply to PING: connection considered dead")
+                self._request("PING")
+                ping_sent = True
+                continue
+            ping_sent = False
+            if not isinstance(reply, list) or len(reply) < 3:
+                continue  # PONG
+            kind, name, payload = reply[0], reply[1].decode(), reply[2]
+            state = self._channels.get(name)
+            if state is None:
+                continue
+            if kind == b"message":
+                for inbox in state.inboxes:
+                    inbox.put_nowait(payload)
+            elif kind in (b"subscribe", b"unsubscribe"):
+                self._confirmed(name, state, kind == b"subscribe")
+
+    def _confirmed(self, name: str, state: _Channel, subscribed: bool) -> None:
+        if state.pending:
+            state.pending.popleft()
+        if state.pending:
+            return  # a later command on this channel is still to be confirmed
+        if subscribed:
+            state.ready.set()
+            if state.resync:
+                state.resync = False
+                for inbox in state.inboxes:
+                    inbox.put_nowait(_RESYNC)
+        elif not state.inboxes:
+            del self._channels[name]
+
+    async def close(self) -> None:
+        """Stop the dispatcher, close the connection and end every watch with an error."""
+        for state in self._channels.values():
+            for inbox in state.inboxes:
+                inbox.put_nowait(_CLOSED)
+            state.ready.set()  # a watcher still subscribing proceeds and meets _CLOSED
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._live = False
+        with contextlib.suppress(RedisError, OSError):
+            await self._conn.disconnect(nowait=True)
