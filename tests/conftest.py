@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from aqueue import App
+from aqueue.core.urls import default_backend_url
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 RABBIT_HOST, RABBIT_PORT = "127.0.0.1", 5672
@@ -29,7 +32,7 @@ def require_service(name: str, host: str, port: int) -> None:
         pytest.fail(f"{name} is not running on {host}:{port}: run `make services`", pytrace=False)
 
 
-def _delete_redis_prefix(prefix: str) -> None:
+def delete_redis_prefix(prefix: str) -> None:
     import redis
 
     client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT)
@@ -42,10 +45,53 @@ def _delete_redis_prefix(prefix: str) -> None:
         client.close()
 
 
+RABBIT_URL = f"amqp://guest:guest@{RABBIT_HOST}:{RABBIT_PORT}/%2F"
+
+
+def _delete_rabbit_prefixes(prefixes: list[str]) -> None:
+    """Delete every queue named ``<prefix>.*`` (one listing for the whole session)."""
+    import aio_pika
+
+    listing = subprocess.run(
+        ["rabbitmqctl", "list_queues", "-q", "-p", "/", "--no-table-headers", "name"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    names = [
+        n.strip()
+        for n in listing.stdout.splitlines()
+        if any(n.strip().startswith(f"{p}.") for p in prefixes)
+    ]
+
+    async def delete() -> None:
+        conn = await aio_pika.connect(RABBIT_URL)
+        try:
+            channel = await conn.channel()
+            for name in names:
+                await channel.queue_delete(name)
+        finally:
+            await conn.close()
+
+    if names:
+        asyncio.run(delete())
+
+
+@pytest.fixture(scope="session")
+def _rabbit_prefixes() -> Iterator[list[str]]:
+    """Prefixes the session's RabbitMQ tests used; their queues are deleted at the end."""
+    prefixes: list[str] = []
+    yield prefixes
+    if prefixes:
+        _delete_rabbit_prefixes(prefixes)
+
+
 BROKER_KINDS = [
     pytest.param("memory", id="memory"),
     pytest.param("sqlite", id="sqlite"),
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
 ]
 
 
@@ -59,19 +105,28 @@ def make_url(kind: str, tmp_path: Path) -> str:
     if kind == "redis":
         require_service("Redis", REDIS_HOST, REDIS_PORT)
         return f"redis://{REDIS_HOST}:{REDIS_PORT}/0?prefix=aqt-{unique}"
+    if kind == "rabbitmq":
+        require_service("RabbitMQ", RABBIT_HOST, RABBIT_PORT)
+        return f"{RABBIT_URL}?prefix=aqt-{unique}"
     raise AssertionError(kind)
 
 
 @pytest.fixture(params=BROKER_KINDS)
 def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "rabbitmq" and "backend" in request.fixturenames:
+        pytest.skip("amqp:// is a broker only: it has no result backend")
     url = make_url(request.param, tmp_path)
+    if request.param == "rabbitmq":
+        request.getfixturevalue("_rabbit_prefixes").append(url.rsplit("prefix=", 1)[1])
     yield url
     if request.param == "redis":
-        _delete_redis_prefix(url.rsplit("prefix=", 1)[1])
+        delete_redis_prefix(url.rsplit("prefix=", 1)[1])
 
 
 @pytest.fixture
 async def app(broker_url: str) -> AsyncIterator[App]:
-    the_app = App("tests", broker=broker_url, lease_seconds=5.0)
+    # a broker with no result store of its own (amqp://) keeps this test's results in memory
+    backend = None if default_backend_url(broker_url) else f"memory://r{uuid.uuid4().hex[:12]}"
+    the_app = App("tests", broker=broker_url, backend=backend, lease_seconds=5.0)
     async with the_app:
         yield the_app

@@ -19,7 +19,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -92,6 +92,11 @@ class Worker:
         self._started: set[str] = set()
         self._running: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(self.concurrency)
+        self._exclusive = asyncio.Lock()
+        self._claiming = asyncio.Event()
+        self._claiming.set()
+        self._handed_back: set[str] = set()
+        self._claim_in_flight: asyncio.Future[list[Delivery]] | None = None
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -252,30 +257,52 @@ class Worker:
     async def _consume(self, broker: Broker) -> None:
         failures = 0
         while not self._stopping.is_set():
+            if not self._claiming.is_set():  # a message is running alone
+                await self._claiming.wait()
+                continue
             room = self.prefetch - len(self._held)
             if room <= 0:
                 self._room.clear()
                 await self._room.wait()
                 continue
-            try:
-                deliveries = await broker.claim(
+            claim = asyncio.ensure_future(
+                broker.claim(
                     self.queues,
                     limit=room,
                     lease_seconds=self.lease_seconds,
                     owner=self.owner,
                     timeout=0.05 if self.burst else _CLAIM_WAIT,
                 )
-            except Exception as exc:  # the broker is down: keep trying, never die
+            )
+            self._claim_in_flight = claim
+            try:
+                await asyncio.wait([claim])
+            except asyncio.CancelledError:
+                claim.cancel()  # cancel-safe: what it took goes back
+                await asyncio.wait([claim])
+                raise
+            finally:
+                self._claim_in_flight = None
+            if claim.cancelled():  # by a message that runs alone: claiming is paused
+                continue
+            error = claim.exception()
+            if error is not None:  # the broker is down: keep trying, never die
                 delay = _ERROR_BACKOFF[min(failures, len(_ERROR_BACKOFF) - 1)]
                 failures += 1
                 log.warning(
-                    "claim failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay
+                    "claim failed (%s: %s); retrying in %.1fs", type(error).__name__, error, delay
                 )
                 try:
                     async with asyncio.timeout(delay):  # not wait_for: see wakeup.py
                         await self._stopping.wait()
                 except TimeoutError:
                     pass
+                continue
+            deliveries = claim.result()
+            if deliveries and not self._claiming.is_set():
+                # claiming was paused while this claim was finishing: give it all back
+                for delivery in deliveries:
+                    await self._hand_back(delivery, executed=False)
                 continue
             failures = 0
             if not deliveries:
@@ -296,9 +323,12 @@ class Worker:
 
     async def _handle(self, delivery: Delivery, revoked: bool) -> None:
         started = False
+        # a message on its last allowed delivery runs alone: if this worker dies now, that
+        # message is the cause, and the tasks that died with it earlier are not blamed
+        alone = delivery.delivery_count == self.app.conf.max_deliveries > 1
         try:
-            async with self._slots:
-                if self._stopping.is_set():
+            async with self._alone(self.concurrency if alone else 1, delivery.id):
+                if self._stopping.is_set() or delivery.id in self._handed_back:
                     return  # handed back by _release_waiting
                 started = True
                 self._started.add(delivery.id)
@@ -315,10 +345,37 @@ class Worker:
             await self._hand_back(delivery, executed=True)
         finally:
             self._started.discard(delivery.id)
+            self._handed_back.discard(delivery.id)
             self._handlers.pop(delivery.id, None)
             with self._held_lock:
                 self._held.pop(delivery.id, None)
             self._room.set()
+
+    @contextlib.asynccontextmanager
+    async def _alone(self, permits: int, delivery_id: str) -> AsyncIterator[None]:
+        """Hold ``permits`` of the concurrency slots (all of them: run alone)."""
+        if permits == 1:
+            async with self._slots:
+                yield
+            return
+        taken = 0
+        try:
+            async with self._exclusive:  # one exclusive taker at a time gathers every slot
+                for _ in range(permits):
+                    await self._slots.acquire()
+                    taken += 1
+            # hold nothing else either: a crash now must not count against other messages
+            self._claiming.clear()
+            in_flight = self._claim_in_flight
+            if in_flight is not None:
+                in_flight.cancel()
+                await asyncio.wait([in_flight])
+            await self._release_waiting(keep=delivery_id)
+            yield
+        finally:
+            self._claiming.set()
+            for _ in range(taken):
+                self._slots.release()
 
     async def _revoked(self, ids: list[str]) -> set[str]:
         """The ids among a claimed batch that have a stored revocation (one round trip)."""
@@ -360,9 +417,13 @@ class Worker:
                         self._terminated.add(tid)
                         handler.cancel()
 
-    async def _release_waiting(self) -> None:
-        waiting = [d for id_, d in list(self._held.items()) if id_ not in self._started]
+    async def _release_waiting(self, keep: str | None = None) -> None:
+        """Hand back every held delivery that has not started (but ``keep``)."""
+        waiting = [
+            d for id_, d in list(self._held.items()) if id_ not in self._started and id_ != keep
+        ]
         for delivery in waiting:
+            self._handed_back.add(delivery.id)
             await self._hand_back(delivery, executed=False)
             with self._held_lock:
                 self._held.pop(delivery.id, None)

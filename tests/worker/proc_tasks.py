@@ -36,3 +36,23 @@ def blocking(key: str, seconds: float) -> str:
 @app.task
 async def add(x: int, y: int) -> int:
     return x + y
+
+
+@app.task
+async def block_loop(key: str, seconds: float) -> str:
+    """Blocks the worker's event loop itself (the mistake RELIABILITY row 5 is about)."""
+    _mark(f"started-{key}", "1")
+    time.sleep(seconds)
+    return key
+
+
+@app.task
+async def healthy(n: int) -> int:
+    _mark(f"healthy-{n}", "1")
+    return n
+
+
+@app.task
+async def poison() -> None:
+    _mark("poison", "1")
+    os._exit(1)  # kills the worker process on every attempt

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from aqueue import App, states
+from aqueue import App, TaskFailed, states
 
+from ..conftest import delete_redis_prefix, make_url
 from . import proc_tasks
 
 pytestmark = pytest.mark.slow
@@ -25,9 +26,9 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    url = f"sqlite:///{tmp_path / 'aqueue.db'}"
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    url = make_url(request.param, tmp_path)
     yield {
         **os.environ,
         "AQUEUE_BROKER_URL": url,
@@ -35,6 +36,8 @@ def env(tmp_path: Path) -> Iterator[dict[str, str]]:
         "AQUEUE_LEASE_SECONDS": "1.5",
         "PYTHONPATH": str(ROOT),
     }
+    if request.param == "redis":
+        delete_redis_prefix(url.rsplit("prefix=", 1)[1])
 
 
 @pytest.fixture
@@ -153,16 +156,57 @@ async def test_sigterm_finishes_short_and_hands_back_long(
 async def test_blocked_event_loop_keeps_its_lease(
     app: App, env: dict[str, str], tmp_path: Path
 ) -> None:
-    # a sync task in the worker's thread pool and an async task blocking the loop itself
-    h = await proc_tasks.blocking.delay("b", 1.5 * 3)
+    # an async task blocks the loop for 3 x the heartbeat interval (the lease is 1.5 s,
+    # renewed every 0.5 s): the renewer is a thread, so the lease holds and a second worker
+    # waiting for work never gets it
+    h = await proc_tasks.block_loop.delay("b", 1.5 * 2)
     worker = start_worker(env, "-c", "2")
-    other = start_worker(env, "-c", "2")
     try:
-        assert await h.wait(timeout=30) == "b"
+        await wait_for_file(tmp_path / "started-b")
+        other = start_worker(env, "-c", "2")
+        try:
+            assert await h.wait(timeout=30) == "b"
+        finally:
+            stop(other)
     finally:
         stop(worker)
-        stop(other)
-    assert (tmp_path / "started-b").read_text().split() == ["1"]
+    runs = (tmp_path / "started-b").read_text().split()
+    print(f"\nblocked loop: executions {len(runs)}/1 (no false reclaim)")
+    assert runs == ["1"]
+
+
+async def test_poison_task_killing_its_process_is_dead_lettered(
+    app: App, env: dict[str, str], tmp_path: Path
+) -> None:
+    n = 200
+    env = {**env, "AQUEUE_MAX_DELIVERIES": "3"}
+    bad = await proc_tasks.poison.delay()
+    good = [await proc_tasks.healthy.delay(i) for i in range(n)]
+    restarts = 0
+    worker = start_worker(env, "-c", "20")
+    try:
+        async with asyncio.timeout(90):
+            while True:
+                if worker.poll() is not None:  # it died of the poison: a supervisor restarts it
+                    restarts += 1
+                    worker = start_worker(env, "-c", "20")
+                if await bad.ready():
+                    break
+                await asyncio.sleep(0.05)
+            results = await asyncio.gather(*(h.wait() for h in good))
+    finally:
+        stop(worker)
+    assert results == list(range(n))
+    with pytest.raises(TaskFailed, match="WorkerLostError"):
+        await bad.wait(timeout=1)
+    letters = await app.broker.dead_letters()
+    runs = {i: (tmp_path / f"healthy-{i}").read_text().split() for i in range(n)}
+    extra = sum(len(v) - 1 for v in runs.values())
+    print(
+        f"\npoison: dead-lettered after {len((tmp_path / 'poison').read_text().split())} "
+        f"executions, {restarts} worker restarts; healthy lost 0/{n}, extra {extra}/{n}"
+    )
+    assert [(d.id, d.reason) for d in letters] == [(bad.id, "max_deliveries")]
 
 
 def test_quickstart_two_processes(tmp_path: Path) -> None:
