@@ -318,9 +318,17 @@ class App:
         kwargs: Mapping[str, Any] | None = None,
         **options: Unpack[CallOptions],
     ) -> AsyncResult[Any]:
-        """Send a task by name; it need not be registered in this process."""
+        """Send a task by name; it need not be registered in this process.
+
+        Arguments are not checked here (as in Celery): the worker validates them.
+        """
         return await self._send(
-            name, tuple(args or ()), dict(kwargs or {}), options, task=self.tasks.get(name)
+            name,
+            tuple(args or ()),
+            dict(kwargs or {}),
+            options,
+            task=self.tasks.get(name),
+            check=False,
         )
 
     async def _send(
@@ -331,8 +339,9 @@ class App:
         options: CallOptions,
         *,
         task: Task[Any, Any] | None,
+        check: bool = True,
     ) -> AsyncResult[Any]:
-        msg, fmt = self._build(name, args, kwargs, options, task)
+        msg, fmt = self._build(name, args, kwargs, options, task, check)
         if self.middleware:
             sent: list[MessageOut] = []
 
@@ -371,6 +380,7 @@ class App:
         kwargs: dict[str, Any],
         options: CallOptions,
         task: Task[Any, Any] | None,
+        check: bool,
     ) -> tuple[MessageOut, SerializerName]:
         now = time.time()
         unknown = set(options) - set(CallOptions.__annotations__)
@@ -381,7 +391,11 @@ class App:
             if eta is not None:
                 raise TypeError("give countdown or eta, not both")
             eta = now + float(options["countdown"])
-        expires = _when(options.get("expires"), now, "expires", relative=True)
+        expires = _when(
+            options.get("expires", task.expires if task else None), now, "expires", relative=True
+        )
+        if check and task is not None and task.typing:
+            task.spec.check_call(args, kwargs)  # a wrong arity fails here, not in the worker
         queue = (
             options.get("queue") or (task.queue if task else None) or self.conf.task_default_queue
         )

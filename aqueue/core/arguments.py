@@ -90,6 +90,13 @@ class ArgumentSpec:
         ]
         return positional[index] if index < len(positional) else f"*args[{index}]"
 
+    def check_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Raise :class:`ArgumentError` if the arguments do not fit the signature's arity."""
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise ArgumentError(f"{self._fn.__qualname__}(): {exc}") from None
+
     def decode(
         self, raw_args: msgspec.Raw, raw_kwargs: msgspec.Raw, fmt: SerializerName
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:

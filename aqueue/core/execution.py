@@ -339,7 +339,9 @@ class Executor:
         task, msg = job.task, job.msg
         self.failed += 1
         tb = "".join(traceback.format_exception(exc))
-        log.error(
+        expected = bool(task.throws) and isinstance(exc, task.throws)
+        log.log(
+            logging.INFO if expected else logging.ERROR,
             "Task %s[%s] raised %s (attempt %d)",
             msg.task,
             msg.id,
@@ -347,7 +349,7 @@ class Executor:
             job.attempt,
         )
         error = ErrorInfo(type=type(exc).__qualname__, message=str(exc), traceback=tb)
-        if not msg.ignore_result:
+        if not msg.ignore_result or task.store_errors_even_if_ignored:
             await self._store(job, states.FAILURE, date_started=job.started, error=error)
         await self._continue_failure(msg, error)
         args, kwargs = job.args, job.kwargs or {}

@@ -46,10 +46,15 @@ def autoretry(task: Task[Any, Any], request: Request, exc: Exception) -> Retry |
         return None
     if task.dont_autoretry_for and isinstance(exc, task.dont_autoretry_for):
         return None
-    if not retries_left(task, request):
+    limit = task.retry_kwargs.get("max_retries")
+    if not retries_left(task, request, limit):
         return None
+    countdown = task.retry_kwargs.get("countdown")
+    if countdown is None:
+        countdown = backoff_delay(task, request.retries)
     return Retry(
         f"autoretry for {type(exc).__name__}",
         exc=exc,
-        countdown=backoff_delay(task, request.retries),
+        countdown=float(countdown),
+        max_retries=limit,
     )

@@ -101,6 +101,18 @@ class Task(Generic[P, R]):
     concurrency_limit: int | None = None
     #: where a ``def`` task runs: ``"thread"`` (default) or ``"process"`` (killable, no GIL)
     offload: str = "thread"
+    #: options of automatic retries (``max_retries``, ``countdown``), as in Celery
+    retry_kwargs: dict[str, Any] = {}
+    #: default ``expires`` of every call: seconds from sending (``None``: never)
+    expires: float | None = None
+    #: expected exceptions: logged at INFO without a traceback (still FAILURE)
+    throws: tuple[type[BaseException], ...] = ()
+    #: store FAILURE even when ``ignore_result`` is set
+    store_errors_even_if_ignored: bool = False
+    #: check the arguments against the signature when sending (Celery's default)
+    typing: bool = True
+    #: Celery's option; aqueue always redelivers a lost worker's tasks (until max_deliveries)
+    reject_on_worker_lost: bool = True
 
     name: str
     app: App
@@ -123,6 +135,11 @@ class Task(Generic[P, R]):
             parse_rate(self.rate_limit)  # a bad rate fails at decoration, not in the worker
         if self.concurrency_limit is not None and self.concurrency_limit < 1:
             raise ValueError("concurrency_limit must be at least 1")
+        if not self.reject_on_worker_lost:
+            raise ValueError(
+                "reject_on_worker_lost=False is not supported: a lost worker's tasks always run "
+                "again, up to max_deliveries; use acks_late=False for at-most-once"
+            )
         if self.offload not in ("thread", "process"):
             raise ValueError("offload must be 'thread' or 'process'")
         if self.offload == "process" and self.is_async:

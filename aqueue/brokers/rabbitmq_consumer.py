@@ -1,0 +1,620 @@
+"""The consuming side of the RabbitMQ broker: one consumer per queue feeding an in-process
+buffer, claims taken from it, settlement of what was claimed, and a watchdog.
+
+A delivery belongs to the consuming channel it arrived on (its generation). When that
+channel dies, RabbitMQ requeues everything unacknowledged on it at once; here, every
+buffered message is dropped and every claimed delivery is fenced: its ``ack`` returns
+``False`` and ``renew`` reports its lease lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
+
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+
+from aqueue.core.errors import BrokerError
+from aqueue.core.protocols import Delivery, Lease
+
+from .rabbitmq_link import AMQP_ERRORS, Link
+from .rabbitmq_topology import DEAD_AT_HEADER, ETA_HEADER, QUEUE_HEADER, REASON_HEADER, eta_ms
+
+log = logging.getLogger("aqueue.broker.rabbitmq")
+T = TypeVar("T")
+
+#: how long a claim waits, at most, for the messages a freshly started consumer was told
+#: are ready, so that "earlier queues first" and "highest priority first" see them all
+PRIME_WAIT = 0.5
+#: pause before handing back a message whose next delay hop could not be published
+REDELAY_RETRY = 1.0
+MAX_PREFETCH = 65535
+UNCOUNTED_MAX = 100_000
+
+
+@dataclass(slots=True)
+class Pending:
+    """A message delivered to this process and not claimed yet."""
+
+    message: AbstractIncomingMessage
+    id: str
+    queue: str
+    count: int
+    priority: int
+    gen: int
+
+
+@dataclass(slots=True)
+class Consumer:
+    """One basic.consume on the consuming channel."""
+
+    queue: str
+    amqp_queue: AbstractQueue
+    tag: str
+    gen: int
+    expected: int
+    prime_until: float
+    received: int = 0
+    #: watchdog state: when it last looked, ``received`` then, checks in a row that stalled
+    checked: float = 0.0
+    seen: int = 0
+    stalls: int = 0
+
+    def primed(self, now: float) -> bool:
+        return self.received >= self.expected or now >= self.prime_until
+
+
+@dataclass(slots=True)
+class Waiters:
+    """Claims waiting for a message or a connection event (race-free, unlike an Event)."""
+
+    futures: set[asyncio.Future[None]] = field(default_factory=set)
+
+    def new(self) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.futures.add(fut)
+        return fut
+
+    def notify(self) -> None:
+        for fut in self.futures:
+            if not fut.done():
+                fut.set_result(None)
+        self.futures.clear()
+
+
+class RabbitMQDelivery:
+    """A message claimed from a RabbitMQ broker; settle it exactly once.
+
+    The lease token is ``(channel generation << 64) | delivery tag``: a delivery from a
+    channel that has since died settles nothing and returns ``False``.
+    """
+
+    __slots__ = ("_count", "_gen", "_lease", "_message", "_owner", "_priority", "_settled")
+
+    def __init__(self, owner: Consumers, pending: Pending) -> None:
+        self._owner = owner
+        self._message = pending.message
+        self._count = pending.count
+        self._gen = pending.gen
+        self._priority = pending.priority
+        tag = pending.message.delivery_tag or 0
+        self._lease = Lease(pending.id, pending.queue, (pending.gen << 64) | tag)
+        self._settled = False
+
+    @property
+    def id(self) -> str:
+        """The task id (the AMQP ``message_id``)."""
+        return self._lease.id
+
+    @property
+    def queue(self) -> str:
+        """The aqueue queue name (without the prefix)."""
+        return self._lease.queue
+
+    @property
+    def body(self) -> bytes:
+        """The message bytes as published."""
+        return self._message.body
+
+    @property
+    def delivery_count(self) -> int:
+        """1 + the quorum queue's ``x-delivery-count`` (classic queues: 1, or 2 if
+        redelivered), minus this process's unexecuted hand-backs."""
+        return self._count
+
+    @property
+    def lease(self) -> Lease:
+        """The lease: id, queue and the channel-generation token."""
+        return self._lease
+
+    async def ack(self) -> bool:
+        """basic.ack; ``False`` if the channel it came from is gone (it was redelivered)."""
+        return await self._owner.ack(self)
+
+    async def release(self, *, executed: bool) -> bool:
+        """basic.nack with requeue: claimable again at once.
+
+        Args:
+            executed: whether it started running. Quorum queues count every requeue as a
+                delivery; an unexecuted release is subtracted again whenever this process
+                receives the message next (another process does not know about it).
+        """
+        return await self._owner.release(self, executed=executed)
+
+    async def requeue(self, body: bytes, *, eta: float | None) -> bool:
+        """Publish ``body`` under the same id (confirmed), due at ``eta``, then ack this one."""
+        return await self._owner.requeue(self, body, eta)
+
+    async def dead_letter(self, reason: str) -> bool:
+        """Publish to ``<queue>.dlq`` with ``reason`` (confirmed), then ack this one."""
+        return await self._owner.dead_letter(self, reason)
+
+    def __repr__(self) -> str:
+        return (
+            f"<RabbitMQDelivery id={self.id!r} queue={self.queue!r} count={self._count} "
+            f"gen={self._gen}>"
+        )
+
+
+class Consumers:
+    """Consumers, their buffers, claims and settlement for one broker."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.settings = link.settings
+        self.topo = link.topo
+        self.consumers: dict[str, Consumer] = {}
+        self.buffers: dict[str, list[tuple[int, int, Pending]]] = {}
+        self.inflight: dict[str, int] = {}  # claimed, unsettled, per queue
+        self.prefetch = self.settings.prefetch or 0
+        self.background: set[asyncio.Task[Any]] = set()
+        self._seq = itertools.count()
+        self._waiters = Waiters()
+        self._lock = asyncio.Lock()
+        # tokens of claimed, unsettled deliveries of the live generation; renew() reads
+        # them from another thread
+        self._live: set[int] = set()
+        self._live_lock = threading.Lock()
+        # unexecuted hand-backs, and connection losses of unclaimed messages: subtracted
+        # from the quorum delivery count while the message keeps coming back here
+        self._uncounted: OrderedDict[str, int] = OrderedDict()
+        link.listener = self
+
+    # -- events from the link -------------------------------------------------------
+
+    def wake(self) -> None:
+        self._waiters.notify()
+
+    def consuming_lost(self, exc: BaseException | None) -> None:
+        """The consuming channel died: fence its deliveries, forget its buffered messages."""
+        held = sum(self.inflight.values())
+        if exc is not None and not self.link.closing:
+            text = self.link.scrub(exc)
+            if "acknowledgement" in text and "timed out" in text:
+                log.error(
+                    "RabbitMQ closed the consuming channel because a delivery stayed "
+                    "unacknowledged longer than its consumer_timeout (%s). The %d message(s) "
+                    "held on it are redelivered and may run again as a new attempt. Raise "
+                    "consumer_timeout in rabbitmq.conf (or the broker option consumer_timeout "
+                    "on RabbitMQ >= 3.12) above the longest task, or shorten the task.",
+                    text,
+                    held,
+                )
+            else:
+                log.warning(
+                    "consuming channel lost (%s); %d claimed message(s) will be redelivered",
+                    text,
+                    held,
+                )
+        for heap in self.buffers.values():
+            for _, _, pending in heap:
+                # never handed to a task: the server's extra delivery count does not count
+                self._add_uncounted(pending.id)
+        self.buffers.clear()
+        self.consumers.clear()
+        self.inflight.clear()
+        with self._live_lock:
+            self._live.clear()
+
+    def consumer_cancelled(self, frame: Any) -> None:
+        """RabbitMQ cancelled a consumer: its queue was deleted (or its node went away)."""
+        tag = getattr(frame, "consumer_tag", None)
+        for queue, consumer in list(self.consumers.items()):
+            if consumer.tag == tag:
+                del self.consumers[queue]
+                self.buffers.pop(queue, None)  # they went with the queue
+                self.link.mark_vanished(queue)
+                if not self.link.closing:
+                    log.warning(
+                        "RabbitMQ cancelled the consumer of queue %s (queue deleted?); "
+                        "declaring it again and consuming on the next claim",
+                        queue,
+                    )
+                self._waiters.notify()
+                return
+
+    def _add_uncounted(self, id_: str, n: int = 1) -> None:
+        total = self._uncounted.get(id_, 0) + n
+        if total <= 0:
+            self._uncounted.pop(id_, None)
+            return
+        self._uncounted[id_] = total
+        self._uncounted.move_to_end(id_)
+        while len(self._uncounted) > UNCOUNTED_MAX:
+            self._uncounted.popitem(last=False)
+
+    # -- receiving ------------------------------------------------------------------
+
+    async def _on_message(self, queue: str, gen: int, message: AbstractIncomingMessage) -> None:
+        """Consumer callback: buffer the message, or send it on if it is not due yet."""
+        if gen != self.link.gen:
+            return  # from a dead channel: RabbitMQ requeues it
+        consumer = self.consumers.get(queue)
+        if consumer is not None and consumer.gen == gen:
+            consumer.received += 1
+        headers = message.headers or {}
+        due = headers.get(ETA_HEADER)
+        if isinstance(due, int) and due > int(time.time() * 1000):
+            self.spawn(self._redelay(queue, message, due))
+            self._waiters.notify()  # a claim waiting for priming looks again
+            return
+        id_ = message.message_id or f"no-id-{uuid.uuid4().hex}"
+        if self.settings.queue_type == "quorum":
+            raw = headers.get("x-delivery-count", 0)
+            count = 1 + (raw if isinstance(raw, int) else 0)
+        else:
+            count = 2 if message.redelivered else 1
+        adjust = self._uncounted.get(id_, 0)  # kept until the message is settled for good
+        if adjust:
+            count = max(1, count - adjust)
+        priority = message.priority or 0
+        pending = Pending(message, id_, queue, count, priority, gen)
+        heapq.heappush(self.buffers.setdefault(queue, []), (-priority, next(self._seq), pending))
+        self._waiters.notify()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` in the background; ``close()`` cancels what is left."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
+
+    async def _redelay(self, queue: str, message: AbstractIncomingMessage, due: int) -> None:
+        """A message came back from a delay queue before its ETA: next hop, then ack."""
+        id_ = message.message_id or f"no-id-{uuid.uuid4().hex}"
+        try:
+            async with asyncio.timeout(self.settings.operation_timeout):
+                await self.link.send(queue, id_, message.body, message.priority or 0, due)
+        except Exception as exc:
+            log.warning(
+                "could not send message %s of queue %s on to its next delay hop (%s); "
+                "handing it back",
+                id_,
+                queue,
+                self.link.scrub(exc),
+            )
+            await asyncio.sleep(REDELAY_RETRY)
+            try:
+                await message.nack(requeue=True)
+            except Exception:  # the channel died: RabbitMQ requeues it anyway
+                log.debug("hand-back of %s failed: its channel is gone", id_)
+            return
+        try:
+            await message.ack()
+        except Exception as exc:  # the copy is stored; the original will come back too
+            log.warning(
+                "delayed message %s re-sent but its ack failed (%s): it may arrive twice",
+                id_,
+                self.link.scrub(exc),
+            )
+
+    # -- consumers ------------------------------------------------------------------
+
+    async def _start(self, queues: Sequence[str], prefetch: int) -> None:
+        async with self._lock:
+            channel = await self.link.channel("cons")
+            gen = self.link.gen
+            if prefetch > self.prefetch or not self.prefetch:
+                # basic.qos applies to consumers started after it: restart them all.
+                # What they delivered already stays valid (same channel).
+                if self.prefetch:
+                    log.info("raising prefetch from %d to %d", self.prefetch, prefetch)
+                self.prefetch = prefetch
+                previous = list(self.consumers)
+                for consumer in list(self.consumers.values()):
+                    await consumer.amqp_queue.cancel(consumer.tag)
+                    del self.consumers[consumer.queue]
+                queues = list(dict.fromkeys([*queues, *previous]))
+            loop = asyncio.get_running_loop()
+            await channel.set_qos(prefetch_count=self.prefetch)
+            for queue in queues:
+                if queue in self.consumers or gen != self.link.gen:
+                    continue
+                await self.link.ensure_queue(queue)
+                # declaring again is cheap and tells how many messages are ready right now
+                ready = await self.link.declare(self.topo.work(queue), self.topo.work_args(queue))
+                amqp_queue = await channel.get_queue(self.topo.work(queue), ensure=False)
+                tag = await amqp_queue.consume(partial(self._on_message, queue, gen))
+                now = loop.time()
+                self.consumers[queue] = Consumer(
+                    queue,
+                    amqp_queue,
+                    tag,
+                    gen,
+                    expected=min(ready, self.prefetch),
+                    prime_until=now + PRIME_WAIT,
+                    checked=now,
+                )
+
+    async def _ensure(self, queues: Sequence[str], limit: int) -> None:
+        held = sum(self.inflight.values())
+        want = min(max(held + limit, self.prefetch, 1), MAX_PREFETCH)
+        if (
+            self.link.live("cons") is not None
+            and want <= self.prefetch
+            and all(q in self.consumers for q in queues)
+        ):
+            return
+        s = self.settings
+        seconds = s.operation_timeout + s.connect_timeout
+        task = self.spawn(_with_timeout(self._start(queues, want), seconds))
+        try:
+            # shielded: a cancelled claim must not leave a consumer half registered
+            await asyncio.shield(task)
+        except TimeoutError:
+            raise BrokerError(f"starting consumers on {s.redacted} timed out") from None
+        except AMQP_ERRORS as exc:
+            raise BrokerError(
+                f"could not consume from {s.redacted}: {self.link.scrub(exc)}"
+            ) from None
+
+    def drop(self, c: Consumer) -> None:
+        """Forget a consumer (the next claim starts a new one) and cancel it quietly."""
+        self.consumers.pop(c.queue, None)
+        for name in self.topo.all_names(c.queue):
+            self.link.declared.discard(name)
+
+        async def cancel() -> None:
+            try:
+                async with asyncio.timeout(self.settings.operation_timeout):
+                    await c.amqp_queue.cancel(c.tag)
+            except Exception as exc:  # the consumer or its channel is gone already
+                log.debug("cancelling consumer %s failed: %s", c.tag, type(exc).__name__)
+
+        self.spawn(cancel())
+
+    async def _watchdog(self, consumers: Sequence[Consumer], now: float) -> bool:
+        """Find consumers that are registered but receive nothing; drop them to restart.
+
+        RabbitMQ can leave a consumer attached to a queue that was deleted and declared
+        again by someone else, without a cancel notification; it never receives anything.
+        An idle claim checks each consumer every ``watchdog_interval`` seconds with a
+        passive declare: a missing queue, or ready messages while the consumer has room and
+        received nothing in two checks in a row, restarts it (on a new channel when nothing
+        is held here, which also frees deliveries stuck with the dead consumer).
+        """
+        restarted = False
+        for c in consumers:
+            if now - c.checked < self.settings.watchdog_interval:
+                continue
+            c.checked = now
+            try:
+                ready = await self.link.ready_count(self.topo.work(c.queue))
+            except (*AMQP_ERRORS, BrokerError, TimeoutError) as exc:
+                log.debug("watchdog check of %s failed: %s", c.queue, type(exc).__name__)
+                return restarted
+            if self.consumers.get(c.queue) is not c:
+                continue
+            if ready is None:
+                log.warning("queue %s is gone under its consumer; declaring it again", c.queue)
+                self.drop(c)
+                self.link.mark_vanished(c.queue)
+                restarted = True
+                continue
+            held = len(self.buffers.get(c.queue, ())) + self.inflight.get(c.queue, 0)
+            if ready > 0 and held < self.prefetch and c.received == c.seen:
+                c.stalls += 1
+                if c.stalls >= 2:
+                    idle = not any(self.inflight.values()) and not any(self.buffers.values())
+                    log.warning(
+                        "the consumer of queue %s received nothing while %d message(s) were "
+                        "ready; starting it again%s",
+                        c.queue,
+                        ready,
+                        " on a new channel" if idle else "",
+                    )
+                    self.drop(c)
+                    if idle:
+                        await self.link.close_consuming()
+                    restarted = True
+                    continue
+            else:
+                c.stalls = 0
+            c.seen = c.received
+        return restarted
+
+    # -- claiming -------------------------------------------------------------------
+
+    def _take(self, queues: Sequence[str], limit: int) -> list[Delivery]:
+        out: list[Delivery] = []
+        gen = self.link.gen
+        for queue in queues:
+            heap = self.buffers.get(queue)
+            while heap and len(out) < limit:
+                _, _, pending = heapq.heappop(heap)
+                if pending.gen != gen:
+                    continue
+                delivery = RabbitMQDelivery(self, pending)
+                with self._live_lock:
+                    self._live.add(delivery.lease.token)
+                self.inflight[queue] = self.inflight.get(queue, 0) + 1
+                out.append(delivery)
+        return out
+
+    async def claim(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
+        """Up to ``limit`` buffered messages, earlier queues first, then priority, then FIFO.
+
+        Waits up to ``timeout`` (longer only while a just-started consumer is still
+        receiving what its queue held, at most ``PRIME_WAIT``). Cancel-safe: nothing is
+        taken before the last await.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        interval = self.settings.watchdog_interval
+        while True:
+            waiter = self._waiters.new()
+            try:
+                await self._ensure(queues, limit)
+                now = loop.time()
+                consumers = [self.consumers[q] for q in queues if q in self.consumers]
+                unprimed = [c.prime_until for c in consumers if not c.primed(now)]
+                if not unprimed or now >= deadline:
+                    out = self._take(queues, limit)
+                    if out or now >= deadline:
+                        return out
+                wait = deadline - now
+                if unprimed:
+                    wait = min(wait, min(unprimed) - now)
+                elif consumers:
+                    if await self._watchdog(consumers, now):
+                        continue  # a consumer is being started again
+                    now = loop.time()
+                    next_check = min(c.checked for c in consumers) + interval
+                    wait = min(deadline - now, next_check - now)
+                try:
+                    async with asyncio.timeout(max(wait, 0.001)):
+                        await waiter
+                except TimeoutError:
+                    pass
+            finally:
+                self._waiters.futures.discard(waiter)
+
+    def renew(self, leases: Sequence[Lease]) -> list[Lease]:
+        """The leases whose channel died or that were settled (thread-safe, no I/O)."""
+        with self._live_lock:
+            return [lease for lease in leases if lease.token not in self._live]
+
+    def local(self, queue: str) -> int:
+        """Messages of ``queue`` this process holds: buffered plus claimed."""
+        return len(self.buffers.get(queue, ())) + self.inflight.get(queue, 0)
+
+    async def drop_buffered(self, queue: str) -> int:
+        """Ack (delete) the unclaimed messages buffered for ``queue``; how many."""
+        dropped = 0
+        for _, _, pending in self.buffers.pop(queue, []):
+            try:
+                await pending.message.ack()
+                dropped += 1
+            except Exception as exc:  # the channel died: the message is back in the queue
+                log.debug("purge: ack of a buffered message failed (%s)", type(exc).__name__)
+        return dropped
+
+    async def close(self) -> None:
+        """Cancel background work (delay hops, consumer starts)."""
+        tasks = list(self.background)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.settings.operation_timeout)
+
+    # -- settling -------------------------------------------------------------------
+
+    def _holds(self, d: RabbitMQDelivery) -> bool:
+        return not d._settled and d._gen == self.link.gen and self.link.live("cons") is not None
+
+    def _settle(self, d: RabbitMQDelivery) -> None:
+        d._settled = True
+        with self._live_lock:
+            self._live.discard(d.lease.token)
+        if d._gen == self.link.gen:
+            left = self.inflight.get(d.queue, 0) - 1
+            if left > 0:
+                self.inflight[d.queue] = left
+            else:
+                self.inflight.pop(d.queue, None)
+
+    async def _basic(self, d: RabbitMQDelivery, op: Callable[[], Awaitable[None]]) -> bool:
+        self._settle(d)
+        try:
+            async with asyncio.timeout(self.settings.operation_timeout):
+                await op()
+        except Exception as exc:  # the channel died under us: it will be redelivered
+            log.debug("settling %s failed: %s", d.id, type(exc).__name__)
+            return False
+        return True
+
+    async def _final(self, d: RabbitMQDelivery) -> bool:
+        """Ack: the message is gone for good, and so is its delivery-count correction."""
+        ok = await self._basic(d, d._message.ack)
+        if ok:
+            self._uncounted.pop(d.id, None)
+        return ok
+
+    async def ack(self, d: RabbitMQDelivery) -> bool:
+        if not self._holds(d):
+            return False
+        return await self._final(d)
+
+    async def release(self, d: RabbitMQDelivery, *, executed: bool) -> bool:
+        if not self._holds(d):
+            return False
+        if not executed:
+            self._add_uncounted(d.id)
+        ok = await self._basic(d, partial(d._message.nack, requeue=True))
+        if not ok and not executed:
+            self._add_uncounted(d.id, -1)
+        return ok
+
+    async def _publish_then_ack(
+        self,
+        d: RabbitMQDelivery,
+        body: bytes,
+        eta: int | None,
+        headers: dict[str, Any] | None = None,
+        routing_key: str | None = None,
+    ) -> bool:
+        """The new message first (confirmed), then the ack: at-least-once. If the ack is
+        lost, both exist: the old one is redelivered (a duplicate with a named cause)."""
+        if not self._holds(d):
+            return False
+        try:
+            async with asyncio.timeout(self.settings.operation_timeout):
+                await self.link.ensure_queue(d.queue)
+                await self.link.send(
+                    d.queue, d.id, body, d._priority, eta, headers, routing_key=routing_key
+                )
+        except Exception as exc:
+            if isinstance(exc, TimeoutError):
+                exc = TimeoutError(f"no confirm within {self.settings.operation_timeout}s")
+            raise self.link.publish_error(exc, d.queue) from None
+        if not self._holds(d):
+            return False
+        return await self._final(d)
+
+    async def requeue(self, d: RabbitMQDelivery, body: bytes, eta: float | None) -> bool:
+        return await self._publish_then_ack(d, body, eta_ms(eta))
+
+    async def dead_letter(self, d: RabbitMQDelivery, reason: str) -> bool:
+        headers = {
+            REASON_HEADER: reason,
+            DEAD_AT_HEADER: int(time.time() * 1000),
+            QUEUE_HEADER: d.queue,
+        }
+        return await self._publish_then_ack(
+            d, d.body, None, headers, routing_key=self.topo.dlq(d.queue)
+        )
+
+
+async def _with_timeout(coro: Awaitable[T], seconds: float) -> T:
+    async with asyncio.timeout(seconds):
+        return await coro

@@ -1,0 +1,419 @@
+"""The AMQP side of the RabbitMQ broker: one connection, its channels, queue declarations
+and confirmed publishes.
+
+Reconnection is lazy and explicit (not aio-pika's ``RobustConnection``): a lost connection
+or channel is noticed through close callbacks, everything that depended on it is fenced at
+once, and the next call opens a new one and declares the topology again. That keeps the
+channel a delivery came from knowable, which is what fencing needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import Sequence
+from functools import partial
+from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection, DeliveryMode
+
+from aqueue.core.errors import BrokerError, ConfigurationError, IndeterminatePublish
+
+from .rabbitmq_topology import (
+    CONTENT_TYPE,
+    ETA_HEADER,
+    RabbitSettings,
+    Topology,
+    delay_level,
+)
+
+log = logging.getLogger("aqueue.broker.rabbitmq")
+
+#: what aiormq raises when a channel or the connection fails under a call
+AMQP_ERRORS = (
+    aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+)
+
+#: after a queue vanished, wait this long for someone else to declare it before declaring
+#: it here: RabbitMQ 3.10 can attach a consumer whose channel has not seen the deletion yet
+#: to the new queue, where it never receives anything
+REDECLARE_GRACE = 0.5
+
+ChannelKind = Literal["pub", "admin", "cons", "watch"]
+
+
+class NotSent(Exception):
+    """A publish failed before anything reached the wire (wraps the cause)."""
+
+
+class LinkListener(Protocol):
+    """What the consuming side hears from the link."""
+
+    def consuming_lost(self, exc: BaseException | None) -> None:
+        """The consuming channel (or the whole connection) is gone."""
+
+    def consumer_cancelled(self, frame: Any) -> None:
+        """RabbitMQ cancelled a consumer (its queue was deleted)."""
+
+    def wake(self) -> None:
+        """Something changed: waiting claims should look again."""
+
+
+class Link:
+    """One AMQP connection and four channels, opened on first use.
+
+    * ``pub``: publisher confirms and ``mandatory`` returns raise;
+    * ``admin``: queue declarations, purges, deletes;
+    * ``cons``: every consumer and every ack; its ``gen`` number fences deliveries;
+    * ``watch``: passive declares, which close the channel when a queue is missing.
+    """
+
+    def __init__(self, settings: RabbitSettings, topo: Topology) -> None:
+        self.settings = settings
+        self.topo = topo
+        self.listener: LinkListener | None = None
+        self.conn: AbstractConnection | None = None
+        self.server_version = ""
+        self.closing = False
+        #: generation of the live consuming channel; 0 while there is none
+        self.gen = 0
+        self.declared: set[str] = set()
+        self.known: set[str] = set()
+        self.vanished: dict[str, float] = {}  # queue -> loop time it was found deleted
+        self._channels: dict[ChannelKind, AbstractChannel] = {}
+        self._gens = itertools.count(1)
+        self._conn_task: asyncio.Task[AbstractConnection] | None = None
+        self._chan_lock = asyncio.Lock()
+        self._password = urlsplit(settings.client_url).password
+
+    # -- connection -----------------------------------------------------------------
+
+    async def connection(self) -> AbstractConnection:
+        """The live connection, opened if needed (at most one attempt runs at a time)."""
+        conn = self.conn
+        if conn is not None and not conn.is_closed:
+            return conn
+        task = self._conn_task
+        if task is None or task.done():
+            # shielded: a cancelled caller must not leave a half-open connection behind
+            task = self._conn_task = asyncio.get_running_loop().create_task(self._open())
+        return await asyncio.shield(task)
+
+    async def _open(self) -> AbstractConnection:
+        s = self.settings
+        self._lost(None)
+        try:
+            async with asyncio.timeout(s.connect_timeout):
+                conn = await aio_pika.connect(
+                    s.client_url,
+                    timeout=s.connect_timeout,
+                    client_properties={"connection_name": f"aqueue {s.prefix} pid {os.getpid()}"},
+                )
+        except TimeoutError:
+            raise BrokerError(
+                f"could not connect to RabbitMQ at {s.redacted} within {s.connect_timeout}s"
+            ) from None
+        except Exception as exc:
+            raise BrokerError(
+                f"could not connect to RabbitMQ at {s.redacted}: {self.scrub(exc)}"
+            ) from None
+        conn.close_callbacks.add(self._on_connection_closed)
+        self.conn = conn
+        self.server_version = server_version(conn)
+        log.info("connected to RabbitMQ %s at %s", self.server_version or "?", s.redacted)
+        if s.consumer_timeout is not None and version_tuple(self.server_version) < (3, 12):
+            log.warning(
+                "RabbitMQ %s ignores the x-consumer-timeout queue argument (needs 3.12); "
+                "the server-wide consumer_timeout applies",
+                self.server_version,
+            )
+        return conn
+
+    async def close(self) -> None:
+        """Close the connection; idempotent."""
+        self.closing = True
+        try:
+            conn, self.conn = self.conn, None
+            self._lost(None)
+            if conn is not None and not conn.is_closed:
+                try:
+                    async with asyncio.timeout(self.settings.operation_timeout):
+                        await conn.close()
+                except Exception as exc:  # closing is best effort
+                    log.debug("closing the connection failed: %s", type(exc).__name__)
+        finally:
+            self.closing = False
+
+    def scrub(self, exc: BaseException) -> str:
+        """An exception as text, without the password (aiormq may echo the URL)."""
+        text = f"{type(exc).__name__}: {exc}"
+        return text.replace(self._password, "***") if self._password else text
+
+    def _on_connection_closed(self, sender: Any, exc: BaseException | None) -> None:
+        if sender is not self.conn:
+            return  # one we closed, or an older one whose loss was handled when replaced
+        if not self.closing:
+            log.warning(
+                "connection to %s lost (%s); reconnecting on next use",
+                self.settings.redacted,
+                self.scrub(exc) if exc is not None else "closed",
+            )
+        self.conn = None
+        self._lost(exc)
+
+    def _lost(self, exc: BaseException | None) -> None:
+        self._channels.clear()
+        self.declared.clear()
+        self._consuming_lost(exc)
+
+    def _consuming_lost(self, exc: BaseException | None) -> None:
+        self._channels.pop("cons", None)
+        had = self.gen
+        self.gen = 0
+        if self.listener is not None:
+            if had:
+                self.listener.consuming_lost(exc)
+            self.listener.wake()
+
+    # -- channels -------------------------------------------------------------------
+
+    def live(self, kind: ChannelKind) -> AbstractChannel | None:
+        """The channel of ``kind`` if it is open."""
+        channel = self._channels.get(kind)
+        return channel if channel is not None and not channel.is_closed else None
+
+    async def channel(self, kind: ChannelKind) -> AbstractChannel:
+        """The channel of ``kind``, opened if needed."""
+        channel = self.live(kind)
+        if channel is not None:
+            return channel
+        conn = await self.connection()
+        async with self._chan_lock:
+            channel = self.live(kind)
+            if channel is not None:
+                return channel
+            confirms = kind == "pub"
+            async with asyncio.timeout(self.settings.operation_timeout):
+                channel = await conn.channel(publisher_confirms=confirms, on_return_raises=confirms)
+                if kind == "cons":
+                    underlay = await channel.get_underlay_channel()
+                    if self.listener is not None:
+                        underlay.on_consumer_cancel_callbacks.add(self.listener.consumer_cancelled)
+            channel.close_callbacks.add(partial(self._on_channel_closed, kind))
+            if kind == "cons":
+                self.gen = next(self._gens)
+            self._channels[kind] = channel
+            return channel
+
+    def _on_channel_closed(self, kind: ChannelKind, sender: Any, exc: BaseException | None) -> None:
+        if self._channels.get(kind) is not sender:
+            return
+        if kind == "cons":
+            self._consuming_lost(exc)
+        else:
+            self._channels.pop(kind, None)
+            if exc is not None and not self.closing:
+                log.debug("%s channel closed: %s", kind, self.scrub(exc))
+
+    async def close_consuming(self) -> None:
+        """Close the consuming channel (a new one opens on the next claim)."""
+        channel = self.live("cons")
+        if channel is not None:
+            async with asyncio.timeout(self.settings.operation_timeout):
+                await channel.close()
+
+    def blocked(self) -> bool:
+        """Whether RabbitMQ blocked the connection (a memory or disk resource alarm)."""
+        underlay = getattr(self.conn, "transport", None)
+        raw = getattr(underlay, "connection", None)
+        event = getattr(raw, "_Connection__connection_unblocked", None)
+        return isinstance(event, asyncio.Event) and not event.is_set()
+
+    # -- topology -------------------------------------------------------------------
+
+    async def declare(self, name: str, args: dict[str, Any]) -> int:
+        """Declare a durable queue; return its ready-message count."""
+        channel = await self.channel("admin")
+        try:
+            async with asyncio.timeout(self.settings.operation_timeout):
+                queue = await channel.declare_queue(name, durable=True, arguments=args)
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise ConfigurationError(
+                f"RabbitMQ refused to declare queue {name!r} ({exc}): it exists with other "
+                "arguments. Every process must use the same queue_type, delivery_limit, "
+                "max_priority and consumer_timeout options; delete the queue to change them."
+            ) from None
+        self.declared.add(name)
+        return int(queue.declaration_result.message_count or 0)
+
+    async def ensure_queue(self, queue: str) -> None:
+        """Declare the work queue and its dead-letter queue once per connection."""
+        self.known.add(queue)
+        name = self.topo.work(queue)
+        if name in self.declared:
+            return
+        vanished = self.vanished.get(queue)
+        if vanished is not None:
+            await self._await_redeclare(queue, vanished)
+        await self.declare(self.topo.dlq(queue), self.topo.dlq_args())
+        await self.declare(name, self.topo.work_args(queue))
+
+    def mark_vanished(self, queue: str) -> None:
+        """``queue`` was found deleted: forget its declarations, re-declare after a grace."""
+        for name in self.topo.all_names(queue):
+            self.declared.discard(name)
+        self.vanished[queue] = asyncio.get_running_loop().time()
+
+    async def _await_redeclare(self, queue: str, vanished: float) -> None:
+        """Give every consumer's channel time to see a deletion (or someone else time to
+        declare the queue) before declaring it again here."""
+        loop = asyncio.get_running_loop()
+        name = self.topo.work(queue)
+        while loop.time() < vanished + REDECLARE_GRACE:
+            if await self.ready_count(name) is not None:
+                break
+            await asyncio.sleep(0.05)
+        self.vanished.pop(queue, None)
+
+    async def ensure_delay(self, queue: str, level_ms: int) -> None:
+        name = self.topo.delay(queue, level_ms)
+        if name not in self.declared:
+            await self.declare(name, self.topo.delay_args(queue, level_ms))
+
+    async def ready_count(self, name: str) -> int | None:
+        """Ready messages of queue ``name`` (passive declare); ``None`` if it is missing."""
+        channel = await self.channel("watch")
+        try:
+            async with asyncio.timeout(self.settings.operation_timeout):
+                declared = await channel.declare_queue(name, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return None  # the server closed the watch channel; it reopens on next use
+        return int(declared.declaration_result.message_count or 0)
+
+    async def probe(self, names: Sequence[str]) -> dict[str, int]:
+        """Ready-message counts of those of ``names`` that exist."""
+        counts: dict[str, int] = {}
+        for name in names:
+            count = await self.ready_count(name)
+            if count is not None:
+                counts[name] = count
+        return counts
+
+    # -- publishing -----------------------------------------------------------------
+
+    async def send(
+        self,
+        queue: str,
+        message_id: str,
+        body: bytes,
+        priority: int,
+        eta: int | None,
+        headers: dict[str, Any] | None = None,
+        *,
+        routing_key: str | None = None,
+    ) -> None:
+        """One confirmed, ``mandatory`` publish to the work queue or the right delay queue.
+
+        Args:
+            queue: the aqueue queue.
+            message_id: the task id.
+            body: opaque bytes.
+            priority: the aqueue priority (clamped for AMQP).
+            eta: due time in unix milliseconds; a future one goes to a delay queue.
+            headers: extra AMQP headers.
+            routing_key: publish here instead (a dead-letter queue).
+
+        Raises:
+            NotSent: the publish never left this process (declare or channel failed).
+        """
+        hdrs: dict[str, Any] = dict(headers or {})
+        try:
+            if routing_key is None:
+                remaining = None if eta is None else eta - int(time.time() * 1000)
+                if remaining is not None and remaining > 0:
+                    level = delay_level(remaining)
+                    await self.ensure_delay(queue, level)
+                    routing_key = self.topo.delay(queue, level)
+                    hdrs[ETA_HEADER] = eta
+                else:
+                    routing_key = self.topo.work(queue)
+            channel = await self.channel("pub")
+        except AMQP_ERRORS as exc:
+            raise NotSent(exc) from exc
+        message = aio_pika.Message(
+            body,
+            message_id=message_id,
+            delivery_mode=DeliveryMode.PERSISTENT,
+            content_type=CONTENT_TYPE,
+            priority=self.topo.amqp_priority(priority),
+            headers=hdrs or None,
+        )
+        await channel.default_exchange.publish(message, routing_key, mandatory=True)
+
+    def publish_error(self, exc: BaseException, queue: str) -> BrokerError:
+        """The error a caller sees for a failed publish.
+
+        Raises:
+            ConfigurationError: passed through (queue arguments differ).
+        """
+        if isinstance(exc, aiormq.exceptions.PublishError):
+            if self.topo.work(queue) in self.declared:
+                self.mark_vanished(queue)
+            return BrokerError(
+                f"RabbitMQ could not route a message to queue {queue!r} "
+                f"({self.topo.work(queue)} does not exist: deleted?); it was not stored. "
+                "The next publish declares the queue again."
+            )
+        if isinstance(exc, aiormq.exceptions.DeliveryError):
+            return BrokerError(
+                f"RabbitMQ refused (nack) a message for queue {queue!r}; it was not stored"
+            )
+        if isinstance(exc, BrokerError):
+            return exc
+        if isinstance(exc, ConfigurationError):
+            raise exc
+        if isinstance(exc, NotSent):
+            return BrokerError(
+                f"could not publish to queue {queue!r} on {self.settings.redacted} "
+                f"({self.scrub(exc.__cause__ or exc)}); nothing was sent"
+            )
+        return IndeterminatePublish(
+            f"the connection to {self.settings.redacted} failed before RabbitMQ confirmed "
+            f"a publish to queue {queue!r} ({self.scrub(exc)}); it may or may not be stored. "
+            "Re-sending the same task id publishes it again (see docs/brokers/rabbitmq.md)."
+        )
+
+    async def delete_queues(self, queues: Sequence[str]) -> None:
+        """Delete every RabbitMQ queue of ``queues`` (work, dead letters, delay levels)."""
+        channel = await self.channel("admin")
+        async with asyncio.timeout(self.settings.operation_timeout * 4):
+            for queue in queues:
+                for name in self.topo.all_names(queue):
+                    await channel.queue_delete(name)
+                    self.declared.discard(name)
+
+
+def server_version(conn: AbstractConnection) -> str:
+    """The RabbitMQ version the server announced, or ``""``."""
+    underlay = getattr(conn, "transport", None)
+    raw = getattr(underlay, "connection", None)
+    props = getattr(raw, "server_properties", None) or {}
+    version = props.get("version", "") if isinstance(props, dict) else ""
+    return version.decode() if isinstance(version, bytes) else str(version)
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``"3.10.8"`` as ``(3, 10, 8)``."""
+    parts: list[int] = []
+    for piece in version.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
