@@ -35,12 +35,16 @@ def test_version() -> None:
 def test_worker_errors_are_one_line(args: list[str], needle: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "aqueue.cli", *args],
-        capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parents[1],
     )
     assert proc.returncode == 2, proc.stderr
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "hunter2" not in proc.stderr + proc.stdout
+
 
 # apps the CLI tests load by module:attribute
 bad_url_app = App("bad", broker="foo://user:hunter2@localhost/")
