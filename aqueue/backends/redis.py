@@ -410,7 +410,11 @@ class _Hub:
         try:
             while True:
                 try:
-                    await self._conn.connect()
+                    # a deadline: a connection opened into a blackhole must not stall the
+                    # reconnect loop (and every waiter) until the network heals
+                    limit = self._settings.socket_connect_timeout + self._settings.socket_timeout
+                    async with asyncio.timeout(limit):
+                        await self._conn.connect()
                     self._go_live()
                     backoff = 0.05
                     await self._read_until_broken()

@@ -30,6 +30,7 @@ from .redis_connection import (
     pack_fields,
     parse_settings,
     run_scripts,
+    run_scripts_once,
     run_scripts_sync,
 )
 from .redis_throttle import RedisThrottle
@@ -260,10 +261,12 @@ class RedisBroker:
                 calls.append((lua.PUBLISH, keys, [ttl, *pack_fields(fields)]))
                 spans.append(chunk)
         client = await self._redis()
+        # Never re-sent automatically: a reply lost to a broken connection leaves the outcome
+        # unknown (IndeterminatePublish), and only the caller may decide to send again.
         replies = await guarded(
             self._settings,
             "publish",
-            lambda: run_scripts(client, calls),
+            lambda: run_scripts_once(client, calls),
             error=BrokerError,
             timeout_error=PublishTimeout,
             connection_error=IndeterminatePublish,

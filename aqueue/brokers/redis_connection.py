@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as SyncRetry
 
@@ -283,6 +283,79 @@ async def run_scripts(client: aioredis.Redis, calls: Sequence[ScriptCall]) -> li
         # NOSCRIPT means the call did not run, so re-sending it cannot apply it twice.
         for source in {calls[i][0].source for i in missing}:
             await command(client, "SCRIPT", "LOAD", source)
+        todo = missing
+    raise RedisError("scripts could not be loaded")
+
+
+class NotSent(RedisError):
+    """No connection could be made for a call: nothing of it was sent, so it did not run."""
+
+
+async def run_scripts_once(client: aioredis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+    """:func:`run_scripts` for calls that must never be sent twice (publishes).
+
+    redis-py's retry re-sends a command whose connection failed, whether or not the server
+    had already run it. For a publish, that turns a lost reply into a silent second send
+    (refused as a duplicate, or, with no dedupe window, enqueued twice). Here a connection
+    is checked out first (connecting and health-checking with redis-py's retries: nothing
+    of the call is on the wire yet), then the call is written exactly once; a connection
+    error after that propagates, and the caller reports the outcome as unknown.
+
+    Raises:
+        NotSent: no usable connection could be made; the calls certainly did not run.
+        redis.exceptions.ConnectionError: the connection failed after the calls were
+            (maybe partly) written: they may or may not have run.
+    """
+    # typed Any: redis-py's pool and connection methods are unannotated
+    pool: Any = client.connection_pool
+    try:
+        conn = await pool.get_connection()
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise NotSent(f"could not connect, nothing was sent ({exc})") from None
+    try:
+        try:
+            await conn.check_health()  # a PING if it sat idle too long: still ours unsent
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise NotSent(f"connection unusable, nothing was sent ({exc})") from None
+        return await _run_scripts_on(conn, calls)
+    finally:
+        # a connection whose call failed or was cancelled was disconnected by redis-py;
+        # the pool reconnects it before its next use
+        await pool.release(conn)
+
+
+async def _run_scripts_on(conn: Any, calls: Sequence[ScriptCall]) -> list[Any]:
+    results: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    for _ in range(2):
+        commands = []
+        for i in todo:
+            script, keys, args = calls[i]
+            commands.append(("EVALSHA", script.sha, len(keys), *keys, *args))
+        await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+        replies: list[Any] = []
+        for _ in commands:  # every reply is read, so the connection stays in step
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+        missing: list[int] = []
+        failure: Exception | None = None
+        for i, reply in zip(todo, replies, strict=True):
+            if isinstance(reply, NoScriptError):
+                missing.append(i)
+            elif isinstance(reply, Exception):
+                failure = failure or reply
+            else:
+                results[i] = reply
+        if failure is not None:
+            raise failure
+        if not missing:
+            return results
+        # NOSCRIPT means the call did not run, so sending it again cannot apply it twice.
+        for source in {calls[i][0].source for i in missing}:
+            await conn.send_command("SCRIPT", "LOAD", source, check_health=False)
+            await conn.read_response()
         todo = missing
     raise RedisError("scripts could not be loaded")
 
