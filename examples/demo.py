@@ -67,7 +67,13 @@ def main() -> int:
     }
     os.chdir(workdir)  # producer and worker both use ./aqueue.db here
     sys.path.insert(0, str(HERE))
-    print(f"demo: embedded SQLite store at {workdir / 'aqueue.db'}")
+    url = os.environ.get("AQUEUE_BROKER_URL")
+    if url:  # e.g. AQUEUE_BROKER_URL=redis://localhost:6379/0 make demo
+        from aqueue.core.urls import redact
+
+        print(f"demo: broker {redact(url)}")
+    else:
+        print(f"demo: embedded SQLite store at {workdir / 'aqueue.db'}")
     worker = subprocess.Popen(
         [
             sys.executable,

@@ -209,10 +209,13 @@ async def test_poison_task_killing_its_process_is_dead_lettered(
     assert [(d.id, d.reason) for d in letters] == [(bad.id, "max_deliveries")]
 
 
-def test_quickstart_two_processes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def test_quickstart_two_processes(kind: str, tmp_path: Path) -> None:
     qs = ROOT / "examples" / "quickstart"
     env = {**os.environ, "PYTHONPATH": str(qs)}
     env.pop("AQUEUE_BROKER_URL", None)
+    if kind == "redis":  # the same code on Redis, by changing one URL
+        env["AQUEUE_BROKER_URL"] = make_url("redis", tmp_path)
     worker = subprocess.Popen(
         [
             sys.executable,
@@ -246,10 +249,13 @@ def test_quickstart_two_processes(tmp_path: Path) -> None:
     finally:
         worker.send_signal(signal.SIGTERM)
         log = worker.communicate(timeout=30)[0].decode()
+        if kind == "redis":
+            delete_redis_prefix(env["AQUEUE_BROKER_URL"].rsplit("prefix=", 1)[1])
     assert out.stdout.strip() == "8", out.stderr
     assert worker.returncode == 0, log
-    assert "aqueue.db" in log  # the embedded store's location is logged at start
-    assert (tmp_path / "aqueue.db").exists()
+    if kind == "sqlite":
+        assert "aqueue.db" in log  # the embedded store's location is logged at start
+        assert (tmp_path / "aqueue.db").exists()
 
 
 async def test_sigkill_mid_chain_resumes(app: App, env: dict[str, str], tmp_path: Path) -> None:
@@ -273,3 +279,26 @@ async def test_sigkill_mid_chain_resumes(app: App, env: dict[str, str], tmp_path
     runs = {k: (tmp_path / f"started-{k}").read_text().split() for k in ("c1", "c2", "c3")}
     print(f"\nsigkill mid-chain: chain resumed; step executions {runs}")
     assert runs == {"c1": ["1"], "c2": ["1", "2"], "c3": ["1"]}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def test_demo_runs(kind: str, tmp_path: Path) -> None:
+    env = {**os.environ}
+    env.pop("AQUEUE_BROKER_URL", None)
+    if kind == "redis":
+        env["AQUEUE_BROKER_URL"] = make_url("redis", tmp_path)
+    try:
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "demo.py")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        if kind == "redis":
+            delete_redis_prefix(env["AQUEUE_BROKER_URL"].rsplit("prefix=", 1)[1])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "sum 2130 (expected 2130)" in out.stdout
+    assert "fetch_invoice failed remotely as expected: LookupError" in out.stdout
+    assert "crunch finished" in out.stdout and "worker exited with status 0" in out.stdout
