@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, assert_type
 
-from aqueue import App, AsyncResult, Task, TaskCall
+from aqueue import App, AsyncResult, GroupResult, Signature, Task, TaskCall, chain, chord, group
 
 app = App("typing", broker="memory://typing")
 
@@ -59,6 +59,25 @@ async def calls() -> None:
     assert_type(await h.ready(), bool)
 
 
+@app.task
+async def tsum(numbers: list[int]) -> int:
+    return sum(numbers)
+
+
+async def workflows() -> None:
+    assert_type(add.s(1, 2), Signature[int])
+    assert_type(add.si(1, 2), Signature[int])
+    wf = await (add.s(1, 2) | mul.s(3) | stamp.s()).delay()
+    assert_type(wf, AsyncResult[dt.datetime])
+    assert_type(await (await chain(add.s(1, 2), mul.s(3)).delay()).wait(), int)
+    g = await group(add.s(i, i) for i in range(3)).delay()
+    assert_type(g, GroupResult[int])
+    assert_type(await g.wait(), list[int])
+    c = await chord(group(add.s(i, i) for i in range(3)), tsum.s()).delay()
+    assert_type(await c.wait(), int)
+    assert_type(await (await add.map([1, 2]).delay()).wait(), list[int])
+
+
 async def errors() -> None:
     await add.delay("x", 2)  # type: ignore[arg-type]
     await add.delay(1)  # type: ignore[call-arg]
@@ -69,3 +88,7 @@ async def errors() -> None:
     await fetch.delay(1)  # type: ignore[arg-type]
     text: str = await (await add.delay(1, 2)).wait()  # type: ignore[assignment]
     del text
+    label: str = await (await (add.s(1, 2) | mul.s(3)).delay()).wait()  # type: ignore[assignment]
+    del label
+    names: list[str] = await (await group(add.s(1, 1)).delay()).wait()  # type: ignore[assignment]
+    del names
