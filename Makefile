@@ -28,7 +28,7 @@ test-fast: venv
 	$(BIN)/pytest -q -m "not slow" -p no:cacheprovider
 
 lint: venv
-	$(BIN)/ruff check aqueue tests benchmarks examples
+	$(BIN)/ruff check .
 	$(BIN)/ruff format --check aqueue
 
 typecheck: venv
