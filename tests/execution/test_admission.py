@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -71,3 +72,33 @@ async def test_concurrency_limit(app: App) -> None:
         handles = [await exclusive.delay() for _ in range(8)]
         await asyncio.gather(*(h.wait(timeout=30) for h in handles))
     assert peak == 2
+
+
+@pytest.mark.redis
+async def test_rate_limit_holds_across_workers_on_redis(tmp_path: Any) -> None:
+    from ..conftest import delete_redis_prefix, make_url
+
+    url = make_url("redis", tmp_path)
+    times: list[float] = []
+    apps = [App("fleet", broker=url) for _ in range(2)]
+    for a in apps:
+
+        @a.task(name="ad.fleet", rate_limit="10/s")
+        async def fleet() -> None:
+            times.append(time.monotonic())
+
+    try:
+        async with (
+            apps[0],
+            apps[1],
+            apps[0].worker(queues=["a"], concurrency=20),
+            apps[1].worker(queues=["b"], concurrency=20),
+        ):
+            # each worker gets its own 10: per-worker buckets would run all 20 at once
+            handles = [await apps[0].send_task("ad.fleet", queue=q) for q in "ab" * 10]
+            await asyncio.gather(*(h.wait(timeout=30) for h in handles))
+    finally:
+        delete_redis_prefix(url.rsplit("prefix=", 1)[1])
+    times.sort()
+    # one shared bucket: a burst of 10, then 10 more at 100 ms spacing (~0.9 s)
+    assert times[-1] - times[0] >= 0.8
