@@ -18,15 +18,15 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractIncomingMessage
 
 from aqueue.core.errors import BrokerError
 from aqueue.core.protocols import Delivery, Lease
 
+from .rabbitmq_delivery import Consumer, Pending, RabbitMQDelivery, Waiters
 from .rabbitmq_link import AMQP_ERRORS, Link
 from .rabbitmq_topology import DEAD_AT_HEADER, ETA_HEADER, QUEUE_HEADER, REASON_HEADER, eta_ms
 
@@ -35,135 +35,11 @@ T = TypeVar("T")
 
 #: how long a claim waits, at most, for the messages a freshly started consumer was told
 #: are ready, so that "earlier queues first" and "highest priority first" see them all
-PRIME_WAIT = 0.5
+PRIME_WAIT = 1.0
 #: pause before handing back a message whose next delay hop could not be published
 REDELAY_RETRY = 1.0
 MAX_PREFETCH = 65535
 UNCOUNTED_MAX = 100_000
-
-
-@dataclass(slots=True)
-class Pending:
-    """A message delivered to this process and not claimed yet."""
-
-    message: AbstractIncomingMessage
-    id: str
-    queue: str
-    count: int
-    priority: int
-    gen: int
-
-
-@dataclass(slots=True)
-class Consumer:
-    """One basic.consume on the consuming channel."""
-
-    queue: str
-    amqp_queue: AbstractQueue
-    tag: str
-    gen: int
-    expected: int
-    prime_until: float
-    received: int = 0
-    #: watchdog state: when it last looked, ``received`` then, checks in a row that stalled
-    checked: float = 0.0
-    seen: int = 0
-    stalls: int = 0
-
-    def primed(self, now: float) -> bool:
-        return self.received >= self.expected or now >= self.prime_until
-
-
-@dataclass(slots=True)
-class Waiters:
-    """Claims waiting for a message or a connection event (race-free, unlike an Event)."""
-
-    futures: set[asyncio.Future[None]] = field(default_factory=set)
-
-    def new(self) -> asyncio.Future[None]:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.futures.add(fut)
-        return fut
-
-    def notify(self) -> None:
-        for fut in self.futures:
-            if not fut.done():
-                fut.set_result(None)
-        self.futures.clear()
-
-
-class RabbitMQDelivery:
-    """A message claimed from a RabbitMQ broker; settle it exactly once.
-
-    The lease token is ``(channel generation << 64) | delivery tag``: a delivery from a
-    channel that has since died settles nothing and returns ``False``.
-    """
-
-    __slots__ = ("_count", "_gen", "_lease", "_message", "_owner", "_priority", "_settled")
-
-    def __init__(self, owner: Consumers, pending: Pending) -> None:
-        self._owner = owner
-        self._message = pending.message
-        self._count = pending.count
-        self._gen = pending.gen
-        self._priority = pending.priority
-        tag = pending.message.delivery_tag or 0
-        self._lease = Lease(pending.id, pending.queue, (pending.gen << 64) | tag)
-        self._settled = False
-
-    @property
-    def id(self) -> str:
-        """The task id (the AMQP ``message_id``)."""
-        return self._lease.id
-
-    @property
-    def queue(self) -> str:
-        """The aqueue queue name (without the prefix)."""
-        return self._lease.queue
-
-    @property
-    def body(self) -> bytes:
-        """The message bytes as published."""
-        return self._message.body
-
-    @property
-    def delivery_count(self) -> int:
-        """1 + the quorum queue's ``x-delivery-count`` (classic queues: 1, or 2 if
-        redelivered), minus this process's unexecuted hand-backs."""
-        return self._count
-
-    @property
-    def lease(self) -> Lease:
-        """The lease: id, queue and the channel-generation token."""
-        return self._lease
-
-    async def ack(self) -> bool:
-        """basic.ack; ``False`` if the channel it came from is gone (it was redelivered)."""
-        return await self._owner.ack(self)
-
-    async def release(self, *, executed: bool) -> bool:
-        """basic.nack with requeue: claimable again at once.
-
-        Args:
-            executed: whether it started running. Quorum queues count every requeue as a
-                delivery; an unexecuted release is subtracted again whenever this process
-                receives the message next (another process does not know about it).
-        """
-        return await self._owner.release(self, executed=executed)
-
-    async def requeue(self, body: bytes, *, eta: float | None) -> bool:
-        """Publish ``body`` under the same id (confirmed), due at ``eta``, then ack this one."""
-        return await self._owner.requeue(self, body, eta)
-
-    async def dead_letter(self, reason: str) -> bool:
-        """Publish to ``<queue>.dlq`` with ``reason`` (confirmed), then ack this one."""
-        return await self._owner.dead_letter(self, reason)
-
-    def __repr__(self) -> str:
-        return (
-            f"<RabbitMQDelivery id={self.id!r} queue={self.queue!r} count={self._count} "
-            f"gen={self._gen}>"
-        )
 
 
 class Consumers:
@@ -178,7 +54,10 @@ class Consumers:
         self.inflight: dict[str, int] = {}  # claimed, unsettled, per queue
         self.prefetch = self.settings.prefetch or 0
         self.background: set[asyncio.Task[Any]] = set()
+        self.claims = itertools.count(1)
         self._seq = itertools.count()
+        self._active = 0  # claims in progress
+        self._idle: asyncio.Task[None] | None = None
         self._waiters = Waiters()
         self._lock = asyncio.Lock()
         # tokens of claimed, unsettled deliveries of the live generation; renew() reads
@@ -378,20 +257,23 @@ class Consumers:
                 f"could not consume from {s.redacted}: {self.link.scrub(exc)}"
             ) from None
 
-    def drop(self, c: Consumer) -> None:
+    def drop(self, c: Consumer, *, cancel: bool = True) -> None:
         """Forget a consumer (the next claim starts a new one) and cancel it quietly."""
-        self.consumers.pop(c.queue, None)
+        if self.consumers.get(c.queue) is c:
+            del self.consumers[c.queue]
+        if not cancel:
+            return
         for name in self.topo.all_names(c.queue):
             self.link.declared.discard(name)
 
-        async def cancel() -> None:
+        async def cancel_quietly() -> None:
             try:
                 async with asyncio.timeout(self.settings.operation_timeout):
                     await c.amqp_queue.cancel(c.tag)
             except Exception as exc:  # the consumer or its channel is gone already
                 log.debug("cancelling consumer %s failed: %s", c.tag, type(exc).__name__)
 
-        self.spawn(cancel())
+        self.spawn(cancel_quietly())
 
     async def _watchdog(self, consumers: Sequence[Consumer], now: float) -> bool:
         """Find consumers that are registered but receive nothing; drop them to restart.
@@ -445,6 +327,16 @@ class Consumers:
 
     # -- claiming -------------------------------------------------------------------
 
+    def _enough(self, queues: Sequence[str], limit: int, now: float) -> bool:
+        """Whether the queues before the first still-priming one have ``limit`` buffered."""
+        buffered = 0
+        for queue in queues:
+            consumer = self.consumers.get(queue)
+            if consumer is not None and not consumer.primed(now):
+                break
+            buffered += len(self.buffers.get(queue, ()))
+        return buffered >= limit
+
     def _take(self, queues: Sequence[str], limit: int) -> list[Delivery]:
         out: list[Delivery] = []
         gen = self.link.gen
@@ -468,6 +360,15 @@ class Consumers:
         receiving what its queue held, at most ``PRIME_WAIT``). Cancel-safe: nothing is
         taken before the last await.
         """
+        self._active += 1
+        try:
+            return await self._claim(queues, limit, timeout)
+        finally:
+            self._active -= 1
+            if not self._active:
+                self._arm_idle()
+
+    async def _claim(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         interval = self.settings.watchdog_interval
@@ -478,7 +379,7 @@ class Consumers:
                 now = loop.time()
                 consumers = [self.consumers[q] for q in queues if q in self.consumers]
                 unprimed = [c.prime_until for c in consumers if not c.primed(now)]
-                if not unprimed or now >= deadline:
+                if not unprimed or now >= deadline or self._enough(queues, limit, now):
                     out = self._take(queues, limit)
                     if out or now >= deadline:
                         return out
@@ -498,6 +399,59 @@ class Consumers:
                     pass
             finally:
                 self._waiters.futures.discard(waiter)
+
+    def _arm_idle(self) -> None:
+        if self._idle is None or self._idle.done():
+            self._idle = self.spawn(self._idle_watch())
+
+    async def _idle_watch(self) -> None:
+        """While nobody claims and nothing is held, hand back what the consumers delivered
+        and pause them.
+
+        Without this a process that stopped claiming (an embedded worker that stopped while
+        its app lives on) would hold up to a prefetch window of messages per queue for as
+        long as it runs. The next claim restarts the consumers.
+        """
+        idle = self.settings.idle_timeout
+        while not self._active and self.consumers:
+            await asyncio.sleep(idle)
+            if self._idle_now():
+                await self._pause()
+                return
+
+    def _idle_now(self) -> bool:
+        # A worker that holds deliveries but does not claim is busy (its slots are full),
+        # not gone: its buffer is what it claims next, so it is left alone.
+        return not self._active and not any(self.inflight.values()) and any(self.buffers.values())
+
+    async def _pause(self) -> None:
+        async with self._lock:  # not while a claim starts consumers
+            if not self._idle_now():
+                return
+            consumers = list(self.consumers.values())
+            for c in consumers:
+                self.drop(c, cancel=False)
+            try:
+                async with asyncio.timeout(self.settings.operation_timeout):
+                    for c in consumers:
+                        await c.amqp_queue.cancel(c.tag)
+            except Exception as exc:  # the channel is gone: RabbitMQ requeued everything
+                log.debug("pausing consumers failed: %s", type(exc).__name__)
+                return
+            pending = [p for heap in self.buffers.values() for _, _, p in heap]
+            self.buffers.clear()
+            for p in pending:
+                self._add_uncounted(p.id)  # a requeue, not a delivery to a task
+                try:
+                    await p.message.nack(requeue=True)
+                except Exception:  # the channel died: RabbitMQ requeued it anyway
+                    log.debug("hand-back of %s failed: its channel is gone", p.id)
+            if pending:
+                log.info(
+                    "no claims for %.1fs: handed back %d buffered message(s), consumers paused",
+                    self.settings.idle_timeout,
+                    len(pending),
+                )
 
     def renew(self, leases: Sequence[Lease]) -> list[Lease]:
         """The leases whose channel died or that were settled (thread-safe, no I/O)."""
@@ -568,12 +522,18 @@ class Consumers:
     async def release(self, d: RabbitMQDelivery, *, executed: bool) -> bool:
         if not self._holds(d):
             return False
-        if not executed:
-            self._add_uncounted(d.id)
-        ok = await self._basic(d, partial(d._message.nack, requeue=True))
-        if not ok and not executed:
-            self._add_uncounted(d.id, -1)
-        return ok
+        if executed:
+            return await self._basic(d, partial(d._message.nack, requeue=True))
+        # never started: back into the buffer, still unacknowledged on the same channel
+        self._settle(d)
+        pending = Pending(d._message, d.id, d.queue, d._count, d._priority, d._gen)
+        heapq.heappush(
+            self.buffers.setdefault(d.queue, []), (-d._priority, next(self._seq), pending)
+        )
+        self._waiters.notify()
+        if not self._active:
+            self._arm_idle()
+        return True
 
     async def _publish_then_ack(
         self,
