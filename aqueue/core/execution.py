@@ -28,11 +28,11 @@ from . import context, limits, retry, signals, states
 from .admission import RATE_SLOT_HEADER, LocalThrottle, parse_rate
 from .control import TERMINATE
 from .errors import ArgumentError, DecodeError, Retry
-from .message import ErrorInfo, MessageIn, ResultOut, decode_message
+from .message import ErrorInfo, MessageIn, ResultOut, decode_message, decode_result, raw_is_empty
 from .middleware import chain_execute
 from .offload import ProcessPool
 from .protocols import Delivery, SharedThrottle
-from .serialization import SerializerName, encode, format_of
+from .serialization import SerializerName, decode, encode, format_of
 
 if TYPE_CHECKING:
     from .app import App
@@ -85,15 +85,17 @@ class Executor:
         self.dead_lettered = 0
         self.retried = 0
         self.revoked = 0
+        #: redelivered messages whose task had already finished (acked, not run again)
+        self.duplicates = 0
 
     # -- admission ----------------------------------------------------------------------
 
-    async def execute(self, delivery: Delivery, *, revoked: bool = False) -> None:
+    async def execute(self, delivery: Delivery, *, prior: bytes | None = None) -> None:
         """Handle one delivery to the end; raises only ``CancelledError``.
 
         Args:
             delivery: the claimed message.
-            revoked: the worker found a revocation for it in the backend.
+            prior: the record stored for its task id when it was claimed, if any.
         """
         try:
             msg = decode_message(delivery.body, self.conf.max_message_bytes)
@@ -115,6 +117,8 @@ class Executor:
             )
             return
         job = Job(delivery, msg, task, attempt, fmt)
+        if prior is not None and await self._settled_before(job, prior):
+            return
         if delivery.delivery_count > self.conf.max_deliveries:
             await self._refuse(
                 delivery,
@@ -126,15 +130,6 @@ class Executor:
                 f"delivered {delivery.delivery_count - 1} times without completing "
                 f"(max_deliveries={self.conf.max_deliveries}); the worker running it died",
             )
-            return
-        if revoked:
-            self.revoked += 1
-            log.info("Task %s[%s] revoked: not run", msg.task, msg.id)
-            await self._continue_failure(
-                msg, ErrorInfo(type="TaskRevoked", message="revoked", reason="revoked")
-            )
-            await delivery.ack()
-            await signals.task_revoked.send(task, task_id=msg.id, terminated=False, expired=False)
             return
         if msg.expires is not None and time.time() >= msg.expires:
             self.revoked += 1
@@ -169,6 +164,48 @@ class Executor:
             if job.slot is not None:
                 self.slots_held.pop(msg.id, None)
                 await self.throttle.release_slot(job.slot, msg.id)
+
+    async def _settled_before(self, job: Job, prior: bytes) -> bool:
+        """Handle a task that was revoked, or already finished (a redelivered duplicate)."""
+        record = decode_result(prior)
+        msg, task, delivery = job.msg, job.task, job.delivery
+        if record.state == states.REVOKED:
+            self.revoked += 1
+            log.info("Task %s[%s] revoked: not run", msg.task, msg.id)
+            await self._continue_failure(
+                msg, ErrorInfo(type="TaskRevoked", message="revoked", reason="revoked")
+            )
+            await delivery.ack()
+            await signals.task_revoked.send(task, task_id=msg.id, terminated=False, expired=False)
+            return True
+        if record.state not in (states.SUCCESS, states.FAILURE):
+            return False
+        # it ran to the end before (its worker died before acking): do not run it again, but
+        # finish what follows it (idempotent: fixed ids, an idempotent chord join)
+        self.duplicates += 1
+        log.info(
+            "Task %s[%s] already %s (attempt %d): not run again",
+            msg.task,
+            msg.id,
+            record.state,
+            record.attempt,
+        )
+        if record.state == states.SUCCESS:
+            if msg.chain or msg.link or msg.chord is not None:
+                value = (
+                    None
+                    if raw_is_empty(record.value)
+                    else decode(record.value, Any, format_of(prior))
+                )
+                await self.app.workflows.on_success(msg, value)
+        else:
+            await self._continue_failure(
+                msg,
+                record.error
+                or ErrorInfo(type="TaskFailed", message="failed in an earlier attempt"),
+            )
+        await delivery.ack()
+        return True
 
     async def _admit_rate(self, job: Job) -> bool:
         """Reserve a rate slot, or delay the message on the broker until its slot."""

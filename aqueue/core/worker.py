@@ -314,14 +314,14 @@ class Worker:
             with self._held_lock:
                 for delivery in deliveries:
                     self._held[delivery.id] = delivery
-            revoked = await self._revoked([d.id for d in deliveries])
+            priors = await self._prior_records([d.id for d in deliveries])
             for delivery in deliveries:
-                task = asyncio.create_task(self._handle(delivery, delivery.id in revoked))
+                task = asyncio.create_task(self._handle(delivery, priors.get(delivery.id)))
                 self._running.add(task)
                 self._handlers[delivery.id] = task
                 task.add_done_callback(self._running.discard)
 
-    async def _handle(self, delivery: Delivery, revoked: bool) -> None:
+    async def _handle(self, delivery: Delivery, prior: bytes | None) -> None:
         started = False
         # a message on its last allowed delivery runs alone: if this worker dies now, that
         # message is the cause, and the tasks that died with it earlier are not blamed
@@ -332,7 +332,9 @@ class Worker:
                     return  # handed back by _release_waiting
                 started = True
                 self._started.add(delivery.id)
-                await self.executor.execute(delivery, revoked=revoked)
+                if not self._lease_kept(delivery):
+                    return  # its channel died while it waited: it is redelivered elsewhere
+                await self.executor.execute(delivery, prior=prior)
         except asyncio.CancelledError:
             if delivery.id in self._terminated:
                 self._terminated.discard(delivery.id)
@@ -377,21 +379,26 @@ class Worker:
             for _ in range(taken):
                 self._slots.release()
 
-    async def _revoked(self, ids: list[str]) -> set[str]:
-        """The ids among a claimed batch that have a stored revocation (one round trip)."""
+    def _lease_kept(self, delivery: Delivery) -> bool:
+        """Where the connection is the lease, a prefetched delivery may be lost before it
+        starts; checking costs no I/O there (elsewhere the heartbeat reports losses)."""
+        broker = self.app.broker
+        if broker.capabilities.leases:
+            return True
+        return not broker.renew([delivery.lease], self.lease_seconds)
+
+    async def _prior_records(self, ids: list[str]) -> dict[str, bytes]:
+        """Stored records of a claimed batch, in one round trip: revocations, and tasks that
+        already finished (a redelivered duplicate is not run again)."""
         backend = self.app._backend
         if backend is None:
-            return set()
+            return {}
         try:
             records = await backend.get_many(ids)
-        except Exception as exc:  # run them: revocation is best effort when the backend is down
-            log.warning("could not check revocations (%s: %s)", type(exc).__name__, exc)
-            return set()
-        return {
-            tid
-            for tid, raw in zip(ids, records, strict=True)
-            if raw is not None and decode_result(raw).state == states.REVOKED
-        }
+        except Exception as exc:  # run them: these checks are best effort when it is down
+            log.warning("could not read stored records (%s: %s)", type(exc).__name__, exc)
+            return {}
+        return {tid: raw for tid, raw in zip(ids, records, strict=True) if raw is not None}
 
     async def _watch_terminations(self) -> None:
         """Every second, cancel running tasks revoked with ``terminate=True``."""

@@ -116,6 +116,18 @@ async def test_same_task_id_runs_once(app: App, t: Any, rec: Recorder) -> None:
     assert rec.calls.count(("add", 1, 2)) == 1
 
 
+async def test_finished_task_id_is_not_run_again(app: App, t: Any, rec: Recorder) -> None:
+    task_id = str(uuid.uuid4())
+    async with app.worker() as worker:
+        assert await (await t.add.apply_async((5, 5), task_id=task_id)).wait(timeout=10) == 10
+        await t.add.apply_async((5, 5), task_id=task_id)  # a late duplicate of a finished task
+        await (await t.mul.delay(1, 1)).wait(timeout=10)
+        async with asyncio.timeout(10):  # refused at publish, or acked unrun by the worker
+            while await app.broker.size("default") and worker.executor.duplicates < 1:
+                await asyncio.sleep(0.01)
+    assert rec.calls.count(("add", 5, 5)) == 1
+
+
 async def test_bound_request(app: App, t: Any) -> None:
     async with app.worker(queues=["default", "other"], hostname="w1@%h"):
         h = await t.request.apply_async(kwargs={"tag": "x"}, queue="other", headers={"k": "v"})
