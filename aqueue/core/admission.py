@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .errors import ConfigurationError
@@ -67,21 +67,26 @@ def gcra_reserve(tat: float, now: float, rate: Rate) -> tuple[float, float]:
 
 
 class LocalThrottle:
-    """Per-process rate and concurrency limits (memory and SQLite brokers)."""
+    """Per-process rate and concurrency limits (memory and SQLite brokers).
 
-    def __init__(self) -> None:
+    Args:
+        clock: returns unix seconds; tests inject a fake one to cover hours in no time.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._tat: dict[str, float] = {}
         self._slots: dict[str, dict[str, float]] = {}
 
     async def reserve_rate(self, key: str, limit: float, period: float) -> float:
-        now = time.time()
+        now = self._clock()
         with self._lock:
             slot, self._tat[key] = gcra_reserve(self._tat.get(key, 0.0), now, Rate(limit, period))
         return slot
 
     async def acquire_slot(self, key: str, holder: str, limit: int, lease_seconds: float) -> bool:
-        now = time.time()
+        now = self._clock()
         with self._lock:
             holders = self._slots.setdefault(key, {})
             for h, until in list(holders.items()):
@@ -97,7 +102,7 @@ class LocalThrottle:
             self._slots.get(key, {}).pop(holder, None)
 
     def renew_slots(self, slots: Sequence[tuple[str, str]], lease_seconds: float) -> None:
-        until = time.time() + lease_seconds
+        until = self._clock() + lease_seconds
         with self._lock:
             for key, holder in slots:
                 holders = self._slots.get(key)

@@ -102,3 +102,23 @@ async def test_rate_limit_holds_across_workers_on_redis(tmp_path: Any) -> None:
     times.sort()
     # one shared bucket: a burst of 10, then 10 more at 100 ms spacing (~0.9 s)
     assert times[-1] - times[0] >= 0.8
+
+
+async def test_local_throttle_over_simulated_hours() -> None:
+    from aqueue.core.admission import LocalThrottle
+
+    now = [1_000_000.0]
+    throttle = LocalThrottle(clock=lambda: now[0])
+    rate = parse_rate("1000/h")
+    # 3 000 calls at one instant: 1 000 now, then one every 3.6 s for two more hours
+    slots = [await throttle.reserve_rate("k", rate.limit, rate.period) for _ in range(3000)]
+    offsets = [s - now[0] for s in slots]
+    assert offsets[:1000] == [0.0] * 1000
+    assert offsets[1000] == pytest.approx(3.6) and offsets[-1] == pytest.approx(2000 * 3.6)
+    now[0] += 3 * 3600  # three hours later the bucket is full again
+    assert await throttle.reserve_rate("k", rate.limit, rate.period) == now[0]
+    # concurrency slots are leases: a dead holder's slot frees itself when its lease passes
+    assert await throttle.acquire_slot("c", "a", 1, lease_seconds=30)
+    assert not await throttle.acquire_slot("c", "b", 1, lease_seconds=30)
+    now[0] += 31
+    assert await throttle.acquire_slot("c", "b", 1, lease_seconds=30)
