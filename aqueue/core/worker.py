@@ -196,6 +196,10 @@ class Worker:
         """
         if self._stopped.is_set():
             return
+        if self._executor is None:  # never started: nothing to stop
+            self._stopping.set()
+            self._stopped.set()
+            return
         if self._stopping.is_set() and self._consumer is None:
             await self._stopped.wait()
             return

@@ -289,3 +289,9 @@ async def test_deeply_nested_payload_is_a_decode_error(app: App, t: Any) -> None
 
 async def test_argument_error_type_is_public() -> None:
     assert issubclass(ArgumentError, TypeError)
+
+
+async def test_worker_stop_before_start_is_harmless(app: App) -> None:
+    worker = app.worker()
+    await worker.stop()
+    await worker.wait_stopped()
