@@ -114,9 +114,9 @@ def make_url(kind: str, tmp_path: Path) -> str:
 @pytest.fixture(params=BROKER_KINDS)
 def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "rabbitmq" and not {"app", "broker"} & set(request.fixturenames):
-        # amqp:// is a broker only; the `app` fixture pairs it with a memory:// backend,
-        # but a test that builds its own App (or backend) from broker_url alone cannot run
-        pytest.skip("amqp:// has no result backend; this test needs one from broker_url")
+        # amqp:// has no result store (rpc:// serves only the caller); the `app` fixture
+        # pairs it with a memory:// store, but a test building its own from broker_url cannot
+        pytest.skip("amqp:// has no shared result store; this test builds one from broker_url")
     url = make_url(request.param, tmp_path)
     if request.param == "rabbitmq":
         request.getfixturevalue("_rabbit_prefixes").append(url.rsplit("prefix=", 1)[1])
@@ -127,8 +127,10 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 async def app(broker_url: str) -> AsyncIterator[App]:
-    # a broker with no result store of its own (amqp://) keeps this test's results in memory
-    backend = None if default_backend_url(broker_url) else f"memory://r{uuid.uuid4().hex[:12]}"
+    # amqp:// implies rpc:// (results for the caller only: no revocations, no chords), so
+    # its tests keep results in a memory:// store that the embedded worker shares
+    implied = default_backend_url(broker_url)
+    backend = None if implied == broker_url else f"memory://r{uuid.uuid4().hex[:12]}"
     the_app = App("tests", broker=broker_url, backend=backend, lease_seconds=5.0)
     async with the_app:
         yield the_app

@@ -81,6 +81,20 @@ return out
 """,
 )
 
+# ARGV: key prefix, key suffix, task ids... -> each id's record (nil where absent). One call
+# per batch: a worker reads the records of every claimed batch (revocations, duplicates),
+# and a command per id would cost more client CPU than the rest of the task's Redis path.
+GET_MANY = Script(
+    "get_many",
+    """
+local out = {}
+for i = 3, #ARGV do
+  out[i - 2] = redis.call('HGET', ARGV[1] .. ARGV[i] .. ARGV[2], 'r')
+end
+return out
+""",
+)
+
 # KEYS: result key; ARGV: channel. Watchers see version 0 and start counting afresh.
 FORGET = Script(
     "forget",
@@ -216,14 +230,12 @@ class RedisBackend:
         if not task_ids:
             return []
         client = await self._redis()
-        keys = [self._key(task_id) for task_id in task_ids]
+        args: list[str | bytes | int | float] = [*self._key_parts, *task_ids]
 
         async def read() -> list[Any]:
-            # one HGET per key, pipelined: the keys live in different cluster slots
-            pipe = client.pipeline(transaction=False)
-            for key in keys:
-                command(pipe, "HGET", key, "r")
-            return list(await pipe.execute())
+            # keys built in the script, as in STORE (a cluster would need a call per slot)
+            (replies,) = await run_scripts(client, [(GET_MANY, [], args)])
+            return list(replies)
 
         return await guarded(self._settings, "get_many", read, error=BackendError)
 

@@ -28,6 +28,8 @@ from typing import (
     overload,
 )
 
+import msgspec
+
 from ..workflows.apply import workflow_states
 from ..workflows.builtins import register as register_builtins
 from ..workflows.engine import Engine
@@ -265,7 +267,11 @@ class App:
                 self._broker = broker
                 log.debug("connected to broker %s", redact(self.broker_url))
             if self._backend is None and self.backend_url is not None:
-                backend = backend_class(self.backend_url)(self.backend_url)
+                cls = backend_class(self.backend_url)
+                # rpc:// sends results over the broker's RabbitMQ: it needs the broker's URL
+                uses_broker = getattr(cls, "uses_broker_url", False)
+                extra = {"broker_url": self.broker_url} if uses_broker else {}
+                backend = cls(self.backend_url, **extra)
                 await backend.connect()
                 self._backend = backend
 
@@ -342,6 +348,10 @@ class App:
         check: bool = True,
     ) -> AsyncResult[Any]:
         msg, fmt = self._build(name, args, kwargs, options, task, check)
+        await self._connected_broker()  # connects the backend too, which may route results
+        reply_headers = getattr(self._backend, "reply_headers", None)
+        if reply_headers is not None:  # rpc://: the reply queue results are pushed to
+            msg = msgspec.structs.replace(msg, headers={**reply_headers(), **msg.headers})
         if self.middleware:
             sent: list[MessageOut] = []
 

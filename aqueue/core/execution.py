@@ -102,6 +102,9 @@ class Executor:
         except DecodeError as exc:
             await self._dead_letter(delivery, "decode_error", str(exc))
             return
+        observe = getattr(self.app._backend, "observe", None)
+        if observe is not None:  # rpc://: learn where this task's records go
+            observe(msg.id, msg.headers)
         fmt = format_of(delivery.body)
         attempt = msg.prior_attempts + delivery.delivery_count
         task = self.app.tasks.get(msg.task)
@@ -239,6 +242,11 @@ class Executor:
         hard = _first(msg.time_limit, task.time_limit, conf.task_time_limit)
         soft = _first(msg.soft_time_limit, task.soft_time_limit, conf.task_soft_time_limit)
         args, kwargs = job.args, job.kwargs or {}
+        headers = msg.headers
+        reply_headers = getattr(self.app._backend, "reply_headers", None)
+        if reply_headers is not None and headers:  # rpc://'s routing header: not the task's
+            hidden = reply_headers()
+            headers = {k: v for k, v in headers.items() if k not in hidden}
         request = job.request = context.Request(
             id=msg.id,
             task=msg.task,
@@ -247,7 +255,7 @@ class Executor:
             queue=msg.queue,
             attempt=job.attempt,
             retries=msg.retries,
-            headers=msg.headers,
+            headers=headers,
             hostname=self.hostname,
             eta=msg.eta,
             expires=msg.expires,

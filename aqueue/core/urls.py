@@ -25,6 +25,7 @@ _BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "redis": ("aqueue.backends.redis", "RedisBackend", "redis"),
     "rediss": ("aqueue.backends.redis", "RedisBackend", "redis"),
     "unix": ("aqueue.backends.redis", "RedisBackend", "redis"),
+    "rpc": ("aqueue.backends.rpc", "RPCBackend", "rabbitmq"),
 }
 
 
@@ -86,6 +87,9 @@ def backend_class(url: str) -> Any:
 
 
 def default_backend_url(broker_url: str) -> str | None:
-    """The backend a broker URL implies: the same store where the broker has one."""
+    """The backend a broker URL implies: the same store where the broker has one, and
+    reply queues on the same RabbitMQ (``rpc://``) for an AMQP broker."""
     scheme = scheme_of(broker_url)
+    if scheme in ("amqp", "amqps"):
+        return "rpc://"
     return broker_url if scheme in _BACKENDS else None

@@ -1,0 +1,196 @@
+"""The ``rpc://`` result backend: results pushed to the sender's reply queue on RabbitMQ.
+
+An ``amqp://`` broker with no backend uses it. Most tests run the worker on an App of its
+own (as another process would), so results travel through RabbitMQ to the client's reply
+queue; one runs client and worker on one App, and one runs the quickstart as two processes.
+Every test uses its own prefix; the session deletes its queues at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aqueue import App, Task, TaskFailed, chord
+from aqueue.backends.rpc import REPLY_HEADER, RPCBackend
+from aqueue.core.errors import ConfigurationError
+from aqueue.core.urls import default_backend_url
+from tests.conftest import RABBIT_HOST, RABBIT_PORT, RABBIT_URL, require_service
+
+pytestmark = pytest.mark.rabbitmq
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _register(app: App) -> Any:
+    @app.task(name="rpc.add")
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name="rpc.boom")
+    def boom() -> None:
+        raise ValueError("kaboom")
+
+    @app.task(name="rpc.progress", bind=True)
+    async def progress(self: Task[[int], int], steps: int) -> int:
+        for i in range(steps):
+            await self.update_state("PROGRESS", meta={"done": i + 1})
+            await asyncio.sleep(0.02)
+        return steps
+
+    @app.task(name="rpc.tsum")
+    async def tsum(values: list[int]) -> int:
+        return sum(values)
+
+    return add, boom, progress, tsum
+
+
+@pytest.fixture
+def url(_rabbit_prefixes: list[str]) -> str:
+    require_service("RabbitMQ", RABBIT_HOST, RABBIT_PORT)
+    prefix = f"aqt-{uuid.uuid4().hex[:12]}"
+    _rabbit_prefixes.append(prefix)
+    return f"{RABBIT_URL}?prefix={prefix}"
+
+
+@pytest.fixture
+async def client(url: str) -> AsyncIterator[App]:
+    """A producer App, and a worker on a second App (its own connections and reply queue)."""
+    app = App("q", broker=url)
+    _register(app)
+    worker_app = App("q", broker=url)
+    _register(worker_app)
+    async with app, worker_app, worker_app.worker(concurrency=20):
+        yield app
+
+
+def test_amqp_defaults_to_rpc() -> None:
+    assert default_backend_url("amqp://guest:guest@localhost//") == "rpc://"
+    assert default_backend_url("amqps://u:p@rabbit/vhost") == "rpc://"
+    assert App("q", broker="amqp://guest:guest@localhost//").backend_url == "rpc://"
+    explicit = RPCBackend("rpc://guest:s3cret@127.0.0.1:5672/%2F?prefix=abc&cache_size=5")
+    assert explicit.reply_queue.startswith("abc.reply.")
+    assert "s3cret" not in repr(explicit)
+    with pytest.raises(ConfigurationError, match="amqp://"):
+        RPCBackend("rpc://", broker_url="redis://localhost:6379/0")
+
+
+async def test_result_comes_back(client: App) -> None:
+    add = client.tasks["rpc.add"]
+    handle = await add.delay(2, 2)
+    assert await handle.wait(timeout=10) == 4
+    assert await handle.state() == "SUCCESS"
+    assert await handle.wait(timeout=1) == 4  # kept in this process's cache
+    await handle.forget()
+    assert await client.AsyncResult(handle.id).state() == "PENDING"
+
+
+async def test_failure_raises(client: App) -> None:
+    handle = await client.tasks["rpc.boom"].delay()
+    with pytest.raises(TaskFailed) as info:
+        await handle.wait(timeout=10)
+    assert info.value.exc_type == "ValueError"
+    assert "kaboom" in info.value.exc_message
+
+
+async def test_events_see_progress(client: App) -> None:
+    handle = await client.tasks["rpc.progress"].delay(3)
+    seen = [change async for change in handle.events()]
+    assert seen[-1].state == "SUCCESS" and seen[-1].info == 3
+    progress = [c.info for c in seen if c.state == "PROGRESS"]
+    assert progress and progress[-1] == {"done": 3}
+
+
+async def test_many_waits_share_one_reply_queue(client: App) -> None:
+    add = client.tasks["rpc.add"]
+    handles = [await add.delay(i, i) for i in range(100)]
+    backend = client._backend
+    assert isinstance(backend, RPCBackend)
+    assert {REPLY_HEADER: backend.reply_queue} == backend.reply_headers()
+    results = await asyncio.gather(*(h.wait(timeout=20) for h in handles))
+    assert results == [2 * i for i in range(100)]
+    assert not backend._watchers  # every watcher unsubscribed
+
+
+async def test_only_the_sender_sees_results(client: App, url: str) -> None:
+    handle = await client.tasks["rpc.add"].delay(1, 1)
+    async with App("q", broker=url) as other:
+        with pytest.raises(TimeoutError):
+            await other.AsyncResult(handle.id).wait(timeout=0.5)
+    assert await handle.wait(timeout=10) == 2
+
+
+async def test_revoke_needs_a_shared_backend(client: App) -> None:
+    handle = await client.tasks["rpc.add"].delay(1, 2)
+    with pytest.raises(ConfigurationError, match="revocations"):
+        await client.control.revoke(handle.id)
+    assert await handle.wait(timeout=10) == 3
+
+
+async def test_chord_needs_a_shared_backend(client: App) -> None:
+    add, tsum = client.tasks["rpc.add"], client.tasks["rpc.tsum"]
+    with pytest.raises(ConfigurationError, match="redis://"):
+        await chord([add.s(1, 1), add.s(2, 2)], tsum.s()).delay()
+
+
+async def test_reconnects_with_the_same_reply_queue(client: App) -> None:
+    backend = client._backend
+    assert isinstance(backend, RPCBackend) and backend._conn is not None
+    queue = backend.reply_queue
+    await backend._conn.close()  # as if the connection dropped
+    async with asyncio.timeout(10):
+        while backend._channel is None or backend._channel.is_closed:
+            await asyncio.sleep(0.02)
+    assert backend.reply_queue == queue
+    assert await (await client.tasks["rpc.add"].delay(5, 5)).wait(timeout=10) == 10
+
+
+async def test_same_process_client_and_worker(url: str) -> None:
+    app = App("q", broker=url)
+    add, _, progress, _ = _register(app)
+    async with app, app.worker(concurrency=5):
+        assert await (await add.delay(20, 22)).wait(timeout=10) == 42
+        handle = await progress.delay(2)
+        states = [c.state async for c in handle.events()]
+        assert states[-1] == "SUCCESS" and "PROGRESS" in states
+
+
+def test_quickstart_two_processes(url: str, tmp_path: Path) -> None:
+    qs = ROOT / "examples" / "quickstart"
+    env = {**os.environ, "PYTHONPATH": str(qs), "AQUEUE_BROKER_URL": url}
+    env.pop("AQUEUE_RESULT_BACKEND", None)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "aqueue.cli", "worker", "proj.tasks:app", "-c", "10"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", "import asyncio, proj.tasks as t; print(asyncio.run(t.main()))"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        log = worker.communicate(timeout=30)[0].decode()
+    assert out.stdout.strip() == "8", out.stderr + log
+    assert worker.returncode == 0, log
+
+
+async def test_a_lone_signature_result_comes_back_over_rpc(client: App) -> None:
+    add = client.tasks["rpc.add"]  # the worker runs on another App: routed by reply queue
+    assert await (await add.s(1, 2).delay()).wait(timeout=10) == 3
