@@ -281,12 +281,23 @@ async def test_sigkill_mid_chain_resumes(app: App, env: dict[str, str], tmp_path
     assert runs == {"c1": ["1"], "c2": ["1", "2"], "c3": ["1"]}
 
 
-@pytest.mark.parametrize("kind", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
-def test_demo_runs(kind: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),  # results over rpc://
+    ],
+)
+def test_demo_runs(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     env = {**os.environ}
     env.pop("AQUEUE_BROKER_URL", None)
-    if kind == "redis":
-        env["AQUEUE_BROKER_URL"] = make_url("redis", tmp_path)
+    if kind != "sqlite":
+        env["AQUEUE_BROKER_URL"] = make_url(kind, tmp_path)
+    if kind == "rabbitmq":
+        request.getfixturevalue("_rabbit_prefixes").append(
+            env["AQUEUE_BROKER_URL"].rsplit("prefix=", 1)[1]
+        )
     try:
         out = subprocess.run(
             [sys.executable, str(ROOT / "examples" / "demo.py")],
