@@ -76,6 +76,7 @@ class RabbitMQBroker:
         self._settings = parse_settings(url, options)
         self._topo = Topology(self._settings)
         self.capabilities = Capabilities(
+            exact_size=False,
             delayed_delivery=True,
             # quorum queues: ordered by priority only within this process's prefetch window
             priorities=self._settings.queue_type == "classic",

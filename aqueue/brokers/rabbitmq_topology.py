@@ -29,6 +29,9 @@ REASON_HEADER = "x-aqueue-reason"
 DEAD_AT_HEADER = "x-aqueue-dead-at"
 #: header carrying the aqueue queue name of a dead letter
 QUEUE_HEADER = "x-aqueue-queue"
+#: header of a copy re-published to hand a message back unexecuted: the deliveries it had
+#: already used (a nack would have counted one more)
+PRIOR_HEADER = "x-aqueue-prior-deliveries"
 CONTENT_TYPE = "application/x-aqueue"
 
 #: delay levels are 2**k milliseconds for k in this range: 16 ms ... 2**31 ms (~24.8 days)

@@ -75,6 +75,9 @@ class Capabilities:
     shared: bool = True
     #: leases expire and need renewing (False where the connection is the lease)
     leases: bool = True
+    #: ``size()`` counts every message; False where some are invisible for a moment (a
+    #: delayed message moving between RabbitMQ's delay queues, another process's unacked)
+    exact_size: bool = True
 
 
 @runtime_checkable

@@ -96,7 +96,8 @@ async def test_delayed_message_waits_on_the_broker(broker: Broker) -> None:
     m = msg(eta=due)
     await broker.publish([m])
     assert await claim(broker) == []
-    assert await broker.size("q") == 1
+    if broker.capabilities.exact_size:  # best effort on RabbitMQ (docs/brokers/rabbitmq.md)
+        assert await broker.size("q") == 1
     got = await claim(broker, timeout=5.0)  # returns when due, without another publish
     assert [d.id for d in got] == [m.id]
     assert time.time() >= due - 0.05
