@@ -39,3 +39,9 @@ services:
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+## make bench: the side-by-side benchmark (docs/benchmarks.md); peers live in .bench-venv
+.PHONY: bench
+bench:
+	$(PYTHON) -m benchmarks setup
+	.bench-venv/bin/python -m benchmarks run
