@@ -50,6 +50,15 @@ class ArgumentSpec:
         self._var_positional: Any = None
         self._var_keyword: Any = None
         self._result: Any = Any
+        # positional counts that need no bind() when no keyword is passed (the common call)
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        required_kw = [p for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+        self._min_pos = sum(1 for p in positional if p.default is p.empty)
+        self._max_pos = (
+            -1
+            if required_kw or any(p.kind is p.VAR_POSITIONAL for p in params)
+            else len(positional)
+        )
 
     def _resolve(self) -> None:
         try:
@@ -125,10 +134,11 @@ class ArgumentSpec:
         for key, item in named.items():
             tp = self._by_name.get(key, self._var_keyword if self._var_keyword else Any)
             kwargs[key] = self._decode_one(item, tp, key, fmt)
-        try:
-            self.signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise ArgumentError(str(exc)) from None
+        if kwargs or not self._min_pos <= len(args) <= self._max_pos:
+            try:
+                self.signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise ArgumentError(str(exc)) from None
         return tuple(args), kwargs
 
     @staticmethod

@@ -277,8 +277,12 @@ class Executor:
         async def call() -> Any:
             if task.is_async:
                 value = task(*args, **kwargs)
+                if soft is None and hard is None:  # the common case: no wrapper frames
+                    return await value if inspect.isawaitable(value) else value
+                if inspect.iscoroutine(value):
+                    return await limits.run_coroutine(value, soft=soft, hard=hard)
                 if inspect.isawaitable(value):
-                    value = await limits.run_coroutine(_as_coroutine(value), soft=soft, hard=hard)
+                    return await limits.run_coroutine(_as_coroutine(value), soft=soft, hard=hard)
                 return value
             if task.offload == "process":
                 return await self.processes().run(task, args, kwargs, soft=soft, hard=hard)
@@ -556,8 +560,11 @@ def is_terminate(record_error: ErrorInfo | None) -> bool:
     return record_error is not None and record_error.reason == TERMINATE
 
 
-def _first(*values: float | None) -> float | None:
-    return next((v for v in values if v is not None), None)
+def _first(a: float | None, b: float | None, c: float | None) -> float | None:
+    """The first of three settings that is set (per task: no generator, no varargs)."""
+    if a is not None:
+        return a
+    return b if b is not None else c
 
 
 async def _as_coroutine(awaitable: Any) -> Any:

@@ -331,7 +331,7 @@ class Worker:
         # message is the cause, and the tasks that died with it earlier are not blamed
         alone = delivery.delivery_count == self.app.conf.max_deliveries > 1
         try:
-            async with self._alone(self.concurrency if alone else 1, delivery.id):
+            async with self._alone(delivery.id) if alone else self._slots:
                 if self._stopping.is_set() or delivery.id in self._handed_back:
                     return  # handed back by _release_waiting
                 started = True
@@ -358,12 +358,9 @@ class Worker:
             self._room.set()
 
     @contextlib.asynccontextmanager
-    async def _alone(self, permits: int, delivery_id: str) -> AsyncIterator[None]:
-        """Hold ``permits`` of the concurrency slots (all of them: run alone)."""
-        if permits == 1:
-            async with self._slots:
-                yield
-            return
+    async def _alone(self, delivery_id: str) -> AsyncIterator[None]:
+        """Hold every concurrency slot, and nothing else: run ``delivery_id`` alone."""
+        permits = self.concurrency
         taken = 0
         try:
             async with self._exclusive:  # one exclusive taker at a time gathers every slot
