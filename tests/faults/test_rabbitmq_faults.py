@@ -191,8 +191,12 @@ async def test_row15_rabbitmq_restarted(tmp_path: Path, request: pytest.FixtureR
     worker_app, _ = make_app(url, backend, tally)
     during = range(n_before, n_before + n_during)
 
+    down = asyncio.Event()
+
     async def produce_during(ids: range) -> None:
-        for i in ids:
+        for k, i in enumerate(ids):
+            if k == len(ids) - 1:
+                await down.wait()  # however long stop_app takes, the last send meets the outage
             await send(produce_task, i, sends, prefix=prefix)
             await asyncio.sleep(0.1)  # still producing when the server goes down
 
@@ -210,6 +214,7 @@ async def test_row15_rabbitmq_restarted(tmp_path: Path, request: pytest.FixtureR
                 stopped = await asyncio.to_thread(rabbitmqctl, "stop_app")
                 assert stopped.returncode == 0, stopped.stderr
                 t_down = time.monotonic()
+                down.set()
                 # down until a publish failed during the outage (bounded): the row's point
                 async with asyncio.timeout(10):
                     while not sends.failed_since(t_down):
