@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
@@ -28,13 +28,10 @@ from aqueue.core.protocols import Delivery, Lease
 
 from .rabbitmq_delivery import Consumer, Pending, RabbitMQDelivery, Waiters
 from .rabbitmq_link import AMQP_ERRORS, Link
+from .rabbitmq_settle import Settlement
 from .rabbitmq_topology import (
-    DEAD_AT_HEADER,
     ETA_HEADER,
     PRIOR_HEADER,
-    QUEUE_HEADER,
-    REASON_HEADER,
-    eta_ms,
 )
 
 log = logging.getLogger("aqueue.broker.rabbitmq")
@@ -43,16 +40,14 @@ T = TypeVar("T")
 #: how long a claim waits, at most, for the messages a freshly started consumer was told
 #: are ready, so that "earlier queues first" and "highest priority first" see them all
 PRIME_WAIT = 1.0
-#: longest wait, before consumers are cancelled, for deliveries already on their way
-QUIESCE_MAX = 1.0
 #: pause before handing back a message whose next delay hop could not be published
 REDELAY_RETRY = 1.0
 MAX_PREFETCH = 65535
 UNCOUNTED_MAX = 100_000
 
 
-class Consumers:
-    """Consumers, their buffers, claims and settlement for one broker."""
+class Consumers(Settlement):
+    """Consumers, their buffers and claims for one broker (settlement: rabbitmq_settle)."""
 
     def __init__(self, link: Link) -> None:
         self.link = link
@@ -502,235 +497,6 @@ class Consumers:
             await asyncio.wait(tasks, timeout=self.settings.operation_timeout)
 
     # -- settling -------------------------------------------------------------------
-
-    def _holds(self, d: RabbitMQDelivery) -> bool:
-        return not d._settled and d._gen == self.link.gen and self.link.live("cons") is not None
-
-    def _settle(self, d: RabbitMQDelivery) -> None:
-        d._settled = True
-        with self._live_lock:
-            self._live.discard(d.lease.token)
-        if d._gen == self.link.gen:
-            left = self.inflight.get(d.queue, 0) - 1
-            if left > 0:
-                self.inflight[d.queue] = left
-            else:
-                self.inflight.pop(d.queue, None)
-
-    async def _basic(self, d: RabbitMQDelivery, op: Callable[[], Awaitable[None]]) -> bool:
-        self._settle(d)
-        try:
-            async with asyncio.timeout(self.settings.operation_timeout):
-                await op()
-        except Exception as exc:  # the channel died under us: it will be redelivered
-            log.debug("settling %s failed: %s", d.id, type(exc).__name__)
-            return False
-        return True
-
-    async def _final(self, d: RabbitMQDelivery) -> bool:
-        """Ack: the message is gone for good, and so is its delivery-count correction."""
-        ok = await self._basic(d, d._message.ack)
-        if ok:
-            self._uncounted.pop(d.id, None)
-        return ok
-
-    async def ack(self, d: RabbitMQDelivery) -> bool:
-        if not self._holds(d):
-            return False
-        return await self._final(d)
-
-    async def release(self, d: RabbitMQDelivery, *, executed: bool) -> bool:
-        if not self._holds(d):
-            return False
-        others = sum(self.inflight.values()) > 1
-        if not self._active and (executed or others or self._withdrawn):
-            # Handed back while nothing claims: the worker is stopping, or runs a poison
-            # suspect alone. Hold nothing more: a nacked message must not come straight back
-            # to this process (to be counted again when it closes or dies), and if it dies
-            # now, messages it merely buffered must not be blamed. (Unexecuted, with nothing
-            # else held: back into the buffer, below; the idle pause hands it back.)
-            await self._withdraw()
-            if not self._holds(d):
-                return False
-            if not executed:
-                self._settle(d)
-                pending = Pending(d._message, d.id, d.queue, d._count, d._priority, d._gen)
-                await self._return_uncounted([pending])  # or kept here if that fails
-                return True
-        if executed:
-            return await self._basic(d, partial(d._message.nack, requeue=True))
-        # never started: back into the buffer, still unacknowledged on the same channel
-        self._settle(d)
-        self._push(Pending(d._message, d.id, d.queue, d._count, d._priority, d._gen))
-        return True
-
-    def _push(self, pending: Pending) -> None:
-        """Back into the buffer, unacknowledged on its channel: claimable here at once."""
-        heapq.heappush(
-            self.buffers.setdefault(pending.queue, []),
-            (-pending.priority, next(self._seq), pending),
-        )
-        self._waiters.notify()
-        if not self._active:
-            self._arm_idle()
-
-    async def _withdraw(self) -> None:
-        """Cancel the consumers and hand back what they buffered, without counting a
-        delivery; the next claim starts them again."""
-        async with self._lock:  # not while a claim starts consumers
-            if self._active:
-                return
-            consumers = list(self.consumers.values())
-            try:
-                await self._quiesce(consumers)
-            except (*AMQP_ERRORS, BrokerError, TimeoutError) as exc:
-                log.debug("waiting for deliveries on their way failed: %s", type(exc).__name__)
-            self._withdrawn = True
-            for c in consumers:
-                self.drop(c, cancel=False)
-            try:
-                async with asyncio.timeout(self.settings.operation_timeout):
-                    for c in consumers:
-                        await c.amqp_queue.cancel(c.tag)
-            except Exception as exc:  # the channel is gone: RabbitMQ requeued everything
-                log.debug("withdrawing consumers failed: %s", type(exc).__name__)
-                return
-            pending = [p for heap in self.buffers.values() for _, _, p in heap]
-            self.buffers.clear()
-            if pending:
-                await self._return_uncounted(pending)
-                log.info("not claiming: handed back %d buffered message(s)", len(pending))
-
-    async def _quiesce(self, consumers: Sequence[Consumer]) -> None:
-        """Before cancelling consumers, let the deliveries already on their way arrive.
-
-        RabbitMQ (3.10) returns a delivery still on its way to a cancelled consumer and
-        counts it, though no task ever saw it; a consumer with its window full, or whose
-        queue had nothing ready and that received nothing during a round trip, has none on
-        its way. Bounded by ``QUIESCE_MAX`` (other consumers may keep a window from filling).
-        """
-        if not consumers:
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + QUIESCE_MAX
-        names = [self.topo.work(c.queue) for c in consumers]
-        while loop.time() < deadline:
-            held = sum(self.inflight.values()) + sum(len(h) for h in self.buffers.values())
-            if self.prefetch and held >= self.prefetch:
-                return  # no credit left: nothing can be on its way
-            received = sum(c.received for c in consumers)
-            async with asyncio.timeout(self.settings.operation_timeout):
-                ready = sum((await self.link.probe(names)).values())
-            await self._acks_processed()  # a round trip on the consuming channel
-            if not ready and sum(c.received for c in consumers) == received:
-                return
-            waiter = self._waiters.new()
-            try:
-                async with asyncio.timeout(max(0.001, min(0.05, deadline - loop.time()))):
-                    await waiter
-            except TimeoutError:
-                pass
-            finally:
-                self._waiters.futures.discard(waiter)
-
-    async def _return_uncounted(self, pending: Sequence[Pending]) -> bool:
-        """Hand messages back to their queues without counting a delivery (a nack would):
-        publish copies carrying the deliveries they used (confirmed), then ack the originals.
-
-        At-least-once: if the connection dies between the confirm and an ack, the copy and
-        the original both exist. Returns whether every one was handed back; one that could
-        not be re-published goes back into the buffer (its channel still alive) and returns
-        with a delivery counted when this process pauses, closes or dies.
-        """
-        if self.link.live("cons") is None:
-            return False  # their channel died: RabbitMQ requeued them already
-        live = [p for p in pending if p.gen == self.link.gen]
-
-        async def one(p: Pending) -> bool:
-            headers = {PRIOR_HEADER: p.count - 1} if p.count > 1 else None
-            try:
-                async with asyncio.timeout(self.settings.operation_timeout):
-                    await self.link.ensure_queue(p.queue)
-                    await self.link.send(p.queue, p.id, p.message.body, p.priority, None, headers)
-            except Exception as exc:
-                log.warning(
-                    "could not hand back message %s of queue %s uncounted (%s); keeping it",
-                    p.id,
-                    p.queue,
-                    self.link.scrub(exc),
-                )
-                if p.gen == self.link.gen:
-                    self._push(p)
-                return False
-            if p.gen != self.link.gen:
-                return True  # the channel died after the confirm: the original comes back too
-            try:
-                async with asyncio.timeout(self.settings.operation_timeout):
-                    await p.message.ack()
-            except Exception as exc:  # the copy is stored; the original will come back too
-                log.warning(
-                    "message %s handed back but its ack failed (%s): it may arrive twice",
-                    p.id,
-                    self.link.scrub(exc),
-                )
-            self._uncounted.pop(p.id, None)  # the copy carries its count
-            return True
-
-        done = await asyncio.gather(*(one(p) for p in live))
-        await self._acks_processed()
-        return all(done) and len(live) == len(pending)
-
-    async def _acks_processed(self) -> None:
-        """One round trip on the consuming channel, so RabbitMQ has processed the acks sent
-        before it (an ack has no reply). Without it, a process that dies right after (a
-        poison suspect running alone) can lose them, and the originals come back counted."""
-        channel = self.link.live("cons")
-        if channel is None:
-            return
-        try:
-            async with asyncio.timeout(self.settings.operation_timeout):
-                await channel.set_qos(prefetch_count=self.prefetch)
-        except Exception as exc:  # the channel died: what was not acked comes back anyway
-            log.debug("waiting for acks to be processed failed: %s", type(exc).__name__)
-
-    async def _publish_then_ack(
-        self,
-        d: RabbitMQDelivery,
-        body: bytes,
-        eta: int | None,
-        headers: dict[str, Any] | None = None,
-        routing_key: str | None = None,
-    ) -> bool:
-        """The new message first (confirmed), then the ack: at-least-once. If the ack is
-        lost, both exist: the old one is redelivered (a duplicate with a named cause)."""
-        if not self._holds(d):
-            return False
-        try:
-            async with asyncio.timeout(self.settings.operation_timeout):
-                await self.link.ensure_queue(d.queue)
-                await self.link.send(
-                    d.queue, d.id, body, d._priority, eta, headers, routing_key=routing_key
-                )
-        except Exception as exc:
-            if isinstance(exc, TimeoutError):
-                exc = TimeoutError(f"no confirm within {self.settings.operation_timeout}s")
-            raise self.link.publish_error(exc, d.queue) from None
-        if not self._holds(d):
-            return False
-        return await self._final(d)
-
-    async def requeue(self, d: RabbitMQDelivery, body: bytes, eta: float | None) -> bool:
-        return await self._publish_then_ack(d, body, eta_ms(eta))
-
-    async def dead_letter(self, d: RabbitMQDelivery, reason: str) -> bool:
-        headers = {
-            REASON_HEADER: reason,
-            DEAD_AT_HEADER: int(time.time() * 1000),
-            QUEUE_HEADER: d.queue,
-        }
-        return await self._publish_then_ack(
-            d, d.body, None, headers, routing_key=self.topo.dlq(d.queue)
-        )
 
 
 async def _with_timeout(coro: Awaitable[T], seconds: float) -> T:
