@@ -443,15 +443,7 @@ class Consumers(Settlement):
         async with self._lock:  # not while a claim starts consumers
             if not self._idle_now():
                 return
-            consumers = list(self.consumers.values())
-            for c in consumers:
-                self.drop(c, cancel=False)
-            try:
-                async with asyncio.timeout(self.settings.operation_timeout):
-                    for c in consumers:
-                        await c.amqp_queue.cancel(c.tag)
-            except Exception as exc:  # the channel is gone: RabbitMQ requeued everything
-                log.debug("pausing consumers failed: %s", type(exc).__name__)
+            if not await self._cancel_consumers(list(self.consumers.values()), "pausing"):
                 return
             pending = [p for heap in self.buffers.values() for _, _, p in heap]
             self.buffers.clear()

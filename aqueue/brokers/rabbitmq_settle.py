@@ -62,6 +62,20 @@ class Settlement:
     def drop(self, c: Consumer, *, cancel: bool = True) -> None:
         raise NotImplementedError
 
+    async def _cancel_consumers(self, consumers: Sequence[Consumer], doing: str) -> bool:
+        """Forget and cancel ``consumers``; ``False`` if their channel is gone (RabbitMQ has
+        requeued everything they held, so there is nothing left to hand back)."""
+        for c in consumers:
+            self.drop(c, cancel=False)
+        try:
+            async with asyncio.timeout(self.settings.operation_timeout):
+                for c in consumers:
+                    await c.amqp_queue.cancel(c.tag)
+        except Exception as exc:
+            log.debug("%s consumers failed: %s", doing, type(exc).__name__)
+            return False
+        return True
+
     def _arm_idle(self) -> None:
         raise NotImplementedError
 
@@ -148,14 +162,7 @@ class Settlement:
             except (*AMQP_ERRORS, BrokerError, TimeoutError) as exc:
                 log.debug("waiting for deliveries on their way failed: %s", type(exc).__name__)
             self._withdrawn = True
-            for c in consumers:
-                self.drop(c, cancel=False)
-            try:
-                async with asyncio.timeout(self.settings.operation_timeout):
-                    for c in consumers:
-                        await c.amqp_queue.cancel(c.tag)
-            except Exception as exc:  # the channel is gone: RabbitMQ requeued everything
-                log.debug("withdrawing consumers failed: %s", type(exc).__name__)
+            if not await self._cancel_consumers(consumers, "withdrawing"):
                 return
             pending = [p for heap in self.buffers.values() for _, _, p in heap]
             self.buffers.clear()
