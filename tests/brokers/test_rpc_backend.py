@@ -9,10 +9,6 @@ Every test uses its own prefix; the session deletes its queues at the end.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -162,33 +158,6 @@ async def test_same_process_client_and_worker(url: str) -> None:
         handle = await progress.delay(2)
         states = [c.state async for c in handle.events()]
         assert states[-1] == "SUCCESS" and "PROGRESS" in states
-
-
-def test_quickstart_two_processes(url: str, tmp_path: Path) -> None:
-    qs = ROOT / "examples" / "quickstart"
-    env = {**os.environ, "PYTHONPATH": str(qs), "AQUEUE_BROKER_URL": url}
-    env.pop("AQUEUE_RESULT_BACKEND", None)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "aqueue.cli", "worker", "proj.tasks:app", "-c", "10"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        out = subprocess.run(
-            [sys.executable, "-c", "import asyncio, proj.tasks as t; print(asyncio.run(t.main()))"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        log = worker.communicate(timeout=30)[0].decode()
-    assert out.stdout.strip() == "8", out.stderr + log
-    assert worker.returncode == 0, log
 
 
 async def test_a_lone_signature_result_comes_back_over_rpc(client: App) -> None:

@@ -245,13 +245,27 @@ async def test_poison_task_killing_its_process_is_dead_lettered(
     assert [(d.id, d.reason) for d in letters] == [(bad.id, "max_deliveries")]
 
 
-@pytest.mark.parametrize("kind", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
-def test_quickstart_two_processes(kind: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),  # results over rpc://
+    ],
+)
+def test_quickstart_two_processes(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     qs = ROOT / "examples" / "quickstart"
     env = {**os.environ, "PYTHONPATH": str(qs)}
     env.pop("AQUEUE_BROKER_URL", None)
-    if kind == "redis":  # the same code on Redis, by changing one URL
-        env["AQUEUE_BROKER_URL"] = make_url("redis", tmp_path)
+    env.pop("AQUEUE_RESULT_BACKEND", None)
+    if kind != "sqlite":  # the same code on a server, by changing one URL
+        env["AQUEUE_BROKER_URL"] = make_url(kind, tmp_path)
+    if kind == "rabbitmq":
+        request.getfixturevalue("_rabbit_prefixes").append(
+            env["AQUEUE_BROKER_URL"].rsplit("prefix=", 1)[1]
+        )
     worker = subprocess.Popen(
         [
             sys.executable,
