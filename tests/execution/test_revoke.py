@@ -44,8 +44,11 @@ async def test_terminate_cancels_a_running_coroutine(app: App) -> None:
             cancelled.set()
             raise
 
+    signalled = asyncio.Event()
+
     def on_revoked(sender: object, *, task_id: str, terminated: bool, expired: bool) -> None:
         seen.append((task_id, terminated))
+        signalled.set()
 
     task_revoked.connect(on_revoked)
     try:
@@ -58,9 +61,8 @@ async def test_terminate_cancels_a_running_coroutine(app: App) -> None:
                 await cancelled.wait()
             with pytest.raises(TaskRevoked):
                 await h.wait(timeout=10)
-            async with asyncio.timeout(10):
-                while not seen:  # the signal fires after the ack, just after the cancel
-                    await asyncio.sleep(0.01)
+            async with asyncio.timeout(10):  # the signal fires after the ack, after the cancel
+                await signalled.wait()
     finally:
         task_revoked.disconnect(on_revoked)
     assert seen == [(h.id, True)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ from aqueue.core.message import ErrorInfo
 @dataclass
 class Calls:
     log: list[tuple[str, Any]] = field(default_factory=list)
+    errback_ran: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @pytest.fixture
@@ -56,6 +58,7 @@ def t(app: App, calls: Calls) -> Any:
     @app.task(name="w.on_err")
     async def on_err(task_id: str, error: ErrorInfo) -> str:
         calls.log.append(("errback", (task_id, error.type, error.message)))
+        calls.errback_ran.set()
         return task_id
 
     @app.task(name="w.record")

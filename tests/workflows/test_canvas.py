@@ -64,9 +64,8 @@ async def test_link_and_link_error(app: App, t: Any, calls: Calls) -> None:
         bad = await t.fail.apply_async((7,), link=t.record.s(), link_error=t.on_err.s())
         with pytest.raises(TaskFailed):
             await bad.wait(timeout=10)
-        async with asyncio.timeout(10):
-            while not any(c[0] == "errback" for c in calls.log):
-                await asyncio.sleep(0.01)  # the errback runs after the failure is stored
+        async with asyncio.timeout(10):  # the errback runs after the failure is stored
+            await calls.errback_ran.wait()
         await (await t.add.delay(0, 0)).wait(timeout=10)
     assert ("record", 4) in calls.log
     assert ("errback", (bad.id, "ValueError", "bad 7")) in calls.log
@@ -155,8 +154,7 @@ async def test_chord_member_failure_fails_the_chord(app: App, t: Any, calls: Cal
         with pytest.raises(TaskFailed, match="bad 3"):
             await res.wait(timeout=10)
         async with asyncio.timeout(10):
-            while not any(c[0] == "errback" for c in calls.log):
-                await asyncio.sleep(0.01)
+            await calls.errback_ran.wait()
     assert not any(c[0] == "tsum" for c in calls.log)
     [(_, (errored_id, kind, _msg))] = [c for c in calls.log if c[0] == "errback"]
     assert errored_id == res.id and kind == "ValueError"
