@@ -349,9 +349,7 @@ class App:
     ) -> AsyncResult[Any]:
         msg, fmt = self._build(name, args, kwargs, options, task, check)
         await self._connected_broker()  # connects the backend too, which may route results
-        reply_headers = getattr(self._backend, "reply_headers", None)
-        if reply_headers is not None:  # rpc://: the reply queue results are pushed to
-            msg = msgspec.structs.replace(msg, headers={**reply_headers(), **msg.headers})
+        msg = self._with_reply_headers(msg)
         if self.middleware:
             sent: list[MessageOut] = []
 
@@ -366,6 +364,13 @@ class App:
             task_id = msg.id
         result_type = task.spec.result_type if task is not None else Any
         return AsyncResult(self, task_id, result_type=result_type, task=task)
+
+    def _with_reply_headers(self, msg: MessageOut) -> MessageOut:
+        """Add where results go, for a backend that routes them to the caller (rpc://)."""
+        reply_headers = getattr(self._backend, "reply_headers", None)
+        if reply_headers is None:
+            return msg
+        return msgspec.structs.replace(msg, headers={**reply_headers(), **msg.headers})
 
     async def _publish(self, msg: MessageOut, fmt: SerializerName) -> None:
         # encoded once, and refused if oversized before any I/O

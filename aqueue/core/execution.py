@@ -242,11 +242,7 @@ class Executor:
         hard = _first(msg.time_limit, task.time_limit, conf.task_time_limit)
         soft = _first(msg.soft_time_limit, task.soft_time_limit, conf.task_soft_time_limit)
         args, kwargs = job.args, job.kwargs or {}
-        headers = msg.headers
-        reply_headers = getattr(self.app._backend, "reply_headers", None)
-        if reply_headers is not None and headers:  # rpc://'s routing header: not the task's
-            hidden = reply_headers()
-            headers = {k: v for k, v in headers.items() if k not in hidden}
+        headers = _user_headers(msg.headers)
         request = job.request = context.Request(
             id=msg.id,
             task=msg.task,
@@ -558,6 +554,16 @@ class Executor:
 def is_terminate(record_error: ErrorInfo | None) -> bool:
     """Whether a REVOKED record asks running executions to stop."""
     return record_error is not None and record_error.reason == TERMINATE
+
+
+#: headers aqueue itself puts in messages (rate slots, rpc:// routing): not shown to tasks
+INTERNAL_HEADER_PREFIX = "x-aqueue-"
+
+
+def _user_headers(headers: dict[str, str]) -> dict[str, str]:
+    if not headers or not any(k.startswith(INTERNAL_HEADER_PREFIX) for k in headers):
+        return headers
+    return {k: v for k, v in headers.items() if not k.startswith(INTERNAL_HEADER_PREFIX)}
 
 
 def _first(a: float | None, b: float | None, c: float | None) -> float | None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from ..core.canvas import ChainNode, GroupNode, Node, TaskNode, all_ids
 from ..core.message import ResultOut, decode_result
 from ..core.result import AsyncResult
@@ -52,10 +50,7 @@ async def _start(app: App, node: Node) -> AsyncResult[Any] | GroupResult[Any]:
             ttl=app.conf.result_expires,
         )
     messages = await app.workflows.build(node, root_id=root_id)
-    reply_headers = getattr(app._backend, "reply_headers", None)
-    if reply_headers is not None:  # rpc://: results are pushed to this process's reply queue
-        extra = reply_headers()
-        messages = [msgspec.structs.replace(m, headers={**extra, **m.headers}) for m in messages]
+    messages = [app._with_reply_headers(m) for m in messages]
     await app.workflows.publish(messages)
     result = result_tree(app, node)
     if isinstance(result, AsyncResult):

@@ -178,3 +178,13 @@ async def test_current_task(app: App) -> None:
     async with app.worker():
         h = await who.delay()
         assert await h.wait(timeout=10) == f"h.who:{h.id}"
+
+
+async def test_internal_headers_are_not_shown_to_tasks(app: App) -> None:
+    @app.task(name="h.headers", bind=True)
+    async def headers(self: Task[[], dict[str, str]]) -> dict[str, str]:
+        return self.request.headers
+
+    async with app.worker():
+        h = await headers.apply_async(headers={"trace": "t", "x-aqueue-rate-slot": "1.0"})
+        assert await h.wait(timeout=10) == {"trace": "t"}
