@@ -154,13 +154,18 @@ class RedisBackend:
         return f"<RedisBackend {self._settings.redacted} prefix={self._prefix!r}>"
 
     def _key(self, task_id: str) -> str:
-        head, tail = self._key_parts
+        head, tail = self.key_parts
         return f"{head}{task_id}{tail}"
 
     @property
-    def _key_parts(self) -> tuple[str, str]:
+    def key_parts(self) -> tuple[str, str]:
         """What goes before and after the task id in its key (and channel) name."""
         return f"{self._prefix}:{{t:", "}:result"
+
+    @property
+    def server_url(self) -> str:
+        """The server and database it stores in (password included: never print it)."""
+        return self._settings.url
 
     async def connect(self) -> None:
         """Create the connection pool and check the server answers; idempotent."""
@@ -212,7 +217,7 @@ class RedisBackend:
         for task_id, record, state, attempt, ttl in items:
             ttl_ms = -1 if ttl is None else max(1, int(ttl * 1000))
             fields += (task_id, record, state, str(int(attempt)), str(ttl_ms))
-        args: list[str | bytes | int | float] = [*self._key_parts, *pack_fields(fields)]
+        args: list[str | bytes | int | float] = [*self.key_parts, *pack_fields(fields)]
         calls: list[ScriptCall] = [(STORE, [], args)]
         client = await self._redis()
         [reply] = await guarded(
@@ -230,7 +235,7 @@ class RedisBackend:
         if not task_ids:
             return []
         client = await self._redis()
-        args: list[str | bytes | int | float] = [*self._key_parts, *task_ids]
+        args: list[str | bytes | int | float] = [*self.key_parts, *task_ids]
 
         async def read() -> list[Any]:
             # keys built in the script, as in STORE (a cluster would need a call per slot)

@@ -16,6 +16,7 @@ from functools import partial
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, ResponseError
 
 from aqueue.core.errors import BrokerError, IndeterminatePublish, PublishTimeout
 from aqueue.core.protocols import Capabilities, DeadLetter, Delivery, Lease, Outgoing
@@ -24,6 +25,7 @@ from . import redis_scripts as lua
 from .redis_connection import (
     Coalescer,
     LazySyncClient,
+    RedisSettings,
     ScriptCall,
     command,
     guarded,
@@ -57,13 +59,23 @@ _Op = tuple[str, Lease, bytes | str, str]
 class RedisDelivery:
     """One claimed message; settle it exactly once with ack, release, requeue or dead_letter."""
 
-    __slots__ = ("_body", "_broker", "_count", "_lease")
+    __slots__ = ("_body", "_broker", "_count", "_lease", "prior")
 
-    def __init__(self, broker: RedisBroker, lease: Lease, body: bytes, count: int) -> None:
+    def __init__(
+        self,
+        broker: RedisBroker,
+        lease: Lease,
+        body: bytes,
+        count: int,
+        prior: bytes | None = None,
+    ) -> None:
         self._broker = broker
         self._lease = lease
         self._body = body
         self._count = count
+        #: the task's stored result record when claimed, if the broker reads records
+        #: (see :meth:`RedisBroker.bind_records`); ``None`` otherwise or if there is none
+        self.prior = prior
 
     @property
     def id(self) -> str:
@@ -151,6 +163,8 @@ class RedisBroker:
         )
         self._throttle = RedisThrottle(self._settings, self._redis, self._sync)
         self._keys: dict[str, tuple[str, ...]] = {}
+        # the result backend's key head and tail, when claims read the stored records
+        self._record_keys: tuple[str, str] = ("", "")
         # hand-backs of cancelled claims still in progress; close() waits for them
         self._background: set[asyncio.Future[Any]] = set()
         # a blocking wait never outlives the socket timeout, so a blocked read is never
@@ -279,6 +293,21 @@ class RedisBroker:
 
     # -- claim --------------------------------------------------------------------------
 
+    def bind_records(self, backend: object) -> bool:
+        """Make every claim also return the claimed tasks' stored result records.
+
+        Only possible when ``backend`` is a Redis result backend on the same server and
+        database: the claim script then reads them (``RedisDelivery.prior``), and the
+        worker saves the separate lookup it makes per batch for revocations and finished
+        duplicates. Returns whether the records are now read inline.
+        """
+        from aqueue.backends.redis import RedisBackend
+
+        if not isinstance(backend, RedisBackend) or backend.server_url != self._settings.url:
+            return False
+        self._record_keys = backend.key_parts
+        return True
+
     async def claim(
         self,
         queues: Sequence[str],
@@ -293,7 +322,9 @@ class RedisBroker:
         One script call claims the batch. When nothing is due, waits on the queues'
         notification lists (``BLPOP``) until a publish or hand-back arrives, the next
         delayed message is due, the next lease expires, or ``timeout`` runs out: no
-        polling. ``owner`` is not stored; the lease token identifies the holder.
+        polling. The wait and the claim that follows it travel together (see
+        :meth:`_wait_and_claim`), so a woken worker holds its messages without another
+        round trip. ``owner`` is not stored; the lease token identifies the holder.
         """
         if limit <= 0 or not queues:
             return []
@@ -304,12 +335,17 @@ class RedisBroker:
         for queue in queues:
             keys += self._queue_keys(queue)[:8]
         notify = [self._queue_keys(queue)[7] for queue in queues]
-        args: list[str | bytes | int | float] = [limit, repr(float(lease_seconds)), _MOVE_BATCH]
+        args: list[str | bytes | int | float] = [
+            limit,
+            repr(float(lease_seconds)),
+            _MOVE_BATCH,
+            *self._record_keys,
+        ]
         client = await self._redis()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
+        reply = await self._claim_once(client, queues, keys, args)
         while True:
-            reply = await self._claim_once(client, queues, keys, args)
             wake_ms, count = int(reply[0]), int(reply[1])
             if count:
                 return self._deliveries(queues, reply)
@@ -321,16 +357,9 @@ class RedisBroker:
                 block = min(block, wake_ms / 1000)
             # BLPOP's timeout has millisecond resolution; zero would mean "forever"
             block = max(block, 0.001)
-            # Cancelling the wait is safe: redis-py drops the connection, and a wake-up
-            # token it may have taken only delays other idle claimers by one wait.
-            await guarded(
-                self._settings,
-                "claim (wait)",
-                partial(command, client, "BLPOP", *notify, f"{block:.3f}"),
-                error=BrokerError,
-                deadline=self._settings.operation_timeout + block,
-            )
+            reply = await self._wait_and_claim(client, queues, notify, block, keys, args)
             if self._client is not client:
+                self._hand_back_reply(queues, reply)
                 raise BrokerError(f"the broker on {self._settings.redacted} was closed")
 
     async def _claim_once(
@@ -359,14 +388,64 @@ class RedisBroker:
             raise
         return list(reply)
 
+    async def _wait_and_claim(
+        self,
+        client: aioredis.Redis,
+        queues: list[str],
+        notify: list[str],
+        block: float,
+        keys: list[str],
+        args: list[str | bytes | int | float],
+    ) -> list[Any]:
+        """``BLPOP`` on the notification lists and the claim script, in one round trip.
+
+        Both are written at once on one connection: Redis runs the claim the moment the
+        wait ends (a wake-up token, or the timeout), so a woken worker gets its messages
+        in the reply to its wait. The claim is cancel-safe as in :meth:`_claim_once`: the
+        exchange is shielded, a cancelled wait is ended early with ``CLIENT UNBLOCK``, and
+        whatever the claim then took is handed back uncounted.
+        """
+        exchange = _BlockingClaim(self._settings, client, notify, block, keys, args)
+        call = asyncio.ensure_future(
+            guarded(
+                self._settings,
+                "claim (wait)",
+                exchange.run,
+                error=BrokerError,
+                deadline=self._settings.operation_timeout + block,
+            )
+        )
+        try:
+            reply = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            self._track(call)
+            call.add_done_callback(partial(self._hand_back, queues))
+            unblock = asyncio.ensure_future(exchange.unblock(call))
+            self._track(unblock)
+            unblock.add_done_callback(_log_failure)
+            raise
+        if reply is None:  # the claim script was not loaded (a restarted server)
+            return await self._claim_once(client, queues, keys, args)
+        return reply
+
+    def _hand_back_reply(self, queues: list[str], reply: list[Any]) -> None:
+        if int(reply[1]):
+            done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+            done.set_result(reply)
+            self._hand_back(queues, done)
+
     def _track(self, future: asyncio.Future[Any]) -> None:
         self._background.add(future)
         future.add_done_callback(self._background.discard)
 
-    def _hand_back(self, queues: list[str], call: asyncio.Future[list[Any]]) -> None:
+    def _hand_back(self, queues: list[str], call: asyncio.Future[Any]) -> None:
         if call.cancelled() or call.exception() is not None:
             return
-        [reply] = call.result()
+        result = call.result()
+        if result is None:  # a wait whose claim did not run
+            return
+        # a claim's run_scripts() answers a list of one reply; a wait answers the reply
+        reply = result[0] if len(result) == 1 else result
         if not int(reply[1]):
             return
         deliveries = self._deliveries(queues, reply)
@@ -378,11 +457,11 @@ class RedisBroker:
 
     def _deliveries(self, queues: list[str], reply: list[Any]) -> list[Delivery]:
         out: list[Delivery] = []
-        for j in range(2, len(reply), 5):
+        for j in range(2, len(reply), 6):
             queue = queues[int(reply[j])]
             message_id = reply[j + 1].decode()
             lease = Lease(id=message_id, queue=queue, token=int(reply[j + 4]))
-            out.append(RedisDelivery(self, lease, reply[j + 2], int(reply[j + 3])))
+            out.append(RedisDelivery(self, lease, reply[j + 2], int(reply[j + 3]), reply[j + 5]))
         return out
 
     # -- settle -------------------------------------------------------------------------
@@ -543,6 +622,65 @@ class RedisBroker:
 def _log_failure(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("handing back a cancelled claim failed: %s", task.exception())
+
+
+class _BlockingClaim:
+    """One wait-then-claim exchange on a connection of its own (see ``_wait_and_claim``)."""
+
+    def __init__(
+        self,
+        settings: RedisSettings,
+        client: aioredis.Redis,
+        notify: list[str],
+        block: float,
+        keys: list[str],
+        args: list[str | bytes | int | float],
+    ) -> None:
+        self._settings = settings
+        self._client = client
+        self._commands = [
+            ("CLIENT", "ID"),
+            ("BLPOP", *notify, f"{block:.3f}"),
+            ("EVALSHA", lua.CLAIM.sha, len(keys), *keys, *args),
+        ]
+        self._block = block
+        # the server's id for the connection, known once its first reply is read
+        self._client_id: int | None = None
+        self._known = asyncio.Event()
+
+    async def run(self) -> list[Any] | None:
+        """The claim's reply, or ``None`` if the script was not loaded (it did not run)."""
+        pool: Any = self._client.connection_pool  # redis-py's pool is unannotated
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(conn.pack_commands(self._commands))
+            self._client_id = int(await conn.read_response())
+            self._known.set()
+            try:
+                await conn.read_response()  # the wake-up token, or nil after the timeout
+            except ResponseError:
+                await conn.disconnect()  # the claim's reply is still unread
+                raise
+            try:
+                reply = await conn.read_response()
+            except NoScriptError:
+                return None
+            return list(reply)
+        finally:
+            self._known.set()
+            await pool.release(conn)
+
+    async def unblock(self, call: asyncio.Future[Any]) -> None:
+        """End the wait at once, so the shielded exchange finishes (and hands back)."""
+        async with asyncio.timeout(self._settings.operation_timeout + self._block):
+            await self._known.wait()
+            if self._client_id is None:
+                return
+            while not call.done():
+                # 0 while the wait has not reached the server yet, or is over already
+                if await command(self._client, "CLIENT", "UNBLOCK", self._client_id):
+                    return
+                await asyncio.sleep(0.005)
 
 
 def _parse_dead_letter(queue: str, raw: bytes) -> DeadLetter:

@@ -131,10 +131,15 @@ return out
 )
 
 # KEYS: CLAIM_KEYS for each queue, earlier queue first
-# ARGV: limit, lease_seconds, move_batch
-# -> {wake_ms, n, then n times: queue_index, id, body, delivery_count, token}
+# ARGV: limit, lease_seconds, move_batch, record key head, record key tail
+# -> {wake_ms, n, then n times: queue_index, id, body, delivery_count, token, record}
 #    wake_ms: when nothing was claimed, ms until the next delayed message is due or the next
 #    lease expires (-1: none); 0 otherwise.
+#    record: when a result backend on the same server was bound (head not empty), the
+#    stored result record of the task (field 'r' of head .. id .. tail; nil if none), so
+#    the worker learns of revocations and finished duplicates without another round trip.
+#    Those keys are built here, outside the queue's hash tag (a cluster needs a call per
+#    slot, as for the result backend's own batched scripts).
 CLAIM = Script(
     "claim",
     _COMMON
@@ -146,6 +151,7 @@ local deadline = fmt(t + tonumber(ARGV[2]))
 local nq = #KEYS / 8
 local out = {0, 0}
 local got = 0
+local head, tail = ARGV[4] or '', ARGV[5] or ''
 
 local function promote(src, ready, score)
   -- due delayed messages and expired leases go back to ready at their original score
@@ -192,6 +198,11 @@ for q = 0, nq - 1 do
           out[#out + 1] = b
           out[#out + 1] = c
           out[#out + 1] = e
+          if head ~= '' then
+            out[#out + 1] = redis.call('HGET', head .. id .. tail, 'r')
+          else
+            out[#out + 1] = false
+          end
           got = got + 1
         end
       end

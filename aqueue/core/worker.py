@@ -111,6 +111,9 @@ class Worker:
         self._lifespans = contextlib.AsyncExitStack()
         self._process_pool: ProcessPool | None = None
         self.lost_leases = 0
+        # whether claimed deliveries carry their stored records (``prior``), read by the
+        # claim itself, so no separate lookup per batch is needed
+        self._records_inline = False
 
     def __repr__(self) -> str:
         return f"<Worker {self.hostname} queues={','.join(self.queues)}>"
@@ -144,6 +147,11 @@ class Worker:
         broker = self.app.broker
         throttle = broker if isinstance(broker, SharedThrottle) else None
         self._executor = Executor(self.app, self.hostname, self._pool, throttle, self._processes)
+        bind_records = getattr(broker, "bind_records", None)
+        backend = self.app._backend
+        self._records_inline = bool(
+            backend is not None and bind_records is not None and bind_records(backend)
+        )
         for lifespan in self.app.lifespans:
             await self._lifespans.enter_async_context(lifespan(self.app))
         log.info(
@@ -318,7 +326,14 @@ class Worker:
             with self._held_lock:
                 for delivery in deliveries:
                     self._held[delivery.id] = delivery
-            priors = await self._prior_records([d.id for d in deliveries])
+            if self._records_inline:
+                priors = {
+                    d.id: prior
+                    for d in deliveries
+                    if (prior := getattr(d, "prior", None)) is not None
+                }
+            else:
+                priors = await self._prior_records([d.id for d in deliveries])
             for delivery in deliveries:
                 task = asyncio.create_task(self._handle(delivery, priors.get(delivery.id)))
                 self._running.add(task)

@@ -401,11 +401,21 @@ async def test_idle_claim_blocks_instead_of_polling(
         calls += 1
         return await real(client, script_calls)
 
+    waits = 0
+    real_wait = redis_broker_module._BlockingClaim.run
+
+    async def counting_waits(self):  # type: ignore[no-untyped-def]
+        nonlocal waits
+        waits += 1
+        return await real_wait(self)
+
     monkeypatch.setattr(redis_broker_module, "run_scripts", counting)
+    monkeypatch.setattr(redis_broker_module._BlockingClaim, "run", counting_waits)
     t0 = time.monotonic()
     assert await claim(broker, timeout=1.0) == []
     assert time.monotonic() - t0 >= 0.95
-    assert calls <= 2
+    # one claim, then one wait-and-claim (the wait is capped at half the socket timeout)
+    assert calls == 1 and waits == 1
 
 
 async def test_one_publish_wakes_every_idle_claimer_that_has_work(broker: RedisBroker) -> None:
@@ -430,6 +440,48 @@ async def test_cancelled_claim_hands_back_what_it_took(broker: RedisBroker) -> N
             result = await task
             if result:  # it finished before the cancel landed
                 assert await result[0].release(executed=False)
+        async with asyncio.timeout(3):
+            [d] = await claim(broker, timeout=2.0)
+        assert (d.id, d.delivery_count) == (m.id, 1)
+        assert await d.ack()
+
+
+async def test_a_woken_wait_claims_in_the_same_round_trip(
+    broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = 0
+    real = redis_broker_module.run_scripts
+
+    async def counting(client, script_calls):
+        nonlocal calls
+        calls += 1
+        return await real(client, script_calls)
+
+    monkeypatch.setattr(redis_broker_module, "run_scripts", counting)
+    waiter = asyncio.create_task(claim(broker, timeout=4.0))
+    await asyncio.sleep(0.1)  # blocked in BLPOP now
+    m = msg()
+    await broker.publish([m])
+    async with asyncio.timeout(3):
+        [d] = await waiter
+    assert calls == 1  # the first, empty claim; the woken one came with the wait
+    assert d.id == m.id and await d.ack()
+
+
+async def test_cancelled_wait_hands_back_what_its_claim_took(broker: RedisBroker) -> None:
+    for delay in (0, 0.0002, 0.0005, 0.001, 0.002, 0.005):
+        task = asyncio.create_task(claim(broker, timeout=2.0))
+        await asyncio.sleep(0.05)  # blocked in BLPOP now
+        m = msg()
+        publish = asyncio.create_task(broker.publish([m]))
+        await asyncio.sleep(delay)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            result = await task
+            if result:  # it finished before the cancel landed
+                assert await result[0].release(executed=False)
+        await publish
+        # handed back at once and uncounted, not after the 30 s lease
         async with asyncio.timeout(3):
             [d] = await claim(broker, timeout=2.0)
         assert (d.id, d.delivery_count) == (m.id, 1)
@@ -635,6 +687,25 @@ async def test_concurrent_stores_are_batched_and_fenced(backend: RedisBackend) -
     )
     assert results == [True, True, False]
     assert await backend.get(t) == b"3"
+
+
+async def test_claim_reads_stored_records_when_the_backend_shares_the_server(
+    broker: RedisBroker, backend: RedisBackend, url: str, prefix: str
+) -> None:
+    done, fresh = msg(), msg()
+    await broker.publish([done, fresh])
+    await backend.store(done.id, b"record", state=states.SUCCESS, attempt=1, ttl=60)
+    # unbound: no record is read (the worker then looks them up itself)
+    [first] = await claim(broker, limit=1)
+    assert getattr(first, "prior", None) is None
+    await first.release(executed=False)
+    # another database or another client type: not bound
+    assert not broker.bind_records(object())
+    other = RedisBackend(f"redis://{HOST}:{PORT}/1?prefix={prefix}")
+    assert not broker.bind_records(other)
+    assert broker.bind_records(backend)
+    priors = {d.id: getattr(d, "prior", "absent") for d in await claim(broker)}
+    assert priors == {done.id: b"record", fresh.id: None}
 
 
 async def test_get_many_in_one_round_trip(backend: RedisBackend) -> None:
