@@ -32,6 +32,7 @@ from .redis_connection import (
     pack_fields,
     parse_settings,
     run_scripts,
+    run_scripts_on_checked,
     run_scripts_once,
     run_scripts_sync,
 )
@@ -165,6 +166,10 @@ class RedisBroker:
         self._keys: dict[str, tuple[str, ...]] = {}
         # the result backend's key head and tail, when claims read the stored records
         self._record_keys: tuple[str, str] = ("", "")
+        # a connection of its own for a publish made while no other is in flight (a
+        # lone ``delay()``): no coalescing hop, no pool checkout; None until first used
+        self._lone: Any = None
+        self._lone_busy = False
         # hand-backs of cancelled claims still in progress; close() waits for them
         self._background: set[asyncio.Future[Any]] = set()
         # a blocking wait never outlives the socket timeout, so a blocked read is never
@@ -225,6 +230,9 @@ class RedisBroker:
             except Exception:  # their callers got the error already
                 log.debug("pending calls failed during close", exc_info=True)
         client, self._client = self._client, None
+        lone, self._lone = self._lone, None
+        if lone is not None:
+            await lone.disconnect()
         if client is not None:
             await client.aclose()
         await asyncio.to_thread(self._sync.close)
@@ -247,6 +255,9 @@ class RedisBroker:
         """
         if not messages:
             return []
+        if len(messages) == 1 and not self._lone_busy and self._publisher.idle:
+            # nothing else in flight: send it now, on a connection of its own
+            return await self._publish_lone(messages[0])
         # Concurrent publishes (many delay() calls at once) share one round trip.
         futures = [self._publisher.submit(message) for message in messages]
         results = await asyncio.gather(*futures, return_exceptions=True)
@@ -255,7 +266,30 @@ class RedisBroker:
                 raise result
         return [result is True for result in results]
 
-    async def _flush_publishes(self, messages: list[Outgoing]) -> list[bool]:
+    async def _publish_lone(self, message: Outgoing) -> list[bool]:
+        calls, _ = self._publish_calls([message])
+        self._lone_busy = True  # from here on, concurrent publishes are coalesced
+        try:
+            client = await self._redis()
+            if self._lone is None:
+                pool: Any = client.connection_pool  # redis-py's pool is unannotated
+                self._lone = pool.make_connection()
+            conn = self._lone
+            replies = await guarded(
+                self._settings,
+                "publish",
+                lambda: run_scripts_on_checked(conn, calls),
+                error=BrokerError,
+                timeout_error=PublishTimeout,
+                connection_error=IndeterminatePublish,
+            )
+        finally:
+            self._lone_busy = False
+        return [replies[0][0] == 1]
+
+    def _publish_calls(self, messages: list[Outgoing]) -> tuple[list[ScriptCall], list[list[int]]]:
+        """The PUBLISH script calls for ``messages`` (per queue, in chunks), and which
+        messages each call carries."""
         by_queue: dict[str, list[int]] = defaultdict(list)
         for index, message in enumerate(messages):
             by_queue[message.queue].append(index)
@@ -274,6 +308,10 @@ class RedisBroker:
                     fields += (m.id, m.body, str(priority), _delay(m.eta))
                 calls.append((lua.PUBLISH, keys, [ttl, *pack_fields(fields)]))
                 spans.append(chunk)
+        return calls, spans
+
+    async def _flush_publishes(self, messages: list[Outgoing]) -> list[bool]:
+        calls, spans = self._publish_calls(messages)
         client = await self._redis()
         # Never re-sent automatically: a reply lost to a broken connection leaves the outcome
         # unknown (IndeterminatePublish), and only the caller may decide to send again.

@@ -60,8 +60,7 @@ local function column(f, width, k)
 end
 local function wake(notify)
   -- one pending token is enough: a woken claimer passes it on while work remains
-  redis.call('LPUSH', notify, '1')
-  redis.call('LTRIM', notify, 0, 0)
+  if redis.call('LPUSH', notify, '1') > 1 then redis.call('LTRIM', notify, 0, 0) end
 end
 """
 
@@ -85,15 +84,18 @@ local queued = redis.call('HMGET', body, unpack(ids))
 local known = {}
 if ttl > 0 then
   -- the dedupe set remembers enqueued ids until their score (expiry) passes
-  redis.call('ZREMRANGEBYSCORE', dedupe, '-inf', fmt(t))
   known = redis.call('ZMSCORE', dedupe, unpack(ids))
 end
 local top = redis.call('INCRBY', KEYS[6], n)
+if ttl > 0 and top % 64 < n then
+  -- expired markers are ignored below; removing them once per 64 messages is enough
+  redis.call('ZREMRANGEBYSCORE', dedupe, '-inf', fmt(t))
+end
 local bodies, scores, due_now, due_later, marks, taken, out = {}, {}, {}, {}, {}, {}, {}
 for i = 1, n do
   local j = (i - 1) * 4
   local id = f[j + 1]
-  if queued[i] or known[i] or taken[id] then
+  if queued[i] or (known[i] and tonumber(known[i]) > t) or taken[id] then
     out[i] = 0
   else
     taken[id] = true

@@ -21,7 +21,7 @@ import redis
 from aqueue.backends.redis import RedisBackend
 from aqueue.brokers import redis as redis_broker_module
 from aqueue.brokers.redis import RedisBroker
-from aqueue.brokers.redis_connection import parse_settings
+from aqueue.brokers.redis_connection import pack_command, parse_settings
 from aqueue.core import states
 from aqueue.core.errors import BackendError, BrokerError, ConfigurationError
 from aqueue.core.protocols import (
@@ -504,6 +504,12 @@ async def test_cancelled_wait_does_not_poison_the_pool(broker: RedisBroker) -> N
     assert await broker.publish([m]) == [True]
     [d] = await claim(broker)
     assert d.id == m.id and await d.ack()
+
+
+def test_pack_command_frames_exactly_like_redis_py() -> None:
+    args = ("EVALSHA", "ab" * 20, 7, "k\u00e9y", b"\x00\r\n\xff", 3.25, -1, 1e-07, b"", "")
+    expected = b"".join(redis.Connection().pack_command(*args))
+    assert pack_command(*args) == expected
 
 
 # -- configuration and secrets ---------------------------------------------------------------

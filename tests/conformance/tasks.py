@@ -25,6 +25,7 @@ class Recorder:
     hooks: list[str] = field(default_factory=list)
     started: asyncio.Event = field(default_factory=asyncio.Event)
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    progress_seen: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class HookedTask(Task[Any, Any]):
@@ -108,6 +109,8 @@ def register(app: App, rec: Recorder) -> Any:
     async def progress(self: Task[[int], int], steps: int) -> int:
         for i in range(steps):
             await self.update_state("PROGRESS", meta={"done": i + 1})
+            if i == 0:  # until a watcher has seen the first progress report
+                await rec.progress_seen.wait()
         return steps
 
     @app.task(name="t.silent", ignore_result=True)

@@ -145,10 +145,16 @@ async def test_base_class_hooks(app: App, t: Any, rec: Recorder) -> None:
     assert rec.hooks == ["success:fine", "after:SUCCESS", "failure:RuntimeError", "after:FAILURE"]
 
 
-async def test_progress_states_are_observable(app: App, t: Any) -> None:
+async def test_progress_states_are_observable(app: App, t: Any, rec: Recorder) -> None:
+    seen = []
     async with app.worker():
         h = await t.progress.delay(3)
-        seen = [(c.state, c.info) async for c in h.events()]
+        # the task holds after its first report until it was seen: a watcher that joins
+        # late sees only the latest state, which is what events() promises
+        async for change in h.events():
+            seen.append((change.state, change.info))
+            if change.state == "PROGRESS":
+                rec.progress_seen.set()
     assert seen[-1] == (states.SUCCESS, 3)
     progress = [info for state, info in seen if state == "PROGRESS"]
     assert progress and progress == sorted(progress, key=lambda m: m["done"])
