@@ -258,6 +258,14 @@ class RedisBroker:
         if len(messages) == 1 and not self._lone_busy and self._publisher.idle:
             # nothing else in flight: send it now, on a connection of its own
             return await self._publish_lone(messages[0])
+        if len(messages) > 1:
+            # a batch already (delay_many, a group): one pipeline per _PUBLISH_BATCH
+            stored: list[bool] = []
+            for start in range(0, len(messages), _PUBLISH_BATCH):
+                stored += await self._flush_publishes(
+                    list(messages[start : start + _PUBLISH_BATCH])
+                )
+            return stored
         # Concurrent publishes (many delay() calls at once) share one round trip.
         futures = [self._publisher.submit(message) for message in messages]
         results = await asyncio.gather(*futures, return_exceptions=True)

@@ -101,6 +101,8 @@ class ArgumentSpec:
 
     def check_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Raise :class:`ArgumentError` if the arguments do not fit the signature's arity."""
+        if not kwargs and self._min_pos <= len(args) <= self._max_pos:
+            return  # positional only, a count that fits: no bind() needed
         try:
             self.signature.bind(*args, **kwargs)
         except TypeError as exc:

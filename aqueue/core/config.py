@@ -49,8 +49,10 @@ class Settings:
     max_message_bytes: int = 10 * 1024 * 1024
     #: modules the worker imports at start (Celery's ``include``)
     include: list[str] = dataclasses.field(default_factory=list)
-    #: seconds a publish may take before it raises
+    #: seconds a publish may take before it raises (in a bulk publish: each chunk)
     publish_timeout: float = 10.0
+    #: messages per broker call of a bulk publish (``delay_many``, ``send_many``, ...)
+    publish_chunk_size: int = 5000
     #: default hard time limit of every task, seconds (``None``: none)
     task_time_limit: float | None = None
     #: default soft time limit of every task, seconds (``None``: none)
@@ -140,6 +142,9 @@ def _coerce(name: str, value: Any) -> Any:
             raise bad
     if name == "task_serializer":
         check_serializer(value)
-    if name in ("lease_seconds", "worker_concurrency", "max_deliveries") and not value:
+    if (
+        name in ("lease_seconds", "worker_concurrency", "max_deliveries", "publish_chunk_size")
+        and not value
+    ):
         raise ConfigurationError(f"setting {name} must be positive")
     return value

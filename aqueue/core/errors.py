@@ -7,7 +7,8 @@
     ├── NotRegistered             a task name the app does not know
     ├── BrokerError               the broker failed or could not be reached
     │   ├── PublishTimeout        a publish did not complete within its deadline
-    │   └── IndeterminatePublish  the connection died before the broker confirmed
+    │   ├── IndeterminatePublish  the connection died before the broker confirmed
+    │   └── BulkPublishError      a bulk publish failed part-way; says what was stored
     ├── BackendError              the result backend failed or could not be reached
     ├── MessageError              a message that cannot be accepted
     │   ├── MessageTooLarge       payload over ``max_message_bytes``
@@ -27,6 +28,11 @@
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .result import AsyncResult
 
 
 class AqueueError(Exception):
@@ -57,6 +63,29 @@ class IndeterminatePublish(BrokerError):
 
     Re-sending with the same ``task_id`` is safe: the broker de-duplicates by id.
     """
+
+
+class BulkPublishError(BrokerError):
+    """A bulk publish (``delay_many``, ``apply_many``, ``send_many``) failed part-way.
+
+    Messages are published in chunks, in order, and the call stops at the first chunk that
+    fails. ``results`` holds a handle for every message of the call, in order:
+
+    * ``results[:published]`` were stored by the broker, for certain;
+    * the next ``uncertain`` ones (the failed chunk) may or may not have been stored;
+    * the rest were never sent.
+
+    The broker's own error is the ``__cause__``. Sending a message again with the same
+    task id is safe (the broker de-duplicates ids): ``add.s(*args).set(task_id=r.id)``.
+    """
+
+    def __init__(
+        self, message: str, *, published: int, uncertain: int, results: list[AsyncResult[Any]]
+    ) -> None:
+        super().__init__(message)
+        self.published = published
+        self.uncertain = uncertain
+        self.results = results
 
 
 class BackendError(AqueueError):

@@ -23,10 +23,15 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import msgspec
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """A message to publish: the broker sees an id, routing data and opaque bytes."""
+
+class Outgoing(msgspec.Struct, frozen=True, gc=False):
+    """A message to publish: the broker sees an id, routing data and opaque bytes.
+
+    A frozen msgspec Struct rather than a dataclass: a bulk publish builds one per message,
+    and a frozen dataclass costs about 25 times more to construct.
+    """
 
     id: str
     queue: str

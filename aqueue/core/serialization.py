@@ -6,6 +6,7 @@ given type are built once and cached, so the per-message path does no reflection
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, Final, Literal
 
@@ -38,6 +39,13 @@ def encode(obj: Any, serializer: SerializerName) -> bytes:
     if serializer == "msgpack":
         return _msgpack_encoder.encode(obj)
     return _json_encoder.encode(obj)
+
+
+def encoder_of(serializer: SerializerName) -> Callable[[Any], bytes]:
+    """The encode function of a serializer, looked up once for a loop over many messages."""
+    if serializer == "msgpack":
+        return _msgpack_encoder.encode
+    return _json_encoder.encode
 
 
 def is_json(data: bytes | memoryview | msgspec.Raw) -> bool:

@@ -25,16 +25,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..core import states
+from ..core.bulk import encode_batch
 from ..core.canvas import ChainNode, ChordMeta, ChordNode, GroupNode, Node, TaskNode, all_ids
-from ..core.message import (
-    ErrorInfo,
-    MessageIn,
-    MessageOut,
-    ResultOut,
-    decode_result,
-    encode_message,
-)
-from ..core.protocols import Outgoing
+from ..core.message import ErrorInfo, MessageIn, MessageOut, ResultOut, decode_result
 from ..core.serialization import SerializerName, check_serializer, decode, encode, format_of
 
 if TYPE_CHECKING:
@@ -198,22 +191,15 @@ class Engine:
             sent_at=now,
         )
 
+    def message_for(self, node: TaskNode) -> MessageOut:
+        """The message of a lone task node, as ``sig.delay()`` sends it (``app.send_many``)."""
+        return self._task_message(node, _NOTHING, (), None, None, None)
+
     async def publish(self, messages: list[MessageOut]) -> None:
-        """Publish many messages in one broker call."""
+        """Publish many messages in one broker call, every one encoded (size-checked) first."""
         if not messages:
             return
-        conf = self.app.conf
-        fmt = self._fmt
-        batch = [
-            Outgoing(
-                id=m.id,
-                queue=m.queue,
-                body=encode_message(m, fmt, conf.max_message_bytes),
-                priority=m.priority,
-                eta=m.eta,
-            )
-            for m in messages
-        ]
+        batch = encode_batch(messages, self._fmt, self.app.conf.max_message_bytes)
         broker = await self.app._connected_broker()
         await broker.publish(batch)
 

@@ -59,6 +59,19 @@ async def calls() -> None:
     assert_type(await h.ready(), bool)
 
 
+async def bulk() -> None:
+    assert_type(await add.delay_many([(1, 2), (3, 4)]), list[AsyncResult[int]])
+    assert_type(await mul.delay_many((i, i) for i in range(3)), list[AsyncResult[int]])
+    assert_type(
+        await stamp.apply_many([(dt.datetime.now(),)], queue="hi"), list[AsyncResult[dt.datetime]]
+    )
+    assert_type(await add.options(priority=5).delay_many([(1, 2)]), list[AsyncResult[int]])
+    assert_type(
+        await app.send_many([add.s(1, 2), stamp.s(dt.datetime.now())]), list[AsyncResult[Any]]
+    )
+    assert_type(await (await add.delay_many([(1, 2)]))[0].wait(), int)
+
+
 @app.task
 async def tsum(numbers: list[int]) -> int:
     return sum(numbers)
@@ -92,3 +105,9 @@ async def errors() -> None:
     del label
     names: list[str] = await (await group(add.s(1, 1)).delay()).wait()  # type: ignore[assignment]
     del names
+    await add.delay_many([[1, 2]])  # type: ignore[list-item]
+    await add.apply_many([(1, 2)], countdwn=1)  # type: ignore[call-arg]
+    await add.apply_many([(1, 2)], queue=1)  # type: ignore[arg-type]
+    await app.send_many([add.s(1, 1) | mul.s(2)])  # type: ignore[list-item]
+    firsts: list[AsyncResult[str]] = await add.delay_many([(1, 2)])  # type: ignore[assignment]
+    del firsts

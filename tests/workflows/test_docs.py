@@ -1,4 +1,4 @@
-"""Every ```python block of docs/workflows.md, run in order against a real worker."""
+"""Every ```python block of docs/workflows.md and docs/bulk.md, run in order against a worker."""
 
 from __future__ import annotations
 
@@ -7,18 +7,27 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "workflows.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
-async def test_workflow_docs_examples_run() -> None:
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
-    assert len(blocks) >= 7
+async def _run_examples(doc: Path, at_least: int) -> None:
+    """Run the first block as module code, the rest as one coroutine, with a worker running."""
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+    assert len(blocks) >= at_least
     setup, *examples = blocks
     namespace: dict[str, Any] = {"__name__": "proj"}
-    exec(compile(setup, f"{DOC}:setup", "exec"), namespace)
+    exec(compile(setup, f"{doc}:setup", "exec"), namespace)
     body = "\n".join(examples)
     source = "async def _examples():\n" + textwrap.indent(body, "    ")
-    exec(compile(source, f"{DOC}:examples", "exec"), namespace)
+    exec(compile(source, f"{doc}:examples", "exec"), namespace)
     app = namespace["app"]
     async with app, app.worker(concurrency=50):
         await namespace["_examples"]()
+
+
+async def test_workflow_docs_examples_run() -> None:
+    await _run_examples(DOCS / "workflows.md", 7)
+
+
+async def test_bulk_docs_examples_run() -> None:
+    await _run_examples(DOCS / "bulk.md", 5)
