@@ -4,6 +4,12 @@ Key ``<prefix>:{t:<task id>}:result`` is a hash with fields ``r`` (the record by
 (state), ``a`` (attempt) and ``v`` (a version bumped on every write), expiring after the
 record's TTL. Every accepted write is published on a channel of the same name as
 ``b"<version>:" + record``, so a watcher can drop what it has already seen.
+
+Results are also pushed to the process that sent the task, once that process watches
+results at all: its messages then carry a reply channel (``x-aqueue-reply-channel``), and
+the worker's write publishes ``b"<task id>\n<version>:" + record`` there too. A watcher
+takes whichever comes first, the push or its own subscription, so ``wait()`` right after
+``delay()`` does not pay for subscribing and reading before it can see the result.
 """
 
 from __future__ import annotations
@@ -12,8 +18,9 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections import deque
-from collections.abc import AsyncGenerator, Sequence
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -40,11 +47,13 @@ log = logging.getLogger("aqueue.backend.redis")
 
 _READY_LUA = ", ".join(f"[{state!r}] = true" for state in sorted(READY_STATES))
 
-# ARGV: key prefix, key suffix, then fields (task id, record, state, attempt, ttl_ms)*
-#   ttl_ms -1 means no expiry. -> per record 1 (stored) or 0 (fenced).
+# ARGV: key prefix, key suffix, then fields (task id, record, state, attempt, ttl_ms, reply)*
+#   ttl_ms -1 means no expiry; reply: the sender's reply channel, or empty.
+#   -> per record 1 (stored) or 0 (fenced).
 # The rule is aqueue.core.states.supersedes(). Each record is published on a channel named
-# like its key. Keys are built here from the ids: one call stores a whole batch of
-# results, which live in different cluster slots (a cluster would need one call per slot).
+# like its key, and to the reply channel with the task id in front. Keys are built here from
+# the ids: one call stores a whole batch of results, which live in different cluster slots
+# (a cluster would need one call per slot).
 STORE = Script(
     "store",
     LUA_HELPERS
@@ -52,8 +61,8 @@ STORE = Script(
 local ready = {{{_READY_LUA}}}
 local f = split(ARGV[3], ARGV[4])
 local out = {{}}
-for i = 1, #f / 5 do
-  local j = (i - 1) * 5
+for i = 1, #f / 6 do
+  local j = (i - 1) * 6
   local key = ARGV[1] .. f[j + 1] .. ARGV[2]
   local attempt = tonumber(f[j + 4])
   local cur = redis.call('HMGET', key, 'a', 's', 'v')
@@ -71,7 +80,9 @@ for i = 1, #f / 5 do
     elseif cur[1] then
       redis.call('PERSIST', key)
     end
-    redis.call('PUBLISH', key, string.format('%d:', v) .. f[j + 2])
+    local payload = string.format('%d:', v) .. f[j + 2]
+    redis.call('PUBLISH', key, payload)
+    if f[j + 6] ~= '' then redis.call('PUBLISH', f[j + 6], f[j + 1] .. '\\n' .. payload) end
     out[i] = 1
   else
     out[i] = 0
@@ -126,12 +137,19 @@ return 1
 
 #: stores per STORE call
 _STORE_BATCH = 500
+#: most task ids whose reply channel a worker remembers
+_ROUTES_SIZE = 100_000
 #: queued to a watcher after a reconnect: "read the stored record again"
 _RESYNC = b""
 #: queued to every watcher when the backend closes
 _CLOSED = b"closed"
+#: queued to a watcher once its channel's subscription is confirmed: "read the record now"
+_SUBSCRIBED = b"subscribed"
+#: message header naming the sender's reply channel
+REPLY_HEADER = "x-aqueue-reply-channel"
 
-_Store = tuple[str, bytes, str, int, float | None]
+# (task id, record, state, attempt, ttl, reply channel or "")
+_Store = tuple[str, bytes, str, int, float | None, str]
 
 
 class RedisBackend:
@@ -149,6 +167,11 @@ class RedisBackend:
         self._client: aioredis.Redis | None = None
         self._hub: _Hub | None = None
         self._storer: Coalescer[_Store, bool] = Coalescer(self._flush_stores, _STORE_BATCH)
+        # this process's reply channel, and (as a worker) the reply channels of the tasks
+        # it runs, oldest first, bounded
+        self.reply_channel = f"{self._prefix}:reply:{uuid.uuid4().hex}"
+        self._reply_pattern = re.compile(re.escape(f"{self._prefix}:reply:") + r"[0-9a-f]{32}\Z")
+        self._routes: OrderedDict[str, str] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"<RedisBackend {self._settings.redacted} prefix={self._prefix!r}>"
@@ -203,20 +226,52 @@ class RedisBackend:
         assert self._client is not None
         return self._client
 
+    # -- result push (the app and the executor call these) ------------------------------
+
+    def reply_headers(self) -> dict[str, str]:
+        """Headers for the messages this process sends: where to push their records.
+
+        Empty until this process watches results (its reply channel is subscribed then),
+        so a process that only sends tasks is never sent their results.
+        """
+        hub = self._hub
+        if hub is None or not hub.reply_live:
+            return {}
+        return {REPLY_HEADER: self.reply_channel}
+
+    def observe(self, task_id: str, headers: Mapping[str, str]) -> None:
+        """A worker took a message of ``task_id``: remember where to push its records."""
+        reply = headers.get(REPLY_HEADER)
+        if not isinstance(reply, str) or not self._reply_pattern.match(reply):
+            return
+        routes = self._routes
+        routes[task_id] = reply
+        routes.move_to_end(task_id)
+        while len(routes) > _ROUTES_SIZE:
+            routes.popitem(last=False)
+
+    # -- storing ------------------------------------------------------------------------
+
     async def store(
         self, task_id: str, record: bytes, *, state: str, attempt: int, ttl: float | None
     ) -> bool:
         """Store ``record`` unless fenced (see :func:`aqueue.core.states.supersedes`).
 
-        Stores made close together share one script call; each is published to watchers.
+        Stores made close together share one script call; each is published to watchers,
+        and pushed to the sender's reply channel if the message named one.
         """
-        return await self._storer.submit((task_id, record, state, attempt, ttl))
+        routes = self._routes
+        if routes:
+            reply = routes.pop(task_id, "") if state in READY_STATES else routes.get(task_id, "")
+        else:
+            reply = ""
+        return await self._storer.submit((task_id, record, state, attempt, ttl, reply))
 
     async def _flush_stores(self, items: list[_Store]) -> list[bool]:
         fields: list[bytes | str] = []
-        for task_id, record, state, attempt, ttl in items:
+        for task_id, record, state, attempt, ttl, reply in items:
             ttl_ms = -1 if ttl is None else max(1, int(ttl * 1000))
-            fields += (task_id, record, state, str(int(attempt)), str(ttl_ms))
+            fields += (task_id, record, state, str(int(attempt)), str(ttl_ms), reply)
         args: list[str | bytes | int | float] = [*self.key_parts, *pack_fields(fields)]
         calls: list[ScriptCall] = [(STORE, [], args)]
         client = await self._redis()
@@ -291,9 +346,10 @@ class RedisBackend:
     async def watch(self, task_id: str) -> AsyncGenerator[bytes, None]:
         """Yield the stored record (if any), then every record stored after it.
 
-        Subscribes (and waits for Redis to confirm) before reading the stored record, so a
-        record stored in between is never missed; versions drop anything seen twice. All
-        watchers of this backend share one pub/sub connection.
+        Reads the stored record once Redis confirmed the subscription, so a record stored
+        in between is never missed; versions drop anything seen twice. A record pushed to
+        this process's reply channel is yielded as soon as it arrives, even before that.
+        All watchers of this backend share one pub/sub connection.
 
         Raises:
             BackendError: the subscription could not be made, a read failed, or the backend
@@ -301,20 +357,32 @@ class RedisBackend:
         """
         key = self._key(task_id)
         if self._hub is None:
-            self._hub = _Hub(self._settings)
+            self._hub = _Hub(self._settings, self.reply_channel)
         hub = self._hub
         inbox: asyncio.Queue[bytes] = asyncio.Queue()
-        await hub.add(key, inbox)
+        limit = self._settings.socket_connect_timeout + self._settings.socket_timeout
+        subscribing = asyncio.get_running_loop().time() + limit
         try:
+            hub.listen(task_id, inbox)
+            hub.subscribe(key, inbox)
             seen = 0
-            record, version = await self._fetch(key)
-            if record is not None:
-                seen = version
-                yield record
             while True:
-                item = await inbox.get()
-                if item == _RESYNC:
-                    # the connection was re-established: anything may have been missed
+                if subscribing:
+                    try:
+                        async with asyncio.timeout_at(subscribing):
+                            item = await inbox.get()
+                    except TimeoutError:
+                        raise BackendError(
+                            f"subscribing on {self._settings.redacted} did not complete "
+                            f"within {limit:g}s"
+                        ) from None
+                else:
+                    item = await inbox.get()
+                record: bytes | None
+                if item in (_SUBSCRIBED, _RESYNC):
+                    # subscribed, or subscribed again after a reconnect (anything may have
+                    # been missed meanwhile): read what is stored
+                    subscribing = 0.0
                     record, version = await self._fetch(key)
                 elif item == _CLOSED:
                     raise BackendError("the result backend was closed while watching")
@@ -329,15 +397,18 @@ class RedisBackend:
                     yield record
         finally:
             hub.remove(key, inbox)
+            hub.unlisten(task_id, inbox)
 
 
 class _Channel:
     """Subscription state of one channel on the shared connection."""
 
-    __slots__ = ("inboxes", "pending", "ready", "resync")
+    __slots__ = ("inboxes", "pending", "ready", "resync", "waiting")
 
     def __init__(self) -> None:
         self.inboxes: set[asyncio.Queue[bytes]] = set()
+        # inboxes not yet told that the subscription is confirmed (_SUBSCRIBED)
+        self.waiting: set[asyncio.Queue[bytes]] = set()
         # SUBSCRIBE (True) / UNSUBSCRIBE (False) commands sent and not yet confirmed, in
         # order: Redis confirms each per channel, in order, on one connection
         self.pending: deque[bool] = deque()
@@ -358,10 +429,18 @@ class _Hub:
     counts as a dead connection (a silent network drop), as does any error. After
     reconnecting, every channel is subscribed again and each watcher re-reads the stored
     record, since anything published meanwhile was lost.
+
+    The process's reply channel is subscribed on every connection too; records pushed
+    there go to the watchers of their task id (``listen``), and are dropped if there is
+    none (a watcher that starts later reads the stored record).
     """
 
-    def __init__(self, settings: RedisSettings) -> None:
+    def __init__(self, settings: RedisSettings, reply_channel: str) -> None:
         self._settings = settings
+        self.reply_channel = reply_channel
+        #: whether the reply channel's subscription is confirmed on the live connection
+        self.reply_live = False
+        self._listeners: dict[bytes, set[asyncio.Queue[bytes]]] = {}
         # typed Any: redis-py's Connection methods are unannotated
         name = re.sub(r"[^\w:.-]", "_", f"{settings.prefix}:results")
         self._conn: Any = settings.pubsub_connection(name)
@@ -373,27 +452,39 @@ class _Hub:
         self._task: asyncio.Task[None] | None = None
         self._ping_every = max(0.5, settings.health_check_interval or 15.0)
 
-    async def add(self, channel: str, inbox: asyncio.Queue[bytes]) -> None:
-        """Register ``inbox`` for ``channel``; return once Redis confirmed the subscription."""
+    def subscribe(self, channel: str, inbox: asyncio.Queue[bytes]) -> None:
+        """Register ``inbox`` for ``channel``'s messages. Never blocks.
+
+        ``_SUBSCRIBED`` is queued to ``inbox`` once Redis confirmed the subscription (at
+        once if it already had); messages published before that may be missing.
+        """
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
         state = self._channels.get(channel)
         if state is None:
             state = self._channels[channel] = _Channel()
         state.inboxes.add(inbox)
+        if state.ready.is_set() and not state.pending:
+            inbox.put_nowait(_SUBSCRIBED)
+            return
+        state.waiting.add(inbox)
         if not state.wants_subscription() and self._live:
             # (while disconnected, the reconnect subscribes every channel with an inbox)
             state.pending.append(True)
             self._request("SUBSCRIBE", channel)
-        limit = self._settings.socket_connect_timeout + self._settings.socket_timeout
-        try:
-            async with asyncio.timeout(limit):
-                await state.ready.wait()
-        except TimeoutError:
-            self.remove(channel, inbox)
-            raise BackendError(
-                f"subscribing on {self._settings.redacted} did not complete within {limit:g}s"
-            ) from None
+
+    def listen(self, task_id: str, inbox: asyncio.Queue[bytes]) -> None:
+        """Queue records pushed to the reply channel for ``task_id`` to ``inbox``."""
+        self._listeners.setdefault(task_id.encode(), set()).add(inbox)
+
+    def unlisten(self, task_id: str, inbox: asyncio.Queue[bytes]) -> None:
+        """Stop queueing ``task_id``'s pushed records to ``inbox``."""
+        key = task_id.encode()
+        inboxes = self._listeners.get(key)
+        if inboxes is not None:
+            inboxes.discard(inbox)
+            if not inboxes:
+                del self._listeners[key]
 
     def remove(self, channel: str, inbox: asyncio.Queue[bytes]) -> None:
         """Unregister ``inbox``; the last one out unsubscribes. Never blocks."""
@@ -401,6 +492,7 @@ class _Hub:
         if state is None:
             return
         state.inboxes.discard(inbox)
+        state.waiting.discard(inbox)
         if not state.inboxes and state.wants_subscription():
             state.ready.clear()
             if self._live:
@@ -442,6 +534,7 @@ class _Hub:
                         self._settings.describe(exc),
                     )
                 self._live = False
+                self.reply_live = False
                 self._generation += 1
                 with contextlib.suppress(RedisError, OSError):
                     await self._conn.disconnect(nowait=True)
@@ -453,7 +546,7 @@ class _Hub:
     def _go_live(self) -> None:
         # Synchronous from the check to the request: no watcher can slip a command in.
         self._live = True
-        names: list[str] = []
+        names: list[str] = [self.reply_channel]
         for name, state in list(self._channels.items()):
             state.pending.clear()
             # a watcher past its first read may have missed a record while disconnected
@@ -464,8 +557,7 @@ class _Hub:
                 continue
             state.pending.append(True)
             names.append(name)
-        if names:
-            self._request("SUBSCRIBE", *names)
+        self._request("SUBSCRIBE", *names)
 
     async def _read_until_broken(self) -> None:
         ping_sent = False
@@ -481,6 +573,14 @@ class _Hub:
             if not isinstance(reply, list) or len(reply) < 3:
                 continue  # PONG
             kind, name, payload = reply[0], reply[1].decode(), reply[2]
+            if name == self.reply_channel:
+                if kind == b"message":
+                    task_id, _, record = payload.partition(b"\n")
+                    for inbox in self._listeners.get(task_id, ()):
+                        inbox.put_nowait(record)
+                elif kind == b"subscribe":
+                    self.reply_live = True
+                continue
             state = self._channels.get(name)
             if state is None:
                 continue
@@ -497,10 +597,13 @@ class _Hub:
             return  # a later command on this channel is still to be confirmed
         if subscribed:
             state.ready.set()
+            for inbox in state.waiting:
+                inbox.put_nowait(_SUBSCRIBED)
             if state.resync:
                 state.resync = False
-                for inbox in state.inboxes:
+                for inbox in state.inboxes - state.waiting:
                     inbox.put_nowait(_RESYNC)
+            state.waiting.clear()
         elif not state.inboxes:
             del self._channels[name]
 

@@ -753,6 +753,39 @@ async def test_concurrency_slots_are_leased(broker: RedisBroker, prefix: str) ->
     assert not await broker.acquire_slot(key, "h1", 2, 30.0)
 
 
+async def test_results_are_pushed_to_the_sender_once_it_watches(url: str) -> None:
+    sender, worker = RedisBackend(url), RedisBackend(url)
+    try:
+        await sender.connect()
+        await worker.connect()
+        assert sender.reply_headers() == {}  # never watched: nothing is pushed to it
+        first = uuid.uuid4().hex
+        await worker.store(first, b"r0", state=states.SUCCESS, attempt=1, ttl=60)
+        async with contextlib.aclosing(sender.watch(first)) as stream:
+            assert await anext(stream) == b"r0"
+        headers = sender.reply_headers()
+        assert list(headers.values()) == [sender.reply_channel]
+        # a worker learns the channel from the message, pushes every state there, and
+        # forgets it once the task is done; a channel that is not an aqueue one is ignored
+        task_id, foreign = uuid.uuid4().hex, uuid.uuid4().hex
+        worker.observe(task_id, headers)
+        worker.observe(foreign, {key: "somebody-else" for key in headers})
+        assert sender._hub is not None
+        pushed: asyncio.Queue[bytes] = asyncio.Queue()
+        sender._hub.listen(task_id, pushed)
+        await worker.store(task_id, b"r1", state=states.STARTED, attempt=1, ttl=60)
+        await worker.store(task_id, b"r2", state=states.SUCCESS, attempt=1, ttl=60)
+        async with asyncio.timeout(5):
+            assert [await pushed.get(), await pushed.get()] == [b"1:r1", b"2:r2"]
+        assert worker._routes == {}
+        # the watcher takes the push or its own subscription, whichever comes first
+        async with contextlib.aclosing(sender.watch(task_id)) as stream:
+            assert await anext(stream) == b"r2"
+    finally:
+        await sender.close()
+        await worker.close()
+
+
 async def test_forget_lets_a_watcher_accept_a_new_record(backend: RedisBackend) -> None:
     t = uuid.uuid4().hex
     await backend.store(t, b"v1", state=states.SUCCESS, attempt=1, ttl=60)
