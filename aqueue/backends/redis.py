@@ -172,6 +172,7 @@ class RedisBackend:
         self.reply_channel = f"{self._prefix}:reply:{uuid.uuid4().hex}"
         self._reply_pattern = re.compile(re.escape(f"{self._prefix}:reply:") + r"[0-9a-f]{32}\Z")
         self._routes: OrderedDict[str, str] = OrderedDict()
+        self._lone_busy = False
 
     def __repr__(self) -> str:
         return f"<RedisBackend {self._settings.redacted} prefix={self._prefix!r}>"
@@ -265,7 +266,17 @@ class RedisBackend:
             reply = routes.pop(task_id, "") if state in READY_STATES else routes.get(task_id, "")
         else:
             reply = ""
-        return await self._storer.submit((task_id, record, state, attempt, ttl, reply))
+        item = (task_id, record, state, attempt, ttl, reply)
+        if self._lone_busy or not self._storer.idle:
+            return await self._storer.submit(item)
+        # nothing else in flight (a lone task finishing): no coalescing hop, so the result
+        # reaches its waiter one event-loop turn sooner; stores meanwhile are coalesced
+        self._lone_busy = True
+        try:
+            [stored] = await self._flush_stores([item])
+        finally:
+            self._lone_busy = False
+        return stored
 
     async def _flush_stores(self, items: list[_Store]) -> list[bool]:
         fields: list[bytes | str] = []
