@@ -87,6 +87,9 @@ class Executor:
         self.revoked = 0
         #: redelivered messages whose task had already finished (acked, not run again)
         self.duplicates = 0
+        #: called with the task id when a task's body has returned or raised, before its
+        #: result is stored and its message settled (the worker claims more meanwhile)
+        self.on_ran: Callable[[str], None] | None = None
 
     # -- admission ----------------------------------------------------------------------
 
@@ -290,9 +293,11 @@ class Executor:
             middlewares = self.app.middleware
             value = await (chain_execute(middlewares, request, call)() if middlewares else call())
         except Retry as signal:
+            self._ran(msg.id)
             await self._retry(job, signal)
             return
         except Exception as exc:
+            self._ran(msg.id)
             auto = retry.autoretry(task, request, exc)
             if auto is not None:
                 await self._retry(job, auto)
@@ -301,7 +306,12 @@ class Executor:
             return
         finally:
             context.leave(token)
+        self._ran(msg.id)
         await self._succeeded(job, value, acks_late)
+
+    def _ran(self, task_id: str) -> None:
+        if self.on_ran is not None:
+            self.on_ran(task_id)
 
     async def _succeeded(self, job: Job, value: Any, acks_late: bool) -> None:
         task, msg = job.task, job.msg

@@ -111,6 +111,8 @@ class Worker:
         self._lifespans = contextlib.AsyncExitStack()
         self._process_pool: ProcessPool | None = None
         self.lost_leases = 0
+        # held deliveries whose task body is done (their result and ack are in flight)
+        self._finishing: set[str] = set()
         # whether claimed deliveries carry their stored records (``prior``), read by the
         # claim itself, so no separate lookup per batch is needed
         self._records_inline = False
@@ -152,6 +154,7 @@ class Worker:
         self._records_inline = bool(
             backend is not None and bind_records is not None and bind_records(backend)
         )
+        self._executor.on_ran = self._ran
         for lifespan in self.app.lifespans:
             await self._lifespans.enter_async_context(lifespan(self.app))
         log.info(
@@ -272,7 +275,9 @@ class Worker:
             if not self._claiming.is_set():  # a message is running alone
                 await self._claiming.wait()
                 continue
-            room = self.prefetch - len(self._held)
+            # a task whose body is done no longer counts: more are claimed while its
+            # result is stored and its message settled
+            room = self.prefetch - len(self._held) + len(self._finishing)
             if room <= 0:
                 self._room.clear()
                 await self._room.wait()
@@ -347,13 +352,9 @@ class Worker:
         alone = delivery.delivery_count == self.app.conf.max_deliveries > 1
         try:
             async with self._alone(delivery.id) if alone else self._slots:
-                if self._stopping.is_set() or delivery.id in self._handed_back:
-                    return  # handed back by _release_waiting
-                started = True
-                self._started.add(delivery.id)
-                if not self._lease_kept(delivery):
-                    return  # its channel died while it waited: it is redelivered elsewhere
-                await self.executor.execute(delivery, prior=prior)
+                started = self._start(delivery)
+                if started:
+                    await self.executor.execute(delivery, prior=prior)
         except asyncio.CancelledError:
             if delivery.id in self._terminated:
                 self._terminated.discard(delivery.id)
@@ -370,6 +371,7 @@ class Worker:
             self._handlers.pop(delivery.id, None)
             with self._held_lock:
                 self._held.pop(delivery.id, None)
+            self._finishing.discard(delivery.id)
             self._room.set()
 
     @contextlib.asynccontextmanager
@@ -394,6 +396,21 @@ class Worker:
             self._claiming.set()
             for _ in range(taken):
                 self._slots.release()
+
+    def _start(self, delivery: Delivery) -> bool:
+        """Whether ``delivery``, now holding its slot, may run."""
+        if self._stopping.is_set() or delivery.id in self._handed_back:
+            return False  # handed back by _release_waiting
+        self._started.add(delivery.id)
+        # where the connection is the lease, its channel may have died while it waited:
+        # then it is redelivered elsewhere
+        return self._lease_kept(delivery)
+
+    def _ran(self, task_id: str) -> None:
+        """A task's body is done: its place in the prefetch is free (not yet its slot)."""
+        if task_id in self._held and task_id not in self._finishing:
+            self._finishing.add(task_id)
+            self._room.set()
 
     def _lease_kept(self, delivery: Delivery) -> bool:
         """Where the connection is the lease, a prefetched delivery may be lost before it

@@ -599,13 +599,17 @@ async def test_row13_cancelled_command_mid_reply(server: RedisServer) -> None:
         cancelled = 0
         answered = 0
         try:
-            await backend.connect()
-            await asyncio.gather(
-                *(
-                    backend.store(f"r{i}", b"value-%d" % i, state="SUCCESS", attempt=1, ttl=600)
-                    for i in range(n)
+            writer = RedisBackend(url)
+            try:
+                await asyncio.gather(
+                    *(
+                        writer.store(f"r{i}", b"value-%d" % i, state="SUCCESS", attempt=1, ttl=600)
+                        for i in range(n)
+                    )
                 )
-            )
+            finally:
+                await writer.close()
+            await backend.connect()
             assert await backend.get("r0") == b"value-0"
             before = await asyncio.to_thread(client_ids, server)
             assert len(before) == 1, before  # the backend's one pooled connection
