@@ -6,14 +6,7 @@ configuration mistakes into one-line errors naming the fix instead of tracebacks
 
 from __future__ import annotations
 
-import asyncio
-import importlib
-import logging
-import os
-import signal
-import sys
-from collections.abc import Callable, Coroutine
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 
@@ -22,8 +15,8 @@ from .core.app import App
 from .core.errors import AqueueError
 from .core.message import decode_result
 from .core.urls import redact
-
-T = TypeVar("T")
+from .runner import CLIError, WorkerOptions, can_exec, exec_worker, load_app, run_worker
+from .runner import run as _run
 
 cli = typer.Typer(
     name="aqueue",
@@ -32,74 +25,6 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-
-
-class CLIError(Exception):
-    """A user mistake reported as one line, exit status 2."""
-
-
-def load_app(spec: str) -> App:
-    """Import ``module:attr`` (or ``module``, finding its App) and return the App."""
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    module_name, _, attr = spec.partition(":")
-    if not module_name:
-        raise CLIError(f"bad APP {spec!r}: use module:attribute, e.g. proj.tasks:app")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            raise CLIError(
-                f"cannot import {module_name!r} (no module {exc.name!r}): run aqueue from the "
-                "directory that contains your package, or add it to PYTHONPATH"
-            ) from None
-        raise
-    if attr:
-        obj: Any = module
-        for part in attr.split("."):
-            try:
-                obj = getattr(obj, part)
-            except AttributeError:
-                raise CLIError(
-                    f"module {module_name!r} has no attribute {attr!r}: APP is module:attribute, "
-                    "where the attribute is your aqueue.App"
-                ) from None
-        if callable(obj) and not isinstance(obj, App):
-            obj = obj()
-    else:
-        apps = [v for v in vars(module).values() if isinstance(v, App)]
-        if len(apps) != 1:
-            raise CLIError(
-                f"module {module_name!r} has {len(apps)} App objects: name one, e.g. "
-                f"{module_name}:app"
-            )
-        obj = apps[0]
-    if not isinstance(obj, App):
-        raise CLIError(f"{spec!r} is a {type(obj).__name__}, not an aqueue.App")
-    return obj
-
-
-def _configure_logging(level: str) -> None:
-    numeric = logging.getLevelName(level.upper())
-    if not isinstance(numeric, int):
-        raise CLIError(f"bad log level {level!r}: use debug, info, warning, error or critical")
-    logging.basicConfig(
-        level=numeric,
-        format="[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
-def _run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine on uvloop when it is installed, plain asyncio otherwise."""
-    try:
-        import uvloop
-
-        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:
-        factory = None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main())
 
 
 def _resolve_app(app: str | None, app_option: str | None) -> App:
@@ -164,41 +89,25 @@ def worker(
     ] = None,
 ) -> None:
     """Start a worker."""
-    try:
-        _configure_logging(loglevel)
-        the_app = _resolve_app(app, app_option)
-        queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
-        w = the_app.worker(
-            queues=queue_list,
-            concurrency=concurrency,
-            prefetch=prefetch,
-            hostname=hostname,
-            burst=burst,
-            shutdown_timeout=shutdown_timeout,
-        )
-    except (CLIError, AqueueError, ValueError) as exc:
-        _fail(exc)
+    spec = app or app_option
+    if not spec:
+        _fail(CLIError("give the app: aqueue worker proj.tasks:app (or -A proj.tasks)"))
         return
-    log = logging.getLogger("aqueue.worker")
-    if the_app.broker_url.startswith("sqlite:"):
-        log.warning(
-            "using the embedded SQLite store %s (set broker= for a server)",
-            os.path.abspath(the_app.broker_url.split(":///", 1)[-1]),
-        )
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, w.request_stop)
-        try:
-            await w.run()
-        finally:
-            await the_app.close()
-
-    try:
-        _run(main)
-    except (AqueueError, OSError) as exc:
-        _fail(exc)
+    options = WorkerOptions(
+        app=spec,
+        queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
+        concurrency=concurrency,
+        prefetch=prefetch,
+        hostname=hostname,
+        loglevel=loglevel,
+        burst=burst,
+        shutdown_timeout=shutdown_timeout,
+    )
+    if _handover and can_exec():
+        exec_worker(options)  # a fresh interpreter without the CLI stack (aqueue.runner)
+    status = run_worker(options)
+    if status:
+        raise typer.Exit(status)
 
 
 @cli.command()
@@ -286,8 +195,15 @@ def status(
         _fail(exc)
 
 
+#: set by main(): the worker command may replace this process (not when typer's test
+#: runner, or a program embedding the CLI, calls `cli` in its own process)
+_handover = False
+
+
 def main() -> None:
     """Entry point of the ``aqueue`` script."""
+    global _handover
+    _handover = True
     cli()
 
 

@@ -1,8 +1,8 @@
 """Publishing many messages: ids, encoding with the size limit, and chunked sending.
 
-Shared by ``delay_many`` / ``apply_many`` / ``send_many`` (``App``) and by the workflow
-engine (a group's members). Everything here is per message and kept cheap: one ``urandom``
-call for all ids, one encoder call and one ``Outgoing`` per message.
+Shared by ``delay_many`` / ``apply_many`` / ``send_many`` (``sending.py``) and by the
+workflow engine (a group's members). Everything here is per message and kept cheap: one
+``urandom`` call for all ids, one encoder call and one ``Outgoing`` per message.
 """
 
 from __future__ import annotations

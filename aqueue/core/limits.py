@@ -13,7 +13,6 @@ that must be killable uses ``offload="process"``.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import threading
 from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import Executor
@@ -89,6 +88,8 @@ async def run_coroutine(
 
 
 def _raise_in_thread(ident: int, exc_type: type[BaseException]) -> None:
+    import ctypes  # only here: it costs every worker ~0.4 MiB otherwise
+
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc_type))
 
 

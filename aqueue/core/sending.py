@@ -1,0 +1,433 @@
+"""Sending: from a call's options to messages, and publishing them through the middleware.
+
+One message (``delay`` / ``apply_async`` / ``send_task``) or many (``delay_many`` /
+``apply_many`` / ``send_many``). The options of a call are worked out once, as a
+:class:`_Plan`; the bulk path then spends per message only an id, an arity check and one
+encoding (``bulk.py`` holds that broker-facing batch work). ``App`` keeps thin methods that
+call these functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ..workflows.signature import Signature
+from .bulk import encode_batch, new_ids, publish_chunks
+from .errors import ArgumentError, PublishTimeout
+from .message import MessageOut, encode_message
+from .middleware import chain_publish
+from .protocols import Outgoing
+from .result import AsyncResult
+from .serialization import SerializerName, check_serializer
+from .task import CallOptions, Task
+from .urls import redact
+
+if TYPE_CHECKING:
+    from ..workflows.signature import Canvas
+    from .app import App
+    from .canvas import Node, TaskNode
+
+# -- one message ----------------------------------------------------------------------------
+
+
+async def send(
+    app: App,
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    options: CallOptions,
+    *,
+    task: Task[Any, Any] | None,
+    check: bool = True,
+) -> AsyncResult[Any]:
+    """Build one message, publish it through the middleware; its result handle."""
+    msg, fmt = build(app, name, args, kwargs, options, task, check)
+    await app._connected_broker()  # connects the backend too, which may route results
+    msg = with_reply_headers(app, msg)
+    if app.middleware:
+        sent: list[MessageOut] = []
+
+        async def last(final: MessageOut) -> None:
+            await publish(app, final, fmt)
+            sent.append(final)
+
+        await chain_publish(app.middleware, last)(msg)
+        task_id = sent[0].id if sent else msg.id
+    else:
+        await publish(app, msg, fmt)
+        task_id = msg.id
+    result_type = task.spec.result_type if task is not None else Any
+    return AsyncResult(app, task_id, result_type=result_type, task=task)
+
+
+def with_reply_headers(app: App, msg: MessageOut) -> MessageOut:
+    """Add where results go, for a backend that routes them to the caller (rpc://)."""
+    reply_headers = getattr(app._backend, "reply_headers", None)
+    if reply_headers is None:
+        return msg
+    return msgspec.structs.replace(msg, headers={**reply_headers(), **msg.headers})
+
+
+async def publish(app: App, msg: MessageOut, fmt: SerializerName) -> None:
+    """Publish one message as it is, past the middleware, within ``publish_timeout``."""
+    # encoded once, and refused if oversized before any I/O
+    body = encode_message(msg, fmt, app.conf.max_message_bytes)
+    outgoing = Outgoing(id=msg.id, queue=msg.queue, body=body, priority=msg.priority, eta=msg.eta)
+    broker = await app._connected_broker()
+    try:
+        async with asyncio.timeout(app.conf.publish_timeout):
+            await broker.publish([outgoing])
+    except TimeoutError:
+        raise PublishTimeout(
+            f"publishing {msg.task} did not complete within {app.conf.publish_timeout}s "
+            f"(broker {redact(app.broker_url)}); it may or may not have been queued"
+        ) from None
+
+
+def build(
+    app: App,
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    options: CallOptions,
+    task: Task[Any, Any] | None,
+    check: bool,
+) -> tuple[MessageOut, SerializerName]:
+    """One call's message and its serializer; the arguments checked if ``check``."""
+    plan = _Plan(app, name, options, task)
+    if check and task is not None and task.typing:
+        task.spec.check_call(args, kwargs)  # a wrong arity fails here, not in the worker
+    task_id = options.get("task_id") or str(uuid.uuid4())
+    return plan.message(task_id, args, kwargs, plan.headers), plan.serializer
+
+
+# -- many messages --------------------------------------------------------------------------
+
+
+async def send_signatures(app: App, signatures: Iterable[Signature[Any]]) -> list[AsyncResult[Any]]:
+    """``app.send_many``: each signature's message as ``sig.delay()`` builds it, in bulk."""
+    nodes: list[TaskNode] = []
+    tasks: list[Task[Any, Any] | None] = []
+    for index, sig in enumerate(signatures):
+        if not isinstance(sig, Signature):
+            raise TypeError(
+                f"send_many item {index} is a {type(sig).__name__}, not a task signature "
+                "(add.s(1, 2)): apply a chain, group or chord with its own apply_async()"
+            )
+        task = sig.task if sig.task is not None else app.tasks.get(sig.name)
+        if task is not None and task.typing:
+            _check_item(task, index, sig.args, sig.kwargs)
+        nodes.append(sig.freeze())
+        tasks.append(task)
+    if not nodes:
+        return []
+    await app._connected_broker()  # connects the backend too, which may route results
+    conf_fmt = app.conf.task_serializer
+    messages: list[MessageOut] = []
+    fmts: list[SerializerName] = []
+    for node, task in zip(nodes, tasks, strict=True):
+        messages.append(with_reply_headers(app, app.workflows.message_for(node)))
+        fmts.append(
+            check_serializer(
+                node.options.get("serializer")
+                or (task.serializer if task is not None else None)
+                or conf_fmt
+            )
+        )
+    return await publish_many(app, messages, fmts, tasks)
+
+
+async def send_items(
+    app: App, task: Task[Any, Any], items: Iterable[Sequence[Any]], options: CallOptions
+) -> list[AsyncResult[Any]]:
+    """``delay_many`` / ``apply_many``: one plan, then per item only what differs."""
+    if "task_id" in options:
+        raise TypeError(
+            "apply_many cannot give every message the same task_id: use "
+            "app.send_many([task.s(...).set(task_id=...), ...]) for chosen ids"
+        )
+    plan = _Plan(app, task.name, options, task)  # every option checked once
+    arg_list: list[tuple[Any, ...]] = [
+        args if type(args) is tuple else _as_args(args, index) for index, args in enumerate(items)
+    ]
+    if not arg_list:
+        return []
+    if task.typing:  # a wrong arity fails here, before anything is sent
+        check = task.spec.check_call
+        for index, args in enumerate(arg_list):
+            try:
+                check(args, _NO_KWARGS)
+            except ArgumentError as exc:
+                raise ArgumentError(f"item {index}: {exc}; nothing was sent") from None
+    await app._connected_broker()  # connects the backend too, which may route results
+    reply_headers = getattr(app._backend, "reply_headers", None)
+    headers = plan.headers
+    if reply_headers is not None:
+        headers = {**reply_headers(), **headers}
+    ids = new_ids(len(arg_list))
+    if plan.link is not None or plan.link_error is not None:
+        # callbacks are frozen per message: each one needs its own task ids
+        messages = [plan.message(i, a, {}, headers) for i, a in zip(ids, arg_list, strict=True)]
+    else:
+        # the hot path: everything but the id and the arguments is computed once
+        name, queue, eta, expires = plan.name, plan.queue, plan.eta, plan.expires
+        priority, ignore_result, now = plan.priority, plan.ignore_result, plan.now
+        time_limit, soft_time_limit = plan.time_limit, plan.soft_time_limit
+        parent_id, root_id, group_id = plan.parent_id, plan.root_id, plan.group_id
+        messages = [
+            MessageOut(
+                id=task_id,
+                task=name,
+                queue=queue,
+                args=args,
+                headers=headers,
+                eta=eta,
+                expires=expires,
+                priority=priority,
+                time_limit=time_limit,
+                soft_time_limit=soft_time_limit,
+                ignore_result=ignore_result,
+                parent_id=parent_id,
+                root_id=root_id,
+                group_id=group_id,
+                sent_at=now,
+            )
+            for task_id, args in zip(ids, arg_list, strict=True)
+        ]
+    return await publish_many(app, messages, plan.serializer, [task])
+
+
+async def publish_many(
+    app: App,
+    messages: list[MessageOut],
+    fmt: SerializerName | list[SerializerName],
+    tasks: Sequence[Task[Any, Any] | None],
+) -> list[AsyncResult[Any]]:
+    """Encode (size-checked) then publish in chunks; one result per message, in order.
+
+    With middleware, each message first goes through the publish chain; what reaches
+    its end is collected and published in the same chunks afterwards.
+    """
+    if app.middleware:
+        sent, origins, ids = await _through_middleware(app, messages, fmt)
+        sent_fmt: SerializerName | list[SerializerName] = (
+            fmt if isinstance(fmt, str) else [fmt[i] for i in origins]
+        )
+        batch = encode_batch(sent, sent_fmt, app.conf.max_message_bytes)
+        results = _results(app, tasks, ids, range(len(ids)))
+        handles = _results(app, tasks, [m.id for m in sent], origins)
+    else:
+        batch = encode_batch(messages, fmt, app.conf.max_message_bytes)
+        results = _results(app, tasks, [m.id for m in messages], range(len(messages)))
+        handles = results
+    await publish_chunks(
+        await app._connected_broker(),
+        batch,
+        handles,
+        timeout=app.conf.publish_timeout,
+        where=redact(app.broker_url),
+        chunk=app.conf.publish_chunk_size,
+    )
+    return results
+
+
+def _results(
+    app: App,
+    tasks: Sequence[Task[Any, Any] | None],
+    ids: Sequence[str],
+    origins: Sequence[int],
+) -> list[AsyncResult[Any]]:
+    """Result handles of ``ids``, each typed by the task of its origin (one task: all)."""
+    if len(tasks) == 1:
+        task = tasks[0]
+        result_type = task.spec.result_type if task is not None else Any
+        return [AsyncResult(app, i, result_type=result_type, task=task) for i in ids]
+    out: list[AsyncResult[Any]] = []
+    for task_id, origin in zip(ids, origins, strict=True):
+        task = tasks[origin]
+        out.append(task.AsyncResult(task_id) if task is not None else app.AsyncResult(task_id))
+    return out
+
+
+async def _through_middleware(
+    app: App, messages: list[MessageOut], fmt: SerializerName | list[SerializerName]
+) -> tuple[list[MessageOut], list[int], list[str]]:
+    """Run each message through the publish middleware, collecting what reaches the end.
+
+    Returns the messages to send, the index of the message each came from, and per
+    input message the id its result is read by (the first message it became, or its own
+    if the middleware dropped it).
+    """
+    sent: list[MessageOut] = []
+    origins: list[int] = []
+    ids: list[str | None] = [None] * len(messages)
+    collecting = True
+    for index, msg in enumerate(messages):
+
+        async def last(final: MessageOut, index: int = index) -> None:
+            if not collecting:  # call_next after the bulk call moved on: send it alone
+                await publish(app, final, fmt if isinstance(fmt, str) else fmt[index])
+                return
+            sent.append(final)
+            origins.append(index)
+            if ids[index] is None:
+                ids[index] = final.id
+
+        if msg.headers:  # one dict per message, so a middleware may change it in place
+            msg = msgspec.structs.replace(msg, headers=dict(msg.headers))
+        await chain_publish(app.middleware, last)(msg)
+    collecting = False
+    result_ids = [i if i is not None else m.id for i, m in zip(ids, messages, strict=True)]
+    return sent, origins, result_ids
+
+
+# -- call options ---------------------------------------------------------------------------
+
+
+def _nodes(value: Canvas[Any] | list[Canvas[Any]] | None) -> tuple[Node, ...]:
+    """Callbacks given as ``link=`` / ``link_error=`` (one or a list), as wire nodes."""
+    if value is None:
+        return ()
+    items = value if isinstance(value, list | tuple) else [value]
+    return tuple(c.freeze() for c in items)
+
+
+def _when(
+    value: datetime | float | None, now: float, what: str, *, relative: bool = False
+) -> float | None:
+    """A time option as unix seconds. Numbers are seconds from now for ``expires``."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.timestamp()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return now + float(value) if relative else float(value)
+    raise TypeError(f"{what} must be a datetime or a number, not {type(value).__name__}")
+
+
+_NO_KWARGS: dict[str, Any] = {}
+
+
+class _Plan:
+    """What the call options decide for every message of one call, computed once."""
+
+    __slots__ = (
+        "eta",
+        "expires",
+        "group_id",
+        "headers",
+        "ignore_result",
+        "link",
+        "link_error",
+        "name",
+        "now",
+        "parent_id",
+        "priority",
+        "queue",
+        "root_id",
+        "serializer",
+        "soft_time_limit",
+        "time_limit",
+    )
+
+    def __init__(
+        self, app: App, name: str, options: CallOptions, task: Task[Any, Any] | None
+    ) -> None:
+        now = time.time()
+        unknown = set(options) - _CALL_OPTIONS
+        if unknown:
+            raise TypeError(f"unknown call option(s): {', '.join(sorted(unknown))}")
+        eta = _when(options.get("eta"), now, "eta")
+        if "countdown" in options:
+            if eta is not None:
+                raise TypeError("give countdown or eta, not both")
+            eta = now + float(options["countdown"])
+        self.eta = eta if eta is not None and eta > now else None
+        self.expires = _when(
+            options.get("expires", task.expires if task else None), now, "expires", relative=True
+        )
+        self.queue = (
+            options.get("queue") or (task.queue if task else None) or app.conf.task_default_queue
+        )
+        priority = options.get("priority", task.priority if task else 0)
+        if not 0 <= priority <= 255:
+            raise ValueError("priority must be between 0 and 255 (higher runs first)")
+        self.priority = priority
+        self.serializer = check_serializer(
+            options.get("serializer")
+            or (task.serializer if task else None)
+            or app.conf.task_serializer
+        )
+        self.name = name
+        self.now = now
+        self.headers: dict[str, str] = options.get("headers", {})
+        self.ignore_result: bool = options.get(
+            "ignore_result", task.ignore_result if task else False
+        )
+        self.time_limit = options.get("time_limit")
+        self.soft_time_limit = options.get("soft_time_limit")
+        self.parent_id = options.get("parent_id")
+        self.root_id = options.get("root_id")
+        self.group_id = options.get("group_id")
+        self.link = options.get("link")
+        self.link_error = options.get("link_error")
+
+    def message(
+        self,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        headers: dict[str, str],
+    ) -> MessageOut:
+        """One message of the call (callbacks frozen anew: fresh ids for each message)."""
+        return MessageOut(
+            link=_nodes(self.link),
+            link_error=_nodes(self.link_error),
+            id=task_id,
+            task=self.name,
+            queue=self.queue,
+            args=args,
+            kwargs=kwargs,
+            headers=headers,
+            eta=self.eta,
+            expires=self.expires,
+            priority=self.priority,
+            time_limit=self.time_limit,
+            soft_time_limit=self.soft_time_limit,
+            ignore_result=self.ignore_result,
+            parent_id=self.parent_id,
+            root_id=self.root_id,
+            group_id=self.group_id,
+            sent_at=self.now,
+        )
+
+
+_CALL_OPTIONS = frozenset(CallOptions.__annotations__)
+
+
+def _as_args(value: Any, index: int) -> tuple[Any, ...]:
+    """One item of ``delay_many``: a tuple of positional arguments (a list is accepted)."""
+    if isinstance(value, list):
+        return tuple(value)
+    raise TypeError(
+        f"item {index} is a {type(value).__name__}: each item is a tuple of the task's "
+        "positional arguments, e.g. delay_many([(1, 2), (3, 4)]) or [(x,) for x in xs]"
+    )
+
+
+def _check_item(
+    task: Task[Any, Any], index: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    try:
+        task.spec.check_call(args, kwargs)
+    except ArgumentError as exc:
+        raise ArgumentError(f"item {index}: {exc}; nothing was sent") from None
