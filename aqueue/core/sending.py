@@ -68,11 +68,12 @@ async def send(
 
 
 def with_reply_headers(app: App, msg: MessageOut) -> MessageOut:
-    """Add where results go, for a backend that routes them to the caller (rpc://)."""
+    """Add where results go, for a backend that pushes them to the caller (rpc://, Redis)."""
     reply_headers = getattr(app._backend, "reply_headers", None)
-    if reply_headers is None:
+    headers = reply_headers() if reply_headers is not None else None
+    if not headers:
         return msg
-    return msgspec.structs.replace(msg, headers={**reply_headers(), **msg.headers})
+    return msgspec.structs.replace(msg, headers={**headers, **msg.headers})
 
 
 async def publish(app: App, msg: MessageOut, fmt: SerializerName) -> None:
