@@ -242,7 +242,11 @@ def pack_command(*args: str | bytes | int | float) -> bytes:
     send one command per task (a lone ``delay()``), that was a fifth of the publish.
     Strings are UTF-8, numbers as redis-py formats them (``repr`` of a float).
     """
-    parts = [b"*%d\r\n" % len(args)]
+    return b"*%d\r\n%s" % (len(args), _frame(args))
+
+
+def _frame(args: Sequence[str | bytes | int | float]) -> bytes:
+    parts: list[bytes] = []
     for arg in args:
         if isinstance(arg, bytes):
             data = arg
@@ -271,6 +275,22 @@ class Script:
 
 #: one script invocation: (script, keys, args)
 ScriptCall = tuple[Script, Sequence[str | bytes], Sequence[str | bytes | int | float]]
+
+#: framed "EVALSHA <sha> <numkeys> <keys...>" per script and key set (one per queue, in
+#: practice), so a call frames only its arguments
+_HEADS: dict[tuple[str, tuple[str | bytes, ...]], bytes] = {}
+
+
+def pack_script_call(call: ScriptCall) -> bytes:
+    """``EVALSHA`` of one script call, framed (see :func:`pack_command`)."""
+    script, keys, args = call
+    key = (script.sha, tuple(keys))
+    head = _HEADS.get(key)
+    if head is None:
+        head = _frame(["EVALSHA", script.sha, len(keys), *keys])
+        if len(_HEADS) < 4096:
+            _HEADS[key] = head
+    return b"*%d\r\n%s%s" % (3 + len(keys) + len(args), head, _frame(args))
 
 
 async def run_scripts(client: aioredis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
@@ -368,10 +388,7 @@ async def run_scripts_on(conn: Any, calls: Sequence[ScriptCall]) -> list[Any]:
     results: list[Any] = [None] * len(calls)
     todo = list(range(len(calls)))
     for _ in range(2):
-        packed = []
-        for i in todo:
-            script, keys, args = calls[i]
-            packed.append(pack_command("EVALSHA", script.sha, len(keys), *keys, *args))
+        packed = [pack_script_call(calls[i]) for i in todo]
         await conn.send_packed_command(packed, check_health=False)
         replies: list[Any] = []
         for _ in packed:  # every reply is read, so the connection stays in step

@@ -21,7 +21,7 @@ import redis
 from aqueue.backends.redis import RedisBackend
 from aqueue.brokers import redis as redis_broker_module
 from aqueue.brokers.redis import RedisBroker
-from aqueue.brokers.redis_connection import pack_command, parse_settings
+from aqueue.brokers.redis_connection import Script, pack_command, pack_script_call, parse_settings
 from aqueue.core import states
 from aqueue.core.errors import BackendError, BrokerError, ConfigurationError
 from aqueue.core.protocols import (
@@ -510,6 +510,10 @@ def test_pack_command_frames_exactly_like_redis_py() -> None:
     args = ("EVALSHA", "ab" * 20, 7, "k\u00e9y", b"\x00\r\n\xff", 3.25, -1, 1e-07, b"", "")
     expected = b"".join(redis.Connection().pack_command(*args))
     assert pack_command(*args) == expected
+    script = Script("t", "return 1")
+    call = (script, ["k1", "k\u00e9"], [b"\x00", 2, 0.5])
+    for _ in range(2):  # framed afresh, then from the cached head
+        assert pack_script_call(call) == pack_command("EVALSHA", script.sha, 2, *call[1], *call[2])
 
 
 # -- configuration and secrets ---------------------------------------------------------------
