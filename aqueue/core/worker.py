@@ -54,7 +54,9 @@ class Worker:
         app: the app whose tasks run here.
         queues: queue names, earlier ones first; default ``[conf.task_default_queue]``.
         concurrency: tasks running at once; default ``conf.worker_concurrency``.
-        prefetch: deliveries held at once, running or waiting (at least ``concurrency``).
+        prefetch: deliveries held at once, running or waiting (at least ``concurrency``);
+            one whose task body has returned no longer counts while its result is stored
+            and its message acked.
         hostname: node name, ``%h`` expanded; default ``aqueue@%h``.
         burst: stop once nothing is claimable and nothing is running.
         shutdown_timeout: seconds running tasks get to finish on stop.
