@@ -465,7 +465,7 @@ class RedisBroker:
             reply = await asyncio.shield(call)
         except asyncio.CancelledError:
             self._track(call)
-            call.add_done_callback(partial(self._hand_back, queues))
+            call.add_done_callback(partial(self._hand_back_wait, queues))
             unblock = asyncio.ensure_future(exchange.unblock(call))
             self._track(unblock)
             unblock.add_done_callback(_log_failure)
@@ -474,24 +474,24 @@ class RedisBroker:
             return await self._claim_once(client, queues, keys, args)
         return reply
 
-    def _hand_back_reply(self, queues: list[str], reply: list[Any]) -> None:
-        if int(reply[1]):
-            done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-            done.set_result(reply)
-            self._hand_back(queues, done)
-
     def _track(self, future: asyncio.Future[Any]) -> None:
         self._background.add(future)
         future.add_done_callback(self._background.discard)
 
-    def _hand_back(self, queues: list[str], call: asyncio.Future[Any]) -> None:
-        if call.cancelled() or call.exception() is not None:
-            return
-        result = call.result()
-        if result is None:  # a wait whose claim did not run
-            return
-        # a claim's run_scripts() answers a list of one reply; a wait answers the reply
-        reply = result[0] if len(result) == 1 else result
+    def _hand_back(self, queues: list[str], call: asyncio.Future[list[Any]]) -> None:
+        """Hand back what a cancelled claim (``run_scripts``: ``[reply]``) took."""
+        if not call.cancelled() and call.exception() is None:
+            [reply] = call.result()
+            self._hand_back_reply(queues, reply)
+
+    def _hand_back_wait(self, queues: list[str], call: asyncio.Future[list[Any] | None]) -> None:
+        """Hand back what the claim of a cancelled wait took (``None``: it did not run)."""
+        if not call.cancelled() and call.exception() is None:
+            reply = call.result()
+            if reply is not None:
+                self._hand_back_reply(queues, reply)
+
+    def _hand_back_reply(self, queues: list[str], reply: list[Any]) -> None:
         if not int(reply[1]):
             return
         deliveries = self._deliveries(queues, reply)
