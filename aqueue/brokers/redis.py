@@ -170,6 +170,8 @@ class RedisBroker:
         # lone ``delay()``): no coalescing hop, no pool checkout; None until first used
         self._lone: Any = None
         self._lone_busy = False
+        # whether a waiting claim can be ended early with CLIENT UNBLOCK (an ACL may deny it)
+        self._unblockable = True
         # hand-backs of cancelled claims still in progress; close() waits for them
         self._background: set[asyncio.Future[Any]] = set()
         # a blocking wait never outlives the socket timeout, so a blocked read is never
@@ -451,7 +453,9 @@ class RedisBroker:
         exchange is shielded, a cancelled wait is ended early with ``CLIENT UNBLOCK``, and
         whatever the claim then took is handed back uncounted.
         """
-        exchange = _BlockingClaim(self._settings, client, notify, block, keys, args)
+        exchange = _BlockingClaim(
+            self._settings, client, notify, block, keys, args, unblockable=self._unblockable
+        )
         call = asyncio.ensure_future(
             guarded(
                 self._settings,
@@ -461,8 +465,13 @@ class RedisBroker:
                 deadline=self._settings.operation_timeout + block,
             )
         )
+        if not self._unblockable:
+            # No CLIENT UNBLOCK (an ACL without CLIENT): a cancelled wait drops its
+            # connection, which ends it on the server before the claim runs, unless the
+            # wait had just ended; what that claim took then returns when its lease expires.
+            return await self._claimed(call, exchange, client, queues, keys, args)
         try:
-            reply = await asyncio.shield(call)
+            await asyncio.shield(call)
         except asyncio.CancelledError:
             self._track(call)
             call.add_done_callback(partial(self._hand_back_wait, queues))
@@ -470,6 +479,23 @@ class RedisBroker:
             self._track(unblock)
             unblock.add_done_callback(_log_failure)
             raise
+        return await self._claimed(call, exchange, client, queues, keys, args)
+
+    async def _claimed(
+        self,
+        call: asyncio.Future[list[Any] | None],
+        exchange: _BlockingClaim,
+        client: aioredis.Redis,
+        queues: list[str],
+        keys: list[str],
+        args: list[str | bytes | int | float],
+    ) -> list[Any]:
+        reply = await call
+        if exchange.client_id_refused and self._unblockable:
+            self._unblockable = False
+            log.info(
+                "CLIENT ID is not allowed on %s: waits end by reconnecting", self._settings.redacted
+            )
         if reply is None:  # the claim script was not loaded (a restarted server)
             return await self._claim_once(client, queues, keys, args)
         return reply
@@ -681,15 +707,21 @@ class _BlockingClaim:
         block: float,
         keys: list[str],
         args: list[str | bytes | int | float],
+        *,
+        unblockable: bool,
     ) -> None:
         self._settings = settings
         self._client = client
-        self._commands = [
-            ("CLIENT", "ID"),
+        self._commands: list[tuple[Any, ...]] = [
             ("BLPOP", *notify, f"{block:.3f}"),
             ("EVALSHA", lua.CLAIM.sha, len(keys), *keys, *args),
         ]
+        if unblockable:
+            self._commands.insert(0, ("CLIENT", "ID"))
+        self._unblockable = unblockable
         self._block = block
+        #: the server refused ``CLIENT ID`` (an ACL without it): do not ask again
+        self.client_id_refused = False
         # the server's id for the connection, known once its first reply is read
         self._client_id: int | None = None
         self._known = asyncio.Event()
@@ -700,21 +732,31 @@ class _BlockingClaim:
         conn = await pool.get_connection()
         try:
             await conn.send_packed_command(conn.pack_commands(self._commands))
-            self._client_id = int(await conn.read_response())
-            self._known.set()
-            try:
-                await conn.read_response()  # the wake-up token, or nil after the timeout
-            except ResponseError:
-                await conn.disconnect()  # the claim's reply is still unread
-                raise
-            try:
-                reply = await conn.read_response()
-            except NoScriptError:
-                return None
-            return list(reply)
+            # every reply is read, error replies included, so the connection stays in
+            # step (a failed read disconnects it: redis-py does that on any exception)
+            replies: list[Any] = []
+            for _ in self._commands:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+                if self._unblockable and len(replies) == 1:
+                    if isinstance(replies[0], ResponseError):
+                        self.client_id_refused = True
+                    else:
+                        self._client_id = int(replies[0])
+                    self._known.set()
         finally:
             self._known.set()
             await pool.release(conn)
+        wait, claim = replies[-2], replies[-1]
+        if isinstance(wait, ResponseError):
+            raise wait
+        if isinstance(claim, NoScriptError):
+            return None
+        if isinstance(claim, ResponseError):
+            raise claim
+        return list(claim)
 
     async def unblock(self, call: asyncio.Future[Any]) -> None:
         """End the wait at once, so the shielded exchange finishes (and hands back)."""

@@ -488,6 +488,42 @@ async def test_cancelled_wait_hands_back_what_its_claim_took(broker: RedisBroker
         assert await d.ack()
 
 
+async def test_waits_work_for_a_user_without_the_client_command(
+    prefix: str, raw: redis.Redis
+) -> None:
+    user, password = f"aqt-{uuid.uuid4().hex[:12]}", uuid.uuid4().hex
+    raw.execute_command("ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all")
+    raw.execute_command("ACL", "SETUSER", user, "-client")
+    try:
+        b = RedisBroker(f"redis://{user}:{password}@{HOST}:{PORT}/0?prefix={prefix}")
+        await b.connect()
+        try:
+            waiter = asyncio.create_task(claim(b, timeout=4.0))
+            await asyncio.sleep(0.1)  # blocked in BLPOP now
+            m = msg()
+            await b.publish([m])
+            async with asyncio.timeout(3):
+                [d] = await waiter
+            assert d.id == m.id and await d.ack()
+            assert not b._unblockable  # refused once, not asked again
+            # a cancelled wait still ends at once and leaves every connection in step
+            task = asyncio.create_task(claim(b, timeout=5.0))
+            await asyncio.sleep(0.05)
+            t0 = time.monotonic()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            assert time.monotonic() - t0 < 0.5
+            m2 = msg()
+            await b.publish([m2])
+            [d2] = await claim(b, timeout=2.0)
+            assert d2.id == m2.id and await d2.ack()
+        finally:
+            await b.close()
+    finally:
+        raw.execute_command("ACL", "DELUSER", user)
+
+
 async def test_cancelled_wait_does_not_poison_the_pool(broker: RedisBroker) -> None:
     for _ in range(5):
         task = asyncio.create_task(claim(broker, timeout=5.0))
