@@ -10,7 +10,8 @@ aqueue queue with a delivery limit and at-least-once dead-lettering into ``<queu
 per-delay-level TTL queues that dead-letter into the work queue. Publishes are confirmed
 and ``mandatory``. The pieces: :mod:`~aqueue.brokers.rabbitmq_link` (connection, channels,
 declarations, publishing), :mod:`~aqueue.brokers.rabbitmq_consumer` (consumers, claims,
-settlement), :mod:`~aqueue.brokers.rabbitmq_delivery` (what a claim hands out),
+settlement), :mod:`~aqueue.brokers.rabbitmq_acks` (acks batched into ``multiple`` frames),
+:mod:`~aqueue.brokers.rabbitmq_delivery` (what a claim hands out),
 :mod:`~aqueue.brokers.rabbitmq_topology` (settings, names, de-duplication).
 docs/brokers/rabbitmq.md says it all in plain words.
 """

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Coroutine, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
-from aio_pika.abc import AbstractIncomingMessage
+from aiormq.abc import DeliveredMessage
 
 from aqueue.core.errors import BrokerError
 from aqueue.core.protocols import Delivery, Lease
@@ -118,6 +118,7 @@ class Consumers(Settlement):
         for queue, consumer in list(self.consumers.items()):
             if consumer.tag == tag:
                 del self.consumers[queue]
+                self.link.inline.pop(consumer.tag, None)
                 self.buffers.pop(queue, None)  # they went with the queue
                 self.link.mark_vanished(queue)
                 if not self.link.closing:
@@ -141,20 +142,30 @@ class Consumers(Settlement):
 
     # -- receiving ------------------------------------------------------------------
 
-    async def _on_message(self, queue: str, gen: int, message: AbstractIncomingMessage) -> None:
-        """Consumer callback: buffer the message, or send it on if it is not due yet."""
+    async def _on_message(self, queue: str, gen: int, message: DeliveredMessage) -> None:
+        """aiormq's consumer callback, used when the channel cannot call :meth:`_deliver`
+        inline (see ``deliver_inline``)."""
+        self._deliver(queue, gen, message)
+
+    def _deliver(self, queue: str, gen: int, message: DeliveredMessage) -> None:
+        """Buffer a delivery, or send it on if it is not due yet (no await: it runs inline
+        in the consuming channel's reader)."""
         if gen != self.link.gen:
             return  # from a dead channel: RabbitMQ requeues it
         consumer = self.consumers.get(queue)
         if consumer is not None and consumer.gen == gen:
             consumer.received += 1
-        headers = message.headers or {}
+        props = message.header.properties
+        headers = props.headers or {}
+        id_ = props.message_id or f"no-id-{uuid.uuid4().hex}"
+        priority = props.priority or 0
+        tag = message.delivery_tag or 0
         due = headers.get(ETA_HEADER)
         if isinstance(due, int) and due > int(time.time() * 1000):
-            self.spawn(self._redelay(queue, message, due))
+            early = Pending(tag, message.body, id_, queue, 1, priority, gen)
+            self.spawn(self._redelay(early, due))
             self._waiters.notify()  # a claim waiting for priming looks again
             return
-        id_ = message.message_id or f"no-id-{uuid.uuid4().hex}"
         if self.settings.queue_type == "quorum":
             raw = headers.get("x-delivery-count", 0)
             count = 1 + (raw if isinstance(raw, int) else 0)
@@ -166,8 +177,7 @@ class Consumers(Settlement):
         adjust = self._uncounted.get(id_, 0)  # kept until the message is settled for good
         if adjust:
             count = max(1, count - adjust)
-        priority = message.priority or 0
-        pending = Pending(message, id_, queue, count, priority, gen)
+        pending = Pending(tag, message.body, id_, queue, count, priority, gen)
         if self._withdrawn and queue not in self.consumers:
             # in transit when the consumers were withdrawn: this process holds nothing more
             self.spawn(self._return_uncounted([pending]))
@@ -182,12 +192,12 @@ class Consumers(Settlement):
         task.add_done_callback(self.background.discard)
         return task
 
-    async def _redelay(self, queue: str, message: AbstractIncomingMessage, due: int) -> None:
+    async def _redelay(self, p: Pending, due: int) -> None:
         """A message came back from a delay queue before its ETA: next hop, then ack."""
-        id_ = message.message_id or f"no-id-{uuid.uuid4().hex}"
+        queue, id_ = p.queue, p.id
         try:
             async with asyncio.timeout(self.settings.operation_timeout):
-                await self.link.send(queue, id_, message.body, message.priority or 0, due)
+                await self.link.send(queue, id_, p.body, p.priority, due)
         except Exception as exc:
             log.warning(
                 "could not send message %s of queue %s on to its next delay hop (%s); "
@@ -198,12 +208,12 @@ class Consumers(Settlement):
             )
             await asyncio.sleep(REDELAY_RETRY)
             try:
-                await message.nack(requeue=True)
+                await self._settle_one(p, requeue=True)
             except Exception:  # the channel died: RabbitMQ requeues it anyway
                 log.debug("hand-back of %s failed: its channel is gone", id_)
             return
         try:
-            await message.ack()
+            await self._settle_one(p, requeue=None)
         except Exception as exc:  # the copy is stored; the original will come back too
             log.warning(
                 "delayed message %s re-sent but its ack failed (%s): it may arrive twice",
@@ -216,7 +226,7 @@ class Consumers(Settlement):
     async def _start(self, queues: Sequence[str], prefetch: int) -> None:
         async with self._lock:
             self._withdrawn = False
-            channel = await self.link.channel("cons")
+            channel = await self.link.consuming()
             gen = self.link.gen
             if prefetch > self.prefetch or not self.prefetch:
                 # basic.qos applies to consumers started after it: restart them all.
@@ -226,23 +236,35 @@ class Consumers(Settlement):
                 self.prefetch = prefetch
                 previous = list(self.consumers)
                 for consumer in list(self.consumers.values()):
-                    await consumer.amqp_queue.cancel(consumer.tag)
+                    await consumer.channel.basic_cancel(consumer.tag)
                     del self.consumers[consumer.queue]
+                    self.link.inline.pop(consumer.tag, None)
                 queues = list(dict.fromkeys([*queues, *previous]))
             loop = asyncio.get_running_loop()
-            await channel.set_qos(prefetch_count=self.prefetch)
+            await channel.basic_qos(prefetch_count=self.prefetch)
             for queue in queues:
                 if queue in self.consumers or gen != self.link.gen:
                     continue
                 await self.link.ensure_queue(queue)
                 # declaring again is cheap and tells how many messages are ready right now
                 ready = await self.link.declare(self.topo.work(queue), self.topo.work_args(queue))
-                amqp_queue = await channel.get_queue(self.topo.work(queue), ensure=False)
-                tag = await amqp_queue.consume(partial(self._on_message, queue, gen))
+                # aiormq's consumer directly: aio-pika would wrap every delivery in an
+                # IncomingMessage and a second task; called inline by the channel's reader
+                tag = f"aqueue-{uuid.uuid4().hex}"
+                self.link.inline[tag] = partial(self._deliver, queue, gen)
+                try:
+                    await channel.basic_consume(
+                        self.topo.work(queue),
+                        partial(self._on_message, queue, gen),
+                        consumer_tag=tag,
+                    )
+                except BaseException:
+                    self.link.inline.pop(tag, None)
+                    raise
                 now = loop.time()
                 self.consumers[queue] = Consumer(
                     queue,
-                    amqp_queue,
+                    channel,
                     tag,
                     gen,
                     expected=min(ready, self.prefetch),
@@ -254,7 +276,7 @@ class Consumers(Settlement):
         held = sum(self.inflight.values())
         want = min(max(held + limit, self.prefetch, 1), MAX_PREFETCH)
         if (
-            self.link.live("cons") is not None
+            self.link.live_consuming() is not None
             and want <= self.prefetch
             and all(q in self.consumers for q in queues)
         ):
@@ -276,6 +298,8 @@ class Consumers(Settlement):
         """Forget a consumer (the next claim starts a new one) and cancel it quietly."""
         if self.consumers.get(c.queue) is c:
             del self.consumers[c.queue]
+        # deliveries still on their way to it go through aiormq's own callback
+        self.link.inline.pop(c.tag, None)
         if not cancel:
             return
         for name in self.topo.all_names(c.queue):
@@ -284,7 +308,7 @@ class Consumers(Settlement):
         async def cancel_quietly() -> None:
             try:
                 async with asyncio.timeout(self.settings.operation_timeout):
-                    await c.amqp_queue.cancel(c.tag)
+                    await c.channel.basic_cancel(c.tag)
             except Exception as exc:  # the consumer or its channel is gone already
                 log.debug("cancelling consumer %s failed: %s", c.tag, type(exc).__name__)
 
@@ -354,18 +378,25 @@ class Consumers(Settlement):
 
     def _take(self, queues: Sequence[str], limit: int) -> list[Delivery]:
         out: list[Delivery] = []
+        tokens: list[int] = []
         gen = self.link.gen
+        claims = self.claims
         for queue in queues:
             heap = self.buffers.get(queue)
+            taken = 0
             while heap and len(out) < limit:
                 _, _, pending = heapq.heappop(heap)
                 if pending.gen != gen:
                     continue
-                delivery = RabbitMQDelivery(self, pending)
-                with self._live_lock:
-                    self._live.add(delivery.lease.token)
-                self.inflight[queue] = self.inflight.get(queue, 0) + 1
+                delivery = RabbitMQDelivery(self, pending, next(claims))
+                tokens.append(delivery.lease.token)
                 out.append(delivery)
+                taken += 1
+            if taken:
+                self.inflight[queue] = self.inflight.get(queue, 0) + taken
+        if tokens:
+            with self._live_lock:
+                self._live.update(tokens)
         return out
 
     async def claim(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
@@ -450,7 +481,7 @@ class Consumers(Settlement):
             for p in pending:
                 self._add_uncounted(p.id)  # a requeue, not a delivery to a task
                 try:
-                    await p.message.nack(requeue=True)
+                    await self._settle_one(p, requeue=True)
                 except Exception:  # the channel died: RabbitMQ requeued it anyway
                     log.debug("hand-back of %s failed: its channel is gone", p.id)
             if pending:
@@ -474,14 +505,17 @@ class Consumers(Settlement):
         dropped = 0
         for _, _, pending in self.buffers.pop(queue, []):
             try:
-                await pending.message.ack()
+                await self._settle_one(pending, requeue=None)
                 dropped += 1
             except Exception as exc:  # the channel died: the message is back in the queue
                 log.debug("purge: ack of a buffered message failed (%s)", type(exc).__name__)
         return dropped
 
     async def close(self) -> None:
-        """Cancel background work (delay hops, consumer starts)."""
+        """Write the acks still queued (and wait until RabbitMQ processed them), then cancel
+        background work (delay hops, consumer starts)."""
+        if self.link.acks is not None and self.link.live_consuming() is not None:
+            await self._acks_processed()
         tasks = list(self.background)
         for task in tasks:
             task.cancel()

@@ -9,7 +9,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from aiormq.abc import AbstractChannel
 
 from aqueue.core.protocols import Lease
 
@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 class Pending:
     """A message delivered to this process and not claimed yet."""
 
-    message: AbstractIncomingMessage
+    tag: int  # its delivery tag on the consuming channel of generation ``gen``
+    body: bytes
     id: str
     queue: str
     count: int
@@ -34,7 +35,7 @@ class Consumer:
     """One basic.consume on the consuming channel."""
 
     queue: str
-    amqp_queue: AbstractQueue
+    channel: AbstractChannel  # the consuming channel (aiormq's)
     tag: str
     gen: int
     expected: int
@@ -75,18 +76,24 @@ class RabbitMQDelivery:
     returns ``False``.
     """
 
-    __slots__ = ("_count", "_gen", "_lease", "_message", "_owner", "_priority", "_settled")
+    __slots__ = ("_body", "_count", "_gen", "_lease", "_owner", "_priority", "_settled", "_tag")
 
-    def __init__(self, owner: Consumers, pending: Pending) -> None:
+    def __init__(self, owner: Consumers, pending: Pending, claim: int) -> None:
         self._owner = owner
-        self._message = pending.message
+        self._tag = pending.tag
+        self._body = pending.body
         self._count = pending.count
         self._gen = pending.gen
         self._priority = pending.priority
-        tag = pending.message.delivery_tag or 0
-        token = (next(owner.claims) << 96) | (pending.gen << 64) | tag
+        token = (claim << 96) | (pending.gen << 64) | pending.tag
         self._lease = Lease(pending.id, pending.queue, token)
         self._settled = False
+
+    def pending(self) -> Pending:
+        """What it was before it was claimed (to put it back into the buffer)."""
+        return Pending(
+            self._tag, self._body, self.id, self.queue, self._count, self._priority, self._gen
+        )
 
     @property
     def id(self) -> str:
@@ -101,7 +108,7 @@ class RabbitMQDelivery:
     @property
     def body(self) -> bytes:
         """The message bytes as published."""
-        return self._message.body
+        return self._body
 
     @property
     def delivery_count(self) -> int:
@@ -115,7 +122,9 @@ class RabbitMQDelivery:
         return self._lease
 
     async def ack(self) -> bool:
-        """basic.ack; ``False`` if the channel it came from is gone (it was redelivered)."""
+        """basic.ack, queued and written with the other acks of this event-loop turn
+        (rabbitmq_acks); ``False`` if the channel it came from is gone (it was
+        redelivered)."""
         return await self._owner.ack(self)
 
     async def release(self, *, executed: bool) -> bool:

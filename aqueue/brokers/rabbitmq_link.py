@@ -14,7 +14,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
@@ -22,9 +22,12 @@ from urllib.parse import urlsplit
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, DeliveryMode
+from aiormq.abc import DeliveredMessage
+from pamqp.header import ContentHeader
 
 from aqueue.core.errors import BrokerError, ConfigurationError, IndeterminatePublish
 
+from .rabbitmq_acks import Acks
 from .rabbitmq_topology import (
     CONTENT_TYPE,
     ETA_HEADER,
@@ -47,7 +50,9 @@ AMQP_ERRORS = (
 #: to the new queue, where it never receives anything
 REDECLARE_GRACE = 0.5
 
-ChannelKind = Literal["pub", "admin", "cons", "watch"]
+ChannelKind = Literal["pub", "admin", "watch"]
+#: a consumer called inline by the consuming channel's reader (see :func:`deliver_inline`)
+InlineConsumer = Callable[[DeliveredMessage], None]
 
 
 class NotSent(Exception):
@@ -72,7 +77,8 @@ class Link:
 
     * ``pub``: publisher confirms and ``mandatory`` returns raise;
     * ``admin``: queue declarations, purges, deletes;
-    * ``cons``: every consumer and every ack; its ``gen`` number fences deliveries;
+    * the consuming channel (aiormq's, see :meth:`consuming`): every consumer and every ack;
+      its ``gen`` number fences deliveries;
     * ``watch``: passive declares, which close the channel when a queue is missing.
     """
 
@@ -85,10 +91,15 @@ class Link:
         self.closing = False
         #: generation of the live consuming channel; 0 while there is none
         self.gen = 0
+        #: settlement frames of the live consuming channel (its aiormq channel inside)
+        self.acks: Acks | None = None
+        #: consumer tag -> what the consuming channel's reader calls for each delivery
+        self.inline: dict[str, InlineConsumer] = {}
         self.declared: set[str] = set()
         self.known: set[str] = set()
         self.vanished: dict[str, float] = {}  # queue -> loop time it was found deleted
         self._channels: dict[ChannelKind, AbstractChannel] = {}
+        self._cons: aiormq.abc.AbstractChannel | None = None
         self._gens = itertools.count(1)
         self._conn_task: asyncio.Task[AbstractConnection] | None = None
         self._chan_lock = asyncio.Lock()
@@ -175,9 +186,10 @@ class Link:
         self._consuming_lost(exc)
 
     def _consuming_lost(self, exc: BaseException | None) -> None:
-        self._channels.pop("cons", None)
+        self._cons = None
         had = self.gen
         self.gen = 0
+        self.acks = None  # acks not written yet are moot: RabbitMQ requeues those messages
         if self.listener is not None:
             if had:
                 self.listener.consuming_lost(exc)
@@ -203,31 +215,79 @@ class Link:
             confirms = kind == "pub"
             async with asyncio.timeout(self.settings.operation_timeout):
                 channel = await conn.channel(publisher_confirms=confirms, on_return_raises=confirms)
-                if kind == "cons":
-                    underlay = await channel.get_underlay_channel()
-                    if self.listener is not None:
-                        underlay.on_consumer_cancel_callbacks.add(self.listener.consumer_cancelled)
             channel.close_callbacks.add(partial(self._on_channel_closed, kind))
-            if kind == "cons":
-                self.gen = next(self._gens)
             self._channels[kind] = channel
             return channel
 
     def _on_channel_closed(self, kind: ChannelKind, sender: Any, exc: BaseException | None) -> None:
         if self._channels.get(kind) is not sender:
             return
-        if kind == "cons":
+        self._channels.pop(kind, None)
+        if exc is not None and not self.closing:
+            log.debug("%s channel closed: %s", kind, self.scrub(exc))
+
+    # -- the consuming channel --------------------------------------------------------
+
+    def live_consuming(self) -> aiormq.abc.AbstractChannel | None:
+        """The consuming channel if it is open."""
+        channel = self._cons
+        return channel if channel is not None and not channel.is_closed else None
+
+    async def consuming(self) -> aiormq.abc.AbstractChannel:
+        """The consuming channel, opened if needed; a new one starts a new generation.
+
+        It is aiormq's channel, not aio-pika's: deliveries reach the consumers without an
+        aio-pika message object and task each, and its frame buffer is unbounded (aio-pika
+        leaves aiormq's default of 10 frames, about three messages, so the connection's
+        reader stalls on every few deliveries). What it can hold is bounded by the prefetch.
+        Consumers registered in :attr:`inline` are called by the channel's reader itself
+        (:func:`deliver_inline`), not in a task per delivery.
+        """
+        channel = self.live_consuming()
+        if channel is not None:
+            return channel
+        conn = await self.connection()
+        async with self._chan_lock:
+            channel = self.live_consuming()
+            if channel is not None:
+                return channel
+            transport = conn.transport
+            if transport is None:
+                raise aiormq.exceptions.ChannelInvalidStateError("the connection is closed")
+            async with asyncio.timeout(self.settings.operation_timeout):
+                channel = await transport.connection.channel(
+                    publisher_confirms=False, frame_buffer_size=0
+                )
+            if self.listener is not None:
+                channel.on_consumer_cancel_callbacks.add(self.listener.consumer_cancelled)
+            channel.closing.add_done_callback(partial(self._on_closing, channel))
+            self.gen = next(self._gens)
+            self.acks = Acks(channel, self.gen)
+            self.inline = {}
+            if not deliver_inline(channel, self.inline):
+                log.debug("this aiormq has no inline delivery hooks: a task per delivery")
+            self._cons = channel
+            return channel
+
+    def _on_closing(
+        self, channel: aiormq.abc.AbstractChannel, closing: asyncio.Future[Any]
+    ) -> None:
+        exc = None if closing.cancelled() else closing.exception()
+        self.consuming_closed(channel, exc)
+
+    def consuming_closed(self, channel: Any, exc: BaseException | None) -> None:
+        """The consuming channel ``channel`` closed (``exc``: why, if not by us)."""
+        if self._cons is channel:
             self._consuming_lost(exc)
-        else:
-            self._channels.pop(kind, None)
-            if exc is not None and not self.closing:
-                log.debug("%s channel closed: %s", kind, self.scrub(exc))
 
     async def close_consuming(self) -> None:
-        """Close the consuming channel (a new one opens on the next claim)."""
-        channel = self.live("cons")
+        """Close the consuming channel (a new one opens on the next claim), after writing
+        the acks queued on it."""
+        channel = self.live_consuming()
         if channel is not None:
             async with asyncio.timeout(self.settings.operation_timeout):
+                if self.acks is not None:
+                    await self.acks.flush()
                 await channel.close()
 
     def blocked(self) -> bool:
@@ -399,6 +459,52 @@ class Link:
                 for name in self.topo.all_names(queue):
                     await channel.queue_delete(name)
                     self.declared.discard(name)
+
+
+def deliver_inline(channel: aiormq.abc.AbstractChannel, inline: dict[str, InlineConsumer]) -> bool:
+    """Make ``channel`` call the consumers of ``inline`` (by consumer tag) from its reader,
+    in delivery order, instead of starting a task for each delivery; ``False`` (nothing
+    changed) if this aiormq lacks the hooks it relies on.
+
+    aiormq hands every delivery to its consumer callback in a new task (plus a task wrapper,
+    a weak-set entry and two done callbacks): a large share of a fast worker's time per task.
+    The consumers here only buffer the message (no await), so they can run inline. This
+    replaces the channel's ``_on_deliver_frame`` (checked with aiormq 7.2) with one that
+    reads the content the same way (``_get_frame``, ``_read_content``) and calls the inline
+    consumer; deliveries for any other consumer tag, or for a tag aiormq no longer knows
+    (cancelled), go through aiormq's own handler unchanged. An exception from a consumer is
+    logged, as aiormq logs a failed consumer task.
+    """
+    raw: Any = channel
+    original = getattr(raw, "_on_deliver_frame", None)
+    get_frame = getattr(raw, "_get_frame", None)
+    read_content = getattr(raw, "_read_content", None)
+    consumers = getattr(raw, "consumers", None)
+    if not (
+        callable(original)
+        and callable(get_frame)
+        and callable(read_content)
+        and isinstance(consumers, dict)
+    ):
+        return False
+
+    async def on_deliver_frame(frame: Any) -> None:
+        tag = getattr(frame, "consumer_tag", None)
+        consumer = inline.get(tag) if isinstance(tag, str) and tag in consumers else None
+        if consumer is None:
+            await original(frame)
+            return
+        header = await get_frame()
+        if not isinstance(header, ContentHeader):
+            raise ValueError(f"unexpected frame {header!r} instead of a content header")
+        message = await read_content(frame, header)
+        try:
+            consumer(message)
+        except Exception:
+            log.exception("consumer %s failed on a delivery", tag)
+
+    raw._on_deliver_frame = on_deliver_frame
+    return True
 
 
 def server_version(conn: AbstractConnection) -> str:

@@ -16,8 +16,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
-from functools import partial
+from collections.abc import Sequence
 from typing import Any
 
 from aqueue.core.errors import BrokerError
@@ -70,7 +69,7 @@ class Settlement:
         try:
             async with asyncio.timeout(self.settings.operation_timeout):
                 for c in consumers:
-                    await c.amqp_queue.cancel(c.tag)
+                    await c.channel.basic_cancel(c.tag)
         except Exception as exc:
             log.debug("%s consumers failed: %s", doing, type(exc).__name__)
             return False
@@ -80,7 +79,7 @@ class Settlement:
         raise NotImplementedError
 
     def _holds(self, d: RabbitMQDelivery) -> bool:
-        return not d._settled and d._gen == self.link.gen and self.link.live("cons") is not None
+        return not d._settled and d._gen == self.link.gen and self.link.live_consuming() is not None
 
     def _settle(self, d: RabbitMQDelivery) -> None:
         d._settled = True
@@ -93,27 +92,36 @@ class Settlement:
             else:
                 self.inflight.pop(d.queue, None)
 
-    async def _basic(self, d: RabbitMQDelivery, op: Callable[[], Awaitable[None]]) -> bool:
-        self._settle(d)
-        try:
-            async with asyncio.timeout(self.settings.operation_timeout):
-                await op()
-        except Exception as exc:  # the channel died under us: it will be redelivered
-            log.debug("settling %s failed: %s", d.id, type(exc).__name__)
-            return False
-        return True
+    async def _settle_one(self, p: Pending, *, requeue: bool | None) -> None:
+        """One ack (``requeue=None``) or nack frame for ``p``, on its own.
 
-    async def _final(self, d: RabbitMQDelivery) -> bool:
-        """Ack: the message is gone for good, and so is its delivery-count correction."""
-        ok = await self._basic(d, d._message.ack)
-        if ok:
-            self._uncounted.pop(d.id, None)
-        return ok
+        Raises:
+            BrokerError: its consuming channel is gone (RabbitMQ requeued the message).
+        """
+        acks = self.link.acks
+        if acks is None or acks.gen != p.gen:
+            raise BrokerError(f"the consuming channel of {p.id} is gone")
+        async with asyncio.timeout(self.settings.operation_timeout):
+            await acks.one(p.tag, requeue=requeue)
+
+    def _final(self, d: RabbitMQDelivery) -> bool:
+        """Ack: the message is gone for good, and so is its delivery-count correction.
+
+        The ack is queued and written within the next event-loop turn, batched with the
+        others of that turn (see rabbitmq_acks); a crash before then redelivers it.
+        """
+        acks = self.link.acks
+        if acks is None or acks.gen != d._gen:
+            return False
+        self._settle(d)
+        acks.ack(d._tag)
+        self._uncounted.pop(d.id, None)
+        return True
 
     async def ack(self, d: RabbitMQDelivery) -> bool:
         if not self._holds(d):
             return False
-        return await self._final(d)
+        return self._final(d)
 
     async def release(self, d: RabbitMQDelivery, *, executed: bool) -> bool:
         if not self._holds(d):
@@ -130,14 +138,19 @@ class Settlement:
                 return False
             if not executed:
                 self._settle(d)
-                pending = Pending(d._message, d.id, d.queue, d._count, d._priority, d._gen)
-                await self._return_uncounted([pending])  # or kept here if that fails
+                await self._return_uncounted([d.pending()])  # or kept here if that fails
                 return True
         if executed:
-            return await self._basic(d, partial(d._message.nack, requeue=True))
+            self._settle(d)
+            try:
+                await self._settle_one(d.pending(), requeue=True)
+            except Exception as exc:  # the channel died under us: it will be redelivered
+                log.debug("settling %s failed: %s", d.id, type(exc).__name__)
+                return False
+            return True
         # never started: back into the buffer, still unacknowledged on the same channel
         self._settle(d)
-        self._push(Pending(d._message, d.id, d.queue, d._count, d._priority, d._gen))
+        self._push(d.pending())
         return True
 
     def _push(self, pending: Pending) -> None:
@@ -211,7 +224,7 @@ class Settlement:
         not be re-published goes back into the buffer (its channel still alive) and returns
         with a delivery counted when this process pauses, closes or dies.
         """
-        if self.link.live("cons") is None:
+        if self.link.live_consuming() is None:
             return False  # their channel died: RabbitMQ requeued them already
         live = [p for p in pending if p.gen == self.link.gen]
 
@@ -220,7 +233,7 @@ class Settlement:
             try:
                 async with asyncio.timeout(self.settings.operation_timeout):
                     await self.link.ensure_queue(p.queue)
-                    await self.link.send(p.queue, p.id, p.message.body, p.priority, None, headers)
+                    await self.link.send(p.queue, p.id, p.body, p.priority, None, headers)
             except Exception as exc:
                 log.warning(
                     "could not hand back message %s of queue %s uncounted (%s); keeping it",
@@ -234,8 +247,7 @@ class Settlement:
             if p.gen != self.link.gen:
                 return True  # the channel died after the confirm: the original comes back too
             try:
-                async with asyncio.timeout(self.settings.operation_timeout):
-                    await p.message.ack()
+                await self._settle_one(p, requeue=None)
             except Exception as exc:  # the copy is stored; the original will come back too
                 log.warning(
                     "message %s handed back but its ack failed (%s): it may arrive twice",
@@ -253,12 +265,14 @@ class Settlement:
         """One round trip on the consuming channel, so RabbitMQ has processed the acks sent
         before it (an ack has no reply). Without it, a process that dies right after (a
         poison suspect running alone) can lose them, and the originals come back counted."""
-        channel = self.link.live("cons")
-        if channel is None:
+        channel = self.link.live_consuming()
+        acks = self.link.acks
+        if channel is None or acks is None:
             return
         try:
             async with asyncio.timeout(self.settings.operation_timeout):
-                await channel.set_qos(prefetch_count=self.prefetch)
+                await acks.flush()  # the queued acks go before the round trip
+                await channel.basic_qos(prefetch_count=self.prefetch)
         except Exception as exc:  # the channel died: what was not acked comes back anyway
             log.debug("waiting for acks to be processed failed: %s", type(exc).__name__)
 
@@ -286,7 +300,7 @@ class Settlement:
             raise self.link.publish_error(exc, d.queue) from None
         if not self._holds(d):
             return False
-        return await self._final(d)
+        return self._final(d)
 
     async def requeue(self, d: RabbitMQDelivery, body: bytes, eta: float | None) -> bool:
         return await self._publish_then_ack(d, body, eta_ms(eta))

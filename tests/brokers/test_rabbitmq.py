@@ -427,9 +427,8 @@ async def test_watchdog_restarts_a_consumer_that_receives_nothing(
     broker = await make(watchdog_interval=0.2)
     assert await claim(broker) == []  # consumer started
     consumer = broker._consumers.consumers["q"]
-    cons = broker._link.live("cons")
-    assert cons is not None
-    underlay = await cons.get_underlay_channel()
+    underlay = broker._link.live_consuming()
+    assert underlay is not None
     await underlay.basic_cancel(consumer.tag)  # no Basic.Cancel from the server: unnoticed
     m = msg()
     await broker.publish([m])
@@ -454,7 +453,7 @@ async def test_consumer_timeout_closure_is_explained(
     )
     with caplog.at_level(logging.ERROR, logger="aqueue.broker.rabbitmq"):
         # what aio-pika reports when RabbitMQ closes the channel with that error
-        broker._link._on_channel_closed("cons", broker._link.live("cons"), exc)
+        broker._link.consuming_closed(broker._link.live_consuming(), exc)
     assert "consumer_timeout" in caplog.text and "run again as a new attempt" in caplog.text
     assert broker.renew([d.lease], 30.0) == [d.lease]
     assert await d.ack() is False
