@@ -269,12 +269,7 @@ class RedisBroker:
                 )
             return stored
         # Concurrent publishes (many delay() calls at once) share one round trip.
-        futures = [self._publisher.submit(message) for message in messages]
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        return [result is True for result in results]
+        return [await self._publisher.submit(messages[0]) is True]
 
     async def _publish_lone(self, message: Outgoing) -> list[bool]:
         calls, _ = self._publish_calls([message])
