@@ -60,7 +60,7 @@ _Op = tuple[str, Lease, bytes | str, str]
 class RedisDelivery:
     """One claimed message; settle it exactly once with ack, release, requeue or dead_letter."""
 
-    __slots__ = ("_body", "_broker", "_count", "_lease", "prior")
+    __slots__ = ("_body", "_broker", "_count", "_lease", "id", "prior")
 
     def __init__(
         self,
@@ -72,16 +72,13 @@ class RedisDelivery:
     ) -> None:
         self._broker = broker
         self._lease = lease
+        #: the task id (a plain attribute: the worker reads it often)
+        self.id = lease.id
         self._body = body
         self._count = count
         #: the task's stored result record when claimed, if the broker reads records
         #: (see :meth:`RedisBroker.bind_records`); ``None`` otherwise or if there is none
         self.prior = prior
-
-    @property
-    def id(self) -> str:
-        """The task id."""
-        return self._lease.id
 
     @property
     def queue(self) -> str:

@@ -329,8 +329,10 @@ class Executor:
         if msg.chain or msg.link or msg.chord is not None:
             await self.app.workflows.on_success(msg, value)
         args, kwargs = job.args, job.kwargs or {}
-        await _hook(task.on_success, value, msg.id, args, kwargs)
-        await _hook(task.after_return, states.SUCCESS, value, msg.id, args, kwargs, None)
+        if _has_hook(task, "on_success"):
+            await _hook(task.on_success, value, msg.id, args, kwargs)
+        if _has_hook(task, "after_return"):
+            await _hook(task.after_return, states.SUCCESS, value, msg.id, args, kwargs, None)
         if signals.task_success.receivers:
             await signals.task_success.send(task, result=value, request=job.request)
         if signals.task_postrun.receivers:
@@ -586,6 +588,13 @@ def _first(a: float | None, b: float | None, c: float | None) -> float | None:
 async def _as_coroutine(awaitable: Any) -> Any:
     """Wrap any awaitable (a custom ``__call__`` may return one) as a coroutine."""
     return await awaitable
+
+
+def _has_hook(task: Task[Any, Any], name: str) -> bool:
+    """Whether the task's class (or the task itself) replaces the no-op ``name`` hook."""
+    from .task import Task
+
+    return getattr(type(task), name) is not getattr(Task, name) or name in vars(task)
 
 
 async def _hook(hook: Any, *args: Any) -> None:
