@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, ResponseError
 
 from aqueue.core.errors import BrokerError, IndeterminatePublish, PublishTimeout
 from aqueue.core.protocols import Capabilities, DeadLetter, Delivery, Lease, Outgoing
@@ -25,7 +23,6 @@ from . import redis_scripts as lua
 from .redis_connection import (
     Coalescer,
     LazySyncClient,
-    RedisSettings,
     ScriptCall,
     command,
     guarded,
@@ -36,7 +33,9 @@ from .redis_connection import (
     run_scripts_once,
     run_scripts_sync,
 )
+from .redis_delivery import RedisDelivery, eta_delay
 from .redis_throttle import RedisThrottle
+from .redis_wait import BlockingClaim
 
 __all__ = ["RedisBroker", "RedisDelivery"]
 
@@ -55,80 +54,6 @@ _PURGE_BATCH = lua.MAX_BATCH
 
 # a settle operation: (op, lease, a, b); see redis_scripts.SETTLE
 _Op = tuple[str, Lease, bytes | str, str]
-
-
-class RedisDelivery:
-    """One claimed message; settle it exactly once with ack, release, requeue or dead_letter."""
-
-    __slots__ = ("_body", "_broker", "_count", "_lease", "id", "prior")
-
-    def __init__(
-        self,
-        broker: RedisBroker,
-        lease: Lease,
-        body: bytes,
-        count: int,
-        prior: bytes | None = None,
-    ) -> None:
-        self._broker = broker
-        self._lease = lease
-        #: the task id (a plain attribute: the worker reads it often)
-        self.id = lease.id
-        self._body = body
-        self._count = count
-        #: the task's stored result record when claimed, if the broker reads records
-        #: (see :meth:`RedisBroker.bind_records`); ``None`` otherwise or if there is none
-        self.prior = prior
-
-    @property
-    def queue(self) -> str:
-        """The queue it was claimed from."""
-        return self._lease.queue
-
-    @property
-    def body(self) -> bytes:
-        """The message bytes as published."""
-        return self._body
-
-    @property
-    def delivery_count(self) -> int:
-        """Claims of this message since it was (re-)enqueued; 1 on the first delivery."""
-        return self._count
-
-    @property
-    def lease(self) -> Lease:
-        """The lease this delivery holds; its token is unique to this claim."""
-        return self._lease
-
-    async def ack(self) -> bool:
-        """Remove the message. ``False`` if the lease had been lost."""
-        return await self._broker._settler.submit(("A", self._lease, "", ""))
-
-    async def release(self, *, executed: bool) -> bool:
-        """Hand the message back, claimable at once; uncounted unless ``executed``."""
-        return await self._broker._settler.submit(("R", self._lease, "1" if executed else "0", ""))
-
-    async def requeue(self, body: bytes, *, eta: float | None) -> bool:
-        """Replace the message with ``body`` due at ``eta``, delivery count reset."""
-        return await self._broker._settler.submit(("Q", self._lease, body, _delay(eta)))
-
-    async def dead_letter(self, reason: str) -> bool:
-        """Move the message to the queue's dead-letter list with ``reason``."""
-        return await self._broker._settler.submit(("D", self._lease, reason, ""))
-
-    def __repr__(self) -> str:
-        return (
-            f"<RedisDelivery id={self.id!r} queue={self.queue!r} "
-            f"count={self._count} token={self._lease.token}>"
-        )
-
-
-def _delay(eta: float | None) -> str:
-    # An ETA is turned into a delay on the producer's clock and anchored to the server's
-    # clock by the script, so a producer whose clock is off does not shift other queues.
-    if eta is None:
-        return "0"
-    return repr(max(0.0, eta - time.time()))
 
 
 class RedisBroker:
@@ -307,7 +232,7 @@ class RedisBroker:
                 for i in chunk:
                     m = messages[i]
                     priority = max(-lua.MAX_PRIORITY, min(lua.MAX_PRIORITY, int(m.priority)))
-                    fields += (m.id, m.body, str(priority), _delay(m.eta))
+                    fields += (m.id, m.body, str(priority), eta_delay(m.eta))
                 calls.append((lua.PUBLISH, keys, [ttl, *pack_fields(fields)]))
                 spans.append(chunk)
         return calls, spans
@@ -445,7 +370,7 @@ class RedisBroker:
         exchange is shielded, a cancelled wait is ended early with ``CLIENT UNBLOCK``, and
         whatever the claim then took is handed back uncounted.
         """
-        exchange = _BlockingClaim(
+        exchange = BlockingClaim(
             self._settings, client, notify, block, keys, args, unblockable=self._unblockable
         )
         call = asyncio.ensure_future(
@@ -476,7 +401,7 @@ class RedisBroker:
     async def _claimed(
         self,
         call: asyncio.Future[list[Any] | None],
-        exchange: _BlockingClaim,
+        exchange: BlockingClaim,
         client: aioredis.Redis,
         queues: list[str],
         keys: list[str],
@@ -686,81 +611,6 @@ class RedisBroker:
 def _log_failure(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("handing back a cancelled claim failed: %s", task.exception())
-
-
-class _BlockingClaim:
-    """One wait-then-claim exchange on a connection of its own (see ``_wait_and_claim``)."""
-
-    def __init__(
-        self,
-        settings: RedisSettings,
-        client: aioredis.Redis,
-        notify: list[str],
-        block: float,
-        keys: list[str],
-        args: list[str | bytes | int | float],
-        *,
-        unblockable: bool,
-    ) -> None:
-        self._settings = settings
-        self._client = client
-        self._commands: list[tuple[Any, ...]] = [
-            ("BLPOP", *notify, f"{block:.3f}"),
-            ("EVALSHA", lua.CLAIM.sha, len(keys), *keys, *args),
-        ]
-        if unblockable:
-            self._commands.insert(0, ("CLIENT", "ID"))
-        self._unblockable = unblockable
-        self._block = block
-        #: the server refused ``CLIENT ID`` (an ACL without it): do not ask again
-        self.client_id_refused = False
-        # the server's id for the connection, known once its first reply is read
-        self._client_id: int | None = None
-        self._known = asyncio.Event()
-
-    async def run(self) -> list[Any] | None:
-        """The claim's reply, or ``None`` if the script was not loaded (it did not run)."""
-        pool: Any = self._client.connection_pool  # redis-py's pool is unannotated
-        conn = await pool.get_connection()
-        try:
-            await conn.send_packed_command(conn.pack_commands(self._commands))
-            # every reply is read, error replies included, so the connection stays in
-            # step (a failed read disconnects it: redis-py does that on any exception)
-            replies: list[Any] = []
-            for _ in self._commands:
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
-                if self._unblockable and len(replies) == 1:
-                    if isinstance(replies[0], ResponseError):
-                        self.client_id_refused = True
-                    else:
-                        self._client_id = int(replies[0])
-                    self._known.set()
-        finally:
-            self._known.set()
-            await pool.release(conn)
-        wait, claim = replies[-2], replies[-1]
-        if isinstance(wait, ResponseError):
-            raise wait
-        if isinstance(claim, NoScriptError):
-            return None
-        if isinstance(claim, ResponseError):
-            raise claim
-        return list(claim)
-
-    async def unblock(self, call: asyncio.Future[Any]) -> None:
-        """End the wait at once, so the shielded exchange finishes (and hands back)."""
-        async with asyncio.timeout(self._settings.operation_timeout + self._block):
-            await self._known.wait()
-            if self._client_id is None:
-                return
-            while not call.done():
-                # 0 while the wait has not reached the server yet, or is over already
-                if await command(self._client, "CLIENT", "UNBLOCK", self._client_id):
-                    return
-                await asyncio.sleep(0.005)
 
 
 def _parse_dead_letter(queue: str, raw: bytes) -> DeadLetter:

@@ -20,6 +20,7 @@ import redis
 
 from aqueue.backends.redis import RedisBackend
 from aqueue.brokers import redis as redis_broker_module
+from aqueue.brokers import redis_wait as redis_wait_module
 from aqueue.brokers.redis import RedisBroker
 from aqueue.brokers.redis_connection import Script, pack_command, pack_script_call, parse_settings
 from aqueue.core import states
@@ -402,7 +403,7 @@ async def test_idle_claim_blocks_instead_of_polling(
         return await real(client, script_calls)
 
     waits = 0
-    real_wait = redis_broker_module._BlockingClaim.run
+    real_wait = redis_wait_module.BlockingClaim.run
 
     async def counting_waits(self):  # type: ignore[no-untyped-def]
         nonlocal waits
@@ -410,7 +411,7 @@ async def test_idle_claim_blocks_instead_of_polling(
         return await real_wait(self)
 
     monkeypatch.setattr(redis_broker_module, "run_scripts", counting)
-    monkeypatch.setattr(redis_broker_module._BlockingClaim, "run", counting_waits)
+    monkeypatch.setattr(redis_wait_module.BlockingClaim, "run", counting_waits)
     t0 = time.monotonic()
     assert await claim(broker, timeout=1.0) == []
     assert time.monotonic() - t0 >= 0.95

@@ -1,0 +1,87 @@
+"""A message claimed from the Redis broker, and how it is settled."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from aqueue.core.protocols import Lease
+
+if TYPE_CHECKING:
+    from .redis import RedisBroker
+
+__all__ = ["RedisDelivery", "eta_delay"]
+
+
+class RedisDelivery:
+    """One claimed message; settle it exactly once with ack, release, requeue or dead_letter."""
+
+    __slots__ = ("_body", "_broker", "_count", "_lease", "id", "prior")
+
+    def __init__(
+        self,
+        broker: RedisBroker,
+        lease: Lease,
+        body: bytes,
+        count: int,
+        prior: bytes | None = None,
+    ) -> None:
+        self._broker = broker
+        self._lease = lease
+        #: the task id (a plain attribute: the worker reads it often)
+        self.id = lease.id
+        self._body = body
+        self._count = count
+        #: the task's stored result record when claimed, if the broker reads records
+        #: (see :meth:`RedisBroker.bind_records`); ``None`` otherwise or if there is none
+        self.prior = prior
+
+    @property
+    def queue(self) -> str:
+        """The queue it was claimed from."""
+        return self._lease.queue
+
+    @property
+    def body(self) -> bytes:
+        """The message bytes as published."""
+        return self._body
+
+    @property
+    def delivery_count(self) -> int:
+        """Claims of this message since it was (re-)enqueued; 1 on the first delivery."""
+        return self._count
+
+    @property
+    def lease(self) -> Lease:
+        """The lease this delivery holds; its token is unique to this claim."""
+        return self._lease
+
+    async def ack(self) -> bool:
+        """Remove the message. ``False`` if the lease had been lost."""
+        return await self._broker._settler.submit(("A", self._lease, "", ""))
+
+    async def release(self, *, executed: bool) -> bool:
+        """Hand the message back, claimable at once; uncounted unless ``executed``."""
+        return await self._broker._settler.submit(("R", self._lease, "1" if executed else "0", ""))
+
+    async def requeue(self, body: bytes, *, eta: float | None) -> bool:
+        """Replace the message with ``body`` due at ``eta``, delivery count reset."""
+        return await self._broker._settler.submit(("Q", self._lease, body, eta_delay(eta)))
+
+    async def dead_letter(self, reason: str) -> bool:
+        """Move the message to the queue's dead-letter list with ``reason``."""
+        return await self._broker._settler.submit(("D", self._lease, reason, ""))
+
+    def __repr__(self) -> str:
+        return (
+            f"<RedisDelivery id={self.id!r} queue={self.queue!r} "
+            f"count={self._count} token={self._lease.token}>"
+        )
+
+
+def eta_delay(eta: float | None) -> str:
+    # An ETA is turned into a delay on the producer's clock and anchored to the server's
+    # clock by the script, so a producer whose clock is off does not shift other queues.
+    if eta is None:
+        return "0"
+    return repr(max(0.0, eta - time.time()))
