@@ -33,7 +33,7 @@ from .redis_connection import (
     run_scripts_once,
     run_scripts_sync,
 )
-from .redis_delivery import RedisDelivery, eta_delay
+from .redis_delivery import RedisDelivery
 from .redis_throttle import RedisThrottle
 from .redis_wait import BlockingClaim
 
@@ -41,9 +41,6 @@ __all__ = ["RedisBroker", "RedisDelivery"]
 
 log = logging.getLogger("aqueue.broker.redis")
 
-#: messages per PUBLISH script call; larger batches become several calls in one pipeline so
-#: no single script blocks the server for long
-_PUBLISH_CHUNK = 500
 #: messages per publish flush (several chunks, one pipeline)
 _PUBLISH_BATCH = 5000
 #: delayed / expired messages moved back to ready per queue per claim
@@ -194,7 +191,7 @@ class RedisBroker:
         return [await self._publisher.submit(messages[0]) is True]
 
     async def _publish_lone(self, message: Outgoing) -> list[bool]:
-        calls, _ = self._publish_calls([message])
+        calls, _ = lua.publish_calls([message], self._queue_keys, self._settings.dedupe_ttl)
         self._lone_busy = True  # from here on, concurrent publishes are coalesced
         try:
             client = await self._redis()
@@ -214,31 +211,8 @@ class RedisBroker:
             self._lone_busy = False
         return [replies[0][0] == 1]
 
-    def _publish_calls(self, messages: list[Outgoing]) -> tuple[list[ScriptCall], list[list[int]]]:
-        """The PUBLISH script calls for ``messages`` (per queue, in chunks), and which
-        messages each call carries."""
-        by_queue: dict[str, list[int]] = defaultdict(list)
-        for index, message in enumerate(messages):
-            by_queue[message.queue].append(index)
-        ttl = repr(float(self._settings.dedupe_ttl))
-        calls: list[ScriptCall] = []
-        spans: list[list[int]] = []
-        for queue, indexes in by_queue.items():
-            k = self._queue_keys(queue)
-            keys = [k[0], k[1], k[3], k[4], k[7], k[9], k[10]]
-            for start in range(0, len(indexes), _PUBLISH_CHUNK):
-                chunk = indexes[start : start + _PUBLISH_CHUNK]
-                fields: list[bytes | str] = []
-                for i in chunk:
-                    m = messages[i]
-                    priority = max(-lua.MAX_PRIORITY, min(lua.MAX_PRIORITY, int(m.priority)))
-                    fields += (m.id, m.body, str(priority), eta_delay(m.eta))
-                calls.append((lua.PUBLISH, keys, [ttl, *pack_fields(fields)]))
-                spans.append(chunk)
-        return calls, spans
-
     async def _flush_publishes(self, messages: list[Outgoing]) -> list[bool]:
-        calls, spans = self._publish_calls(messages)
+        calls, spans = lua.publish_calls(messages, self._queue_keys, self._settings.dedupe_ttl)
         client = await self._redis()
         # Never re-sent automatically: a reply lost to a broken connection leaves the outcome
         # unknown (IndeterminatePublish), and only the caller may decide to send again.
@@ -580,7 +554,7 @@ class RedisBroker:
                 command(pipe, "LRANGE", self._queue_keys(name)[8], 0, limit - 1)
             lists = await pipe.execute()
             letters = [
-                _parse_dead_letter(name, raw)
+                lua.parse_dead_letter(name, raw)
                 for name, entries in zip(names, lists, strict=True)
                 for raw in entries
             ]
@@ -611,16 +585,3 @@ class RedisBroker:
 def _log_failure(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("handing back a cancelled claim failed: %s", task.exception())
-
-
-def _parse_dead_letter(queue: str, raw: bytes) -> DeadLetter:
-    # layout written by SETTLE: "<at>\n<len(id)>\n<len(reason)>\n" + id + reason + body
-    at, id_len, reason_len, rest = raw.split(b"\n", 3)
-    i, r = int(id_len), int(reason_len)
-    return DeadLetter(
-        id=rest[:i].decode(),
-        queue=queue,
-        reason=rest[i : i + r].decode(),
-        body=rest[i + r :],
-        at=float(at),
-    )

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from aqueue.core.protocols import Lease
 
+from . import redis_scripts as lua
+
 if TYPE_CHECKING:
     from .redis import RedisBroker
 
-__all__ = ["RedisDelivery", "eta_delay"]
+__all__ = ["RedisDelivery"]
 
 
 class RedisDelivery:
@@ -66,7 +67,7 @@ class RedisDelivery:
 
     async def requeue(self, body: bytes, *, eta: float | None) -> bool:
         """Replace the message with ``body`` due at ``eta``, delivery count reset."""
-        return await self._broker._settler.submit(("Q", self._lease, body, eta_delay(eta)))
+        return await self._broker._settler.submit(("Q", self._lease, body, lua.eta_delay(eta)))
 
     async def dead_letter(self, reason: str) -> bool:
         """Move the message to the queue's dead-letter list with ``reason``."""
@@ -77,11 +78,3 @@ class RedisDelivery:
             f"<RedisDelivery id={self.id!r} queue={self.queue!r} "
             f"count={self._count} token={self._lease.token}>"
         )
-
-
-def eta_delay(eta: float | None) -> str:
-    # An ETA is turned into a delay on the producer's clock and anchored to the server's
-    # clock by the script, so a producer whose clock is off does not shift other queues.
-    if eta is None:
-        return "0"
-    return repr(max(0.0, eta - time.time()))

@@ -1,4 +1,5 @@
-"""The Lua scripts behind the Redis broker (see docs/brokers/redis.md for the key layout).
+"""The Lua scripts behind the Redis broker (see docs/brokers/redis.md for the key layout),
+with the Python side of their data layouts (PUBLISH arguments, dead-letter entries).
 
 Every script touches the keys of one queue only, all sharing the queue's hash tag, and takes
 every key it touches in ``KEYS`` so it can run unchanged on Redis Cluster. The one
@@ -21,7 +22,12 @@ conversion keeps only 14 significant digits. Needs Redis >= 6.2 (``ZMSCORE``).
 
 from __future__ import annotations
 
-from aqueue.brokers.redis_connection import Script
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+from aqueue.brokers.redis_connection import Script, ScriptCall, pack_fields
+from aqueue.core.protocols import DeadLetter, Outgoing
 
 #: keys per queue passed to CLAIM, in this order
 CLAIM_KEYS = ("ready", "delayed", "inflight", "body", "score", "count", "epoch", "notify")
@@ -131,6 +137,50 @@ end
 return out
 """.replace("%(weight)d", str(PRIORITY_WEIGHT)),
 )
+
+#: messages per PUBLISH call; a bigger batch becomes several calls in one pipeline, so no
+#: single script blocks the server for long
+PUBLISH_CHUNK = 500
+
+
+def eta_delay(eta: float | None) -> str:
+    """An ETA as the scripts take it: a delay from now, which they anchor to server time.
+
+    The delay is taken on the producer's clock, so a producer whose clock is off does not
+    shift other queues.
+    """
+    if eta is None:
+        return "0"
+    return repr(max(0.0, eta - time.time()))
+
+
+def publish_calls(
+    messages: Sequence[Outgoing],
+    queue_keys: Callable[[str], tuple[str, ...]],
+    dedupe_ttl: float,
+) -> tuple[list[ScriptCall], list[list[int]]]:
+    """The PUBLISH calls for ``messages`` (per queue, in chunks), and the indexes of the
+    messages each call carries. ``queue_keys(queue)`` gives the keys in QUEUE_KEYS order."""
+    by_queue: dict[str, list[int]] = defaultdict(list)
+    for index, message in enumerate(messages):
+        by_queue[message.queue].append(index)
+    ttl = repr(float(dedupe_ttl))
+    calls: list[ScriptCall] = []
+    spans: list[list[int]] = []
+    for queue, indexes in by_queue.items():
+        k = queue_keys(queue)
+        keys = [k[0], k[1], k[3], k[4], k[7], k[9], k[10]]
+        for start in range(0, len(indexes), PUBLISH_CHUNK):
+            chunk = indexes[start : start + PUBLISH_CHUNK]
+            fields: list[bytes | str] = []
+            for i in chunk:
+                m = messages[i]
+                priority = max(-MAX_PRIORITY, min(MAX_PRIORITY, int(m.priority)))
+                fields += (m.id, m.body, str(priority), eta_delay(m.eta))
+            calls.append((PUBLISH, keys, [ttl, *pack_fields(fields)]))
+            spans.append(chunk)
+    return calls, spans
+
 
 # KEYS: CLAIM_KEYS for each queue, earlier queue first
 # ARGV: limit, lease_seconds, move_batch, record key head, record key tail
@@ -374,3 +424,17 @@ end
 return removed
 """,
 )
+
+
+def parse_dead_letter(queue: str, raw: bytes) -> DeadLetter:
+    """A dead-letter list entry as SETTLE writes it:
+    ``"<at>\\n<len(id)>\\n<len(reason)>\\n" + id + reason + body``."""
+    at, id_len, reason_len, rest = raw.split(b"\n", 3)
+    i, r = int(id_len), int(reason_len)
+    return DeadLetter(
+        id=rest[:i].decode(),
+        queue=queue,
+        reason=rest[i : i + r].decode(),
+        body=rest[i + r :],
+        at=float(at),
+    )

@@ -33,6 +33,7 @@ from .middleware import chain_execute
 from .offload import ProcessPool
 from .protocols import Delivery, SharedThrottle
 from .serialization import SerializerName, decode, encode, format_of
+from .task import call_hook
 
 if TYPE_CHECKING:
     from .app import App
@@ -329,10 +330,8 @@ class Executor:
         if msg.chain or msg.link or msg.chord is not None:
             await self.app.workflows.on_success(msg, value)
         args, kwargs = job.args, job.kwargs or {}
-        if _has_hook(task, "on_success"):
-            await _hook(task.on_success, value, msg.id, args, kwargs)
-        if _has_hook(task, "after_return"):
-            await _hook(task.after_return, states.SUCCESS, value, msg.id, args, kwargs, None)
+        await call_hook(task, "on_success", value, msg.id, args, kwargs)
+        await call_hook(task, "after_return", states.SUCCESS, value, msg.id, args, kwargs, None)
         if signals.task_success.receivers:
             await signals.task_success.send(task, result=value, request=job.request)
         if signals.task_postrun.receivers:
@@ -380,7 +379,7 @@ class Executor:
                 states.RETRY,
                 error=ErrorInfo(type=type(exc).__qualname__, message=str(exc), traceback=tb),
             )
-        await _hook(task.on_retry, exc, msg.id, job.args, job.kwargs or {}, tb)
+        await call_hook(task, "on_retry", exc, msg.id, job.args, job.kwargs or {}, tb)
         if signals.task_retry.receivers:
             await signals.task_retry.send(
                 task, request=job.request, reason=exc, countdown=countdown
@@ -410,8 +409,8 @@ class Executor:
             await self._store(job, states.FAILURE, date_started=job.started, error=error)
         await self._continue_failure(msg, error)
         args, kwargs = job.args, job.kwargs or {}
-        await _hook(task.on_failure, exc, msg.id, args, kwargs, tb)
-        await _hook(task.after_return, states.FAILURE, exc, msg.id, args, kwargs, tb)
+        await call_hook(task, "on_failure", exc, msg.id, args, kwargs, tb)
+        await call_hook(task, "after_return", states.FAILURE, exc, msg.id, args, kwargs, tb)
         if signals.task_failure.receivers:
             await signals.task_failure.send(
                 task, task_id=msg.id, exception=exc, traceback=tb, request=job.request
@@ -588,20 +587,3 @@ def _first(a: float | None, b: float | None, c: float | None) -> float | None:
 async def _as_coroutine(awaitable: Any) -> Any:
     """Wrap any awaitable (a custom ``__call__`` may return one) as a coroutine."""
     return await awaitable
-
-
-def _has_hook(task: Task[Any, Any], name: str) -> bool:
-    """Whether the task's class (or the task itself) replaces the no-op ``name`` hook."""
-    from .task import Task
-
-    return getattr(type(task), name) is not getattr(Task, name) or name in vars(task)
-
-
-async def _hook(hook: Any, *args: Any) -> None:
-    """Call a task hook, sync or async; a hook's error is logged, never fatal."""
-    try:
-        value = hook(*args)
-        if inspect.isawaitable(value):
-            await value
-    except Exception:
-        log.exception("task hook %s raised", getattr(hook, "__name__", hook))

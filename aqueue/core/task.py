@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import logging
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack
@@ -23,6 +24,8 @@ from .message import ResultOut
 from .retry import backoff_delay, retries_left
 from .serialization import check_serializer, encode
 from .states import READY_STATES
+
+log = logging.getLogger("aqueue.worker")
 
 if TYPE_CHECKING:
     from ..workflows.primitives import Group
@@ -456,3 +459,20 @@ class TaskCall(Generic[P, R]):
         """Add more options."""
         merged: CallOptions = {**self.call_options, **options}
         return TaskCall(self.task, merged)
+
+
+async def call_hook(task: Task[Any, Any], name: str, *args: Any) -> None:
+    """Call the task's ``name`` hook (``on_success``, ``after_return``...), sync or async.
+
+    Skipped when neither the task's class nor the task replaces the no-op default (most
+    tasks: two calls fewer per task). A hook's error is logged, never fatal.
+    """
+    if getattr(type(task), name) is getattr(Task, name) and name not in vars(task):
+        return
+    hook = getattr(task, name)
+    try:
+        value = hook(*args)
+        if inspect.isawaitable(value):
+            await value
+    except Exception:
+        log.exception("task hook %s raised", getattr(hook, "__name__", hook))
