@@ -94,6 +94,17 @@ async def claim(b: Broker, queues=("q",), limit=10, lease=30.0, timeout=0.0) -> 
     return await b.claim(list(queues), limit=limit, lease_seconds=lease, owner="t", timeout=timeout)
 
 
+def blocked_clients(raw: redis.Redis) -> int:
+    return int(raw.info("clients")["blocked_clients"])
+
+
+async def until_blocked(raw: redis.Redis, count: int) -> None:
+    """Until exactly ``count`` clients are blocked in a wait (BLPOP) on the server."""
+    async with asyncio.timeout(5):
+        while blocked_clients(raw) != count:
+            await asyncio.sleep(0.002)
+
+
 # -- protocol shape and layout ---------------------------------------------------------------
 
 
@@ -448,7 +459,7 @@ async def test_cancelled_claim_hands_back_what_it_took(broker: RedisBroker) -> N
 
 
 async def test_a_woken_wait_claims_in_the_same_round_trip(
-    broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
+    broker: RedisBroker, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = 0
     real = redis_broker_module.run_scripts
@@ -459,8 +470,9 @@ async def test_a_woken_wait_claims_in_the_same_round_trip(
         return await real(client, script_calls)
 
     monkeypatch.setattr(redis_broker_module, "run_scripts", counting)
+    base = blocked_clients(raw)
     waiter = asyncio.create_task(claim(broker, timeout=4.0))
-    await asyncio.sleep(0.1)  # blocked in BLPOP now
+    await until_blocked(raw, base + 1)
     m = msg()
     await broker.publish([m])
     async with asyncio.timeout(3):
@@ -469,10 +481,14 @@ async def test_a_woken_wait_claims_in_the_same_round_trip(
     assert d.id == m.id and await d.ack()
 
 
-async def test_cancelled_wait_hands_back_what_its_claim_took(broker: RedisBroker) -> None:
+async def test_cancelled_wait_hands_back_what_its_claim_took(
+    broker: RedisBroker, raw: redis.Redis
+) -> None:
+    base = blocked_clients(raw)
     for delay in (0, 0.0002, 0.0005, 0.001, 0.002, 0.005):
+        await until_blocked(raw, base)
         task = asyncio.create_task(claim(broker, timeout=2.0))
-        await asyncio.sleep(0.05)  # blocked in BLPOP now
+        await until_blocked(raw, base + 1)
         m = msg()
         publish = asyncio.create_task(broker.publish([m]))
         await asyncio.sleep(delay)
@@ -499,8 +515,9 @@ async def test_waits_work_for_a_user_without_the_client_command(
         b = RedisBroker(f"redis://{user}:{password}@{HOST}:{PORT}/0?prefix={prefix}")
         await b.connect()
         try:
+            base = blocked_clients(raw)
             waiter = asyncio.create_task(claim(b, timeout=4.0))
-            await asyncio.sleep(0.1)  # blocked in BLPOP now
+            await until_blocked(raw, base + 1)
             m = msg()
             await b.publish([m])
             async with asyncio.timeout(3):
@@ -508,8 +525,9 @@ async def test_waits_work_for_a_user_without_the_client_command(
             assert d.id == m.id and await d.ack()
             assert not b._unblockable  # refused once, not asked again
             # a cancelled wait still ends at once and leaves every connection in step
+            await until_blocked(raw, base)
             task = asyncio.create_task(claim(b, timeout=5.0))
-            await asyncio.sleep(0.05)
+            await until_blocked(raw, base + 1)
             t0 = time.monotonic()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -525,10 +543,14 @@ async def test_waits_work_for_a_user_without_the_client_command(
         raw.execute_command("ACL", "DELUSER", user)
 
 
-async def test_cancelled_wait_does_not_poison_the_pool(broker: RedisBroker) -> None:
+async def test_cancelled_wait_does_not_poison_the_pool(
+    broker: RedisBroker, raw: redis.Redis
+) -> None:
+    base = blocked_clients(raw)
     for _ in range(5):
+        await until_blocked(raw, base)
         task = asyncio.create_task(claim(broker, timeout=5.0))
-        await asyncio.sleep(0.05)  # blocked in BLPOP now
+        await until_blocked(raw, base + 1)
         t0 = time.monotonic()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
