@@ -311,6 +311,13 @@ class App:
             raise ConfigurationError("the app is not connected: use `async with app:`")
         return self._broker
 
+    @property
+    def backend(self) -> ResultBackend | None:
+        """The connected result backend (after ``connect()``); ``None``: results not stored."""
+        if self._broker is None:
+            raise ConfigurationError("the app is not connected: use `async with app:`")
+        return self._backend
+
     # -- sending (aqueue/core/sending.py) -------------------------------------------------
 
     async def send_task(

@@ -12,8 +12,8 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from .errors import BulkPublishError, MessageTooLarge, PublishTimeout
-from .serialization import SerializerName, encoder_of
+from .errors import BulkPublishError, EncodeError, MessageTooLarge, PublishTimeout
+from .serialization import ENCODE_FAILURES, SerializerName, encode_error, encoder_of
 
 if TYPE_CHECKING:
     from .message import MessageOut
@@ -49,19 +49,25 @@ def encode_batch(
 
     out: list[Outgoing] = []
     append = out.append
-    if isinstance(serializer, str):
-        encode = encoder_of(serializer)
-        for m in messages:
-            body = encode(m)
+    try:
+        if isinstance(serializer, str):
+            encode = encoder_of(serializer)
+            for m in messages:
+                body = encode(m)
+                if len(body) > max_bytes:
+                    raise _too_large(m, len(out), len(body), max_bytes)
+                append(Outgoing(m.id, m.queue, body, m.priority, m.eta))
+            return out
+        for m, fmt in zip(messages, serializer, strict=True):
+            body = encoder_of(fmt)(m)
             if len(body) > max_bytes:
                 raise _too_large(m, len(out), len(body), max_bytes)
             append(Outgoing(m.id, m.queue, body, m.priority, m.eta))
-        return out
-    for m, fmt in zip(messages, serializer, strict=True):
-        body = encoder_of(fmt)(m)
-        if len(body) > max_bytes:
-            raise _too_large(m, len(out), len(body), max_bytes)
-        append(Outgoing(m.id, m.queue, body, m.priority, m.eta))
+    except ENCODE_FAILURES as exc:
+        m = messages[len(out)]
+        raise EncodeError(
+            f"message {len(out)} ({m.task}, id {m.id}): {encode_error(exc)}; nothing was sent"
+        ) from None
     return out
 
 

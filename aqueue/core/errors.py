@@ -12,7 +12,8 @@
     ├── BackendError              the result backend failed or could not be reached
     ├── MessageError              a message that cannot be accepted
     │   ├── MessageTooLarge       payload over ``max_message_bytes``
-    │   └── DecodeError           bytes that are not a valid aqueue message
+    │   ├── DecodeError           bytes that are not a valid aqueue message
+    │   └── EncodeError           a value (arguments, a result) the serializer cannot encode
     ├── ArgumentError             arguments that do not fit the task's signature
     ├── TaskFailed                the remote task ended in FAILURE
     ├── TaskRevoked               the task was revoked or expired
@@ -102,6 +103,11 @@ class MessageTooLarge(MessageError):
 
 class DecodeError(MessageError):
     """Bytes that are not a valid aqueue message."""
+
+
+class EncodeError(MessageError):
+    """A value (arguments, a result) the serializer cannot encode: an int beyond 64 bits,
+    a self-referencing list, an object of an unsupported type."""
 
 
 class ArgumentError(AqueueError, TypeError):

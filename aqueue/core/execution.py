@@ -27,8 +27,16 @@ import msgspec
 from . import context, limits, retry, signals, states
 from .admission import RATE_SLOT_HEADER, LocalThrottle, parse_rate
 from .control import TERMINATE
-from .errors import ArgumentError, DecodeError, Retry
-from .message import ErrorInfo, MessageIn, ResultOut, decode_message, decode_result, raw_is_empty
+from .errors import ArgumentError, DecodeError, EncodeError, MessageError, Retry
+from .message import (
+    ErrorInfo,
+    MessageIn,
+    ResultOut,
+    decode_message,
+    decode_result,
+    peek_identity,
+    raw_is_empty,
+)
 from .middleware import chain_execute
 from .offload import ProcessPool
 from .protocols import Delivery, SharedThrottle
@@ -104,7 +112,7 @@ class Executor:
         try:
             msg = decode_message(delivery.body, self.conf.max_message_bytes)
         except DecodeError as exc:
-            await self._dead_letter(delivery, "decode_error", str(exc))
+            await self._refuse_undecodable(delivery, "decode_error", str(exc))
             return
         observe = getattr(self.app._backend, "observe", None)
         if observe is not None:  # rpc://: learn where this task's records go
@@ -204,7 +212,7 @@ class Executor:
                     if raw_is_empty(record.value)
                     else decode(record.value, Any, format_of(prior))
                 )
-                await self.app.workflows.on_success(msg, value)
+                await self._continue_success(msg, value)
         else:
             await self._continue_failure(
                 msg,
@@ -316,6 +324,15 @@ class Executor:
 
     async def _succeeded(self, job: Job, value: Any, acks_late: bool) -> None:
         task, msg = job.task, job.msg
+        record: bytes | None = None
+        if not msg.ignore_result:
+            try:
+                record = self._record(job, states.SUCCESS, value=value, date_started=job.started)
+            except EncodeError as exc:
+                # deterministic: running it again would fail the same way (and repeat its
+                # side effects), so it is one FAILURE, never a redelivery
+                await self._failed(job, exc, acks_late)
+                return
         self.succeeded += 1
         if log.isEnabledFor(logging.INFO):
             log.info(
@@ -325,10 +342,10 @@ class Executor:
                 time.time() - job.started,
                 job.attempt,
             )
-        if not msg.ignore_result:
-            await self._store(job, states.SUCCESS, value=value, date_started=job.started)
+        if record is not None:
+            await self._put(job.msg.id, job.msg.task, job.attempt, states.SUCCESS, record)
         if msg.chain or msg.link or msg.chord is not None:
-            await self.app.workflows.on_success(msg, value)
+            await self._continue_success(msg, value)
         args, kwargs = job.args, job.kwargs or {}
         await call_hook(task, "on_success", value, msg.id, args, kwargs)
         await call_hook(task, "after_return", states.SUCCESS, value, msg.id, args, kwargs, None)
@@ -362,7 +379,7 @@ class Executor:
             max_retries=max_retries,
         )
         exc = signal.exc if signal.exc is not None else signal
-        tb = "".join(traceback.format_exception(exc))
+        tb = _traceback_text(exc)
         self.retried += 1
         countdown = max((eta or now) - now, 0.0)
         log.warning(
@@ -377,7 +394,9 @@ class Executor:
             await self._store(
                 job,
                 states.RETRY,
-                error=ErrorInfo(type=type(exc).__qualname__, message=str(exc), traceback=tb),
+                error=ErrorInfo(
+                    type=type(exc).__qualname__, message=_message_text(exc), traceback=tb
+                ),
             )
         await call_hook(task, "on_retry", exc, msg.id, job.args, job.kwargs or {}, tb)
         if signals.task_retry.receivers:
@@ -394,7 +413,7 @@ class Executor:
     async def _failed(self, job: Job, exc: Exception, acks_late: bool) -> None:
         task, msg = job.task, job.msg
         self.failed += 1
-        tb = "".join(traceback.format_exception(exc))
+        tb = _traceback_text(exc)
         expected = bool(task.throws) and isinstance(exc, task.throws)
         log.log(
             logging.INFO if expected else logging.ERROR,
@@ -404,7 +423,12 @@ class Executor:
             type(exc).__qualname__,
             job.attempt,
         )
-        error = ErrorInfo(type=type(exc).__qualname__, message=str(exc), traceback=tb)
+        error = ErrorInfo(
+            type=type(exc).__qualname__,
+            message=_message_text(exc),
+            traceback=tb,
+            reason="encode_error" if isinstance(exc, EncodeError) else None,
+        )
         if not msg.ignore_result or task.store_errors_even_if_ignored:
             await self._store(job, states.FAILURE, date_started=job.started, error=error)
         await self._continue_failure(msg, error)
@@ -438,6 +462,10 @@ class Executor:
         await signals.task_revoked.send(None, task_id=delivery.id, terminated=True, expired=False)
 
     # -- refusals -----------------------------------------------------------------------
+    #
+    # Every way out of here ends in a recorded final state: a FAILURE record (where the
+    # task id is known) and a dead letter with the reason. Neither failing to store nor
+    # failing to dead-letter hands the message back as if it had not been handled.
 
     async def _refuse(
         self,
@@ -451,9 +479,114 @@ class Executor:
     ) -> None:
         """Fail the task without running it and dead-letter the message."""
         error = ErrorInfo(type=exc_type, message=text, reason=reason)
-        await self._write(msg.id, msg.task, attempt, fmt, states.FAILURE, msg=msg, error=error)
-        await self._continue_failure(msg, error)
-        await self._dead_letter(delivery, reason, text, task=msg.task)
+        recorded = await self._record_refusal(
+            msg.id, msg.task, attempt, fmt, error, msg=msg, delivery=delivery
+        )
+        try:
+            await self._continue_failure(msg, error)
+        except Exception:  # a chord it belongs to still fails, at its deadline
+            log.exception("Task %s[%s]: could not fail what follows it", msg.task, msg.id)
+        await self._dead_letter(delivery, reason, text, task=msg.task, recorded=recorded)
+
+    async def _refuse_undecodable(
+        self, delivery: Delivery, reason: str, text: str, *, final: bool = False
+    ) -> None:
+        """Dead-letter a message that cannot be used, failing its task if its id is readable.
+
+        ``reason`` is ``decode_error``, or ``worker_error`` for a message whose handling
+        kept failing (``final``: see :meth:`give_up`). A task that already reached a final
+        state keeps it.
+        """
+        identity = peek_identity(delivery.body, self.conf.max_message_bytes)
+        recorded = False
+        if identity is not None:
+            error = ErrorInfo(type="DecodeError", message=text, reason=reason)
+            if reason != "decode_error":
+                error = ErrorInfo(type="WorkerError", message=text, reason=reason)
+            recorded = await self._record_refusal(
+                identity.id,
+                identity.task_name,
+                identity.attempt(delivery.delivery_count),
+                format_of(delivery.body),
+                error,
+                msg=None,
+                delivery=delivery,
+            )
+        await self._dead_letter(
+            delivery,
+            reason,
+            text,
+            task=identity.task_name if identity is not None else None,
+            recorded=recorded,
+            final=final,
+        )
+
+    async def give_up(self, delivery: Delivery, exc: BaseException) -> None:
+        """Handling ``delivery`` raised on its last allowed delivery: fail it for good.
+
+        The worker's last resort (``max_deliveries``): whatever keeps failing (storing,
+        settling, a continuation), the message is dead-lettered with reason
+        ``worker_error`` and its task marked FAILURE, instead of being handed back forever.
+        """
+        text = (
+            f"handling it failed on delivery {delivery.delivery_count} "
+            f"(max_deliveries={self.conf.max_deliveries}): {type(exc).__name__}: "
+            f"{_message_text(exc)}"
+        )
+        log.error("message %s: %s", delivery.id, text, exc_info=exc)
+        await self._refuse_undecodable(delivery, "worker_error", text, final=True)
+
+    async def _record_refusal(
+        self,
+        task_id: str,
+        name: str | None,
+        attempt: int,
+        fmt: SerializerName,
+        error: ErrorInfo,
+        *,
+        msg: MessageIn | None,
+        delivery: Delivery,
+    ) -> bool:
+        """Store FAILURE for a refused task; whether it is recorded (never raises).
+
+        Without the decoded message (``msg`` is ``None``), a task whose stored state is
+        already final keeps it (a message that kept failing after its task succeeded).
+        """
+        try:
+            backend = self.app._backend
+            if msg is None and backend is not None:
+                stored = await backend.get(task_id)
+                if stored is not None and decode_result(stored).state in states.READY_STATES:
+                    return True
+            body = encode(
+                self._result_record(task_id, name, attempt, states.FAILURE, msg, error=error),
+                fmt,
+            )
+            await self._put(task_id, name or "?", attempt, states.FAILURE, body)
+        except Exception as exc:
+            log.error(
+                "message %s: could not store its FAILURE (%s: %s); dead-lettering it anyway",
+                delivery.id,
+                type(exc).__name__,
+                _message_text(exc),
+            )
+            return False
+        return True
+
+    async def _continue_success(self, msg: MessageIn, value: Any) -> None:
+        """Start what follows a successful step; fail it if it cannot be sent at all."""
+        try:
+            await self.app.workflows.on_success(msg, value)
+        except MessageError as exc:  # e.g. the next step's message would be too large
+            log.error("Task %s[%s]: what follows it cannot be sent: %s", msg.task, msg.id, exc)
+            await self._continue_failure(
+                msg,
+                ErrorInfo(
+                    type=type(exc).__qualname__,
+                    message=f"the next step could not be sent: {_message_text(exc)}",
+                    reason="continuation",
+                ),
+            )
 
     async def _continue_failure(self, msg: MessageIn, error: ErrorInfo) -> None:
         """A workflow step ended without a result: errbacks, and nothing ahead may hang."""
@@ -461,8 +594,21 @@ class Executor:
             await self.app.workflows.on_failure(msg, error)
 
     async def _dead_letter(
-        self, delivery: Delivery, reason: str, text: str, task: str | None = None
+        self,
+        delivery: Delivery,
+        reason: str,
+        text: str,
+        task: str | None = None,
+        *,
+        recorded: bool = False,
+        final: bool = False,
     ) -> None:
+        """Dead-letter ``delivery``.
+
+        If that fails, the message is removed instead when its FAILURE is stored
+        (``recorded``) or this is its last allowed delivery (``final``: then this log line
+        is all that is left of it); otherwise the error propagates and it is handed back.
+        """
         self.dead_lettered += 1
         log.error(
             "dead-lettering message %s from queue %s (%s): %s%s",
@@ -472,11 +618,52 @@ class Executor:
             text[:200],
             f" [task {task}]" if task else "",
         )
-        await delivery.dead_letter(reason)
+        try:
+            await delivery.dead_letter(reason)
+        except Exception as exc:
+            if not (recorded or final):
+                raise  # handed back: it is dead-lettered on a later delivery
+            log.error(
+                "message %s: dead-lettering failed (%s: %s); %s, so it is removed instead",
+                delivery.id,
+                type(exc).__name__,
+                _message_text(exc),
+                "its FAILURE is stored" if recorded else "it was on its last delivery",
+            )
+            await delivery.ack()
 
     # -- results ------------------------------------------------------------------------
 
-    async def _store(
+    def _result_record(
+        self,
+        task_id: str,
+        name: str | None,
+        attempt: int,
+        state: str,
+        msg: MessageIn | None,
+        *,
+        value: Any = None,
+        error: ErrorInfo | None = None,
+        date_started: float | None = None,
+    ) -> ResultOut:
+        now = time.time()
+        return ResultOut(
+            id=task_id,
+            state=state,
+            task=name,
+            value=value,
+            error=error,
+            attempt=attempt,
+            retries=msg.retries if msg is not None else 0,
+            worker=self.hostname,
+            date_started=date_started,
+            date_done=now if state in states.READY_STATES else None,
+            parent_id=msg.parent_id if msg is not None else None,
+            root_id=msg.root_id if msg is not None else None,
+            group_id=msg.group_id if msg is not None else None,
+        )
+
+    def _record(
         self,
         job: Job,
         state: str,
@@ -484,71 +671,45 @@ class Executor:
         value: Any = None,
         error: ErrorInfo | None = None,
         date_started: float | None = None,
-    ) -> None:
-        await self._write(
-            job.msg.id,
-            job.msg.task,
+    ) -> bytes:
+        """The encoded record of ``job`` in ``state``.
+
+        Raises:
+            EncodeError: ``value`` cannot be encoded (a result beyond what msgspec can
+                represent, e.g. an int above 2**64 - 1 or a self-referencing list).
+        """
+        msg = job.msg
+        record = self._result_record(
+            msg.id,
+            msg.task,
             job.attempt,
-            job.fmt,
             state,
-            msg=job.msg,
+            msg,
             value=value,
             error=error,
             date_started=date_started,
         )
+        try:
+            return encode(record, job.fmt)
+        except EncodeError as exc:
+            raise EncodeError(f"the result of {msg.task} cannot be stored: {exc}") from None
 
-    async def _write(
+    async def _store(
         self,
-        task_id: str,
-        name: str,
-        attempt: int,
-        fmt: SerializerName,
+        job: Job,
         state: str,
         *,
-        msg: MessageIn,
-        value: Any = None,
         error: ErrorInfo | None = None,
         date_started: float | None = None,
     ) -> None:
+        """Store a record that holds no value (states, failures: always encodable)."""
+        body = self._record(job, state, error=error, date_started=date_started)
+        await self._put(job.msg.id, job.msg.task, job.attempt, state, body)
+
+    async def _put(self, task_id: str, name: str, attempt: int, state: str, body: bytes) -> None:
         backend = self.app._backend
         if backend is None:
             return
-        now = time.time()
-        record = ResultOut(
-            id=task_id,
-            state=state,
-            task=name,
-            value=value,
-            error=error,
-            attempt=attempt,
-            retries=msg.retries,
-            worker=self.hostname,
-            date_started=date_started,
-            date_done=now if state in states.READY_STATES else None,
-            parent_id=msg.parent_id,
-            root_id=msg.root_id,
-            group_id=msg.group_id,
-        )
-        try:
-            body = encode(record, fmt)
-        except (TypeError, ValueError) as exc:  # a return value msgspec cannot encode
-            state = states.FAILURE
-            body = encode(
-                ResultOut(
-                    id=task_id,
-                    state=state,
-                    task=name,
-                    attempt=attempt,
-                    worker=self.hostname,
-                    date_done=now,
-                    error=ErrorInfo(
-                        type="EncodeError",
-                        reason="encode_error",
-                        message=f"result not serializable: {exc}",
-                    ),
-                ),
-                fmt,
-            )
         if not await backend.store(
             task_id, body, state=state, attempt=attempt, ttl=self.conf.result_expires
         ):
@@ -575,6 +736,28 @@ def _user_headers(headers: dict[str, str]) -> dict[str, str]:
     if not headers or not any(k.startswith(INTERNAL_HEADER_PREFIX) for k in headers):
         return headers
     return {k: v for k, v in headers.items() if not k.startswith(INTERNAL_HEADER_PREFIX)}
+
+
+#: longest exception message and traceback text kept in a result record
+MAX_ERROR_TEXT = 64 * 1024
+
+
+def _message_text(exc: BaseException) -> str:
+    """``str(exc)``, bounded, and never raising (a user exception's ``__str__`` may)."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = f"<{type(exc).__qualname__}: str() raised>"
+    return text if len(text) <= MAX_ERROR_TEXT else text[:MAX_ERROR_TEXT] + " [truncated]"
+
+
+def _traceback_text(exc: BaseException) -> str:
+    """The formatted traceback, bounded (its tail, where the error is), never raising."""
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except Exception:
+        text = f"{type(exc).__qualname__} (its traceback could not be formatted)"
+    return text if len(text) <= MAX_ERROR_TEXT else "[truncated] " + text[-MAX_ERROR_TEXT:]
 
 
 def _first(a: float | None, b: float | None, c: float | None) -> float | None:

@@ -8,7 +8,7 @@ against those types. The two forms share every other field through a common base
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 
@@ -18,29 +18,47 @@ from .serialization import SerializerName, decode, encode, format_of
 
 PROTOCOL_VERSION: Final = 1
 
+# Bounds a decoded message must keep (the producer's option resolver keeps the same ones):
+# a field outside them makes the whole message a ``decode_error``, before anything of it is
+# used, so no number from a message can overflow an encoder, a Lua script or SQLite later.
+#: task ids, names, queue names and workflow links
+MAX_NAME_LENGTH: Final = 1024
+#: attempts and retries
+MAX_COUNT: Final = 2**31 - 1
+#: unix seconds (year 5138); also keeps NaN and infinities out
+MAX_TIMESTAMP: Final = 1e11
+#: seconds of a time limit (ten years)
+MAX_SECONDS: Final = 10 * 366 * 86400.0
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
+Timestamp = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_TIMESTAMP)]
+Seconds = Annotated[float, msgspec.Meta(gt=0.0, le=MAX_SECONDS)]
+Priority = Annotated[int, msgspec.Meta(ge=0, le=255)]
+
 
 class _MessageBase(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     version: int = PROTOCOL_VERSION
-    id: str
-    task: str
-    queue: str = "default"
+    id: Name
+    task: Name
+    queue: Name = "default"
     headers: dict[str, str] = {}
     #: executions that happened before this enqueue; the running attempt is this plus the
     #: broker's delivery count for the current enqueue (so it only ever grows).
-    prior_attempts: int = 0
+    prior_attempts: Count = 0
     #: how many times ``retry()`` re-enqueued this task (Celery's ``request.retries``).
-    retries: int = 0
-    max_retries: int | None = None
-    eta: float | None = None  # unix seconds, UTC
-    expires: float | None = None  # unix seconds, UTC
-    priority: int = 0
-    time_limit: float | None = None
-    soft_time_limit: float | None = None
+    retries: Count = 0
+    max_retries: Count | None = None
+    eta: Timestamp | None = None  # unix seconds, UTC
+    expires: Timestamp | None = None  # unix seconds, UTC
+    priority: Priority = 0
+    time_limit: Seconds | None = None
+    soft_time_limit: Seconds | None = None
     ignore_result: bool = False
-    parent_id: str | None = None
-    root_id: str | None = None
-    group_id: str | None = None
-    sent_at: float = 0.0
+    parent_id: Name | None = None
+    root_id: Name | None = None
+    group_id: Name | None = None
+    sent_at: Timestamp = 0.0
     #: steps to run after this task, the first one given this task's result
     chain: tuple[Node, ...] = ()
     #: callbacks applied with the result on success
@@ -48,7 +66,7 @@ class _MessageBase(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     #: callbacks applied with ``(task_id, error)`` on failure
     link_error: tuple[Node, ...] = ()
     #: id of the chord this task completes a member of (its meta lives in the backend)
-    chord: str | None = None
+    chord: Name | None = None
 
 
 class MessageOut(_MessageBase, frozen=True, kw_only=True, omit_defaults=True, gc=False):
@@ -137,6 +155,42 @@ def decode_message(body: bytes, max_bytes: int) -> MessageIn:
     if msg.version != PROTOCOL_VERSION:
         raise DecodeError(f"unsupported protocol version {msg.version}")
     return msg
+
+
+class Identity(msgspec.Struct, frozen=True, kw_only=True):
+    """Who a message that failed to decode was for: enough to fail its task."""
+
+    id: Name
+    task: Any = None
+    prior_attempts: Any = 0
+
+    @property
+    def task_name(self) -> str | None:
+        """The task name, if it is one."""
+        task = self.task
+        return task if type(task) is str and 0 < len(task) <= MAX_NAME_LENGTH else None
+
+    def attempt(self, delivery_count: int) -> int:
+        """The running attempt, as for a valid message (a bad ``prior_attempts`` counts 0)."""
+        prior = self.prior_attempts
+        if type(prior) is not int or not 0 <= prior <= MAX_COUNT:
+            prior = 0
+        return prior + delivery_count
+
+
+def peek_identity(body: bytes, max_bytes: int) -> Identity | None:
+    """The id and task name of a message that is not valid as a whole, if readable.
+
+    Reads only the ``id``, ``task`` and ``prior_attempts`` fields (every other field may be
+    of any type); ``None`` if the body is over ``max_bytes``, not a map, or has no usable id.
+    """
+    if len(body) > max_bytes:
+        return None
+    try:
+        identity: Identity = decode(body, Identity, format_of(body))
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    return identity
 
 
 def decode_result(body: bytes) -> ResultIn:

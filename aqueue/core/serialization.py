@@ -12,7 +12,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, EncodeError
 
 SerializerName = Literal["msgpack", "json"]
 SERIALIZERS: Final = ("msgpack", "json")
@@ -34,11 +34,28 @@ def check_serializer(name: str) -> SerializerName:
     )
 
 
+#: what msgspec raises for a value it cannot encode (an int beyond 64 bits raises
+#: OverflowError, a self-referencing list RecursionError, an unsupported type TypeError)
+ENCODE_FAILURES: Final = (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError)
+
+
 def encode(obj: Any, serializer: SerializerName) -> bytes:
-    """Encode with the named serializer."""
-    if serializer == "msgpack":
-        return _msgpack_encoder.encode(obj)
-    return _json_encoder.encode(obj)
+    """Encode with the named serializer.
+
+    Raises:
+        EncodeError: a value in ``obj`` cannot be encoded.
+    """
+    try:
+        if serializer == "msgpack":
+            return _msgpack_encoder.encode(obj)
+        return _json_encoder.encode(obj)
+    except ENCODE_FAILURES as exc:
+        raise encode_error(exc) from None
+
+
+def encode_error(exc: BaseException) -> EncodeError:
+    """The :class:`EncodeError` for what the encoder raised."""
+    return EncodeError(f"cannot encode with msgspec: {type(exc).__name__}: {exc}")
 
 
 def encoder_of(serializer: SerializerName) -> Callable[[Any], bytes]:

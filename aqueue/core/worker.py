@@ -364,9 +364,12 @@ class Worker:
             elif started:
                 await asyncio.shield(self._hand_back(delivery, executed=True))
             raise
-        except Exception:
-            log.exception("error handling message %s; handing it back", delivery.id)
-            await self._hand_back(delivery, executed=True)
+        except Exception as exc:
+            if delivery.delivery_count < self.app.conf.max_deliveries:
+                log.exception("error handling message %s; handing it back", delivery.id)
+                await self._hand_back(delivery, executed=True)
+            else:  # its last allowed delivery: fail it for good, never hand it back again
+                await self._give_up(delivery, exc)
         finally:
             self._started.discard(delivery.id)
             self._handed_back.discard(delivery.id)
@@ -471,6 +474,18 @@ class Worker:
                 self._held.pop(delivery.id, None)
         if waiting:
             log.info("handed back %d prefetched task(s)", len(waiting))
+
+    async def _give_up(self, delivery: Delivery, exc: BaseException) -> None:
+        try:
+            await self.executor.give_up(delivery, exc)
+        except Exception as again:  # the broker is down: it comes back when that heals
+            log.error(
+                "message %s could not be dead-lettered (%s: %s); handing it back",
+                delivery.id,
+                type(again).__name__,
+                again,
+            )
+            await self._hand_back(delivery, executed=True)
 
     @staticmethod
     async def _hand_back(delivery: Delivery, *, executed: bool) -> None:
