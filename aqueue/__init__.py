@@ -8,9 +8,11 @@
 >>> # h = await add.delay(2, 2); await h.wait() -> 4
 """
 
+from . import workflows as workflows  # registers the workflow engine of every App
 from .__about__ import __version__
 from .core import states
 from .core.app import App
+from .core.canvas import Chain, Chord, Group, Signature, chain, chord, group, signature
 from .core.config import Settings
 from .core.context import Request, current_task
 from .core.errors import (
@@ -27,6 +29,7 @@ from .core.errors import (
     MessageError,
     MessageTooLarge,
     NotRegistered,
+    OptionError,
     PublishTimeout,
     Retry,
     SoftTimeLimitExceeded,
@@ -39,21 +42,10 @@ from .core.message import ErrorInfo
 from .core.middleware import Middleware
 from .core.offload import ProcessPool, offload
 from .core.offload_wire import RemoteError, WorkerLostError
-from .core.result import AsyncResult, StateChange
-from .core.task import CallOptions, Task, TaskCall
+from .core.options import CallOptions
+from .core.result import AsyncResult, GroupResult, StateChange, result_from_tuple
+from .core.task import Task, TaskCall
 from .core.worker import Worker
-from .workflows import (
-    Chain,
-    Chord,
-    Group,
-    GroupResult,
-    Signature,
-    chain,
-    chord,
-    group,
-    result_from_tuple,
-    signature,
-)
 
 __all__ = [
     "App",
@@ -78,6 +70,7 @@ __all__ = [
     "MessageTooLarge",
     "Middleware",
     "NotRegistered",
+    "OptionError",
     "ProcessPool",
     "PublishTimeout",
     "RemoteError",

@@ -124,7 +124,7 @@ def result(
 
     async def main() -> str:
         async with the_app:
-            backend = await the_app._result_backend()
+            backend = await the_app.result_backend()
             raw = await backend.get(task_id)
             if raw is None:
                 return f"{task_id} PENDING (no record)"

@@ -140,9 +140,9 @@ def run_worker(options: WorkerOptions) -> int:
     except (CLIError, AqueueError, ValueError) as exc:
         return fail(exc)
     log = logging.getLogger("aqueue.worker")
-    if the_app.broker_url.startswith("sqlite:"):
+    if the_app.conf.broker_url is None:  # not chosen: say where the default store is
         log.warning(
-            "using the embedded SQLite store %s (set broker= for a server)",
+            "no broker given: using the embedded SQLite store %s (set broker= for a server)",
             os.path.abspath(the_app.broker_url.split(":///", 1)[-1]),
         )
 

@@ -25,25 +25,22 @@ from typing import (
     overload,
 )
 
-from ..workflows.apply import workflow_states
-from ..workflows.builtins import register as register_builtins
-from ..workflows.engine import Engine
-from ..workflows.results import GroupResults
-from ..workflows.signature import Signature
 from . import sending
+from .canvas import Signature
 from .config import Settings
 from .control import Control
 from .errors import ConfigurationError, NotRegistered
 from .middleware import Middleware
+from .options import CallOptions
+from .plugins import workflows_for
 from .protocols import Broker, ResultBackend
-from .result import AsyncResult
+from .result import AsyncResult, GroupResults
 from .serialization import check_serializer
-from .task import CallOptions, Task
+from .task import Task
 from .urls import backend_class, broker_class, default_backend_url, redact
 
 if TYPE_CHECKING:
-    from .message import MessageOut
-    from .serialization import SerializerName
+    from .protocols import Workflows
     from .worker import Worker
 
 log = logging.getLogger("aqueue.app")
@@ -111,14 +108,15 @@ class App:
         self.middleware: list[Middleware] = []
         self.lifespans: list[Callable[[App], AbstractAsyncContextManager[None]]] = []
         self.control = Control(self)
-        self.workflows = Engine(self)
         #: ``app.GroupResult(id, results)`` and ``await app.GroupResult.restore(id)``
         self.GroupResult = GroupResults(self)
         self._broker: Broker | None = None
         self._backend: ResultBackend | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connect_lock: asyncio.Lock | None = None
-        register_builtins(self)
+        #: the workflow engine (``aqueue.workflows``): applies canvases, and continues
+        #: workflows in the worker; it registers its built-in tasks on the app
+        self.workflows: Workflows = workflows_for(self)
 
     def __repr__(self) -> str:
         return f"<App {self.name} broker={redact(self.broker_url)}>"
@@ -228,7 +226,7 @@ class App:
 
     async def workflow_states(self, root_id: str) -> dict[str, str]:
         """The state of every node of a workflow, by the id of its first task."""
-        return await workflow_states(self, root_id)
+        return await self.workflows.states(root_id)
 
     def get_task(self, name: str) -> Task[Any, Any]:
         """The registered task called ``name``."""
@@ -288,13 +286,19 @@ class App:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    async def _connected_broker(self) -> Broker:
+    async def connected_broker(self) -> Broker:
+        """The broker, connected in this event loop (connecting it and the backend first)."""
         if self._broker is None or self._loop is not asyncio.get_running_loop():
             await self.connect()
         assert self._broker is not None
         return self._broker
 
-    async def _result_backend(self) -> ResultBackend:
+    async def result_backend(self) -> ResultBackend:
+        """The result backend, connected in this event loop.
+
+        Raises:
+            ConfigurationError: the app stores no results.
+        """
         if self._backend is None or self._loop is not asyncio.get_running_loop():
             await self.connect()
         if self._backend is None:
@@ -310,6 +314,11 @@ class App:
         if self._broker is None:
             raise ConfigurationError("the app is not connected: use `async with app:`")
         return self._broker
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether the broker (and backend) connections are open."""
+        return self._broker is not None
 
     @property
     def backend(self) -> ResultBackend | None:
@@ -355,46 +364,6 @@ class App:
         ``apply_async()`` (a group publishes its members in one bulk call too).
         """
         return await sending.send_signatures(self, signatures)
-
-    def _send(
-        self,
-        name: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        options: CallOptions,
-        *,
-        task: Task[Any, Any] | None,
-        check: bool = True,
-    ) -> Coroutine[Any, Any, AsyncResult[Any]]:
-        """``delay`` / ``apply_async``: one message, through the publish middleware."""
-        # not async: hands back sending.send's coroutine, no extra frame per delay()
-        return sending.send(self, name, args, kwargs, options, task=task, check=check)
-
-    async def _send_many(
-        self, task: Task[Any, Any], items: Iterable[Sequence[Any]], options: CallOptions
-    ) -> list[AsyncResult[Any]]:
-        """``delay_many`` / ``apply_many``: one message per item, in bulk."""
-        return await sending.send_items(self, task, items, options)
-
-    def _build(
-        self,
-        name: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        options: CallOptions,
-        task: Task[Any, Any] | None,
-        check: bool,
-    ) -> tuple[MessageOut, SerializerName]:
-        """One call's message and its serializer."""
-        return sending.build(self, name, args, kwargs, options, task, check)
-
-    def _with_reply_headers(self, msg: MessageOut) -> MessageOut:
-        """Add where results go, for a backend that routes them to the caller (rpc://)."""
-        return sending.with_reply_headers(self, msg)
-
-    async def _publish(self, msg: MessageOut, fmt: SerializerName) -> None:
-        """Publish one message as it is, past the middleware."""
-        await sending.publish(self, msg, fmt)
 
     # -- worker -------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from typing import Any, get_type_hints
 
@@ -86,15 +87,24 @@ class Settings:
                 self._set(name, _from_text(name, raw))
 
     def as_dict(self) -> dict[str, Any]:
-        """Settings as a dict, URLs redacted (safe to print)."""
+        """Settings as a dict, URLs redacted and secret options hidden (safe to print)."""
         out = dataclasses.asdict(self)
         for key in ("broker_url", "result_backend"):
             if out[key]:
                 out[key] = redact(out[key])
+        out["broker_options"] = {
+            k: "***" if _SECRET_NAME.search(k) else v for k, v in self.broker_options.items()
+        }
         return out
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items())
+        return f"Settings({fields})"
 
 
 _FIELDS: dict[str, Any] = get_type_hints(Settings)
+#: option names whose values are never printed
+_SECRET_NAME = re.compile(r"pass|secret|token|key|cert|credential", re.IGNORECASE)
 
 
 def _from_text(name: str, raw: str) -> Any:
@@ -140,6 +150,11 @@ def _coerce(name: str, value: Any) -> Any:
             return None
         if not isinstance(value, str):
             raise bad
+        if not value.strip() and name in ("broker_url", "result_backend"):
+            raise ConfigurationError(
+                f"setting {name} is empty: give a URL, or leave it unset "
+                + ("for the embedded SQLite store" if name == "broker_url" else "for the default")
+            )
     if name == "task_serializer":
         check_serializer(value)
     if (

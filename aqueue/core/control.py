@@ -40,7 +40,7 @@ class Control:
             terminate: also stop a task that is already running.
         """
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
-        backend = await self.app._result_backend()
+        backend = await self.app.result_backend()
         fmt = check_serializer(self.app.conf.task_serializer)
         now = time.time()
         reason = TERMINATE if terminate else "revoked"

@@ -4,6 +4,7 @@
 
     AqueueError
     ├── ConfigurationError        bad settings, bad URL, missing extra
+    ├── OptionError               a bad call option (also a TypeError and a ValueError)
     ├── NotRegistered             a task name the app does not know
     ├── BrokerError               the broker failed or could not be reached
     │   ├── PublishTimeout        a publish did not complete within its deadline
@@ -42,6 +43,14 @@ class AqueueError(Exception):
 
 class ConfigurationError(AqueueError):
     """Settings, a URL or an installed extra do not allow what was asked."""
+
+
+class OptionError(AqueueError, TypeError, ValueError):
+    """A call option that is unknown, of the wrong type or out of range.
+
+    The same option gets the same error from every way of sending (``apply_async``,
+    ``options()``, signatures, ``send_many``, workflow steps...).
+    """
 
 
 class NotRegistered(AqueueError, KeyError):

@@ -29,6 +29,7 @@ from .admission import RATE_SLOT_HEADER, LocalThrottle, parse_rate
 from .control import TERMINATE
 from .errors import ArgumentError, DecodeError, EncodeError, MessageError, Retry
 from .message import (
+    INTERNAL_HEADER_PREFIX,
     ErrorInfo,
     MessageIn,
     ResultOut,
@@ -114,7 +115,7 @@ class Executor:
         except DecodeError as exc:
             await self._refuse_undecodable(delivery, "decode_error", str(exc))
             return
-        observe = getattr(self.app._backend, "observe", None)
+        observe = getattr(self.app.backend, "observe", None)
         if observe is not None:  # rpc://: learn where this task's records go
             observe(msg.id, msg.headers)
         fmt = format_of(delivery.body)
@@ -553,7 +554,7 @@ class Executor:
         already final keeps it (a message that kept failing after its task succeeded).
         """
         try:
-            backend = self.app._backend
+            backend = self.app.backend
             if msg is None and backend is not None:
                 stored = await backend.get(task_id)
                 if stored is not None and decode_result(stored).state in states.READY_STATES:
@@ -707,7 +708,7 @@ class Executor:
         await self._put(job.msg.id, job.msg.task, job.attempt, state, body)
 
     async def _put(self, task_id: str, name: str, attempt: int, state: str, body: bytes) -> None:
-        backend = self.app._backend
+        backend = self.app.backend
         if backend is None:
             return
         if not await backend.store(
@@ -726,10 +727,6 @@ class Executor:
 def is_terminate(record_error: ErrorInfo | None) -> bool:
     """Whether a REVOKED record asks running executions to stop."""
     return record_error is not None and record_error.reason == TERMINATE
-
-
-#: headers aqueue itself puts in messages (rate slots, rpc:// routing): not shown to tasks
-INTERNAL_HEADER_PREFIX = "x-aqueue-"
 
 
 def _user_headers(headers: dict[str, str]) -> dict[str, str]:

@@ -12,8 +12,8 @@ from typing import Annotated, Any, Final
 
 import msgspec
 
-from .canvas import Node
 from .errors import DecodeError, MessageTooLarge
+from .nodes import Node
 from .serialization import SerializerName, decode, encode, format_of
 
 PROTOCOL_VERSION: Final = 1
@@ -29,6 +29,10 @@ MAX_COUNT: Final = 2**31 - 1
 MAX_TIMESTAMP: Final = 1e11
 #: seconds of a time limit (ten years)
 MAX_SECONDS: Final = 10 * 366 * 86400.0
+
+#: headers aqueue itself puts in messages (rate slots, where results go): reserved, and
+#: not shown to tasks
+INTERNAL_HEADER_PREFIX: Final = "x-aqueue-"
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]

@@ -21,9 +21,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import msgspec
+
+if TYPE_CHECKING:
+    from .canvas import Canvas, Group
+    from .message import ErrorInfo, MessageIn
+    from .result import AsyncResult, GroupResult
 
 
 class Outgoing(msgspec.Struct, frozen=True, gc=False):
@@ -233,3 +238,28 @@ class SharedThrottle(Protocol):
 
     def renew_slots(self, slots: Sequence[tuple[str, str]], lease_seconds: float) -> None:
         """Extend slot leases of ``(key, holder)`` pairs. Blocking and thread-safe."""
+
+
+class Workflows(Protocol):
+    """The workflow engine (``aqueue.workflows``), as core uses it through ``app.workflows``.
+
+    Applying a chain, group or chord, and the worker's continuations: what a step that
+    ended starts next. Core never imports the engine (see ``plugins.py``).
+    """
+
+    async def apply(self, canvas: Canvas[Any]) -> AsyncResult[Any]:
+        """Apply a chain or chord (or any canvas ending in a task); its last step's result."""
+
+    async def apply_group(self, group: Group[Any]) -> GroupResult[Any]:
+        """Apply a group; its members' results."""
+
+    async def on_success(self, msg: MessageIn, value: Any) -> None:
+        """A step succeeded with ``value``: apply its ``link`` callbacks, start its ``chain``'s
+        next step or join its ``chord``. Called before its message is acked."""
+
+    async def on_failure(self, msg: MessageIn, error: ErrorInfo) -> None:
+        """A step failed (or was refused, revoked, expired): apply its ``link_error``
+        callbacks, fail what is ahead of it in its ``chain`` and its ``chord``."""
+
+    async def states(self, root_id: str) -> dict[str, str]:
+        """The state of every node of the workflow started with ``root_id``."""

@@ -1,38 +1,36 @@
 """Sending: from a call's options to messages, and publishing them through the middleware.
 
 One message (``delay`` / ``apply_async`` / ``send_task``) or many (``delay_many`` /
-``apply_many`` / ``send_many``). The options of a call are worked out once, as a
-:class:`_Plan`; the bulk path then spends per message only an id, an arity check and one
-encoding (``bulk.py`` holds that broker-facing batch work). ``App`` keeps thin methods that
-call these functions.
+``apply_many`` / ``send_many``, a lone signature's ``delay``). The options of a call are
+checked and worked out once, as an :class:`~aqueue.core.options.Plan` (the one resolver
+every path uses); the bulk path then spends per message only an id, an arity check and one
+encoding (``bulk.py`` holds that broker-facing batch work).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..workflows.signature import Signature
 from .bulk import encode_batch, new_ids, publish_chunks
-from .errors import ArgumentError, PublishTimeout
+from .canvas import Signature
+from .errors import ArgumentError, OptionError, PublishTimeout
 from .message import MessageOut, encode_message
 from .middleware import chain_publish
+from .options import CallOptions, Plan, check_options, node_message
 from .protocols import Outgoing
 from .result import AsyncResult
-from .serialization import SerializerName, check_serializer
-from .task import CallOptions, Task
+from .serialization import SerializerName
 from .urls import redact
 
 if TYPE_CHECKING:
-    from ..workflows.signature import Canvas
     from .app import App
-    from .canvas import Node, TaskNode
+    from .nodes import TaskNode
+    from .task import Task
 
 # -- one message ----------------------------------------------------------------------------
 
@@ -49,7 +47,7 @@ async def send(
 ) -> AsyncResult[Any]:
     """Build one message, publish it through the middleware; its result handle."""
     msg, fmt = build(app, name, args, kwargs, options, task, check)
-    broker = await app._connected_broker()  # connects the backend too, which may route results
+    broker = await app.connected_broker()  # connects the backend too, which may route results
     msg = with_reply_headers(app, msg)
     if app.middleware:
         sent: list[MessageOut] = []
@@ -73,10 +71,15 @@ async def send(
     return AsyncResult(app, task_id, result_type=result_type, task=task)
 
 
+def reply_headers(app: App) -> dict[str, str] | None:
+    """Where results go, for a backend that pushes them to the caller (rpc://, Redis)."""
+    reply_headers = getattr(app.backend, "reply_headers", None)
+    return reply_headers() if reply_headers is not None else None
+
+
 def with_reply_headers(app: App, msg: MessageOut) -> MessageOut:
-    """Add where results go, for a backend that pushes them to the caller (rpc://, Redis)."""
-    reply_headers = getattr(app._backend, "reply_headers", None)
-    headers = reply_headers() if reply_headers is not None else None
+    """``msg`` with the app's reply headers (:func:`reply_headers`) added."""
+    headers = reply_headers(app)
     if not headers:
         return msg
     return msgspec.structs.replace(msg, headers={**headers, **msg.headers})
@@ -85,7 +88,7 @@ def with_reply_headers(app: App, msg: MessageOut) -> MessageOut:
 async def publish(app: App, msg: MessageOut, fmt: SerializerName) -> None:
     """Publish one message as it is, past the middleware, within ``publish_timeout``."""
     outgoing = _outgoing(app, msg, fmt)
-    broker = await app._connected_broker()
+    broker = await app.connected_broker()
     try:
         async with asyncio.timeout(app.conf.publish_timeout):
             await broker.publish([outgoing])
@@ -116,10 +119,10 @@ def build(
     check: bool,
 ) -> tuple[MessageOut, SerializerName]:
     """One call's message and its serializer; the arguments checked if ``check``."""
-    plan = _Plan(app, name, options, task)
+    plan = Plan(app.conf, name, check_options(options), task)
     if check and task is not None and task.typing:
         task.spec.check_call(args, kwargs)  # a wrong arity fails here, not in the worker
-    task_id = options.get("task_id") or str(uuid.uuid4())
+    task_id = plan.task_id or str(uuid.uuid4())
     return plan.message(task_id, args, kwargs, plan.headers), plan.serializer
 
 
@@ -143,19 +146,13 @@ async def send_signatures(app: App, signatures: Iterable[Signature[Any]]) -> lis
         tasks.append(task)
     if not nodes:
         return []
-    await app._connected_broker()  # connects the backend too, which may route results
-    conf_fmt = app.conf.task_serializer
+    await app.connected_broker()  # connects the backend too, which may route results
     messages: list[MessageOut] = []
     fmts: list[SerializerName] = []
     for node, task in zip(nodes, tasks, strict=True):
-        messages.append(with_reply_headers(app, app.workflows.message_for(node)))
-        fmts.append(
-            check_serializer(
-                node.options.get("serializer")
-                or (task.serializer if task is not None else None)
-                or conf_fmt
-            )
-        )
+        msg, fmt = node_message(app.conf, node, task)
+        messages.append(with_reply_headers(app, msg))
+        fmts.append(fmt)
     return await publish_many(app, messages, fmts, tasks)
 
 
@@ -164,11 +161,11 @@ async def send_items(
 ) -> list[AsyncResult[Any]]:
     """``delay_many`` / ``apply_many``: one plan, then per item only what differs."""
     if "task_id" in options:
-        raise TypeError(
+        raise OptionError(
             "apply_many cannot give every message the same task_id: use "
             "app.send_many([task.s(...).set(task_id=...), ...]) for chosen ids"
         )
-    plan = _Plan(app, task.name, options, task)  # every option checked once
+    plan = Plan(app.conf, task.name, check_options(options), task)  # checked once
     arg_list: list[tuple[Any, ...]] = [
         args if type(args) is tuple else _as_args(args, index) for index, args in enumerate(items)
     ]
@@ -181,13 +178,13 @@ async def send_items(
                 check(args, _NO_KWARGS)
             except ArgumentError as exc:
                 raise ArgumentError(f"item {index}: {exc}; nothing was sent") from None
-    await app._connected_broker()  # connects the backend too, which may route results
-    reply_headers = getattr(app._backend, "reply_headers", None)
+    await app.connected_broker()  # connects the backend too, which may route results
     headers = plan.headers
-    if reply_headers is not None:
-        headers = {**reply_headers(), **headers}
+    reply = reply_headers(app)
+    if reply:
+        headers = {**reply, **headers}
     ids = new_ids(len(arg_list))
-    if plan.link is not None or plan.link_error is not None:
+    if plan.link or plan.link_error:
         # callbacks are frozen per message: each one needs its own task ids
         messages = [plan.message(i, a, {}, headers) for i, a in zip(ids, arg_list, strict=True)]
     else:
@@ -243,7 +240,7 @@ async def publish_many(
         results = _results(app, tasks, [m.id for m in messages], range(len(messages)))
         handles = results
     await publish_chunks(
-        await app._connected_broker(),
+        await app.connected_broker(),
         batch,
         handles,
         timeout=app.conf.publish_timeout,
@@ -303,130 +300,7 @@ async def _through_middleware(
     return sent, origins, result_ids
 
 
-# -- call options ---------------------------------------------------------------------------
-
-
-def _nodes(value: Canvas[Any] | list[Canvas[Any]] | None) -> tuple[Node, ...]:
-    """Callbacks given as ``link=`` / ``link_error=`` (one or a list), as wire nodes."""
-    if value is None:
-        return ()
-    items = value if isinstance(value, list | tuple) else [value]
-    return tuple(c.freeze() for c in items)
-
-
-def _when(
-    value: datetime | float | None, now: float, what: str, *, relative: bool = False
-) -> float | None:
-    """A time option as unix seconds. Numbers are seconds from now for ``expires``."""
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value.timestamp()
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return now + float(value) if relative else float(value)
-    raise TypeError(f"{what} must be a datetime or a number, not {type(value).__name__}")
-
-
 _NO_KWARGS: dict[str, Any] = {}
-
-
-class _Plan:
-    """What the call options decide for every message of one call, computed once."""
-
-    __slots__ = (
-        "eta",
-        "expires",
-        "group_id",
-        "headers",
-        "ignore_result",
-        "link",
-        "link_error",
-        "name",
-        "now",
-        "parent_id",
-        "priority",
-        "queue",
-        "root_id",
-        "serializer",
-        "soft_time_limit",
-        "time_limit",
-    )
-
-    def __init__(
-        self, app: App, name: str, options: CallOptions, task: Task[Any, Any] | None
-    ) -> None:
-        now = time.time()
-        unknown = set(options) - _CALL_OPTIONS
-        if unknown:
-            raise TypeError(f"unknown call option(s): {', '.join(sorted(unknown))}")
-        eta = _when(options.get("eta"), now, "eta")
-        if "countdown" in options:
-            if eta is not None:
-                raise TypeError("give countdown or eta, not both")
-            eta = now + float(options["countdown"])
-        self.eta = eta if eta is not None and eta > now else None
-        self.expires = _when(
-            options.get("expires", task.expires if task else None), now, "expires", relative=True
-        )
-        self.queue = (
-            options.get("queue") or (task.queue if task else None) or app.conf.task_default_queue
-        )
-        priority = options.get("priority", task.priority if task else 0)
-        if not 0 <= priority <= 255:
-            raise ValueError("priority must be between 0 and 255 (higher runs first)")
-        self.priority = priority
-        self.serializer = check_serializer(
-            options.get("serializer")
-            or (task.serializer if task else None)
-            or app.conf.task_serializer
-        )
-        self.name = name
-        self.now = now
-        self.headers: dict[str, str] = options.get("headers", {})
-        self.ignore_result: bool = options.get(
-            "ignore_result", task.ignore_result if task else False
-        )
-        self.time_limit = options.get("time_limit")
-        self.soft_time_limit = options.get("soft_time_limit")
-        self.parent_id = options.get("parent_id")
-        self.root_id = options.get("root_id")
-        self.group_id = options.get("group_id")
-        self.link = options.get("link")
-        self.link_error = options.get("link_error")
-
-    def message(
-        self,
-        task_id: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        headers: dict[str, str],
-    ) -> MessageOut:
-        """One message of the call (callbacks frozen anew: fresh ids for each message)."""
-        return MessageOut(
-            link=_nodes(self.link),
-            link_error=_nodes(self.link_error),
-            id=task_id,
-            task=self.name,
-            queue=self.queue,
-            args=args,
-            kwargs=kwargs,
-            headers=headers,
-            eta=self.eta,
-            expires=self.expires,
-            priority=self.priority,
-            time_limit=self.time_limit,
-            soft_time_limit=self.soft_time_limit,
-            ignore_result=self.ignore_result,
-            parent_id=self.parent_id,
-            root_id=self.root_id,
-            group_id=self.group_id,
-            sent_at=self.now,
-        )
-
-
-_CALL_OPTIONS = frozenset(CallOptions.__annotations__)
 
 
 def _as_args(value: Any, index: int) -> tuple[Any, ...]:

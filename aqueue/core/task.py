@@ -14,13 +14,17 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack
 
+from . import sending
 from .admission import parse_rate
 from .arguments import ArgumentSpec
+from .canvas import MAP_TASK, STARMAP_TASK, Group, Signature
 from .context import Request, current_request
 from .errors import MaxRetriesExceededError, Retry
 from .message import ResultOut
+from .options import CallOptions, check_options
+from .result import AsyncResult
 from .retry import backoff_delay, retries_left
 from .serialization import check_serializer, encode
 from .states import READY_STATES
@@ -28,41 +32,10 @@ from .states import READY_STATES
 log = logging.getLogger("aqueue.worker")
 
 if TYPE_CHECKING:
-    from ..workflows.primitives import Group
-    from ..workflows.signature import Canvas, Signature
     from .app import App
-    from .result import AsyncResult
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-class CallOptions(TypedDict, total=False):
-    """Per-call options of ``apply_async`` / ``options()`` (Celery's names)."""
-
-    #: seconds from now before the task may run
-    countdown: float
-    #: when the task may run (aware datetime, naive means UTC, or unix seconds)
-    eta: datetime | float
-    #: seconds from now, or a time, after which the task is not run (state REVOKED)
-    expires: datetime | float
-    queue: str
-    #: 0..255, higher runs first within a queue
-    priority: int
-    #: the id to use; enqueueing an id that is still queued does nothing
-    task_id: str
-    headers: dict[str, str]
-    serializer: str
-    ignore_result: bool
-    time_limit: float
-    soft_time_limit: float
-    parent_id: str
-    root_id: str
-    group_id: str
-    #: applied with the result when the task succeeds
-    link: Canvas[Any] | list[Canvas[Any]]
-    #: applied with ``(task_id, error)`` when the task fails
-    link_error: Canvas[Any] | list[Canvas[Any]]
 
 
 class Task(Generic[P, R]):
@@ -209,7 +182,7 @@ class Task(Generic[P, R]):
         target = task_id or req.id
         if not target:
             raise RuntimeError("update_state outside a running task needs task_id=")
-        backend = await self.app._result_backend()
+        backend = await self.app.result_backend()
         record = ResultOut(
             id=target,
             state=state,
@@ -253,7 +226,10 @@ class Task(Generic[P, R]):
             if exc is not None:
                 raise exc
             raise MaxRetriesExceededError(f"{self.name}[{req.id}] used its {req.retries} retries")
-        when = eta.timestamp() if isinstance(eta, datetime) else eta
+        # the same rules as apply_async's (a NaN or infinite countdown is refused here)
+        checked = check_options({"countdown": countdown} if countdown is not None else {})
+        when = check_options({"eta": eta})["eta"] if eta is not None else None
+        countdown = checked.get("countdown")
         if countdown is None and when is None:
             countdown = backoff_delay(self, req.retries)
         signal = Retry(
@@ -317,7 +293,7 @@ class Task(Generic[P, R]):
         (Not ``async def`` itself: it hands back the sending coroutine, one frame fewer for
         each of thousands of ``delay()`` calls awaiting the broker at once.)
         """
-        return self.app._send(self.name, args, kwargs, {}, task=self)
+        return sending.send(self.app, self.name, args, kwargs, {}, task=self)
 
     async def apply_async(
         self,
@@ -326,8 +302,8 @@ class Task(Generic[P, R]):
         **options: Unpack[CallOptions],
     ) -> AsyncResult[R]:
         """Celery's form: arguments as a tuple and a dict, then options."""
-        return await self.app._send(
-            self.name, tuple(args or ()), dict(kwargs or {}), options, task=self
+        return await sending.send(
+            self.app, self.name, tuple(args or ()), dict(kwargs or {}), options, task=self
         )
 
     async def delay_many(self, items: Iterable[tuple[Any, ...]]) -> list[AsyncResult[R]]:
@@ -345,7 +321,7 @@ class Task(Generic[P, R]):
 
         Keyword arguments: ``app.send_many([task.s(x=1), ...])``.
         """
-        return await self.app._send_many(self, items, {})
+        return await sending.send_items(self.app, self, items, {})
 
     async def apply_many(
         self, items: Iterable[tuple[Any, ...]], **options: Unpack[CallOptions]
@@ -356,7 +332,7 @@ class Task(Generic[P, R]):
         (``countdown``, ``eta``, ``expires``) are computed once, for the whole call.
         ``task_id`` is refused (every message needs its own id).
         """
-        return await self.app._send_many(self, items, options)
+        return await sending.send_items(self.app, self, items, options)
 
     def options(self, **options: Unpack[CallOptions]) -> TaskCall[P, R]:
         """Bind call options, keeping ``delay``'s typed arguments.
@@ -369,14 +345,10 @@ class Task(Generic[P, R]):
 
     def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
         """A signature: ``add.s(2, 2)``; in a chain the previous result is prepended."""
-        from ..workflows.signature import Signature
-
         return Signature(self, args, kwargs)
 
     def si(self, *args: Any, **kwargs: Any) -> Signature[R]:
         """An immutable signature: in a chain, the previous result is not passed to it."""
-        from ..workflows.signature import Signature
-
         return Signature(self, args, kwargs, immutable=True)
 
     def signature(
@@ -388,30 +360,20 @@ class Task(Generic[P, R]):
         **options: Any,
     ) -> Signature[R]:
         """A signature with options: ``add.signature((2, 2), countdown=10)``."""
-        from ..workflows.signature import Signature
-
         return Signature(self, args, kwargs, immutable=immutable, **options)
 
     def map(self, items: Iterable[Any]) -> Signature[list[R]]:
         """One task that calls this one for each item, in order: ``add1.map([1, 2, 3])``."""
-        from ..workflows.builtins import MAP_TASK
-        from ..workflows.signature import Signature
-
         return Signature(MAP_TASK, (self.name, list(items)), app=self.app, immutable=True)
 
     def starmap(self, items: Iterable[Sequence[Any]]) -> Signature[list[R]]:
         """One task calling this one with each item as its arguments: ``add.starmap([(1, 2)])``."""
-        from ..workflows.builtins import STARMAP_TASK
-        from ..workflows.signature import Signature
-
         return Signature(
             STARMAP_TASK, (self.name, [list(i) for i in items]), app=self.app, immutable=True
         )
 
     def chunks(self, items: Iterable[Sequence[Any]], n: int) -> Group[list[R]]:
         """A group of ``starmap`` tasks over ``n``-sized chunks of ``items``."""
-        from ..workflows.primitives import Group
-
         if n < 1:
             raise ValueError("chunk size must be at least 1")
         seq = [list(i) for i in items]
@@ -419,8 +381,6 @@ class Task(Generic[P, R]):
 
     def AsyncResult(self, task_id: str) -> AsyncResult[R]:
         """A handle on an earlier call of this task, typed by its return annotation."""
-        from .result import AsyncResult
-
         return AsyncResult(self.app, task_id, result_type=self.spec.result_type, task=self)
 
 
@@ -447,13 +407,13 @@ class TaskCall(Generic[P, R]):
 
     async def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Send the task with these arguments and the bound options."""
-        return await self.task.app._send(
-            self.task.name, args, kwargs, self.call_options, task=self.task
+        return await sending.send(
+            self.task.app, self.task.name, args, kwargs, self.call_options, task=self.task
         )
 
     async def delay_many(self, items: Iterable[tuple[Any, ...]]) -> list[AsyncResult[R]]:
         """:meth:`Task.delay_many` with the bound options."""
-        return await self.task.app._send_many(self.task, items, self.call_options)
+        return await sending.send_items(self.task.app, self.task, items, self.call_options)
 
     def options(self, **options: Unpack[CallOptions]) -> TaskCall[P, R]:
         """Add more options."""

@@ -152,7 +152,7 @@ class Worker:
         throttle = broker if isinstance(broker, SharedThrottle) else None
         self._executor = Executor(self.app, self.hostname, self._pool, throttle, self._processes)
         bind_records = getattr(broker, "bind_records", None)
-        backend = self.app._backend
+        backend = self.app.backend
         self._records_inline = bool(
             backend is not None and bind_records is not None and bind_records(backend)
         )
@@ -180,7 +180,7 @@ class Worker:
         self._consumer = asyncio.create_task(
             self._consume(broker), name="aqueue-consumer", context=consumer_context
         )
-        if self.app._backend is not None:
+        if self.app.backend is not None:
             self._watchdog = asyncio.create_task(
                 self._watch_terminations(), name="aqueue-terminations"
             )
@@ -428,7 +428,7 @@ class Worker:
     async def _prior_records(self, ids: list[str]) -> dict[str, bytes]:
         """Stored records of a claimed batch, in one round trip: revocations, and tasks that
         already finished (a redelivered duplicate is not run again)."""
-        backend = self.app._backend
+        backend = self.app.backend
         if backend is None:
             return {}
         try:
@@ -440,7 +440,7 @@ class Worker:
 
     async def _watch_terminations(self) -> None:
         """Every second, cancel running tasks revoked with ``terminate=True``."""
-        backend = self.app._backend
+        backend = self.app.backend
         assert backend is not None
         while True:
             await asyncio.sleep(_TERMINATE_CHECK)

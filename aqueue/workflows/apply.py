@@ -4,54 +4,53 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..core.canvas import ChainNode, GroupNode, Node, TaskNode, all_ids
 from ..core.message import ResultOut, decode_result
-from ..core.result import AsyncResult
+from ..core.nodes import ChainNode, GroupNode, Node, TaskNode, all_ids
+from ..core.result import AsyncResult, GroupResult
+from ..core.sending import with_reply_headers
 from ..core.serialization import check_serializer, decode, encode, format_of
-from .results import GroupResult
 
 if TYPE_CHECKING:
     from ..core.app import App
-    from .primitives import Group
-    from .signature import Canvas
+    from ..core.canvas import Canvas, Group
+    from .engine import Engine
 
 _WORKFLOW = "workflow:"
 
 
-async def apply(app: App, canvas: Canvas[Any]) -> AsyncResult[Any]:
+async def apply(app: App, engine: Engine, canvas: Canvas[Any]) -> AsyncResult[Any]:
     """Apply any canvas; the result of its last step, with ``parent`` links to the others."""
     node = canvas.freeze()
-    result = await _start(app, node)
+    result = await _start(app, engine, node)
     if isinstance(result, GroupResult):
         raise TypeError("a canvas ending with a group returns a GroupResult: use group(...)")
     return result
 
 
-async def apply_group(app: App, group: Group[Any]) -> GroupResult[Any]:
+async def apply_group(app: App, engine: Engine, group: Group[Any]) -> GroupResult[Any]:
     """Apply a group; its GroupResult."""
-    result = await _start(app, group.freeze())
+    result = await _start(app, engine, group.freeze())
     assert isinstance(result, GroupResult)
     return result
 
 
-async def _start(app: App, node: Node) -> AsyncResult[Any] | GroupResult[Any]:
+async def _start(app: App, engine: Engine, node: Node) -> AsyncResult[Any] | GroupResult[Any]:
     ids = all_ids(node)
     if not ids:  # an empty group: nothing to send
         return result_tree(app, node)
     root_id = ids[0]
     if not isinstance(node, TaskNode):  # index every node so the workflow can be inspected
-        backend = await app._result_backend()
+        backend = await app.result_backend()
         record = ResultOut(id=root_id, state="META", value=ids)
         await backend.store(
             _WORKFLOW + root_id,
-            encode(record, _fmt(app)),
+            encode(record, check_serializer(app.conf.task_serializer)),
             state="META",
             attempt=0,
             ttl=app.conf.result_expires,
         )
-    messages = await app.workflows.build(node, root_id=root_id)
-    messages = [app._with_reply_headers(m) for m in messages]
-    await app.workflows.publish(messages)
+    outbound = await engine.build(node, root_id=root_id)
+    await engine.publish([(with_reply_headers(app, m), fmt) for m, fmt in outbound])
     result = result_tree(app, node)
     if isinstance(result, AsyncResult):
         result.workflow_ids = ids
@@ -97,7 +96,7 @@ def _root(result: AsyncResult[Any] | GroupResult[Any]) -> AsyncResult[Any] | Gro
 
 async def workflow_states(app: App, root_id: str) -> dict[str, str]:
     """The state of every node of the workflow started with ``root_id``."""
-    backend = await app._result_backend()
+    backend = await app.result_backend()
     raw = await backend.get(_WORKFLOW + root_id)
     if raw is None:
         return {}
@@ -107,7 +106,3 @@ async def workflow_states(app: App, root_id: str) -> dict[str, str]:
         i: decode_result(r).state if r is not None else "PENDING"
         for i, r in zip(ids, records, strict=True)
     }
-
-
-def _fmt(app: App) -> Any:
-    return check_serializer(app.conf.task_serializer)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
-from .engine import CHORD_DEADLINE_TASK
+from ..core.canvas import MAP_TASK, STARMAP_TASK
 
 if TYPE_CHECKING:
     from ..core.app import App
+    from .engine import Engine
 
-MAP_TASK = "aqueue.map"
-STARMAP_TASK = "aqueue.starmap"
+CHORD_DEADLINE_TASK: Final = "aqueue.chord_deadline"
 
 
 async def _call(app: App, name: str, args: Sequence[Any]) -> Any:
@@ -24,12 +24,12 @@ async def _call(app: App, name: str, args: Sequence[Any]) -> Any:
     return await asyncio.to_thread(task, *args)
 
 
-def register(app: App) -> None:
+def register(app: App, engine: Engine) -> None:
     """Register the workflow tasks on ``app``."""
 
     @app.task(name=CHORD_DEADLINE_TASK, ignore_result=True)
     async def chord_deadline(chord_id: str) -> None:
-        await app.workflows.deadline(chord_id)
+        await engine.deadline(chord_id)
 
     @app.task(name=MAP_TASK)
     async def xmap(task: str, items: list[Any]) -> list[Any]:

@@ -26,26 +26,51 @@ from typing import TYPE_CHECKING, Any
 
 from ..core import states
 from ..core.bulk import encode_batch
-from ..core.canvas import ChainNode, ChordMeta, ChordNode, GroupNode, Node, TaskNode, all_ids
 from ..core.message import ErrorInfo, MessageIn, MessageOut, ResultOut, decode_result
+from ..core.nodes import ChainNode, ChordMeta, ChordNode, GroupNode, Node, TaskNode, all_ids
+from ..core.options import node_message
 from ..core.serialization import SerializerName, check_serializer, decode, encode, format_of
+from . import apply, builtins
 
 if TYPE_CHECKING:
     from ..core.app import App
+    from ..core.canvas import Canvas, Group
+    from ..core.result import AsyncResult, GroupResult
+
+#: a message to publish, with its serializer
+Outbound = tuple[MessageOut, SerializerName]
 
 log = logging.getLogger("aqueue.workflows")
 
-CHORD_DEADLINE_TASK = "aqueue.chord_deadline"
+CHORD_DEADLINE_TASK = builtins.CHORD_DEADLINE_TASK
 _CHORD_META = "chord-meta:"
 _DEADLINE_MEMBER = "__deadline__"
 _NOTHING: tuple[Any, ...] = ()
 
 
 class Engine:
-    """Workflow plumbing for one app."""
+    """The workflow engine of one app (:class:`aqueue.core.protocols.Workflows`).
+
+    Creating it registers the workflow tasks (chord deadline, map, starmap) on the app.
+    """
 
     def __init__(self, app: App) -> None:
         self.app = app
+        builtins.register(app, self)
+
+    # -- applying (aqueue.core.protocols.Workflows) -------------------------------------
+
+    async def apply(self, canvas: Canvas[Any]) -> AsyncResult[Any]:
+        """Apply a chain or chord; its last step's result."""
+        return await apply.apply(self.app, self, canvas)
+
+    async def apply_group(self, group: Group[Any]) -> GroupResult[Any]:
+        """Apply a group; its members' results."""
+        return await apply.apply_group(self.app, self, group)
+
+    async def states(self, root_id: str) -> dict[str, str]:
+        """The state of every node of the workflow started with ``root_id``."""
+        return await apply.workflow_states(self.app, root_id)
 
     @property
     def _fmt(self) -> SerializerName:
@@ -62,10 +87,22 @@ class Engine:
         chord: str | None = None,
         parent_id: str | None = None,
         root_id: str | None = None,
-    ) -> list[MessageOut]:
+    ) -> list[Outbound]:
         """Messages that start ``node``; stores chord metas on the way."""
         if isinstance(node, TaskNode):
-            return [self._task_message(node, prepend, rest, chord, parent_id, root_id)]
+            task = self.app.tasks.get(node.task)
+            return [
+                node_message(
+                    self.app.conf,
+                    node,
+                    task,
+                    prepend=prepend,
+                    chain=rest,
+                    chord=chord,
+                    parent_id=parent_id,
+                    root_id=root_id,
+                )
+            ]
         if isinstance(node, ChainNode):
             first, *more = node.steps
             return await self.build(
@@ -88,7 +125,7 @@ class Engine:
                     parent_id=parent_id,
                     root_id=root_id,
                 )
-            out: list[MessageOut] = []
+            out: list[Outbound] = []
             for member in node.members:
                 out += await self.build(
                     member, prepend=prepend, chord=chord, parent_id=parent_id, root_id=root_id
@@ -104,7 +141,7 @@ class Engine:
         parent_chord: str | None,
         parent_id: str | None,
         root_id: str | None,
-    ) -> list[MessageOut]:
+    ) -> list[Outbound]:
         header = _flatten(node.header)
         timeout = node.timeout if node.timeout is not None else self.app.conf.chord_timeout
         deadline = time.time() + timeout
@@ -116,12 +153,12 @@ class Engine:
             parent_chord=parent_chord,
             deadline=deadline,
         )
-        backend = await self.app._result_backend()
+        backend = await self.app.result_backend()
         ttl = max(self.app.conf.result_expires or 0.0, timeout + 3600.0)
         await backend.store(
             _CHORD_META + node.id, encode(meta, self._fmt), state="META", attempt=0, ttl=ttl
         )
-        out: list[MessageOut] = []
+        out: list[Outbound] = []
         if not header:  # an empty header fires at once with []
             return await self.build(
                 node.body,
@@ -135,79 +172,34 @@ class Engine:
             out += await self.build(
                 member, prepend=prepend, chord=node.id, parent_id=parent_id, root_id=root_id
             )
-        out.append(
-            MessageOut(
-                id=f"{node.id}.deadline",
-                task=CHORD_DEADLINE_TASK,
-                args=(node.id,),
-                queue=self.app.conf.task_default_queue,
-                eta=deadline,
-                ignore_result=True,
-                root_id=root_id,
-                sent_at=time.time(),
-            )
+        deadline_message = MessageOut(
+            id=f"{node.id}.deadline",
+            task=CHORD_DEADLINE_TASK,
+            args=(node.id,),
+            queue=self.app.conf.task_default_queue,
+            eta=deadline,
+            ignore_result=True,
+            root_id=root_id,
+            sent_at=time.time(),
         )
+        out.append((deadline_message, self._fmt))
         return out
 
-    def _task_message(
-        self,
-        node: TaskNode,
-        prepend: tuple[Any, ...],
-        rest: tuple[Node, ...],
-        chord: str | None,
-        parent_id: str | None,
-        root_id: str | None,
-    ) -> MessageOut:
-        opts = node.options
-        task = self.app.tasks.get(node.task)
-        now = time.time()
-        countdown = opts.get("countdown")
-        eta = opts.get("eta") or (now + float(countdown) if countdown else None)
-        queue = (
-            opts.get("queue")
-            or (task.queue if task else None)
-            or (self.app.conf.task_default_queue)
-        )
-        return MessageOut(
-            id=node.id,
-            task=node.task,
-            queue=queue,
-            args=node.args if node.immutable else (*prepend, *node.args),
-            kwargs=node.kwargs,
-            headers=opts.get("headers", {}),
-            eta=eta if eta and eta > now else None,
-            expires=opts.get("expires_at")
-            or (now + opts["expires"] if "expires" in opts else None),
-            priority=opts.get("priority", task.priority if task else 0),
-            time_limit=opts.get("time_limit"),
-            soft_time_limit=opts.get("soft_time_limit"),
-            ignore_result=opts.get("ignore_result", task.ignore_result if task else False),
-            parent_id=parent_id,
-            root_id=root_id or node.id,
-            chain=rest,
-            link=node.link,
-            link_error=node.link_error,
-            chord=chord,
-            sent_at=now,
-        )
-
-    def message_for(self, node: TaskNode) -> MessageOut:
-        """The message of a lone task node, as ``sig.delay()`` sends it (``app.send_many``)."""
-        return self._task_message(node, _NOTHING, (), None, None, None)
-
-    async def publish(self, messages: list[MessageOut]) -> None:
+    async def publish(self, outbound: list[Outbound]) -> None:
         """Publish many messages in one broker call, every one encoded (size-checked) first."""
-        if not messages:
+        if not outbound:
             return
-        batch = encode_batch(messages, self._fmt, self.app.conf.max_message_bytes)
-        broker = await self.app._connected_broker()
+        batch = encode_batch(
+            [m for m, _ in outbound], [f for _, f in outbound], self.app.conf.max_message_bytes
+        )
+        broker = await self.app.connected_broker()
         await broker.publish(batch)
 
     # -- continuations (worker side) ----------------------------------------------------
 
     async def on_success(self, msg: MessageIn, value: Any) -> None:
         """Start what follows a successful task."""
-        out: list[MessageOut] = []
+        out: list[Outbound] = []
         for node in msg.link:
             out += await self.build(node, prepend=(value,), parent_id=msg.id, root_id=msg.root_id)
         if msg.chain:
@@ -226,7 +218,7 @@ class Engine:
 
     async def on_failure(self, msg: MessageIn, error: ErrorInfo) -> None:
         """Call errbacks, fail every node ahead in the chain, fail the chord."""
-        out: list[MessageOut] = []
+        out: list[Outbound] = []
         for node in msg.link_error:
             out += await self.build(
                 node, prepend=(msg.id, error), parent_id=msg.id, root_id=msg.root_id
@@ -245,8 +237,8 @@ class Engine:
 
     async def _join(
         self, chord_id: str, member_id: str, *, failed: bool, error: ErrorInfo | None = None
-    ) -> list[MessageOut]:
-        backend = await self.app._result_backend()
+    ) -> list[Outbound]:
+        backend = await self.app.result_backend()
         meta = await self._meta(chord_id)
         if meta is None:
             log.error(
@@ -265,9 +257,9 @@ class Engine:
             return await self._fail_chord(meta, error)
         return await self._fire(meta)
 
-    async def _fire(self, meta: ChordMeta) -> list[MessageOut]:
+    async def _fire(self, meta: ChordMeta) -> list[Outbound]:
         """The body's messages, with the members' results in order."""
-        backend = await self.app._result_backend()
+        backend = await self.app.result_backend()
         records = await backend.get_many(list(meta.member_ids))
         values: list[Any] = []
         for member_id, raw in zip(meta.member_ids, records, strict=True):
@@ -289,11 +281,11 @@ class Engine:
             meta.body, prepend=(values,), rest=meta.rest, chord=meta.parent_chord, parent_id=meta.id
         )
 
-    async def _fail_chord(self, meta: ChordMeta, error: ErrorInfo) -> list[MessageOut]:
+    async def _fail_chord(self, meta: ChordMeta, error: ErrorInfo) -> list[Outbound]:
         """Fail the body and everything after it; call the body's errbacks."""
         doomed = all_ids(meta.body) + [i for n in meta.rest for i in all_ids(n)]
         await self._fail(doomed, error, None)
-        out: list[MessageOut] = []
+        out: list[Outbound] = []
         body = meta.body
         if isinstance(body, TaskNode):
             for node in body.link_error:
@@ -308,7 +300,7 @@ class Engine:
         """Store FAILURE for nodes that will never run (fenced: a real run still wins)."""
         if not task_ids:
             return
-        backend = await self.app._result_backend()
+        backend = await self.app.result_backend()
         now = time.time()
         for tid in task_ids:
             record = ResultOut(
@@ -323,7 +315,7 @@ class Engine:
             )
 
     async def _meta(self, chord_id: str) -> ChordMeta | None:
-        backend = await self.app._result_backend()
+        backend = await self.app.result_backend()
         raw = await backend.get(_CHORD_META + chord_id)
         if raw is None:
             return None
@@ -335,7 +327,7 @@ class Engine:
         meta = await self._meta(chord_id)
         if meta is None:
             return
-        backend = await self.app._result_backend()
+        backend = await self.app.result_backend()
         timeout = ErrorInfo(
             type="ChordTimeout",
             reason="chord_timeout",

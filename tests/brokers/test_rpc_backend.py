@@ -109,7 +109,7 @@ async def test_events_see_progress(client: App) -> None:
 async def test_many_waits_share_one_reply_queue(client: App) -> None:
     add = client.tasks["rpc.add"]
     handles = [await add.delay(i, i) for i in range(100)]
-    backend = client._backend
+    backend = client.backend
     assert isinstance(backend, RPCBackend)
     assert {REPLY_HEADER: backend.reply_queue} == backend.reply_headers()
     results = await asyncio.gather(*(h.wait(timeout=20) for h in handles))
@@ -139,7 +139,7 @@ async def test_chord_needs_a_shared_backend(client: App) -> None:
 
 
 async def test_reconnects_with_the_same_reply_queue(client: App) -> None:
-    backend = client._backend
+    backend = client.backend
     assert isinstance(backend, RPCBackend) and backend._conn is not None
     queue = backend.reply_queue
     await backend._conn.close()  # as if the connection dropped

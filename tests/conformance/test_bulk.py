@@ -218,7 +218,7 @@ async def test_empty_lists_do_no_io(url: str) -> None:
     assert await add.apply_many(iter(()), queue="q", countdown=5) == []
     assert await add.options(queue="q").delay_many([]) == []
     assert await app.send_many([]) == []
-    assert app._broker is None and app._backend is None  # never connected
+    assert not app.is_connected  # never connected
 
 
 class _Tagger(Middleware):

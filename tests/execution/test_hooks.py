@@ -11,6 +11,7 @@ import pytest
 
 from aqueue import App, Task, TaskFailed, current_task, states
 from aqueue.core.context import Request
+from aqueue.core.errors import OptionError
 from aqueue.core.logs import get_task_logger
 from aqueue.core.message import MessageOut
 from aqueue.core.middleware import ExecuteNext, Middleware, PublishNext
@@ -185,6 +186,14 @@ async def test_internal_headers_are_not_shown_to_tasks(app: App) -> None:
     async def headers(self: Task[[], dict[str, str]]) -> dict[str, str]:
         return self.request.headers
 
+    class Internal(Middleware):  # aqueue's own headers cannot be given as call options
+        async def publish(self, message: MessageOut, call_next: PublishNext) -> None:
+            internal = {**message.headers, "x-aqueue-rate-slot": "1.0"}
+            await call_next(msgspec.structs.replace(message, headers=internal))
+
+    app.add_middleware(Internal())
+    with pytest.raises(OptionError, match="reserved"):
+        await headers.apply_async(headers={"x-aqueue-rate-slot": "1.0"})
     async with app.worker():
-        h = await headers.apply_async(headers={"trace": "t", "x-aqueue-rate-slot": "1.0"})
+        h = await headers.apply_async(headers={"trace": "t"})
         assert await h.wait(timeout=10) == {"trace": "t"}

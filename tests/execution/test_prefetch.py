@@ -15,7 +15,7 @@ async def test_next_message_is_claimed_while_a_result_is_being_stored(app: App) 
 
     first = await work.delay(1)
     second = await work.delay(2)
-    backend = await app._result_backend()
+    backend = await app.result_backend()
     broker = app.broker
     storing, claimed_second, gate = asyncio.Event(), asyncio.Event(), asyncio.Event()
     real_store, real_claim = backend.store, broker.claim

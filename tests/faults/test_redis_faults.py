@@ -275,7 +275,7 @@ async def test_row9_client_kill_with_password(
                 kills.append(time.monotonic())
 
         async with app, app.worker(concurrency=20) as worker:
-            reprs += [repr(app), repr(app.broker), repr(app._backend), repr(worker)]
+            reprs += [repr(app), repr(app.broker), repr(app.backend), repr(worker)]
             reprs += [repr(app.broker._client), repr(app.broker._settings)]
             reprs.append(str(app.conf.as_dict()))
             kill_task = asyncio.create_task(killer())

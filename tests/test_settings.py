@@ -1,0 +1,64 @@
+"""Settings: clear errors for empty URLs, and no secret in any repr (issue 11, 4 / 7 / 9)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aqueue import App, ConfigurationError
+from aqueue.core.config import Settings
+
+
+@pytest.mark.parametrize("url", ["", "   "])
+def test_an_empty_broker_url_is_an_error_not_the_embedded_store(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="broker_url is empty"):
+        App("x", broker=url)
+    with pytest.raises(ConfigurationError, match="result_backend is empty"):
+        App("x", broker="memory://x", backend=url)
+
+
+def test_an_empty_broker_url_in_the_environment_is_an_error() -> None:
+    settings = Settings()
+    with pytest.raises(ConfigurationError, match="broker_url is empty"):
+        settings.load_environment({"AQUEUE_BROKER_URL": ""})
+
+
+def test_no_password_in_the_settings_repr() -> None:
+    app = App(
+        "x",
+        broker="redis://:hunter2@127.0.0.1:6379/0",
+        backend="redis://user:hunter3@127.0.0.1:6379/1",
+        broker_options={"password": "hunter4", "ssl_keyfile": "/k", "prefix": "p"},
+    )
+    for text in (repr(app.conf), str(app.conf), repr(app.conf.as_dict()), repr(app)):
+        assert "hunter" not in text, text
+    assert "redis://:***@127.0.0.1:6379/0" in repr(app.conf)
+    assert "'prefix': 'p'" in repr(app.conf)
+
+
+def _worker_output(tmp_path: Path, code: str) -> str:
+    (tmp_path / "wapp.py").write_text(code)
+    proc = subprocess.run(
+        [sys.executable, "-m", "aqueue.cli", "worker", "wapp:app", "--burst", "-l", "info"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{Path(__file__).parents[1]}"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr + proc.stdout
+
+
+@pytest.mark.slow
+def test_the_default_store_warning_only_when_no_broker_was_given(tmp_path: Path) -> None:
+    chosen = _worker_output(
+        tmp_path, f"from aqueue import App\napp = App('w', broker='sqlite:///{tmp_path}/x.db')\n"
+    )
+    assert "embedded SQLite" not in chosen
+    default = _worker_output(tmp_path, "from aqueue import App\napp = App('w')\n")
+    assert "no broker given: using the embedded SQLite store" in default
