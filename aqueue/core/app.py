@@ -33,11 +33,11 @@ from .errors import ConfigurationError, NotRegistered
 from .middleware import Middleware
 from .options import CallOptions
 from .plugins import workflows_for
-from .protocols import Broker, ResultBackend
+from .protocols import Broker, ResultBackend, RoutesResults
 from .result import AsyncResult, GroupResults
 from .serialization import check_serializer
 from .task import Task
-from .urls import backend_class, broker_class, default_backend_url, redact
+from .urls import default_backend_url, make_backend, make_broker, redact
 
 if TYPE_CHECKING:
     from .protocols import Workflows
@@ -77,8 +77,11 @@ class App:
     Args:
         name: the app's name; task names default to ``module.qualname``.
         broker: broker URL; default the embedded SQLite file ``aqueue.db`` in the working
-            directory, or ``AQUEUE_BROKER_URL``.
-        backend: result backend URL; default the broker's own store.
+            directory, or ``AQUEUE_BROKER_URL``. Or a broker object (any
+            :class:`~aqueue.core.protocols.Broker`), used as it is.
+        backend: result backend URL; default the broker's own store. Or a backend object
+            (any :class:`~aqueue.core.protocols.ResultBackend`); with a broker object and
+            no backend, results are not stored.
         include: modules the worker imports at start.
         **settings: any :class:`~aqueue.core.config.Settings` field.
     """
@@ -86,8 +89,8 @@ class App:
     def __init__(
         self,
         name: str = "aqueue",
-        broker: str | None = None,
-        backend: str | None = None,
+        broker: str | Broker | None = None,
+        backend: str | ResultBackend | None = None,
         *,
         include: Sequence[str] = (),
         **settings: Any,
@@ -95,10 +98,17 @@ class App:
         self.name = name
         self.conf = Settings()
         self.conf.load_environment()
-        if broker is not None:
+        # a broker or backend given as an object is used as it is (no URL, no options)
+        self._broker_object: Broker | None = None
+        self._backend_object: ResultBackend | None = None
+        if isinstance(broker, str):
             settings["broker_url"] = broker
-        if backend is not None:
+        elif broker is not None:
+            self._broker_object = _checked(broker, Broker, "broker")
+        if isinstance(backend, str):
             settings["result_backend"] = backend
+        elif backend is not None:
+            self._backend_object = _checked(backend, ResultBackend, "backend")
         if include:
             settings["include"] = list(include)
         self.conf.update(settings)
@@ -117,19 +127,27 @@ class App:
         #: the workflow engine (``aqueue.workflows``): applies canvases, and continues
         #: workflows in the worker; it registers its built-in tasks on the app
         self.workflows: Workflows = workflows_for(self)
+        # the connected backend's reply_headers, when it pushes results to senders
+        self._reply_headers: Callable[[], dict[str, str] | None] | None = None
 
     def __repr__(self) -> str:
         return f"<App {self.name} broker={redact(self.broker_url)}>"
 
     @property
     def broker_url(self) -> str:
-        """The broker URL in effect."""
+        """The broker URL in effect (a broker object's repr when one was given)."""
+        if self._broker_object is not None:
+            return repr(self._broker_object)
         return self.conf.broker_url or DEFAULT_BROKER_URL
 
     @property
     def backend_url(self) -> str | None:
         """The result backend URL in effect (``None``: results are not stored)."""
-        return self.conf.result_backend or default_backend_url(self.broker_url)
+        if self._backend_object is not None:
+            return repr(self._backend_object)
+        if self.conf.result_backend:
+            return self.conf.result_backend
+        return None if self._broker_object is not None else default_backend_url(self.broker_url)
 
     # -- tasks --------------------------------------------------------------------------
 
@@ -251,28 +269,36 @@ class App:
             # a new event loop (asyncio.run called again): connections of the old one are
             # unusable there, so start over
             self._broker = self._backend = None
+            self._reply_headers = None
             self._loop = loop
             self._connect_lock = asyncio.Lock()
         assert self._connect_lock is not None
         async with self._connect_lock:
             if self._broker is None:
-                broker = broker_class(self.broker_url)(self.broker_url, **self.conf.broker_options)
+                broker = self._broker_object or make_broker(
+                    self.broker_url, self.conf.broker_options
+                )
                 await broker.connect()
                 self._broker = broker
                 log.debug("connected to broker %s", redact(self.broker_url))
             if self._backend is None and self.backend_url is not None:
-                cls = backend_class(self.backend_url)
-                # rpc:// sends results over the broker's RabbitMQ: it needs the broker's URL
-                uses_broker = getattr(cls, "uses_broker_url", False)
-                extra = {"broker_url": self.broker_url} if uses_broker else {}
-                backend = cls(self.backend_url, **extra)
+                backend = self._backend_object or make_backend(self.backend_url, self.broker_url)
                 await backend.connect()
                 self._backend = backend
+                if isinstance(backend, RoutesResults):
+                    self._reply_headers = backend.reply_headers
+
+    def reply_headers(self) -> dict[str, str] | None:
+        """Headers that make results come back to this process (a backend that routes
+        results, :class:`~aqueue.core.protocols.RoutesResults`); ``None`` otherwise."""
+        reply_headers = self._reply_headers
+        return reply_headers() if reply_headers is not None else None
 
     async def close(self) -> None:
         """Close connections; the app can connect again later."""
         broker, backend = self._broker, self._backend
         self._broker = self._backend = None
+        self._reply_headers = None
         self._loop = None
         if backend is not None:
             await backend.close()
@@ -380,3 +406,16 @@ class App:
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:
         """A handle on any task by id (results decode untyped)."""
         return AsyncResult(self, task_id)
+
+
+def _checked(component: Any, protocol: type, what: str) -> Any:
+    """``component`` if it implements ``protocol``, else a ConfigurationError naming why."""
+    if not isinstance(component, protocol):
+        members = [n for n in dir(protocol) if not n.startswith("_")]
+        missing = [name for name in members if not hasattr(component, name)]
+        raise ConfigurationError(
+            f"{what}= takes a URL or an object implementing aqueue.core.protocols."
+            f"{protocol.__name__}; {type(component).__name__} does not"
+            + (f" (missing {', '.join(sorted(missing))})" if missing else "")
+        )
+    return component

@@ -40,7 +40,7 @@ from .message import (
 )
 from .middleware import chain_execute
 from .offload import ProcessPool
-from .protocols import Delivery, SharedThrottle
+from .protocols import Delivery, RoutesResults, SharedThrottle
 from .serialization import SerializerName, decode, encode, format_of
 from .task import call_hook
 
@@ -97,6 +97,8 @@ class Executor:
         self.revoked = 0
         #: redelivered messages whose task had already finished (acked, not run again)
         self.duplicates = 0
+        backend = app.backend
+        self._observe = backend.observe if isinstance(backend, RoutesResults) else None
         #: called with the task id when a task's body has returned or raised, before its
         #: result is stored and its message settled (the worker claims more meanwhile)
         self.on_ran: Callable[[str], None] | None = None
@@ -115,8 +117,8 @@ class Executor:
         except DecodeError as exc:
             await self._refuse_undecodable(delivery, "decode_error", str(exc))
             return
-        observe = getattr(self.app.backend, "observe", None)
-        if observe is not None:  # rpc://: learn where this task's records go
+        observe = self._observe
+        if observe is not None:  # learn where this task's records are pushed
             observe(msg.id, msg.headers)
         fmt = format_of(delivery.body)
         attempt = msg.prior_attempts + delivery.delivery_count

@@ -19,7 +19,7 @@ Delivery semantics every broker keeps (docs/architecture.md, "Delivery"):
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -221,6 +221,38 @@ class ResultBackend(Protocol):
         once). Returns ``True`` for exactly one call per chord: the first ``failed`` one, or
         the one after which ``size`` distinct members have joined, whichever comes first.
         """
+
+
+# -- optional capabilities: declared here, checked with isinstance() once (at connect or
+# -- start), never guessed with hasattr() ---------------------------------------------------
+
+
+@runtime_checkable
+class ClaimsRecords(Protocol):
+    """Optional broker capability: a claim also returns the claimed tasks' stored records.
+
+    Possible when the result backend shares the broker's store (Redis on one server and
+    database): the worker then skips the lookup it otherwise makes per claimed batch (for
+    revocations and finished duplicates), and reads :attr:`Delivery.prior` instead.
+    """
+
+    def bind_records(self, backend: ResultBackend) -> bool:
+        """Read ``backend``'s records in every claim from now on, if possible; whether it is."""
+
+
+@runtime_checkable
+class RoutesResults(Protocol):
+    """Optional backend capability: results are pushed to the process that sent the task.
+
+    The sender adds :meth:`reply_headers` to every message it sends; the worker tells the
+    backend each message's headers (:meth:`observe`) before it stores that task's records.
+    """
+
+    def reply_headers(self) -> dict[str, str] | None:
+        """Headers for messages this process sends (``None``: nothing to route yet)."""
+
+    def observe(self, task_id: str, headers: Mapping[str, str]) -> None:
+        """A worker received ``task_id`` with ``headers``: remember where its records go."""
 
 
 @runtime_checkable

@@ -71,15 +71,9 @@ async def send(
     return AsyncResult(app, task_id, result_type=result_type, task=task)
 
 
-def reply_headers(app: App) -> dict[str, str] | None:
-    """Where results go, for a backend that pushes them to the caller (rpc://, Redis)."""
-    reply_headers = getattr(app.backend, "reply_headers", None)
-    return reply_headers() if reply_headers is not None else None
-
-
 def with_reply_headers(app: App, msg: MessageOut) -> MessageOut:
-    """``msg`` with the app's reply headers (:func:`reply_headers`) added."""
-    headers = reply_headers(app)
+    """``msg`` with the headers that route its results to this process, if any."""
+    headers = app.reply_headers()
     if not headers:
         return msg
     return msgspec.structs.replace(msg, headers={**headers, **msg.headers})
@@ -180,7 +174,7 @@ async def send_items(
                 raise ArgumentError(f"item {index}: {exc}; nothing was sent") from None
     await app.connected_broker()  # connects the backend too, which may route results
     headers = plan.headers
-    reply = reply_headers(app)
+    reply = app.reply_headers()
     if reply:
         headers = {**reply, **headers}
     ids = new_ids(len(arg_list))

@@ -1,31 +1,62 @@
-"""Broker and backend URLs: scheme lookup and redaction of credentials."""
+"""Broker and backend URLs: which class a scheme names, and redaction of credentials.
+
+aqueue's own brokers and backends are listed in the tables below by module name and
+imported only when a URL asks for them, so core never imports a broker or backend module.
+Other packages add schemes through entry points, in the groups ``aqueue.brokers`` and
+``aqueue.backends`` (the name is the scheme, the value ``package.module:Class``)::
+
+    [project.entry-points."aqueue.brokers"]
+    nats = "aqueue_nats:NatsBroker"
+
+A broker class is called as ``Class(url, **broker_options)``, a backend class as
+``Class(url)``; see docs/extending.md.
+"""
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigurationError
 
-# scheme -> (module, class, pip extra). Core names modules as strings and imports them only
-# when a URL asks for them, so it never imports a broker module itself.
-_BROKERS: dict[str, tuple[str, str, str | None]] = {
-    "memory": ("aqueue.brokers.memory", "MemoryBroker", None),
-    "sqlite": ("aqueue.brokers.sqlite", "SQLiteBroker", None),
-    "redis": ("aqueue.brokers.redis", "RedisBroker", "redis"),
-    "rediss": ("aqueue.brokers.redis", "RedisBroker", "redis"),
-    "unix": ("aqueue.brokers.redis", "RedisBroker", "redis"),
-    "amqp": ("aqueue.brokers.rabbitmq", "RabbitMQBroker", "rabbitmq"),
-    "amqps": ("aqueue.brokers.rabbitmq", "RabbitMQBroker", "rabbitmq"),
+if TYPE_CHECKING:
+    from .protocols import Broker, ResultBackend
+
+BROKER_GROUP: Final = "aqueue.brokers"
+BACKEND_GROUP: Final = "aqueue.backends"
+
+
+@dataclass(frozen=True, slots=True)
+class Implementation:
+    """Where the class for a scheme lives."""
+
+    #: ``package.module:Class``
+    target: str
+    #: the pip extra that installs what it needs (``None``: nothing beyond aqueue)
+    extra: str | None = None
+    #: a backend built with ``broker_url=`` (``rpc://`` sends results over the broker)
+    needs_broker_url: bool = False
+
+
+BROKERS: Final[dict[str, Implementation]] = {
+    "memory": Implementation("aqueue.brokers.memory:MemoryBroker"),
+    "sqlite": Implementation("aqueue.brokers.sqlite:SQLiteBroker"),
+    "redis": Implementation("aqueue.brokers.redis:RedisBroker", "redis"),
+    "rediss": Implementation("aqueue.brokers.redis:RedisBroker", "redis"),
+    "unix": Implementation("aqueue.brokers.redis:RedisBroker", "redis"),
+    "amqp": Implementation("aqueue.brokers.rabbitmq:RabbitMQBroker", "rabbitmq"),
+    "amqps": Implementation("aqueue.brokers.rabbitmq:RabbitMQBroker", "rabbitmq"),
 }
-_BACKENDS: dict[str, tuple[str, str, str | None]] = {
-    "memory": ("aqueue.backends.memory", "MemoryBackend", None),
-    "sqlite": ("aqueue.backends.sqlite", "SQLiteBackend", None),
-    "redis": ("aqueue.backends.redis", "RedisBackend", "redis"),
-    "rediss": ("aqueue.backends.redis", "RedisBackend", "redis"),
-    "unix": ("aqueue.backends.redis", "RedisBackend", "redis"),
-    "rpc": ("aqueue.backends.rpc", "RPCBackend", "rabbitmq"),
+BACKENDS: Final[dict[str, Implementation]] = {
+    "memory": Implementation("aqueue.backends.memory:MemoryBackend"),
+    "sqlite": Implementation("aqueue.backends.sqlite:SQLiteBackend"),
+    "redis": Implementation("aqueue.backends.redis:RedisBackend", "redis"),
+    "rediss": Implementation("aqueue.backends.redis:RedisBackend", "redis"),
+    "unix": Implementation("aqueue.backends.redis:RedisBackend", "redis"),
+    "rpc": Implementation("aqueue.backends.rpc:RPCBackend", "rabbitmq", needs_broker_url=True),
 }
 
 
@@ -48,42 +79,62 @@ def redact(url: str) -> str:
 
 
 def scheme_of(url: str) -> str:
-    """The URL's scheme, or a ConfigurationError naming the supported ones."""
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme not in _BROKERS and scheme not in _BACKENDS:
-        known = ", ".join(sorted(set(_BROKERS) | set(_BACKENDS)))
-        raise ConfigurationError(
-            f"unsupported URL {redact(url)!r}: the scheme must be one of {known} "
-            "(for example redis://localhost:6379/0 or sqlite:///aqueue.db)"
-        )
-    return scheme
+    """The URL's scheme, lower-cased (``""`` if it has none)."""
+    return url.split("://", 1)[0].lower() if "://" in url else ""
 
 
-def _load(table: dict[str, tuple[str, str, str | None]], url: str, kind: str) -> Any:
+def _registered(group: str) -> dict[str, Implementation]:
+    """Schemes other packages register through entry points."""
+    return {ep.name.lower(): Implementation(ep.value) for ep in entry_points(group=group)}
+
+
+def _find(
+    table: dict[str, Implementation], group: str, url: str, kind: str
+) -> tuple[Implementation, Any]:
     scheme = scheme_of(url)
-    if scheme not in table:
-        raise ConfigurationError(f"{scheme}:// cannot be used as a {kind} ({redact(url)})")
-    module_name, class_name, extra = table[scheme]
+    found = table.get(scheme) or _registered(group).get(scheme)
+    if found is None:
+        known = sorted(set(table) | set(_registered(group)))
+        raise ConfigurationError(
+            f"unsupported URL {redact(url)!r} for a {kind}: the scheme must be one of "
+            f"{', '.join(known)} (for example redis://localhost:6379/0 or "
+            f"sqlite:///aqueue.db); other packages add schemes through the {group!r} "
+            "entry points"
+        )
+    module_name, _, class_name = found.target.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        if extra is None:
+        if found.extra is None:
             raise
         raise ConfigurationError(
             f"{scheme}:// needs an extra that is not installed ({exc.name}): "
-            f'pip install "aqueue[{extra}]"'
+            f'pip install "aqueue[{found.extra}]"'
         ) from None
-    return getattr(module, class_name)
+    return found, getattr(module, class_name)
 
 
 def broker_class(url: str) -> Any:
     """The broker class for ``url``'s scheme."""
-    return _load(_BROKERS, url, "broker")
+    return _find(BROKERS, BROKER_GROUP, url, "broker")[1]
 
 
 def backend_class(url: str) -> Any:
     """The result backend class for ``url``'s scheme."""
-    return _load(_BACKENDS, url, "result backend")
+    return _find(BACKENDS, BACKEND_GROUP, url, "result backend")[1]
+
+
+def make_broker(url: str, options: dict[str, Any]) -> Broker:
+    """The broker for ``url``, built with the app's ``broker_options``."""
+    broker: Broker = broker_class(url)(url, **options)
+    return broker
+
+
+def make_backend(url: str, broker_url: str) -> ResultBackend:
+    """The result backend for ``url`` (given the broker's URL where it needs it)."""
+    found, cls = _find(BACKENDS, BACKEND_GROUP, url, "result backend")
+    backend: ResultBackend = cls(url, broker_url=broker_url) if found.needs_broker_url else cls(url)
+    return backend
 
 
 def default_backend_url(broker_url: str) -> str | None:
@@ -92,4 +143,4 @@ def default_backend_url(broker_url: str) -> str | None:
     scheme = scheme_of(broker_url)
     if scheme in ("amqp", "amqps"):
         return "rpc://"
-    return broker_url if scheme in _BACKENDS else None
+    return broker_url if scheme in BACKENDS else None

@@ -27,7 +27,7 @@ from . import signals, states
 from .execution import Executor, is_terminate
 from .message import decode_result
 from .offload import ProcessPool, set_current_pool
-from .protocols import Broker, Delivery, Lease, SharedThrottle
+from .protocols import Broker, ClaimsRecords, Delivery, Lease, SharedThrottle
 from .urls import redact
 
 if TYPE_CHECKING:
@@ -151,10 +151,11 @@ class Worker:
         broker = self.app.broker
         throttle = broker if isinstance(broker, SharedThrottle) else None
         self._executor = Executor(self.app, self.hostname, self._pool, throttle, self._processes)
-        bind_records = getattr(broker, "bind_records", None)
         backend = self.app.backend
-        self._records_inline = bool(
-            backend is not None and bind_records is not None and bind_records(backend)
+        self._records_inline = (
+            backend is not None
+            and isinstance(broker, ClaimsRecords)
+            and broker.bind_records(backend)
         )
         self._executor.on_ran = self._ran
         for lifespan in self.app.lifespans:
