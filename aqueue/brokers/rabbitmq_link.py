@@ -14,7 +14,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
@@ -53,6 +53,8 @@ REDECLARE_GRACE = 0.5
 ChannelKind = Literal["pub", "admin", "watch"]
 #: a consumer called inline by the consuming channel's reader (see :func:`deliver_inline`)
 InlineConsumer = Callable[[DeliveredMessage], None]
+#: called inline by a channel's reader with each returned message (see :func:`hear_returns`)
+ReturnListener = Callable[[DeliveredMessage], None]
 
 
 class NotSent(Exception):
@@ -477,15 +479,9 @@ def deliver_inline(channel: aiormq.abc.AbstractChannel, inline: dict[str, Inline
     """
     raw: Any = channel
     original = getattr(raw, "_on_deliver_frame", None)
-    get_frame = getattr(raw, "_get_frame", None)
-    read_content = getattr(raw, "_read_content", None)
     consumers = getattr(raw, "consumers", None)
-    if not (
-        callable(original)
-        and callable(get_frame)
-        and callable(read_content)
-        and isinstance(consumers, dict)
-    ):
+    read = _content_reader(raw)
+    if not (callable(original) and read is not None and isinstance(consumers, dict)):
         return False
 
     async def on_deliver_frame(frame: Any) -> None:
@@ -494,10 +490,7 @@ def deliver_inline(channel: aiormq.abc.AbstractChannel, inline: dict[str, Inline
         if consumer is None:
             await original(frame)
             return
-        header = await get_frame()
-        if not isinstance(header, ContentHeader):
-            raise ValueError(f"unexpected frame {header!r} instead of a content header")
-        message = await read_content(frame, header)
+        message = await read(frame)
         try:
             consumer(message)
         except Exception:
@@ -505,6 +498,53 @@ def deliver_inline(channel: aiormq.abc.AbstractChannel, inline: dict[str, Inline
 
     raw._on_deliver_frame = on_deliver_frame
     return True
+
+
+def hear_returns(channel: aiormq.abc.AbstractChannel, listener: ReturnListener) -> bool:
+    """Make ``channel`` (one without publisher confirms) hand every message RabbitMQ returns
+    (``basic.return``: a ``mandatory`` publish nothing could route) to ``listener``, called
+    inline by the channel's reader; ``False`` (nothing changed) if this aiormq lacks the
+    hooks it relies on, or the channel has publisher confirms (aiormq then settles returns
+    through its confirmations, which this must not bypass).
+
+    aiormq matches a return to a pending confirmation; on a channel without confirms there
+    is none, so it drops the message and logs an ERROR record per return, body included.
+    This replaces the channel's ``_on_return_frame`` (checked with aiormq 7.2), reading the
+    content the same way as :func:`deliver_inline`.
+    """
+    raw: Any = channel
+    original = getattr(raw, "_on_return_frame", None)
+    read = _content_reader(raw)
+    if not callable(original) or read is None or getattr(raw, "publisher_confirms", True):
+        return False
+
+    async def on_return_frame(frame: Any) -> None:
+        message = await read(frame)
+        try:
+            listener(message)
+        except Exception:
+            log.exception("a listener of returned messages failed")
+
+    raw._on_return_frame = on_return_frame
+    return True
+
+
+def _content_reader(raw: Any) -> Callable[[Any], Awaitable[DeliveredMessage]] | None:
+    """How aiormq's channel reader reads the header and body that follow a delivery or a
+    return (``_get_frame`` then ``_read_content``), or ``None`` if this aiormq has neither."""
+    get_frame = getattr(raw, "_get_frame", None)
+    read_content = getattr(raw, "_read_content", None)
+    if not (callable(get_frame) and callable(read_content)):
+        return None
+
+    async def read(frame: Any) -> DeliveredMessage:
+        header = await get_frame()
+        if not isinstance(header, ContentHeader):
+            raise ValueError(f"unexpected frame {header!r} instead of a content header")
+        message: DeliveredMessage = await read_content(frame, header)
+        return message
+
+    return read
 
 
 def server_version(conn: AbstractConnection) -> str:
