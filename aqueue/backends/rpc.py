@@ -47,7 +47,7 @@ from aio_pika.abc import (
 )
 from aiormq.abc import DeliveredMessage
 
-from ..brokers.rabbitmq_link import AMQP_ERRORS, hear_returns
+from ..brokers.rabbitmq_link import AMQP_ERRORS, LoopEndClose, hear_returns
 from ..brokers.rabbitmq_topology import CONTENT_TYPE, RabbitSettings, parse_settings
 from ..core import states
 from ..core.control import REVOKE_FENCE
@@ -180,6 +180,7 @@ class RPCBackend:
         self._lock: asyncio.Lock | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
+        self._loop_end = LoopEndClose(self.close, self._settings.operation_timeout)
 
     def __repr__(self) -> str:
         return f"<RPCBackend {redact(self.url)} via {self._settings.redacted}>"
@@ -219,9 +220,14 @@ class RPCBackend:
                 self._supervisor = asyncio.get_running_loop().create_task(
                     self._supervise(), name="aqueue-rpc-results"
                 )
+            self._loop_end.arm()
 
     async def close(self) -> None:
-        """Close the connection (the reply queue goes with it); idempotent."""
+        """Close the connection (the reply queue goes with it); idempotent.
+
+        Not calling it is quiet too: when the event loop ends, the backend closes itself.
+        """
+        self._loop_end.disarm()
         self._closing = True
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None:

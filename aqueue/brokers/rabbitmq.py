@@ -34,7 +34,7 @@ from aqueue.core.protocols import Capabilities, DeadLetter, Delivery, Lease, Out
 
 from .rabbitmq_consumer import Consumers
 from .rabbitmq_delivery import RabbitMQDelivery
-from .rabbitmq_link import AMQP_ERRORS, Link, NotSent
+from .rabbitmq_link import AMQP_ERRORS, Link, LoopEndClose, NotSent
 from .rabbitmq_topology import (
     DEAD_AT_HEADER,
     LEVELS_MS,
@@ -88,6 +88,7 @@ class RabbitMQBroker:
         self._link = Link(self._settings, self._topo)
         self._consumers = Consumers(self._link)
         self._dedupe: Dedupe | None = None
+        self._loop_end = LoopEndClose(self.close, self._settings.operation_timeout)
 
     def __repr__(self) -> str:
         return f"<RabbitMQBroker {self._settings.redacted} prefix={self._settings.prefix!r}>"
@@ -97,9 +98,14 @@ class RabbitMQBroker:
         await self._link.connection()
         if self._dedupe is None:
             self._dedupe = make_dedupe(self._settings)
+            self._loop_end.arm()
 
     async def close(self) -> None:
-        """Close the connection; deliveries still held settle nothing afterwards. Idempotent."""
+        """Close the connection; deliveries still held settle nothing afterwards. Idempotent.
+
+        Not calling it is quiet too: when the event loop ends, the broker closes itself.
+        """
+        self._loop_end.disarm()
         await self._consumers.close()
         await self._link.close()
         if self._dedupe is not None:

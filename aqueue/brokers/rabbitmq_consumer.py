@@ -84,7 +84,9 @@ class Consumers(Settlement):
     def consuming_lost(self, exc: BaseException | None) -> None:
         """The consuming channel died: fence its deliveries, forget its buffered messages."""
         held = sum(self.inflight.values())
-        if exc is not None and not self.link.closing:
+        # CancelledError: the event loop is ending without the app being closed
+        ending = isinstance(exc, asyncio.CancelledError)
+        if exc is not None and not self.link.closing and not ending:
             text = self.link.scrub(exc)
             if "acknowledgement" in text and "timed out" in text:
                 log.error(

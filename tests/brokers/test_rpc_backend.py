@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -218,3 +219,78 @@ def test_a_gone_reply_queue_is_probed_again() -> None:
     assert gone.sendable("a", 14.1)  # the next probe
     assert gone.sendable("a", 14.7)  # not returned: alive again
     assert gone.sendable("a", 14.8) and not gone
+
+
+#: a client that never closes its app: ``asyncio.run(main())`` simply returns
+UNCLOSED = """
+import asyncio, logging, sys
+logging.basicConfig(level=logging.WARNING)
+from aqueue import App
+
+async def main(url, shape):
+    app = App("q", broker=url)  # no backend=: results over rpc://
+
+    @app.task(name="rpc.add")
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    handle = await add.delay(2, 2)
+    if shape == "wait":  # a worker in the test process runs it; the result comes back
+        print(await handle.wait(timeout=20))
+
+url, shape, loop = sys.argv[1:]
+if loop == "uvloop":
+    import uvloop
+    uvloop.run(main(url, shape))
+else:
+    asyncio.run(main(url, shape))
+"""
+
+
+@pytest.mark.slow
+async def test_a_client_that_never_closes_exits_quietly(url: str) -> None:
+    """Defect 9: a script whose ``main`` sends a task (and maybe waits for its result) and
+    returns without ``await app.close()`` must exit without a warning, an error or "Task
+    was destroyed but it is pending" on stderr."""
+    worker_app = App("q", broker=url)
+    _register(worker_app)
+
+    async def run(shape: str, loop: str) -> tuple[str, int | None, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            UNCLOSED,
+            url,
+            shape,
+            loop,
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        return f"{shape}/{loop}", proc.returncode, out.decode(), err.decode()
+
+    async with worker_app, worker_app.worker(concurrency=4):
+        runs = await asyncio.gather(
+            *(run(shape, loop) for shape in ("send", "wait") for loop in ("asyncio", "uvloop"))
+        )
+    for name, code, out, err in runs:
+        assert (code, err) == (0, ""), name
+        assert out.strip() == ("4" if name.startswith("wait") else ""), name
+
+
+def test_an_unclosed_app_closes_its_connections_when_the_loop_ends(url: str) -> None:
+    """The loop's end cancels aiormq's reader and writer, which cuts the connections; the
+    broker and the backend then close them properly (aio-pika's ``__del__`` would otherwise
+    schedule a close task on a loop about to stop)."""
+    app = App("q", broker=url)
+    _register(app)
+
+    async def main() -> list[Any]:
+        await app.tasks["rpc.add"].delay(1, 1)
+        backend = app._backend
+        assert isinstance(backend, RPCBackend)
+        return [app.broker._link.conn, backend._conn]  # type: ignore[attr-defined]
+
+    connections = asyncio.run(main())
+    assert all(c is not None and c.is_closed for c in connections)
