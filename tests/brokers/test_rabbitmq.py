@@ -21,6 +21,7 @@ import aio_pika
 import pytest
 
 from aqueue.brokers.rabbitmq import RabbitMQBroker
+from aqueue.brokers.rabbitmq_consumer import PRIME_WAIT
 from aqueue.brokers.rabbitmq_topology import LEVELS_MS, delay_level
 from aqueue.core.errors import (
     BrokerError,
@@ -286,6 +287,23 @@ async def test_a_process_that_stops_claiming_hands_its_buffer_back(make: Make) -
     assert await d.ack() is False
     for x in got:
         assert await x.ack()
+
+
+async def test_a_starting_consumer_hands_out_what_it_received_at_once(make: Make) -> None:
+    """RabbitMQ delivers right after consume-ok, while the claim that started the consumer
+    has not run again yet: those deliveries count for priming, so the claim returns them
+    at once instead of waiting ``PRIME_WAIT`` for messages that already arrived."""
+    producer = await make()
+    ms = [msg() for _ in range(50)]
+    await producer.publish(ms)
+    for _ in range(3):  # a fresh consumer each time
+        fresh = await make(prefetch=50)
+        t0 = time.monotonic()
+        got = await claim(fresh, limit=50, timeout=5.0)
+        waited = time.monotonic() - t0
+        assert len(got) == 50
+        assert waited < PRIME_WAIT / 2, f"claim waited {waited:.2f}s for its own deliveries"
+        await fresh.close()  # all 50 go back, for the next round
 
 
 # -- dead letters and delays ----------------------------------------------------------
