@@ -30,7 +30,14 @@ import aiormq
 from aio_pika.abc import AbstractIncomingMessage
 
 from aqueue.core.errors import IndeterminatePublish, PublishTimeout
-from aqueue.core.protocols import Capabilities, DeadLetter, Delivery, Lease, Outgoing
+from aqueue.core.protocols import (
+    DEAD_LETTER_BODY_LIMIT,
+    Capabilities,
+    DeadLetter,
+    Delivery,
+    Lease,
+    Outgoing,
+)
 
 from .rabbitmq_consumer import Consumers
 from .rabbitmq_delivery import RabbitMQDelivery
@@ -40,6 +47,7 @@ from .rabbitmq_topology import (
     LEVELS_MS,
     QUEUE_HEADER,
     REASON_HEADER,
+    SIZE_HEADER,
     Dedupe,
     Topology,
     eta_ms,
@@ -314,7 +322,11 @@ class RabbitMQBroker:
 
 
 def _dead_letter_of(message: AbstractIncomingMessage, queue: str) -> DeadLetter:
-    """A dead letter from aqueue's headers, or from RabbitMQ's ``x-death`` (delivery limit)."""
+    """A dead letter from aqueue's headers, or from RabbitMQ's ``x-death`` (delivery limit).
+
+    Its body is the start of the message (what aqueue stored; RabbitMQ's own dead-lettering
+    keeps the whole message, cut here), its size the original message's.
+    """
     headers = message.headers or {}
     reason = headers.get(REASON_HEADER)
     at_ms = headers.get(DEAD_AT_HEADER)
@@ -335,10 +347,12 @@ def _dead_letter_of(message: AbstractIncomingMessage, queue: str) -> DeadLetter:
     if not at and message.timestamp is not None:
         at = message.timestamp.timestamp()
     original = headers.get(QUEUE_HEADER)
+    size = headers.get(SIZE_HEADER)
     return DeadLetter(
         id=message.message_id or "",
         queue=original if isinstance(original, str) else queue,
         reason=reason,
-        body=message.body,
+        body=message.body[:DEAD_LETTER_BODY_LIMIT],
         at=at,
+        size=size if isinstance(size, int) else len(message.body),
     )
