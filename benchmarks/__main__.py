@@ -203,7 +203,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         try:
             baselines[s] = get(s).baseline
         except Exception:  # an adapter's library is missing here: assume aqueue
-            baselines[s] = "aqueue-amqp" if s.endswith("amqp") else "aqueue"
+            baselines[s] = "aqueue-amqp" if "amqp" in s else "aqueue"
     runs = data["runs"]
     if args.markdown:
         print(report.markdown_table(runs, systems, baselines))

@@ -36,6 +36,7 @@ ROWS = [
     Row("cpu", "drain", "cpu_us", "worker CPU per task (drain)", "µs", False),
     Row("cmds", "drain", "redis_cmds", "Redis commands per task (drain)", "cmds", False),
     Row("redis-cpu", "drain", "redis_cpu_us", "Redis CPU per task (drain)", "µs", False),
+    Row("rabbit-cpu", "drain", "rabbit_cpu_us", "RabbitMQ CPU per task (drain)", "µs", False),
     Row("scale-1", "scale-1", "rate", "drain, 1 worker process", "tasks/s", True),
     Row("scale-2", "scale-2", "rate", "drain, 2 worker processes", "tasks/s", True),
     Row("scale-4", "scale-4", "rate", "drain, 4 worker processes", "tasks/s", True),
@@ -103,7 +104,7 @@ def text_table(runs: list[dict[str, Any]], systems: list[str], baselines: dict[s
             continue
         better = "higher" if row.higher_is_better else "lower"
         lines.append(f"\n{row.label} [{row.unit}, {better} is better]")
-        lines.append(f"  {'system':<15}{'median':>12}{'min':>12}{'max':>12}{'vs baseline':>14}  n")
+        lines.append(f"  {'system':<19}{'median':>12}{'min':>12}{'max':>12}{'vs baseline':>22}  n")
         for s in present:
             cell = table[(row.key, s)]
             base_name = baselines.get(s, "aqueue")
@@ -112,15 +113,15 @@ def text_table(runs: list[dict[str, Any]], systems: list[str], baselines: dict[s
                 r = ratio(cell, base)
                 r = f"{r} {base_name}" if r and base_name != s else ("1.00x" if r else "")
                 lines.append(
-                    f"  {s:<15}{fmt(cell.median, row.unit):>12}"
+                    f"  {s:<19}{fmt(cell.median, row.unit):>12}"
                     f"{fmt(min(cell.values), row.unit):>12}{fmt(max(cell.values), row.unit):>12}"
-                    f"{r:>14}  {len(cell.values)}"
+                    f"{r:>22}  {len(cell.values)}"
                     + (f"  ({len(cell.errors)} failed)" if cell.errors else "")
                 )
             elif cell.na:
-                lines.append(f"  {s:<15}{'n/a':>12}  {cell.na}")
+                lines.append(f"  {s:<19}{'n/a':>12}  {cell.na}")
             elif cell.errors:
-                lines.append(f"  {s:<15}{'FAILED':>12}  {cell.errors[0][:150]}")
+                lines.append(f"  {s:<19}{'FAILED':>12}  {cell.errors[0][:150]}")
     return "\n".join(lines)
 
 
@@ -188,8 +189,9 @@ def notes(runs: list[dict[str, Any]]) -> list[str]:
 def cost_table(runs: list[dict[str, Any]], systems: list[str]) -> str:
     """Per system, from the drain runs: median per-task costs and the command mix."""
     lines = [
-        "| system | worker CPU µs/task | Redis cmds/task | Redis CPU µs/task | commands per task |",
-        "|---|---|---|---|---|",
+        "| system | worker CPU µs/task | Redis cmds/task | Redis CPU µs/task "
+        "| RabbitMQ CPU µs/task | commands per task |",
+        "|---|---|---|---|---|---|",
     ]
     for s in systems:
         drains = [r["result"] for r in runs if r["scenario"] == "drain" and r["system"] == s]
@@ -205,7 +207,7 @@ def cost_table(runs: list[dict[str, Any]], systems: list[str]) -> str:
         mix_s = ", ".join(f"{k} {v:g}" for k, v in list(mix.items())[:8]) or "(not Redis)"
         lines.append(
             f"| {s} | {fmt(med('cpu_us'), 'µs')} | {fmt(med('redis_cmds'), 'cmds')} "
-            f"| {fmt(med('redis_cpu_us'), 'µs')} | {mix_s} |"
+            f"| {fmt(med('redis_cpu_us'), 'µs')} | {fmt(med('rabbit_cpu_us'), 'µs')} | {mix_s} |"
         )
     return "\n".join(lines)
 
@@ -308,6 +310,12 @@ def targets(runs: list[dict[str, Any]]) -> str:
         )
     else:
         add("amqp drain >= 2x taskiq-aio-pika", None, 2, "")
+    rpc, red = med("drain", "aqueue-amqp-rpc"), med("drain", "aqueue-amqp-redis")
+    name = "amqp drain, default rpc://, producer exited >= the same with a Redis backend"
+    if rpc is not None and red:
+        add(name, rpc / red, 1, f"{fmt(rpc, 'tasks/s')} vs {fmt(red, 'tasks/s')}: {rpc / red:.2f}x")
+    else:
+        add(name, None, 1, "")
     sq = med("drain", "aqueue-sqlite")
     add("sqlite drain >= 3 000 tasks/s", sq, 3000, f"{fmt(sq, 'tasks/s')} tasks/s")
     return "\n".join(lines)

@@ -13,11 +13,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
 import redis
 
 from .config import (
+    AMQP_URL,
     DRAIN_CONCURRENCY,
     IO_CONCURRENCY,
     K_ARRIVED,
@@ -34,7 +36,7 @@ from .systems.base import PY, System
 SCENARIOS = ("enqueue", "drain", "rtt", "io", "scale")
 ENQUEUE_MODES = ("one", "concurrent", "bulk")
 #: systems whose queue is not Redis: Redis command counts would only show the counter
-NON_REDIS = {"aqueue-sqlite", "aqueue-amqp", "taskiq-amqp"}
+NON_REDIS = {"aqueue-sqlite", "aqueue-amqp", "aqueue-amqp-rpc", "taskiq-amqp"}
 
 
 class ScenarioError(Exception):
@@ -52,6 +54,7 @@ class Snapshot:
     redis_cpu: float
     cmds: dict[str, int] = field(default_factory=dict)
     steal: tuple[int, int] = (0, 0)  # (steal, total) jiffies from /proc/stat
+    rabbit_cpu: float | None = None  # the RabbitMQ server's user + system seconds
 
 
 def _steal() -> tuple[int, int]:
@@ -64,6 +67,19 @@ def _steal() -> tuple[int, int]:
     return (fields[7] if len(fields) > 7 else 0, sum(fields[:8]))
 
 
+def rabbitmq_server(url: str) -> psutil.Process | None:
+    """The RabbitMQ server process listening on ``url``'s port (read-only use: its CPU)."""
+    port = urlsplit(url).port or 5672
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] != "beam.smp":
+            continue
+        with contextlib.suppress(psutil.Error):
+            for conn in proc.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port:
+                    return proc
+    return None
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -73,6 +89,7 @@ class Bench:
         self.sizes = sizes
         self.r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
         self.r.ping()
+        self.rabbit = rabbitmq_server(AMQP_URL)
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -164,12 +181,18 @@ class Bench:
         info = self.r.info("cpu")
         stats = self.r.info("commandstats")
         cmds = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+        rabbit_cpu = None
+        if self.rabbit is not None:
+            with contextlib.suppress(psutil.Error):
+                t = self.rabbit.cpu_times()
+                rabbit_cpu = t.user + t.system
         return Snapshot(
             time.time(),
             cpu,
             float(info["used_cpu_sys"]) + float(info["used_cpu_user"]),
             cmds,
             _steal(),
+            rabbit_cpu,
         )
 
     @staticmethod
@@ -246,6 +269,8 @@ class Bench:
                 / max(1, after.steal[1] - before.steal[1]),
                 "fill": fill.get("method"),
             }
+            if "amqp" in system.name and before.rabbit_cpu is not None and after.rabbit_cpu:
+                out["rabbit_cpu_us"] = (after.rabbit_cpu - before.rabbit_cpu) / n * 1e6
             if system.name not in NON_REDIS:
                 out["redis_cmds"] = total_cmds / n
                 out["redis_cpu_us"] = (after.redis_cpu - before.redis_cpu) / n * 1e6

@@ -6,7 +6,10 @@ it with one consumer; every message it sends carries that queue's name in the he
 ``x-aqueue-reply-to`` (the app merges :meth:`RPCBackend.reply_headers` into each message).
 A worker learns where a task's records go when it starts handling its message
 (:meth:`RPCBackend.observe`, called by the executor) and publishes each record there through
-the default exchange, transient and unconfirmed. The receiving process keeps the records it
+the default exchange, transient, unconfirmed and ``mandatory``. A record RabbitMQ returns
+means its reply queue is gone (the sender exited, e.g. a web request that enqueued and moved
+on): the queue is logged once and remembered, and its later records are dropped without
+being sent (see :class:`GoneQueues`). The receiving process keeps the records it
 received in a bounded in-memory cache (fenced by attempt, like every backend), which
 ``get`` / ``get_many`` / ``watch`` read; watchers of many tasks share the one consumer.
 
@@ -27,6 +30,7 @@ import asyncio
 import logging
 import os
 import re
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -35,14 +39,15 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
     AbstractIncomingMessage,
-    DeliveryMode,
 )
+from aiormq.abc import DeliveredMessage
 
-from ..brokers.rabbitmq_link import AMQP_ERRORS
+from ..brokers.rabbitmq_link import AMQP_ERRORS, LoopEndClose, hear_returns
 from ..brokers.rabbitmq_topology import CONTENT_TYPE, RabbitSettings, parse_settings
 from ..core import states
 from ..core.control import REVOKE_FENCE
@@ -61,6 +66,8 @@ _REPLY_NAME = re.compile(r"\.reply\.[0-9a-f]{32}\Z")
 _AMQP_OPTIONS = frozenset({"prefix", "heartbeat", "connect_timeout", "operation_timeout"})
 _OWN_OPTIONS = ("cache_size", "routes_size")
 _SHARED = 'a shared result backend, e.g. backend="redis://localhost:6379/0"'
+#: AMQP delivery mode of a record: transient (results live in the receiver's memory only)
+_TRANSIENT = 1
 
 
 @dataclass(slots=True)
@@ -68,6 +75,61 @@ class _Entry:
     state: str
     attempt: int
     body: bytes
+
+
+class GoneQueues:
+    """Reply queues RabbitMQ returned a record for: their process is gone, so their records
+    are dropped instead of sent (each would be routed nowhere and returned, costing the
+    worker and RabbitMQ more than the task itself).
+
+    A reply queue also vanishes for a moment while its process reconnects (it is declared
+    again under the same name), so "gone" is not forever: once ``recheck`` seconds have
+    passed since the last return, the next record is sent as a probe, and if RabbitMQ does
+    not return it within ``grace`` seconds the queue counts as alive again. A gone queue
+    therefore costs one publish per ``recheck + grace`` seconds, and a process whose reply
+    queue came back loses at most that long of records beyond the outage itself.
+    """
+
+    #: seconds after a return during which records for the queue are dropped
+    recheck = 2.0
+    #: seconds a probe has to come back before the queue counts as alive again
+    grace = 0.5
+
+    def __init__(self, max_queues: int = 10_000) -> None:
+        #: queue -> (drop its records until this monotonic time, whether a probe is out)
+        self._until: OrderedDict[str, tuple[float, bool]] = OrderedDict()
+        self._logged: OrderedDict[str, None] = OrderedDict()
+        self._max = max_queues
+
+    def __bool__(self) -> bool:
+        return bool(self._until)
+
+    def returned(self, queue: str, now: float) -> bool:
+        """RabbitMQ returned a record for ``queue``; ``True`` the first time (log it)."""
+        self._until[queue] = (now + self.recheck, False)
+        self._until.move_to_end(queue)
+        while len(self._until) > self._max:
+            self._until.popitem(last=False)
+        if queue in self._logged:
+            return False
+        self._logged[queue] = None
+        while len(self._logged) > self._max:
+            self._logged.popitem(last=False)
+        return True
+
+    def sendable(self, queue: str, now: float) -> bool:
+        """Whether a record for ``queue`` should be published now."""
+        entry = self._until.get(queue)
+        if entry is None:
+            return True
+        until, probing = entry
+        if now < until:
+            return False
+        if probing:  # the probe was not returned: the queue exists again
+            del self._until[queue]
+        else:  # this record is the probe
+            self._until[queue] = (now + self.grace, True)
+        return True
 
 
 class RPCBackend:
@@ -105,11 +167,20 @@ class RPCBackend:
         self._watchers: dict[str, set[asyncio.Queue[bytes]]] = {}
         self._conn: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
+        #: the channel's aiormq channel, which records are published on
+        self._raw: aiormq.Channel | None = None
+        #: publish ``mandatory`` (RabbitMQ returns what it cannot route) only where the
+        #: returns are heard (:func:`hear_returns`); otherwise RabbitMQ drops them silently
+        self._mandatory = False
+        self.gone = GoneQueues()
+        #: records dropped because their reply queue is gone
+        self.dropped = 0
         self._lost: asyncio.Event | None = None
         self._up: asyncio.Event | None = None
         self._lock: asyncio.Lock | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
+        self._loop_end = LoopEndClose(self.close, self._settings.operation_timeout)
 
     def __repr__(self) -> str:
         return f"<RPCBackend {redact(self.url)} via {self._settings.redacted}>"
@@ -149,9 +220,14 @@ class RPCBackend:
                 self._supervisor = asyncio.get_running_loop().create_task(
                     self._supervise(), name="aqueue-rpc-results"
                 )
+            self._loop_end.arm()
 
     async def close(self) -> None:
-        """Close the connection (the reply queue goes with it); idempotent."""
+        """Close the connection (the reply queue goes with it); idempotent.
+
+        Not calling it is quiet too: when the event loop ends, the backend closes itself.
+        """
+        self._loop_end.disarm()
         self._closing = True
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None:
@@ -160,7 +236,7 @@ class RPCBackend:
                 await supervisor
             except asyncio.CancelledError:
                 pass
-        conn, self._conn, self._channel = self._conn, None, None
+        conn, self._conn, self._channel, self._raw = self._conn, None, None, None
         if self._up is not None:
             self._up.clear()
         if conn is not None:
@@ -193,6 +269,8 @@ class RPCBackend:
                     self.reply_queue, exclusive=True, auto_delete=True
                 )
                 await queue.consume(self._on_message, no_ack=True)
+                raw = await channel.get_underlay_channel()
+                assert isinstance(raw, aiormq.Channel)
         except Exception as exc:
             await self._close_quietly(conn)
             raise BrokerError(
@@ -206,7 +284,8 @@ class RPCBackend:
 
         conn.close_callbacks.add(on_close)
         channel.close_callbacks.add(on_close)
-        self._conn, self._channel, self._lost = conn, channel, lost
+        self._mandatory = hear_returns(raw, self._on_return)
+        self._conn, self._channel, self._raw, self._lost = conn, channel, raw, lost
         assert self._up is not None
         self._up.set()
         log.debug("rpc:// results: consuming %s on %s", self.reply_queue, s.redacted)
@@ -230,7 +309,7 @@ class RPCBackend:
             if self._closing:
                 return
             self._up.clear()
-            conn, self._conn, self._channel = self._conn, None, None
+            conn, self._conn, self._channel, self._raw = self._conn, None, None, None
             log.warning(
                 "rpc:// results: connection to %s lost; reconnecting (results sent to this "
                 "process meanwhile are lost)",
@@ -275,6 +354,16 @@ class RPCBackend:
             return
         self._deliver(task_id, message.body, state, attempt)
 
+    def _on_return(self, message: DeliveredMessage) -> None:
+        """RabbitMQ returned a record (called by the channel's reader): its queue is gone."""
+        queue = getattr(message.delivery, "routing_key", None)
+        if isinstance(queue, str) and self.gone.returned(queue, time.monotonic()):
+            log.info(
+                "rpc:// results: reply queue %s does not exist (the process that sent those "
+                "tasks exited or lost its connection); its results are dropped",
+                queue,
+            )
+
     def _deliver(self, task_id: str, body: bytes, state: str, attempt: int) -> bool:
         """Keep a record that supersedes the cached one and hand it to the watchers."""
         cache = self._cache
@@ -312,30 +401,40 @@ class RPCBackend:
             return True
         if route == self.reply_queue:  # sent by this process: no round trip
             return self._deliver(task_id, record, state, attempt)
+        if self.gone and not self.gone.sendable(route, time.monotonic()):
+            self.dropped += 1
+            return True
         await self._publish(route, task_id, record, state, attempt)
         return True
 
     async def _publish(
         self, route: str, task_id: str, record: bytes, state: str, attempt: int
     ) -> None:
-        """Send a record to another process's reply queue; transient, best effort."""
-        if self._up is None or self._closing:
-            await self.connect()
-        assert self._up is not None
+        """Send a record to another process's reply queue; transient, best effort.
+
+        Straight on the aiormq channel, without waiting for the socket write: no aio-pika
+        message object, no drain per record.
+        """
+        raw = self._raw
         timeout = self._settings.operation_timeout
         try:
-            async with asyncio.timeout(timeout):
-                await self._up.wait()
-                channel = self._channel
-                assert channel is not None
-                message = aio_pika.Message(
-                    record,
-                    correlation_id=task_id,
-                    headers={_STATE_HEADER: state, _ATTEMPT_HEADER: attempt},
-                    content_type=CONTENT_TYPE,
-                    delivery_mode=DeliveryMode.NOT_PERSISTENT,
-                )
-                await channel.default_exchange.publish(message, routing_key=route)
+            if raw is None or raw.is_closed:
+                raw = await self._publishing()
+            properties = aiormq.spec.Basic.Properties(
+                content_type=CONTENT_TYPE,
+                delivery_mode=_TRANSIENT,
+                correlation_id=task_id,
+                message_id=task_id,
+                headers={_STATE_HEADER: state, _ATTEMPT_HEADER: attempt},
+            )
+            await raw.basic_publish(
+                record,
+                routing_key=route,
+                properties=properties,
+                mandatory=self._mandatory,
+                wait=False,
+                timeout=timeout,
+            )
         except (TimeoutError, *AMQP_ERRORS) as exc:
             log.warning(
                 "rpc:// results: the %s record of task %s was not sent (%s)",
@@ -343,6 +442,24 @@ class RPCBackend:
                 task_id,
                 "no connection" if isinstance(exc, TimeoutError) else self._scrub(exc),
             )
+
+    async def _publishing(self) -> aiormq.Channel:
+        """The channel records go out on, once connected (within ``operation_timeout``).
+
+        Raises:
+            TimeoutError: not connected in time.
+            ChannelInvalidStateError: the connection was lost again meanwhile.
+            BrokerError: the first connection attempt failed.
+        """
+        if self._up is None or self._closing:
+            await self.connect()
+        assert self._up is not None
+        async with asyncio.timeout(self._settings.operation_timeout):
+            await self._up.wait()
+        raw = self._raw
+        if raw is None or raw.is_closed:  # lost again already: being reopened
+            raise aiormq.exceptions.ChannelInvalidStateError("the connection was lost")
+        return raw
 
     async def get(self, task_id: str) -> bytes | None:
         entry = self._cache.get(task_id)

@@ -30,16 +30,24 @@ import aiormq
 from aio_pika.abc import AbstractIncomingMessage
 
 from aqueue.core.errors import IndeterminatePublish, PublishTimeout
-from aqueue.core.protocols import Capabilities, DeadLetter, Delivery, Lease, Outgoing
+from aqueue.core.protocols import (
+    DEAD_LETTER_BODY_LIMIT,
+    Capabilities,
+    DeadLetter,
+    Delivery,
+    Lease,
+    Outgoing,
+)
 
 from .rabbitmq_consumer import Consumers
 from .rabbitmq_delivery import RabbitMQDelivery
-from .rabbitmq_link import AMQP_ERRORS, Link, NotSent
+from .rabbitmq_link import AMQP_ERRORS, Link, LoopEndClose, NotSent
 from .rabbitmq_topology import (
     DEAD_AT_HEADER,
     LEVELS_MS,
     QUEUE_HEADER,
     REASON_HEADER,
+    SIZE_HEADER,
     Dedupe,
     Topology,
     eta_ms,
@@ -88,6 +96,7 @@ class RabbitMQBroker:
         self._link = Link(self._settings, self._topo)
         self._consumers = Consumers(self._link)
         self._dedupe: Dedupe | None = None
+        self._loop_end = LoopEndClose(self.close, self._settings.operation_timeout)
 
     def __repr__(self) -> str:
         return f"<RabbitMQBroker {self._settings.redacted} prefix={self._settings.prefix!r}>"
@@ -97,9 +106,14 @@ class RabbitMQBroker:
         await self._link.connection()
         if self._dedupe is None:
             self._dedupe = make_dedupe(self._settings)
+            self._loop_end.arm()
 
     async def close(self) -> None:
-        """Close the connection; deliveries still held settle nothing afterwards. Idempotent."""
+        """Close the connection; deliveries still held settle nothing afterwards. Idempotent.
+
+        Not calling it is quiet too: when the event loop ends, the broker closes itself.
+        """
+        self._loop_end.disarm()
         await self._consumers.close()
         await self._link.close()
         if self._dedupe is not None:
@@ -308,7 +322,11 @@ class RabbitMQBroker:
 
 
 def _dead_letter_of(message: AbstractIncomingMessage, queue: str) -> DeadLetter:
-    """A dead letter from aqueue's headers, or from RabbitMQ's ``x-death`` (delivery limit)."""
+    """A dead letter from aqueue's headers, or from RabbitMQ's ``x-death`` (delivery limit).
+
+    Its body is the start of the message (what aqueue stored; RabbitMQ's own dead-lettering
+    keeps the whole message, cut here), its size the original message's.
+    """
     headers = message.headers or {}
     reason = headers.get(REASON_HEADER)
     at_ms = headers.get(DEAD_AT_HEADER)
@@ -329,10 +347,12 @@ def _dead_letter_of(message: AbstractIncomingMessage, queue: str) -> DeadLetter:
     if not at and message.timestamp is not None:
         at = message.timestamp.timestamp()
     original = headers.get(QUEUE_HEADER)
+    size = headers.get(SIZE_HEADER)
     return DeadLetter(
         id=message.message_id or "",
         queue=original if isinstance(original, str) else queue,
         reason=reason,
-        body=message.body,
+        body=message.body[:DEAD_LETTER_BODY_LIMIT],
         at=at,
+        size=size if isinstance(size, int) else len(message.body),
     )

@@ -84,7 +84,9 @@ class Consumers(Settlement):
     def consuming_lost(self, exc: BaseException | None) -> None:
         """The consuming channel died: fence its deliveries, forget its buffered messages."""
         held = sum(self.inflight.values())
-        if exc is not None and not self.link.closing:
+        # CancelledError: the event loop is ending without the app being closed
+        ending = isinstance(exc, asyncio.CancelledError)
+        if exc is not None and not self.link.closing and not ending:
             text = self.link.scrub(exc)
             if "acknowledgement" in text and "timed out" in text:
                 log.error(
@@ -251,6 +253,19 @@ class Consumers(Settlement):
                 # aiormq's consumer directly: aio-pika would wrap every delivery in an
                 # IncomingMessage and a second task; called inline by the channel's reader
                 tag = f"aqueue-{uuid.uuid4().hex}"
+                now = loop.time()
+                consumer = Consumer(
+                    queue,
+                    channel,
+                    tag,
+                    gen,
+                    expected=min(ready, self.prefetch),
+                    prime_until=now + PRIME_WAIT,
+                    checked=now,
+                )
+                # registered first: the channel's reader delivers right after consume-ok,
+                # before this coroutine runs again, and those deliveries count for priming
+                self.consumers[queue] = consumer
                 self.link.inline[tag] = partial(self._deliver, queue, gen)
                 try:
                     await channel.basic_consume(
@@ -260,17 +275,9 @@ class Consumers(Settlement):
                     )
                 except BaseException:
                     self.link.inline.pop(tag, None)
+                    if self.consumers.get(queue) is consumer:
+                        del self.consumers[queue]
                     raise
-                now = loop.time()
-                self.consumers[queue] = Consumer(
-                    queue,
-                    channel,
-                    tag,
-                    gen,
-                    expected=min(ready, self.prefetch),
-                    prime_until=now + PRIME_WAIT,
-                    checked=now,
-                )
 
     async def _ensure(self, queues: Sequence[str], limit: int) -> None:
         held = sum(self.inflight.values())

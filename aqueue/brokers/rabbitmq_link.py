@@ -14,7 +14,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
@@ -53,10 +53,68 @@ REDECLARE_GRACE = 0.5
 ChannelKind = Literal["pub", "admin", "watch"]
 #: a consumer called inline by the consuming channel's reader (see :func:`deliver_inline`)
 InlineConsumer = Callable[[DeliveredMessage], None]
+#: called inline by a channel's reader with each returned message (see :func:`hear_returns`)
+ReturnListener = Callable[[DeliveredMessage], None]
 
 
 class NotSent(Exception):
     """A publish failed before anything reached the wire (wraps the cause)."""
+
+
+class LoopEndClose:
+    """Awaits ``close()`` when the event loop ends while armed: the app was not closed.
+
+    ``asyncio.run(main())`` whose ``main`` returns without ``await app.close()`` cancels every
+    task, aiormq's reader and writer included, which tears the AMQP connections down
+    mid-flight, then closes the loop. Left there, an aio-pika connection object that was
+    never closed schedules a close task from its ``__del__`` whenever it is collected, on a
+    loop about to stop ("Task was destroyed but it is pending!"). Armed, this closes the
+    owner properly once the tasks are cancelled and before the loop closes: it is an async
+    generator, and the loop finalizes every live one then (``shutdown_asyncgens``, asyncio
+    and uvloop alike). The owner arms it on connecting and disarms it when closed.
+    """
+
+    def __init__(self, close: Callable[[], Awaitable[None]], timeout: float) -> None:
+        self._close = close
+        self._timeout = timeout
+        self._hook: AsyncGenerator[None, None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def arm(self) -> None:
+        """Close the owner when the running loop ends (idempotent)."""
+        loop = asyncio.get_running_loop()
+        if self._hook is not None and self._loop is loop:
+            return
+        self.disarm()
+        hook = self._run()
+        step: Any = hook.asend(None)  # the loop's first-iteration hook registers it
+        try:
+            step.send(None)  # runs to its ``yield`` without awaiting anything
+        except StopIteration:
+            pass
+        self._hook, self._loop = hook, loop
+
+    def disarm(self) -> None:
+        """The owner was closed: finish the hook now, without a task (idempotent)."""
+        hook, self._hook, self._loop = self._hook, None, None
+        if hook is not None:
+            step: Any = hook.aclose()
+            try:
+                step.send(None)
+            except (StopIteration, RuntimeError):  # finished, or finishing right now
+                pass
+
+    async def _run(self) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            if self._hook is not None:  # still armed: the loop is ending
+                self._hook = self._loop = None
+                try:
+                    async with asyncio.timeout(self._timeout):
+                        await self._close()
+                except Exception as exc:  # best effort, the loop is going away
+                    log.debug("closing at the end of the event loop failed: %r", exc)
 
 
 class LinkListener(Protocol):
@@ -102,6 +160,8 @@ class Link:
         self._cons: aiormq.abc.AbstractChannel | None = None
         self._gens = itertools.count(1)
         self._conn_task: asyncio.Task[AbstractConnection] | None = None
+        #: the last connection lost (not closed by us), closed with the link
+        self._dropped: AbstractConnection | None = None
         self._chan_lock = asyncio.Lock()
         self._password = urlsplit(settings.client_url).password
 
@@ -152,12 +212,14 @@ class Link:
         """Close the connection; idempotent."""
         self.closing = True
         try:
-            conn, self.conn = self.conn, None
+            conn, self.conn, dropped, self._dropped = self.conn, None, self._dropped, None
             self._lost(None)
-            if conn is not None and not conn.is_closed:
+            for old in (dropped, conn):
+                if old is None or old.is_closed:
+                    continue
                 try:
                     async with asyncio.timeout(self.settings.operation_timeout):
-                        await conn.close()
+                        await old.close()
                 except Exception as exc:  # closing is best effort
                     log.debug("closing the connection failed: %s", type(exc).__name__)
         finally:
@@ -171,13 +233,17 @@ class Link:
     def _on_connection_closed(self, sender: Any, exc: BaseException | None) -> None:
         if sender is not self.conn:
             return  # one we closed, or an older one whose loss was handled when replaced
-        if not self.closing:
+        if isinstance(exc, asyncio.CancelledError):
+            # aiormq's reader was cancelled: the event loop is ending (asyncio.run returned)
+            # without the app being closed; LoopEndClose closes what is left
+            log.debug("connection to %s closed by the event loop ending", self.settings.redacted)
+        elif not self.closing:
             log.warning(
                 "connection to %s lost (%s); reconnecting on next use",
                 self.settings.redacted,
                 self.scrub(exc) if exc is not None else "closed",
             )
-        self.conn = None
+        self.conn, self._dropped = None, sender
         self._lost(exc)
 
     def _lost(self, exc: BaseException | None) -> None:
@@ -477,15 +543,9 @@ def deliver_inline(channel: aiormq.abc.AbstractChannel, inline: dict[str, Inline
     """
     raw: Any = channel
     original = getattr(raw, "_on_deliver_frame", None)
-    get_frame = getattr(raw, "_get_frame", None)
-    read_content = getattr(raw, "_read_content", None)
     consumers = getattr(raw, "consumers", None)
-    if not (
-        callable(original)
-        and callable(get_frame)
-        and callable(read_content)
-        and isinstance(consumers, dict)
-    ):
+    read = _content_reader(raw)
+    if not (callable(original) and read is not None and isinstance(consumers, dict)):
         return False
 
     async def on_deliver_frame(frame: Any) -> None:
@@ -494,10 +554,7 @@ def deliver_inline(channel: aiormq.abc.AbstractChannel, inline: dict[str, Inline
         if consumer is None:
             await original(frame)
             return
-        header = await get_frame()
-        if not isinstance(header, ContentHeader):
-            raise ValueError(f"unexpected frame {header!r} instead of a content header")
-        message = await read_content(frame, header)
+        message = await read(frame)
         try:
             consumer(message)
         except Exception:
@@ -505,6 +562,53 @@ def deliver_inline(channel: aiormq.abc.AbstractChannel, inline: dict[str, Inline
 
     raw._on_deliver_frame = on_deliver_frame
     return True
+
+
+def hear_returns(channel: aiormq.abc.AbstractChannel, listener: ReturnListener) -> bool:
+    """Make ``channel`` (one without publisher confirms) hand every message RabbitMQ returns
+    (``basic.return``: a ``mandatory`` publish nothing could route) to ``listener``, called
+    inline by the channel's reader; ``False`` (nothing changed) if this aiormq lacks the
+    hooks it relies on, or the channel has publisher confirms (aiormq then settles returns
+    through its confirmations, which this must not bypass).
+
+    aiormq matches a return to a pending confirmation; on a channel without confirms there
+    is none, so it drops the message and logs an ERROR record per return, body included.
+    This replaces the channel's ``_on_return_frame`` (checked with aiormq 7.2), reading the
+    content the same way as :func:`deliver_inline`.
+    """
+    raw: Any = channel
+    original = getattr(raw, "_on_return_frame", None)
+    read = _content_reader(raw)
+    if not callable(original) or read is None or getattr(raw, "publisher_confirms", True):
+        return False
+
+    async def on_return_frame(frame: Any) -> None:
+        message = await read(frame)
+        try:
+            listener(message)
+        except Exception:
+            log.exception("a listener of returned messages failed")
+
+    raw._on_return_frame = on_return_frame
+    return True
+
+
+def _content_reader(raw: Any) -> Callable[[Any], Awaitable[DeliveredMessage]] | None:
+    """How aiormq's channel reader reads the header and body that follow a delivery or a
+    return (``_get_frame`` then ``_read_content``), or ``None`` if this aiormq has neither."""
+    get_frame = getattr(raw, "_get_frame", None)
+    read_content = getattr(raw, "_read_content", None)
+    if not (callable(get_frame) and callable(read_content)):
+        return None
+
+    async def read(frame: Any) -> DeliveredMessage:
+        header = await get_frame()
+        if not isinstance(header, ContentHeader):
+            raise ValueError(f"unexpected frame {header!r} instead of a content header")
+        message: DeliveredMessage = await read_content(frame, header)
+        return message
+
+    return read
 
 
 def server_version(conn: AbstractConnection) -> str:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aqueue.core.errors import BrokerError
+from aqueue.core.protocols import DEAD_LETTER_BODY_LIMIT
 
 from .rabbitmq_delivery import Consumer, Pending, RabbitMQDelivery, Waiters
 from .rabbitmq_link import AMQP_ERRORS, Link
@@ -28,6 +29,7 @@ from .rabbitmq_topology import (
     PRIOR_HEADER,
     QUEUE_HEADER,
     REASON_HEADER,
+    SIZE_HEADER,
     RabbitSettings,
     Topology,
     eta_ms,
@@ -306,11 +308,15 @@ class Settlement:
         return await self._publish_then_ack(d, body, eta_ms(eta))
 
     async def dead_letter(self, d: RabbitMQDelivery, reason: str) -> bool:
+        """Publish the start of the body (``DEAD_LETTER_BODY_LIMIT`` bytes) to the dead-letter
+        queue with the reason and the original size, then ack: a huge message must not be
+        kept whole, once per dead letter, in a queue nobody drains."""
         headers = {
             REASON_HEADER: reason,
             DEAD_AT_HEADER: int(time.time() * 1000),
             QUEUE_HEADER: d.queue,
+            SIZE_HEADER: len(d.body),
         }
         return await self._publish_then_ack(
-            d, d.body, None, headers, routing_key=self.topo.dlq(d.queue)
+            d, d.body[:DEAD_LETTER_BODY_LIMIT], None, headers, routing_key=self.topo.dlq(d.queue)
         )

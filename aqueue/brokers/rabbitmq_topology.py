@@ -29,6 +29,8 @@ REASON_HEADER = "x-aqueue-reason"
 DEAD_AT_HEADER = "x-aqueue-dead-at"
 #: header carrying the aqueue queue name of a dead letter
 QUEUE_HEADER = "x-aqueue-queue"
+#: header carrying a dead letter's original body size (its stored body is only the start)
+SIZE_HEADER = "x-aqueue-body-size"
 #: header of a copy re-published to hand a message back unexecuted: the deliveries it had
 #: already used (a nack would have counted one more)
 PRIOR_HEADER = "x-aqueue-prior-deliveries"

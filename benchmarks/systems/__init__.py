@@ -18,6 +18,8 @@ _REGISTRY: dict[str, tuple[str, str, dict[str, str]]] = {
     "raw-redis": ("raw_redis", "RawRedisSystem", {}),
     "aqueue-sqlite": ("aqueue_", "AqueueSystem", {"variant": "sqlite"}),
     "aqueue-amqp": ("aqueue_", "AqueueSystem", {"variant": "amqp"}),
+    "aqueue-amqp-rpc": ("aqueue_", "AqueueSystem", {"variant": "amqp-rpc"}),
+    "aqueue-amqp-redis": ("aqueue_", "AqueueSystem", {"variant": "amqp-redis"}),
     "taskiq-amqp": ("taskiq_", "TaskiqSystem", {"variant": "amqp"}),
 }
 

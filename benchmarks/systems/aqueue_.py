@@ -22,26 +22,44 @@ class AqueueSystem(System):
     def __init__(self, variant: str = "redis") -> None:
         self.variant = variant
         self.name = "aqueue" if variant == "redis" else f"aqueue-{variant}"
-        self.baseline = "aqueue-amqp" if variant == "amqp" else "aqueue"
+        self.baseline = "aqueue-amqp" if variant.startswith("amqp") else "aqueue"
+        results = "stored for every task in every scenario, the drain included"
         if variant == "redis":
             self.broker, self.backend = REDIS_URL, ""
         elif variant == "sqlite":
             self.broker, self.backend = f"sqlite:///{_SQLITE_DIR / 'bench.db'}", ""
             self.scenarios = frozenset({"drain", "rtt"})
-        else:
-            # no result store on RabbitMQ: round-trip results go to Redis DB 15
+        elif variant == "amqp":
+            # round-trip results go to Redis DB 15 (as taskiq-amqp's); none in the drain
             self.broker, self.backend = AMQP_URL, REDIS_URL
             self.scenarios = frozenset({"drain", "rtt"})
+            results = (
+                "`ignore_result=True` unless the scenario needs results (stored in Redis DB 15)"
+            )
+        elif variant == "amqp-rpc":
+            # the default setup: no backend= means rpc://, results to the sender's reply queue
+            self.broker, self.backend = AMQP_URL, ""
+            self.scenarios = frozenset({"drain", "rtt"})
+            results = (
+                "stored for every task over the default `rpc://` backend (no `backend=`). "
+                "In the drain the producer that queued the tasks has exited before the worker "
+                "starts (fire-and-forget), so every result is addressed to a reply queue that "
+                "no longer exists"
+            )
+        elif variant == "amqp-redis":
+            self.broker, self.backend = AMQP_URL, REDIS_URL
+            self.scenarios = frozenset({"drain"})
+            results = (
+                "stored for every task in Redis DB 15 (`backend=redis://...`), the drain included"
+            )
+        else:
+            raise ValueError(variant)
         self.unsupported = {}
         self.settings = {
             "broker": self.broker.replace("guest:guest@", ""),
             "worker": "`aqueue worker ... -c C -l warning` (one process; uvloop via the CLI)",
             "prefetch": "default (= concurrency)",
-            "results": (
-                "`ignore_result=True` unless the scenario needs results (stored in Redis DB 15)"
-                if variant == "amqp"
-                else "stored for every task in every scenario, the drain included"
-            ),
+            "results": results,
             "serializer": "msgpack (default)",
             "acks": "acks_late=True (default, at-least-once with 30 s renewed leases)",
             "bulk": "`await noop.delay_many([() for _ in range(n)])` (every message built, "
@@ -59,6 +77,7 @@ class AqueueSystem(System):
         env = super().env(results=results)
         env["BENCH_AQUEUE_BROKER"] = self.broker
         env["BENCH_AQUEUE_BACKEND"] = self.backend
+        env["BENCH_AQUEUE_IGNORE_RESULT"] = "1" if self.variant == "amqp" and not results else "0"
         if self.variant == "sqlite":
             _SQLITE_DIR.mkdir(parents=True, exist_ok=True)
         return env
@@ -81,7 +100,7 @@ class AqueueSystem(System):
     def cleanup(self) -> None:
         if self.variant == "sqlite":
             shutil.rmtree(_SQLITE_DIR, ignore_errors=True)
-        elif self.variant == "amqp":
+        elif self.variant.startswith("amqp"):
             from ._amqp import delete_queues
 
             # aqueue's RabbitMQ broker prefixes its queues with "aqueue."

@@ -10,10 +10,11 @@ from benchmarks import counter
 from benchmarks.config import IO_SLEEP, REDIS_URL
 
 # On Redis and SQLite, results are stored in every scenario, the drain included: aqueue's
-# targets there are set with acks, leases and result storage on. On RabbitMQ (results in
-# Redis DB 15) only where the scenario needs them, as for taskiq-amqp.
+# targets there are set with acks, leases and result storage on. On RabbitMQ (aqueue-amqp,
+# results in Redis DB 15) only where the scenario needs them, as for taskiq-amqp; the
+# aqueue-amqp-rpc and aqueue-amqp-redis rows store them in every scenario.
 _BROKER = os.environ.get("BENCH_AQUEUE_BROKER", REDIS_URL)
-IGNORE = _BROKER.startswith("amqp") and os.environ.get("BENCH_RESULTS") != "1"
+IGNORE = os.environ.get("BENCH_AQUEUE_IGNORE_RESULT") == "1"
 QUEUE = "bench-aqueue"
 app = App(
     "bench",

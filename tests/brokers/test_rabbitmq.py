@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import subprocess
 import time
 import uuid
@@ -21,6 +22,7 @@ import aio_pika
 import pytest
 
 from aqueue.brokers.rabbitmq import RabbitMQBroker
+from aqueue.brokers.rabbitmq_consumer import PRIME_WAIT
 from aqueue.brokers.rabbitmq_topology import LEVELS_MS, delay_level
 from aqueue.core.errors import (
     BrokerError,
@@ -28,7 +30,7 @@ from aqueue.core.errors import (
     IndeterminatePublish,
     PublishTimeout,
 )
-from aqueue.core.protocols import Broker, Delivery, Outgoing
+from aqueue.core.protocols import DEAD_LETTER_BODY_LIMIT, Broker, Delivery, Outgoing
 from tests.conftest import (
     RABBIT_HOST,
     RABBIT_PORT,
@@ -288,6 +290,23 @@ async def test_a_process_that_stops_claiming_hands_its_buffer_back(make: Make) -
         assert await x.ack()
 
 
+async def test_a_starting_consumer_hands_out_what_it_received_at_once(make: Make) -> None:
+    """RabbitMQ delivers right after consume-ok, while the claim that started the consumer
+    has not run again yet: those deliveries count for priming, so the claim returns them
+    at once instead of waiting ``PRIME_WAIT`` for messages that already arrived."""
+    producer = await make()
+    ms = [msg() for _ in range(50)]
+    await producer.publish(ms)
+    for _ in range(3):  # a fresh consumer each time
+        fresh = await make(prefetch=50)
+        t0 = time.monotonic()
+        got = await claim(fresh, limit=50, timeout=5.0)
+        waited = time.monotonic() - t0
+        assert len(got) == 50
+        assert waited < PRIME_WAIT / 2, f"claim waited {waited:.2f}s for its own deliveries"
+        await fresh.close()  # all 50 go back, for the next round
+
+
 # -- dead letters and delays ----------------------------------------------------------
 
 
@@ -374,6 +393,40 @@ async def test_garbage_pushed_straight_into_the_queue_is_delivered_as_bytes(
     assert await d.dead_letter("decode_error") is True  # what the worker does with it
     [letter] = await broker.dead_letters("q")
     assert (letter.reason, letter.body) == ("decode_error", garbage)
+
+
+async def test_a_huge_message_is_dead_lettered_as_its_start_and_size(make: Make) -> None:
+    """Defect 6: a dead letter keeps the first ``DEAD_LETTER_BODY_LIMIT`` bytes of the body,
+    its original size and the reason, not the whole message (a 60 MB garbage message took
+    67 MB in the dead-letter queue). RabbitMQ's own dead-lettering (the quorum delivery
+    limit) stores the whole message; listing shows it cut the same way."""
+    broker = await make()
+    await broker.publish([msg()])  # declares the queue
+    [first] = await claim(broker)
+    await first.ack()
+    garbage = os.urandom(4 * 1024 * 1024)
+    async with raw_channel() as ch:
+        await ch.default_exchange.publish(aio_pika.Message(garbage), broker._topo.work("q"))
+    [d] = await claim(broker, timeout=5.0)
+    assert len(d.body) == len(garbage)
+    assert await d.dead_letter("decode_error") is True
+    [letter] = await broker.dead_letters("q")
+    assert (letter.reason, letter.size) == ("decode_error", len(garbage))
+    assert letter.body == garbage[:DEAD_LETTER_BODY_LIMIT]
+    async with raw_channel() as ch:  # what RabbitMQ stores: the start only
+        dlq = await ch.declare_queue(broker._topo.dlq("q"), passive=True)
+        stored = await dlq.get(no_ack=False)
+        assert stored is not None and len(stored.body) == DEAD_LETTER_BODY_LIMIT
+        await stored.nack(requeue=True)
+
+    native = await make(delivery_limit=1)
+    big = Outgoing("big", "native", garbage)
+    await native.publish([big])
+    while got := await claim(native, queues=("native",), timeout=0.5):
+        await got[0].release(executed=True)  # the worker died with it: RabbitMQ gives up
+    [letter] = await eventually(lambda: native.dead_letters("native"))
+    assert (letter.id, letter.reason, letter.size) == ("big", "delivery_limit", len(garbage))
+    assert letter.body == garbage[:DEAD_LETTER_BODY_LIMIT]
 
 
 # -- faults (RELIABILITY.md) ------------------------------------------------------------

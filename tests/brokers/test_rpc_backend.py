@@ -9,6 +9,8 @@ Every test uses its own prefix; the session deletes its queues at the end.
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 import pytest
 
 from aqueue import App, Task, TaskFailed, chord
-from aqueue.backends.rpc import REPLY_HEADER, RPCBackend
+from aqueue.backends.rpc import REPLY_HEADER, GoneQueues, RPCBackend
 from aqueue.core.errors import ConfigurationError
 from aqueue.core.urls import default_backend_url
 from tests.conftest import RABBIT_HOST, RABBIT_PORT, RABBIT_URL, require_service
@@ -163,3 +165,132 @@ async def test_same_process_client_and_worker(url: str) -> None:
 async def test_a_lone_signature_result_comes_back_over_rpc(client: App) -> None:
     add = client.tasks["rpc.add"]  # the worker runs on another App: routed by reply queue
     assert await (await add.s(1, 2).delay()).wait(timeout=10) == 3
+
+
+async def test_results_of_an_exited_producer_are_dropped_quietly(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defect 10: a producer that enqueued and exited (a web request that moved on) left a
+    reply queue that no longer exists. Its results cost one returned publish, one INFO line
+    naming the queue (never a body), and nothing more; a live producer's results behind
+    them still arrive."""
+    n, concurrency = 300, 20
+    gone = App("q", broker=url)
+    _register(gone)
+    async with gone:
+        await gone.tasks["rpc.add"].delay_many([(i, i) for i in range(n)])
+        backend = gone._backend
+        assert isinstance(backend, RPCBackend)
+        dead = backend.reply_queue
+    # closed: its exclusive reply queue went with its connection, before any worker ran
+    live, worker_app = App("q", broker=url), App("q", broker=url)
+    _register(live)
+    _register(worker_app)
+    caplog.set_level(logging.DEBUG)  # every logger, aiormq's included
+    async with live, worker_app, worker_app.worker(concurrency=concurrency):
+        handles = [await live.tasks["rpc.add"].delay(i, 1) for i in range(20)]  # queued last
+        results = await asyncio.gather(*(h.wait(timeout=30) for h in handles))
+        worker_backend = worker_app._backend
+    assert results == [i + 1 for i in range(20)]
+    assert isinstance(worker_backend, RPCBackend)
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not loud, [f"{r.name}: {r.getMessage()[:200]}" for r in loud]
+    about_it = [r for r in caplog.records if r.levelno >= logging.INFO and dead in r.getMessage()]
+    assert [r.levelno for r in about_it] == [logging.INFO]
+    sent = n - worker_backend.dropped
+    print(f"\nexited producer: {sent} of {n} results published to its gone reply queue")
+    # the ones in flight before RabbitMQ's first return was read, at most ~2 batches
+    assert 1 <= sent <= 4 * concurrency
+
+
+def test_a_gone_reply_queue_is_probed_again() -> None:
+    """A reply queue also vanishes while its process reconnects: after ``recheck`` seconds
+    one record goes out as a probe; unless it is returned within ``grace``, the queue is
+    alive again."""
+    gone = GoneQueues()
+    gone.recheck, gone.grace = 2.0, 0.5
+    assert gone.sendable("a", 0.0) and not gone
+    assert gone.returned("a", 10.0) is True  # first return: log it
+    assert not gone.sendable("a", 11.9)  # dropped
+    assert gone.sendable("a", 12.0)  # the probe
+    assert not gone.sendable("a", 12.4)  # waiting for the probe to come back
+    assert gone.returned("a", 12.1) is False  # it came back: still gone, not logged again
+    assert not gone.sendable("a", 14.0)
+    assert gone.sendable("a", 14.1)  # the next probe
+    assert gone.sendable("a", 14.7)  # not returned: alive again
+    assert gone.sendable("a", 14.8) and not gone
+
+
+#: a client that never closes its app: ``asyncio.run(main())`` simply returns
+UNCLOSED = """
+import asyncio, logging, sys
+logging.basicConfig(level=logging.WARNING)
+from aqueue import App
+
+async def main(url, shape):
+    app = App("q", broker=url)  # no backend=: results over rpc://
+
+    @app.task(name="rpc.add")
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    handle = await add.delay(2, 2)
+    if shape == "wait":  # a worker in the test process runs it; the result comes back
+        print(await handle.wait(timeout=20))
+
+url, shape, loop = sys.argv[1:]
+if loop == "uvloop":
+    import uvloop
+    uvloop.run(main(url, shape))
+else:
+    asyncio.run(main(url, shape))
+"""
+
+
+@pytest.mark.slow
+async def test_a_client_that_never_closes_exits_quietly(url: str) -> None:
+    """Defect 9: a script whose ``main`` sends a task (and maybe waits for its result) and
+    returns without ``await app.close()`` must exit without a warning, an error or "Task
+    was destroyed but it is pending" on stderr."""
+    worker_app = App("q", broker=url)
+    _register(worker_app)
+
+    async def run(shape: str, loop: str) -> tuple[str, int | None, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            UNCLOSED,
+            url,
+            shape,
+            loop,
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        return f"{shape}/{loop}", proc.returncode, out.decode(), err.decode()
+
+    async with worker_app, worker_app.worker(concurrency=4):
+        runs = await asyncio.gather(
+            *(run(shape, loop) for shape in ("send", "wait") for loop in ("asyncio", "uvloop"))
+        )
+    for name, code, out, err in runs:
+        assert (code, err) == (0, ""), name
+        assert out.strip() == ("4" if name.startswith("wait") else ""), name
+
+
+def test_an_unclosed_app_closes_its_connections_when_the_loop_ends(url: str) -> None:
+    """The loop's end cancels aiormq's reader and writer, which cuts the connections; the
+    broker and the backend then close them properly (aio-pika's ``__del__`` would otherwise
+    schedule a close task on a loop about to stop)."""
+    app = App("q", broker=url)
+    _register(app)
+
+    async def main() -> list[Any]:
+        await app.tasks["rpc.add"].delay(1, 1)
+        backend = app._backend
+        assert isinstance(backend, RPCBackend)
+        return [app.broker._link.conn, backend._conn]  # type: ignore[attr-defined]
+
+    connections = asyncio.run(main())
+    assert all(c is not None and c.is_closed for c in connections)

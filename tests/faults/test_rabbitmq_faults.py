@@ -1,9 +1,9 @@
 """RELIABILITY row 15: the RabbitMQ server restarted mid-run.
 
-The fault is ``rabbitmqctl stop_app`` then ``start_app`` (and ``await_startup``) on the shared
-local server, as the row specifies: the suite runs sequentially, so no other test uses it
-meanwhile. A ``finally`` always starts the application again and waits for it, so the server
-is left up even when the test fails.
+The fault is ``rabbitmqctl -n <node> stop_app``, then ``start_app`` and ``await_startup``, as
+the row specifies, on a private RabbitMQ node this test starts (``rabbitmq_node.py``: its own
+node name, ports, data and cookie), never on the machine's shared server. A ``finally``
+always starts the application again, and the node is stopped by PID at the end, pass or fail.
 
 A producer and an embedded worker (separate apps, so separate connections) share a memory
 result store. Tasks are published with confirms before, during and after the restart; a
@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from aqueue import App
 from aqueue.core.errors import BrokerError, IndeterminatePublish, PublishTimeout
 from aqueue.core.result import AsyncResult
 
-from ..conftest import RABBIT_HOST, RABBIT_PORT, make_url
+from .rabbitmq_node import HOST, RabbitNode, running_node
 
 pytestmark = [pytest.mark.faults, pytest.mark.rabbitmq, pytest.mark.slow]
 
@@ -49,28 +48,19 @@ TASK_SECONDS = 0.1  # 40 tasks/s: slower than the producer, so a backlog waits o
 # -- the server -------------------------------------------------------------------------------
 
 
-def rabbitmqctl(*args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[RabbitNode]:
+    """A private RabbitMQ node, stopped by PID when the test ends."""
+    with running_node(tmp_path / "rabbit") as started:
+        yield started
 
 
-def start_and_await() -> float:
-    """``start_app`` then ``await_startup`` (bounded); seconds it took. Raises if it fails."""
-    t0 = time.monotonic()
-    started = rabbitmqctl("start_app")
-    assert started.returncode == 0, started.stderr
-    up = rabbitmqctl("-t", "60", "await_startup")
-    assert up.returncode == 0, up.stderr
-    return time.monotonic() - t0
-
-
-async def port_open_at(after: float) -> float:
+async def port_open_at(port: int, after: float) -> float:
     """When RabbitMQ's AMQP port first accepts a connection again (it opens its listeners
     last while booting): "the server is back"."""
     while True:
         try:
-            _, writer = await asyncio.open_connection(RABBIT_HOST, RABBIT_PORT)
+            _, writer = await asyncio.open_connection(HOST, port)
         except OSError:
             await asyncio.sleep(0.02)
             continue
@@ -78,14 +68,6 @@ async def port_open_at(after: float) -> float:
         writer.close()
         if now >= after:
             return now
-
-
-def leave_running() -> None:
-    """Whatever happened, leave the shared server up (a no-op if it already is)."""
-    try:
-        start_and_await()
-    except (AssertionError, subprocess.TimeoutExpired) as exc:
-        pytest.fail(f"RabbitMQ could not be started again after the test: {exc}", pytrace=False)
 
 
 # -- bookkeeping ------------------------------------------------------------------------------
@@ -178,13 +160,13 @@ def make_app(url: str, backend: str, tally: Tally) -> tuple[App, Any]:
 # -- row 15 -----------------------------------------------------------------------------------
 
 
-async def test_row15_rabbitmq_restarted(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+async def test_row15_rabbitmq_restarted(node: RabbitNode) -> None:
     n_before, n_during, n_after = 100, 60, 80
     n = n_before + n_during + n_after
-    url = make_url("rabbitmq", tmp_path)
-    prefix = url.rsplit("prefix=", 1)[1]
-    request.getfixturevalue("_rabbit_prefixes").append(prefix)
-    url += f"&operation_timeout={OPERATION_TIMEOUT}&connect_timeout={OPERATION_TIMEOUT}"
+    prefix = f"aqt-{uuid.uuid4().hex[:12]}"
+    url = node.url(
+        prefix=prefix, operation_timeout=OPERATION_TIMEOUT, connect_timeout=OPERATION_TIMEOUT
+    )
     backend = f"memory://row15-{uuid.uuid4().hex[:12]}"
     tally, sends = Tally(), Sends()
     producer_app, produce_task = make_app(url, backend, tally)
@@ -196,7 +178,7 @@ async def test_row15_rabbitmq_restarted(tmp_path: Path, request: pytest.FixtureR
     async def produce_during(ids: range) -> None:
         for k, i in enumerate(ids):
             if k == len(ids) - 1:
-                await down.wait()  # however long stop_app takes, the last send meets the outage
+                await down.wait()  # however long the halt takes, the last send meets the outage
             await send(produce_task, i, sends, prefix=prefix)
             await asyncio.sleep(0.1)  # still producing when the server goes down
 
@@ -211,8 +193,7 @@ async def test_row15_rabbitmq_restarted(tmp_path: Path, request: pytest.FixtureR
             t_stop = time.monotonic()
             backlog = len(sends.confirmed) - len(tally.finished)
             try:
-                stopped = await asyncio.to_thread(rabbitmqctl, "stop_app")
-                assert stopped.returncode == 0, stopped.stderr
+                await asyncio.to_thread(node.halt)  # stop_app on the private node (node=)
                 t_down = time.monotonic()
                 down.set()
                 # down until a publish failed during the outage (bounded): the row's point
@@ -221,9 +202,9 @@ async def test_row15_rabbitmq_restarted(tmp_path: Path, request: pytest.FixtureR
                         await asyncio.sleep(0.05)
             finally:
                 t_start = time.monotonic()
-                back = asyncio.create_task(port_open_at(t_start))
+                back = asyncio.create_task(port_open_at(node.port, t_start))
                 try:
-                    await asyncio.to_thread(leave_running)
+                    await asyncio.to_thread(node.resume)
                 finally:
                     async with asyncio.timeout(5):
                         t_up = await back
@@ -250,16 +231,18 @@ async def test_row15_rabbitmq_restarted(tmp_path: Path, request: pytest.FixtureR
     recovery = tally.first_after(t_up)
     during_failed = sends.failed_since(t_down)
     print(
-        f"\n[row 15 RabbitMQ restarted (stop_app/start_app)] N={n} lost={lost}/{n} "
+        f"\n[row 15 RabbitMQ restarted (private node, -n <node> stop_app/start_app)] N={n} "
+        f"lost={lost}/{n} "
         f"extra={extra}/{n} recovery="
         + ("none" if recovery is None else f"{recovery:.2f}s")
         + f" (AMQP port open again -> first task completed) "
-        f"stop_app={t_down - t_stop:.2f}s downtime={t_up - t_stop:.2f}s "
-        f"start_app_to_port_open={t_up - t_start:.2f}s "
-        f"start_app_and_await_startup={t_ready - t_start:.2f}s "
+        f"app_stop={t_down - t_stop:.2f}s downtime={t_up - t_stop:.2f}s "
+        f"app_start_to_port_open={t_up - t_start:.2f}s "
+        f"app_start_and_await_startup={t_ready - t_start:.2f}s "
         f"queued_at_restart={backlog} publish_errors={dict(errors)} "
         f"ids_resent_after_an_error={sends.resent()} "
-        f"slowest_failed_publish={sends.slowest_failure():.2f}s"
+        f"slowest_failed_publish={sends.slowest_failure():.2f}s "
+        f"private_node_start={node.started_in:.2f}s"
     )
     assert len(sends.confirmed) == n  # every publish was eventually confirmed
     assert lost == 0, "a confirmed message was lost"
