@@ -35,7 +35,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aio_pika
@@ -146,8 +146,6 @@ class RPCBackend:
         prefix, heartbeat, connect_timeout, operation_timeout: as for the RabbitMQ broker.
     """
 
-    #: the app passes its broker URL as ``broker_url=``
-    uses_broker_url: ClassVar[bool] = True
 
     def __init__(self, url: str = "rpc://", *, broker_url: str | None = None, **options: Any):
         self.url = url

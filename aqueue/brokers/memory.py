@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.protocols import Capabilities, DeadLetter, Delivery, Lease, Outgoing
+from ..core.protocols import BaseDelivery, Capabilities, DeadLetter, Delivery, Lease, Outgoing
 from .wakeup import Wakeup
 
 
@@ -99,49 +99,27 @@ def store_for(url: str) -> _Store:
         return _STORES.setdefault(url, _Store())
 
 
-class MemoryDelivery:
+class MemoryDelivery(BaseDelivery):
     """A message claimed from a :class:`MemoryBroker`."""
 
-    __slots__ = ("_body", "_count", "_lease", "_store")
+    __slots__ = ("_store",)
 
     def __init__(self, store: _Store, entry: _Entry) -> None:
+        super().__init__(Lease(entry.id, entry.queue, entry.token), entry.body, entry.deliveries)
         self._store = store
-        self._body = entry.body
-        self._lease = Lease(entry.id, entry.queue, entry.token)
-        self._count = entry.deliveries
-
-    @property
-    def id(self) -> str:
-        return self._lease.id
-
-    @property
-    def queue(self) -> str:
-        return self._lease.queue
-
-    @property
-    def body(self) -> bytes:
-        return self._body
-
-    @property
-    def delivery_count(self) -> int:
-        return self._count
-
-    @property
-    def lease(self) -> Lease:
-        return self._lease
 
     async def ack(self) -> bool:
         store = self._store
         with store.lock:
-            if store.holder(self._lease) is None:
+            if store.holder(self.lease) is None:
                 return False
-            del store.entries[self._lease.id]
+            del store.entries[self.lease.id]
         return True
 
     async def release(self, *, executed: bool) -> bool:
         store = self._store
         with store.lock:
-            entry = store.holder(self._lease)
+            entry = store.holder(self.lease)
             if entry is None:
                 return False
             if not executed:
@@ -155,7 +133,7 @@ class MemoryDelivery:
         store = self._store
         now = time.time()
         with store.lock:
-            entry = store.holder(self._lease)
+            entry = store.holder(self.lease)
             if entry is None:
                 return False
             entry.body = body
@@ -168,7 +146,7 @@ class MemoryDelivery:
     async def dead_letter(self, reason: str) -> bool:
         store = self._store
         with store.lock:
-            entry = store.holder(self._lease)
+            entry = store.holder(self.lease)
             if entry is None:
                 return False
             del store.entries[entry.id]

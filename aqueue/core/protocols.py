@@ -146,6 +146,37 @@ class Delivery(Protocol):
         """Move the message to the dead-letter store with ``reason``."""
 
 
+class BaseDelivery:
+    """What every broker's delivery holds, as plain attributes (the worker reads them often).
+
+    A broker's delivery class subclasses it and adds the four settlements of
+    :class:`Delivery`: ``ack``, ``release``, ``requeue`` and ``dead_letter``.
+    """
+
+    __slots__ = ("body", "delivery_count", "id", "lease", "prior", "queue")
+
+    def __init__(
+        self, lease: Lease, body: bytes, delivery_count: int, prior: bytes | None = None
+    ) -> None:
+        self.lease = lease
+        #: the task id
+        self.id = lease.id
+        #: the queue it was claimed from
+        self.queue = lease.queue
+        #: the message bytes as published
+        self.body = body
+        #: claims of this message since it was (re-)enqueued; 1 on the first delivery
+        self.delivery_count = delivery_count
+        #: the task's stored record when the claim read it (see :class:`ClaimsRecords`)
+        self.prior = prior
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} id={self.id!r} queue={self.queue!r} "
+            f"count={self.delivery_count} token={self.lease.token}>"
+        )
+
+
 @runtime_checkable
 class Broker(Protocol):
     """A queue of opaque messages with leases. Chosen by URL scheme."""
