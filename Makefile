@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint typecheck services venv clean
+.PHONY: demo test test-fast test-lowest lint typecheck services venv clean
 
 venv: $(STAMP)
 
@@ -19,9 +19,11 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(BIN)/python examples/demo.py
 
-## make test: ruff, mypy --strict, then the whole suite against real Redis and RabbitMQ
+## make test: ruff, import contracts, mypy --strict, the whole suite against real Redis and
+## RabbitMQ, then the fast suite again on the lowest versions pyproject.toml allows
 test: venv services lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider
+	$(MAKE) --no-print-directory test-lowest
 
 ## make test-fast: the suite without subprocess and fault tests
 test-fast: venv
@@ -30,6 +32,20 @@ test-fast: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check aqueue
+	$(BIN)/lint-imports
+
+## make test-lowest: the fast suite with the lowest allowed version of every direct
+## dependency (uv's lowest-direct resolution), so a floor in pyproject.toml cannot lie
+LOWEST := .venv-lowest
+$(LOWEST)/.installed: pyproject.toml $(STAMP)
+	rm -rf $(LOWEST)
+	$(BIN)/uv venv -q --python $(BIN)/python $(LOWEST)
+	$(BIN)/uv pip install -q --python $(LOWEST)/bin/python --resolution lowest-direct \
+		-e ".[all]" --group dev
+	@touch $@
+
+test-lowest: $(LOWEST)/.installed services
+	$(LOWEST)/bin/pytest -q -m "not slow" -p no:cacheprovider
 
 typecheck: venv
 	$(BIN)/mypy
@@ -38,7 +54,7 @@ services:
 	@bash scripts/ensure-services
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(LOWEST) .mypy_cache .ruff_cache .pytest_cache
 
 ## make bench: the side-by-side benchmark (docs/benchmarks.md); peers live in .bench-venv
 .PHONY: bench

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import uuid
@@ -93,6 +94,12 @@ BROKER_KINDS = [
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
     pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
 ]
+#: a broker of your own, through the whole suite (docs/extending.md): its URL, in which
+#: ``{unique}`` becomes a fresh name per test (each test needs its own queues and records);
+#: the scheme must be registered (entry points) or be one of aqueue's
+EXTRA_BROKER_URL = os.environ.get("AQUEUE_TEST_BROKER_URL")
+if EXTRA_BROKER_URL:
+    BROKER_KINDS.append(pytest.param("extra", id="extra"))
 
 
 def make_url(kind: str, tmp_path: Path) -> str:
@@ -108,6 +115,8 @@ def make_url(kind: str, tmp_path: Path) -> str:
     if kind == "rabbitmq":
         require_service("RabbitMQ", RABBIT_HOST, RABBIT_PORT)
         return f"{RABBIT_URL}?prefix=aqt-{unique}"
+    if kind == "extra" and EXTRA_BROKER_URL:
+        return EXTRA_BROKER_URL.replace("{unique}", f"aqt-{unique}")
     raise AssertionError(kind)
 
 
