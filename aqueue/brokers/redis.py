@@ -27,13 +27,13 @@ from .redis_connection import (
     command,
     guarded,
     pack_fields,
-    parse_settings,
     run_scripts,
     run_scripts_on_checked,
     run_scripts_once,
     run_scripts_sync,
 )
 from .redis_delivery import RedisDelivery
+from .redis_settings import parse_settings
 from .redis_throttle import RedisThrottle
 from .redis_wait import BlockingClaim
 
@@ -58,12 +58,17 @@ class RedisBroker:
 
     Args:
         url: ``redis://[:password@]host[:port][/db]``, ``rediss://...`` or
-            ``unix:///path/to/socket``; query parameters may carry the options below.
+            ``unix:///path/to/socket?db=N``; query parameters may carry the options below.
         **options: ``prefix`` (key prefix, default ``"aqueue"``), ``dedupe_ttl`` (seconds an
             enqueued id is refused again, default 86400; 0 disables), ``dead_letter_limit``
             (per queue, default 10000), ``socket_timeout``, ``socket_connect_timeout``,
-            ``health_check_interval``, ``operation_timeout``, ``retries``; anything else is
-            passed to redis-py.
+            ``health_check_interval``, ``operation_timeout``, ``retries``, and the redis-py
+            options of :mod:`aqueue.brokers.redis_settings` (``db``, ``client_name``,
+            ``ssl_ca_certs``, ...), passed on.
+
+    Raises:
+        ConfigurationError: the URL or an option is malformed or unknown (checked here,
+            before any connection).
     """
 
     capabilities = Capabilities(

@@ -22,7 +22,13 @@ from aqueue.backends.redis import RedisBackend
 from aqueue.brokers import redis as redis_broker_module
 from aqueue.brokers import redis_wait as redis_wait_module
 from aqueue.brokers.redis import RedisBroker
-from aqueue.brokers.redis_connection import Script, pack_command, pack_script_call, parse_settings
+from aqueue.brokers.redis_connection import Script, pack_command, pack_script_call
+from aqueue.brokers.redis_settings import (
+    REDIS_PY_OPTIONS,
+    TLS_OPTIONS,
+    accepted_options,
+    parse_settings,
+)
 from aqueue.core import states
 from aqueue.core.errors import BackendError, BrokerError, ConfigurationError
 from aqueue.core.protocols import (
@@ -580,7 +586,7 @@ def test_pack_command_frames_exactly_like_redis_py() -> None:
 
 def test_url_options_and_schemes() -> None:
     s = parse_settings(
-        "redis://u:p%40ss@h:1/2?prefix=pre&socket_timeout=2&ssl_cert_reqs=none",
+        "rediss://u:p%40ss@h:1/2?prefix=pre&socket_timeout=2&ssl_cert_reqs=none",
         {"retries": 1},
         what="t",
     )
@@ -599,6 +605,121 @@ def test_url_options_and_schemes() -> None:
         parse_settings("redis://h", {"prefix": "a{b}"}, what="t")
     with pytest.raises(ConfigurationError):
         parse_settings("redis://h?socket_timeout=soon", {}, what="t")
+
+
+@pytest.mark.parametrize("cls", [RedisBroker, RedisBackend])
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("redis://h/1O", "'/1O'"),
+        ("redis://h/notanumber", "'/notanumber'"),
+        ("redis://h/-1", "'/-1'"),
+        ("redis://h/1/extra", "'/1/extra'"),
+        ("redis://h/%31", "'/%31'"),
+        ("redis://h?db=x", "db='x'"),
+        ("redis://h/1?db=2", "path /1 and ?db=2"),
+        ("unix:///tmp/r.sock?db=-1", "db='-1'"),
+    ],
+)
+def test_a_mistyped_database_is_refused_at_construction(cls: type, url: str, named: str) -> None:
+    # issue 11, defect 4: these all meant database 0, silently
+    with pytest.raises(ConfigurationError) as info:
+        cls(url)
+    assert named in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "db"),
+    [
+        ("redis://h", {}, 0),
+        ("redis://h/", {}, 0),
+        ("redis://h:6380/7", {}, 7),
+        ("rediss://h/07", {}, 7),
+        ("redis://h?db=3", {}, 3),
+        ("redis://h/3?db=3", {}, 3),
+        ("redis://h", {"db": 5}, 5),
+        ("unix:///tmp/r.sock?db=2", {}, 2),
+    ],
+)
+def test_the_database_forms_that_are_accepted(url: str, options: dict[str, int], db: int) -> None:
+    settings = parse_settings(url, options, what="t")
+    assert redis.connection.parse_url(settings.url)["db"] == db  # what redis-py will use
+
+
+def test_a_db_option_that_contradicts_the_url_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="path /2 and db=3"):
+        RedisBroker("redis://h/2", db=3)
+    with pytest.raises(ConfigurationError, match="not True"):
+        RedisBroker("redis://h", db=True)
+
+
+@pytest.mark.parametrize("cls", [RedisBroker, RedisBackend])
+def test_unknown_options_are_refused_at_construction_naming_the_accepted_ones(cls: type) -> None:
+    # issue 11, defect 5: redis-py raised a raw TypeError at the first connect
+    with pytest.raises(ConfigurationError) as info:
+        cls("redis://localhost/0?sockettimeout=3")
+    text = str(info.value)
+    assert "'sockettimeout'" in text and "did you mean 'socket_timeout'" in text
+    assert "prefix" in text and "client_name" in text  # aqueue's and redis-py's
+    with pytest.raises(ConfigurationError, match="unknown option 'foo'"):
+        cls("redis://localhost/0?foo=1")
+    with pytest.raises(ConfigurationError, match="unknown option 'foo' in options"):
+        cls("redis://localhost/0", foo=1)
+    with pytest.raises(ConfigurationError, match="unknown option 'decode_responses'"):
+        cls("redis://localhost/0", decode_responses=True)  # aqueue reads raw bytes
+    with pytest.raises(ConfigurationError, match="use a rediss:// URL"):
+        cls("redis://localhost/0?ssl_ca_certs=/etc/ca.pem")
+    with pytest.raises(ConfigurationError, match="bad value for 'socket_read_size'"):
+        cls("redis://localhost/0?socket_read_size=big")
+    with pytest.raises(ConfigurationError, match="'prefix' is given twice"):
+        cls("redis://localhost/0?prefix=a&prefix=b")
+    with pytest.raises(ConfigurationError, match="bad Redis URL"):
+        cls("redis://:secret@localhost:port/0")
+
+
+def test_every_passed_on_option_is_known_to_the_installed_redis_py() -> None:
+    # a version guard: the lists in redis_settings name what redis-py accepts today
+    assert set(REDIS_PY_OPTIONS) <= set(accepted_options("redis", keyword=False))
+    assert set(TLS_OPTIONS) <= set(accepted_options("rediss", keyword=False))
+    assert "ssl_ca_certs" not in accepted_options("redis", keyword=True)
+    # ...and the TLS connections hook where redis-py does the handshake
+    assert callable(getattr(redis.SSLConnection, "_wrap_socket_with_ssl", None))
+    assert callable(getattr(redis.asyncio.SSLConnection, "_connection_arguments", None))
+
+
+async def test_redis_py_options_in_the_url_reach_redis_py(prefix: str, raw: redis.Redis) -> None:
+    name = f"aqt-{uuid.uuid4().hex[:8]}"
+    b = RedisBroker(f"redis://{HOST}:{PORT}/1?prefix={prefix}&client_name={name}")
+    try:
+        await b.publish([msg()])
+        names = {c["name"] for c in raw.client_list()}
+        assert name in names
+        db1 = redis.Redis(host=HOST, port=PORT, db=1)
+        try:
+            assert db1.exists(f"{prefix}:{{q:q}}:ready") == 1  # in database 1, as asked
+            assert raw.exists(f"{prefix}:{{q:q}}:ready") == 0
+            db1.delete(*db1.keys(f"{prefix}*"))
+        finally:
+            db1.close()
+    finally:
+        await b.close()
+
+
+async def test_rediss_to_the_plaintext_test_server_fails_at_once() -> None:
+    for cls, error in ((RedisBroker, BrokerError), (RedisBackend, BackendError)):
+        component = cls(f"rediss://{HOST}:{PORT}/0", socket_connect_timeout=30)
+        with pytest.raises(error) as info:
+            async with asyncio.timeout(20):  # not after the 30 s connect timeout
+                await component.connect()
+        assert "TLS handshake" in str(info.value) and "plaintext" in str(info.value)
+        await component.close()
+
+
+def test_a_password_in_the_query_is_hidden() -> None:
+    for url in ("redis://h/0?password=s3cr3t", "rediss://h/0?ssl_password=s3cr3t"):
+        s = parse_settings(url, {}, what="t")
+        assert "s3cr3t" not in s.redacted + repr(s) and "***" in s.redacted
+        assert s.scrub("auth s3cr3t") == "auth ***"
 
 
 def _everything_said(exc: BaseException) -> str:
