@@ -55,15 +55,29 @@ class Lease:
     token: int
 
 
+#: bytes of a dead letter's body a broker keeps (the start of it); ``DeadLetter.size`` says
+#: how big the message was
+DEAD_LETTER_BODY_LIMIT = 64 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A message the broker set aside, with why."""
+    """A message the broker set aside, with why.
+
+    ``body`` is the message's first ``DEAD_LETTER_BODY_LIMIT`` bytes (enough to see what it
+    was); ``size`` is its whole length, ``len(body)`` unless given.
+    """
 
     id: str
     queue: str
     reason: str
     body: bytes
     at: float
+    size: int = -1
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            object.__setattr__(self, "size", len(self.body))
 
 
 @dataclass(frozen=True, slots=True)

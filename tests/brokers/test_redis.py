@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 import traceback
@@ -32,6 +33,7 @@ from aqueue.brokers.redis_settings import (
 from aqueue.core import states
 from aqueue.core.errors import BackendError, BrokerError, ConfigurationError
 from aqueue.core.protocols import (
+    DEAD_LETTER_BODY_LIMIT,
     Broker,
     Delivery,
     Lease,
@@ -327,6 +329,33 @@ async def test_dead_letters_newest_first_across_queues_and_capped(url: str) -> N
         assert every[0].at >= every[-1].at > time.time() - 60
     finally:
         await b.close()
+
+
+async def test_dead_letters_keep_the_start_of_a_big_body_and_its_size(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    # issue 11, defect 6: a 60 MB garbage message took 67 MB in the dead-letter list
+    big = os.urandom(4 * 1024 * 1024)
+    small = msg()
+    await broker.publish([Outgoing(id="big", queue="q", body=big), small])
+    for d in await claim(broker, limit=2):
+        assert await d.dead_letter("undecodable")
+    letters = {x.id: x for x in await broker.dead_letters("q")}
+    assert letters["big"].body == big[:DEAD_LETTER_BODY_LIMIT]
+    assert letters["big"].size == len(big)
+    assert (letters[small.id].body, letters[small.id].size) == (small.body, len(small.body))
+    used = raw.memory_usage(f"{prefix}:{{q:q}}:dead")
+    assert used is not None and used < 2 * DEAD_LETTER_BODY_LIMIT
+
+
+async def test_dead_letters_written_before_bodies_were_cut_are_read(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    # the entry layout before sizes: "<at>\n<len(id)>\n<len(reason)>\n" id reason body
+    raw.lpush(f"{prefix}:{{q:q}}:dead", b"1700000000.5\n3\n3\noldwhy2\nbody")
+    [letter] = await broker.dead_letters("q")
+    assert (letter.id, letter.reason, letter.body) == ("old", "why", b"2\nbody")
+    assert (letter.size, letter.at) == (6, 1700000000.5)
 
 
 async def test_purge_removes_waiting_messages_and_their_dedupe_markers(
