@@ -31,10 +31,10 @@ from aqueue.brokers.redis_connection import (
     command,
     guarded,
     pack_fields,
-    parse_settings,
     run_scripts,
 )
 from aqueue.brokers.redis_scripts import LUA_HELPERS
+from aqueue.brokers.redis_settings import parse_settings
 from aqueue.core.errors import BackendError
 from aqueue.core.states import READY_STATES
 
@@ -151,7 +151,11 @@ class RedisBackend:
     Args:
         url: ``redis://``, ``rediss://`` or ``unix://`` URL.
         **options: ``prefix`` (default ``"aqueue"``) and the connection options of
-            :func:`aqueue.brokers.redis_connection.parse_settings`.
+            :func:`aqueue.brokers.redis_settings.parse_settings`.
+
+    Raises:
+        ConfigurationError: the URL or an option is malformed or unknown (checked here,
+            before any connection).
     """
 
     def __init__(self, url: str, **options: Any) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from aqueue.brokers.redis_connection import RedisSettings
+from aqueue.brokers.redis_settings import RedisSettings
 
 __all__ = ["CLOSED", "RESYNC", "SUBSCRIBED", "Channel", "Hub"]
 

@@ -14,7 +14,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.protocols import BaseDelivery, Capabilities, DeadLetter, Delivery, Lease, Outgoing
+from ..core.protocols import (
+    DEAD_LETTER_BODY_LIMIT,
+    BaseDelivery,
+    Capabilities,
+    DeadLetter,
+    Delivery,
+    Lease,
+    Outgoing,
+)
 from .wakeup import Wakeup
 
 
@@ -150,7 +158,17 @@ class MemoryDelivery(BaseDelivery):
             if entry is None:
                 return False
             del store.entries[entry.id]
-            store.dead.append(DeadLetter(entry.id, entry.queue, reason, entry.body, time.time()))
+            body = entry.body
+            store.dead.append(
+                DeadLetter(
+                    entry.id,
+                    entry.queue,
+                    reason,
+                    body[:DEAD_LETTER_BODY_LIMIT],
+                    time.time(),
+                    size=len(body),
+                )
+            )
         return True
 
 

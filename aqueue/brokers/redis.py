@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections import defaultdict
 from collections.abc import Sequence
 from functools import partial
@@ -27,13 +28,13 @@ from .redis_connection import (
     command,
     guarded,
     pack_fields,
-    parse_settings,
     run_scripts,
     run_scripts_on_checked,
     run_scripts_once,
     run_scripts_sync,
 )
-from .redis_delivery import RedisDelivery
+from .redis_delivery import HeldLease, RedisDelivery
+from .redis_settings import parse_settings
 from .redis_throttle import RedisThrottle
 from .redis_wait import BlockingClaim
 
@@ -58,12 +59,17 @@ class RedisBroker:
 
     Args:
         url: ``redis://[:password@]host[:port][/db]``, ``rediss://...`` or
-            ``unix:///path/to/socket``; query parameters may carry the options below.
+            ``unix:///path/to/socket?db=N``; query parameters may carry the options below.
         **options: ``prefix`` (key prefix, default ``"aqueue"``), ``dedupe_ttl`` (seconds an
             enqueued id is refused again, default 86400; 0 disables), ``dead_letter_limit``
             (per queue, default 10000), ``socket_timeout``, ``socket_connect_timeout``,
-            ``health_check_interval``, ``operation_timeout``, ``retries``; anything else is
-            passed to redis-py.
+            ``health_check_interval``, ``operation_timeout``, ``retries``, and the redis-py
+            options of :mod:`aqueue.brokers.redis_settings` (``db``, ``client_name``,
+            ``ssl_ca_certs``, ...), passed on.
+
+    Raises:
+        ConfigurationError: the URL or an option is malformed or unknown (checked here,
+            before any connection).
     """
 
     capabilities = Capabilities(
@@ -78,6 +84,10 @@ class RedisBroker:
         # Settlements made in the same loop tick (or while a batch is in flight) share one
         # script call per queue: per task that is a few Lua commands, not a round trip.
         self._settler: Coalescer[_Op, bool] = Coalescer(self._flush_settles, _SETTLE_BATCH)
+        # Leases this broker's deliveries settled (or are settling), for as long as anybody
+        # holds them: a renewal that finds one gone raced its own holder's ack, release,
+        # requeue or dead letter, and must not report it lost (see renew).
+        self._settled: weakref.WeakSet[Lease] = weakref.WeakSet()
         self._publisher: Coalescer[Outgoing, bool] = Coalescer(
             self._flush_publishes, _PUBLISH_BATCH
         )
@@ -423,11 +433,22 @@ class RedisBroker:
         for j in range(2, len(reply), 6):
             queue = queues[int(reply[j])]
             message_id = reply[j + 1].decode()
-            lease = Lease(id=message_id, queue=queue, token=int(reply[j + 4]))
+            lease = HeldLease(id=message_id, queue=queue, token=int(reply[j + 4]))
             out.append(RedisDelivery(self, lease, reply[j + 2], int(reply[j + 3]), reply[j + 5]))
         return out
 
     # -- settle -------------------------------------------------------------------------
+
+    async def _settle(self, op: _Op) -> bool:
+        """Settle a lease (``op`` as in ``_flush_settles``); ``False`` if it had been lost."""
+        lease = op[1]
+        # marked before it can reach Redis: a renewal of the same lease may already be on
+        # its way, and finds the message settled by this very holder
+        self._settled.add(lease)
+        done = await self._settler.submit(op)
+        if not done:
+            self._settled.discard(lease)  # really lost before: a renewal may say so
+        return done
 
     async def _flush_settles(self, ops: list[_Op]) -> list[bool]:
         by_queue: dict[str, list[int]] = defaultdict(list)
@@ -472,6 +493,11 @@ class RedisBroker:
         Blocking and thread-safe: it runs on its own synchronous connection pool so a
         heartbeat thread keeps leases alive while the event loop is blocked.
 
+        A lease is lost when someone else claimed the message since (its lease had
+        expired), or settled it. One that expired without anybody claiming it is taken
+        back. One its own holder settled meanwhile (the renewal raced the ack, for example
+        behind a slow or frozen server) is not lost, and is not extended either.
+
         Raises:
             BrokerError: Redis could not be reached; the leases' fate is unknown.
         """
@@ -499,9 +525,13 @@ class RedisBroker:
             raise BrokerError(
                 f"renew on {self._settings.redacted} failed: {self._settings.describe(exc)}"
             ) from None
+        settled = self._settled
         lost: list[Lease] = []
         for indexes, reply in zip(spans, replies, strict=True):
-            lost += (leases[indexes[int(n) - 1]] for n in reply)
+            for n in reply:
+                lease = leases[indexes[int(n) - 1]]
+                if lease not in settled:
+                    lost.append(lease)
         return lost
 
     # -- inspection ---------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Redis plumbing shared by the Redis broker and the Redis result backend.
 
-URL and option parsing (``redis://``, ``rediss://``, ``unix://``), client factories with
-deadlines and retries, Lua script execution with one round trip per batch, and a small
-coalescer that turns many concurrent calls into one batched call.
+Deadlines and error mapping (``guarded``), Lua script execution with one round trip per
+batch, and a small coalescer that turns many concurrent calls into one batched call. The
+URL, options and client factories are in :mod:`aqueue.brokers.redis_settings`.
 
 Nothing here does I/O at import time, and nothing here ever formats a password: every
 message goes through :meth:`RedisSettings.scrub` or uses :attr:`RedisSettings.redacted`.
@@ -15,203 +15,20 @@ import hashlib
 import struct
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry as SyncRetry
 
-from aqueue.core.errors import AqueueError, ConfigurationError
-from aqueue.core.urls import redact
+from aqueue.core.errors import AqueueError
+
+from .redis_settings import RedisSettings, tls_failure
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-_SCHEMES = ("redis", "rediss", "unix")
-
-# aqueue's own options: read from keyword options first, then from the URL query string,
-# and never passed on to redis-py (which would reject them as unknown connection kwargs).
-_FLOAT_OPTIONS = {
-    "socket_timeout": 5.0,
-    "socket_connect_timeout": 5.0,
-    "health_check_interval": 15.0,
-    "operation_timeout": 10.0,
-    "dedupe_ttl": 86400.0,
-}
-_INT_OPTIONS = {"retries": 3, "dead_letter_limit": 10000, "protocol": 2, "max_connections": 64}
-
-
-@dataclass(frozen=True, slots=True)
-class RedisSettings:
-    """Everything needed to open Redis clients, parsed once from a URL and options.
-
-    Attributes:
-        url: the URL handed to redis-py (aqueue's own query options removed). It may hold a
-            password, so it is never printed; use ``redacted``.
-        redacted: the URL with any password replaced by ``***``.
-        prefix: first component of every key.
-        socket_timeout: seconds a single read or write of the blocking client (lease
-            renewal) may take; also caps how long one blocking wait of a claim lasts.
-        socket_connect_timeout: seconds to establish a connection.
-        health_check_interval: seconds of idleness after which a connection is pinged
-            before use (and the pub/sub connection is pinged to detect a dead peer).
-        operation_timeout: overall deadline of one asyncio broker/backend call, retries
-            included (a blocking wait adds its own length).
-        retries: reconnect-and-retry attempts on connection errors (with jittered backoff).
-        dedupe_ttl: seconds an enqueued id is remembered by the broker; ``0`` disables.
-        dead_letter_limit: dead letters kept per queue (older ones are trimmed).
-        protocol: RESP version for command connections (pub/sub always uses RESP2).
-        max_connections: asyncio connections per client; further callers wait for one
-            (within their deadline) instead of failing.
-        extra: other options, passed to redis-py unchanged (``ssl_ca_certs``, ...).
-    """
-
-    url: str = field(repr=False)
-    redacted: str
-    prefix: str
-    socket_timeout: float
-    socket_connect_timeout: float
-    health_check_interval: float
-    operation_timeout: float
-    retries: int
-    dedupe_ttl: float
-    dead_letter_limit: int
-    protocol: int
-    max_connections: int
-    extra: dict[str, Any] = field(repr=False, default_factory=dict)
-    secrets: tuple[str, ...] = field(repr=False, default=())
-
-    def scrub(self, text: str) -> str:
-        """``text`` with every occurrence of the password removed."""
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    def describe(self, exc: BaseException) -> str:
-        """A one-line, password-free description of ``exc``."""
-        return self.scrub(f"{type(exc).__name__}: {exc}")
-
-    def _client_kwargs(self, *, asyncio_client: bool) -> dict[str, Any]:
-        return {
-            # redis-py's asyncio send path wraps writes in asyncio.wait_for when a socket
-            # timeout is set, and on Python 3.11 wait_for can swallow the caller's
-            # cancellation (cpython#86296): a cancelled claim would keep running. So the
-            # asyncio clients bound each call with asyncio.timeout (operation_timeout,
-            # see guarded()) and only the blocking client uses the socket timeout.
-            "socket_timeout": None if asyncio_client else self.socket_timeout,
-            "socket_connect_timeout": self.socket_connect_timeout,
-            "socket_keepalive": True,
-            "health_check_interval": self.health_check_interval,
-            "protocol": self.protocol,
-            **self.extra,
-        }
-
-    def async_client(self) -> aioredis.Redis:
-        """A pooled asyncio client that retries connection errors with backoff.
-
-        redis-py disconnects a connection whose command was cancelled between send and
-        reply (``read_response`` closes it on any ``BaseException``), so a cancelled or
-        timed-out call never leaves a half-read reply for the next user of the pool.
-        """
-        retry = AsyncRetry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), self.retries)
-        kwargs = self._client_kwargs(asyncio_client=True)
-        # a bounded pool that queues callers (the default pool raises when full, which a
-        # burst of concurrent wait() calls would hit)
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self.url, max_connections=self.max_connections, timeout=None, retry=retry, **kwargs
-        )
-        return aioredis.Redis.from_pool(pool)
-
-    def sync_client(self) -> redis.Redis:
-        """A pooled blocking client (thread-safe), used where the event loop cannot be."""
-        retry = SyncRetry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), self.retries)
-        kwargs = self._client_kwargs(asyncio_client=False)
-        return redis.Redis.from_url(self.url, retry=retry, **kwargs)
-
-    def pubsub_connection(self, client_name: str) -> aioredis.Connection:
-        """One unpooled RESP2 connection for pub/sub, reconnected by its owner, not redis-py.
-
-        Args:
-            client_name: shown by ``CLIENT LIST``, so operators can tell it apart.
-        """
-        kwargs = self._client_kwargs(asyncio_client=True)
-        kwargs.update(
-            protocol=2,
-            health_check_interval=0,
-            retry=AsyncRetry(NoBackoff(), 0),
-            client_name=client_name,
-        )
-        pool: Any = aioredis.ConnectionPool.from_url(self.url, **kwargs)
-        conn: aioredis.Connection = pool.make_connection()
-        return conn
-
-
-def parse_settings(url: str, options: dict[str, Any], *, what: str) -> RedisSettings:
-    """Parse a Redis URL and keyword options into :class:`RedisSettings`.
-
-    Keyword options win over URL query parameters. aqueue's options are ``prefix``,
-    ``socket_timeout``, ``socket_connect_timeout``, ``health_check_interval``,
-    ``operation_timeout``, ``retries``, ``dedupe_ttl``, ``dead_letter_limit`` and
-    ``protocol``; anything else is passed to redis-py.
-
-    Raises:
-        ConfigurationError: unsupported scheme or an option with a bad value.
-    """
-    redacted = redact(url)
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        raise ConfigurationError(f"{what}: unparsable Redis URL {redacted!r}") from None
-    if parts.scheme.lower() not in _SCHEMES:
-        raise ConfigurationError(
-            f"{what}: unsupported URL {redacted!r}; use redis://, rediss:// or unix://"
-        )
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    merged: dict[str, Any] = {**dict(query), **options}
-    values: dict[str, Any] = {}
-    try:
-        for name, default in _FLOAT_OPTIONS.items():
-            raw = merged.get(name)
-            values[name] = default if raw in (None, "") else float(raw)
-        for name, idefault in _INT_OPTIONS.items():
-            raw = merged.get(name)
-            values[name] = idefault if raw in (None, "") else int(raw)
-    except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"{what}: bad option for {redacted!r}: {exc}") from None
-    ours = {*_FLOAT_OPTIONS, *_INT_OPTIONS, "prefix"}
-    prefix = str(merged.get("prefix") or "aqueue")
-    if any(c in prefix for c in "{}"):
-        # a brace in the prefix would move the cluster hash tag out of the queue name
-        raise ConfigurationError(f"{what}: the key prefix must not contain braces")
-    if values["socket_timeout"] <= 0 or values["operation_timeout"] <= 0:
-        raise ConfigurationError(f"{what}: timeouts must be positive")
-    # Query parameters that are not ours stay in the URL for redis-py to parse; keyword
-    # options that are not ours are passed to redis-py as they are.
-    rest = [(k, v) for k, v in query if k not in ours and k not in options]
-    extra = {k: v for k, v in options.items() if k not in ours}
-    clean = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(rest), parts.fragment))
-    given = options.get("password")
-    candidates = {
-        parts.password,
-        unquote(parts.password or ""),
-        given if isinstance(given, str) else None,
-    }
-    secrets = tuple(s for s in candidates if s)
-    return RedisSettings(
-        url=clean,
-        redacted=redacted,
-        prefix=prefix,
-        extra=extra,
-        secrets=secrets,
-        **values,
-    )
 
 
 def command(target: Any, *args: Any) -> Any:
@@ -355,7 +172,7 @@ async def run_scripts_once(client: aioredis.Redis, calls: Sequence[ScriptCall]) 
     try:
         conn = await pool.get_connection()
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        raise NotSent(f"could not connect, nothing was sent ({exc})") from None
+        raise NotSent(f"could not connect, nothing was sent ({exc})") from exc
     try:
         return await run_scripts_on_checked(conn, calls)
     finally:
@@ -375,7 +192,7 @@ async def run_scripts_on_checked(conn: Any, calls: Sequence[ScriptCall]) -> list
             await conn.connect()
         await conn.check_health()  # a PING if it sat idle too long: still ours unsent
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        raise NotSent(f"connection unusable, nothing was sent ({exc})") from None
+        raise NotSent(f"connection unusable, nothing was sent ({exc})") from exc
     return await run_scripts_on(conn, calls)
 
 
@@ -500,7 +317,8 @@ async def guarded(
         cls = timeout_error or error
         raise cls(f"{what} on {settings.redacted} did not complete within {limit:g}s") from None
     except (RedisConnectionError, RedisTimeoutError) as exc:
-        cls = connection_error or error
+        # a failed TLS handshake sent nothing: it is never "outcome unknown"
+        cls = error if tls_failure(exc) else connection_error or error
         raise cls(f"{what} on {settings.redacted} failed: {settings.describe(exc)}") from None
     except RedisError as exc:
         raise error(f"{what} on {settings.redacted} failed: {settings.describe(exc)}") from None

@@ -11,7 +11,17 @@ from . import redis_scripts as lua
 if TYPE_CHECKING:
     from .redis import RedisBroker
 
-__all__ = ["RedisDelivery"]
+__all__ = ["HeldLease", "RedisDelivery"]
+
+
+class HeldLease(Lease):
+    """The lease of a :class:`RedisDelivery`: a :class:`Lease` that can be weakly referenced.
+
+    The broker remembers the leases its deliveries settled in a weak set (see
+    ``RedisBroker.renew``): an entry lasts exactly as long as somebody still holds the lease.
+    """
+
+    __slots__ = ("__weakref__",)
 
 
 class RedisDelivery:
@@ -22,7 +32,7 @@ class RedisDelivery:
     def __init__(
         self,
         broker: RedisBroker,
-        lease: Lease,
+        lease: HeldLease,
         body: bytes,
         count: int,
         prior: bytes | None = None,
@@ -59,19 +69,19 @@ class RedisDelivery:
 
     async def ack(self) -> bool:
         """Remove the message. ``False`` if the lease had been lost."""
-        return await self._broker._settler.submit(("A", self._lease, "", ""))
+        return await self._broker._settle(("A", self._lease, "", ""))
 
     async def release(self, *, executed: bool) -> bool:
         """Hand the message back, claimable at once; uncounted unless ``executed``."""
-        return await self._broker._settler.submit(("R", self._lease, "1" if executed else "0", ""))
+        return await self._broker._settle(("R", self._lease, "1" if executed else "0", ""))
 
     async def requeue(self, body: bytes, *, eta: float | None) -> bool:
         """Replace the message with ``body`` due at ``eta``, delivery count reset."""
-        return await self._broker._settler.submit(("Q", self._lease, body, lua.eta_delay(eta)))
+        return await self._broker._settle(("Q", self._lease, body, lua.eta_delay(eta)))
 
     async def dead_letter(self, reason: str) -> bool:
         """Move the message to the queue's dead-letter list with ``reason``."""
-        return await self._broker._settler.submit(("D", self._lease, reason, ""))
+        return await self._broker._settle(("D", self._lease, reason, ""))
 
     def __repr__(self) -> str:
         return (

@@ -27,7 +27,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 from aqueue.brokers.redis_connection import Script, ScriptCall, pack_fields
-from aqueue.core.protocols import DeadLetter, Outgoing
+from aqueue.core.protocols import DEAD_LETTER_BODY_LIMIT, DeadLetter, Outgoing
 
 #: keys per queue passed to CLAIM, in this order
 CLAIM_KEYS = ("ready", "delayed", "inflight", "body", "score", "count", "epoch", "notify")
@@ -321,9 +321,13 @@ for i = 1, #f / 5 do
       gone[#gone + 1] = id
     elseif op == 'D' then
       t = t or now()
+      -- the body's first %(limit)d bytes and its size: a huge message must not stay huge
+      -- (up to dead_letter_limit of them per queue)
       local payload = redis.call('HGET', body, id) or ''
-      local entry = string.format('%s\\n%d\\n%d\\n', fmt(t), #id, #a) .. id .. a .. payload
-      redis.call('LPUSH', KEYS[9], entry)
+      local size = #payload
+      if size > %(limit)d then payload = string.sub(payload, 1, %(limit)d) end
+      local entry = string.format('2\\n%s\\n%d\\n%d\\n%d\\n', fmt(t), #id, #a, size)
+      redis.call('LPUSH', KEYS[9], entry .. id .. a .. payload)
       redis.call('LTRIM', KEYS[9], 0, cap - 1)
       gone[#gone + 1] = id
     else
@@ -363,7 +367,7 @@ if #gone > 0 then
 end
 if woke then wake(KEYS[8]) end
 return out
-""",
+""".replace("%(limit)d", str(DEAD_LETTER_BODY_LIMIT)),
 )
 
 # KEYS: ready, inflight, epoch
@@ -428,8 +432,16 @@ return removed
 
 def parse_dead_letter(queue: str, raw: bytes) -> DeadLetter:
     """A dead-letter list entry as SETTLE writes it:
-    ``"<at>\\n<len(id)>\\n<len(reason)>\\n" + id + reason + body``."""
-    at, id_len, reason_len, rest = raw.split(b"\n", 3)
+    ``"2\\n<at>\\n<len(id)>\\n<len(reason)>\\n<size>\\n" + id + reason + body[:limit]``.
+
+    Entries written before bodies were cut (``"<at>\\n<len(id)>\\n<len(reason)>\\n" + id +
+    reason + body``, whole) are read too: their first line is a time, never ``2``.
+    """
+    if raw.startswith(b"2\n"):
+        _, at, id_len, reason_len, size, rest = raw.split(b"\n", 5)
+    else:
+        at, id_len, reason_len, rest = raw.split(b"\n", 3)
+        size = b"-1"
     i, r = int(id_len), int(reason_len)
     return DeadLetter(
         id=rest[:i].decode(),
@@ -437,4 +449,5 @@ def parse_dead_letter(queue: str, raw: bytes) -> DeadLetter:
         reason=rest[i : i + r].decode(),
         body=rest[i + r :],
         at=float(at),
+        size=int(size),
     )

@@ -22,7 +22,6 @@ from aqueue.core.errors import BrokerError
 
 from .redis_connection import (
     LazySyncClient,
-    RedisSettings,
     Script,
     ScriptCall,
     command,
@@ -30,6 +29,7 @@ from .redis_connection import (
     run_scripts,
     run_scripts_sync,
 )
+from .redis_settings import RedisSettings
 
 _NOW = """
 local t = redis.call('TIME')

@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
 from . import redis_scripts as lua
-from .redis_connection import RedisSettings, command
+from .redis_connection import command
+from .redis_settings import RedisSettings
 
 __all__ = ["BlockingClaim"]
 

@@ -23,7 +23,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..core.errors import BrokerError
-from ..core.protocols import Capabilities, DeadLetter, Delivery, Lease, Outgoing
+from ..core.protocols import (
+    DEAD_LETTER_BODY_LIMIT,
+    Capabilities,
+    DeadLetter,
+    Delivery,
+    Lease,
+    Outgoing,
+)
 from .sqlite_store import SQLiteStore, sqlite_path
 from .wakeup import Wakeup
 
@@ -45,13 +52,16 @@ SCHEMA = (
         ON aq_messages (queue, priority DESC, due) WHERE lease_until = 0""",
     """CREATE INDEX IF NOT EXISTS aq_messages_timed
         ON aq_messages (queue, lease_until) WHERE lease_until > 0""",
+    # body: the message's first DEAD_LETTER_BODY_LIMIT bytes; size: its whole length (NULL
+    # in rows written before bodies were cut, whose body is whole)
     """CREATE TABLE IF NOT EXISTS aq_dead_letters (
         seq INTEGER PRIMARY KEY,
         id TEXT NOT NULL,
         queue TEXT NOT NULL,
         reason TEXT NOT NULL,
         body BLOB NOT NULL,
-        at REAL NOT NULL
+        at REAL NOT NULL,
+        size INTEGER
     )""",
     "CREATE INDEX IF NOT EXISTS aq_dead_letters_at ON aq_dead_letters (at)",
     "CREATE INDEX IF NOT EXISTS aq_dead_letters_queue ON aq_dead_letters (queue, at)",
@@ -84,9 +94,15 @@ _REQUEUE = (
     "UPDATE aq_messages SET body = ?, due = ?, lease_until = ?, owner = NULL, deliveries = 0"
     " WHERE id = ? AND token = ?"
 )
+#: files made before aq_dead_letters had a size column get it (see SQLiteStore's columns)
+COLUMNS = (("aq_dead_letters", "size", "INTEGER"),)
+# the body's first bytes and its size (length() and substr() of a BLOB count bytes;
+# substr() of an empty BLOB is NULL, hence only for bodies that are too long)
 _DEAD = (
-    "INSERT INTO aq_dead_letters (id, queue, reason, body, at)"
-    " SELECT id, queue, ?, body, ? FROM aq_messages WHERE id = ? AND token = ?"
+    "INSERT INTO aq_dead_letters (id, queue, reason, body, size, at)"
+    " SELECT id, queue, :reason,"
+    " CASE WHEN length(body) > :limit THEN substr(body, 1, :limit) ELSE body END,"
+    " length(body), :at FROM aq_messages WHERE id = :id AND token = :token"
 )
 # owner IS NOT NULL: a released or requeued message has no holder left to renew it.
 _RENEW = "UPDATE aq_messages SET lease_until = ? WHERE id = ? AND token = ? AND owner IS NOT NULL"
@@ -101,11 +117,12 @@ _PURGE_TIMED = (
     " AND (owner IS NULL OR lease_until <= ?)"
 )
 _DEAD_ALL = (
-    "SELECT id, queue, reason, body, at FROM aq_dead_letters ORDER BY at DESC, seq DESC LIMIT ?"
+    "SELECT id, queue, reason, body, at, COALESCE(size, length(body)) FROM aq_dead_letters"
+    " ORDER BY at DESC, seq DESC LIMIT ?"
 )
 _DEAD_QUEUE = (
-    "SELECT id, queue, reason, body, at FROM aq_dead_letters WHERE queue = ?"
-    " ORDER BY at DESC, seq DESC LIMIT ?"
+    "SELECT id, queue, reason, body, at, COALESCE(size, length(body)) FROM aq_dead_letters"
+    " WHERE queue = ? ORDER BY at DESC, seq DESC LIMIT ?"
 )
 
 #: claimed rows (queue, id, body, deliveries, token), next timed row, PRAGMA data_version
@@ -165,7 +182,14 @@ class SQLiteDelivery:
         id_, token = self.id, self.lease.token
 
         def op(conn: sqlite3.Connection) -> bool:
-            if conn.execute(_DEAD, (reason, time.time(), id_, token)).rowcount == 0:
+            params = {
+                "reason": reason,
+                "limit": DEAD_LETTER_BODY_LIMIT,
+                "at": time.time(),
+                "id": id_,
+                "token": token,
+            }
+            if conn.execute(_DEAD, params).rowcount == 0:
                 return False
             conn.execute(_ACK, (id_, token))
             return True
@@ -213,6 +237,7 @@ class SQLiteBroker:
         self._store = SQLiteStore(
             self.path,
             SCHEMA,
+            columns=COLUMNS,
             error=BrokerError,
             logger=log,
             busy_timeout=float(options.pop("busy_timeout", 5.0)),

@@ -87,6 +87,8 @@ class SQLiteStore:
     Args:
         path: absolute file path.
         schema: ``CREATE ... IF NOT EXISTS`` statements, run once per connection.
+        columns: ``(table, column, type)`` added to a table made before the column was in
+            its ``CREATE`` statement (in the same transaction as the schema).
         error: the exception class callers see (BrokerError or BackendError).
         logger: where to report retries and odd setups.
         busy_timeout: seconds SQLite itself waits for a lock before reporting busy.
@@ -98,6 +100,7 @@ class SQLiteStore:
         path: str,
         schema: Sequence[str],
         *,
+        columns: Sequence[tuple[str, str, str]] = (),
         error: type[AqueueError],
         logger: logging.Logger,
         busy_timeout: float = 5.0,
@@ -105,6 +108,7 @@ class SQLiteStore:
     ) -> None:
         self.path = path
         self._schema = tuple(schema)
+        self._columns = tuple(columns)
         self._error = error
         self._log = logger
         self._busy_timeout = busy_timeout
@@ -193,6 +197,10 @@ class SQLiteStore:
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         for statement in self._schema:
             conn.execute(statement)
+        for table, column, kind in self._columns:
+            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     # -- running statements ------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 import traceback
@@ -22,10 +23,17 @@ from aqueue.backends.redis import RedisBackend
 from aqueue.brokers import redis as redis_broker_module
 from aqueue.brokers import redis_wait as redis_wait_module
 from aqueue.brokers.redis import RedisBroker
-from aqueue.brokers.redis_connection import Script, pack_command, pack_script_call, parse_settings
+from aqueue.brokers.redis_connection import Script, pack_command, pack_script_call
+from aqueue.brokers.redis_settings import (
+    REDIS_PY_OPTIONS,
+    TLS_OPTIONS,
+    accepted_options,
+    parse_settings,
+)
 from aqueue.core import states
 from aqueue.core.errors import BackendError, BrokerError, ConfigurationError
 from aqueue.core.protocols import (
+    DEAD_LETTER_BODY_LIMIT,
     Broker,
     Delivery,
     Lease,
@@ -270,7 +278,8 @@ async def test_release_unexecuted_does_not_count_and_kills_the_old_token(
     await broker.publish([msg()])
     [d] = await claim(broker)
     assert await d.release(executed=False)
-    assert broker.renew([d.lease], 30.0) == [d.lease]  # a late heartbeat cannot grab it back
+    # a late heartbeat cannot grab it back (nor is it lost: its holder handed it back)
+    assert broker.renew([d.lease], 30.0) == []
     assert await d.ack() is False
     [again] = await claim(broker)
     assert again.delivery_count == 1
@@ -323,6 +332,33 @@ async def test_dead_letters_newest_first_across_queues_and_capped(url: str) -> N
         await b.close()
 
 
+async def test_dead_letters_keep_the_start_of_a_big_body_and_its_size(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    # issue 11, defect 6: a 60 MB garbage message took 67 MB in the dead-letter list
+    big = os.urandom(4 * 1024 * 1024)
+    small = msg()
+    await broker.publish([Outgoing(id="big", queue="q", body=big), small])
+    for d in await claim(broker, limit=2):
+        assert await d.dead_letter("undecodable")
+    letters = {x.id: x for x in await broker.dead_letters("q")}
+    assert letters["big"].body == big[:DEAD_LETTER_BODY_LIMIT]
+    assert letters["big"].size == len(big)
+    assert (letters[small.id].body, letters[small.id].size) == (small.body, len(small.body))
+    used = raw.memory_usage(f"{prefix}:{{q:q}}:dead")
+    assert used is not None and used < 2 * DEAD_LETTER_BODY_LIMIT
+
+
+async def test_dead_letters_written_before_bodies_were_cut_are_read(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    # the entry layout before sizes: "<at>\n<len(id)>\n<len(reason)>\n" id reason body
+    raw.lpush(f"{prefix}:{{q:q}}:dead", b"1700000000.5\n3\n3\noldwhy2\nbody")
+    [letter] = await broker.dead_letters("q")
+    assert (letter.id, letter.reason, letter.body) == ("old", "why", b"2\nbody")
+    assert (letter.size, letter.at) == (6, 1700000000.5)
+
+
 async def test_purge_removes_waiting_messages_and_their_dedupe_markers(
     broker: RedisBroker,
 ) -> None:
@@ -369,12 +405,39 @@ async def test_renew_from_many_threads(broker: RedisBroker) -> None:
     assert all(await asyncio.gather(*(d.ack() for d in held)))
 
 
-async def test_renew_of_unknown_leases_reports_them_lost(broker: RedisBroker) -> None:
+async def test_renew_of_unknown_leases_reports_them_lost(url: str, broker: RedisBroker) -> None:
     await broker.publish([msg()])
     [d] = await claim(broker)
     assert await d.ack()
-    assert broker.renew([d.lease], 30.0) == [d.lease]
-    assert broker.renew([], 30.0) == []
+    other = RedisBroker(url)  # another worker, which never held it
+    try:
+        assert other.renew([d.lease], 30.0) == [d.lease]
+        assert other.renew([Lease(id="nobody", queue="q", token=1)], 30.0) != []
+        assert other.renew([], 30.0) == []
+    finally:
+        await other.close()
+
+
+async def test_a_renewal_behind_its_holders_settlements_reports_none_lost(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    # Issue 11, defect 9: the heartbeat lists its leases, then the tasks settle, then the
+    # renewal reaches Redis (here simply after them; tests/faults has it behind a freeze)
+    await broker.publish([msg() for _ in range(5)])
+    held = await claim(broker, limit=5)
+    snapshot = [d.lease for d in held]
+    assert await held[0].ack()
+    assert await held[1].dead_letter("poison")
+    assert await held[2].release(executed=True)
+    assert await held[3].requeue(b"again", eta=None)
+    assert broker.renew(snapshot, 30.0) == []  # settled by their holder: not lost
+    # ...and not extended either: only the one still held is in flight
+    inflight = raw.zrange(f"{prefix}:{{q:q}}:inflight", 0, -1)
+    assert inflight == [held[4].id.encode()]
+    # a settlement that was refused (the lease was lost before) does not hide the loss
+    assert await held[2].ack() is False
+    assert broker.renew([held[2].lease], 30.0) == [held[2].lease]
+    assert await held[4].ack()
 
 
 # -- batching and waiting --------------------------------------------------------------------
@@ -580,7 +643,7 @@ def test_pack_command_frames_exactly_like_redis_py() -> None:
 
 def test_url_options_and_schemes() -> None:
     s = parse_settings(
-        "redis://u:p%40ss@h:1/2?prefix=pre&socket_timeout=2&ssl_cert_reqs=none",
+        "rediss://u:p%40ss@h:1/2?prefix=pre&socket_timeout=2&ssl_cert_reqs=none",
         {"retries": 1},
         what="t",
     )
@@ -599,6 +662,121 @@ def test_url_options_and_schemes() -> None:
         parse_settings("redis://h", {"prefix": "a{b}"}, what="t")
     with pytest.raises(ConfigurationError):
         parse_settings("redis://h?socket_timeout=soon", {}, what="t")
+
+
+@pytest.mark.parametrize("cls", [RedisBroker, RedisBackend])
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("redis://h/1O", "'/1O'"),
+        ("redis://h/notanumber", "'/notanumber'"),
+        ("redis://h/-1", "'/-1'"),
+        ("redis://h/1/extra", "'/1/extra'"),
+        ("redis://h/%31", "'/%31'"),
+        ("redis://h?db=x", "db='x'"),
+        ("redis://h/1?db=2", "path /1 and ?db=2"),
+        ("unix:///tmp/r.sock?db=-1", "db='-1'"),
+    ],
+)
+def test_a_mistyped_database_is_refused_at_construction(cls: type, url: str, named: str) -> None:
+    # issue 11, defect 4: these all meant database 0, silently
+    with pytest.raises(ConfigurationError) as info:
+        cls(url)
+    assert named in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "db"),
+    [
+        ("redis://h", {}, 0),
+        ("redis://h/", {}, 0),
+        ("redis://h:6380/7", {}, 7),
+        ("rediss://h/07", {}, 7),
+        ("redis://h?db=3", {}, 3),
+        ("redis://h/3?db=3", {}, 3),
+        ("redis://h", {"db": 5}, 5),
+        ("unix:///tmp/r.sock?db=2", {}, 2),
+    ],
+)
+def test_the_database_forms_that_are_accepted(url: str, options: dict[str, int], db: int) -> None:
+    settings = parse_settings(url, options, what="t")
+    assert redis.connection.parse_url(settings.url)["db"] == db  # what redis-py will use
+
+
+def test_a_db_option_that_contradicts_the_url_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="path /2 and db=3"):
+        RedisBroker("redis://h/2", db=3)
+    with pytest.raises(ConfigurationError, match="not True"):
+        RedisBroker("redis://h", db=True)
+
+
+@pytest.mark.parametrize("cls", [RedisBroker, RedisBackend])
+def test_unknown_options_are_refused_at_construction_naming_the_accepted_ones(cls: type) -> None:
+    # issue 11, defect 5: redis-py raised a raw TypeError at the first connect
+    with pytest.raises(ConfigurationError) as info:
+        cls("redis://localhost/0?sockettimeout=3")
+    text = str(info.value)
+    assert "'sockettimeout'" in text and "did you mean 'socket_timeout'" in text
+    assert "prefix" in text and "client_name" in text  # aqueue's and redis-py's
+    with pytest.raises(ConfigurationError, match="unknown option 'foo'"):
+        cls("redis://localhost/0?foo=1")
+    with pytest.raises(ConfigurationError, match="unknown option 'foo' in options"):
+        cls("redis://localhost/0", foo=1)
+    with pytest.raises(ConfigurationError, match="unknown option 'decode_responses'"):
+        cls("redis://localhost/0", decode_responses=True)  # aqueue reads raw bytes
+    with pytest.raises(ConfigurationError, match="use a rediss:// URL"):
+        cls("redis://localhost/0?ssl_ca_certs=/etc/ca.pem")
+    with pytest.raises(ConfigurationError, match="bad value for 'socket_read_size'"):
+        cls("redis://localhost/0?socket_read_size=big")
+    with pytest.raises(ConfigurationError, match="'prefix' is given twice"):
+        cls("redis://localhost/0?prefix=a&prefix=b")
+    with pytest.raises(ConfigurationError, match="bad Redis URL"):
+        cls("redis://:secret@localhost:port/0")
+
+
+def test_every_passed_on_option_is_known_to_the_installed_redis_py() -> None:
+    # a version guard: the lists in redis_settings name what redis-py accepts today
+    assert set(REDIS_PY_OPTIONS) <= set(accepted_options("redis", keyword=False))
+    assert set(TLS_OPTIONS) <= set(accepted_options("rediss", keyword=False))
+    assert "ssl_ca_certs" not in accepted_options("redis", keyword=True)
+    # ...and the TLS connections hook where redis-py does the handshake
+    assert callable(getattr(redis.SSLConnection, "_wrap_socket_with_ssl", None))
+    assert callable(getattr(redis.asyncio.SSLConnection, "_connection_arguments", None))
+
+
+async def test_redis_py_options_in_the_url_reach_redis_py(prefix: str, raw: redis.Redis) -> None:
+    name = f"aqt-{uuid.uuid4().hex[:8]}"
+    b = RedisBroker(f"redis://{HOST}:{PORT}/1?prefix={prefix}&client_name={name}")
+    try:
+        await b.publish([msg()])
+        names = {c["name"] for c in raw.client_list()}
+        assert name in names
+        db1 = redis.Redis(host=HOST, port=PORT, db=1)
+        try:
+            assert db1.exists(f"{prefix}:{{q:q}}:ready") == 1  # in database 1, as asked
+            assert raw.exists(f"{prefix}:{{q:q}}:ready") == 0
+            db1.delete(*db1.keys(f"{prefix}*"))
+        finally:
+            db1.close()
+    finally:
+        await b.close()
+
+
+async def test_rediss_to_the_plaintext_test_server_fails_at_once() -> None:
+    for cls, error in ((RedisBroker, BrokerError), (RedisBackend, BackendError)):
+        component = cls(f"rediss://{HOST}:{PORT}/0", socket_connect_timeout=30)
+        with pytest.raises(error) as info:
+            async with asyncio.timeout(20):  # not after the 30 s connect timeout
+                await component.connect()
+        assert "TLS handshake" in str(info.value) and "plaintext" in str(info.value)
+        await component.close()
+
+
+def test_a_password_in_the_query_is_hidden() -> None:
+    for url in ("redis://h/0?password=s3cr3t", "rediss://h/0?ssl_password=s3cr3t"):
+        s = parse_settings(url, {}, what="t")
+        assert "s3cr3t" not in s.redacted + repr(s) and "***" in s.redacted
+        assert s.scrub("auth s3cr3t") == "auth ***"
 
 
 def _everything_said(exc: BaseException) -> str:

@@ -25,7 +25,13 @@ from aqueue.backends.sqlite import SQLiteBackend
 from aqueue.brokers.sqlite import SQLiteBroker
 from aqueue.core import states
 from aqueue.core.errors import BrokerError, ConfigurationError
-from aqueue.core.protocols import Broker, Delivery, Outgoing, ResultBackend
+from aqueue.core.protocols import (
+    DEAD_LETTER_BODY_LIMIT,
+    Broker,
+    Delivery,
+    Outgoing,
+    ResultBackend,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -293,6 +299,54 @@ async def test_dead_letters_newest_first(broker: SQLiteBroker) -> None:
     assert [x.id for x in letters] == [c.id, b.id, a.id]
     assert letters[0].reason == f"bad-{c.id}" and letters[0].body == c.body
     assert [x.id for x in await broker.dead_letters("q", limit=1)] == [b.id]
+
+
+async def test_dead_letters_keep_the_start_of_a_big_body_and_its_size(
+    tmp_path: Path, broker: SQLiteBroker
+) -> None:
+    # issue 11, defect 6: a 60 MB garbage message kept whole in the dead-letter table
+    big = os.urandom(5 * 1024 * 1024)
+    await broker.publish([Outgoing(id="big", queue="q", body=big), msg()])
+    for d in await claim(broker, limit=2):
+        assert await d.dead_letter("undecodable")
+    letters = {x.id: x for x in await broker.dead_letters()}
+    assert letters["big"].body == big[:DEAD_LETTER_BODY_LIMIT]
+    assert letters["big"].size == len(big)
+    small = next(x for x in letters.values() if x.id != "big")
+    assert small.size == len(small.body) < DEAD_LETTER_BODY_LIMIT  # whole
+    with contextlib.closing(sqlite3.connect(tmp_path / "aq.db")) as conn:
+        stored = conn.execute("SELECT length(body) FROM aq_dead_letters WHERE id = 'big'")
+        assert stored.fetchone() == (DEAD_LETTER_BODY_LIMIT,)
+
+
+async def test_a_dead_letter_table_from_before_sizes_gets_the_column(tmp_path: Path) -> None:
+    with contextlib.closing(sqlite3.connect(tmp_path / "aq.db")) as conn:
+        conn.execute(
+            "CREATE TABLE aq_dead_letters (seq INTEGER PRIMARY KEY, id TEXT NOT NULL,"
+            " queue TEXT NOT NULL, reason TEXT NOT NULL, body BLOB NOT NULL, at REAL NOT NULL)"
+        )
+        conn.execute(
+            "INSERT INTO aq_dead_letters (id, queue, reason, body, at)"
+            " VALUES ('old', 'q', 'why', x'00ff', 1.0)"
+        )
+        conn.commit()
+    b = SQLiteBroker(url_for(tmp_path))
+    try:
+        await b.connect()
+        await b.publish([Outgoing(id="new", queue="q", body=b"n" * (DEAD_LETTER_BODY_LIMIT + 1))])
+        [d] = await claim(b)
+        assert await d.dead_letter("why")
+        letters = {x.id: x for x in await b.dead_letters()}
+        assert (letters["old"].body, letters["old"].size) == (b"\x00\xff", 2)
+        assert letters["new"].size == DEAD_LETTER_BODY_LIMIT + 1
+        assert len(letters["new"].body) == DEAD_LETTER_BODY_LIMIT
+    finally:
+        await b.close()
+    again = SQLiteBroker(url_for(tmp_path))  # the column is there now: opening again is fine
+    try:
+        assert len(await again.dead_letters()) == 2
+    finally:
+        await again.close()
 
 
 async def test_purge_keeps_in_flight(broker: SQLiteBroker) -> None:

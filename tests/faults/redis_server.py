@@ -38,6 +38,9 @@ class RedisServer:
         directory: its working directory (RDB/AOF files and the log go there).
         password: ``requirepass``; clients must use it.
         appendonly: AOF on with ``appendfsync everysec`` (the durability variant).
+        tls: ``(certificate, key)`` files: TLS on ``tls_port`` too (clients need not show
+            a certificate); plaintext stays on ``port``.
+        unix_socket: listen on ``socket_path`` too.
     """
 
     def __init__(
@@ -47,11 +50,16 @@ class RedisServer:
         password: str | None = None,
         appendonly: bool = False,
         port: int | None = None,
+        tls: tuple[Path, Path] | None = None,
+        unix_socket: bool = False,
     ) -> None:
         self.directory = directory
         self.password = password
         self.appendonly = appendonly
         self.port = port or free_port()
+        self.tls = tls
+        self.tls_port = free_port() if tls else None
+        self.socket_path = directory / "redis.sock" if unix_socket else None
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -104,6 +112,13 @@ class RedisServer:
             args += ["--appendonly", "no"]
         if self.password:
             args += ["--requirepass", self.password]
+        if self.tls is not None:
+            cert, key = self.tls
+            args += ["--tls-port", str(self.tls_port), "--tls-cert-file", str(cert)]
+            args += ["--tls-key-file", str(key), "--tls-ca-cert-file", str(cert)]
+            args += ["--tls-auth-clients", "no"]
+        if self.socket_path is not None:
+            args += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
         self.proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from aqueue import App
 from aqueue.backends.redis import RedisBackend
@@ -416,6 +419,81 @@ async def test_row10_frozen_server(server: RedisServer) -> None:
     assert worst <= bound, f"an enqueue took {worst:.2f}s, past its {bound}s bound"
     assert lost == 0
     assert extra == 0  # every re-send of an id that got through was refused by the broker
+
+
+def _debug_sleep(server: RedisServer, seconds: float) -> float:
+    """Freeze the server for ``seconds`` (blocking); return when it thawed."""
+    client = server.admin(timeout=seconds + 10)
+    try:
+        client.execute_command("DEBUG", "SLEEP", seconds)
+    finally:
+        client.close()
+    return time.monotonic()
+
+
+async def _until_frozen(server: RedisServer) -> None:
+    """Until the server stops answering: a DEBUG SLEEP sent from a thread has begun."""
+
+    def answers() -> bool:
+        client = redis.Redis(
+            host=HOST,
+            port=server.port,
+            socket_timeout=0.2,
+            socket_connect_timeout=0.2,
+            retry=Retry(NoBackoff(), 0),  # one try: a retried probe could outlast the freeze
+        )
+        try:
+            client.ping()
+            return True
+        except redis.exceptions.TimeoutError:
+            return False
+        finally:
+            client.close()
+
+    async with asyncio.timeout(10):
+        while await asyncio.to_thread(answers):
+            pass
+
+
+async def test_renewal_answered_after_its_holders_acks_loses_nothing(
+    server: RedisServer,
+) -> None:
+    """Issue 11, defect 9: after a freeze the heartbeat reported "N lease(s) lost" although
+    nobody else took those tasks and nothing ran twice.
+
+    The heartbeat takes its list of leases; tasks among them finish, and their acks reach
+    the frozen server before the renewal: at the thaw the server serves the connections it
+    already had before the ones opened during the freeze (the renewal's client opens its
+    first connection then). The renewal then finds those messages gone: their own holder
+    settled them, they were not lost. A lease that ran out during the freeze while nobody
+    claimed it is taken back silently; one that another claim took is still reported.
+    """
+    url = server.url(prefix="raced", socket_timeout=10, health_check_interval=60)
+    broker, rival = RedisBroker(url), RedisBroker(url)
+    try:
+        await broker.publish([Outgoing(id=f"m{i}", queue="q", body=b"x") for i in range(5)])
+        held = await broker.claim(["q"], limit=3, lease_seconds=30, owner="a", timeout=0)
+        [short] = await broker.claim(["q"], limit=1, lease_seconds=0.3, owner="a", timeout=0)
+        # runs out during the freeze below; nobody claims it
+        [lapsing] = await broker.claim(["q"], limit=1, lease_seconds=1, owner="a", timeout=0)
+        # the short lease runs out, and another worker's claim (woken at the deadline) takes it
+        [taken] = await rival.claim(["q"], limit=1, lease_seconds=30, owner="b", timeout=5)
+        assert taken.id == short.id
+        snapshot = [d.lease for d in (*held, short, lapsing)]  # what the heartbeat renews
+
+        freeze = asyncio.create_task(asyncio.to_thread(_debug_sleep, server, 2))
+        await _until_frozen(server)
+        acks = [asyncio.create_task(d.ack()) for d in held[:2]]
+        lost = await asyncio.to_thread(broker.renew, snapshot, 30.0)
+        await freeze
+        assert await asyncio.gather(*acks) == [True, True]
+        assert lost == [short.lease]
+        assert await held[2].ack() is True
+        assert await lapsing.ack() is True  # still its holder's
+        assert await taken.ack() is True
+    finally:
+        await broker.close()
+        await rival.close()
 
 
 # -- row 11: server restarted ------------------------------------------------------------------

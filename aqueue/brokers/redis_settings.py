@@ -1,0 +1,586 @@
+"""Redis settings: a URL and options checked once, when a broker or backend is built, and
+the clients they make.
+
+Every mistake a URL can hold is reported here, as a ``ConfigurationError`` naming the bad
+part, rather than by redis-py at the first connect (a raw ``TypeError``) or not at all (a
+mistyped database silently meant database 0). What is accepted:
+
+* ``redis://[[user]:password@]host[:port][/db]`` and ``rediss://...`` (TLS): the path is
+  empty, ``/`` or ``/<db>`` with ``<db>`` a non-negative decimal number, nothing else;
+* ``unix://[[user]:password@]/path/to/socket``: the path is the socket, the database goes
+  in ``?db=``;
+* ``?db=<db>`` (any scheme) and a ``db`` keyword option: the same number as the path if
+  both are given;
+* query options and keyword options: aqueue's own (``OWN_OPTIONS``) and the redis-py
+  connection options listed in ``REDIS_PY_OPTIONS`` (and ``TLS_OPTIONS`` for
+  ``rediss://``) that the installed redis-py accepts; each option once. Keyword options
+  win over the query.
+
+Nothing here does I/O at import time or while parsing, and nothing here ever formats a
+password: messages use :attr:`RedisSettings.redacted` or :meth:`RedisSettings.scrub`.
+
+TLS: a ``rediss://`` connection does its TCP connect and its TLS handshake as two steps
+(``TLSConnection``, ``AsyncTLSConnection``), so a failed handshake is told apart from an
+unreachable server and is never retried: a plaintext Redis server does not answer a TLS
+hello at all (it waits for the end of a line that never comes), and retrying would only wait
+out the connect timeout again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import inspect
+import re
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.connection import URL_QUERY_ARGUMENT_PARSERS
+from redis.exceptions import RedisError
+from redis.retry import Retry as SyncRetry
+
+from aqueue.core.errors import ConfigurationError
+from aqueue.core.urls import redact
+
+__all__ = [
+    "OWN_OPTIONS",
+    "REDIS_PY_OPTIONS",
+    "TLS_OPTIONS",
+    "AsyncTLSConnection",
+    "RedisSettings",
+    "TLSConnection",
+    "TLSHandshakeFailed",
+    "parse_settings",
+]
+
+_SCHEMES = ("redis", "rediss", "unix")
+
+# aqueue's own options: read from keyword options first, then from the URL query string,
+# and never passed on to redis-py.
+_FLOAT_OPTIONS = {
+    "socket_timeout": 5.0,
+    "socket_connect_timeout": 5.0,
+    "health_check_interval": 15.0,
+    "operation_timeout": 10.0,
+    "dedupe_ttl": 86400.0,
+}
+_INT_OPTIONS = {"retries": 3, "dead_letter_limit": 10000, "protocol": 2, "max_connections": 64}
+#: aqueue's own options
+OWN_OPTIONS = ("prefix", *_FLOAT_OPTIONS, *_INT_OPTIONS)
+
+#: redis-py connection options passed on to it, in a URL query (redis-py parses their text,
+#: ``redis.connection.parse_url``) or as keyword options. Left out on purpose: what aqueue
+#: sets itself (the timeouts, health checks, pool size and protocol above; ``retry``,
+#: ``retry_on_timeout``, ``retry_on_error``: see ``retries``; ``socket_keepalive``), the
+#: pool's ``timeout`` (a call waits for a connection within ``operation_timeout``), and what
+#: changes how replies or keys are encoded (``decode_responses``, ``encoding``,
+#: ``encoding_errors``, ``legacy_responses``): aqueue reads and writes raw bytes.
+REDIS_PY_OPTIONS = (
+    "db",
+    "username",
+    "password",
+    "client_name",
+    "lib_name",
+    "lib_version",
+    "socket_read_size",
+)
+#: redis-py's TLS options, for ``rediss://`` only
+TLS_OPTIONS = (
+    "ssl_keyfile",
+    "ssl_certfile",
+    "ssl_cert_reqs",
+    "ssl_ca_certs",
+    "ssl_ca_path",
+    "ssl_ca_data",
+    "ssl_check_hostname",
+    "ssl_password",
+    "ssl_ciphers",
+    "ssl_min_version",
+    "ssl_include_verify_flags",
+    "ssl_exclude_verify_flags",
+)
+#: redis-py options that are Python objects: keyword options only
+_KEYWORD_ONLY = ("credential_provider",)
+#: options whose values are secrets: never shown, scrubbed from every message
+_SECRET_OPTIONS = ("password", "ssl_password")
+
+_DB_PATH = re.compile(r"/([0-9]+)\Z")
+_DIGITS = re.compile(r"[0-9]+\Z")
+
+#: seconds a TLS handshake may go unanswered before the server is asked, on a connection of
+#: its own, whether it speaks plaintext Redis (see AsyncTLSConnection)
+_PROBE_AFTER = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    """Everything needed to open Redis clients, parsed once from a URL and options.
+
+    Attributes:
+        url: the URL handed to redis-py: canonical (``scheme://netloc/<db>``, or the socket
+            path and ``?db=`` for ``unix://``) with aqueue's own options removed. It may
+            hold a password, so it is never printed; use ``redacted``.
+        redacted: the URL as given, with any password replaced by ``***``.
+        scheme: ``redis``, ``rediss`` or ``unix``.
+        prefix: first component of every key.
+        socket_timeout: seconds a single read or write of the blocking client (lease
+            renewal) may take; also caps how long one blocking wait of a claim lasts.
+        socket_connect_timeout: seconds to establish a connection (and its TLS handshake).
+        health_check_interval: seconds of idleness after which a connection is pinged
+            before use (and the pub/sub connection is pinged to detect a dead peer).
+        operation_timeout: overall deadline of one asyncio broker/backend call, retries
+            included (a blocking wait adds its own length).
+        retries: reconnect-and-retry attempts on connection errors (with jittered backoff).
+        dedupe_ttl: seconds an enqueued id is remembered by the broker; ``0`` disables.
+        dead_letter_limit: dead letters kept per queue (older ones are trimmed).
+        protocol: RESP version for command connections (pub/sub always uses RESP2).
+        max_connections: asyncio connections per client; further callers wait for one
+            (within their deadline) instead of failing.
+        extra: redis-py options given as keywords, passed to it unchanged.
+    """
+
+    url: str = field(repr=False)
+    redacted: str
+    scheme: str
+    prefix: str
+    socket_timeout: float
+    socket_connect_timeout: float
+    health_check_interval: float
+    operation_timeout: float
+    retries: int
+    dedupe_ttl: float
+    dead_letter_limit: int
+    protocol: int
+    max_connections: int
+    extra: dict[str, Any] = field(repr=False, default_factory=dict)
+    secrets: tuple[str, ...] = field(repr=False, default=())
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every occurrence of the password removed."""
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def describe(self, exc: BaseException) -> str:
+        """A one-line, password-free description of ``exc``.
+
+        A failed TLS handshake is described by itself, not by the connection error redis-py
+        wraps it in.
+        """
+        tls = tls_failure(exc)
+        if tls is not None:
+            return self.scrub(str(tls))
+        return self.scrub(f"{type(exc).__name__}: {exc}")
+
+    def _client_kwargs(self, *, asyncio_client: bool) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            # redis-py's asyncio send path wraps writes in asyncio.wait_for when a socket
+            # timeout is set, and on Python 3.11 wait_for can swallow the caller's
+            # cancellation (cpython#86296): a cancelled claim would keep running. So the
+            # asyncio clients bound each call with asyncio.timeout (operation_timeout,
+            # see guarded()) and only the blocking client uses the socket timeout.
+            "socket_timeout": None if asyncio_client else self.socket_timeout,
+            "socket_connect_timeout": self.socket_connect_timeout,
+            "health_check_interval": self.health_check_interval,
+            "protocol": self.protocol,
+            **self.extra,
+        }
+        if self.scheme != "unix":  # a Unix socket has no TCP keepalive to set
+            kwargs["socket_keepalive"] = True
+        if self.scheme == "rediss":
+            kwargs["connection_class"] = AsyncTLSConnection if asyncio_client else TLSConnection
+        return kwargs
+
+    def async_client(self) -> aioredis.Redis:
+        """A pooled asyncio client that retries connection errors with backoff.
+
+        redis-py disconnects a connection whose command was cancelled between send and
+        reply (``read_response`` closes it on any ``BaseException``), so a cancelled or
+        timed-out call never leaves a half-read reply for the next user of the pool.
+        """
+        retry = _AsyncRetry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), self.retries)
+        kwargs = self._client_kwargs(asyncio_client=True)
+        # a bounded pool that queues callers (the default pool raises when full, which a
+        # burst of concurrent wait() calls would hit)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url, max_connections=self.max_connections, timeout=None, retry=retry, **kwargs
+        )
+        return aioredis.Redis.from_pool(pool)
+
+    def sync_client(self) -> redis.Redis:
+        """A pooled blocking client (thread-safe), used where the event loop cannot be."""
+        retry = _SyncRetry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), self.retries)
+        kwargs = self._client_kwargs(asyncio_client=False)
+        return redis.Redis.from_url(self.url, retry=retry, **kwargs)
+
+    def pubsub_connection(self, client_name: str) -> aioredis.Connection:
+        """One unpooled RESP2 connection for pub/sub, reconnected by its owner, not redis-py.
+
+        Args:
+            client_name: shown by ``CLIENT LIST``, so operators can tell it apart.
+        """
+        kwargs = self._client_kwargs(asyncio_client=True)
+        kwargs.update(
+            protocol=2,
+            health_check_interval=0,
+            retry=_AsyncRetry(NoBackoff(), 0),
+            client_name=client_name,
+        )
+        pool: Any = aioredis.ConnectionPool.from_url(self.url, **kwargs)
+        conn: aioredis.Connection = pool.make_connection()
+        return conn
+
+
+def parse_settings(url: str, options: Mapping[str, Any], *, what: str) -> RedisSettings:
+    """Check a Redis URL and keyword options and parse them into :class:`RedisSettings`.
+
+    See the module docstring for what is accepted. Keyword options win over URL query
+    parameters.
+
+    Raises:
+        ConfigurationError: an unsupported scheme, a malformed port or database, an option
+            that is unknown, given twice or has a bad value; the message names the part.
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError as exc:
+        # not even the redacted URL: redacting needs the URL to parse
+        raise ConfigurationError(f"{what}: bad Redis URL: {exc}") from None
+    redacted = redact(url)
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES or not url.lower().startswith(f"{scheme}://"):
+        raise ConfigurationError(
+            f"{what}: unsupported URL {redacted!r}; use redis://, rediss:// or unix://"
+        )
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    seen: dict[str, None] = {}  # in order
+    for name, _ in query:
+        if name in seen:
+            raise ConfigurationError(f"{what}: option {name!r} is given twice in {redacted!r}")
+        seen[name] = None
+    given = {name: value for name, value in query if value != ""}
+    redacted = _redact_query(redacted)
+    in_url = accepted_options(scheme, keyword=False)
+    for name in seen:
+        if name not in in_url:
+            raise ConfigurationError(_unknown(what, name, scheme, in_url, where=repr(redacted)))
+    as_keyword = accepted_options(scheme, keyword=True)
+    for name in options:
+        if name not in as_keyword:
+            raise ConfigurationError(_unknown(what, name, scheme, as_keyword, where="options"))
+
+    merged: dict[str, Any] = {**given, **options}
+    values: dict[str, Any] = {}
+    try:
+        for name, default in _FLOAT_OPTIONS.items():
+            raw = merged.get(name)
+            values[name] = default if raw in (None, "") else float(raw)
+        for name, idefault in _INT_OPTIONS.items():
+            raw = merged.get(name)
+            values[name] = idefault if raw in (None, "") else int(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{what}: bad option for {redacted!r}: {exc}") from None
+    prefix = str(merged.get("prefix") or "aqueue")
+    if any(c in prefix for c in "{}"):
+        # a brace in the prefix would move the cluster hash tag out of the queue name
+        raise ConfigurationError(f"{what}: the key prefix must not contain braces")
+    if values["socket_timeout"] <= 0 or values["operation_timeout"] <= 0:
+        raise ConfigurationError(f"{what}: timeouts must be positive")
+
+    db = _database(scheme, parts.path, given.get("db"), options.get("db"), what, redacted)
+    # redis-py options: the query's stay in the URL (redis-py parses them; their text is
+    # checked here first) unless a keyword option replaces them; keyword ones are passed on
+    own = set(OWN_OPTIONS)
+    rest: list[tuple[str, str]] = []
+    for name, value in given.items():
+        if name in own or name == "db" or name in options:
+            continue
+        parser: Any = URL_QUERY_ARGUMENT_PARSERS.get(name)  # typed as object by redis-py
+        if parser is not None:
+            try:
+                parser(value)
+            except (TypeError, ValueError):
+                raise ConfigurationError(
+                    f"{what}: bad value for {name!r} in {redacted!r}"
+                ) from None
+        rest.append((name, value))
+    extra = {k: v for k, v in options.items() if k not in own and k != "db"}
+    if scheme == "unix":
+        if not parts.path:
+            raise ConfigurationError(f"{what}: {redacted!r} names no socket path")
+        rest.append(("db", str(db)))
+        clean = f"unix://{parts.netloc}{parts.path}"
+    else:
+        clean = f"{scheme}://{parts.netloc}/{db}"
+    if rest:
+        clean += "?" + urlencode(rest)
+
+    candidates = {parts.password, unquote(parts.password or "")}
+    candidates |= {given.get(name) for name in _SECRET_OPTIONS}
+    candidates |= {v for k, v in options.items() if k in _SECRET_OPTIONS and isinstance(v, str)}
+    secrets = tuple(sorted((s for s in candidates if s), key=len, reverse=True))
+    return RedisSettings(
+        url=clean,
+        redacted=redacted,
+        scheme=scheme,
+        prefix=prefix,
+        extra=extra,
+        secrets=secrets,
+        **values,
+    )
+
+
+def accepted_options(scheme: str, *, keyword: bool) -> tuple[str, ...]:
+    """The options accepted for ``scheme`` in a URL query (or as keyword options)."""
+    installed = _redis_py_keywords(scheme)
+    names = list(REDIS_PY_OPTIONS)
+    if scheme == "rediss":
+        names += TLS_OPTIONS
+    if keyword:
+        names += _KEYWORD_ONLY
+    return (*OWN_OPTIONS, *(n for n in names if n in installed))
+
+
+@cache
+def _redis_py_keywords(scheme: str) -> frozenset[str]:
+    """Keyword names both of redis-py's connection classes for ``scheme`` accept.
+
+    The options above are checked against this, so a name the installed redis-py does not
+    know (an older version) is refused here instead of at the first connect.
+    """
+    classes = {
+        "redis": (redis.Connection, aioredis.Connection),
+        "rediss": (redis.SSLConnection, aioredis.SSLConnection),
+        "unix": (redis.UnixDomainSocketConnection, aioredis.UnixDomainSocketConnection),
+    }[scheme]
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    found: list[set[str]] = []
+    for cls in classes:
+        names: set[str] = set()
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is not None and klass is not object:
+                params = inspect.signature(init).parameters.values()
+                names |= {p.name for p in params if p.kind in kinds}
+        found.append(names)
+    return frozenset(set.intersection(*found))
+
+
+def _unknown(what: str, name: str, scheme: str, accepted: tuple[str, ...], *, where: str) -> str:
+    """The message for an option ``name`` that is not accepted."""
+    if name in TLS_OPTIONS and scheme != "rediss":
+        return f"{what}: {name!r} in {where} is a TLS option: use a rediss:// URL"
+    ours = [n for n in accepted if n in OWN_OPTIONS]
+    theirs = [n for n in accepted if n not in OWN_OPTIONS]
+    hint = difflib.get_close_matches(name, accepted, n=1)
+    guess = f" (did you mean {hint[0]!r}?)" if hint else ""
+    return (
+        f"{what}: unknown option {name!r} in {where}{guess}; accepted are aqueue's "
+        f"{', '.join(ours)} and redis-py's {', '.join(theirs)}"
+    )
+
+
+def _database(
+    scheme: str, path: str, in_query: str | None, keyword: Any, what: str, redacted: str
+) -> int:
+    """The database number, from the path, ``?db=`` and the ``db`` keyword (0 if none)."""
+    found: list[tuple[str, int]] = []
+    if scheme != "unix" and path not in ("", "/"):
+        match = _DB_PATH.match(path)
+        if match is None:
+            raise ConfigurationError(
+                f"{what}: the path of {redacted!r} must be a database number "
+                f"(/0, /1, ...), not {path!r}"
+            )
+        found.append((f"path /{match[1]}", int(match[1])))
+    if in_query is not None:
+        if not _DIGITS.match(in_query):
+            raise ConfigurationError(
+                f"{what}: db={in_query!r} in {redacted!r} is not a database number (0, 1, ...)"
+            )
+        found.append((f"?db={in_query}", int(in_query)))
+    if keyword is not None:
+        if isinstance(keyword, bool) or not (
+            (isinstance(keyword, int) and keyword >= 0)
+            or (isinstance(keyword, str) and _DIGITS.match(keyword))
+        ):
+            raise ConfigurationError(
+                f"{what}: the db option must be a database number (0, 1, ...), not {keyword!r}"
+            )
+        found.append((f"db={keyword!r}", int(keyword)))
+    if len({number for _, number in found}) > 1:
+        named = " and ".join(where for where, _ in found)
+        raise ConfigurationError(f"{what}: two different databases for {redacted!r}: {named}")
+    return found[0][1] if found else 0
+
+
+def _redact_query(redacted: str) -> str:
+    """``redacted`` (netloc password already hidden) with secret query values hidden too."""
+    parts = urlsplit(redacted)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    if not any(name in _SECRET_OPTIONS for name, _ in pairs):
+        return redacted
+    hidden = [(n, "***" if n in _SECRET_OPTIONS else v) for n, v in pairs]
+    return parts._replace(query=urlencode(hidden, safe="*")).geturl()
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+
+
+class TLSHandshakeFailed(RedisError):
+    """The TLS handshake with the server failed; the server may not speak TLS.
+
+    A :class:`~redis.exceptions.RedisError` but neither a connection error nor a timeout,
+    so redis-py's retries do not retry it (the asyncio client wraps it in a
+    ``ConnectionError``: see :func:`tls_failure`).
+    """
+
+
+def tls_failure(exc: BaseException) -> TLSHandshakeFailed | None:
+    """The :class:`TLSHandshakeFailed` that ``exc`` is or was caused by, if any."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, TLSHandshakeFailed):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+class _SyncRetry(SyncRetry):
+    """redis-py's retry, except that a failed TLS handshake is final."""
+
+    def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
+        def once() -> Any:
+            try:
+                return do()
+            except RedisError as exc:
+                _raise_tls_failure(exc)
+                raise
+
+        return super().call_with_retry(once, fail, *args, **kwargs)
+
+
+class _AsyncRetry(AsyncRetry):
+    """redis-py's asyncio retry, except that a failed TLS handshake is final.
+
+    redis-py wraps whatever a connect raised in a ``ConnectionError`` and retries the whole
+    connect; unwrapped again here, the failure is not an error redis-py retries.
+    """
+
+    async def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
+        async def once() -> Any:
+            try:
+                return await do()
+            except RedisError as exc:
+                _raise_tls_failure(exc)
+                raise
+
+        return await super().call_with_retry(once, fail, *args, **kwargs)
+
+
+def _raise_tls_failure(exc: BaseException) -> None:
+    tls = tls_failure(exc)
+    if tls is not None and tls is not exc:
+        raise tls from None
+
+
+def _handshake_failed(host: str, port: int, why: str, *, hint: bool = True) -> TLSHandshakeFailed:
+    tail = "; a server that does not speak TLS needs redis:// instead of rediss://" if hint else ""
+    return TLSHandshakeFailed(f"TLS handshake with {host}:{port} failed ({why}){tail}")
+
+
+def _handshake_error(host: str, port: int, exc: BaseException) -> TLSHandshakeFailed:
+    """The failure for ``exc`` raised by a handshake (an SSL error or a timeout)."""
+    if isinstance(exc, TimeoutError):
+        return _handshake_failed(host, port, "no answer within the connect timeout")
+    # a certificate the client refused: the server does speak TLS
+    hint = not isinstance(exc, ssl.SSLCertVerificationError)
+    return _handshake_failed(host, port, f"{type(exc).__name__}: {exc}", hint=hint)
+
+
+class TLSConnection(redis.SSLConnection):
+    """redis-py's blocking TLS connection, whose failed handshake is not retried."""
+
+    def _wrap_socket_with_ssl(self, sock: Any) -> Any:
+        try:
+            return super()._wrap_socket_with_ssl(sock)  # type: ignore[no-untyped-call]
+        except OSError as exc:  # ssl.SSLError and socket timeouts are OSErrors
+            raise _handshake_error(self.host, self.port, exc) from None
+
+
+class AsyncTLSConnection(aioredis.SSLConnection):
+    """redis-py's asyncio TLS connection, connecting in two steps: TCP, then TLS.
+
+    A handshake that gets no answer within ``_PROBE_AFTER`` seconds makes this connection
+    ask the server, on a second connection, for a plaintext ``PING``: a plaintext Redis
+    answers at once (``+PONG`` or an error), so a ``rediss://`` URL pointing at one fails
+    at once instead of after the connect timeout. A TLS server answers the probe with an
+    alert or by closing; the handshake then goes on. Any failure raises
+    :class:`TLSHandshakeFailed`.
+    """
+
+    def _connection_arguments(self) -> Mapping[str, Any]:
+        kwargs = dict(super()._connection_arguments())
+        kwargs.pop("ssl", None)  # plain TCP first: the handshake is done in _connect
+        return kwargs
+
+    async def _connect(self) -> None:
+        await super()._connect()  # type: ignore[no-untyped-call]
+        writer = self._writer
+        assert writer is not None
+        context = self.ssl_context.get()
+        handshake = asyncio.ensure_future(writer.start_tls(context, server_hostname=self.host))
+        try:
+            async with asyncio.timeout(self.socket_connect_timeout):
+                done, _ = await asyncio.wait([handshake], timeout=_PROBE_AFTER)
+                if not done and await _answers_plaintext(self.host, self.port):
+                    raise _handshake_failed(self.host, self.port, "the server answers in plaintext")
+                await handshake
+        except TLSHandshakeFailed:
+            self._abandon(handshake, writer)
+            raise
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            self._abandon(handshake, writer)
+            raise _handshake_error(self.host, self.port, exc) from None
+        except BaseException:
+            self._abandon(handshake, writer)
+            raise
+
+    def _abandon(self, handshake: asyncio.Future[None], writer: asyncio.StreamWriter) -> None:
+        """Drop the half-made connection at once (closing it would wait for a TLS close)."""
+        handshake.cancel()
+        if not handshake.cancelled() and handshake.done():
+            handshake.exception()  # retrieved: no "never retrieved" warning
+        writer.transport.abort()
+        self._reader = self._writer = None  # not connected: nothing for disconnect() to wait for
+
+
+async def _answers_plaintext(host: str, port: int) -> bool:
+    """Whether ``host:port`` answers a plaintext ``PING`` the way a Redis server does."""
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+    except OSError:
+        return False
+    try:
+        writer.write(b"PING\r\n")
+        await writer.drain()
+        first = await reader.read(1)  # "+PONG", or "-NOAUTH ..." / "-ERR ..."
+    except OSError:
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    return first in (b"+", b"-")
