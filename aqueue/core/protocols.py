@@ -4,7 +4,7 @@ A broker moves opaque message bodies; it never decodes them and never imports th
 Settlement lives on the :class:`Delivery` (``await delivery.ack()``). Every broker passes the
 shared conformance suite in ``tests/conformance/``.
 
-Delivery semantics every broker keeps (docs/architecture.md, "Delivery"):
+Delivery semantics every broker keeps (docs/architecture.md, "Delivery semantics"):
 
 * ``claim`` is atomic and increments the message's delivery count;
 * a claimed message holds a lease until ``lease_seconds`` from the claim or the last
@@ -12,9 +12,11 @@ Delivery semantics every broker keeps (docs/architecture.md, "Delivery"):
 * ``ack`` / ``requeue`` / ``release`` / ``dead_letter`` by a holder whose lease was taken over
   (its token no longer matches) do nothing and return ``False`` (fencing);
 * ``claim`` is cancel-safe: a cancelled claim leaves no message leased;
-* brokers ignore constructor options they do not know (logged at debug level);
+* a constructor option a broker does not know is refused with ``ConfigurationError``
+  (a typo must not silently change behaviour);
 * ``publish`` of an id that is still queued or in flight does not create a second message;
-* messages with an ``eta`` are stored by due time on the broker side, never in worker memory.
+* messages with an ``eta`` are stored by due time on the broker side, never in worker memory;
+* a dead letter keeps at most ``DEAD_LETTER_BODY_LIMIT`` bytes of the body, and its size.
 """
 
 from __future__ import annotations
