@@ -1,4 +1,4 @@
-"""The Broker protocol, as every broker must keep it (docs/architecture.md, "Delivery semantics")."""
+"""The Broker protocol, as every broker keeps it (docs/architecture.md, "Delivery semantics")."""
 
 from __future__ import annotations
 
