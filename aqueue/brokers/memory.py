@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.errors import ConfigurationError
 from ..core.protocols import (
     DEAD_LETTER_BODY_LIMIT,
     BaseDelivery,
@@ -178,6 +179,10 @@ class MemoryBroker:
     capabilities = Capabilities(shared=False)
 
     def __init__(self, url: str = "memory://", **options: Any) -> None:
+        if options:
+            raise ConfigurationError(
+                f"the memory broker takes no options; got {', '.join(sorted(options))}"
+            )
         self.url = url
         self._store = store_for(url)
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import uuid
 
+import pytest
+
 from aqueue.brokers.memory import MemoryBroker
+from aqueue.core.errors import ConfigurationError
 from aqueue.core.protocols import DEAD_LETTER_BODY_LIMIT, Outgoing
 
 
@@ -20,3 +23,8 @@ async def test_dead_letters_keep_the_start_of_a_big_body_and_its_size() -> None:
     assert (letters["big"].body, letters["big"].size) == (big[:DEAD_LETTER_BODY_LIMIT], len(big))
     assert (letters["s"].body, letters["s"].size) == (b"small", 5)
     await broker.close()
+
+
+def test_an_unknown_option_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="takes no options; got prefx"):
+        MemoryBroker("memory://x", prefx="typo")
