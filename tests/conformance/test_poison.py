@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import pickle
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -275,3 +278,41 @@ async def test_dead_letter_failing_for_garbage_ends_by_max_deliveries(
         await asyncio.wait_for(faults.acked.wait(), 20)  # removed, with an ERROR line
     assert faults.deliveries == [1, 2, 3]  # handed back until its last allowed delivery
     assert await app.broker.size(app.conf.task_default_queue) == 0
+
+
+class _Touch:
+    """Unpickling this would create ``path`` (os.system): the worker must never unpickle."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.path}",))
+
+
+async def test_row22_pickle_payloads_are_refused_before_decoding(
+    app: App, t: Any, tmp_path: Path
+) -> None:
+    """RELIABILITY row 22: a pickle body, and an envelope claiming pickle with pickled
+    arguments: dead-lettered or failed as data, never unpickled (the file stays absent)."""
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_Touch(str(marker)))
+    raw_id = str(uuid.uuid4())
+    await app.broker.publish([Outgoing(id=raw_id, queue=app.conf.task_default_queue, body=payload)])
+    claimed = await _inject(
+        app,
+        {
+            "task": "t.add",
+            "content_type": "application/x-python-serialize",
+            "args": payload,
+            "kwargs": payload,
+        },
+    )
+    async with app.worker():
+        with pytest.raises(TaskFailed):
+            await app.AsyncResult(claimed).wait(timeout=10)
+        assert await (await t.add.delay(1, 1)).wait(timeout=10) == 2
+    reasons = {d.id: d.reason for d in await app.broker.dead_letters()}
+    assert reasons[raw_id] == "decode_error"
+    assert reasons[claimed] in ("decode_error", "bad_arguments")
+    assert not marker.exists()
