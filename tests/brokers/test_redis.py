@@ -20,16 +20,10 @@ import pytest
 import redis
 
 from aqueue.backends.redis import RedisBackend
-from aqueue.brokers import redis as redis_broker_module
-from aqueue.brokers import redis_wait as redis_wait_module
 from aqueue.brokers.redis import RedisBroker
-from aqueue.brokers.redis_connection import Script, pack_command, pack_script_call
-from aqueue.brokers.redis_settings import (
-    REDIS_PY_OPTIONS,
-    TLS_OPTIONS,
-    accepted_options,
-    parse_settings,
-)
+from aqueue.brokers.redis import broker as redis_broker_module
+from aqueue.brokers.redis import delivery as redis_delivery_module
+from aqueue.brokers.redis import wait as redis_wait_module
 from aqueue.core import states
 from aqueue.core.errors import BackendError, BrokerError, ConfigurationError
 from aqueue.core.protocols import (
@@ -40,6 +34,14 @@ from aqueue.core.protocols import (
     Outgoing,
     ResultBackend,
     SharedThrottle,
+)
+from aqueue.transports.redis.redispy import pack_command
+from aqueue.transports.redis.scripts import Script, pack_script_call
+from aqueue.transports.redis.settings import (
+    REDIS_PY_OPTIONS,
+    TLS_OPTIONS,
+    accepted_options,
+    parse_settings,
 )
 
 pytestmark = pytest.mark.redis
@@ -449,14 +451,14 @@ async def test_concurrent_settlements_are_batched_and_correct(
     await broker.publish([msg() for _ in range(200)] + [msg("other") for _ in range(50)])
     held = await claim(broker, ("q", "other"), limit=250)
     calls = 0
-    real = redis_broker_module.run_scripts
+    real = redis_delivery_module.run_scripts
 
     async def counting(client, script_calls):
         nonlocal calls
         calls += 1
         return await real(client, script_calls)
 
-    monkeypatch.setattr(redis_broker_module, "run_scripts", counting)
+    monkeypatch.setattr(redis_delivery_module, "run_scripts", counting)
     results = await asyncio.gather(
         *(d.ack() if i % 2 else d.release(executed=True) for i, d in enumerate(held))
     )

@@ -20,20 +20,17 @@ Nothing here does I/O at import time or while parsing, and nothing here ever for
 password: messages use :attr:`RedisSettings.redacted` or :meth:`RedisSettings.scrub`.
 
 TLS: a ``rediss://`` connection does its TCP connect and its TLS handshake as two steps
-(``TLSConnection``, ``AsyncTLSConnection``), so a failed handshake is told apart from an
-unreachable server and is never retried: a plaintext Redis server does not answer a TLS
-hello at all (it waits for the end of a line that never comes), and retrying would only wait
-out the connect timeout again.
+(:class:`~aqueue.transports.redis.redispy.AsyncTLSConnection` and its blocking twin), so a
+failed handshake is told apart from an unreachable server and is never retried: a plaintext
+Redis server does not answer a TLS hello at all (it waits for the end of a line that never
+comes), and retrying would only wait out the connect timeout again.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import difflib
 import inspect
 import re
-import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -42,23 +39,19 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import redis
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS
-from redis.exceptions import RedisError
-from redis.retry import Retry as SyncRetry
 
 from aqueue.core.errors import ConfigurationError
 from aqueue.core.urls import redact
+
+from . import redispy
 
 __all__ = [
     "OWN_OPTIONS",
     "REDIS_PY_OPTIONS",
     "TLS_OPTIONS",
-    "AsyncTLSConnection",
     "RedisSettings",
-    "TLSConnection",
-    "TLSHandshakeFailed",
+    "accepted_options",
     "parse_settings",
 ]
 
@@ -116,10 +109,6 @@ _SECRET_OPTIONS = ("password", "ssl_password")
 _DB_PATH = re.compile(r"/([0-9]+)\Z")
 _DIGITS = re.compile(r"[0-9]+\Z")
 
-#: seconds a TLS handshake may go unanswered before the server is asked, on a connection of
-#: its own, whether it speaks plaintext Redis (see AsyncTLSConnection)
-_PROBE_AFTER = 0.25
-
 
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
@@ -176,7 +165,7 @@ class RedisSettings:
         A failed TLS handshake is described by itself, not by the connection error redis-py
         wraps it in.
         """
-        tls = tls_failure(exc)
+        tls = redispy.tls_failure(exc)
         if tls is not None:
             return self.scrub(str(tls))
         return self.scrub(f"{type(exc).__name__}: {exc}")
@@ -197,7 +186,9 @@ class RedisSettings:
         if self.scheme != "unix":  # a Unix socket has no TCP keepalive to set
             kwargs["socket_keepalive"] = True
         if self.scheme == "rediss":
-            kwargs["connection_class"] = AsyncTLSConnection if asyncio_client else TLSConnection
+            kwargs["connection_class"] = (
+                redispy.AsyncTLSConnection if asyncio_client else redispy.TLSConnection
+            )
         return kwargs
 
     def async_client(self) -> aioredis.Redis:
@@ -207,7 +198,7 @@ class RedisSettings:
         reply (``read_response`` closes it on any ``BaseException``), so a cancelled or
         timed-out call never leaves a half-read reply for the next user of the pool.
         """
-        retry = _AsyncRetry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), self.retries)
+        retry = redispy.async_retry(self.retries)
         kwargs = self._client_kwargs(asyncio_client=True)
         # a bounded pool that queues callers (the default pool raises when full, which a
         # burst of concurrent wait() calls would hit)
@@ -218,11 +209,11 @@ class RedisSettings:
 
     def sync_client(self) -> redis.Redis:
         """A pooled blocking client (thread-safe), used where the event loop cannot be."""
-        retry = _SyncRetry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), self.retries)
+        retry = redispy.sync_retry(self.retries)
         kwargs = self._client_kwargs(asyncio_client=False)
         return redis.Redis.from_url(self.url, retry=retry, **kwargs)
 
-    def pubsub_connection(self, client_name: str) -> aioredis.Connection:
+    def pubsub_connection(self, client_name: str) -> redispy.Connection:
         """One unpooled RESP2 connection for pub/sub, reconnected by its owner, not redis-py.
 
         Args:
@@ -232,12 +223,10 @@ class RedisSettings:
         kwargs.update(
             protocol=2,
             health_check_interval=0,
-            retry=_AsyncRetry(NoBackoff(), 0),
+            retry=redispy.async_retry(0),
             client_name=client_name,
         )
-        pool: Any = aioredis.ConnectionPool.from_url(self.url, **kwargs)
-        conn: aioredis.Connection = pool.make_connection()
-        return conn
+        return redispy.unpooled_connection(self.url, **kwargs)
 
 
 def parse_settings(url: str, options: Mapping[str, Any], *, what: str) -> RedisSettings:
@@ -432,155 +421,3 @@ def _redact_query(redacted: str) -> str:
         return redacted
     hidden = [(n, "***" if n in _SECRET_OPTIONS else v) for n, v in pairs]
     return parts._replace(query=urlencode(hidden, safe="*")).geturl()
-
-
-# -- TLS ---------------------------------------------------------------------------------------
-
-
-class TLSHandshakeFailed(RedisError):
-    """The TLS handshake with the server failed; the server may not speak TLS.
-
-    A :class:`~redis.exceptions.RedisError` but neither a connection error nor a timeout,
-    so redis-py's retries do not retry it (the asyncio client wraps it in a
-    ``ConnectionError``: see :func:`tls_failure`).
-    """
-
-
-def tls_failure(exc: BaseException) -> TLSHandshakeFailed | None:
-    """The :class:`TLSHandshakeFailed` that ``exc`` is or was caused by, if any."""
-    seen: BaseException | None = exc
-    for _ in range(5):
-        if seen is None:
-            return None
-        if isinstance(seen, TLSHandshakeFailed):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-class _SyncRetry(SyncRetry):
-    """redis-py's retry, except that a failed TLS handshake is final."""
-
-    def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
-        def once() -> Any:
-            try:
-                return do()
-            except RedisError as exc:
-                _raise_tls_failure(exc)
-                raise
-
-        return super().call_with_retry(once, fail, *args, **kwargs)
-
-
-class _AsyncRetry(AsyncRetry):
-    """redis-py's asyncio retry, except that a failed TLS handshake is final.
-
-    redis-py wraps whatever a connect raised in a ``ConnectionError`` and retries the whole
-    connect; unwrapped again here, the failure is not an error redis-py retries.
-    """
-
-    async def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
-        async def once() -> Any:
-            try:
-                return await do()
-            except RedisError as exc:
-                _raise_tls_failure(exc)
-                raise
-
-        return await super().call_with_retry(once, fail, *args, **kwargs)
-
-
-def _raise_tls_failure(exc: BaseException) -> None:
-    tls = tls_failure(exc)
-    if tls is not None and tls is not exc:
-        raise tls from None
-
-
-def _handshake_failed(host: str, port: int, why: str, *, hint: bool = True) -> TLSHandshakeFailed:
-    tail = "; a server that does not speak TLS needs redis:// instead of rediss://" if hint else ""
-    return TLSHandshakeFailed(f"TLS handshake with {host}:{port} failed ({why}){tail}")
-
-
-def _handshake_error(host: str, port: int, exc: BaseException) -> TLSHandshakeFailed:
-    """The failure for ``exc`` raised by a handshake (an SSL error or a timeout)."""
-    if isinstance(exc, TimeoutError):
-        return _handshake_failed(host, port, "no answer within the connect timeout")
-    # a certificate the client refused: the server does speak TLS
-    hint = not isinstance(exc, ssl.SSLCertVerificationError)
-    return _handshake_failed(host, port, f"{type(exc).__name__}: {exc}", hint=hint)
-
-
-class TLSConnection(redis.SSLConnection):
-    """redis-py's blocking TLS connection, whose failed handshake is not retried."""
-
-    def _wrap_socket_with_ssl(self, sock: Any) -> Any:
-        try:
-            return super()._wrap_socket_with_ssl(sock)  # type: ignore[no-untyped-call]
-        except OSError as exc:  # ssl.SSLError and socket timeouts are OSErrors
-            raise _handshake_error(self.host, self.port, exc) from None
-
-
-class AsyncTLSConnection(aioredis.SSLConnection):
-    """redis-py's asyncio TLS connection, connecting in two steps: TCP, then TLS.
-
-    A handshake that gets no answer within ``_PROBE_AFTER`` seconds makes this connection
-    ask the server, on a second connection, for a plaintext ``PING``: a plaintext Redis
-    answers at once (``+PONG`` or an error), so a ``rediss://`` URL pointing at one fails
-    at once instead of after the connect timeout. A TLS server answers the probe with an
-    alert or by closing; the handshake then goes on. Any failure raises
-    :class:`TLSHandshakeFailed`.
-    """
-
-    def _connection_arguments(self) -> Mapping[str, Any]:
-        kwargs = dict(super()._connection_arguments())
-        kwargs.pop("ssl", None)  # plain TCP first: the handshake is done in _connect
-        return kwargs
-
-    async def _connect(self) -> None:
-        await super()._connect()  # type: ignore[no-untyped-call]
-        writer = self._writer
-        assert writer is not None
-        context = self.ssl_context.get()
-        handshake = asyncio.ensure_future(writer.start_tls(context, server_hostname=self.host))
-        try:
-            async with asyncio.timeout(self.socket_connect_timeout):
-                done, _ = await asyncio.wait([handshake], timeout=_PROBE_AFTER)
-                if not done and await _answers_plaintext(self.host, self.port):
-                    raise _handshake_failed(self.host, self.port, "the server answers in plaintext")
-                await handshake
-        except TLSHandshakeFailed:
-            self._abandon(handshake, writer)
-            raise
-        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-            self._abandon(handshake, writer)
-            raise _handshake_error(self.host, self.port, exc) from None
-        except BaseException:
-            self._abandon(handshake, writer)
-            raise
-
-    def _abandon(self, handshake: asyncio.Future[None], writer: asyncio.StreamWriter) -> None:
-        """Drop the half-made connection at once (closing it would wait for a TLS close)."""
-        handshake.cancel()
-        if not handshake.cancelled() and handshake.done():
-            handshake.exception()  # retrieved: no "never retrieved" warning
-        writer.transport.abort()
-        self._reader = self._writer = None  # not connected: nothing for disconnect() to wait for
-
-
-async def _answers_plaintext(host: str, port: int) -> bool:
-    """Whether ``host:port`` answers a plaintext ``PING`` the way a Redis server does."""
-    try:
-        reader, writer = await asyncio.open_connection(host, port)
-    except OSError:
-        return False
-    try:
-        writer.write(b"PING\r\n")
-        await writer.drain()
-        first = await reader.read(1)  # "+PONG", or "-NOAUTH ..." / "-ERR ..."
-    except OSError:
-        return False
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-    return first in (b"+", b"-")
