@@ -40,6 +40,7 @@ __all__ = [
     "Connection",
     "TLSConnection",
     "TLSHandshakeFailed",
+    "async_client",
     "async_retry",
     "connect",
     "drop",
@@ -51,6 +52,7 @@ __all__ = [
     "read_message",
     "read_reply",
     "send",
+    "sync_client",
     "sync_retry",
     "take",
     "tls_failure",
@@ -150,9 +152,32 @@ def new_connection(client: aioredis.Redis) -> Connection:
 def unpooled_connection(url: str, **options: Any) -> Connection:
     """One connection for ``url`` and redis-py ``options``, belonging to no pool; its owner
     connects, reconnects and disconnects it."""
-    pool: Any = aioredis.ConnectionPool.from_url(url, **options)
+    pool: Any = _pool(aioredis.ConnectionPool, aioredis.connection.parse_url, url, options)
     conn: Connection = pool.make_connection()
     return conn
+
+
+def async_client(url: str, **options: Any) -> aioredis.Redis:
+    """A client on a bounded pool that queues callers (``max_connections`` in ``options``)
+    instead of raising when it is full (a burst of concurrent calls would hit that)."""
+    pool = _pool(aioredis.BlockingConnectionPool, aioredis.connection.parse_url, url, options)
+    return aioredis.Redis.from_pool(pool)
+
+
+def sync_client(url: str, **options: Any) -> redis.Redis:
+    """A blocking client on its own pool (thread-safe), closed with the client."""
+    pool = _pool(redis.ConnectionPool, redis.connection.parse_url, url, options)
+    return redis.Redis.from_pool(pool)
+
+
+def _pool(cls: Any, parse_url: Any, url: str, options: dict[str, Any]) -> Any:
+    """``cls.from_url(url, **options)`` as redis-py >= 8.2 does it on every version: the
+    URL's options win, except ``connection_class`` (before 8.2, ``rediss://`` replaced
+    ours with redis-py's own TLS class)."""
+    kwargs = {**options, **parse_url(url)}
+    if "connection_class" in options:
+        kwargs["connection_class"] = options["connection_class"]
+    return cls(**kwargs)
 
 
 async def make_usable(conn: Connection) -> None:

@@ -101,6 +101,9 @@ TLS_OPTIONS = (
     "ssl_include_verify_flags",
     "ssl_exclude_verify_flags",
 )
+#: redis-py options in a URL query whose text aqueue parses and passes on as a keyword
+#: (redis-py < 8 passes it on as text, which fails at the first read)
+_PARSED_HERE: dict[str, Any] = {"socket_read_size": int}
 #: redis-py options that are Python objects: keyword options only
 _KEYWORD_ONLY = ("credential_provider",)
 #: options whose values are secrets: never shown, scrubbed from every message
@@ -202,16 +205,15 @@ class RedisSettings:
         kwargs = self._client_kwargs(asyncio_client=True)
         # a bounded pool that queues callers (the default pool raises when full, which a
         # burst of concurrent wait() calls would hit)
-        pool = aioredis.BlockingConnectionPool.from_url(
+        return redispy.async_client(
             self.url, max_connections=self.max_connections, timeout=None, retry=retry, **kwargs
         )
-        return aioredis.Redis.from_pool(pool)
 
     def sync_client(self) -> redis.Redis:
         """A pooled blocking client (thread-safe), used where the event loop cannot be."""
         retry = redispy.sync_retry(self.retries)
         kwargs = self._client_kwargs(asyncio_client=False)
-        return redis.Redis.from_url(self.url, retry=retry, **kwargs)
+        return redispy.sync_client(self.url, retry=retry, **kwargs)
 
     def pubsub_connection(self, client_name: str) -> redispy.Connection:
         """One unpooled RESP2 connection for pub/sub, reconnected by its owner, not redis-py.
@@ -291,19 +293,25 @@ def parse_settings(url: str, options: Mapping[str, Any], *, what: str) -> RedisS
     # checked here first) unless a keyword option replaces them; keyword ones are passed on
     own = set(OWN_OPTIONS)
     rest: list[tuple[str, str]] = []
+    parsed: dict[str, Any] = {}
     for name, value in given.items():
         if name in own or name == "db" or name in options:
             continue
-        parser: Any = URL_QUERY_ARGUMENT_PARSERS.get(name)  # typed as object by redis-py
+        ours = _PARSED_HERE.get(name)
+        # typed as object by redis-py
+        parser: Any = ours or URL_QUERY_ARGUMENT_PARSERS.get(name)
         if parser is not None:
             try:
-                parser(value)
+                typed = parser(value)
             except (TypeError, ValueError):
                 raise ConfigurationError(
                     f"{what}: bad value for {name!r} in {redacted!r}"
                 ) from None
+            if ours is not None:
+                parsed[name] = typed
+                continue
         rest.append((name, value))
-    extra = {k: v for k, v in options.items() if k not in own and k != "db"}
+    extra = {k: v for k, v in options.items() if k not in own and k != "db"} | parsed
     if scheme == "unix":
         if not parts.path:
             raise ConfigurationError(f"{what}: {redacted!r} names no socket path")
