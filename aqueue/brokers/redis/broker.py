@@ -46,6 +46,7 @@ from .scripts import (
     Claimed,
     ClaimReply,
     QueueKeys,
+    flags,
     parse_dead_letter,
     publish_calls,
 )
@@ -195,11 +196,7 @@ class RedisBroker:
         calls, spans = publish_calls(messages, self._queue_keys, self._settings.dedupe_ttl)
         client = await self._link.get()
         replies = await self._guard_publish(lambda: run_scripts_once(client, calls))
-        stored = [False] * len(messages)
-        for chunk, reply in zip(spans, replies, strict=True):
-            for i, flag in zip(chunk, reply, strict=True):
-                stored[i] = flag == 1
-        return stored
+        return flags(spans, replies, len(messages))
 
     async def _guard_publish(self, call: Callable[[], Awaitable[T]]) -> T:
         # Never re-sent automatically: a reply lost to a broken connection leaves the outcome

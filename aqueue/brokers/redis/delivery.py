@@ -21,7 +21,7 @@ from aqueue.transports.redis.keys import KeySpace
 from aqueue.transports.redis.scripts import ScriptCall, command, pack_fields, run_scripts
 from aqueue.transports.redis.settings import RedisSettings
 
-from .scripts import MAX_BATCH, SETTLE, QueueKeys, SettleOp, eta_delay
+from .scripts import MAX_BATCH, SETTLE, QueueKeys, SettleOp, eta_delay, flags
 
 __all__ = ["HeldLease", "RedisDelivery", "Settlement", "Settler"]
 
@@ -122,11 +122,7 @@ class Settler:
             return replies
 
         replies = await guarded(self._settings, "settle", run, error=BrokerError)
-        done = [False] * len(batch)
-        for indexes, reply in zip(spans, replies, strict=True):
-            for i, flag in zip(indexes, reply, strict=True):
-                done[i] = flag == 1
-        return done
+        return flags(spans, replies, len(batch))
 
 
 class RedisDelivery(BaseDelivery):

@@ -237,6 +237,21 @@ def publish_calls(
     return calls, spans
 
 
+def flags(
+    spans: Sequence[Sequence[int]], replies: Sequence[Sequence[int]], count: int
+) -> list[bool]:
+    """Per item, in the caller's order, whether the script that carried it answered 1.
+
+    ``spans[k]`` are the indexes of the items the k-th call carried (PUBLISH, SETTLE), and
+    ``replies[k]`` its reply: a 1 or 0 per item, in the same order.
+    """
+    out = [False] * count
+    for indexes, reply in zip(spans, replies, strict=True):
+        for i, flag in zip(indexes, reply, strict=True):
+            out[i] = flag == 1
+    return out
+
+
 def parse_dead_letter(queue: str, raw: bytes) -> DeadLetter:
     """A dead-letter list entry as SETTLE writes it:
     ``"2\\n<at>\\n<len(id)>\\n<len(reason)>\\n<size>\\n" + id + reason + body[:limit]``.

@@ -1,5 +1,8 @@
 """Everything aqueue relies on of redis-py beyond its documented client API, in one place.
 
+Also what is version-dependent about redis-py's options: which keywords its connection
+classes take, and how it reads a URL query's text.
+
 The hot paths write commands on connections they hold themselves: a lone publish on a
 connection of its own (no pool checkout), bulk publishes written exactly once (redis-py's
 retry would re-send them), the blocking claim (``BLPOP`` and the claim script in one write,
@@ -19,15 +22,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import re
 import ssl
-from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Mapping, Sequence
+from functools import cache
+from typing import Any, Final, cast
 
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import FullJitterBackoff, NoBackoff
+from redis.connection import URL_QUERY_ARGUMENT_PARSERS
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry as SyncRetry
 
@@ -43,6 +49,7 @@ __all__ = [
     "async_client",
     "async_retry",
     "connect",
+    "connection_keywords",
     "drop",
     "frame",
     "give_back",
@@ -57,6 +64,7 @@ __all__ = [
     "take",
     "tls_failure",
     "unpooled_connection",
+    "url_parser",
 ]
 
 #: redis-py's asyncio connection class, the type of every connection handed out here
@@ -116,6 +124,41 @@ def frame(args: Sequence[str | bytes | int | float]) -> bytes:
         parts.append(data)
         parts.append(b"\r\n")
     return b"".join(parts)
+
+
+# -- options -------------------------------------------------------------------------------
+
+
+@cache
+def connection_keywords(scheme: str) -> frozenset[str]:
+    """Keyword names both of redis-py's connection classes (blocking and asyncio) for
+    ``scheme`` (``redis``, ``rediss``, ``unix``) accept, in the installed version.
+
+    Options are checked against this, so a name the installed redis-py does not know (an
+    older version) is refused when the URL is parsed instead of at the first connect.
+    """
+    classes = {
+        "redis": (redis.Connection, aioredis.Connection),
+        "rediss": (redis.SSLConnection, aioredis.SSLConnection),
+        "unix": (redis.UnixDomainSocketConnection, aioredis.UnixDomainSocketConnection),
+    }[scheme]
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    found: list[set[str]] = []
+    for cls in classes:
+        names: set[str] = set()
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is not None and klass is not object:
+                params = inspect.signature(init).parameters.values()
+                names |= {p.name for p in params if p.kind in kinds}
+        found.append(names)
+    return frozenset(set.intersection(*found))
+
+
+def url_parser(name: str) -> Callable[[str], Any] | None:
+    """How redis-py reads option ``name``'s text in a URL query (``None``: it keeps the text)."""
+    # typed as a mapping to object by redis-py
+    return cast("Callable[[str], Any] | None", URL_QUERY_ARGUMENT_PARSERS.get(name))
 
 
 # -- connections ---------------------------------------------------------------------------

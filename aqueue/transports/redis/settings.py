@@ -29,17 +29,14 @@ comes), and retrying would only wait out the connect timeout again.
 from __future__ import annotations
 
 import difflib
-import inspect
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import redis
 import redis.asyncio as aioredis
-from redis.connection import URL_QUERY_ARGUMENT_PARSERS
 
 from aqueue.core.errors import ConfigurationError
 from aqueue.core.urls import redact
@@ -103,7 +100,7 @@ TLS_OPTIONS = (
 )
 #: redis-py options in a URL query whose text aqueue parses and passes on as a keyword
 #: (redis-py < 8 passes it on as text, which fails at the first read)
-_PARSED_HERE: dict[str, Any] = {"socket_read_size": int}
+_PARSED_HERE: dict[str, Callable[[str], Any]] = {"socket_read_size": int}
 #: redis-py options that are Python objects: keyword options only
 _KEYWORD_ONLY = ("credential_provider",)
 #: options whose values are secrets: never shown, scrubbed from every message
@@ -298,8 +295,7 @@ def parse_settings(url: str, options: Mapping[str, Any], *, what: str) -> RedisS
         if name in own or name == "db" or name in options:
             continue
         ours = _PARSED_HERE.get(name)
-        # typed as object by redis-py
-        parser: Any = ours or URL_QUERY_ARGUMENT_PARSERS.get(name)
+        parser = ours or redispy.url_parser(name)
         if parser is not None:
             try:
                 typed = parser(value)
@@ -339,38 +335,13 @@ def parse_settings(url: str, options: Mapping[str, Any], *, what: str) -> RedisS
 
 def accepted_options(scheme: str, *, keyword: bool) -> tuple[str, ...]:
     """The options accepted for ``scheme`` in a URL query (or as keyword options)."""
-    installed = _redis_py_keywords(scheme)
+    installed = redispy.connection_keywords(scheme)
     names = list(REDIS_PY_OPTIONS)
     if scheme == "rediss":
         names += TLS_OPTIONS
     if keyword:
         names += _KEYWORD_ONLY
     return (*OWN_OPTIONS, *(n for n in names if n in installed))
-
-
-@cache
-def _redis_py_keywords(scheme: str) -> frozenset[str]:
-    """Keyword names both of redis-py's connection classes for ``scheme`` accept.
-
-    The options above are checked against this, so a name the installed redis-py does not
-    know (an older version) is refused here instead of at the first connect.
-    """
-    classes = {
-        "redis": (redis.Connection, aioredis.Connection),
-        "rediss": (redis.SSLConnection, aioredis.SSLConnection),
-        "unix": (redis.UnixDomainSocketConnection, aioredis.UnixDomainSocketConnection),
-    }[scheme]
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    found: list[set[str]] = []
-    for cls in classes:
-        names: set[str] = set()
-        for klass in cls.__mro__:
-            init = klass.__dict__.get("__init__")
-            if init is not None and klass is not object:
-                params = inspect.signature(init).parameters.values()
-                names |= {p.name for p in params if p.kind in kinds}
-        found.append(names)
-    return frozenset(set.intersection(*found))
 
 
 def _unknown(what: str, name: str, scheme: str, accepted: tuple[str, ...], *, where: str) -> str:
