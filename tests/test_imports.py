@@ -40,7 +40,9 @@ FORBIDDEN = {
     "aqueue.brokers.sqlite",
     "aqueue.backends.rpc",
     "aqueue.backends.sqlite",
+    "aqueue.transports.sqlite",
 }
+
 
 def worker_modules(tmp_path: Path, broker: str) -> set[str]:
     """The modules of a CLI worker that ran ``imports.noop`` once and stopped (--burst)."""

@@ -17,9 +17,9 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from ..brokers.sqlite_store import SQLiteStore, sqlite_path
-from ..core.errors import BackendError
-from ..core.states import supersedes
+from aqueue.core.errors import BackendError
+from aqueue.core.states import supersedes
+from aqueue.transports.sqlite.store import SQLiteStore
 
 log = logging.getLogger("aqueue.backend.sqlite")
 
@@ -97,19 +97,12 @@ class SQLiteBackend:
 
     def __init__(self, url: str, **options: Any) -> None:
         self.url = url
-        self.path = sqlite_path(url)
         self._poll_interval = float(options.pop("poll_interval", 0.025))
         self._sweep_interval = float(options.pop("sweep_interval", 60.0))
-        self._store = SQLiteStore(
-            self.path,
-            SCHEMA,
-            error=BackendError,
-            logger=log,
-            busy_timeout=float(options.pop("busy_timeout", 5.0)),
-            lock_timeout=float(options.pop("lock_timeout", 60.0)),
+        self._store = SQLiteStore.for_url(
+            url, SCHEMA, options, error=BackendError, logger=log, owner="SQLiteBackend"
         )
-        if options:
-            log.debug("SQLiteBackend ignores options %s", sorted(options))
+        self.path = self._store.path
         self._watchers: dict[str, set[_Watcher]] = {}
         self._poller: asyncio.Task[None] | None = None
         self._next_sweep = 0.0

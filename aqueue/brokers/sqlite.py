@@ -22,17 +22,18 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..core.errors import BrokerError
-from ..core.protocols import (
+from aqueue.brokers.wakeup import Wakeup
+from aqueue.core.errors import BrokerError
+from aqueue.core.protocols import (
     DEAD_LETTER_BODY_LIMIT,
+    BaseDelivery,
     Capabilities,
     DeadLetter,
     Delivery,
     Lease,
     Outgoing,
 )
-from .sqlite_store import SQLiteStore, sqlite_path
-from .wakeup import Wakeup
+from aqueue.transports.sqlite.store import SQLiteStore
 
 log = logging.getLogger("aqueue.broker.sqlite")
 
@@ -129,24 +130,17 @@ _DEAD_QUEUE = (
 _ClaimResult = tuple[list[tuple[str, str, bytes, int, int]], float | None, int]
 
 
-class SQLiteDelivery:
+class SQLiteDelivery(BaseDelivery):
     """A message claimed from a :class:`SQLiteBroker`; settle it exactly one way."""
 
-    __slots__ = ("_broker", "_settled", "body", "delivery_count", "id", "lease", "queue")
+    __slots__ = ("_broker", "_settled")
 
     def __init__(
         self, broker: SQLiteBroker, queue: str, id: str, body: bytes, deliveries: int, token: int
     ) -> None:
+        super().__init__(Lease(id, queue, token), body, deliveries)
         self._broker = broker
         self._settled = False
-        self.id = id
-        self.queue = queue
-        self.body = body
-        self.delivery_count = deliveries
-        self.lease = Lease(id, queue, token)
-
-    def __repr__(self) -> str:
-        return f"<SQLiteDelivery {self.id} queue={self.queue} token={self.lease.token}>"
 
     async def ack(self) -> bool:
         """Delete the message. ``False`` if the lease had been taken over."""
@@ -231,20 +225,18 @@ class SQLiteBroker:
 
     def __init__(self, url: str, **options: Any) -> None:
         self.url = url
-        self.path = sqlite_path(url)
         self._poll_min = float(options.pop("poll_min", 0.005))
         self._poll_max = float(options.pop("poll_max", 0.1))
-        self._store = SQLiteStore(
-            self.path,
+        self._store = SQLiteStore.for_url(
+            url,
             SCHEMA,
+            options,
             columns=COLUMNS,
             error=BrokerError,
             logger=log,
-            busy_timeout=float(options.pop("busy_timeout", 5.0)),
-            lock_timeout=float(options.pop("lock_timeout", 60.0)),
+            owner="SQLiteBroker",
         )
-        if options:
-            log.debug("SQLiteBroker ignores options %s", sorted(options))
+        self.path = self._store.path
         self._wakeup = Wakeup()
         # Bumped on every in-process change that can make a message claimable; a claim that
         # saw it move while it was looking retries at once instead of sleeping.

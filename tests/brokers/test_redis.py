@@ -10,26 +10,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import threading
 import time
 import traceback
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
 from aqueue.backends.redis import RedisBackend
-from aqueue.brokers import redis as redis_broker_module
-from aqueue.brokers import redis_wait as redis_wait_module
 from aqueue.brokers.redis import RedisBroker
-from aqueue.brokers.redis_connection import Script, pack_command, pack_script_call
-from aqueue.brokers.redis_settings import (
-    REDIS_PY_OPTIONS,
-    TLS_OPTIONS,
-    accepted_options,
-    parse_settings,
-)
+from aqueue.brokers.redis import broker as redis_broker_module
+from aqueue.brokers.redis import delivery as redis_delivery_module
+from aqueue.brokers.redis import wait as redis_wait_module
 from aqueue.core import states
 from aqueue.core.errors import BackendError, BrokerError, ConfigurationError
 from aqueue.core.protocols import (
@@ -40,6 +37,15 @@ from aqueue.core.protocols import (
     Outgoing,
     ResultBackend,
     SharedThrottle,
+)
+from aqueue.transports.redis import redispy
+from aqueue.transports.redis.redispy import pack_command
+from aqueue.transports.redis.scripts import Script, pack_script_call
+from aqueue.transports.redis.settings import (
+    REDIS_PY_OPTIONS,
+    TLS_OPTIONS,
+    accepted_options,
+    parse_settings,
 )
 
 pytestmark = pytest.mark.redis
@@ -449,14 +455,14 @@ async def test_concurrent_settlements_are_batched_and_correct(
     await broker.publish([msg() for _ in range(200)] + [msg("other") for _ in range(50)])
     held = await claim(broker, ("q", "other"), limit=250)
     calls = 0
-    real = redis_broker_module.run_scripts
+    real = redis_delivery_module.run_scripts
 
     async def counting(client, script_calls):
         nonlocal calls
         calls += 1
         return await real(client, script_calls)
 
-    monkeypatch.setattr(redis_broker_module, "run_scripts", counting)
+    monkeypatch.setattr(redis_delivery_module, "run_scripts", counting)
     results = await asyncio.gather(
         *(d.ack() if i % 2 else d.release(executed=True) for i, d in enumerate(held))
     )
@@ -628,6 +634,60 @@ async def test_cancelled_wait_does_not_poison_the_pool(
     assert d.id == m.id and await d.ack()
 
 
+def test_the_redis_py_version_guard_matches_the_declared_floor() -> None:
+    # redispy.OLDEST is what the code supports; pyproject.toml must not allow less
+    pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    floor = re.search(r'"redis\[hiredis\]>=(\d+)\.(\d+)', pyproject)
+    assert floor is not None
+    assert (int(floor[1]), int(floor[2])) == redispy.OLDEST
+    assert redispy.REDIS_PY >= redispy.OLDEST
+    assert tuple(int(p) for p in redis.__version__.split(".")[:2]) == redispy.REDIS_PY
+
+
+async def test_a_pool_checkout_works_on_the_installed_redis_py(broker: RedisBroker) -> None:
+    # the guarded call: redis-py < 5.3 needs a command name, redis-py 6 warns about one
+    client = broker.settings.async_client()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            conn = await redispy.take(client)
+            try:
+                await redispy.send(conn, redispy.pack_command("PING"))
+                assert await redispy.read_reply(conn) in (b"PONG", "PONG")
+            finally:
+                await redispy.give_back(client, conn)
+    finally:
+        await client.aclose()
+
+
+async def test_a_lone_publish_takes_the_fast_path(
+    broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a lone publish goes on the broker's own connection: no coalescing hop, no pool
+    # checkout; publishes made at once share pooled round trips instead
+    taken = made = 0
+    real_take, real_new = redispy.take, redispy.new_connection
+
+    async def counting_take(client):  # type: ignore[no-untyped-def]
+        nonlocal taken
+        taken += 1
+        return await real_take(client)
+
+    def counting_new(client):  # type: ignore[no-untyped-def]
+        nonlocal made
+        made += 1
+        return real_new(client)
+
+    monkeypatch.setattr(redispy, "take", counting_take)
+    monkeypatch.setattr(redispy, "new_connection", counting_new)
+    for _ in range(3):
+        assert await broker.publish([msg()]) == [True]
+    assert (taken, made) == (0, 1)  # one connection of its own, made once
+    assert await asyncio.gather(*(broker.publish([msg()]) for _ in range(20))) == [[True]] * 20
+    assert 1 <= taken < 20  # coalesced into pooled round trips
+    assert made == 1
+
+
 def test_pack_command_frames_exactly_like_redis_py() -> None:
     args = ("EVALSHA", "ab" * 20, 7, "k\u00e9y", b"\x00\r\n\xff", 3.25, -1, 1e-07, b"", "")
     expected = b"".join(redis.Connection().pack_command(*args))
@@ -735,9 +795,15 @@ def test_unknown_options_are_refused_at_construction_naming_the_accepted_ones(cl
 
 
 def test_every_passed_on_option_is_known_to_the_installed_redis_py() -> None:
-    # a version guard: the lists in redis_settings name what redis-py accepts today
+    # a version guard: the lists in transports/redis/settings.py name what redis-py accepts
+    # today; an older one (down to the floor) lacks some TLS options, refused by name
     assert set(REDIS_PY_OPTIONS) <= set(accepted_options("redis", keyword=False))
-    assert set(TLS_OPTIONS) <= set(accepted_options("rediss", keyword=False))
+    missing = set(TLS_OPTIONS) - set(accepted_options("rediss", keyword=False))
+    if redispy.REDIS_PY >= (7, 4):
+        assert set(TLS_OPTIONS) <= set(accepted_options("rediss", keyword=False))
+    for name in missing:
+        with pytest.raises(ConfigurationError, match=f"unknown option '{name}'"):
+            parse_settings(f"rediss://h/0?{name}=x", {}, what="t")
     assert "ssl_ca_certs" not in accepted_options("redis", keyword=True)
     # ...and the TLS connections hook where redis-py does the handshake
     assert callable(getattr(redis.SSLConnection, "_wrap_socket_with_ssl", None))
@@ -774,7 +840,12 @@ async def test_rediss_to_the_plaintext_test_server_fails_at_once() -> None:
 
 def test_a_password_in_the_query_is_hidden() -> None:
     for url in ("redis://h/0?password=s3cr3t", "rediss://h/0?ssl_password=s3cr3t"):
-        s = parse_settings(url, {}, what="t")
+        try:
+            s = parse_settings(url, {}, what="t")
+        except ConfigurationError as exc:  # no ssl_password before redis-py 7.4: refused
+            assert redispy.REDIS_PY < (7, 4) and "ssl_password" in url
+            assert "s3cr3t" not in str(exc) and "***" in str(exc)
+            continue
         assert "s3cr3t" not in s.redacted + repr(s) and "***" in s.redacted
         assert s.scrub("auth s3cr3t") == "auth ***"
 

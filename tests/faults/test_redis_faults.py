@@ -279,7 +279,8 @@ async def test_row9_client_kill_with_password(
 
         async with app, app.worker(concurrency=20) as worker:
             reprs += [repr(app), repr(app.broker), repr(app.backend), repr(worker)]
-            reprs += [repr(app.broker._client), repr(app.broker._settings)]
+            # the settings, and a client made from them as the broker's own is
+            reprs += [repr(app.broker.settings), repr(app.broker.settings.async_client())]
             reprs.append(str(app.conf.as_dict()))
             kill_task = asyncio.create_task(killer())
             t0 = time.monotonic()

@@ -20,119 +20,39 @@ import re
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Mapping, Sequence
+from importlib.resources import files
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from aqueue.brokers.redis_connection import (
-    Coalescer,
+from aqueue.core.errors import BackendError
+from aqueue.core.states import READY_STATES
+from aqueue.transports.redis.clients import Link
+from aqueue.transports.redis.coalesce import Coalescer
+from aqueue.transports.redis.guard import guarded
+from aqueue.transports.redis.keys import RECORD_FIELD, KeySpace, RecordKeys
+from aqueue.transports.redis.scripts import (
+    HELPERS,
     Script,
     ScriptCall,
     command,
-    guarded,
     pack_fields,
     run_scripts,
 )
-from aqueue.brokers.redis_scripts import LUA_HELPERS
-from aqueue.brokers.redis_settings import parse_settings
-from aqueue.core.errors import BackendError
-from aqueue.core.states import READY_STATES
+from aqueue.transports.redis.settings import RedisSettings, parse_settings
 
-from .redis_pubsub import CLOSED, RESYNC, SUBSCRIBED, Hub
+from .pubsub import CLOSED, RESYNC, SUBSCRIBED, Hub
 
 __all__ = ["RedisBackend"]
 
 log = logging.getLogger("aqueue.backend.redis")
 
-_READY_LUA = ", ".join(f"[{state!r}] = true" for state in sorted(READY_STATES))
-
-# ARGV: key prefix, key suffix, then fields (task id, record, state, attempt, ttl_ms, reply)*
-#   ttl_ms -1 means no expiry; reply: the sender's reply channel, or empty.
-#   -> per record 1 (stored) or 0 (fenced).
-# The rule is aqueue.core.states.supersedes(). Each record is published on a channel named
-# like its key, and to the reply channel with the task id in front. Keys are built here from
-# the ids: one call stores a whole batch of results, which live in different cluster slots
-# (a cluster would need one call per slot).
-STORE = Script(
-    "store",
-    LUA_HELPERS
-    + f"""
-local ready = {{{_READY_LUA}}}
-local f = split(ARGV[3], ARGV[4])
-local out = {{}}
-for i = 1, #f / 6 do
-  local j = (i - 1) * 6
-  local key = ARGV[1] .. f[j + 1] .. ARGV[2]
-  local attempt = tonumber(f[j + 4])
-  local cur = redis.call('HMGET', key, 'a', 's', 'v')
-  local ok = true
-  if cur[1] then
-    local stored = tonumber(cur[1])
-    if attempt ~= stored then ok = attempt > stored else ok = not ready[cur[2]] end
-  end
-  if ok then
-    local v = (tonumber(cur[3]) or 0) + 1
-    redis.call('HSET', key, 'r', f[j + 2], 's', f[j + 3], 'a', f[j + 4], 'v', v)
-    local ttl = tonumber(f[j + 5])
-    if ttl >= 0 then
-      redis.call('PEXPIRE', key, ttl)
-    elseif cur[1] then
-      redis.call('PERSIST', key)
-    end
-    local payload = string.format('%d:', v) .. f[j + 2]
-    redis.call('PUBLISH', key, payload)
-    if f[j + 6] ~= '' then redis.call('PUBLISH', f[j + 6], f[j + 1] .. '\\n' .. payload) end
-    out[i] = 1
-  else
-    out[i] = 0
-  end
-end
-return out
-""",
+_LUA = files(__package__) / "lua"
+_RECORD = {"RECORD_FIELD": RECORD_FIELD}
+STORE = Script.load(
+    _LUA / "store.lua", uses=(HELPERS,), constants={"READY": READY_STATES, **_RECORD}
 )
-
-# ARGV: key prefix, key suffix, task ids... -> each id's record (nil where absent). One call
-# per batch: a worker reads the records of every claimed batch (revocations, duplicates),
-# and a command per id would cost more client CPU than the rest of the task's Redis path.
-GET_MANY = Script(
-    "get_many",
-    """
-local out = {}
-for i = 3, #ARGV do
-  out[i - 2] = redis.call('HGET', ARGV[1] .. ARGV[i] .. ARGV[2], 'r')
-end
-return out
-""",
-)
-
-# KEYS: result key; ARGV: channel. Watchers see version 0 and start counting afresh.
-FORGET = Script(
-    "forget",
-    """
-redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[1], '0:')
-return 1
-""",
-)
-
-# KEYS: chord members set, chord fired flag; ARGV: member_id, size, failed ('1'/'0'),
-# ttl_ms (-1: none) -> 1 for exactly one call per chord (the one that fires it), else 0
-CHORD_JOIN = Script(
-    "chord_join",
-    """
-local ttl = tonumber(ARGV[4])
-redis.call('SADD', KEYS[1], ARGV[1])
-if ttl >= 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-if ARGV[3] ~= '1' and redis.call('SCARD', KEYS[1]) < tonumber(ARGV[2]) then return 0 end
-if ttl >= 0 then
-  redis.call('SET', KEYS[2], '1', 'PX', ttl)
-else
-  redis.call('SET', KEYS[2], '1')
-end
-return 1
-""",
-)
+GET_MANY = Script.load(_LUA / "get_many.lua", constants=_RECORD)
+FORGET = Script.load(_LUA / "forget.lua")
+CHORD_JOIN = Script.load(_LUA / "chord_join.lua")
 
 #: stores per STORE call
 _STORE_BATCH = 500
@@ -151,7 +71,7 @@ class RedisBackend:
     Args:
         url: ``redis://``, ``rediss://`` or ``unix://`` URL.
         **options: ``prefix`` (default ``"aqueue"``) and the connection options of
-            :func:`aqueue.brokers.redis_settings.parse_settings`.
+            :func:`aqueue.transports.redis.settings.parse_settings`.
 
     Raises:
         ConfigurationError: the URL or an option is malformed or unknown (checked here,
@@ -160,50 +80,40 @@ class RedisBackend:
 
     def __init__(self, url: str, **options: Any) -> None:
         self._settings = parse_settings(url, options, what="redis backend")
-        self._prefix = self._settings.prefix
-        self._client: aioredis.Redis | None = None
+        self._link = Link(self._settings, BackendError)
+        self._keys = KeySpace(self._settings.prefix)
+        self._records = self._keys.records(self._settings.url)
         self._hub: Hub | None = None
         self._storer: Coalescer[_Store, bool] = Coalescer(self._flush_stores, _STORE_BATCH)
         # this process's reply channel, and (as a worker) the reply channels of the tasks
         # it runs, oldest first, bounded
-        self.reply_channel = f"{self._prefix}:reply:{uuid.uuid4().hex}"
-        self._reply_pattern = re.compile(re.escape(f"{self._prefix}:reply:") + r"[0-9a-f]{32}\Z")
+        channels = self._keys.reply_channels
+        self.reply_channel = f"{channels}{uuid.uuid4().hex}"
+        self._reply_pattern = re.compile(re.escape(channels) + r"[0-9a-f]{32}\Z")
         self._routes: OrderedDict[str, str] = OrderedDict()
         self._lone_busy = False
 
     def __repr__(self) -> str:
-        return f"<RedisBackend {self._settings.redacted} prefix={self._prefix!r}>"
+        return f"<RedisBackend {self._settings.redacted} prefix={self._settings.prefix!r}>"
+
+    @property
+    def settings(self) -> RedisSettings:
+        """The URL and options, parsed (its repr never shows a password)."""
+        return self._settings
+
+    @property
+    def record_keys(self) -> RecordKeys:
+        """Where task records are stored (a Redis broker on the same server can read them
+        in its claims: :class:`~aqueue.transports.redis.keys.StoresRecords`)."""
+        return self._records
 
     def _key(self, task_id: str) -> str:
-        head, tail = self.key_parts
-        return f"{head}{task_id}{tail}"
-
-    @property
-    def key_parts(self) -> tuple[str, str]:
-        """What goes before and after the task id in its key (and channel) name."""
-        return f"{self._prefix}:{{t:", "}:result"
-
-    @property
-    def server_url(self) -> str:
-        """The server and database it stores in (password included: never print it)."""
-        return self._settings.url
+        records = self._records
+        return f"{records.head}{task_id}{records.tail}"
 
     async def connect(self) -> None:
         """Create the connection pool and check the server answers; idempotent."""
-        if self._client is not None:
-            return
-        client = self._settings.async_client()
-        try:
-            await guarded(
-                self._settings, "connect", lambda: command(client, "PING"), error=BackendError
-            )
-        except BaseException:
-            await client.aclose()
-            raise
-        if self._client is None:
-            self._client = client
-        else:
-            await client.aclose()
+        await self._link.connect()
 
     async def close(self) -> None:
         """Flush pending stores, stop watching and close connections; idempotent."""
@@ -214,15 +124,7 @@ class RedisBackend:
         hub, self._hub = self._hub, None
         if hub is not None:
             await hub.close()
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
-
-    async def _redis(self) -> aioredis.Redis:
-        if self._client is None:
-            await self.connect()
-        assert self._client is not None
-        return self._client
+        await self._link.close()
 
     # -- result push (the app and the executor call these) ------------------------------
 
@@ -280,9 +182,11 @@ class RedisBackend:
         for task_id, record, state, attempt, ttl, reply in items:
             ttl_ms = -1 if ttl is None else max(1, int(ttl * 1000))
             fields += (task_id, record, state, str(int(attempt)), str(ttl_ms), reply)
-        args: list[str | bytes | int | float] = [*self.key_parts, *pack_fields(fields)]
+        records = self._records
+        args: list[str | bytes | int | float] = [records.head, records.tail]
+        args += pack_fields(fields)
         calls: list[ScriptCall] = [(STORE, [], args)]
-        client = await self._redis()
+        client = await self._link.get()
         [reply] = await guarded(
             self._settings, "store", lambda: run_scripts(client, calls), error=BackendError
         )
@@ -297,8 +201,9 @@ class RedisBackend:
         """The stored records of several tasks in one round trip (``None`` where absent)."""
         if not task_ids:
             return []
-        client = await self._redis()
-        args: list[str | bytes | int | float] = [*self.key_parts, *task_ids]
+        client = await self._link.get()
+        records = self._records
+        args: list[str | bytes | int | float] = [records.head, records.tail, *task_ids]
 
         async def read() -> list[Any]:
             # keys built in the script, as in STORE (a cluster would need a call per slot)
@@ -308,18 +213,18 @@ class RedisBackend:
         return await guarded(self._settings, "get_many", read, error=BackendError)
 
     async def _fetch(self, key: str) -> tuple[bytes | None, int]:
-        client = await self._redis()
+        client = await self._link.get()
         record, version = await guarded(
             self._settings,
             "get",
-            lambda: command(client, "HMGET", key, "r", "v"),
+            lambda: command(client, "HMGET", key, RECORD_FIELD, "v"),
             error=BackendError,
         )
         return record, int(version or 0)
 
     async def forget(self, task_id: str) -> None:
         """Delete the record (watchers then accept a new record stored under the id)."""
-        client = await self._redis()
+        client = await self._link.get()
         key = self._key(task_id)
         await guarded(
             self._settings,
@@ -337,8 +242,8 @@ class RedisBackend:
         members joined. Members are a set (a member that ran twice counts once) and the
         decision is one script, so concurrent joins on several workers fire it once.
         """
-        client = await self._redis()
-        base = f"{self._prefix}:{{c:{chord_id}}}:"
+        client = await self._link.get()
+        base = self._keys.chord(chord_id)
         keys = [base + "members", base + "fired"]
         ttl_ms = -1 if ttl is None else max(1, int(ttl * 1000))
         args: list[str | bytes | int | float] = [member_id, int(size), "1" if failed else "0"]

@@ -13,9 +13,11 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
-from . import redis_scripts as lua
-from .redis_connection import command
-from .redis_settings import RedisSettings
+from aqueue.transports.redis import redispy
+from aqueue.transports.redis.scripts import command
+from aqueue.transports.redis.settings import RedisSettings
+
+from .scripts import CLAIM
 
 __all__ = ["BlockingClaim"]
 
@@ -36,12 +38,12 @@ class BlockingClaim:
     ) -> None:
         self._settings = settings
         self._client = client
-        self._commands: list[tuple[Any, ...]] = [
-            ("BLPOP", *notify, f"{block:.3f}"),
-            ("EVALSHA", lua.CLAIM.sha, len(keys), *keys, *args),
+        self._commands: list[bytes] = [
+            redispy.pack_command("BLPOP", *notify, f"{block:.3f}"),
+            redispy.pack_command("EVALSHA", CLAIM.sha, len(keys), *keys, *args),
         ]
         if unblockable:
-            self._commands.insert(0, ("CLIENT", "ID"))
+            self._commands.insert(0, redispy.pack_command("CLIENT", "ID"))
         self._unblockable = unblockable
         self._block = block
         #: the server refused ``CLIENT ID`` (an ACL without it): do not ask again
@@ -52,18 +54,14 @@ class BlockingClaim:
 
     async def run(self) -> list[Any] | None:
         """The claim's reply, or ``None`` if the script was not loaded (it did not run)."""
-        pool: Any = self._client.connection_pool  # redis-py's pool is unannotated
-        conn = await pool.get_connection()
+        conn = await redispy.take(self._client)
         try:
-            await conn.send_packed_command(conn.pack_commands(self._commands))
+            await redispy.send(conn, self._commands, check_health=True)
             # every reply is read, error replies included, so the connection stays in
             # step (a failed read disconnects it: redis-py does that on any exception)
             replies: list[Any] = []
             for _ in self._commands:
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
+                replies.append(await redispy.read_reply(conn))
                 if self._unblockable and len(replies) == 1:
                     if isinstance(replies[0], ResponseError):
                         self.client_id_refused = True
@@ -72,7 +70,7 @@ class BlockingClaim:
                     self._known.set()
         finally:
             self._known.set()
-            await pool.release(conn)
+            await redispy.give_back(self._client, conn)
         wait, claim = replies[-2], replies[-1]
         if isinstance(wait, ResponseError):
             raise wait

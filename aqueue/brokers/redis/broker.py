@@ -1,44 +1,61 @@
 """The Redis broker: sorted sets, hashes and Lua scripts, one round trip per batch.
 
 See docs/brokers/redis.md for the key layout and the delivery guarantees in plain words.
-Every key of a queue shares the hash tag ``{q:<queue>}``; the scripts live in
-:mod:`aqueue.brokers.redis_scripts`.
+Every key of a queue shares the hash tag ``{q:<queue>}``; the scripts and their layouts are
+in :mod:`.scripts`, settlement in :mod:`.delivery`, the blocking claim in :mod:`.wait`, the
+shared limits in :mod:`.throttle`. What the broker shares with the result backend (settings,
+connection guard, script running, key space) is :mod:`aqueue.transports.redis`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
 from aqueue.core.errors import BrokerError, IndeterminatePublish, PublishTimeout
 from aqueue.core.protocols import Capabilities, DeadLetter, Delivery, Lease, Outgoing
-
-from . import redis_scripts as lua
-from .redis_connection import (
-    Coalescer,
-    LazySyncClient,
+from aqueue.transports.redis import redispy
+from aqueue.transports.redis.clients import LazySyncClient, Link
+from aqueue.transports.redis.coalesce import Coalescer
+from aqueue.transports.redis.guard import guarded
+from aqueue.transports.redis.keys import KeySpace, StoresRecords
+from aqueue.transports.redis.scripts import (
     ScriptCall,
     command,
-    guarded,
     pack_fields,
     run_scripts,
-    run_scripts_on_checked,
+    run_scripts_on,
     run_scripts_once,
     run_scripts_sync,
 )
-from .redis_delivery import HeldLease, RedisDelivery
-from .redis_settings import parse_settings
-from .redis_throttle import RedisThrottle
-from .redis_wait import BlockingClaim
+from aqueue.transports.redis.settings import RedisSettings, parse_settings
 
-__all__ = ["RedisBroker", "RedisDelivery"]
+from .delivery import HeldLease, RedisDelivery, Settler
+from .scripts import (
+    CLAIM,
+    MAX_BATCH,
+    PURGE,
+    RENEW,
+    SIZE,
+    Claimed,
+    ClaimReply,
+    QueueKeys,
+    flags,
+    parse_dead_letter,
+    publish_calls,
+)
+from .throttle import RedisThrottle
+from .wait import BlockingClaim
+
+__all__ = ["RedisBroker"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("aqueue.broker.redis")
 
@@ -46,12 +63,8 @@ log = logging.getLogger("aqueue.broker.redis")
 _PUBLISH_BATCH = 5000
 #: delayed / expired messages moved back to ready per queue per claim
 _MOVE_BATCH = 1000
-#: settle operations per SETTLE call and per flush
-_SETTLE_BATCH = lua.MAX_BATCH
-_PURGE_BATCH = lua.MAX_BATCH
-
-# a settle operation: (op, lease, a, b); see redis_scripts.SETTLE
-_Op = tuple[str, Lease, bytes | str, str]
+#: messages purged per PURGE call
+_PURGE_BATCH = MAX_BATCH
 
 
 class RedisBroker:
@@ -64,7 +77,7 @@ class RedisBroker:
             enqueued id is refused again, default 86400; 0 disables), ``dead_letter_limit``
             (per queue, default 10000), ``socket_timeout``, ``socket_connect_timeout``,
             ``health_check_interval``, ``operation_timeout``, ``retries``, and the redis-py
-            options of :mod:`aqueue.brokers.redis_settings` (``db``, ``client_name``,
+            options of :mod:`aqueue.transports.redis.settings` (``db``, ``client_name``,
             ``ssl_ca_certs``, ...), passed on.
 
     Raises:
@@ -78,26 +91,20 @@ class RedisBroker:
 
     def __init__(self, url: str, **options: Any) -> None:
         self._settings = parse_settings(url, options, what="redis broker")
-        self._prefix = self._settings.prefix
-        self._client: aioredis.Redis | None = None
+        self._link = Link(self._settings, BrokerError)
         self._sync = LazySyncClient(self._settings)
-        # Settlements made in the same loop tick (or while a batch is in flight) share one
-        # script call per queue: per task that is a few Lua commands, not a round trip.
-        self._settler: Coalescer[_Op, bool] = Coalescer(self._flush_settles, _SETTLE_BATCH)
-        # Leases this broker's deliveries settled (or are settling), for as long as anybody
-        # holds them: a renewal that finds one gone raced its own holder's ack, release,
-        # requeue or dead letter, and must not report it lost (see renew).
-        self._settled: weakref.WeakSet[Lease] = weakref.WeakSet()
+        self._keys = KeySpace(self._settings.prefix)
+        self._queues: dict[str, QueueKeys] = {}
+        self._settler = Settler(self._settings, self._link, self._queue_keys, self._keys)
         self._publisher: Coalescer[Outgoing, bool] = Coalescer(
             self._flush_publishes, _PUBLISH_BATCH
         )
-        self._throttle = RedisThrottle(self._settings, self._redis, self._sync)
-        self._keys: dict[str, tuple[str, ...]] = {}
-        # the result backend's key head and tail, when claims read the stored records
+        self._throttle = RedisThrottle(self._settings, self._link.get, self._sync)
+        # the result backend's record key head and tail, when claims read the stored records
         self._record_keys: tuple[str, str] = ("", "")
         # a connection of its own for a publish made while no other is in flight (a
         # lone ``delay()``): no coalescing hop, no pool checkout; None until first used
-        self._lone: Any = None
+        self._lone: redispy.Connection | None = None
         self._lone_busy = False
         # whether a waiting claim can be ended early with CLIENT UNBLOCK (an ACL may deny it)
         self._unblockable = True
@@ -108,45 +115,25 @@ class RedisBroker:
         self._max_block = max(0.05, min(5.0, self._settings.socket_timeout / 2))
 
     def __repr__(self) -> str:
-        return f"<RedisBroker {self._settings.redacted} prefix={self._prefix!r}>"
-
-    # -- keys -------------------------------------------------------------------------
-
-    def _queue_keys(self, queue: str) -> tuple[str, ...]:
-        """The queue's keys in QUEUE_KEYS order, all in the hash tag ``{q:<queue>}``."""
-        keys = self._keys.get(queue)
-        if keys is None:
-            base = f"{self._prefix}:{{q:{queue}}}:"
-            keys = tuple(base + name for name in lua.QUEUE_KEYS)
-            self._keys[queue] = keys
-        return keys
+        return f"<RedisBroker {self._settings.redacted} prefix={self._settings.prefix!r}>"
 
     @property
-    def _dead_registry(self) -> str:
-        """A set of the queues that have dead letters, for ``dead_letters(None)``."""
-        return f"{self._prefix}:dead-queues"
+    def settings(self) -> RedisSettings:
+        """The URL and options, parsed (its repr never shows a password)."""
+        return self._settings
+
+    def _queue_keys(self, queue: str) -> QueueKeys:
+        """The queue's keys, all in the hash tag ``{q:<queue>}``."""
+        keys = self._queues.get(queue)
+        if keys is None:
+            keys = self._queues[queue] = QueueKeys(self._keys.queue(queue))
+        return keys
 
     # -- lifecycle ----------------------------------------------------------------------
 
     async def connect(self) -> None:
         """Create the connection pool and check the server answers; idempotent."""
-        if self._client is not None:
-            return
-        client = self._settings.async_client()
-        try:
-            await guarded(
-                self._settings,
-                "connect",
-                lambda: command(client, "PING"),
-                error=BrokerError,
-            )
-        except BaseException:
-            await client.aclose()
-            raise
-        if self._client is None:
-            self._client = client
-        else:  # a concurrent connect() won
-            await client.aclose()
+        await self._link.connect()
 
     async def close(self) -> None:
         """Flush pending settlements and close every connection; idempotent."""
@@ -155,24 +142,16 @@ class RedisBroker:
             if self._background:
                 limit = self._settings.operation_timeout
                 await asyncio.wait(set(self._background), timeout=limit)
-        for coalescer in (self._publisher, self._settler):
+        for pending in (self._publisher, self._settler):
             try:
-                await coalescer.drain()
+                await pending.drain()
             except Exception:  # their callers got the error already
                 log.debug("pending calls failed during close", exc_info=True)
-        client, self._client = self._client, None
         lone, self._lone = self._lone, None
         if lone is not None:
-            await lone.disconnect()
-        if client is not None:
-            await client.aclose()
+            await redispy.disconnect(lone)
+        await self._link.close()
         await asyncio.to_thread(self._sync.close)
-
-    async def _redis(self) -> aioredis.Redis:
-        if self._client is None:
-            await self.connect()
-        assert self._client is not None
-        return self._client
 
     # -- publish ------------------------------------------------------------------------
 
@@ -201,60 +180,53 @@ class RedisBroker:
         return [await self._publisher.submit(messages[0]) is True]
 
     async def _publish_lone(self, message: Outgoing) -> list[bool]:
-        calls, _ = lua.publish_calls([message], self._queue_keys, self._settings.dedupe_ttl)
+        calls, _ = publish_calls([message], self._queue_keys, self._settings.dedupe_ttl)
         self._lone_busy = True  # from here on, concurrent publishes are coalesced
         try:
-            client = await self._redis()
+            client = await self._link.get()
             if self._lone is None:
-                pool: Any = client.connection_pool  # redis-py's pool is unannotated
-                self._lone = pool.make_connection()
+                self._lone = redispy.new_connection(client)
             conn = self._lone
-            replies = await guarded(
-                self._settings,
-                "publish",
-                lambda: run_scripts_on_checked(conn, calls),
-                error=BrokerError,
-                timeout_error=PublishTimeout,
-                connection_error=IndeterminatePublish,
-            )
+            replies = await self._guard_publish(lambda: run_scripts_on(conn, calls))
         finally:
             self._lone_busy = False
         return [replies[0][0] == 1]
 
     async def _flush_publishes(self, messages: list[Outgoing]) -> list[bool]:
-        calls, spans = lua.publish_calls(messages, self._queue_keys, self._settings.dedupe_ttl)
-        client = await self._redis()
+        calls, spans = publish_calls(messages, self._queue_keys, self._settings.dedupe_ttl)
+        client = await self._link.get()
+        replies = await self._guard_publish(lambda: run_scripts_once(client, calls))
+        return flags(spans, replies, len(messages))
+
+    async def _guard_publish(self, call: Callable[[], Awaitable[T]]) -> T:
         # Never re-sent automatically: a reply lost to a broken connection leaves the outcome
         # unknown (IndeterminatePublish), and only the caller may decide to send again.
-        replies = await guarded(
+        return await guarded(
             self._settings,
             "publish",
-            lambda: run_scripts_once(client, calls),
+            call,
             error=BrokerError,
             timeout_error=PublishTimeout,
             connection_error=IndeterminatePublish,
         )
-        stored = [False] * len(messages)
-        for chunk, reply in zip(spans, replies, strict=True):
-            for i, flag in zip(chunk, reply, strict=True):
-                stored[i] = flag == 1
-        return stored
 
     # -- claim --------------------------------------------------------------------------
 
     def bind_records(self, backend: object) -> bool:
         """Make every claim also return the claimed tasks' stored result records.
 
-        Only possible when ``backend`` is a Redis result backend on the same server and
-        database: the claim script then reads them (``RedisDelivery.prior``), and the
+        Only possible when ``backend`` stores its records in Redis, on the same server and
+        database (:class:`~aqueue.transports.redis.keys.StoresRecords`: the Redis result
+        backend): the claim script then reads them (``RedisDelivery.prior``), and the
         worker saves the separate lookup it makes per batch for revocations and finished
         duplicates. Returns whether the records are now read inline.
         """
-        from aqueue.backends.redis import RedisBackend
-
-        if not isinstance(backend, RedisBackend) or backend.server_url != self._settings.url:
+        if not isinstance(backend, StoresRecords):
             return False
-        self._record_keys = backend.key_parts
+        records = backend.record_keys
+        if records.server != self._settings.url:
+            return False
+        self._record_keys = (records.head, records.tail)
         return True
 
     async def claim(
@@ -278,37 +250,38 @@ class RedisBroker:
         if limit <= 0 or not queues:
             return []
         # Lua's unpack() takes at most ~8000 values; a bigger batch gains nothing anyway
-        limit = min(limit, lua.MAX_BATCH)
+        limit = min(limit, MAX_BATCH)
         queues = list(dict.fromkeys(queues))
         keys: list[str] = []
+        notify: list[str] = []
         for queue in queues:
-            keys += self._queue_keys(queue)[:8]
-        notify = [self._queue_keys(queue)[7] for queue in queues]
+            queue_keys = self._queue_keys(queue)
+            keys += queue_keys.claim
+            notify.append(queue_keys.notify)
         args: list[str | bytes | int | float] = [
             limit,
             repr(float(lease_seconds)),
             _MOVE_BATCH,
             *self._record_keys,
         ]
-        client = await self._redis()
+        client = await self._link.get()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
         reply = await self._claim_once(client, queues, keys, args)
         while True:
-            wake_ms, count = int(reply[0]), int(reply[1])
-            if count:
-                return self._deliveries(queues, reply)
+            if reply.claimed:
+                return self._deliveries(queues, reply.claimed)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return []
             block = min(remaining, self._max_block)
-            if wake_ms >= 0:
-                block = min(block, wake_ms / 1000)
+            if reply.wake_ms >= 0:
+                block = min(block, reply.wake_ms / 1000)
             # BLPOP's timeout has millisecond resolution; zero would mean "forever"
             block = max(block, 0.001)
             reply = await self._wait_and_claim(client, queues, notify, block, keys, args)
-            if self._client is not client:
-                self._hand_back_reply(queues, reply)
+            if self._link.client is not client:
+                self._hand_back_claimed(queues, reply.claimed)
                 raise BrokerError(f"the broker on {self._settings.redacted} was closed")
 
     async def _claim_once(
@@ -317,12 +290,12 @@ class RedisBroker:
         queues: list[str],
         keys: list[str],
         args: list[str | bytes | int | float],
-    ) -> list[Any]:
+    ) -> ClaimReply:
         call = asyncio.ensure_future(
             guarded(
                 self._settings,
                 "claim",
-                lambda: run_scripts(client, [(lua.CLAIM, keys, args)]),
+                lambda: run_scripts(client, [(CLAIM, keys, args)]),
                 error=BrokerError,
             )
         )
@@ -335,7 +308,7 @@ class RedisBroker:
             self._track(call)
             call.add_done_callback(partial(self._hand_back, queues))
             raise
-        return list(reply)
+        return ClaimReply.parse(reply)
 
     async def _wait_and_claim(
         self,
@@ -345,7 +318,7 @@ class RedisBroker:
         block: float,
         keys: list[str],
         args: list[str | bytes | int | float],
-    ) -> list[Any]:
+    ) -> ClaimReply:
         """``BLPOP`` on the notification lists and the claim script, in one round trip.
 
         Both are written at once on one connection: Redis runs the claim the moment the
@@ -390,7 +363,7 @@ class RedisBroker:
         queues: list[str],
         keys: list[str],
         args: list[str | bytes | int | float],
-    ) -> list[Any]:
+    ) -> ClaimReply:
         reply = await call
         if exchange.client_id_refused and self._unblockable:
             self._unblockable = False
@@ -399,7 +372,7 @@ class RedisBroker:
             )
         if reply is None:  # the claim script was not loaded (a restarted server)
             return await self._claim_once(client, queues, keys, args)
-        return reply
+        return ClaimReply.parse(reply)
 
     def _track(self, future: asyncio.Future[Any]) -> None:
         self._background.add(future)
@@ -409,81 +382,37 @@ class RedisBroker:
         """Hand back what a cancelled claim (``run_scripts``: ``[reply]``) took."""
         if not call.cancelled() and call.exception() is None:
             [reply] = call.result()
-            self._hand_back_reply(queues, reply)
+            self._hand_back_claimed(queues, ClaimReply.parse(reply).claimed)
 
     def _hand_back_wait(self, queues: list[str], call: asyncio.Future[list[Any] | None]) -> None:
         """Hand back what the claim of a cancelled wait took (``None``: it did not run)."""
         if not call.cancelled() and call.exception() is None:
             reply = call.result()
             if reply is not None:
-                self._hand_back_reply(queues, reply)
+                self._hand_back_claimed(queues, ClaimReply.parse(reply).claimed)
 
-    def _hand_back_reply(self, queues: list[str], reply: list[Any]) -> None:
-        if not int(reply[1]):
+    def _hand_back_claimed(self, queues: list[str], claimed: list[Claimed]) -> None:
+        if not claimed:
             return
-        deliveries = self._deliveries(queues, reply)
+        deliveries = self._deliveries(queues, claimed)
         task = asyncio.ensure_future(
             asyncio.gather(*(d.release(executed=False) for d in deliveries))
         )
         self._track(task)
         task.add_done_callback(_log_failure)
 
-    def _deliveries(self, queues: list[str], reply: list[Any]) -> list[Delivery]:
-        out: list[Delivery] = []
-        for j in range(2, len(reply), 6):
-            queue = queues[int(reply[j])]
-            message_id = reply[j + 1].decode()
-            lease = HeldLease(id=message_id, queue=queue, token=int(reply[j + 4]))
-            out.append(RedisDelivery(self, lease, reply[j + 2], int(reply[j + 3]), reply[j + 5]))
-        return out
-
-    # -- settle -------------------------------------------------------------------------
-
-    async def _settle(self, op: _Op) -> bool:
-        """Settle a lease (``op`` as in ``_flush_settles``); ``False`` if it had been lost."""
-        lease = op[1]
-        # marked before it can reach Redis: a renewal of the same lease may already be on
-        # its way, and finds the message settled by this very holder
-        self._settled.add(lease)
-        done = await self._settler.submit(op)
-        if not done:
-            self._settled.discard(lease)  # really lost before: a renewal may say so
-        return done
-
-    async def _flush_settles(self, ops: list[_Op]) -> list[bool]:
-        by_queue: dict[str, list[int]] = defaultdict(list)
-        for index, (_, lease, _, _) in enumerate(ops):
-            by_queue[lease.queue].append(index)
-        calls: list[ScriptCall] = []
-        spans: list[list[int]] = []
-        dead_queues: list[str] = []
-        for queue, indexes in by_queue.items():
-            fields: list[bytes | str] = []
-            for i in indexes:
-                op, lease, a, b = ops[i]
-                fields += (op, lease.id, str(lease.token), a, b)
-                if op == "D" and queue not in dead_queues:
-                    dead_queues.append(queue)
-            args: list[str | bytes | int | float] = [
-                self._settings.dead_letter_limit,
-                *pack_fields(fields),
-            ]
-            calls.append((lua.SETTLE, list(self._queue_keys(queue)[:9]), args))
-            spans.append(indexes)
-        client = await self._redis()
-
-        async def run() -> list[Any]:
-            replies = await run_scripts(client, calls)
-            if dead_queues:
-                await command(client, "SADD", self._dead_registry, *dead_queues)
-            return replies
-
-        replies = await guarded(self._settings, "settle", run, error=BrokerError)
-        done = [False] * len(ops)
-        for indexes, reply in zip(spans, replies, strict=True):
-            for i, flag in zip(indexes, reply, strict=True):
-                done[i] = flag == 1
-        return done
+    def _deliveries(self, queues: list[str], claimed: list[Claimed]) -> list[Delivery]:
+        settler = self._settler
+        return [
+            RedisDelivery(
+                settler,
+                HeldLease(id=c.id.decode(), queue=queues[c.queue_index], token=c.token),
+                c.body,
+                c.delivery_count,
+                c.record,
+            )
+            for c in claimed
+        ]
 
     # -- renew --------------------------------------------------------------------------
 
@@ -509,15 +438,15 @@ class RedisBroker:
         calls: list[ScriptCall] = []
         spans: list[list[int]] = []
         for queue, indexes in by_queue.items():
-            k = self._queue_keys(queue)
-            for start in range(0, len(indexes), lua.MAX_BATCH):
-                chunk = indexes[start : start + lua.MAX_BATCH]
+            keys = self._queue_keys(queue).renew
+            for start in range(0, len(indexes), MAX_BATCH):
+                chunk = indexes[start : start + MAX_BATCH]
                 fields: list[bytes | str] = []
                 for i in chunk:
                     fields += (leases[i].id, str(leases[i].token))
                 args: list[str | bytes | int | float] = [repr(float(lease_seconds))]
                 args += pack_fields(fields)
-                calls.append((lua.RENEW, [k[0], k[2], k[6]], args))
+                calls.append((RENEW, keys, args))
                 spans.append(chunk)
         try:
             replies = run_scripts_sync(self._sync.get(), calls)
@@ -525,12 +454,12 @@ class RedisBroker:
             raise BrokerError(
                 f"renew on {self._settings.redacted} failed: {self._settings.describe(exc)}"
             ) from None
-        settled = self._settled
+        settled = self._settler.settled
         lost: list[Lease] = []
         for indexes, reply in zip(spans, replies, strict=True):
-            for n in reply:
+            for n in reply:  # 1-based positions in the call's chunk
                 lease = leases[indexes[int(n) - 1]]
-                if lease not in settled:
+                if not settled(lease):
                     lost.append(lease)
         return lost
 
@@ -538,27 +467,26 @@ class RedisBroker:
 
     async def size(self, queue: str) -> int:
         """Messages in ``queue``: ready, delayed and in flight (not dead letters)."""
-        k = self._queue_keys(queue)
-        client = await self._redis()
+        keys = self._queue_keys(queue).size
+        client = await self._link.get()
         [n] = await guarded(
             self._settings,
             "size",
-            lambda: run_scripts(client, [(lua.SIZE, [k[0], k[1], k[2]], [])]),
+            lambda: run_scripts(client, [(SIZE, keys, [])]),
             error=BrokerError,
         )
         return int(n)
 
     async def purge(self, queue: str) -> int:
         """Delete the ready and delayed messages of ``queue`` (and their dedupe markers)."""
-        k = self._queue_keys(queue)
-        keys = [k[0], k[1], k[3], k[4], k[5], k[6], k[10]]
-        client = await self._redis()
+        keys = self._queue_keys(queue).purge
+        client = await self._link.get()
         total = 0
         while True:
             removed = await guarded(
                 self._settings,
                 "purge",
-                lambda: run_scripts(client, [(lua.PURGE, keys, [_PURGE_BATCH])]),
+                lambda: run_scripts(client, [(PURGE, keys, [_PURGE_BATCH])]),
                 error=BrokerError,
             )
             if not removed[0]:
@@ -569,11 +497,11 @@ class RedisBroker:
         """The most recent dead letters (of ``queue``, or of every queue), newest first."""
         if limit <= 0:
             return []
-        client = await self._redis()
+        client = await self._link.get()
 
         async def read() -> list[DeadLetter]:
             if queue is None:
-                members = await command(client, "SMEMBERS", self._dead_registry)
+                members = await command(client, "SMEMBERS", self._keys.dead_queues)
                 names = sorted(m.decode() for m in members)
             else:
                 names = [queue]
@@ -581,10 +509,10 @@ class RedisBroker:
                 return []
             pipe = client.pipeline(transaction=False)
             for name in names:
-                command(pipe, "LRANGE", self._queue_keys(name)[8], 0, limit - 1)
+                command(pipe, "LRANGE", self._queue_keys(name).dead, 0, limit - 1)
             lists = await pipe.execute()
             letters = [
-                lua.parse_dead_letter(name, raw)
+                parse_dead_letter(name, raw)
                 for name, entries in zip(names, lists, strict=True)
                 for raw in entries
             ]

@@ -20,45 +20,35 @@ Nothing here does I/O at import time or while parsing, and nothing here ever for
 password: messages use :attr:`RedisSettings.redacted` or :meth:`RedisSettings.scrub`.
 
 TLS: a ``rediss://`` connection does its TCP connect and its TLS handshake as two steps
-(``TLSConnection``, ``AsyncTLSConnection``), so a failed handshake is told apart from an
-unreachable server and is never retried: a plaintext Redis server does not answer a TLS
-hello at all (it waits for the end of a line that never comes), and retrying would only wait
-out the connect timeout again.
+(:class:`~aqueue.transports.redis.redispy.AsyncTLSConnection` and its blocking twin), so a
+failed handshake is told apart from an unreachable server and is never retried: a plaintext
+Redis server does not answer a TLS hello at all (it waits for the end of a line that never
+comes), and retrying would only wait out the connect timeout again.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import difflib
-import inspect
 import re
-import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import redis
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
-from redis.connection import URL_QUERY_ARGUMENT_PARSERS
-from redis.exceptions import RedisError
-from redis.retry import Retry as SyncRetry
 
 from aqueue.core.errors import ConfigurationError
 from aqueue.core.urls import redact
+
+from . import redispy
 
 __all__ = [
     "OWN_OPTIONS",
     "REDIS_PY_OPTIONS",
     "TLS_OPTIONS",
-    "AsyncTLSConnection",
     "RedisSettings",
-    "TLSConnection",
-    "TLSHandshakeFailed",
+    "accepted_options",
     "parse_settings",
 ]
 
@@ -108,6 +98,9 @@ TLS_OPTIONS = (
     "ssl_include_verify_flags",
     "ssl_exclude_verify_flags",
 )
+#: redis-py options in a URL query whose text aqueue parses and passes on as a keyword
+#: (redis-py < 8 passes it on as text, which fails at the first read)
+_PARSED_HERE: dict[str, Callable[[str], Any]] = {"socket_read_size": int}
 #: redis-py options that are Python objects: keyword options only
 _KEYWORD_ONLY = ("credential_provider",)
 #: options whose values are secrets: never shown, scrubbed from every message
@@ -115,10 +108,6 @@ _SECRET_OPTIONS = ("password", "ssl_password")
 
 _DB_PATH = re.compile(r"/([0-9]+)\Z")
 _DIGITS = re.compile(r"[0-9]+\Z")
-
-#: seconds a TLS handshake may go unanswered before the server is asked, on a connection of
-#: its own, whether it speaks plaintext Redis (see AsyncTLSConnection)
-_PROBE_AFTER = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +165,7 @@ class RedisSettings:
         A failed TLS handshake is described by itself, not by the connection error redis-py
         wraps it in.
         """
-        tls = tls_failure(exc)
+        tls = redispy.tls_failure(exc)
         if tls is not None:
             return self.scrub(str(tls))
         return self.scrub(f"{type(exc).__name__}: {exc}")
@@ -197,7 +186,9 @@ class RedisSettings:
         if self.scheme != "unix":  # a Unix socket has no TCP keepalive to set
             kwargs["socket_keepalive"] = True
         if self.scheme == "rediss":
-            kwargs["connection_class"] = AsyncTLSConnection if asyncio_client else TLSConnection
+            kwargs["connection_class"] = (
+                redispy.AsyncTLSConnection if asyncio_client else redispy.TLSConnection
+            )
         return kwargs
 
     def async_client(self) -> aioredis.Redis:
@@ -207,22 +198,21 @@ class RedisSettings:
         reply (``read_response`` closes it on any ``BaseException``), so a cancelled or
         timed-out call never leaves a half-read reply for the next user of the pool.
         """
-        retry = _AsyncRetry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), self.retries)
+        retry = redispy.async_retry(self.retries)
         kwargs = self._client_kwargs(asyncio_client=True)
         # a bounded pool that queues callers (the default pool raises when full, which a
         # burst of concurrent wait() calls would hit)
-        pool = aioredis.BlockingConnectionPool.from_url(
+        return redispy.async_client(
             self.url, max_connections=self.max_connections, timeout=None, retry=retry, **kwargs
         )
-        return aioredis.Redis.from_pool(pool)
 
     def sync_client(self) -> redis.Redis:
         """A pooled blocking client (thread-safe), used where the event loop cannot be."""
-        retry = _SyncRetry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), self.retries)
+        retry = redispy.sync_retry(self.retries)
         kwargs = self._client_kwargs(asyncio_client=False)
-        return redis.Redis.from_url(self.url, retry=retry, **kwargs)
+        return redispy.sync_client(self.url, retry=retry, **kwargs)
 
-    def pubsub_connection(self, client_name: str) -> aioredis.Connection:
+    def pubsub_connection(self, client_name: str) -> redispy.Connection:
         """One unpooled RESP2 connection for pub/sub, reconnected by its owner, not redis-py.
 
         Args:
@@ -232,12 +222,10 @@ class RedisSettings:
         kwargs.update(
             protocol=2,
             health_check_interval=0,
-            retry=_AsyncRetry(NoBackoff(), 0),
+            retry=redispy.async_retry(0),
             client_name=client_name,
         )
-        pool: Any = aioredis.ConnectionPool.from_url(self.url, **kwargs)
-        conn: aioredis.Connection = pool.make_connection()
-        return conn
+        return redispy.unpooled_connection(self.url, **kwargs)
 
 
 def parse_settings(url: str, options: Mapping[str, Any], *, what: str) -> RedisSettings:
@@ -302,19 +290,24 @@ def parse_settings(url: str, options: Mapping[str, Any], *, what: str) -> RedisS
     # checked here first) unless a keyword option replaces them; keyword ones are passed on
     own = set(OWN_OPTIONS)
     rest: list[tuple[str, str]] = []
+    parsed: dict[str, Any] = {}
     for name, value in given.items():
         if name in own or name == "db" or name in options:
             continue
-        parser: Any = URL_QUERY_ARGUMENT_PARSERS.get(name)  # typed as object by redis-py
+        ours = _PARSED_HERE.get(name)
+        parser = ours or redispy.url_parser(name)
         if parser is not None:
             try:
-                parser(value)
+                typed = parser(value)
             except (TypeError, ValueError):
                 raise ConfigurationError(
                     f"{what}: bad value for {name!r} in {redacted!r}"
                 ) from None
+            if ours is not None:
+                parsed[name] = typed
+                continue
         rest.append((name, value))
-    extra = {k: v for k, v in options.items() if k not in own and k != "db"}
+    extra = {k: v for k, v in options.items() if k not in own and k != "db"} | parsed
     if scheme == "unix":
         if not parts.path:
             raise ConfigurationError(f"{what}: {redacted!r} names no socket path")
@@ -342,38 +335,13 @@ def parse_settings(url: str, options: Mapping[str, Any], *, what: str) -> RedisS
 
 def accepted_options(scheme: str, *, keyword: bool) -> tuple[str, ...]:
     """The options accepted for ``scheme`` in a URL query (or as keyword options)."""
-    installed = _redis_py_keywords(scheme)
+    installed = redispy.connection_keywords(scheme)
     names = list(REDIS_PY_OPTIONS)
     if scheme == "rediss":
         names += TLS_OPTIONS
     if keyword:
         names += _KEYWORD_ONLY
     return (*OWN_OPTIONS, *(n for n in names if n in installed))
-
-
-@cache
-def _redis_py_keywords(scheme: str) -> frozenset[str]:
-    """Keyword names both of redis-py's connection classes for ``scheme`` accept.
-
-    The options above are checked against this, so a name the installed redis-py does not
-    know (an older version) is refused here instead of at the first connect.
-    """
-    classes = {
-        "redis": (redis.Connection, aioredis.Connection),
-        "rediss": (redis.SSLConnection, aioredis.SSLConnection),
-        "unix": (redis.UnixDomainSocketConnection, aioredis.UnixDomainSocketConnection),
-    }[scheme]
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    found: list[set[str]] = []
-    for cls in classes:
-        names: set[str] = set()
-        for klass in cls.__mro__:
-            init = klass.__dict__.get("__init__")
-            if init is not None and klass is not object:
-                params = inspect.signature(init).parameters.values()
-                names |= {p.name for p in params if p.kind in kinds}
-        found.append(names)
-    return frozenset(set.intersection(*found))
 
 
 def _unknown(what: str, name: str, scheme: str, accepted: tuple[str, ...], *, where: str) -> str:
@@ -432,155 +400,3 @@ def _redact_query(redacted: str) -> str:
         return redacted
     hidden = [(n, "***" if n in _SECRET_OPTIONS else v) for n, v in pairs]
     return parts._replace(query=urlencode(hidden, safe="*")).geturl()
-
-
-# -- TLS ---------------------------------------------------------------------------------------
-
-
-class TLSHandshakeFailed(RedisError):
-    """The TLS handshake with the server failed; the server may not speak TLS.
-
-    A :class:`~redis.exceptions.RedisError` but neither a connection error nor a timeout,
-    so redis-py's retries do not retry it (the asyncio client wraps it in a
-    ``ConnectionError``: see :func:`tls_failure`).
-    """
-
-
-def tls_failure(exc: BaseException) -> TLSHandshakeFailed | None:
-    """The :class:`TLSHandshakeFailed` that ``exc`` is or was caused by, if any."""
-    seen: BaseException | None = exc
-    for _ in range(5):
-        if seen is None:
-            return None
-        if isinstance(seen, TLSHandshakeFailed):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-class _SyncRetry(SyncRetry):
-    """redis-py's retry, except that a failed TLS handshake is final."""
-
-    def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
-        def once() -> Any:
-            try:
-                return do()
-            except RedisError as exc:
-                _raise_tls_failure(exc)
-                raise
-
-        return super().call_with_retry(once, fail, *args, **kwargs)
-
-
-class _AsyncRetry(AsyncRetry):
-    """redis-py's asyncio retry, except that a failed TLS handshake is final.
-
-    redis-py wraps whatever a connect raised in a ``ConnectionError`` and retries the whole
-    connect; unwrapped again here, the failure is not an error redis-py retries.
-    """
-
-    async def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
-        async def once() -> Any:
-            try:
-                return await do()
-            except RedisError as exc:
-                _raise_tls_failure(exc)
-                raise
-
-        return await super().call_with_retry(once, fail, *args, **kwargs)
-
-
-def _raise_tls_failure(exc: BaseException) -> None:
-    tls = tls_failure(exc)
-    if tls is not None and tls is not exc:
-        raise tls from None
-
-
-def _handshake_failed(host: str, port: int, why: str, *, hint: bool = True) -> TLSHandshakeFailed:
-    tail = "; a server that does not speak TLS needs redis:// instead of rediss://" if hint else ""
-    return TLSHandshakeFailed(f"TLS handshake with {host}:{port} failed ({why}){tail}")
-
-
-def _handshake_error(host: str, port: int, exc: BaseException) -> TLSHandshakeFailed:
-    """The failure for ``exc`` raised by a handshake (an SSL error or a timeout)."""
-    if isinstance(exc, TimeoutError):
-        return _handshake_failed(host, port, "no answer within the connect timeout")
-    # a certificate the client refused: the server does speak TLS
-    hint = not isinstance(exc, ssl.SSLCertVerificationError)
-    return _handshake_failed(host, port, f"{type(exc).__name__}: {exc}", hint=hint)
-
-
-class TLSConnection(redis.SSLConnection):
-    """redis-py's blocking TLS connection, whose failed handshake is not retried."""
-
-    def _wrap_socket_with_ssl(self, sock: Any) -> Any:
-        try:
-            return super()._wrap_socket_with_ssl(sock)  # type: ignore[no-untyped-call]
-        except OSError as exc:  # ssl.SSLError and socket timeouts are OSErrors
-            raise _handshake_error(self.host, self.port, exc) from None
-
-
-class AsyncTLSConnection(aioredis.SSLConnection):
-    """redis-py's asyncio TLS connection, connecting in two steps: TCP, then TLS.
-
-    A handshake that gets no answer within ``_PROBE_AFTER`` seconds makes this connection
-    ask the server, on a second connection, for a plaintext ``PING``: a plaintext Redis
-    answers at once (``+PONG`` or an error), so a ``rediss://`` URL pointing at one fails
-    at once instead of after the connect timeout. A TLS server answers the probe with an
-    alert or by closing; the handshake then goes on. Any failure raises
-    :class:`TLSHandshakeFailed`.
-    """
-
-    def _connection_arguments(self) -> Mapping[str, Any]:
-        kwargs = dict(super()._connection_arguments())
-        kwargs.pop("ssl", None)  # plain TCP first: the handshake is done in _connect
-        return kwargs
-
-    async def _connect(self) -> None:
-        await super()._connect()  # type: ignore[no-untyped-call]
-        writer = self._writer
-        assert writer is not None
-        context = self.ssl_context.get()
-        handshake = asyncio.ensure_future(writer.start_tls(context, server_hostname=self.host))
-        try:
-            async with asyncio.timeout(self.socket_connect_timeout):
-                done, _ = await asyncio.wait([handshake], timeout=_PROBE_AFTER)
-                if not done and await _answers_plaintext(self.host, self.port):
-                    raise _handshake_failed(self.host, self.port, "the server answers in plaintext")
-                await handshake
-        except TLSHandshakeFailed:
-            self._abandon(handshake, writer)
-            raise
-        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-            self._abandon(handshake, writer)
-            raise _handshake_error(self.host, self.port, exc) from None
-        except BaseException:
-            self._abandon(handshake, writer)
-            raise
-
-    def _abandon(self, handshake: asyncio.Future[None], writer: asyncio.StreamWriter) -> None:
-        """Drop the half-made connection at once (closing it would wait for a TLS close)."""
-        handshake.cancel()
-        if not handshake.cancelled() and handshake.done():
-            handshake.exception()  # retrieved: no "never retrieved" warning
-        writer.transport.abort()
-        self._reader = self._writer = None  # not connected: nothing for disconnect() to wait for
-
-
-async def _answers_plaintext(host: str, port: int) -> bool:
-    """Whether ``host:port`` answers a plaintext ``PING`` the way a Redis server does."""
-    try:
-        reader, writer = await asyncio.open_connection(host, port)
-    except OSError:
-        return False
-    try:
-        writer.write(b"PING\r\n")
-        await writer.drain()
-        first = await reader.read(1)  # "+PONG", or "-NOAUTH ..." / "-ERR ..."
-    except OSError:
-        return False
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-    return first in (b"+", b"-")

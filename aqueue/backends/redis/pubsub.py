@@ -12,11 +12,11 @@ import contextlib
 import logging
 import re
 from collections import deque
-from typing import Any
 
 from redis.exceptions import RedisError
 
-from aqueue.brokers.redis_settings import RedisSettings
+from aqueue.transports.redis import redispy
+from aqueue.transports.redis.settings import RedisSettings
 
 __all__ = ["CLOSED", "RESYNC", "SUBSCRIBED", "Channel", "Hub"]
 
@@ -71,9 +71,8 @@ class Hub:
         #: whether the reply channel's subscription is confirmed on the live connection
         self.reply_live = False
         self._listeners: dict[bytes, set[asyncio.Queue[bytes]]] = {}
-        # typed Any: redis-py's Connection methods are unannotated
         name = re.sub(r"[^\w:.-]", "_", f"{settings.prefix}:results")
-        self._conn: Any = settings.pubsub_connection(name)
+        self._conn = settings.pubsub_connection(name)
         self._channels: dict[str, Channel] = {}
         self._outbox: asyncio.Queue[tuple[int, tuple[str, ...]]] = asyncio.Queue()
         # commands requested for an earlier connection are dropped, not sent on the new one
@@ -138,7 +137,7 @@ class Hub:
             if generation != self._generation or not self._live:
                 continue
             try:
-                await self._conn.send_command(*args, check_health=False)
+                await redispy.send(self._conn, redispy.pack_command(*args))
             except (RedisError, OSError) as exc:
                 # redis-py closed the connection; the reader fails and reconnects
                 log.debug("pub/sub send failed: %s", self._settings.describe(exc))
@@ -153,7 +152,7 @@ class Hub:
                     # reconnect loop (and every waiter) until the network heals
                     limit = self._settings.socket_connect_timeout + self._settings.socket_timeout
                     async with asyncio.timeout(limit):
-                        await self._conn.connect()
+                        await redispy.connect(self._conn)
                     self._go_live()
                     backoff = 0.05
                     await self._read_until_broken()
@@ -167,7 +166,7 @@ class Hub:
                 self.reply_live = False
                 self._generation += 1
                 with contextlib.suppress(RedisError, OSError):
-                    await self._conn.disconnect(nowait=True)
+                    await redispy.drop(self._conn)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
         finally:
@@ -192,7 +191,7 @@ class Hub:
     async def _read_until_broken(self) -> None:
         ping_sent = False
         while True:
-            reply = await self._conn.read_response(timeout=self._ping_every)
+            reply = await redispy.read_message(self._conn, self._ping_every)
             if reply is None:
                 if ping_sent:
                     raise RedisError("no reply to PING: connection considered dead")
@@ -250,4 +249,4 @@ class Hub:
                 await task
         self._live = False
         with contextlib.suppress(RedisError, OSError):
-            await self._conn.disconnect(nowait=True)
+            await redispy.drop(self._conn)

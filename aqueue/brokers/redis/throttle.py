@@ -14,76 +14,29 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from importlib.resources import files
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from aqueue.core.errors import BrokerError
-
-from .redis_connection import (
-    LazySyncClient,
+from aqueue.transports.redis.clients import LazySyncClient
+from aqueue.transports.redis.guard import guarded
+from aqueue.transports.redis.keys import KeySpace
+from aqueue.transports.redis.scripts import (
+    HELPERS,
     Script,
     ScriptCall,
     command,
-    guarded,
     run_scripts,
     run_scripts_sync,
 )
-from .redis_settings import RedisSettings
+from aqueue.transports.redis.settings import RedisSettings
 
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-"""
-
-# KEYS: rate key; ARGV: limit, period -> seconds until the reserved slot (string)
-RESERVE_RATE = Script(
-    "reserve_rate",
-    _NOW
-    + """
-local limit, period = tonumber(ARGV[1]), tonumber(ARGV[2])
-local interval = period / limit
-local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
-local slot = math.max(now, tat - (period - interval))
-local new_tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%.17g', new_tat),
-           'PX', math.ceil((new_tat - now + period) * 1000))
-return string.format('%.17g', slot - now)
-""",
-)
-
-# KEYS: slots key; ARGV: holder, limit, lease_seconds -> 1 if held, 0 if full
-ACQUIRE_SLOT = Script(
-    "acquire_slot",
-    _NOW
-    + """
-local lease = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.17g', now))
-local held = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not held and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[1], string.format('%.17g', now + lease), ARGV[1])
-local ttl = math.ceil(lease * 1000)
-if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
-return 1
-""",
-)
-
-# KEYS: slots key; ARGV: lease_seconds, holders... -> number renewed
-RENEW_SLOTS = Script(
-    "renew_slots",
-    _NOW
-    + """
-local lease = tonumber(ARGV[1])
-local deadline = string.format('%.17g', now + lease)
-local n = 0
-for i = 2, #ARGV do
-  n = n + redis.call('ZADD', KEYS[1], 'XX', 'CH', deadline, ARGV[i])
-end
-local ttl = math.ceil(lease * 1000)
-if n > 0 and redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
-return n
-""",
-)
+_LUA = files(__package__) / "lua"
+RESERVE_RATE = Script.load(_LUA / "reserve_rate.lua", uses=(HELPERS,))
+ACQUIRE_SLOT = Script.load(_LUA / "acquire_slot.lua", uses=(HELPERS,))
+RENEW_SLOTS = Script.load(_LUA / "renew_slots.lua", uses=(HELPERS,))
 
 
 class RedisThrottle:
@@ -98,9 +51,10 @@ class RedisThrottle:
         self._settings = settings
         self._client = client
         self._sync = sync
+        self._keys = KeySpace(settings.prefix)
 
     def _key(self, key: str, kind: str) -> str:
-        return f"{self._settings.prefix}:{{throttle:{key}}}:{kind}"
+        return self._keys.throttle(key) + kind
 
     async def _run(self, what: str, call: ScriptCall) -> Any:
         client = await self._client()

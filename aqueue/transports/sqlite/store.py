@@ -1,4 +1,4 @@
-"""The SQLite plumbing shared by the ``sqlite://`` broker and result backend.
+"""One SQLite file, as the ``sqlite://`` broker and result backend both use it.
 
 One :class:`SQLiteStore` owns one file's connection and the single thread that uses it, so
 the event loop never blocks on SQLite. Writes submitted while the thread is busy are
@@ -26,8 +26,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from ..core.errors import AqueueError, ConfigurationError
-from ..core.urls import redact
+from aqueue.core.errors import AqueueError, ConfigurationError
+from aqueue.core.urls import redact
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
@@ -94,6 +94,36 @@ class SQLiteStore:
         busy_timeout: seconds SQLite itself waits for a lock before reporting busy.
         lock_timeout: seconds a transaction is retried while the file stays locked.
     """
+
+    @classmethod
+    def for_url(
+        cls,
+        url: str,
+        schema: Sequence[str],
+        options: dict[str, Any],
+        *,
+        columns: Sequence[tuple[str, str, str]] = (),
+        error: type[AqueueError],
+        logger: logging.Logger,
+        owner: str,
+    ) -> SQLiteStore:
+        """The store of a ``sqlite://`` URL, with ``busy_timeout`` and ``lock_timeout``
+        taken from ``options``; whatever is left there is ignored (logged at debug level).
+
+        ``owner`` (the broker or backend class name) is only for that log line.
+        """
+        store = cls(
+            sqlite_path(url),
+            schema,
+            columns=columns,
+            error=error,
+            logger=logger,
+            busy_timeout=float(options.pop("busy_timeout", 5.0)),
+            lock_timeout=float(options.pop("lock_timeout", 60.0)),
+        )
+        if options:
+            logger.debug("%s ignores options %s", owner, sorted(options))
+        return store
 
     def __init__(
         self,

@@ -1,0 +1,12 @@
+"""The Redis broker (``redis://``, ``rediss://``, ``unix://``): see docs/brokers/redis.md.
+
+``broker`` (RedisBroker: publish, claim, renew, inspection), ``delivery`` (a claimed
+message and its batched settlement), ``wait`` (the blocking claim), ``throttle`` (limits
+shared by every worker) and ``scripts`` (the Lua in ``lua/``, and its keys, arguments and
+replies by name).
+"""
+
+from .broker import RedisBroker
+from .delivery import RedisDelivery
+
+__all__ = ["RedisBroker", "RedisDelivery"]

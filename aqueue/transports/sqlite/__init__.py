@@ -1,0 +1,1 @@
+"""SQLite: the file, its connections and thread, shared by the ``sqlite://`` broker and backend."""
