@@ -37,10 +37,12 @@ FORBIDDEN = {
     "sqlite3",
     "_sqlite3",
     "aqueue.brokers.rabbitmq",
+    "aqueue.transports.amqp",
     "aqueue.brokers.sqlite",
     "aqueue.backends.rpc",
     "aqueue.backends.sqlite",
 }
+
 
 def worker_modules(tmp_path: Path, broker: str) -> set[str]:
     """The modules of a CLI worker that ran ``imports.noop`` once and stopped (--burst)."""

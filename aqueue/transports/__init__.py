@@ -1,0 +1,1 @@
+"""What one technology's broker and result backend share; imports neither role."""
