@@ -122,10 +122,8 @@ class Channels:
     def _on_open(self, conn: AbstractConnection) -> None:
         version = self.link.server_version
         log.info("connected to RabbitMQ %s at %s", version or "?", self.settings.redacted)
-        if self.options.consumer_timeout is not None and aiormq_hooks.version_tuple(version) < (
-            3,
-            12,
-        ):
+        old = aiormq_hooks.version_tuple(version) < (3, 12)
+        if self.options.consumer_timeout is not None and old:
             log.warning(
                 "RabbitMQ %s ignores the x-consumer-timeout queue argument (needs 3.12); "
                 "the server-wide consumer_timeout applies",
