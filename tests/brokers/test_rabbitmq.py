@@ -31,6 +31,7 @@ from aqueue.core.errors import (
     PublishTimeout,
 )
 from aqueue.core.protocols import DEAD_LETTER_BODY_LIMIT, Broker, Delivery, Outgoing
+from aqueue.transports.amqp.settings import parse_settings
 from tests.conftest import (
     RABBIT_HOST,
     RABBIT_PORT,
@@ -139,6 +140,32 @@ def test_url_options_and_redaction() -> None:
         RabbitMQBroker("amqp://h/?queue_type=stream")
     with pytest.raises(ConfigurationError, match="invalid queue name"):
         b.topology.check("x.dlq")
+
+
+def test_one_settings_parser_for_every_role() -> None:
+    """The transport reads the connection options and hands each role its own, typed; a
+    password never survives scrubbing, percent-encoded in the URL or not."""
+    s, own = parse_settings(
+        "amqp://u:p%40ss@h/vh?prefix=x&cache_size=3&queue_type=classic&cafile=/c.pem",
+        {"heartbeat": 5, "cache_size": None},
+        owner="test role",
+        own={"cache_size": int},
+    )
+    assert own == {"cache_size": 3}  # the broker's queue_type is not this role's: dropped
+    assert (s.prefix, s.heartbeat, s.operation_timeout) == ("x", 5, 10.0)
+    assert "heartbeat=5" in s.client_url and "cafile=%2Fc.pem" in s.client_url
+    assert "cache_size" not in s.client_url and "queue_type" not in s.client_url
+    assert "***" in s.redacted and "p%40ss" not in s.redacted
+    text = s.scrub(OSError("login p@ss refused for amqp://u:p%40ss@h"))
+    assert "p@ss" not in text and "p%40ss" not in text and text.startswith("OSError: ")
+    with pytest.raises(ConfigurationError, match="unknown test role option"):
+        parse_settings("amqp://h/", {"bogus": 1}, owner="test role")
+    with pytest.raises(ConfigurationError, match="heartbeat='soon' is not a valid int"):
+        parse_settings("amqp://h/?heartbeat=soon", {}, owner="test role")
+    with pytest.raises(ConfigurationError, match="prefix"):
+        parse_settings("amqp://h/?prefix=amq.x", {}, owner="test role")
+    with pytest.raises(ConfigurationError, match="amqp://"):
+        parse_settings("redis://h/", {}, owner="test role")
 
 
 def test_delay_levels_never_deliver_early_and_halve_what_remains() -> None:

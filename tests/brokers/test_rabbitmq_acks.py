@@ -1,4 +1,4 @@
-"""Batched acks on the RabbitMQ consuming channel (aqueue/brokers/rabbitmq_acks.py).
+"""Batched acks on the RabbitMQ consuming channel (aqueue/brokers/rabbitmq/acks.py).
 
 ``ack()`` queues the delivery tag and the acks of one event-loop turn go out together, as one
 ``basic.ack(multiple=True)`` where the tags extend the settled run at the bottom of the

@@ -596,7 +596,7 @@ class Consumers:
         """Ack: the message is gone for good, and so is its delivery-count correction.
 
         The ack is queued and written within the next event-loop turn, batched with the
-        others of that turn (see rabbitmq_acks); a crash before then redelivers it.
+        others of that turn (see :mod:`.acks`); a crash before then redelivers it.
         """
         acks = self.channels.acks
         if acks is None or acks.gen != d.gen:
