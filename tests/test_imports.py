@@ -37,6 +37,7 @@ FORBIDDEN = {
     "sqlite3",
     "_sqlite3",
     "aqueue.brokers.rabbitmq",
+    "aqueue.transports.amqp",
     "aqueue.brokers.sqlite",
     "aqueue.backends.rpc",
     "aqueue.backends.sqlite",

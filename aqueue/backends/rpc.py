@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import time
 import uuid
@@ -38,21 +37,23 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import aio_pika
 import aiormq
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractConnection,
-    AbstractIncomingMessage,
-)
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aiormq.abc import DeliveredMessage
 
-from ..brokers.rabbitmq_link import AMQP_ERRORS, LoopEndClose, hear_returns
-from ..brokers.rabbitmq_topology import CONTENT_TYPE, RabbitSettings, parse_settings
-from ..core import states
-from ..core.control import REVOKE_FENCE
-from ..core.errors import BrokerError, ConfigurationError
-from ..core.urls import redact
+from aqueue.core import states
+from aqueue.core.control import REVOKE_FENCE
+from aqueue.core.errors import BrokerError, ConfigurationError
+from aqueue.core.urls import redact
+from aqueue.transports.amqp import aiormq_hooks
+from aqueue.transports.amqp.link import AMQP_ERRORS, Link
+from aqueue.transports.amqp.loop_end import LoopEndClose
+from aqueue.transports.amqp.settings import (
+    CONNECTION_OPTIONS,
+    CONTENT_TYPE,
+    RabbitSettings,
+    parse_settings,
+)
 
 log = logging.getLogger("aqueue.backend.rpc")
 
@@ -62,9 +63,9 @@ _STATE_HEADER = "x-aqueue-state"
 _ATTEMPT_HEADER = "x-aqueue-attempt"
 #: only queues named like the ones this backend declares are ever published to
 _REPLY_NAME = re.compile(r"\.reply\.[0-9a-f]{32}\Z")
-#: settings of the AMQP URL that apply to the reply connection; the others are the broker's
-_AMQP_OPTIONS = frozenset({"prefix", "heartbeat", "connect_timeout", "operation_timeout"})
-_OWN_OPTIONS = ("cache_size", "routes_size")
+#: this backend's own options; of the others, only the connection's apply (the rest are
+#: the broker's)
+_OWN_OPTIONS = {"cache_size": int, "routes_size": int}
 _SHARED = 'a shared result backend, e.g. backend="redis://localhost:6379/0"'
 #: AMQP delivery mode of a record: transient (results live in the receiver's memory only)
 _TRANSIENT = 1
@@ -148,26 +149,35 @@ class RPCBackend:
 
     def __init__(self, url: str = "rpc://", *, broker_url: str | None = None, **options: Any):
         self.url = url
-        amqp_url, query = _amqp_url(url, broker_url)
-        merged: dict[str, Any] = {**query, **options}
-        self._cache_size = _positive(merged.pop("cache_size", 10000), "cache_size")
-        self._routes_size = _positive(merged.pop("routes_size", 100000), "routes_size")
-        amqp_options = {k: v for k, v in merged.items() if k in _AMQP_OPTIONS}
-        for key in sorted(set(merged) - _AMQP_OPTIONS):
+        known = {**CONNECTION_OPTIONS, **_OWN_OPTIONS}
+        for key in sorted(set(options) - set(known)):
             log.debug("rpc:// backend ignores option %r", key)
-        self._settings: RabbitSettings = parse_settings(amqp_url, amqp_options)
+        settings, own = parse_settings(
+            _amqp_url(url, broker_url),
+            {k: v for k, v in options.items() if k in known},
+            owner="rpc:// backend",
+            own=_OWN_OPTIONS,
+        )
+        self.settings: RabbitSettings = settings
+        self._cache_size = _positive(own.get("cache_size", 10000), "cache_size")
+        self._routes_size = _positive(own.get("routes_size", 100000), "routes_size")
         #: this process's reply queue; stable across reconnections
-        self.reply_queue = f"{self._settings.prefix}.reply.{uuid.uuid4().hex}"
-        self._password = urlsplit(self._settings.client_url).password
+        self.reply_queue = f"{settings.prefix}.reply.{uuid.uuid4().hex}"
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._routes: OrderedDict[str, str] = OrderedDict()
-        self._watchers: dict[str, set[asyncio.Queue[bytes]]] = {}
-        self._conn: AbstractConnection | None = None
-        self._channel: AbstractChannel | None = None
-        #: the channel's aiormq channel, which records are published on
+        #: task id -> the queues of its watchers
+        self.watchers: dict[str, set[asyncio.Queue[bytes]]] = {}
+        #: the connection (for inspection and tests: closing it is a dropped connection)
+        self.link = Link(
+            settings, name=f"aqueue {settings.prefix} results", label="rpc:// results: "
+        )
+        #: the channel the reply queue is consumed on; ``None`` while not connected
+        self.channel: AbstractChannel | None = None
+        #: its aiormq channel, which records are published on
         self._raw: aiormq.Channel | None = None
         #: publish ``mandatory`` (RabbitMQ returns what it cannot route) only where the
-        #: returns are heard (:func:`hear_returns`); otherwise RabbitMQ drops them silently
+        #: returns are heard (:func:`~aqueue.transports.amqp.aiormq_hooks.hear_returns`);
+        #: otherwise RabbitMQ drops them silently
         self._mandatory = False
         self.gone = GoneQueues()
         #: records dropped because their reply queue is gone
@@ -177,10 +187,10 @@ class RPCBackend:
         self._lock: asyncio.Lock | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
-        self._loop_end = LoopEndClose(self.close, self._settings.operation_timeout)
+        self._loop_end = LoopEndClose(self.close, settings.operation_timeout)
 
     def __repr__(self) -> str:
-        return f"<RPCBackend {redact(self.url)} via {self._settings.redacted}>"
+        return f"<RPCBackend {redact(self.url)} via {self.settings.redacted}>"
 
     # -- hooks the app and the executor call --------------------------------------------
 
@@ -209,7 +219,7 @@ class RPCBackend:
             self._lock = asyncio.Lock()
             self._up = asyncio.Event()
         async with self._lock:
-            if self._channel is not None and not self._channel.is_closed:
+            if self.channel is not None and not self.channel.is_closed:
                 return
             self._closing = False
             await self._open()
@@ -233,32 +243,14 @@ class RPCBackend:
                 await supervisor
             except asyncio.CancelledError:
                 pass
-        conn, self._conn, self._channel, self._raw = self._conn, None, None, None
+        self.channel = self._raw = None
         if self._up is not None:
             self._up.clear()
-        if conn is not None:
-            await self._close_quietly(conn)
+        await self.link.close()
 
     async def _open(self) -> None:
-        s = self._settings
-        try:
-            async with asyncio.timeout(s.connect_timeout):
-                conn = await aio_pika.connect(
-                    s.client_url,
-                    timeout=s.connect_timeout,
-                    client_properties={
-                        "connection_name": f"aqueue {s.prefix} results pid {os.getpid()}"
-                    },
-                )
-        except TimeoutError:
-            raise BrokerError(
-                f"rpc:// results: could not connect to RabbitMQ at {s.redacted} "
-                f"within {s.connect_timeout}s"
-            ) from None
-        except Exception as exc:
-            raise BrokerError(
-                f"rpc:// results: could not connect to RabbitMQ at {s.redacted}: {self._scrub(exc)}"
-            ) from None
+        s = self.settings
+        conn = await self.link.connection()
         try:
             async with asyncio.timeout(s.operation_timeout):
                 channel = await conn.channel(publisher_confirms=False)
@@ -266,13 +258,12 @@ class RPCBackend:
                     self.reply_queue, exclusive=True, auto_delete=True
                 )
                 await queue.consume(self._on_message, no_ack=True)
-                raw = await channel.get_underlay_channel()
-                assert isinstance(raw, aiormq.Channel)
+                raw = await aiormq_hooks.underlay(channel)
         except Exception as exc:
-            await self._close_quietly(conn)
+            await self.link.close()
             raise BrokerError(
                 f"rpc:// results: could not declare reply queue {self.reply_queue} on "
-                f"{s.redacted}: {self._scrub(exc)}"
+                f"{s.redacted}: {s.scrub(exc)}"
             ) from None
         lost = asyncio.Event()
 
@@ -281,8 +272,8 @@ class RPCBackend:
 
         conn.close_callbacks.add(on_close)
         channel.close_callbacks.add(on_close)
-        self._mandatory = hear_returns(raw, self._on_return)
-        self._conn, self._channel, self._raw, self._lost = conn, channel, raw, lost
+        self._mandatory = aiormq_hooks.hear_returns(raw, self._on_return)
+        self.channel, self._raw, self._lost = channel, raw, lost
         assert self._up is not None
         self._up.set()
         log.debug("rpc:// results: consuming %s on %s", self.reply_queue, s.redacted)
@@ -292,10 +283,9 @@ class RPCBackend:
         try:
             await self._reconnect_forever()
         except asyncio.CancelledError:
-            conn = self._conn
-            if not self._closing and conn is not None:  # the loop is ending: close it cleanly
+            if not self._closing:  # the loop is ending: close the connection cleanly
                 self._closing = True
-                await self._close_quietly(conn)
+                await self.link.close()
             raise
 
     async def _reconnect_forever(self) -> None:
@@ -306,36 +296,24 @@ class RPCBackend:
             if self._closing:
                 return
             self._up.clear()
-            conn, self._conn, self._channel, self._raw = self._conn, None, None, None
+            self.channel = self._raw = None
             log.warning(
                 "rpc:// results: connection to %s lost; reconnecting (results sent to this "
                 "process meanwhile are lost)",
-                self._settings.redacted,
+                self.settings.redacted,
             )
-            if conn is not None:
-                await self._close_quietly(conn)
+            await self.link.close()
             delay = 0.1
             while not self._closing:
                 try:
                     async with self._lock:  # connect() may have reconnected meanwhile
-                        if self._channel is None or self._channel.is_closed:
+                        if self.channel is None or self.channel.is_closed:
                             await self._open()
                     break
                 except BrokerError as exc:
                     log.warning("%s; retrying in %.1fs", exc, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
-
-    async def _close_quietly(self, conn: AbstractConnection) -> None:
-        try:
-            async with asyncio.timeout(self._settings.operation_timeout):
-                await conn.close()
-        except Exception as exc:  # closing is best effort
-            log.debug("closing the rpc:// connection failed: %s", type(exc).__name__)
-
-    def _scrub(self, exc: BaseException) -> str:
-        text = f"{type(exc).__name__}: {exc}"
-        return text.replace(self._password, "***") if self._password else text
 
     # -- receiving ----------------------------------------------------------------------
 
@@ -371,7 +349,7 @@ class RPCBackend:
         cache.move_to_end(task_id)
         while len(cache) > self._cache_size:
             cache.popitem(last=False)
-        for queue in self._watchers.get(task_id, ()):
+        for queue in self.watchers.get(task_id, ()):
             queue.put_nowait(body)
         return True
 
@@ -413,7 +391,6 @@ class RPCBackend:
         message object, no drain per record.
         """
         raw = self._raw
-        timeout = self._settings.operation_timeout
         try:
             if raw is None or raw.is_closed:
                 raw = await self._publishing()
@@ -424,20 +401,20 @@ class RPCBackend:
                 message_id=task_id,
                 headers={_STATE_HEADER: state, _ATTEMPT_HEADER: attempt},
             )
-            await raw.basic_publish(
+            await aiormq_hooks.publish_raw(
+                raw,
                 record,
-                routing_key=route,
-                properties=properties,
+                route,
+                properties,
                 mandatory=self._mandatory,
-                wait=False,
-                timeout=timeout,
+                timeout=self.settings.operation_timeout,
             )
         except (TimeoutError, *AMQP_ERRORS) as exc:
             log.warning(
                 "rpc:// results: the %s record of task %s was not sent (%s)",
                 state,
                 task_id,
-                "no connection" if isinstance(exc, TimeoutError) else self._scrub(exc),
+                "no connection" if isinstance(exc, TimeoutError) else self.settings.scrub(exc),
             )
 
     async def _publishing(self) -> aiormq.Channel:
@@ -451,7 +428,7 @@ class RPCBackend:
         if self._up is None or self._closing:
             await self.connect()
         assert self._up is not None
-        async with asyncio.timeout(self._settings.operation_timeout):
+        async with asyncio.timeout(self.settings.operation_timeout):
             await self._up.wait()
         raw = self._raw
         if raw is None or raw.is_closed:  # lost again already: being reopened
@@ -472,7 +449,7 @@ class RPCBackend:
 
     async def watch(self, task_id: str) -> AsyncGenerator[bytes, None]:
         queue: asyncio.Queue[bytes] = asyncio.Queue()
-        watchers = self._watchers.setdefault(task_id, set())
+        watchers = self.watchers.setdefault(task_id, set())
         watchers.add(queue)
         entry = self._cache.get(task_id)
         if entry is not None:
@@ -482,8 +459,8 @@ class RPCBackend:
                 yield await queue.get()
         finally:
             watchers.discard(queue)
-            if not watchers and self._watchers.get(task_id) is watchers:
-                del self._watchers[task_id]
+            if not watchers and self.watchers.get(task_id) is watchers:
+                del self.watchers[task_id]
 
     async def forget(self, task_id: str) -> None:
         self._cache.pop(task_id, None)
@@ -497,8 +474,9 @@ class RPCBackend:
         )
 
 
-def _amqp_url(url: str, broker_url: str | None) -> tuple[str, dict[str, str]]:
-    """The AMQP URL to connect to, and this backend's own options from the query."""
+def _amqp_url(url: str, broker_url: str | None) -> str:
+    """The AMQP URL to connect to, with the query of the ``rpc://`` URL (which wins) and, for
+    a bare ``rpc://``, the broker's."""
     parts = urlsplit(url)
     if parts.scheme.lower() != "rpc":
         raise ConfigurationError(f"not an rpc:// URL: {redact(url)!r}")
@@ -515,8 +493,7 @@ def _amqp_url(url: str, broker_url: str | None) -> tuple[str, dict[str, str]]:
             f"or amqps:// (it is {redact(broker_url) if broker_url else 'not given'}); "
             "or name the server: rpc://user:password@host:5672/vhost"
         )
-    own = {k: query.pop(k) for k in _OWN_OPTIONS if k in query}
-    return urlunsplit((scheme, netloc, path, urlencode(query), fragment)), own
+    return urlunsplit((scheme, netloc, path, urlencode(query), fragment))
 
 
 def _positive(value: Any, name: str) -> int:

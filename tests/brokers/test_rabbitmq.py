@@ -22,8 +22,8 @@ import aio_pika
 import pytest
 
 from aqueue.brokers.rabbitmq import RabbitMQBroker
-from aqueue.brokers.rabbitmq_consumer import PRIME_WAIT
-from aqueue.brokers.rabbitmq_topology import LEVELS_MS, delay_level
+from aqueue.brokers.rabbitmq.consumer import PRIME_WAIT
+from aqueue.brokers.rabbitmq.topology import LEVELS_MS, delay_level
 from aqueue.core.errors import (
     BrokerError,
     ConfigurationError,
@@ -31,6 +31,7 @@ from aqueue.core.errors import (
     PublishTimeout,
 )
 from aqueue.core.protocols import DEAD_LETTER_BODY_LIMIT, Broker, Delivery, Outgoing
+from aqueue.transports.amqp.settings import parse_settings
 from tests.conftest import (
     RABBIT_HOST,
     RABBIT_PORT,
@@ -102,10 +103,10 @@ async def make() -> AsyncIterator[Make]:
         return broker
 
     yield factory
-    queues = sorted({"q"}.union(*(b._link.known for b in made)))
+    queues = sorted({"q"}.union(*(b.channels.known for b in made)))
     for broker in made:
         await broker.close()
-    if made and made[0]._settings.client_url.split("?")[0].endswith("%2F"):
+    if made and made[0].settings.client_url.split("?")[0].endswith("%2F"):
         cleaner = RabbitMQBroker(f"{BASE}/%2F?prefix={prefix}")
         try:
             await cleaner.delete_queues(queues)
@@ -127,8 +128,8 @@ def test_url_options_and_redaction() -> None:
         delivery_limit=7,
     )
     assert "s3cret" not in repr(b) and "***" in repr(b)
-    s = b._settings
-    assert (s.prefix, s.queue_type, s.delivery_limit) == ("p1", "classic", 7)
+    s = b.settings
+    assert (s.prefix, b.options.queue_type, b.options.delivery_limit) == ("p1", "classic", 7)
     assert "junk" not in s.client_url and "prefix" not in s.client_url
     assert "cafile=%2Fx.pem" in s.client_url and "heartbeat=30" in s.client_url
     assert b.capabilities.priorities and not b.capabilities.leases
@@ -138,7 +139,33 @@ def test_url_options_and_redaction() -> None:
     with pytest.raises(ConfigurationError, match="queue_type"):
         RabbitMQBroker("amqp://h/?queue_type=stream")
     with pytest.raises(ConfigurationError, match="invalid queue name"):
-        b._topo.check("x.dlq")
+        b.topology.check("x.dlq")
+
+
+def test_one_settings_parser_for_every_role() -> None:
+    """The transport reads the connection options and hands each role its own, typed; a
+    password never survives scrubbing, percent-encoded in the URL or not."""
+    s, own = parse_settings(
+        "amqp://u:p%40ss@h/vh?prefix=x&cache_size=3&queue_type=classic&cafile=/c.pem",
+        {"heartbeat": 5, "cache_size": None},
+        owner="test role",
+        own={"cache_size": int},
+    )
+    assert own == {"cache_size": 3}  # the broker's queue_type is not this role's: dropped
+    assert (s.prefix, s.heartbeat, s.operation_timeout) == ("x", 5, 10.0)
+    assert "heartbeat=5" in s.client_url and "cafile=%2Fc.pem" in s.client_url
+    assert "cache_size" not in s.client_url and "queue_type" not in s.client_url
+    assert "***" in s.redacted and "p%40ss" not in s.redacted
+    text = s.scrub(OSError("login p@ss refused for amqp://u:p%40ss@h"))
+    assert "p@ss" not in text and "p%40ss" not in text and text.startswith("OSError: ")
+    with pytest.raises(ConfigurationError, match="unknown test role option"):
+        parse_settings("amqp://h/", {"bogus": 1}, owner="test role")
+    with pytest.raises(ConfigurationError, match="heartbeat='soon' is not a valid int"):
+        parse_settings("amqp://h/?heartbeat=soon", {}, owner="test role")
+    with pytest.raises(ConfigurationError, match="prefix"):
+        parse_settings("amqp://h/?prefix=amq.x", {}, owner="test role")
+    with pytest.raises(ConfigurationError, match="amqp://"):
+        parse_settings("redis://h/", {}, owner="test role")
 
 
 def test_delay_levels_never_deliver_early_and_halve_what_remains() -> None:
@@ -167,7 +194,7 @@ async def test_unreachable_server_fails_fast_without_the_password() -> None:
 async def test_unroutable_publish_raises_then_redeclares(broker: RabbitMQBroker) -> None:
     await broker.publish([msg()])  # declares the queue
     async with raw_channel() as ch:
-        await ch.queue_delete(broker._topo.work("q"))
+        await ch.queue_delete(broker.topology.work("q"))
     with pytest.raises(BrokerError, match="could not route"):
         await broker.publish([msg()])  # confirmed as unroutable: never silently dropped
     m = msg()
@@ -184,8 +211,8 @@ async def test_blocked_connection_publish_fails_with_a_clear_error(
     async def stuck(*args: Any, **kwargs: Any) -> None:
         await asyncio.Event().wait()  # what a publish does while a resource alarm lasts
 
-    monkeypatch.setattr(broker._link, "send", stuck)
-    monkeypatch.setattr(broker._link, "blocked", lambda: True)
+    monkeypatch.setattr(broker.channels, "send", stuck)
+    monkeypatch.setattr(broker.channels, "blocked", lambda: True)
     t0 = time.monotonic()
     with pytest.raises(PublishTimeout, match="resource alarm"):
         await broker.publish([msg()])
@@ -213,14 +240,14 @@ async def test_publish_during_a_connection_loss_is_indeterminate_then_resendable
     await first.ack()
     batch = [msg() for _ in range(300)]
     publishing = asyncio.create_task(broker.publish(batch))
-    pub = broker._link.live("pub")
+    pub = broker.channels.live("pub")
     assert pub is not None
     underlay = await pub.get_underlay_channel()
     async with asyncio.timeout(5):
         while not underlay.confirmations:  # wait until publishes are out, unconfirmed
             await asyncio.sleep(0)
-    assert broker._link.conn is not None
-    await broker._link.conn.close()
+    assert broker.channels.link.conn is not None
+    await broker.channels.link.conn.close()
     try:
         await publishing
         pytest.skip("every confirm arrived before the close; nothing to observe")
@@ -248,8 +275,8 @@ async def test_dead_holder_redelivers_at_once_and_is_fenced(make: Make) -> None:
     await asyncio.sleep(0.1)
     assert not waiting.done()
     t0 = time.monotonic()
-    assert holder._link.conn is not None
-    await holder._link.conn.close()  # the worker died: its connection is gone
+    assert holder.channels.link.conn is not None
+    await holder.channels.link.conn.close()  # the worker died: its connection is gone
     [fresh] = await waiting
     assert time.monotonic() - t0 < 2.0  # immediate, no lease to wait for
     assert (fresh.id, fresh.delivery_count) == (m.id, 2)
@@ -275,7 +302,7 @@ async def test_a_process_that_stops_claiming_hands_its_buffer_back(make: Make) -
     await stopped.publish(ms)
     [d] = await claim(stopped, limit=1)  # the other two are buffered here
     assert await d.release(executed=False) is True  # back into the buffer, no round trip
-    assert stopped._consumers.local("q") == 3
+    assert stopped.consumers.local("q") == 3
     t0 = time.monotonic()
     got: list[Delivery] = []
     async with asyncio.timeout(5):
@@ -284,7 +311,7 @@ async def test_a_process_that_stops_claiming_hands_its_buffer_back(make: Make) -
     assert time.monotonic() - t0 < 2.0
     assert sorted(x.id for x in got) == sorted(m.id for m in ms)
     assert [x.delivery_count for x in got] == [2, 2, 2]  # one requeue each, none ran
-    assert stopped._consumers.local("q") == 0 and not stopped._consumers.consumers
+    assert stopped.consumers.local("q") == 0 and not stopped.consumers.consumers
     assert await d.ack() is False
     for x in got:
         assert await x.ack()
@@ -344,9 +371,9 @@ async def test_countdown_waits_on_the_broker_not_in_the_worker(broker: RabbitMQB
     await broker.publish([m])
     assert await claim(broker, timeout=0.2) == []
     # the message sits in a delay queue on the server; this process holds nothing
-    assert not any(broker._consumers.buffers.values()) and not broker._consumers.inflight
-    levels = [broker._topo.delay("q", lvl) for lvl in LEVELS_MS]
-    assert sum((await broker._link.probe(levels)).values()) == 1
+    assert not any(broker.consumers.buffers.values()) and not broker.consumers.inflight
+    levels = [broker.topology.delay("q", lvl) for lvl in LEVELS_MS]
+    assert sum((await broker.channels.probe(levels)).values()) == 1
     assert await broker.size("q") == 1
     got = await claim(broker, timeout=5.0)
     assert [d.id for d in got] == [m.id] and got[0].delivery_count == 1
@@ -359,8 +386,10 @@ async def test_far_future_eta_parks_in_a_long_delay_queue(broker: RabbitMQBroker
     await broker.publish([m])
     level = delay_level(2 * 3600 * 1000)
     assert level == 2**22  # ~70 minutes: the first of about 20 hops
-    counts = await broker._link.probe([broker._topo.delay("q", level), broker._topo.work("q")])
-    assert counts == {broker._topo.delay("q", level): 1, broker._topo.work("q"): 0}
+    counts = await broker.channels.probe(
+        [broker.topology.delay("q", level), broker.topology.work("q")]
+    )
+    assert counts == {broker.topology.delay("q", level): 1, broker.topology.work("q"): 0}
     assert await claim(broker, timeout=0.2) == []
     assert await broker.purge("q") == 1
     assert await broker.size("q") == 0
@@ -387,7 +416,7 @@ async def test_garbage_pushed_straight_into_the_queue_is_delivered_as_bytes(
     await first.ack()
     garbage = b"\x00\xff\xfe not an aqueue message"
     async with raw_channel() as ch:  # no headers, no content type, an id of aiormq's making
-        await ch.default_exchange.publish(aio_pika.Message(garbage), broker._topo.work("q"))
+        await ch.default_exchange.publish(aio_pika.Message(garbage), broker.topology.work("q"))
     [d] = await claim(broker, timeout=5.0)
     assert d.body == garbage and d.delivery_count == 1 and d.id
     assert await d.dead_letter("decode_error") is True  # what the worker does with it
@@ -406,7 +435,7 @@ async def test_a_huge_message_is_dead_lettered_as_its_start_and_size(make: Make)
     await first.ack()
     garbage = os.urandom(4 * 1024 * 1024)
     async with raw_channel() as ch:
-        await ch.default_exchange.publish(aio_pika.Message(garbage), broker._topo.work("q"))
+        await ch.default_exchange.publish(aio_pika.Message(garbage), broker.topology.work("q"))
     [d] = await claim(broker, timeout=5.0)
     assert len(d.body) == len(garbage)
     assert await d.dead_letter("decode_error") is True
@@ -414,7 +443,7 @@ async def test_a_huge_message_is_dead_lettered_as_its_start_and_size(make: Make)
     assert (letter.reason, letter.size) == ("decode_error", len(garbage))
     assert letter.body == garbage[:DEAD_LETTER_BODY_LIMIT]
     async with raw_channel() as ch:  # what RabbitMQ stores: the start only
-        dlq = await ch.declare_queue(broker._topo.dlq("q"), passive=True)
+        dlq = await ch.declare_queue(broker.topology.dlq("q"), passive=True)
         stored = await dlq.get(no_ack=False)
         assert stored is not None and len(stored.body) == DEAD_LETTER_BODY_LIMIT
         await stored.nack(requeue=True)
@@ -444,14 +473,14 @@ async def test_queue_deleted_under_a_consumer_is_redeclared(
     await asyncio.sleep(0.1)
     t0 = time.monotonic()
     async with raw_channel() as ch:
-        await ch.queue_delete(consumer._topo.work("q"))
+        await ch.queue_delete(consumer.topology.work("q"))
     m = msg()
 
     async def publish() -> bool:
         try:
             return (await producer.publish([m]))[0]
         except BrokerError:  # the producer's cached declaration is stale once: re-declared
-            await producer._dedupe.discard([m.id])  # type: ignore[union-attr]
+            await producer.dedupe.discard([m.id])  # type: ignore[union-attr]
             return False
 
     await eventually(publish)
@@ -479,8 +508,8 @@ async def test_watchdog_restarts_a_consumer_that_receives_nothing(
     cancelling the consumer behind the broker's back; the idle-claim watchdog restarts it."""
     broker = await make(watchdog_interval=0.2)
     assert await claim(broker) == []  # consumer started
-    consumer = broker._consumers.consumers["q"]
-    underlay = broker._link.live_consuming()
+    consumer = broker.consumers.consumers["q"]
+    underlay = broker.channels.live_consuming()
     assert underlay is not None
     await underlay.basic_cancel(consumer.tag)  # no Basic.Cancel from the server: unnoticed
     m = msg()
@@ -506,7 +535,7 @@ async def test_consumer_timeout_closure_is_explained(
     )
     with caplog.at_level(logging.ERROR, logger="aqueue.broker.rabbitmq"):
         # what aio-pika reports when RabbitMQ closes the channel with that error
-        broker._link.consuming_closed(broker._link.live_consuming(), exc)
+        broker.channels.consuming_closed(broker.channels.live_consuming(), exc)
     assert "consumer_timeout" in caplog.text and "run again as a new attempt" in caplog.text
     assert broker.renew([d.lease], 30.0) == [d.lease]
     assert await d.ack() is False
@@ -580,8 +609,8 @@ async def test_force_closed_connections_lose_nothing(make: Make, vhost: str) -> 
         await eventually(lambda k=k: _true(len(set(executed)) >= n * (k + 1) // (kills + 2)))
         running.clear()  # deliveries claimed now stay unacknowledged through the kill
         lost_at: list[float] = []
-        assert consumer._link.conn is not None
-        consumer._link.conn.close_callbacks.add(lambda *_: lost_at.append(time.monotonic()))
+        assert consumer.channels.link.conn is not None
+        consumer.channels.link.conn.close_callbacks.add(lambda *_: lost_at.append(time.monotonic()))
         await actl("close_all_connections", "-p", vhost, "aqueue fault test")
         await eventually(lambda: _true(bool(lost_at)))
         resumed_at = time.monotonic()

@@ -1,4 +1,4 @@
-"""Batched acks on the RabbitMQ consuming channel (aqueue/brokers/rabbitmq_acks.py).
+"""Batched acks on the RabbitMQ consuming channel (aqueue/brokers/rabbitmq/acks.py).
 
 ``ack()`` queues the delivery tag and the acks of one event-loop turn go out together, as one
 ``basic.ack(multiple=True)`` where the tags extend the settled run at the bottom of the
@@ -10,8 +10,9 @@ channel. What must hold, against the real server:
   never lost;
 * ``close()`` writes what is queued before the connection goes.
 
-And the consuming channel's reader hands deliveries to the consumer inline (no task each),
-with aiormq's task per delivery as the fallback.
+And the consuming channel's reader hands deliveries to the consumer inline (no task each)
+wherever the installed aiormq allows it (``aiormq_hooks.FRAME_HOOKS``), with aiormq's task
+per delivery as the fallback.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from typing import Any
 
 import pytest
 
-from aqueue.brokers import rabbitmq_link
 from aqueue.brokers.rabbitmq import RabbitMQBroker
-from aqueue.brokers.rabbitmq_acks import Acks
+from aqueue.brokers.rabbitmq.acks import Acks
 from aqueue.core.protocols import Delivery, Outgoing
+from aqueue.transports.amqp import aiormq_hooks
 from tests.conftest import RABBIT_HOST, RABBIT_PORT, require_service
 
 pytestmark = pytest.mark.rabbitmq
@@ -60,7 +61,7 @@ async def claim_all(broker: RabbitMQBroker, want: int, timeout: float = 5.0) -> 
 
 
 def acks_of(broker: RabbitMQBroker) -> Acks:
-    acks = broker._link.acks
+    acks = broker.channels.acks
     assert acks is not None
     return acks
 
@@ -104,7 +105,7 @@ def test_low_advances_only_over_a_contiguous_run() -> None:
         acks = Acks(channel=None, gen=1)  # type: ignore[arg-type]  # bookkeeping only
         settled: set[int] = set()
         for tag in order:
-            acks._mark(tag)
+            acks.mark(tag)
             settled.add(tag)
             expected_low = 1
             while expected_low in settled:
@@ -131,7 +132,7 @@ async def test_acks_of_one_turn_are_one_frame_and_close_writes_them(
         assert await d.ack() is True  # queued: no frame yet, no round trip
     acks = acks_of(broker)
     assert acks.frames == 0 and acks.pending
-    await broker._consumers._acks_processed()  # written, and processed by RabbitMQ
+    await broker.consumers.acks_processed()  # written, and processed by RabbitMQ
     assert (acks.frames, acks.settled) == (1, 50)  # one basic.ack(multiple=True)
     await broker.publish([msg() for _ in range(5)])
     more = await claim_all(broker, 5)
@@ -157,17 +158,17 @@ async def test_multiple_acks_never_cover_held_or_buffered_messages(
     acks = acks_of(broker)
     for i in (1, 2, 5):  # not the first: nothing may go out as "multiple"
         assert await got[i].ack()
-    await broker._consumers._acks_processed()
+    await broker.consumers.acks_processed()
     assert (acks.frames, acks.low) == (3, 1)  # three single acks
     assert await got[0].ack()
-    await broker._consumers._acks_processed()
+    await broker.consumers.acks_processed()
     assert acks.frames == 4 and acks.low == 4  # tags 1-3 settled; 4 (got[3]) still held
     for i in (6, 7):  # above a held message: one by one again
         assert await got[i].ack()
-    await broker._consumers._acks_processed()
+    await broker.consumers.acks_processed()
     assert acks.frames == 6
-    assert broker._link.conn is not None
-    await broker._link.conn.close()  # the worker died holding got[3], got[4] and the buffer
+    assert broker.channels.link.conn is not None
+    await broker.channels.link.conn.close()  # the worker died holding got[3], got[4] and the buffer
     back = await claim_all(other, 6)
     expected = {got[3].id, got[4].id} | {m.id for m in ms[8:]}
     assert sorted(d.id for d in back) == sorted(expected)
@@ -186,11 +187,11 @@ async def test_a_run_of_acks_below_a_buffered_window_is_one_multiple_ack(
     assert [d.id for d in got] == [m.id for m in ms[:4]]
     for d in reversed(got):  # any order within the turn
         assert await d.ack()
-    await broker._consumers._acks_processed()
+    await broker.consumers.acks_processed()
     acks = acks_of(broker)
     assert (acks.frames, acks.low) == (1, 5)
-    assert broker._link.conn is not None
-    await broker._link.conn.close()
+    assert broker.channels.link.conn is not None
+    await broker.channels.link.conn.close()
     back = await claim_all(other, 6)
     assert sorted(d.id for d in back) == sorted(m.id for m in ms[4:])  # the buffered ones
     for d in back:
@@ -201,7 +202,6 @@ async def test_a_run_of_acks_below_a_buffered_window_is_one_multiple_ack(
 # event-loop turn, before the batched acks are written
 _DIES_WITH_QUEUED_ACKS = """
 import asyncio, os, sys
-from aqueue.brokers import rabbitmq_link
 from aqueue.brokers.rabbitmq import RabbitMQBroker
 
 async def main() -> None:
@@ -212,7 +212,7 @@ async def main() -> None:
         while len(got) < int(sys.argv[2]):
             got += await broker.claim(["q"], limit=20, lease_seconds=30, owner="x", timeout=1)
     acked = [await d.ack() for d in got]
-    assert all(acked) and broker._link.acks.pending, acked
+    assert all(acked) and broker.channels.acks.pending, acked
     sys.stdout.write("acked %d\\n" % len(acked))
     sys.stdout.flush()
     os._exit(9)  # killed before the next loop turn: nothing was written
@@ -242,7 +242,7 @@ async def test_a_worker_killed_with_queued_acks_loses_nothing(make: tuple[Make, 
     assert {d.delivery_count for d in back} == {2}  # as after any crash
     for d in back:
         assert await d.ack()
-    await other._consumers._acks_processed()
+    await other.consumers.acks_processed()
     assert await other.size("q") == 0
 
 
@@ -252,19 +252,43 @@ async def test_a_worker_killed_with_queued_acks_loses_nothing(make: tuple[Make, 
 async def test_deliveries_are_handled_inline_by_the_channel_reader(
     make: tuple[Make, str],
 ) -> None:
-    """With the installed aiormq, the consuming channel's reader calls the consumer itself
-    (no task per delivery): if this fails after an aiormq upgrade, the fallback (a task
-    per delivery, below) still works, only slower."""
+    """Where the version guard allows it, the consuming channel's reader calls the consumer
+    itself (no task per delivery): every delivery went through the hook, counted by it. If
+    this fails after an aiormq upgrade, the fallback (a task per delivery, below) still
+    works, only slower: fix the hook or the guard."""
     factory, _ = make
     broker = await factory(prefetch=20)
     ms = [msg() for _ in range(20)]
     await broker.publish(ms)
     got = await claim_all(broker, 20)
     assert sorted(d.id for d in got) == sorted(m.id for m in ms)
-    channel = broker._link.live_consuming()
-    assert channel is not None
-    assert "_on_deliver_frame" in vars(channel)  # the inline hook is installed
-    assert set(broker._link.inline) == {broker._consumers.consumers["q"].tag}
+    hook = broker.channels.inline_hook
+    if aiormq_hooks.FRAME_HOOKS:
+        assert hook is not None and hook.delivered == 20  # all of them, none in a task
+        assert set(hook.consumers) == {broker.consumers.consumers["q"].tag}
+    else:  # an aiormq whose reader binds its handlers once: the hook is not installed
+        assert hook is None
+    for d in got:
+        assert await d.ack()
+
+
+async def test_the_version_guard_matches_what_aiormq_does(
+    make: tuple[Make, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hook installed whatever the guard says: aiormq's reader calls it for every
+    delivery exactly on the versions the guard lets it be installed on (>= 7.2.1); on older
+    ones the reader never calls it (deliveries still arrive, through aiormq's own handler)."""
+    monkeypatch.setattr(aiormq_hooks, "FRAME_HOOKS", True)
+    factory, _ = make
+    broker = await factory(prefetch=10)
+    ms = [msg() for _ in range(10)]
+    await broker.publish(ms)
+    got = await claim_all(broker, 10)
+    assert sorted(d.id for d in got) == sorted(m.id for m in ms)
+    hook = broker.channels.inline_hook
+    assert hook is not None
+    works = aiormq_hooks.AIORMQ_VERSION >= aiormq_hooks.FRAME_HOOKS_SINCE
+    assert hook.delivered == (10 if works else 0)
     for d in got:
         assert await d.ack()
 
@@ -272,21 +296,21 @@ async def test_deliveries_are_handled_inline_by_the_channel_reader(
 async def test_without_the_inline_hook_a_task_per_delivery_works_the_same(
     make: tuple[Make, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rabbitmq_link, "deliver_inline", lambda channel, inline: False)
+    monkeypatch.setattr(aiormq_hooks, "deliver_inline", lambda channel, consumers: None)
     factory, _ = make
     broker, other = await factory(prefetch=10), await factory(prefetch=10)
     ms = [msg() for _ in range(10)]
     await broker.publish(ms)
     got = await claim(broker, limit=6, timeout=2.0)
     assert [d.id for d in got] == [m.id for m in ms[:6]]
-    channel = broker._link.live_consuming()
-    assert channel is not None and "_on_deliver_frame" not in vars(channel)
+    channel = broker.channels.live_consuming()
+    assert channel is not None and broker.channels.inline_hook is None
     for d in got[:5]:
         assert await d.ack()
-    await broker._consumers._acks_processed()
+    await broker.consumers.acks_processed()
     assert acks_of(broker).frames == 1
-    assert broker._link.conn is not None
-    await broker._link.conn.close()
+    assert broker.channels.link.conn is not None
+    await broker.channels.link.conn.close()
     back = await claim_all(other, 5)
     assert sorted(d.id for d in back) == sorted([got[5].id] + [m.id for m in ms[6:]])
     for d in back:

@@ -116,7 +116,7 @@ async def test_many_waits_share_one_reply_queue(client: App) -> None:
     assert {REPLY_HEADER: backend.reply_queue} == backend.reply_headers()
     results = await asyncio.gather(*(h.wait(timeout=20) for h in handles))
     assert results == [2 * i for i in range(100)]
-    assert not backend._watchers  # every watcher unsubscribed
+    assert not backend.watchers  # every watcher unsubscribed
 
 
 async def test_only_the_sender_sees_results(client: App, url: str) -> None:
@@ -142,11 +142,11 @@ async def test_chord_needs_a_shared_backend(client: App) -> None:
 
 async def test_reconnects_with_the_same_reply_queue(client: App) -> None:
     backend = client.backend
-    assert isinstance(backend, RPCBackend) and backend._conn is not None
+    assert isinstance(backend, RPCBackend) and backend.link.conn is not None
     queue = backend.reply_queue
-    await backend._conn.close()  # as if the connection dropped
+    await backend.link.conn.close()  # as if the connection dropped
     async with asyncio.timeout(10):
-        while backend._channel is None or backend._channel.is_closed:
+        while backend.channel is None or backend.channel.is_closed:
             await asyncio.sleep(0.02)
     assert backend.reply_queue == queue
     assert await (await client.tasks["rpc.add"].delay(5, 5)).wait(timeout=10) == 10
@@ -179,7 +179,7 @@ async def test_results_of_an_exited_producer_are_dropped_quietly(
     _register(gone)
     async with gone:
         await gone.tasks["rpc.add"].delay_many([(i, i) for i in range(n)])
-        backend = gone._backend
+        backend = gone.backend
         assert isinstance(backend, RPCBackend)
         dead = backend.reply_queue
     # closed: its exclusive reply queue went with its connection, before any worker ran
@@ -190,7 +190,7 @@ async def test_results_of_an_exited_producer_are_dropped_quietly(
     async with live, worker_app, worker_app.worker(concurrency=concurrency):
         handles = [await live.tasks["rpc.add"].delay(i, 1) for i in range(20)]  # queued last
         results = await asyncio.gather(*(h.wait(timeout=30) for h in handles))
-        worker_backend = worker_app._backend
+        worker_backend = worker_app.backend
     assert results == [i + 1 for i in range(20)]
     assert isinstance(worker_backend, RPCBackend)
     loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -288,9 +288,9 @@ def test_an_unclosed_app_closes_its_connections_when_the_loop_ends(url: str) -> 
 
     async def main() -> list[Any]:
         await app.tasks["rpc.add"].delay(1, 1)
-        backend = app._backend
+        backend = app.backend
         assert isinstance(backend, RPCBackend)
-        return [app.broker._link.conn, backend._conn]  # type: ignore[attr-defined]
+        return [app.broker.channels.link.conn, backend.link.conn]  # type: ignore[attr-defined]
 
     connections = asyncio.run(main())
     assert all(c is not None and c.is_closed for c in connections)

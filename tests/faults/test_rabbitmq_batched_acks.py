@@ -1,7 +1,7 @@
 """A worker process on RabbitMQ killed (SIGKILL) mid-drain, with batched acks in flight.
 
 The worker acks in batches (``basic.ack(multiple=True)`` over the settled run of delivery
-tags, see aqueue/brokers/rabbitmq_acks.py). Tasks of mixed lengths finish out of order, so
+tags, see aqueue/brokers/rabbitmq/acks.py). Tasks of mixed lengths finish out of order, so
 when the kill comes some acks are queued but not written, some tags are acked one by one
 above a task still running, and the prefetch buffer holds messages that never started. A
 second worker must then finish every task: lost 0, only extra executions (tasks that

@@ -26,8 +26,9 @@ import asyncio
 import bisect
 import logging
 
-import aiormq
 from aiormq.abc import AbstractChannel
+
+from aqueue.transports.amqp.link import AMQP_ERRORS
 
 log = logging.getLogger("aqueue.broker.rabbitmq")
 
@@ -53,7 +54,7 @@ class Acks:
 
     # -- bookkeeping ------------------------------------------------------------------
 
-    def _mark(self, tag: int) -> None:
+    def mark(self, tag: int) -> None:
         """Record ``tag`` as settled, advancing ``low`` over the runs it joins."""
         low, runs = self.low, self.runs
         if tag < low:
@@ -99,7 +100,7 @@ class Acks:
                 batch, self.pending = self.pending, []
                 batch.sort()
                 for tag in batch:
-                    self._mark(tag)
+                    self.mark(tag)
                 # RabbitMQ closes the channel on a multiple ack whose own tag is not
                 # outstanding ("unknown delivery tag"): name the batch's highest below low
                 low = self.low
@@ -111,7 +112,7 @@ class Acks:
                     await channel.basic_ack(tag, wait=False)
                     self.frames += 1
                 self.settled += len(batch)
-        except (*_CHANNEL_GONE, asyncio.CancelledError) as exc:
+        except (*AMQP_ERRORS, asyncio.CancelledError) as exc:
             # the channel died: RabbitMQ requeued everything unacknowledged on it
             log.debug("acks dropped with their channel: %s", type(exc).__name__)
             self.pending.clear()
@@ -131,13 +132,6 @@ class Acks:
             await self.channel.basic_ack(tag, wait=False)
         else:
             await self.channel.basic_nack(tag, requeue=requeue, wait=False)
-        self._mark(tag)
+        self.mark(tag)
         self.frames += 1
         self.settled += 1
-
-
-_CHANNEL_GONE = (
-    aiormq.exceptions.AMQPError,
-    aiormq.exceptions.ChannelInvalidStateError,
-    ConnectionError,
-)

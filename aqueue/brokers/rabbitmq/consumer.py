@@ -1,5 +1,6 @@
 """The consuming side of the RabbitMQ broker: one consumer per queue feeding an in-process
-buffer, claims taken from it, settlement of what was claimed, and a watchdog.
+buffer, claims taken from it, settlement of what was claimed (ack, hand-back, requeue,
+dead-letter), and a watchdog.
 
 A delivery belongs to the consuming channel it arrived on (its generation). When that
 channel dies, RabbitMQ requeues everything unacknowledged on it at once; here, every
@@ -24,14 +25,19 @@ from typing import Any, TypeVar
 from aiormq.abc import DeliveredMessage
 
 from aqueue.core.errors import BrokerError
-from aqueue.core.protocols import Delivery, Lease
+from aqueue.core.protocols import DEAD_LETTER_BODY_LIMIT, Delivery, Lease
+from aqueue.transports.amqp.link import AMQP_ERRORS
 
-from .rabbitmq_delivery import Consumer, Pending, RabbitMQDelivery, Waiters
-from .rabbitmq_link import AMQP_ERRORS, Link
-from .rabbitmq_settle import Settlement
-from .rabbitmq_topology import (
+from .channels import Channels
+from .delivery import Consumer, Pending, RabbitMQDelivery, Waiters
+from .topology import (
+    DEAD_AT_HEADER,
     ETA_HEADER,
     PRIOR_HEADER,
+    QUEUE_HEADER,
+    REASON_HEADER,
+    SIZE_HEADER,
+    eta_ms,
 )
 
 log = logging.getLogger("aqueue.broker.rabbitmq")
@@ -44,19 +50,28 @@ PRIME_WAIT = 1.0
 REDELAY_RETRY = 1.0
 MAX_PREFETCH = 65535
 UNCOUNTED_MAX = 100_000
+#: longest wait, before consumers are cancelled, for deliveries already on their way
+QUIESCE_MAX = 1.0
 
 
-class Consumers(Settlement):
-    """Consumers, their buffers and claims for one broker (settlement: rabbitmq_settle)."""
+class Consumers:
+    """Consumers, their buffers, claims and the settlement of what was claimed, for one
+    broker.
 
-    def __init__(self, link: Link) -> None:
-        self.link = link
-        self.settings = link.settings
-        self.topo = link.topo
+    Settling includes the hand-back machinery described in docs/brokers/rabbitmq.md:
+    withdraw the consumers, return buffered messages with their prior delivery count, make
+    sure RabbitMQ processed the acks.
+    """
+
+    def __init__(self, channels: Channels) -> None:
+        self.channels = channels
+        self.settings = channels.settings
+        self.options = channels.options
+        self.topo = channels.topo
         self.consumers: dict[str, Consumer] = {}
         self.buffers: dict[str, list[tuple[int, int, Pending]]] = {}
         self.inflight: dict[str, int] = {}  # claimed, unsettled, per queue
-        self.prefetch = self.settings.prefetch or 0
+        self.prefetch = self.options.prefetch or 0
         self.background: set[asyncio.Task[Any]] = set()
         self.claims = itertools.count(1)
         self._seq = itertools.count()
@@ -74,9 +89,9 @@ class Consumers(Settlement):
         # unexecuted hand-backs, and connection losses of unclaimed messages: subtracted
         # from the quorum delivery count while the message keeps coming back here
         self._uncounted: OrderedDict[str, int] = OrderedDict()
-        link.listener = self
+        channels.listener = self
 
-    # -- events from the link -------------------------------------------------------
+    # -- events from the channels ---------------------------------------------------
 
     def wake(self) -> None:
         self._waiters.notify()
@@ -86,8 +101,8 @@ class Consumers(Settlement):
         held = sum(self.inflight.values())
         # CancelledError: the event loop is ending without the app being closed
         ending = isinstance(exc, asyncio.CancelledError)
-        if exc is not None and not self.link.closing and not ending:
-            text = self.link.scrub(exc)
+        if exc is not None and not self.channels.closing and not ending:
+            text = self.channels.scrub(exc)
             if "acknowledgement" in text and "timed out" in text:
                 log.error(
                     "RabbitMQ closed the consuming channel because a delivery stayed "
@@ -120,10 +135,10 @@ class Consumers(Settlement):
         for queue, consumer in list(self.consumers.items()):
             if consumer.tag == tag:
                 del self.consumers[queue]
-                self.link.inline.pop(consumer.tag, None)
+                self.channels.inline.pop(consumer.tag, None)
                 self.buffers.pop(queue, None)  # they went with the queue
-                self.link.mark_vanished(queue)
-                if not self.link.closing:
+                self.channels.mark_vanished(queue)
+                if not self.channels.closing:
                     log.warning(
                         "RabbitMQ cancelled the consumer of queue %s (queue deleted?); "
                         "declaring it again and consuming on the next claim",
@@ -145,14 +160,14 @@ class Consumers(Settlement):
     # -- receiving ------------------------------------------------------------------
 
     async def _on_message(self, queue: str, gen: int, message: DeliveredMessage) -> None:
-        """aiormq's consumer callback, used when the channel cannot call :meth:`_deliver`
-        inline (see ``deliver_inline``)."""
+        """aiormq's consumer callback (a task per delivery), used where the channel's reader
+        cannot call :meth:`_deliver` inline (``Channels.inline_hook`` is ``None``)."""
         self._deliver(queue, gen, message)
 
     def _deliver(self, queue: str, gen: int, message: DeliveredMessage) -> None:
         """Buffer a delivery, or send it on if it is not due yet (no await: it runs inline
         in the consuming channel's reader)."""
-        if gen != self.link.gen:
+        if gen != self.channels.gen:
             return  # from a dead channel: RabbitMQ requeues it
         consumer = self.consumers.get(queue)
         if consumer is not None and consumer.gen == gen:
@@ -168,7 +183,7 @@ class Consumers(Settlement):
             self.spawn(self._redelay(early, due))
             self._waiters.notify()  # a claim waiting for priming looks again
             return
-        if self.settings.queue_type == "quorum":
+        if self.options.queue_type == "quorum":
             raw = headers.get("x-delivery-count", 0)
             count = 1 + (raw if isinstance(raw, int) else 0)
         else:
@@ -199,14 +214,14 @@ class Consumers(Settlement):
         queue, id_ = p.queue, p.id
         try:
             async with asyncio.timeout(self.settings.operation_timeout):
-                await self.link.send(queue, id_, p.body, p.priority, due)
+                await self.channels.send(queue, id_, p.body, p.priority, due)
         except Exception as exc:
             log.warning(
                 "could not send message %s of queue %s on to its next delay hop (%s); "
                 "handing it back",
                 id_,
                 queue,
-                self.link.scrub(exc),
+                self.channels.scrub(exc),
             )
             await asyncio.sleep(REDELAY_RETRY)
             try:
@@ -220,7 +235,7 @@ class Consumers(Settlement):
             log.warning(
                 "delayed message %s re-sent but its ack failed (%s): it may arrive twice",
                 id_,
-                self.link.scrub(exc),
+                self.channels.scrub(exc),
             )
 
     # -- consumers ------------------------------------------------------------------
@@ -228,8 +243,8 @@ class Consumers(Settlement):
     async def _start(self, queues: Sequence[str], prefetch: int) -> None:
         async with self._lock:
             self._withdrawn = False
-            channel = await self.link.consuming()
-            gen = self.link.gen
+            channel = await self.channels.consuming()
+            gen = self.channels.gen
             if prefetch > self.prefetch or not self.prefetch:
                 # basic.qos applies to consumers started after it: restart them all.
                 # What they delivered already stays valid (same channel).
@@ -240,16 +255,18 @@ class Consumers(Settlement):
                 for consumer in list(self.consumers.values()):
                     await consumer.channel.basic_cancel(consumer.tag)
                     del self.consumers[consumer.queue]
-                    self.link.inline.pop(consumer.tag, None)
+                    self.channels.inline.pop(consumer.tag, None)
                 queues = list(dict.fromkeys([*queues, *previous]))
             loop = asyncio.get_running_loop()
             await channel.basic_qos(prefetch_count=self.prefetch)
             for queue in queues:
-                if queue in self.consumers or gen != self.link.gen:
+                if queue in self.consumers or gen != self.channels.gen:
                     continue
-                await self.link.ensure_queue(queue)
+                await self.channels.ensure_queue(queue)
                 # declaring again is cheap and tells how many messages are ready right now
-                ready = await self.link.declare(self.topo.work(queue), self.topo.work_args(queue))
+                ready = await self.channels.declare(
+                    self.topo.work(queue), self.topo.work_args(queue)
+                )
                 # aiormq's consumer directly: aio-pika would wrap every delivery in an
                 # IncomingMessage and a second task; called inline by the channel's reader
                 tag = f"aqueue-{uuid.uuid4().hex}"
@@ -266,7 +283,7 @@ class Consumers(Settlement):
                 # registered first: the channel's reader delivers right after consume-ok,
                 # before this coroutine runs again, and those deliveries count for priming
                 self.consumers[queue] = consumer
-                self.link.inline[tag] = partial(self._deliver, queue, gen)
+                self.channels.inline[tag] = partial(self._deliver, queue, gen)
                 try:
                     await channel.basic_consume(
                         self.topo.work(queue),
@@ -274,7 +291,7 @@ class Consumers(Settlement):
                         consumer_tag=tag,
                     )
                 except BaseException:
-                    self.link.inline.pop(tag, None)
+                    self.channels.inline.pop(tag, None)
                     if self.consumers.get(queue) is consumer:
                         del self.consumers[queue]
                     raise
@@ -283,7 +300,7 @@ class Consumers(Settlement):
         held = sum(self.inflight.values())
         want = min(max(held + limit, self.prefetch, 1), MAX_PREFETCH)
         if (
-            self.link.live_consuming() is not None
+            self.channels.live_consuming() is not None
             and want <= self.prefetch
             and all(q in self.consumers for q in queues)
         ):
@@ -298,7 +315,7 @@ class Consumers(Settlement):
             raise BrokerError(f"starting consumers on {s.redacted} timed out") from None
         except AMQP_ERRORS as exc:
             raise BrokerError(
-                f"could not consume from {s.redacted}: {self.link.scrub(exc)}"
+                f"could not consume from {s.redacted}: {self.channels.scrub(exc)}"
             ) from None
 
     def drop(self, c: Consumer, *, cancel: bool = True) -> None:
@@ -306,11 +323,11 @@ class Consumers(Settlement):
         if self.consumers.get(c.queue) is c:
             del self.consumers[c.queue]
         # deliveries still on their way to it go through aiormq's own callback
-        self.link.inline.pop(c.tag, None)
+        self.channels.inline.pop(c.tag, None)
         if not cancel:
             return
         for name in self.topo.all_names(c.queue):
-            self.link.declared.discard(name)
+            self.channels.declared.discard(name)
 
         async def cancel_quietly() -> None:
             try:
@@ -333,11 +350,11 @@ class Consumers(Settlement):
         """
         restarted = False
         for c in consumers:
-            if now - c.checked < self.settings.watchdog_interval:
+            if now - c.checked < self.options.watchdog_interval:
                 continue
             c.checked = now
             try:
-                ready = await self.link.ready_count(self.topo.work(c.queue))
+                ready = await self.channels.ready_count(self.topo.work(c.queue))
             except (*AMQP_ERRORS, BrokerError, TimeoutError) as exc:
                 log.debug("watchdog check of %s failed: %s", c.queue, type(exc).__name__)
                 return restarted
@@ -346,7 +363,7 @@ class Consumers(Settlement):
             if ready is None:
                 log.warning("queue %s is gone under its consumer; declaring it again", c.queue)
                 self.drop(c)
-                self.link.mark_vanished(c.queue)
+                self.channels.mark_vanished(c.queue)
                 restarted = True
                 continue
             held = len(self.buffers.get(c.queue, ())) + self.inflight.get(c.queue, 0)
@@ -363,7 +380,7 @@ class Consumers(Settlement):
                     )
                     self.drop(c)
                     if idle:
-                        await self.link.close_consuming()
+                        await self.channels.close_consuming()
                     restarted = True
                     continue
             else:
@@ -386,7 +403,7 @@ class Consumers(Settlement):
     def _take(self, queues: Sequence[str], limit: int) -> list[Delivery]:
         out: list[Delivery] = []
         tokens: list[int] = []
-        gen = self.link.gen
+        gen = self.channels.gen
         claims = self.claims
         for queue in queues:
             heap = self.buffers.get(queue)
@@ -424,7 +441,7 @@ class Consumers(Settlement):
     async def _claim(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        interval = self.settings.watchdog_interval
+        interval = self.options.watchdog_interval
         while True:
             waiter = self._waiters.new()
             try:
@@ -465,7 +482,7 @@ class Consumers(Settlement):
         its app lives on) would hold up to a prefetch window of messages per queue for as
         long as it runs. The next claim restarts the consumers.
         """
-        idle = self.settings.idle_timeout
+        idle = self.options.idle_timeout
         while not self._active and self.consumers:
             await asyncio.sleep(idle)
             if self._idle_now():
@@ -494,7 +511,7 @@ class Consumers(Settlement):
             if pending:
                 log.info(
                     "no claims for %.1fs: handed back %d buffered message(s), consumers paused",
-                    self.settings.idle_timeout,
+                    self.options.idle_timeout,
                     len(pending),
                 )
 
@@ -521,8 +538,8 @@ class Consumers(Settlement):
     async def close(self) -> None:
         """Write the acks still queued (and wait until RabbitMQ processed them), then cancel
         background work (delay hops, consumer starts)."""
-        if self.link.acks is not None and self.link.live_consuming() is not None:
-            await self._acks_processed()
+        if self.channels.acks is not None and self.channels.live_consuming() is not None:
+            await self.acks_processed()
         tasks = list(self.background)
         for task in tasks:
             task.cancel()
@@ -530,6 +547,265 @@ class Consumers(Settlement):
             await asyncio.wait(tasks, timeout=self.settings.operation_timeout)
 
     # -- settling -------------------------------------------------------------------
+
+    async def _cancel_consumers(self, consumers: Sequence[Consumer], doing: str) -> bool:
+        """Forget and cancel ``consumers``; ``False`` if their channel is gone (RabbitMQ has
+        requeued everything they held, so there is nothing left to hand back)."""
+        for c in consumers:
+            self.drop(c, cancel=False)
+        try:
+            async with asyncio.timeout(self.settings.operation_timeout):
+                for c in consumers:
+                    await c.channel.basic_cancel(c.tag)
+        except Exception as exc:
+            log.debug("%s consumers failed: %s", doing, type(exc).__name__)
+            return False
+        return True
+
+    def _holds(self, d: RabbitMQDelivery) -> bool:
+        return (
+            not d.settled
+            and d.gen == self.channels.gen
+            and self.channels.live_consuming() is not None
+        )
+
+    def _settle(self, d: RabbitMQDelivery) -> None:
+        d.settled = True
+        with self._live_lock:
+            self._live.discard(d.lease.token)
+        if d.gen == self.channels.gen:
+            left = self.inflight.get(d.queue, 0) - 1
+            if left > 0:
+                self.inflight[d.queue] = left
+            else:
+                self.inflight.pop(d.queue, None)
+
+    async def _settle_one(self, p: Pending, *, requeue: bool | None) -> None:
+        """One ack (``requeue=None``) or nack frame for ``p``, on its own.
+
+        Raises:
+            BrokerError: its consuming channel is gone (RabbitMQ requeued the message).
+        """
+        acks = self.channels.acks
+        if acks is None or acks.gen != p.gen:
+            raise BrokerError(f"the consuming channel of {p.id} is gone")
+        async with asyncio.timeout(self.settings.operation_timeout):
+            await acks.one(p.tag, requeue=requeue)
+
+    def _final(self, d: RabbitMQDelivery) -> bool:
+        """Ack: the message is gone for good, and so is its delivery-count correction.
+
+        The ack is queued and written within the next event-loop turn, batched with the
+        others of that turn (see :mod:`.acks`); a crash before then redelivers it.
+        """
+        acks = self.channels.acks
+        if acks is None or acks.gen != d.gen:
+            return False
+        self._settle(d)
+        acks.ack(d.tag)
+        self._uncounted.pop(d.id, None)
+        return True
+
+    async def ack(self, d: RabbitMQDelivery) -> bool:
+        if not self._holds(d):
+            return False
+        return self._final(d)
+
+    async def release(self, d: RabbitMQDelivery, *, executed: bool) -> bool:
+        if not self._holds(d):
+            return False
+        others = sum(self.inflight.values()) > 1
+        if not self._active and (executed or others or self._withdrawn):
+            # Handed back while nothing claims: the worker is stopping, or runs a poison
+            # suspect alone. Hold nothing more: a nacked message must not come straight back
+            # to this process (to be counted again when it closes or dies), and if it dies
+            # now, messages it merely buffered must not be blamed. (Unexecuted, with nothing
+            # else held: back into the buffer, below; the idle pause hands it back.)
+            await self._withdraw()
+            if not self._holds(d):
+                return False
+            if not executed:
+                self._settle(d)
+                await self._return_uncounted([d.pending()])  # or kept here if that fails
+                return True
+        if executed:
+            self._settle(d)
+            try:
+                await self._settle_one(d.pending(), requeue=True)
+            except Exception as exc:  # the channel died under us: it will be redelivered
+                log.debug("settling %s failed: %s", d.id, type(exc).__name__)
+                return False
+            return True
+        # never started: back into the buffer, still unacknowledged on the same channel
+        self._settle(d)
+        self._push(d.pending())
+        return True
+
+    def _push(self, pending: Pending) -> None:
+        """Back into the buffer, unacknowledged on its channel: claimable here at once."""
+        heapq.heappush(
+            self.buffers.setdefault(pending.queue, []),
+            (-pending.priority, next(self._seq), pending),
+        )
+        self._waiters.notify()
+        if not self._active:
+            self._arm_idle()
+
+    async def _withdraw(self) -> None:
+        """Cancel the consumers and hand back what they buffered, without counting a
+        delivery; the next claim starts them again."""
+        async with self._lock:  # not while a claim starts consumers
+            if self._active:
+                return
+            consumers = list(self.consumers.values())
+            try:
+                await self._quiesce(consumers)
+            except (*AMQP_ERRORS, BrokerError, TimeoutError) as exc:
+                log.debug("waiting for deliveries on their way failed: %s", type(exc).__name__)
+            self._withdrawn = True
+            if not await self._cancel_consumers(consumers, "withdrawing"):
+                return
+            pending = [p for heap in self.buffers.values() for _, _, p in heap]
+            self.buffers.clear()
+            if pending:
+                await self._return_uncounted(pending)
+                log.info("not claiming: handed back %d buffered message(s)", len(pending))
+
+    async def _quiesce(self, consumers: Sequence[Consumer]) -> None:
+        """Before cancelling consumers, let the deliveries already on their way arrive.
+
+        RabbitMQ (3.10) returns a delivery still on its way to a cancelled consumer and
+        counts it, though no task ever saw it; a consumer with its window full, or whose
+        queue had nothing ready and that received nothing during a round trip, has none on
+        its way. Bounded by ``QUIESCE_MAX`` (other consumers may keep a window from filling).
+        """
+        if not consumers:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + QUIESCE_MAX
+        names = [self.topo.work(c.queue) for c in consumers]
+        while loop.time() < deadline:
+            held = sum(self.inflight.values()) + sum(len(h) for h in self.buffers.values())
+            if self.prefetch and held >= self.prefetch:
+                return  # no credit left: nothing can be on its way
+            received = sum(c.received for c in consumers)
+            async with asyncio.timeout(self.settings.operation_timeout):
+                ready = sum((await self.channels.probe(names)).values())
+            await self.acks_processed()  # a round trip on the consuming channel
+            if not ready and sum(c.received for c in consumers) == received:
+                return
+            waiter = self._waiters.new()
+            try:
+                async with asyncio.timeout(max(0.001, min(0.05, deadline - loop.time()))):
+                    await waiter
+            except TimeoutError:
+                pass
+            finally:
+                self._waiters.futures.discard(waiter)
+
+    async def _return_uncounted(self, pending: Sequence[Pending]) -> bool:
+        """Hand messages back to their queues without counting a delivery (a nack would):
+        publish copies carrying the deliveries they used (confirmed), then ack the originals.
+
+        At-least-once: if the connection dies between the confirm and an ack, the copy and
+        the original both exist. Returns whether every one was handed back; one that could
+        not be re-published goes back into the buffer (its channel still alive) and returns
+        with a delivery counted when this process pauses, closes or dies.
+        """
+        if self.channels.live_consuming() is None:
+            return False  # their channel died: RabbitMQ requeued them already
+        live = [p for p in pending if p.gen == self.channels.gen]
+
+        async def one(p: Pending) -> bool:
+            headers = {PRIOR_HEADER: p.count - 1} if p.count > 1 else None
+            try:
+                async with asyncio.timeout(self.settings.operation_timeout):
+                    await self.channels.ensure_queue(p.queue)
+                    await self.channels.send(p.queue, p.id, p.body, p.priority, None, headers)
+            except Exception as exc:
+                log.warning(
+                    "could not hand back message %s of queue %s uncounted (%s); keeping it",
+                    p.id,
+                    p.queue,
+                    self.channels.scrub(exc),
+                )
+                if p.gen == self.channels.gen:
+                    self._push(p)
+                return False
+            if p.gen != self.channels.gen:
+                return True  # the channel died after the confirm: the original comes back too
+            try:
+                await self._settle_one(p, requeue=None)
+            except Exception as exc:  # the copy is stored; the original will come back too
+                log.warning(
+                    "message %s handed back but its ack failed (%s): it may arrive twice",
+                    p.id,
+                    self.channels.scrub(exc),
+                )
+            self._uncounted.pop(p.id, None)  # the copy carries its count
+            return True
+
+        done = await asyncio.gather(*(one(p) for p in live))
+        await self.acks_processed()
+        return all(done) and len(live) == len(pending)
+
+    async def acks_processed(self) -> None:
+        """One round trip on the consuming channel, so RabbitMQ has processed the acks sent
+        before it (an ack has no reply). Without it, a process that dies right after (a
+        poison suspect running alone) can lose them, and the originals come back counted."""
+        channel = self.channels.live_consuming()
+        acks = self.channels.acks
+        if channel is None or acks is None:
+            return
+        try:
+            async with asyncio.timeout(self.settings.operation_timeout):
+                await acks.flush()  # the queued acks go before the round trip
+                await channel.basic_qos(prefetch_count=self.prefetch)
+        except Exception as exc:  # the channel died: what was not acked comes back anyway
+            log.debug("waiting for acks to be processed failed: %s", type(exc).__name__)
+
+    async def _publish_then_ack(
+        self,
+        d: RabbitMQDelivery,
+        body: bytes,
+        eta: int | None,
+        headers: dict[str, Any] | None = None,
+        routing_key: str | None = None,
+    ) -> bool:
+        """The new message first (confirmed), then the ack: at-least-once. If the ack is
+        lost, both exist: the old one is redelivered (a duplicate with a named cause)."""
+        if not self._holds(d):
+            return False
+        try:
+            async with asyncio.timeout(self.settings.operation_timeout):
+                await self.channels.ensure_queue(d.queue)
+                await self.channels.send(
+                    d.queue, d.id, body, d.priority, eta, headers, routing_key=routing_key
+                )
+        except Exception as exc:
+            if isinstance(exc, TimeoutError):
+                exc = TimeoutError(f"no confirm within {self.settings.operation_timeout}s")
+            raise self.channels.publish_error(exc, d.queue) from None
+        if not self._holds(d):
+            return False
+        return self._final(d)
+
+    async def requeue(self, d: RabbitMQDelivery, body: bytes, eta: float | None) -> bool:
+        return await self._publish_then_ack(d, body, eta_ms(eta))
+
+    async def dead_letter(self, d: RabbitMQDelivery, reason: str) -> bool:
+        """Publish the start of the body (``DEAD_LETTER_BODY_LIMIT`` bytes) to the dead-letter
+        queue with the reason and the original size, then ack: a huge message must not be
+        kept whole, once per dead letter, in a queue nobody drains."""
+        headers = {
+            REASON_HEADER: reason,
+            DEAD_AT_HEADER: int(time.time() * 1000),
+            QUEUE_HEADER: d.queue,
+            SIZE_HEADER: len(d.body),
+        }
+        return await self._publish_then_ack(
+            d, d.body[:DEAD_LETTER_BODY_LIMIT], None, headers, routing_key=self.topo.dlq(d.queue)
+        )
 
 
 async def _with_timeout(coro: Awaitable[T], seconds: float) -> T:

@@ -1,6 +1,6 @@
 """What the consuming side of the RabbitMQ broker holds: buffered messages, consumers, and
 the :class:`RabbitMQDelivery` handed to a worker (its settlement lives in
-:class:`~aqueue.brokers.rabbitmq_consumer.Consumers`).
+:class:`~aqueue.brokers.rabbitmq.consumer.Consumers`).
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 
 from aiormq.abc import AbstractChannel
 
-from aqueue.core.protocols import Lease
+from aqueue.core.protocols import BaseDelivery, Lease
 
 if TYPE_CHECKING:
-    from .rabbitmq_consumer import Consumers
+    from .consumer import Consumers
 
 
 @dataclass(slots=True)
@@ -68,64 +68,41 @@ class Waiters:
         self.futures.clear()
 
 
-class RabbitMQDelivery:
+class RabbitMQDelivery(BaseDelivery):
     """A message claimed from a RabbitMQ broker; settle it exactly once.
 
-    The lease token is ``(claim number << 96) | (channel generation << 64) | delivery tag``,
-    unique per claim. A delivery from a channel that has since died settles nothing and
-    returns ``False``.
+    ``delivery_count`` is 1 + the quorum queue's ``x-delivery-count`` (classic queues: 1, or
+    2 if redelivered), plus the deliveries a handed-back copy carries, minus this process's
+    unexecuted hand-backs. The lease token is ``(claim number << 96) | (channel generation
+    << 64) | delivery tag``, unique per claim. A delivery from a channel that has since died
+    settles nothing and returns ``False``.
     """
 
-    __slots__ = ("_body", "_count", "_gen", "_lease", "_owner", "_priority", "_settled", "_tag")
+    __slots__ = ("gen", "owner", "priority", "settled", "tag")
 
     def __init__(self, owner: Consumers, pending: Pending, claim: int) -> None:
-        self._owner = owner
-        self._tag = pending.tag
-        self._body = pending.body
-        self._count = pending.count
-        self._gen = pending.gen
-        self._priority = pending.priority
         token = (claim << 96) | (pending.gen << 64) | pending.tag
-        self._lease = Lease(pending.id, pending.queue, token)
-        self._settled = False
+        super().__init__(Lease(pending.id, pending.queue, token), pending.body, pending.count)
+        #: the consuming side that settles it
+        self.owner = owner
+        #: its delivery tag on the consuming channel of generation ``gen``
+        self.tag = pending.tag
+        self.gen = pending.gen
+        self.priority = pending.priority
+        #: settled (or handed back) already
+        self.settled = False
 
     def pending(self) -> Pending:
         """What it was before it was claimed (to put it back into the buffer)."""
         return Pending(
-            self._tag, self._body, self.id, self.queue, self._count, self._priority, self._gen
+            self.tag, self.body, self.id, self.queue, self.delivery_count, self.priority, self.gen
         )
-
-    @property
-    def id(self) -> str:
-        """The task id (the AMQP ``message_id``)."""
-        return self._lease.id
-
-    @property
-    def queue(self) -> str:
-        """The aqueue queue name (without the prefix)."""
-        return self._lease.queue
-
-    @property
-    def body(self) -> bytes:
-        """The message bytes as published."""
-        return self._body
-
-    @property
-    def delivery_count(self) -> int:
-        """1 + the quorum queue's ``x-delivery-count`` (classic queues: 1, or 2 if
-        redelivered), minus this process's unexecuted hand-backs."""
-        return self._count
-
-    @property
-    def lease(self) -> Lease:
-        """The lease: id, queue and the channel-generation token."""
-        return self._lease
 
     async def ack(self) -> bool:
         """basic.ack, queued and written with the other acks of this event-loop turn
-        (rabbitmq_acks); ``False`` if the channel it came from is gone (it was
+        (see :mod:`.acks`); ``False`` if the channel it came from is gone (it was
         redelivered)."""
-        return await self._owner.ack(self)
+        return await self.owner.ack(self)
 
     async def release(self, *, executed: bool) -> bool:
         """Hand the message back, claimable again at once.
@@ -137,18 +114,12 @@ class RabbitMQDelivery:
                 queue for everyone when this process stops claiming (``idle_timeout``) or
                 closes.
         """
-        return await self._owner.release(self, executed=executed)
+        return await self.owner.release(self, executed=executed)
 
     async def requeue(self, body: bytes, *, eta: float | None) -> bool:
         """Publish ``body`` under the same id (confirmed), due at ``eta``, then ack this one."""
-        return await self._owner.requeue(self, body, eta)
+        return await self.owner.requeue(self, body, eta)
 
     async def dead_letter(self, reason: str) -> bool:
         """Publish to ``<queue>.dlq`` with ``reason`` (confirmed), then ack this one."""
-        return await self._owner.dead_letter(self, reason)
-
-    def __repr__(self) -> str:
-        return (
-            f"<RabbitMQDelivery id={self.id!r} queue={self.queue!r} count={self._count} "
-            f"gen={self._gen}>"
-        )
+        return await self.owner.dead_letter(self, reason)

@@ -1,26 +1,12 @@
-"""``amqp://`` and ``amqps://``: the RabbitMQ broker on aio-pika.
+"""The RabbitMQ broker: publishing, claiming and inspection over its channels and consumers.
 
-The connection is the lease: a claimed message stays unacknowledged on this process's
-consuming channel until it is settled, and RabbitMQ hands it to another consumer the moment
-that channel or connection dies. Fencing follows from that: a delivery remembers the channel
-generation it came from and settles nothing once that channel is gone.
-
-Topology (see :class:`~aqueue.brokers.rabbitmq_topology.Topology`): a quorum work queue per
-aqueue queue with a delivery limit and at-least-once dead-lettering into ``<queue>.dlq``;
-per-delay-level TTL queues that dead-letter into the work queue. Publishes are confirmed
-and ``mandatory``. The pieces: :mod:`~aqueue.brokers.rabbitmq_link` (connection, channels,
-declarations, publishing), :mod:`~aqueue.brokers.rabbitmq_consumer` (consumers, claims,
-settlement), :mod:`~aqueue.brokers.rabbitmq_acks` (acks batched into ``multiple`` frames),
-:mod:`~aqueue.brokers.rabbitmq_delivery` (what a claim hands out),
-:mod:`~aqueue.brokers.rabbitmq_topology` (settings, names, de-duplication).
-docs/brokers/rabbitmq.md says it all in plain words.
+See the package's docstring for the pieces and docs/brokers/rabbitmq.md for the whole story.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
-import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -38,24 +24,22 @@ from aqueue.core.protocols import (
     Lease,
     Outgoing,
 )
+from aqueue.transports.amqp.link import AMQP_ERRORS
+from aqueue.transports.amqp.loop_end import LoopEndClose
 
-from .rabbitmq_consumer import Consumers
-from .rabbitmq_delivery import RabbitMQDelivery
-from .rabbitmq_link import AMQP_ERRORS, Link, LoopEndClose, NotSent
-from .rabbitmq_topology import (
+from .channels import Channels, NotSent
+from .consumer import Consumers
+from .dedupe import Dedupe, make_dedupe
+from .options import parse_options
+from .topology import (
     DEAD_AT_HEADER,
     LEVELS_MS,
     QUEUE_HEADER,
     REASON_HEADER,
     SIZE_HEADER,
-    Dedupe,
     Topology,
     eta_ms,
-    make_dedupe,
-    parse_settings,
 )
-
-__all__ = ["RabbitMQBroker", "RabbitMQDelivery"]
 
 log = logging.getLogger("aqueue.broker.rabbitmq")
 
@@ -79,33 +63,39 @@ class RabbitMQBroker:
     Queue arguments must be the same in every process sharing a queue: RabbitMQ refuses a
     declaration whose arguments differ, reported as a
     :class:`~aqueue.core.errors.ConfigurationError`.
+
+    Its parts are attributes, for inspection and tests: :attr:`settings` (the connection),
+    :attr:`options` (the rest), :attr:`topology` (queue names), :attr:`channels` (the
+    connection and its channels) and :attr:`consumers` (consumers, claims, settlement).
     """
 
     def __init__(self, url: str, **options: Any) -> None:
-        self._settings = parse_settings(url, options)
-        self._topo = Topology(self._settings)
+        self.settings, self.options = parse_options(url, options)
+        self.topology = Topology(self.settings.prefix, self.options)
         self.capabilities = Capabilities(
             exact_size=False,
             delayed_delivery=True,
             # quorum queues: ordered by priority only within this process's prefetch window
-            priorities=self._settings.queue_type == "classic",
+            priorities=self.options.queue_type == "classic",
             dead_letters=True,
             shared=True,
             leases=False,
         )
-        self._link = Link(self._settings, self._topo)
-        self._consumers = Consumers(self._link)
-        self._dedupe: Dedupe | None = None
-        self._loop_end = LoopEndClose(self.close, self._settings.operation_timeout)
+        self.channels = Channels(self.settings, self.options, self.topology)
+        self.consumers = Consumers(self.channels)
+        #: published ids (see :mod:`.dedupe`); made on :meth:`connect`
+        self.dedupe: Dedupe | None = None
+        self._loop_end = LoopEndClose(self.close, self.settings.operation_timeout)
 
     def __repr__(self) -> str:
-        return f"<RabbitMQBroker {self._settings.redacted} prefix={self._settings.prefix!r}>"
+        return f"<RabbitMQBroker {self.settings.redacted} prefix={self.settings.prefix!r}>"
 
     async def connect(self) -> None:
         """Open the connection (channels and queues come on first use); idempotent."""
-        await self._link.connection()
-        if self._dedupe is None:
-            self._dedupe = make_dedupe(self._settings)
+        await self.channels.connection()
+        if self.dedupe is None:
+            s = self.settings
+            self.dedupe = make_dedupe(s.prefix, self.options, s.operation_timeout)
             self._loop_end.arm()
 
     async def close(self) -> None:
@@ -114,10 +104,10 @@ class RabbitMQBroker:
         Not calling it is quiet too: when the event loop ends, the broker closes itself.
         """
         self._loop_end.disarm()
-        await self._consumers.close()
-        await self._link.close()
-        if self._dedupe is not None:
-            dedupe, self._dedupe = self._dedupe, None
+        await self.consumers.close()
+        await self.channels.close()
+        if self.dedupe is not None:
+            dedupe, self.dedupe = self.dedupe, None
             await dedupe.close()
 
     # -- publishing -----------------------------------------------------------------
@@ -138,15 +128,15 @@ class RabbitMQBroker:
         if not messages:
             return []
         for m in messages:
-            self._topo.check(m.queue)
-        s = self._settings
+            self.topology.check(m.queue)
+        s = self.settings
         try:
             async with asyncio.timeout(s.operation_timeout):
                 return await self._publish(messages)
         except TimeoutError:
             why = (
                 "RabbitMQ has blocked the connection (a memory or disk resource alarm)"
-                if self._link.blocked()
+                if self.channels.blocked()
                 else "no confirm from RabbitMQ"
             )
             raise PublishTimeout(
@@ -156,7 +146,7 @@ class RabbitMQBroker:
 
     async def _publish(self, messages: Sequence[Outgoing]) -> list[bool]:
         await self.connect()
-        dedupe = self._dedupe
+        dedupe = self.dedupe
         assert dedupe is not None
         firsts: dict[str, int] = {}
         for i, m in enumerate(messages):
@@ -164,23 +154,23 @@ class RabbitMQBroker:
         candidates = list(firsts.values())
         now = time.time()
         ttls = [
-            self._settings.dedupe_ttl + max(0.0, (messages[i].eta or now) - now) for i in candidates
+            self.options.dedupe_ttl + max(0.0, (messages[i].eta or now) - now) for i in candidates
         ]
         fresh = await dedupe.add([messages[i].id for i in candidates], ttls)
         accepted = [i for i, ok in zip(candidates, fresh, strict=True) if ok]
         out = [False] * len(messages)
         if not accepted:
             return out
-        link = self._link
+        channels = self.channels
         try:
             for queue in {messages[i].queue for i in accepted}:
                 try:
-                    await link.ensure_queue(queue)
+                    await channels.ensure_queue(queue)
                 except AMQP_ERRORS as exc:
-                    raise link.publish_error(NotSent(exc), queue) from None
+                    raise channels.publish_error(NotSent(exc), queue) from None
             outcomes = await asyncio.gather(
                 *(
-                    link.send(m.queue, m.id, m.body, m.priority, eta_ms(m.eta))
+                    channels.send(m.queue, m.id, m.body, m.priority, eta_ms(m.eta))
                     for m in (messages[i] for i in accepted)
                 ),
                 return_exceptions=True,
@@ -197,7 +187,7 @@ class RabbitMQBroker:
             # Not stored, or unknown: forget the ids so that a re-send is published again.
             # For an unknown outcome that may duplicate the message; losing it is worse.
             await dedupe.discard([messages[i].id for i, _ in failed])
-            errors = [link.publish_error(exc, messages[i].queue) for i, exc in failed]
+            errors = [channels.publish_error(exc, messages[i].queue) for i, exc in failed]
             for error in errors:
                 if isinstance(error, IndeterminatePublish):
                     raise error
@@ -227,14 +217,14 @@ class RabbitMQBroker:
         if limit <= 0:
             return []
         for queue in queues:
-            self._topo.check(queue)
+            self.topology.check(queue)
         await self.connect()
-        return await self._consumers.claim(queues, limit, timeout)
+        return await self.consumers.claim(queues, limit, timeout)
 
     def renew(self, leases: Sequence[Lease], lease_seconds: float) -> list[Lease]:
         """Nothing to extend (the connection is the lease): returns the leases whose channel
         died or that were settled. Thread-safe, no I/O."""
-        return self._consumers.renew(leases)
+        return self.consumers.renew(leases)
 
     # -- inspection -----------------------------------------------------------------
 
@@ -243,31 +233,33 @@ class RabbitMQBroker:
 
         Messages that other processes hold unacknowledged are not visible over AMQP.
         """
-        self._topo.check(queue)
-        async with asyncio.timeout(self._settings.operation_timeout * 4):
+        self.topology.check(queue)
+        async with asyncio.timeout(self.settings.operation_timeout * 4):
             counts = await self._existing(queue)
-        return sum(counts.values()) + self._consumers.local(queue)
+        return sum(counts.values()) + self.consumers.local(queue)
 
     async def _existing(self, queue: str) -> dict[str, int]:
         """Ready counts of the work queue and the delay queues of ``queue`` that exist."""
-        work = self._topo.work(queue)
-        counts = await self._link.probe([work])
+        work = self.topology.work(queue)
+        counts = await self.channels.probe([work])
         if work in counts:  # delay queues are declared after their work queue
-            counts.update(await self._link.probe([self._topo.delay(queue, n) for n in LEVELS_MS]))
+            counts.update(
+                await self.channels.probe([self.topology.delay(queue, n) for n in LEVELS_MS])
+            )
         return counts
 
     async def purge(self, queue: str) -> int:
         """Delete ready and delayed messages (and unclaimed ones buffered here)."""
-        self._topo.check(queue)
+        self.topology.check(queue)
         purged = 0
-        async with asyncio.timeout(self._settings.operation_timeout * 4):
+        async with asyncio.timeout(self.settings.operation_timeout * 4):
             existing = await self._existing(queue)
-            channel = await self._link.channel("admin")
+            channel = await self.channels.channel("admin")
             for name in existing:
                 amqp_queue = await channel.get_queue(name, ensure=False)
                 result = await amqp_queue.purge()
                 purged += int(result.message_count or 0)
-            purged += await self._consumers.drop_buffered(queue)
+            purged += await self.consumers.drop_buffered(queue)
         return purged
 
     async def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
@@ -277,36 +269,37 @@ class RabbitMQBroker:
         (AMQP cannot list queues). Best effort: at most ``dead_letter_scan`` letters are
         read per queue, oldest first.
         """
-        queues = [queue] if queue is not None else sorted(self._link.known)
-        letters: list[tuple[float, int, DeadLetter]] = []
-        conn = await self._link.connection()
-        order = itertools.count()
-        timeout = self._settings.operation_timeout * 4
+        queues = [queue] if queue is not None else sorted(self.channels.known)
+        letters: list[DeadLetter] = []
+        conn = await self.channels.connection()
+        timeout = self.settings.operation_timeout * 4
         for q in queues:
-            self._topo.check(q)
+            self.topology.check(q)
             async with asyncio.timeout(timeout):
                 channel = await conn.channel(publisher_confirms=False)
             try:
                 async with asyncio.timeout(timeout):
                     try:
-                        amqp_queue = await channel.declare_queue(self._topo.dlq(q), passive=True)
+                        amqp_queue = await channel.declare_queue(self.topology.dlq(q), passive=True)
                     except aiormq.exceptions.ChannelNotFoundEntity:
                         continue
                     last: AbstractIncomingMessage | None = None
-                    for _ in range(self._settings.dead_letter_scan):
+                    for _ in range(self.options.dead_letter_scan):
                         message = await amqp_queue.get(no_ack=False, fail=False)
                         if message is None:
                             break
                         last = message
-                        letter = _dead_letter_of(message, q)
-                        letters.append((letter.at, next(order), letter))
+                        letters.append(_dead_letter_of(message, q))
                     if last is not None:
                         await last.nack(multiple=True, requeue=True)
             finally:
                 if not channel.is_closed:
                     await channel.close()
-        letters.sort(key=lambda item: (item[0], item[1]), reverse=True)
-        return [letter for _, _, letter in letters[:limit]]
+        # newest first; of equal times, the one read last first (a stable sort of the
+        # reversed list)
+        letters.reverse()
+        letters.sort(key=lambda letter: letter.at, reverse=True)
+        return letters[:limit]
 
     async def delete_queues(self, queues: Sequence[str]) -> None:
         """Delete every RabbitMQ queue of ``queues``: work, dead letters and delay levels.
@@ -314,11 +307,11 @@ class RabbitMQBroker:
         An administrative helper (tests, teardown); the messages in them are gone.
         """
         for queue in queues:
-            consumer = self._consumers.consumers.get(queue)
+            consumer = self.consumers.consumers.get(queue)
             if consumer is not None:
-                self._consumers.drop(consumer)
+                self.consumers.drop(consumer)
                 await asyncio.sleep(0)  # let the basic.cancel go out first
-        await self._link.delete_queues(queues)
+        await self.channels.delete_queues(queues)
 
 
 def _dead_letter_of(message: AbstractIncomingMessage, queue: str) -> DeadLetter:

@@ -1,10 +1,10 @@
-"""The AMQP side of the RabbitMQ broker: one connection, its channels, queue declarations
-and confirmed publishes.
+"""The RabbitMQ broker's channels on its one connection: declarations, confirmed publishes,
+and the consuming channel whose generation fences deliveries.
 
-Reconnection is lazy and explicit (not aio-pika's ``RobustConnection``): a lost connection
-or channel is noticed through close callbacks, everything that depended on it is fenced at
-once, and the next call opens a new one and declares the topology again. That keeps the
-channel a delivery came from knowable, which is what fencing needs.
+The connection itself is a :class:`~aqueue.transports.amqp.link.Link`: lost, it is noticed
+through close callbacks, everything that depended on it is fenced at once, and the next call
+opens a new one and declares the topology again. That keeps the channel a delivery came
+from knowable, which is what fencing needs.
 """
 
 from __future__ import annotations
@@ -12,38 +12,26 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from typing import Any, Literal, Protocol
-from urllib.parse import urlsplit
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, DeliveryMode
-from aiormq.abc import DeliveredMessage
-from pamqp.header import ContentHeader
 
 from aqueue.core.errors import BrokerError, ConfigurationError, IndeterminatePublish
+from aqueue.transports.amqp import aiormq_hooks
+from aqueue.transports.amqp.aiormq_hooks import InlineConsumer, InlineDelivery
+from aqueue.transports.amqp.link import AMQP_ERRORS, Link
+from aqueue.transports.amqp.settings import CONTENT_TYPE, RabbitSettings
 
-from .rabbitmq_acks import Acks
-from .rabbitmq_topology import (
-    CONTENT_TYPE,
-    ETA_HEADER,
-    RabbitSettings,
-    Topology,
-    delay_level,
-)
+from .acks import Acks
+from .options import BrokerOptions
+from .topology import ETA_HEADER, Topology, delay_level
 
 log = logging.getLogger("aqueue.broker.rabbitmq")
-
-#: what aiormq raises when a channel or the connection fails under a call
-AMQP_ERRORS = (
-    aiormq.exceptions.AMQPError,
-    aiormq.exceptions.ChannelInvalidStateError,
-    ConnectionError,
-)
 
 #: after a queue vanished, wait this long for someone else to declare it before declaring
 #: it here: RabbitMQ 3.10 can attach a consumer whose channel has not seen the deletion yet
@@ -51,74 +39,14 @@ AMQP_ERRORS = (
 REDECLARE_GRACE = 0.5
 
 ChannelKind = Literal["pub", "admin", "watch"]
-#: a consumer called inline by the consuming channel's reader (see :func:`deliver_inline`)
-InlineConsumer = Callable[[DeliveredMessage], None]
-#: called inline by a channel's reader with each returned message (see :func:`hear_returns`)
-ReturnListener = Callable[[DeliveredMessage], None]
 
 
 class NotSent(Exception):
     """A publish failed before anything reached the wire (wraps the cause)."""
 
 
-class LoopEndClose:
-    """Awaits ``close()`` when the event loop ends while armed: the app was not closed.
-
-    ``asyncio.run(main())`` whose ``main`` returns without ``await app.close()`` cancels every
-    task, aiormq's reader and writer included, which tears the AMQP connections down
-    mid-flight, then closes the loop. Left there, an aio-pika connection object that was
-    never closed schedules a close task from its ``__del__`` whenever it is collected, on a
-    loop about to stop ("Task was destroyed but it is pending!"). Armed, this closes the
-    owner properly once the tasks are cancelled and before the loop closes: it is an async
-    generator, and the loop finalizes every live one then (``shutdown_asyncgens``, asyncio
-    and uvloop alike). The owner arms it on connecting and disarms it when closed.
-    """
-
-    def __init__(self, close: Callable[[], Awaitable[None]], timeout: float) -> None:
-        self._close = close
-        self._timeout = timeout
-        self._hook: AsyncGenerator[None, None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def arm(self) -> None:
-        """Close the owner when the running loop ends (idempotent)."""
-        loop = asyncio.get_running_loop()
-        if self._hook is not None and self._loop is loop:
-            return
-        self.disarm()
-        hook = self._run()
-        step: Any = hook.asend(None)  # the loop's first-iteration hook registers it
-        try:
-            step.send(None)  # runs to its ``yield`` without awaiting anything
-        except StopIteration:
-            pass
-        self._hook, self._loop = hook, loop
-
-    def disarm(self) -> None:
-        """The owner was closed: finish the hook now, without a task (idempotent)."""
-        hook, self._hook, self._loop = self._hook, None, None
-        if hook is not None:
-            step: Any = hook.aclose()
-            try:
-                step.send(None)
-            except (StopIteration, RuntimeError):  # finished, or finishing right now
-                pass
-
-    async def _run(self) -> AsyncGenerator[None, None]:
-        try:
-            yield
-        finally:
-            if self._hook is not None:  # still armed: the loop is ending
-                self._hook = self._loop = None
-                try:
-                    async with asyncio.timeout(self._timeout):
-                        await self._close()
-                except Exception as exc:  # best effort, the loop is going away
-                    log.debug("closing at the end of the event loop failed: %r", exc)
-
-
-class LinkListener(Protocol):
-    """What the consuming side hears from the link."""
+class ConsumingListener(Protocol):
+    """What the consuming side hears from the channels."""
 
     def consuming_lost(self, exc: BaseException | None) -> None:
         """The consuming channel (or the whole connection) is gone."""
@@ -130,8 +58,8 @@ class LinkListener(Protocol):
         """Something changed: waiting claims should look again."""
 
 
-class Link:
-    """One AMQP connection and four channels, opened on first use.
+class Channels:
+    """Four channels on one connection (:attr:`link`), opened on first use.
 
     * ``pub``: publisher confirms and ``mandatory`` returns raise;
     * ``admin``: queue declarations, purges, deletes;
@@ -140,99 +68,69 @@ class Link:
     * ``watch``: passive declares, which close the channel when a queue is missing.
     """
 
-    def __init__(self, settings: RabbitSettings, topo: Topology) -> None:
+    def __init__(self, settings: RabbitSettings, options: BrokerOptions, topo: Topology) -> None:
         self.settings = settings
+        self.options = options
         self.topo = topo
-        self.listener: LinkListener | None = None
-        self.conn: AbstractConnection | None = None
-        self.server_version = ""
-        self.closing = False
+        self.link = Link(
+            settings,
+            name=f"aqueue {settings.prefix}",
+            on_open=self._on_open,
+            on_lost=self._on_lost,
+            on_reset=partial(self._reset, None),
+        )
+        self.listener: ConsumingListener | None = None
         #: generation of the live consuming channel; 0 while there is none
         self.gen = 0
         #: settlement frames of the live consuming channel (its aiormq channel inside)
         self.acks: Acks | None = None
         #: consumer tag -> what the consuming channel's reader calls for each delivery
         self.inline: dict[str, InlineConsumer] = {}
+        #: the consuming channel's inline delivery hook (``None``: aiormq's task each)
+        self.inline_hook: InlineDelivery | None = None
         self.declared: set[str] = set()
         self.known: set[str] = set()
         self.vanished: dict[str, float] = {}  # queue -> loop time it was found deleted
         self._channels: dict[ChannelKind, AbstractChannel] = {}
         self._cons: aiormq.abc.AbstractChannel | None = None
         self._gens = itertools.count(1)
-        self._conn_task: asyncio.Task[AbstractConnection] | None = None
-        #: the last connection lost (not closed by us), closed with the link
-        self._dropped: AbstractConnection | None = None
         self._chan_lock = asyncio.Lock()
-        self._password = urlsplit(settings.client_url).password
 
     # -- connection -----------------------------------------------------------------
 
-    async def connection(self) -> AbstractConnection:
-        """The live connection, opened if needed (at most one attempt runs at a time)."""
-        conn = self.conn
-        if conn is not None and not conn.is_closed:
-            return conn
-        task = self._conn_task
-        if task is None or task.done():
-            # shielded: a cancelled caller must not leave a half-open connection behind
-            task = self._conn_task = asyncio.get_running_loop().create_task(self._open())
-        return await asyncio.shield(task)
+    @property
+    def closing(self) -> bool:
+        """Whether the connection is being closed by us (a loss now is no surprise)."""
+        return self.link.closing
 
-    async def _open(self) -> AbstractConnection:
-        s = self.settings
-        self._lost(None)
-        try:
-            async with asyncio.timeout(s.connect_timeout):
-                conn = await aio_pika.connect(
-                    s.client_url,
-                    timeout=s.connect_timeout,
-                    client_properties={"connection_name": f"aqueue {s.prefix} pid {os.getpid()}"},
-                )
-        except TimeoutError:
-            raise BrokerError(
-                f"could not connect to RabbitMQ at {s.redacted} within {s.connect_timeout}s"
-            ) from None
-        except Exception as exc:
-            raise BrokerError(
-                f"could not connect to RabbitMQ at {s.redacted}: {self.scrub(exc)}"
-            ) from None
-        conn.close_callbacks.add(self._on_connection_closed)
-        self.conn = conn
-        self.server_version = server_version(conn)
-        log.info("connected to RabbitMQ %s at %s", self.server_version or "?", s.redacted)
-        if s.consumer_timeout is not None and version_tuple(self.server_version) < (3, 12):
-            log.warning(
-                "RabbitMQ %s ignores the x-consumer-timeout queue argument (needs 3.12); "
-                "the server-wide consumer_timeout applies",
-                self.server_version,
-            )
-        return conn
+    async def connection(self) -> AbstractConnection:
+        """The live connection, opened if needed."""
+        return await self.link.connection()
 
     async def close(self) -> None:
         """Close the connection; idempotent."""
-        self.closing = True
-        try:
-            conn, self.conn, dropped, self._dropped = self.conn, None, self._dropped, None
-            self._lost(None)
-            for old in (dropped, conn):
-                if old is None or old.is_closed:
-                    continue
-                try:
-                    async with asyncio.timeout(self.settings.operation_timeout):
-                        await old.close()
-                except Exception as exc:  # closing is best effort
-                    log.debug("closing the connection failed: %s", type(exc).__name__)
-        finally:
-            self.closing = False
+        await self.link.close()
+
+    def blocked(self) -> bool:
+        """Whether RabbitMQ blocked the connection (a memory or disk resource alarm)."""
+        return self.link.blocked()
 
     def scrub(self, exc: BaseException) -> str:
-        """An exception as text, without the password (aiormq may echo the URL)."""
-        text = f"{type(exc).__name__}: {exc}"
-        return text.replace(self._password, "***") if self._password else text
+        """An exception as text, without the password."""
+        return self.settings.scrub(exc)
 
-    def _on_connection_closed(self, sender: Any, exc: BaseException | None) -> None:
-        if sender is not self.conn:
-            return  # one we closed, or an older one whose loss was handled when replaced
+    def _on_open(self, conn: AbstractConnection) -> None:
+        version = self.link.server_version
+        log.info("connected to RabbitMQ %s at %s", version or "?", self.settings.redacted)
+        old = aiormq_hooks.version_tuple(version) < (3, 12)
+        if self.options.consumer_timeout is not None and old:
+            log.warning(
+                "RabbitMQ %s ignores the x-consumer-timeout queue argument (needs 3.12); "
+                "the server-wide consumer_timeout applies",
+                version,
+            )
+
+    def _on_lost(self, exc: BaseException | None) -> None:
         if isinstance(exc, asyncio.CancelledError):
             # aiormq's reader was cancelled: the event loop is ending (asyncio.run returned)
             # without the app being closed; LoopEndClose closes what is left
@@ -243,10 +141,9 @@ class Link:
                 self.settings.redacted,
                 self.scrub(exc) if exc is not None else "closed",
             )
-        self.conn, self._dropped = None, sender
-        self._lost(exc)
+        self._reset(exc)
 
-    def _lost(self, exc: BaseException | None) -> None:
+    def _reset(self, exc: BaseException | None) -> None:
         self._channels.clear()
         self.declared.clear()
         self._consuming_lost(exc)
@@ -256,6 +153,7 @@ class Link:
         had = self.gen
         self.gen = 0
         self.acks = None  # acks not written yet are moot: RabbitMQ requeues those messages
+        self.inline_hook = None
         if self.listener is not None:
             if had:
                 self.listener.consuming_lost(exc)
@@ -302,12 +200,11 @@ class Link:
     async def consuming(self) -> aiormq.abc.AbstractChannel:
         """The consuming channel, opened if needed; a new one starts a new generation.
 
-        It is aiormq's channel, not aio-pika's: deliveries reach the consumers without an
-        aio-pika message object and task each, and its frame buffer is unbounded (aio-pika
-        leaves aiormq's default of 10 frames, about three messages, so the connection's
-        reader stalls on every few deliveries). What it can hold is bounded by the prefetch.
-        Consumers registered in :attr:`inline` are called by the channel's reader itself
-        (:func:`deliver_inline`), not in a task per delivery.
+        It is aiormq's channel, not aio-pika's, with an unbounded frame buffer (see
+        :func:`~aqueue.transports.amqp.aiormq_hooks.consuming_channel`): deliveries reach the
+        consumers without an aio-pika message object each. Consumers registered in
+        :attr:`inline` are called by the channel's reader itself where the installed aiormq
+        allows it (:attr:`inline_hook`), otherwise by aiormq in a task per delivery.
         """
         channel = self.live_consuming()
         if channel is not None:
@@ -317,21 +214,17 @@ class Link:
             channel = self.live_consuming()
             if channel is not None:
                 return channel
-            transport = conn.transport
-            if transport is None:
-                raise aiormq.exceptions.ChannelInvalidStateError("the connection is closed")
             async with asyncio.timeout(self.settings.operation_timeout):
-                channel = await transport.connection.channel(
-                    publisher_confirms=False, frame_buffer_size=0
-                )
+                channel = await aiormq_hooks.consuming_channel(conn)
             if self.listener is not None:
                 channel.on_consumer_cancel_callbacks.add(self.listener.consumer_cancelled)
             channel.closing.add_done_callback(partial(self._on_closing, channel))
             self.gen = next(self._gens)
             self.acks = Acks(channel, self.gen)
             self.inline = {}
-            if not deliver_inline(channel, self.inline):
-                log.debug("this aiormq has no inline delivery hooks: a task per delivery")
+            self.inline_hook = aiormq_hooks.deliver_inline(channel, self.inline)
+            if self.inline_hook is None:
+                log.debug("no inline delivery with this aiormq: a task per delivery")
             self._cons = channel
             return channel
 
@@ -355,13 +248,6 @@ class Link:
                 if self.acks is not None:
                     await self.acks.flush()
                 await channel.close()
-
-    def blocked(self) -> bool:
-        """Whether RabbitMQ blocked the connection (a memory or disk resource alarm)."""
-        underlay = getattr(self.conn, "transport", None)
-        raw = getattr(underlay, "connection", None)
-        event = getattr(raw, "_Connection__connection_unblocked", None)
-        return isinstance(event, asyncio.Event) and not event.is_set()
 
     # -- topology -------------------------------------------------------------------
 
@@ -525,105 +411,3 @@ class Link:
                 for name in self.topo.all_names(queue):
                     await channel.queue_delete(name)
                     self.declared.discard(name)
-
-
-def deliver_inline(channel: aiormq.abc.AbstractChannel, inline: dict[str, InlineConsumer]) -> bool:
-    """Make ``channel`` call the consumers of ``inline`` (by consumer tag) from its reader,
-    in delivery order, instead of starting a task for each delivery; ``False`` (nothing
-    changed) if this aiormq lacks the hooks it relies on.
-
-    aiormq hands every delivery to its consumer callback in a new task (plus a task wrapper,
-    a weak-set entry and two done callbacks): a large share of a fast worker's time per task.
-    The consumers here only buffer the message (no await), so they can run inline. This
-    replaces the channel's ``_on_deliver_frame`` (checked with aiormq 7.2) with one that
-    reads the content the same way (``_get_frame``, ``_read_content``) and calls the inline
-    consumer; deliveries for any other consumer tag, or for a tag aiormq no longer knows
-    (cancelled), go through aiormq's own handler unchanged. An exception from a consumer is
-    logged, as aiormq logs a failed consumer task.
-    """
-    raw: Any = channel
-    original = getattr(raw, "_on_deliver_frame", None)
-    consumers = getattr(raw, "consumers", None)
-    read = _content_reader(raw)
-    if not (callable(original) and read is not None and isinstance(consumers, dict)):
-        return False
-
-    async def on_deliver_frame(frame: Any) -> None:
-        tag = getattr(frame, "consumer_tag", None)
-        consumer = inline.get(tag) if isinstance(tag, str) and tag in consumers else None
-        if consumer is None:
-            await original(frame)
-            return
-        message = await read(frame)
-        try:
-            consumer(message)
-        except Exception:
-            log.exception("consumer %s failed on a delivery", tag)
-
-    raw._on_deliver_frame = on_deliver_frame
-    return True
-
-
-def hear_returns(channel: aiormq.abc.AbstractChannel, listener: ReturnListener) -> bool:
-    """Make ``channel`` (one without publisher confirms) hand every message RabbitMQ returns
-    (``basic.return``: a ``mandatory`` publish nothing could route) to ``listener``, called
-    inline by the channel's reader; ``False`` (nothing changed) if this aiormq lacks the
-    hooks it relies on, or the channel has publisher confirms (aiormq then settles returns
-    through its confirmations, which this must not bypass).
-
-    aiormq matches a return to a pending confirmation; on a channel without confirms there
-    is none, so it drops the message and logs an ERROR record per return, body included.
-    This replaces the channel's ``_on_return_frame`` (checked with aiormq 7.2), reading the
-    content the same way as :func:`deliver_inline`.
-    """
-    raw: Any = channel
-    original = getattr(raw, "_on_return_frame", None)
-    read = _content_reader(raw)
-    if not callable(original) or read is None or getattr(raw, "publisher_confirms", True):
-        return False
-
-    async def on_return_frame(frame: Any) -> None:
-        message = await read(frame)
-        try:
-            listener(message)
-        except Exception:
-            log.exception("a listener of returned messages failed")
-
-    raw._on_return_frame = on_return_frame
-    return True
-
-
-def _content_reader(raw: Any) -> Callable[[Any], Awaitable[DeliveredMessage]] | None:
-    """How aiormq's channel reader reads the header and body that follow a delivery or a
-    return (``_get_frame`` then ``_read_content``), or ``None`` if this aiormq has neither."""
-    get_frame = getattr(raw, "_get_frame", None)
-    read_content = getattr(raw, "_read_content", None)
-    if not (callable(get_frame) and callable(read_content)):
-        return None
-
-    async def read(frame: Any) -> DeliveredMessage:
-        header = await get_frame()
-        if not isinstance(header, ContentHeader):
-            raise ValueError(f"unexpected frame {header!r} instead of a content header")
-        message: DeliveredMessage = await read_content(frame, header)
-        return message
-
-    return read
-
-
-def server_version(conn: AbstractConnection) -> str:
-    """The RabbitMQ version the server announced, or ``""``."""
-    underlay = getattr(conn, "transport", None)
-    raw = getattr(underlay, "connection", None)
-    props = getattr(raw, "server_properties", None) or {}
-    version = props.get("version", "") if isinstance(props, dict) else ""
-    return version.decode() if isinstance(version, bytes) else str(version)
-
-
-def version_tuple(version: str) -> tuple[int, ...]:
-    """``"3.10.8"`` as ``(3, 10, 8)``."""
-    parts: list[int] = []
-    for piece in version.split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)

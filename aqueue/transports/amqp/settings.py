@@ -1,0 +1,128 @@
+"""The AMQP URL and connection options, parsed once; text about them without the password.
+
+One parser for every role: the connection options (``prefix``, ``heartbeat``,
+``connect_timeout``, ``operation_timeout``) are read here, and each role names its own
+options (``own``), which are read from the same query string and keywords and handed back
+typed for the role to check.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from aqueue.core.errors import ConfigurationError
+from aqueue.core.urls import redact
+
+log = logging.getLogger("aqueue.amqp")
+
+#: the AMQP ``content_type`` of every message aqueue publishes
+CONTENT_TYPE = "application/x-aqueue"
+
+#: a converter from the text of a query parameter (or a keyword's value) to its type
+Converter = Callable[[Any], Any]
+
+#: the connection options every role takes, and their types
+CONNECTION_OPTIONS: Mapping[str, Converter] = {
+    "prefix": str,
+    "heartbeat": int,
+    "connect_timeout": float,
+    "operation_timeout": float,
+}
+
+# query parameters aio-pika / aiormq understand and that may stay in the URL
+_CLIENT_PARAMS = frozenset(
+    {"cafile", "capath", "cadata", "keyfile", "certfile", "no_verify_ssl", "name", "auth"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RabbitSettings:
+    """How to reach RabbitMQ, for one broker or backend.
+
+    Attributes:
+        client_url: the URL handed to aio-pika (carries the password: never log it).
+        redacted: the URL with the password replaced, for logs and reprs.
+        prefix: first component of every queue name.
+        heartbeat: AMQP heartbeat, seconds.
+        connect_timeout: seconds a connection attempt may take.
+        operation_timeout: seconds any other call may take.
+    """
+
+    client_url: str = field(repr=False)
+    redacted: str
+    prefix: str = "aqueue"
+    heartbeat: int = 30
+    connect_timeout: float = 10.0
+    operation_timeout: float = 10.0
+
+    def scrub(self, exc: BaseException) -> str:
+        """An exception as text, without the password (aiormq may echo the URL)."""
+        text = f"{type(exc).__name__}: {exc}"
+        password = urlsplit(self.client_url).password or ""
+        for secret in (password, unquote(password)):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+
+def parse_settings(
+    url: str,
+    options: Mapping[str, Any],
+    *,
+    owner: str,
+    own: Mapping[str, Converter] | None = None,
+) -> tuple[RabbitSettings, dict[str, Any]]:
+    """The connection settings from ``url``'s query and ``options`` (which win), a clean URL
+    for aio-pika, and the role's ``own`` options found there, converted to their types.
+
+    Args:
+        url: ``amqp://`` or ``amqps://``.
+        options: keyword options; ``None`` values count as not given.
+        owner: what takes them, for error messages (``"rabbitmq broker"``).
+        own: the role's options and their converters.
+
+    Raises:
+        ConfigurationError: not an AMQP URL, an unknown option, a value of the wrong type,
+            or a prefix that is empty or starts with ``amq.``.
+    """
+    converters: dict[str, Converter] = {**CONNECTION_OPTIONS, **(own or {})}
+    parts = urlsplit(url)
+    if parts.scheme not in ("amqp", "amqps"):
+        raise ConfigurationError(f"not an amqp:// or amqps:// URL: {redact(url)!r}")
+    values: dict[str, Any] = {}
+    kept: list[tuple[str, str]] = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key in converters:
+            values[key] = value
+        elif key in _CLIENT_PARAMS:
+            kept.append((key, value))
+        else:
+            log.debug("ignoring unknown query parameter %r of the amqp URL", key)
+    unknown = sorted(set(options) - set(converters))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown {owner} option(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(converters))}"
+        )
+    values.update({k: v for k, v in options.items() if v is not None})
+    typed: dict[str, Any] = {}
+    for key, raw in values.items():
+        try:
+            typed[key] = converters[key](raw)
+        except (TypeError, ValueError):
+            raise ConfigurationError(
+                f"{owner} option {key}={raw!r} is not a valid {converters[key].__name__}"
+            ) from None
+    connection = {k: typed.pop(k) for k in CONNECTION_OPTIONS if k in typed}
+    prefix = connection.get("prefix", "aqueue")
+    if not prefix or prefix.startswith("amq."):
+        raise ConfigurationError(f"{owner} option prefix must be non-empty, not amq.*")
+    kept.append(("heartbeat", str(connection.get("heartbeat", 30))))
+    client_url = urlunsplit(
+        (parts.scheme, parts.netloc, parts.path, urlencode(kept), parts.fragment)
+    )
+    return RabbitSettings(client_url=client_url, redacted=redact(url), **connection), typed
