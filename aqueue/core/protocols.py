@@ -130,6 +130,11 @@ class Delivery(Protocol):
     def lease(self) -> Lease:
         """The lease this delivery holds."""
 
+    @property
+    def prior(self) -> bytes | None:
+        """The task's stored record, read by the claim itself (a broker with
+        :class:`ClaimsRecords`); ``None`` if there is none or the broker does not read it."""
+
     async def ack(self) -> bool:
         """Remove the message: it was handled. ``False`` if the lease had been lost."""
 

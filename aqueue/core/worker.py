@@ -335,11 +335,7 @@ class Worker:
                 for delivery in deliveries:
                     self._held[delivery.id] = delivery
             if self._records_inline:
-                priors = {
-                    d.id: prior
-                    for d in deliveries
-                    if (prior := getattr(d, "prior", None)) is not None
-                }
+                priors = {d.id: d.prior for d in deliveries if d.prior is not None}
             else:
                 priors = await self._prior_records([d.id for d in deliveries])
             for delivery in deliveries:

@@ -37,6 +37,7 @@ from tests.conftest import (
     RABBIT_PORT,
     REDIS_HOST,
     REDIS_PORT,
+    rabbit_url,
     require_service,
 )
 
@@ -97,7 +98,7 @@ async def make() -> AsyncIterator[Make]:
     made: list[RabbitMQBroker] = []
 
     async def factory(vhost: str = "%2F", **options: Any) -> RabbitMQBroker:
-        broker = RabbitMQBroker(f"{BASE}/{vhost}?prefix={prefix}", **options)
+        broker = RabbitMQBroker(rabbit_url(prefix, f"{BASE}/{vhost}"), **options)
         await broker.connect()
         made.append(broker)
         return broker
@@ -107,7 +108,7 @@ async def make() -> AsyncIterator[Make]:
     for broker in made:
         await broker.close()
     if made and made[0].settings.client_url.split("?")[0].endswith("%2F"):
-        cleaner = RabbitMQBroker(f"{BASE}/%2F?prefix={prefix}")
+        cleaner = RabbitMQBroker(rabbit_url(prefix, f"{BASE}/%2F"))
         try:
             await cleaner.delete_queues(queues)
         finally:
@@ -645,3 +646,21 @@ async def _true(value: bool) -> bool:
 async def _first_after(times: list[float], t: float) -> float | None:
     later = [x for x in times if x > t]
     return later[0] if later else None
+
+
+async def test_queue_expires_lets_rabbitmq_delete_unused_queues(make: Make) -> None:
+    """``queue_expires`` sets ``x-expires`` on every queue it declares (work, delay, dead
+    letters): RabbitMQ deletes them, messages and all, once unused that long."""
+    broker = await make(queue_expires=1.0)
+    assert broker.topology.work_args("q")["x-expires"] == 1000
+    assert broker.topology.dlq_args()["x-expires"] == 1000
+    assert broker.topology.delay_args("q", 256)["x-expires"] == 1000
+    await broker.publish([Outgoing(id=uuid.uuid4().hex, queue="q", body=b"{}")])
+    assert await broker.size("q") == 1
+    observer = await make()  # another process's view: nothing of its own held
+    deadline = time.monotonic() + 15
+    while await observer.size("q") and time.monotonic() < deadline:
+        await asyncio.sleep(0.25)  # RabbitMQ announces no expiry: look again
+    assert await observer.size("q") == 0
+    with pytest.raises(ConfigurationError, match="queue_expires"):
+        RabbitMQBroker("amqp://h/?queue_expires=0")

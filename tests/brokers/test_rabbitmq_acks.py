@@ -32,7 +32,7 @@ from aqueue.brokers.rabbitmq import RabbitMQBroker
 from aqueue.brokers.rabbitmq.acks import Acks
 from aqueue.core.protocols import Delivery, Outgoing
 from aqueue.transports.amqp import aiormq_hooks
-from tests.conftest import RABBIT_HOST, RABBIT_PORT, require_service
+from tests.conftest import RABBIT_HOST, RABBIT_PORT, rabbit_url, require_service
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -74,7 +74,7 @@ async def make() -> AsyncIterator[tuple[Make, str]]:
     made: list[RabbitMQBroker] = []
 
     async def factory(**options: Any) -> RabbitMQBroker:
-        broker = RabbitMQBroker(f"{BASE}?prefix={prefix}", **options)
+        broker = RabbitMQBroker(rabbit_url(prefix, BASE), **options)
         await broker.connect()
         made.append(broker)
         return broker
@@ -82,7 +82,7 @@ async def make() -> AsyncIterator[tuple[Make, str]]:
     yield factory, prefix
     for broker in made:
         await broker.close()
-    cleaner = RabbitMQBroker(f"{BASE}?prefix={prefix}")
+    cleaner = RabbitMQBroker(rabbit_url(prefix, BASE))
     try:
         await cleaner.delete_queues(["q"])
     finally:
@@ -228,7 +228,7 @@ async def test_a_worker_killed_with_queued_acks_loses_nothing(make: tuple[Make, 
     await other.publish(ms)
     done = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-c", _DIES_WITH_QUEUED_ACKS, f"{BASE}?prefix={prefix}", "15"],
+        [sys.executable, "-c", _DIES_WITH_QUEUED_ACKS, rabbit_url(prefix, BASE), "15"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -22,7 +22,7 @@ from aqueue import App, Task, TaskFailed, chord
 from aqueue.backends.rpc import REPLY_HEADER, GoneQueues, RPCBackend
 from aqueue.core.errors import ConfigurationError
 from aqueue.core.urls import default_backend_url
-from tests.conftest import RABBIT_HOST, RABBIT_PORT, RABBIT_URL, require_service
+from tests.conftest import RABBIT_HOST, RABBIT_PORT, rabbit_url, require_service
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -57,7 +57,7 @@ def url(_rabbit_prefixes: list[str]) -> str:
     require_service("RabbitMQ", RABBIT_HOST, RABBIT_PORT)
     prefix = f"aqt-{uuid.uuid4().hex[:12]}"
     _rabbit_prefixes.append(prefix)
-    return f"{RABBIT_URL}?prefix={prefix}"
+    return rabbit_url(prefix)
 
 
 @pytest.fixture

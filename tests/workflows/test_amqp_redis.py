@@ -10,7 +10,7 @@ import pytest
 
 from aqueue import App, chain, chord, group
 
-from ..conftest import RABBIT_URL, delete_redis_prefix, make_url, require_service
+from ..conftest import delete_redis_prefix, make_url, rabbit_url, require_service
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.redis]
 
@@ -21,7 +21,7 @@ async def app(tmp_path: Path, _rabbit_prefixes: list[str]) -> AsyncIterator[App]
     _rabbit_prefixes.append(prefix)
     backend = make_url("redis", tmp_path)
     require_service("RabbitMQ", "127.0.0.1", 5672)
-    the_app = App("mixed", broker=f"{RABBIT_URL}?prefix={prefix}", backend=backend)
+    the_app = App("mixed", broker=rabbit_url(prefix), backend=backend)
     try:
         async with the_app:
             yield the_app

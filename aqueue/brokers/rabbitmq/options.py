@@ -23,6 +23,7 @@ _OWN: Mapping[str, Converter] = {
     "dead_letter_scan": int,
     "watchdog_interval": float,
     "idle_timeout": float,
+    "queue_expires": float,
 }
 
 
@@ -43,6 +44,10 @@ class BrokerOptions:
         watchdog_interval: seconds between checks that an idle consumer still receives.
         idle_timeout: seconds without a claim after which buffered messages are handed
             back and the consumers paused.
+        queue_expires: seconds after which RabbitMQ deletes a queue nobody used (no
+            consumer, no redeclaration: ``x-expires``), with its messages; ``None`` (the
+            default) keeps queues. For throwaway setups and test suites; it must exceed the
+            longest delay (countdown, eta, retry) a queue's messages wait.
     """
 
     queue_type: QueueType = "quorum"
@@ -55,6 +60,7 @@ class BrokerOptions:
     dead_letter_scan: int = 1000
     watchdog_interval: float = 1.5
     idle_timeout: float = 5.0
+    queue_expires: float | None = None
 
 
 def parse_options(url: str, options: Mapping[str, Any]) -> tuple[RabbitSettings, BrokerOptions]:
@@ -73,4 +79,6 @@ def parse_options(url: str, options: Mapping[str, Any]) -> tuple[RabbitSettings,
         raise ConfigurationError("rabbitmq broker option prefetch must be 1..65535")
     if own.get("delivery_limit", 0) < 0:
         raise ConfigurationError("rabbitmq broker option delivery_limit must be >= 0")
+    if own.get("queue_expires") is not None and not 0 < own["queue_expires"] <= 2**31 / 1000:
+        raise ConfigurationError("rabbitmq broker option queue_expires must be 0 < s <= 2147483")
     return settings, BrokerOptions(**own)

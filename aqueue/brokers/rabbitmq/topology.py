@@ -100,10 +100,10 @@ class Topology:
             args["x-max-priority"] = o.max_priority
         if o.consumer_timeout is not None:
             args["x-consumer-timeout"] = o.consumer_timeout
-        return args
+        return self._expiring(args)
 
     def dlq_args(self) -> dict[str, Any]:
-        return {"x-queue-type": "classic"}
+        return self._expiring({"x-queue-type": "classic"})
 
     def delay_args(self, queue: str, level_ms: int) -> dict[str, Any]:
         args: dict[str, Any] = {"x-queue-type": self.options.queue_type}
@@ -111,6 +111,12 @@ class Topology:
         args.update(self._dead_letter_args(self.work(queue)))
         if self.options.queue_type == "classic":
             args["x-max-priority"] = self.options.max_priority
+        return self._expiring(args)
+
+    def _expiring(self, args: dict[str, Any]) -> dict[str, Any]:
+        """``args`` with ``x-expires`` when the ``queue_expires`` option is set."""
+        if self.options.queue_expires is not None:
+            args["x-expires"] = int(self.options.queue_expires * 1000)
         return args
 
     def amqp_priority(self, priority: int) -> int:
