@@ -6,9 +6,11 @@ import asyncio
 import os
 import socket
 import subprocess
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -64,10 +66,74 @@ def rabbit_url(prefix: str, base: str = RABBIT_URL) -> str:
     return f"{base}?prefix={prefix}&{RABBIT_TEST_OPTIONS}"
 
 
-def _delete_rabbit_prefixes(prefixes: list[str]) -> None:
-    """Delete every queue named ``<prefix>.*`` (one listing for the whole session)."""
+def _delete_rabbit_queues(names: list[str]) -> None:
+    """Delete RabbitMQ queues by name, from a thread with its own event loop (callable from
+    any fixture, whatever loop a test ran in)."""
     import aio_pika
 
+    async def delete() -> None:
+        conn = await aio_pika.connect(RABBIT_URL, timeout=10)
+        try:
+            channel = await conn.channel()
+            for name in names:
+                await channel.queue_delete(name)
+        finally:
+            await conn.close()
+
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(delete())
+        except BaseException as exc:  # reported by the caller's thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=run, name="delete-test-queues")
+    worker.start()
+    worker.join()
+    if errors:
+        raise errors[0]
+
+
+#: full names of the RabbitMQ queues declared in this process since the last test ended
+_DECLARED_QUEUES: set[str] = set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _record_rabbit_queues() -> Iterator[None]:
+    """Note every queue a RabbitMQ broker of this process declares (by wrapping the one method
+    that declares them), so each test's queues are deleted as it ends: quorum queues hold file
+    handles, and a node that runs out of them accepts no connection. Queues declared by
+    worker subprocesses are not seen here; they expire (``RABBIT_TEST_OPTIONS``)."""
+    try:
+        from aqueue.brokers.rabbitmq.channels import Channels
+    except ImportError:  # the rabbitmq extra is not installed
+        yield
+        return
+    declare = Channels.declare
+
+    async def recording(self: Channels, name: str, args: dict[str, Any]) -> int:
+        _DECLARED_QUEUES.add(name)
+        return await declare(self, name, args)
+
+    Channels.declare = recording  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Channels.declare = declare  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True)
+def _delete_queues_of_each_test() -> Iterator[None]:
+    yield
+    if _DECLARED_QUEUES:
+        names = sorted(_DECLARED_QUEUES)
+        _DECLARED_QUEUES.clear()
+        _delete_rabbit_queues(names)
+
+
+def _delete_rabbit_prefixes(prefixes: list[str]) -> None:
+    """Delete every queue named ``<prefix>.*`` (one listing for the whole session)."""
     listing = subprocess.run(
         ["rabbitmqctl", "list_queues", "-q", "-p", "/", "--no-table-headers", "name"],
         capture_output=True,
@@ -80,18 +146,8 @@ def _delete_rabbit_prefixes(prefixes: list[str]) -> None:
         for n in listing.stdout.splitlines()
         if any(n.strip().startswith(f"{p}.") for p in prefixes)
     ]
-
-    async def delete() -> None:
-        conn = await aio_pika.connect(RABBIT_URL)
-        try:
-            channel = await conn.channel()
-            for name in names:
-                await channel.queue_delete(name)
-        finally:
-            await conn.close()
-
     if names:
-        asyncio.run(delete())
+        _delete_rabbit_queues(names)
 
 
 @pytest.fixture(scope="session")
