@@ -266,6 +266,11 @@ class Worker:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
+    @property
+    def stopped(self) -> bool:
+        """Whether the worker has stopped (and will not run anything more)."""
+        return self._stopped.is_set()
+
     async def wait_stopped(self) -> None:
         """Wait until the worker has stopped."""
         await self._stopped.wait()

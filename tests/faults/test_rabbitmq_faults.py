@@ -222,7 +222,7 @@ async def test_row15_rabbitmq_restarted(node: RabbitNode) -> None:
                 async with asyncio.timeout(10):  # extra executions are final once drained
                     while await worker_app.broker.size("default"):
                         await asyncio.sleep(0.1)
-        alive = not worker._stopped.is_set()
+        alive = not worker.stopped
 
     ids = list(range(n))
     lost = sum(1 for i in sends.confirmed if i not in tally.finished)
