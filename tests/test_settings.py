@@ -12,6 +12,8 @@ import pytest
 from aqueue import App, ConfigurationError
 from aqueue.core.config import Settings
 
+from .conftest import RABBIT_HOST, RABBIT_PORT, REDIS_HOST, REDIS_PORT, require_service
+
 
 @pytest.mark.parametrize("url", ["", "   "])
 def test_an_empty_broker_url_is_an_error_not_the_embedded_store(url: str) -> None:
@@ -62,3 +64,36 @@ def test_the_default_store_warning_only_when_no_broker_was_given(tmp_path: Path)
     assert "embedded SQLite" not in chosen
     default = _worker_output(tmp_path, "from aqueue import App\napp = App('w')\n")
     assert "no broker given: using the embedded SQLite store" in default
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.parametrize(
+    ("broker", "backend"),
+    [
+        ("amqp://", None),
+        ("amqp://guest@localhost//", "rpc"),
+        ("pyamqp://guest@localhost//", "rpc://"),
+        ("pyamqp://", None),
+        ("amqp", "rpc"),
+    ],
+)
+async def test_the_seeds_amqp_spellings_reach_the_local_rabbitmq(
+    broker: str, backend: str | None
+) -> None:
+    """Celery's defaults: localhost, guest/guest, the default virtual host; pyamqp:// is
+    amqp://; backend="rpc" is rpc://."""
+    require_service("RabbitMQ", RABBIT_HOST, RABBIT_PORT)
+    app = App("seeds", broker=broker, backend=backend)
+    async with app:
+        assert app.backend_url == "rpc://"
+        broker_obj = app.broker
+        assert "amqp://guest:***@localhost" in repr(broker_obj)
+
+
+@pytest.mark.redis
+async def test_bare_scheme_names_are_urls() -> None:
+    require_service("Redis", REDIS_HOST, REDIS_PORT)
+    app = App("bare", broker="redis", backend="redis")
+    assert (app.broker_url, app.backend_url) == ("redis://", "redis://")
+    async with app:
+        assert app.backend is not None

@@ -54,6 +54,7 @@ from aqueue.transports.amqp.settings import (
     RabbitSettings,
     parse_settings,
 )
+from aqueue.transports.amqp.settings import SCHEMES as AMQP_SCHEMES
 
 log = logging.getLogger("aqueue.backend.rpc")
 
@@ -483,14 +484,14 @@ def _amqp_url(url: str, broker_url: str | None) -> str:
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     if parts.netloc:  # rpc://user:password@host:port/vhost
         scheme, netloc, path, fragment = "amqp", parts.netloc, parts.path, ""
-    elif broker_url is not None and urlsplit(broker_url).scheme.lower() in ("amqp", "amqps"):
+    elif broker_url is not None and urlsplit(broker_url).scheme.lower() in AMQP_SCHEMES:
         broker = urlsplit(broker_url)  # rpc://: the broker's server, vhost and options
         scheme, netloc, path, fragment = broker.scheme, broker.netloc, broker.path, broker.fragment
         query = {**dict(parse_qsl(broker.query, keep_blank_values=True)), **query}
     else:
         raise ConfigurationError(
-            "rpc:// sends results over the broker's RabbitMQ, so the broker must be amqp:// "
-            f"or amqps:// (it is {redact(broker_url) if broker_url else 'not given'}); "
+            "rpc:// sends results over the broker's RabbitMQ, so the broker must be amqp://, "
+            f"amqps:// or pyamqp:// (it is {redact(broker_url) if broker_url else 'not given'}); "
             "or name the server: rpc://user:password@host:5672/vhost"
         )
     return urlunsplit((scheme, netloc, path, urlencode(query), fragment))

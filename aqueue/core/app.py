@@ -37,7 +37,7 @@ from .protocols import Broker, ResultBackend, RoutesResults
 from .result import AsyncResult, GroupResults
 from .serialization import check_serializer
 from .task import Task
-from .urls import default_backend_url, make_backend, make_broker, redact
+from .urls import default_backend_url, full_url, make_backend, make_broker, redact
 
 if TYPE_CHECKING:
     from .protocols import Workflows
@@ -102,11 +102,11 @@ class App:
         self._broker_object: Broker | None = None
         self._backend_object: ResultBackend | None = None
         if isinstance(broker, str):
-            settings["broker_url"] = broker
+            settings["broker_url"] = full_url(broker)
         elif broker is not None:
             self._broker_object = _checked(broker, Broker, "broker")
         if isinstance(backend, str):
-            settings["result_backend"] = backend
+            settings["result_backend"] = full_url(backend)
         elif backend is not None:
             self._backend_object = _checked(backend, ResultBackend, "backend")
         if include:

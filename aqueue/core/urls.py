@@ -49,6 +49,7 @@ BROKERS: Final[dict[str, Implementation]] = {
     "unix": Implementation("aqueue.brokers.redis:RedisBroker", "redis"),
     "amqp": Implementation("aqueue.brokers.rabbitmq:RabbitMQBroker", "rabbitmq"),
     "amqps": Implementation("aqueue.brokers.rabbitmq:RabbitMQBroker", "rabbitmq"),
+    "pyamqp": Implementation("aqueue.brokers.rabbitmq:RabbitMQBroker", "rabbitmq"),
 }
 BACKENDS: Final[dict[str, Implementation]] = {
     "memory": Implementation("aqueue.backends.memory:MemoryBackend"),
@@ -81,6 +82,15 @@ def redact(url: str) -> str:
 def scheme_of(url: str) -> str:
     """The URL's scheme, lower-cased (``""`` if it has none)."""
     return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
+def full_url(url: str) -> str:
+    """Celery's bare spellings as URLs: ``"rpc"`` is ``"rpc://"``, ``"redis"`` is
+    ``"redis://"`` (a name that is a known scheme, without ``://``)."""
+    name = url.strip().lower()
+    if "://" not in name and (name in BROKERS or name in BACKENDS):
+        return f"{name}://"
+    return url
 
 
 def _registered(group: str) -> dict[str, Implementation]:
@@ -141,6 +151,6 @@ def default_backend_url(broker_url: str) -> str | None:
     """The backend a broker URL implies: the same store where the broker has one, and
     reply queues on the same RabbitMQ (``rpc://``) for an AMQP broker."""
     scheme = scheme_of(broker_url)
-    if scheme in ("amqp", "amqps"):
+    if scheme in ("amqp", "amqps", "pyamqp"):
         return "rpc://"
     return broker_url if scheme in BACKENDS else None

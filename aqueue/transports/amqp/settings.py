@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from aqueue.core.errors import ConfigurationError
 from aqueue.core.urls import redact
@@ -69,6 +69,39 @@ class RabbitSettings:
         return text
 
 
+#: URL schemes taken for AMQP: Celery's ``pyamqp://`` is ``amqp://``
+SCHEMES: Mapping[str, str] = {"amqp": "amqp", "amqps": "amqps", "pyamqp": "amqp"}
+
+
+def with_defaults(url: str) -> SplitResult:
+    """``url`` with Celery's (kombu's) defaults filled in: host ``localhost``, user and
+    password ``guest``, virtual host ``/``; ``pyamqp://`` read as ``amqp://``.
+
+    So ``amqp://``, ``pyamqp://`` and ``amqp://guest@localhost//`` all mean the local
+    RabbitMQ's default virtual host as the guest user.
+
+    Raises:
+        ConfigurationError: not an AMQP URL.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigurationError(f"unparsable AMQP URL {redact(url)!r}") from None
+    scheme = SCHEMES.get(parts.scheme.lower())
+    if scheme is None:
+        raise ConfigurationError(f"not an amqp://, amqps:// or pyamqp:// URL: {redact(url)!r}")
+    user = parts.username if parts.username is not None else "guest"
+    password = parts.password if parts.password is not None else "guest"
+    host = parts.hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:{password}@{host}" + (f":{port}" if port is not None else "")
+    # the path is the virtual host; none, "/" and kombu's "//" all mean the default one
+    path = parts.path if parts.path not in ("", "/", "//") else "/%2F"
+    return SplitResult(scheme, netloc, path, parts.query, parts.fragment)
+
+
 def parse_settings(
     url: str,
     options: Mapping[str, Any],
@@ -90,9 +123,7 @@ def parse_settings(
             or a prefix that is empty or starts with ``amq.``.
     """
     converters: dict[str, Converter] = {**CONNECTION_OPTIONS, **(own or {})}
-    parts = urlsplit(url)
-    if parts.scheme not in ("amqp", "amqps"):
-        raise ConfigurationError(f"not an amqp:// or amqps:// URL: {redact(url)!r}")
+    parts = with_defaults(url)
     values: dict[str, Any] = {}
     kept: list[tuple[str, str]] = []
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
@@ -125,4 +156,5 @@ def parse_settings(
     client_url = urlunsplit(
         (parts.scheme, parts.netloc, parts.path, urlencode(kept), parts.fragment)
     )
-    return RabbitSettings(client_url=client_url, redacted=redact(url), **connection), typed
+    shown = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    return RabbitSettings(client_url=client_url, redacted=redact(shown), **connection), typed
