@@ -42,6 +42,7 @@ FORBIDDEN = {
     "aqueue.backends.sqlite",
 }
 
+
 def worker_modules(tmp_path: Path, broker: str) -> set[str]:
     """The modules of a CLI worker that ran ``imports.noop`` once and stopped (--burst)."""
     (tmp_path / "imports_app.py").write_text(

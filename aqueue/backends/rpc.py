@@ -146,7 +146,6 @@ class RPCBackend:
         prefix, heartbeat, connect_timeout, operation_timeout: as for the RabbitMQ broker.
     """
 
-
     def __init__(self, url: str = "rpc://", *, broker_url: str | None = None, **options: Any):
         self.url = url
         amqp_url, query = _amqp_url(url, broker_url)
