@@ -300,6 +300,10 @@ class Worker:
             except asyncio.CancelledError:
                 claim.cancel()  # cancel-safe: what it took goes back
                 await asyncio.wait([claim])
+                if not claim.cancelled() and claim.exception() is None:
+                    # it had finished just before the cancel: nothing handed it back yet
+                    for delivery in claim.result():
+                        await self._hand_back(delivery, executed=False)
                 raise
             finally:
                 self._claim_in_flight = None
