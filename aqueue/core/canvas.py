@@ -169,6 +169,29 @@ class Canvas(Generic[R, H]):
     def __or__(self, other: Canvas[S, H2]) -> Chain[S, H2]:
         return Chain(self, other)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON when the arguments are); ``signature(data, app=app)`` rebuilds it."""
+        raise NotImplementedError
+
+    def _dict_options(self) -> dict[str, Any]:
+        """Options as ``to_dict`` writes them: callbacks under ``link`` / ``link_error``."""
+        options: dict[str, Any] = dict(self.options)
+        if self.links:
+            options["link"] = [c.to_dict() for c in self.links]
+        if self.errbacks:
+            options["link_error"] = [c.to_dict() for c in self.errbacks]
+        return options
+
+    def _composite(self, kind: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "task": f"aqueue.{kind}",
+            "subtask_type": kind,
+            "args": [],
+            "kwargs": kwargs,
+            "options": self._dict_options(),
+            "immutable": False,
+        }
+
     # -- ids and the wire form -----------------------------------------------------------
 
     def to_node(self) -> Node | None:
@@ -315,12 +338,12 @@ class Signature(Canvas[R, AsyncResult[R]]):
         return self.to_node()
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (JSON-representable when the arguments are)."""
+        """Plain data (JSON when the arguments are); ``signature(data, app=app)`` rebuilds it."""
         return {
             "task": self.name,
             "args": list(self.args),
             "kwargs": self.kwargs,
-            "options": self.options,
+            "options": self._dict_options(),
             "immutable": self.immutable,
         }
 
@@ -336,6 +359,7 @@ class Signature(Canvas[R, AsyncResult[R]]):
         return awaiting(self._apply(args, kwargs, {}), self, "delay")
 
 
+@overload
 def signature(
     task: str | Task[Any, R],
     args: Sequence[Any] = (),
@@ -344,9 +368,57 @@ def signature(
     app: App | None = None,
     immutable: bool = False,
     **options: Any,
-) -> Signature[R]:
-    """A signature by task name (``signature("proj.tasks.add", args=(2, 2), app=app)``)."""
+) -> Signature[R]: ...
+@overload
+def signature(task: Mapping[str, Any], *, app: App | None = None) -> Canvas[Any, Any]: ...
+def signature(
+    task: str | Task[Any, R] | Mapping[str, Any],
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    app: App | None = None,
+    immutable: bool = False,
+    **options: Any,
+) -> Canvas[Any, Any]:
+    """A signature by task name (``signature("proj.tasks.add", args=(2, 2), app=app)``).
+
+    Given a canvas's ``to_dict()`` (e.g. after JSON), rebuilds that canvas: a signature,
+    chain, group or chord, with its options and callbacks.
+    """
+    if isinstance(task, Mapping):
+        return _from_dict(task, app)
     return Signature(task, args, kwargs, app=app, immutable=immutable, **options)
+
+
+def _from_dict(data: Mapping[str, Any], app: App | None) -> Canvas[Any, Any]:
+    """The canvas ``to_dict()`` described."""
+    kind = data.get("subtask_type")
+    body = data.get("kwargs") or {}
+    canvas: Canvas[Any, Any]
+    if kind == "chain":
+        canvas = Chain(*(_from_dict(t, app) for t in body["tasks"]), app=app)
+    elif kind == "group":
+        canvas = Group(*(_from_dict(t, app) for t in body["tasks"]), app=app)
+    elif kind == "chord":
+        header = _from_dict(body["header"], app)
+        canvas = Chord(header, _from_dict(body["body"], app), timeout=body.get("timeout"), app=app)
+    elif kind is None:
+        canvas = Signature(
+            data["task"],
+            data.get("args", ()),
+            body,
+            app=app,
+            immutable=data.get("immutable", False),
+        )
+    else:
+        raise ValueError(f"unknown canvas type {kind!r}")
+    options = dict(data.get("options") or {})
+    for callback in options.pop("link", ()):
+        canvas.link(_from_dict(callback, app))
+    for errback in options.pop("link_error", ()):
+        canvas.link_error(_from_dict(errback, app))
+    canvas.options = check_options(options, stored=True)
+    return canvas
 
 
 def _as_canvas(item: Any) -> Canvas[Any, Any]:
@@ -440,6 +512,10 @@ class Chain(Canvas[R, H]):
                 nodes.append(node)
         return nodes[0] if len(nodes) == 1 else ChainNode(steps=tuple(nodes))
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data; ``signature(data, app=app)`` rebuilds the chain."""
+        return self._composite("chain", {"tasks": [s.to_dict() for s in self.steps]})
+
     def __call__(self, *args: Any, **kwargs: Any) -> Awaiting[H]:
         """Celery's ``chain(...)()``: ``await chain(add.s(2, 2), add.s(4))()``."""
         return awaiting(self._apply(args, kwargs, {}), self, "__call__")
@@ -502,6 +578,10 @@ class Group(Canvas[list[R], GroupResult[R]]):
         """The wire form, with fresh ids for every task whose id is not pinned."""
         return self._node(_NO_PUSH)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data; ``signature(data, app=app)`` rebuilds the group."""
+        return self._composite("group", {"tasks": [m.to_dict() for m in self.members]})
+
     def __call__(self, *args: Any, **options: Any) -> Awaiting[GroupResult[R]]:
         """Celery's ``group(...)()``: partial arguments, then call options."""
         return awaiting(self._apply(args, {}, options), self, "__call__")
@@ -559,6 +639,13 @@ class Chord(Canvas[R, H]):
     def to_node(self) -> ChordNode:
         """The wire form, with fresh ids for every task whose id is not pinned."""
         return self._node(_NO_PUSH)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data; ``signature(data, app=app)`` rebuilds the chord."""
+        parts: dict[str, Any] = {"header": self.header.to_dict(), "body": self.body.to_dict()}
+        if self.timeout is not None:
+            parts["timeout"] = self.timeout
+        return self._composite("chord", parts)
 
     def __call__(self, body: Canvas[Any, Any] | None = None, **options: Any) -> Awaiting[H]:
         """Celery's ``chord(header, body)()``; ``body`` replaces the body, as in Celery."""
