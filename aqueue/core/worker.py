@@ -362,6 +362,11 @@ class Worker:
                 started = self._start(delivery)
                 if started:
                     await self.executor.execute(delivery, prior=prior)
+                elif self._stopping.is_set() and delivery.id not in self._handed_back:
+                    # its slot came free after the stop began, before the stop handed back
+                    # what had not started: hand it back here, at once
+                    self._handed_back.add(delivery.id)
+                    await self._hand_back(delivery, executed=False)
         except asyncio.CancelledError:
             if delivery.id in self._terminated:
                 self._terminated.discard(delivery.id)
@@ -470,10 +475,12 @@ class Worker:
     async def _release_waiting(self, keep: str | None = None) -> None:
         """Hand back every held delivery that has not started (but ``keep``)."""
         waiting = [
-            d for id_, d in list(self._held.items()) if id_ not in self._started and id_ != keep
+            d
+            for id_, d in list(self._held.items())
+            if id_ not in self._started and id_ != keep and id_ not in self._handed_back
         ]
+        self._handed_back.update(d.id for d in waiting)  # all at once: none starts meanwhile
         for delivery in waiting:
-            self._handed_back.add(delivery.id)
             await self._hand_back(delivery, executed=False)
             with self._held_lock:
                 self._held.pop(delivery.id, None)

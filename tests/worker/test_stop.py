@@ -45,3 +45,25 @@ async def test_a_claim_that_finished_as_the_worker_stopped_is_handed_back() -> N
         again = await broker.claim(["default"], limit=10, lease_seconds=5, owner="t", timeout=1)
         assert [d.id for d in again] == [handle.id]
         assert again[0].delivery_count == 1  # not counted as a delivery: it never started
+
+
+async def test_prefetched_messages_are_handed_back_when_a_slot_frees_during_stop() -> None:
+    name = f"memory://stop-{uuid.uuid4().hex[:8]}"
+    app = App("stop", broker=MemoryBroker(name), backend=MemoryBackend(name), lease_seconds=60.0)
+    worker = app.worker(concurrency=1, prefetch=2)
+
+    @app.task(name="s.first")
+    async def first() -> None:
+        worker.request_stop()  # its slot frees as the worker begins to stop
+
+    @app.task(name="s.second")
+    async def second() -> None:
+        raise AssertionError("a stopping worker must not start it")
+
+    async with app:
+        await first.delay()
+        waiting = await second.delay()
+        await worker.run()
+        # the prefetched message that got the freed slot is handed back, not kept leased
+        again = await app.broker.claim(["default"], limit=10, lease_seconds=5, owner="t", timeout=1)
+        assert [d.id for d in again] == [waiting.id]
