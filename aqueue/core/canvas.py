@@ -459,7 +459,8 @@ class Chain(Canvas[R, H]):
     """Steps run in order; each step's result is prepended to the next step's arguments.
 
     A group followed by a step becomes a chord with that step as its body (Celery's
-    upgrade), wherever it sits; empty groups and chains are skipped.
+    upgrade), wherever it sits. Empty chains are skipped, and so are empty groups after a
+    step; a chain that starts with an empty group gives the next step ``[]``.
     """
 
     def __init__(
@@ -483,14 +484,22 @@ class Chain(Canvas[R, H]):
         return Chain(self, other)
 
     def _is_empty(self) -> bool:
-        return all(s._is_empty() for s in self.steps)
+        return all(s._is_empty() for s in self.steps) and not (
+            len(self.steps) > 1 and isinstance(self.steps[0], Group)
+        )
 
     def _pin(self) -> None:
         for step in self.steps:
             step._pin()
 
     def _node(self, push: _Push) -> Node | None:
-        live = [s for s in self.steps if not s._is_empty()]
+        live: list[Canvas[Any, Any]] = []
+        for step in self.steps:
+            if not step._is_empty():
+                live.append(step)
+            elif not live and isinstance(step, Group):
+                # a leading empty group stays: the next step gets [] (Celery's group() | task)
+                live.append(step)
         if not live:
             return None
         first = merge_options(_own(self.options), push.options)
