@@ -84,7 +84,7 @@ class AsyncResult(Generic[R]):
     ) -> None: ...
     @overload
     def __init__(
-        self,
+        self: AsyncResult[Any],
         id: str,
         /,
         *,

@@ -74,9 +74,10 @@ def result_tree(app: App, node: Node) -> Handle:
         previous: Handle | None = None
         for step in node.steps:
             current = result_tree(app, step)
-            _root(current).parent = previous
-            if isinstance(previous, AsyncResult):
-                previous.children = [current]
+            first = _root(current)
+            first.parent = previous
+            if isinstance(previous, AsyncResult):  # a group's children are its members
+                previous.children = [first]
             previous = current
         assert previous is not None
         return previous
