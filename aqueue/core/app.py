@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import importlib
 import logging
-import sys
 import types
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -378,7 +377,6 @@ class App:
                 task=self.tasks.get(name),
                 check=False,
             ),
-            sys._getframe(1),
             self,
             "send_task",
         )

@@ -14,7 +14,7 @@ result.ready():`` or ``result.state == "PENDING"`` quietly give a wrong answer. 
   result.ready():``). Each raises :class:`~aqueue.core.errors.AsyncUsageError` naming the
   async spelling.
 
-The cost on ``delay()``'s path is one small object and a frame lookup (docs/benchmarks.md).
+The cost on ``delay()``'s path is one small object (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Callable, Coroutine, Generator
-from types import CodeType, FrameType
-from typing import Any, Concatenate, Generic, NoReturn, ParamSpec, TypeVar
+from typing import Any, Concatenate, Final, Generic, NoReturn, ParamSpec, TypeVar
 
 from .errors import AsyncUsageError
 
@@ -34,65 +33,62 @@ S = TypeVar("S")
 
 log = logging.getLogger("aqueue.app")
 
+#: what ``Awaiting._method`` becomes once it is awaited (or driven, or closed)
+_AWAITED: Final = "\0awaited"
+
 
 class Awaiting(Coroutine[Any, Any, T]):
     """A call that does nothing until awaited: ``await add.delay(2, 2)``.
 
     A coroutine (``asyncio.create_task`` and ``gather`` take it). Dropped without being
-    awaited, it is logged at ERROR with where it was made. It cannot be tested for truth
-    or compared: ``if result.ready():`` would always be true.
+    awaited, it is logged at ERROR with the line where it was dropped (for ``add.delay(2,
+    2)`` as a statement: that line). It cannot be tested for truth or compared: ``if
+    result.ready():`` would always be true.
     """
 
-    __slots__ = ("_code", "_coro", "_lasti", "_method", "_owner")
+    # kept to three slots and no frame lookup: this is on every delay()'s path
+    __slots__ = ("_coro", "_method", "_owner")
 
     def __init__(
-        self,
-        coro: Coroutine[Any, Any, T],
-        caller: FrameType | None,
-        owner: object = None,
-        method: str = "",
+        self, coro: Coroutine[Any, Any, T], owner: object = None, method: str = ""
     ) -> None:
         self._coro = coro
         # named only when an error is reported: no string formatting on delay()'s path
         self._owner = owner
         self._method = method
-        # the caller's code and instruction, not its frame: holding a frame would keep its
-        # locals alive (and make a cycle when one of them is this object)
-        self._code: CodeType | None = caller.f_code if caller is not None else None
-        self._lasti = caller.f_lasti if caller is not None else 0
 
     def __await__(self) -> Generator[Any, None, T]:
-        self._code = None
+        self._method = _AWAITED
         return self._coro.__await__()
 
     def send(self, value: Any) -> Any:
-        self._code = None
+        self._method = _AWAITED
         return self._coro.send(value)
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None, /) -> Any:
-        self._code = None
+        self._method = _AWAITED
         if val is None and tb is None:
             return self._coro.throw(typ)
         return self._coro.throw(typ, val, tb)  # pragma: no cover - the legacy 3-arg form
 
     def close(self) -> None:
-        self._code = None
+        self._method = _AWAITED
         self._coro.close()
 
     def __bool__(self) -> NoReturn:
+        what = self._what()
         self.close()
-        raise AsyncUsageError(
-            f"{self._what()} is a coroutine, always true: test `await {self._what()}` instead"
-        )
+        raise AsyncUsageError(f"{what} is a coroutine, always true: test `await {what}` instead")
 
     def __eq__(self, other: object) -> NoReturn:
+        what = self._what()
         self.close()
-        raise AsyncUsageError(f"{self._what()} is a coroutine: compare `await {self._what()}`")
+        raise AsyncUsageError(f"{what} is a coroutine: compare `await {what}`")
 
     __hash__ = object.__hash__  # asyncio.gather keys a dict by its awaitables
 
     def _what(self) -> str:
-        if self._method:
+        if self._method and self._method is not _AWAITED:
             return f"{_spelled(self._owner)}.{self._method}(...)"
         return getattr(self._coro, "__qualname__", "the call") + "(...)"
 
@@ -100,26 +96,18 @@ class Awaiting(Coroutine[Any, Any, T]):
         return f"<Awaiting {self._what()}>"
 
     def __del__(self) -> None:
-        code = self._code
-        if code is None:
+        if self._method is _AWAITED:
             return
-        self._code = None
         self._coro.close()  # no "never awaited" RuntimeWarning on top of this log
+        dropped_at = sys._getframe(1)  # where the last reference went: the caller's line
         with contextlib.suppress(Exception):  # at interpreter shutdown logging may be gone
             log.error(
-                "%s was never awaited (at %s:%s): it did nothing; write `await %s`",
+                "%s was never awaited (dropped at %s:%s): it did nothing; write `await %s`",
                 self._what(),
-                code.co_filename,
-                _line(code, self._lasti),
+                dropped_at.f_code.co_filename,
+                dropped_at.f_lineno,
                 self._what(),
             )
-
-
-def _line(code: CodeType, lasti: int) -> int | str:
-    for start, end, line in code.co_lines():
-        if start <= lasti < end and line is not None:
-            return line
-    return "?"
 
 
 def _spelled(owner: object) -> str:
@@ -143,8 +131,8 @@ _KINDS = {
 
 
 def awaiting(coro: Coroutine[Any, Any, T], owner: object, method: str) -> Awaiting[T]:
-    """Wrap ``coro``, the call ``owner.method(...)`` made by the caller of the caller of this."""
-    return Awaiting(coro, sys._getframe(2), owner, method)
+    """Wrap ``coro``, the call ``owner.method(...)``."""
+    return Awaiting(coro, owner, method)
 
 
 class _Query(Generic[S, T]):
@@ -171,12 +159,7 @@ class _BoundQuery:
         self._obj = obj
 
     def __call__(self, *args: Any, **kwargs: Any) -> Awaiting[Any]:
-        return Awaiting(
-            self._query.read(self._obj, *args, **kwargs),
-            sys._getframe(1),
-            self._obj,
-            self._query.name,
-        )
+        return Awaiting(self._query.read(self._obj, *args, **kwargs), self._obj, self._query.name)
 
     def _refuse(self, use: str) -> NoReturn:
         spelled = f"{_spelled(self._obj)}.{self._query.name}"

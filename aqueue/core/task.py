@@ -12,7 +12,6 @@ import asyncio
 import functools
 import inspect
 import logging
-import sys
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack
@@ -298,10 +297,7 @@ class Task(Generic[P, R]):
         calls awaiting the broker at once.)
         """
         return Awaiting(
-            sending.send(self.app, self.name, args, kwargs, _NO_OPTIONS, task=self),
-            sys._getframe(1),
-            self,
-            "delay",
+            sending.send(self.app, self.name, args, kwargs, _NO_OPTIONS, task=self), self, "delay"
         )
 
     def apply_async(
@@ -315,7 +311,6 @@ class Task(Generic[P, R]):
             sending.send(
                 self.app, self.name, tuple(args or ()), dict(kwargs or {}), options, task=self
             ),
-            sys._getframe(1),
             self,
             "apply_async",
         )
@@ -432,7 +427,6 @@ class TaskCall(Generic[P, R]):
             sending.send(
                 self.task.app, self.task.name, args, kwargs, self.call_options, task=self.task
             ),
-            sys._getframe(1),
             self.task,
             "options(...).delay",
         )
