@@ -12,7 +12,18 @@ from typing import Any
 
 import pytest
 
-from aqueue import App, TaskFailed, chain, chord, group
+from aqueue import (
+    App,
+    Chain,
+    Chord,
+    Group,
+    Signature,
+    TaskFailed,
+    chain,
+    chord,
+    group,
+    signature,
+)
 
 from .celery_tasks import Recorder
 from .conftest import settle
@@ -242,3 +253,51 @@ async def test_group_apply_async_options(app: App, c: Any) -> None:
         etas = await res.wait(TIMEOUT)
     assert all(eta is not None and eta >= sent + 1 for eta in etas)
     assert time.time() >= sent + 1
+
+
+async def test_xmap_xstarmap(app: App, c: Any, rec: Recorder) -> None:
+    """test_xmap_xstarmap: a starmap keeps its frozen id and link; in a group and a chain."""
+    sig = c.add.starmap([(1, 1), (2, 2)])
+    sig.link(c.redis_echo.si("starmap done"))
+    frozen = sig.freeze()
+    async with app.worker(concurrency=20):
+        res = await sig.apply_async()
+        assert res.id == frozen.id
+        assert await res.wait(TIMEOUT) == [2, 4]
+        in_group = group(c.add.starmap([(1, 1), (2, 2)]), c.add.s(3, 3))
+        assert await (await in_group.delay()).wait(TIMEOUT) == [[2, 4], 6]
+        in_chain = chain(c.add.si(1, 1), c.add.starmap([(1, 1), (2, 2)]))
+        assert await (await in_chain.delay()).wait(TIMEOUT) == [2, 4]
+    await settle(app)
+    assert rec.echoes["redis-echo"] == ["starmap done"]
+
+
+@pytest.mark.parametrize("outer", ["chain", "group", "chord"])
+@pytest.mark.parametrize("inner", ["chain", "group", "chord"])
+async def test_signature_serialization(app: App, c: Any, outer: str, inner: str) -> None:
+    """test_signature_serialization: nested canvases returned by a task (through the
+    result backend) rebuild as the same canvas types, and run."""
+
+    def make(kind: str, parts: list[Any]) -> Any:
+        if kind == "chain":
+            return chain(*parts)
+        if kind == "group":
+            return group(*parts)
+        return chord(parts, c.tsum.s())
+
+    @app.task(name="c.return_nested_signature")
+    async def return_nested_signature() -> dict[str, Any]:
+        one = make(inner, [c.add.si(1, 1), c.add.si(2, 2)])
+        return make(outer, [one, c.add.si(3, 3)] if outer != "chain" else [one]).to_dict()
+
+    async with app.worker(concurrency=20):
+        data = await (await return_nested_signature.delay()).wait(TIMEOUT)
+        rebuilt = signature(data, app=app)
+        kinds = {"chain": Chain, "group": Group, "chord": Chord}
+        assert isinstance(rebuilt, kinds[outer])
+        first = {"chain": lambda x: x.steps[0], "group": lambda x: x.members[0]}.get(
+            outer, lambda x: x.header.members[0]
+        )(rebuilt)
+        # a chain in a chain joins it (its steps are the outer chain's)
+        assert isinstance(first, Signature if outer == inner == "chain" else kinds[inner])
+        await (await rebuilt.delay()).wait(TIMEOUT, propagate=False)
