@@ -99,13 +99,16 @@ class Awaiting(Coroutine[Any, Any, T]):
         if self._method is _AWAITED:
             return
         self._coro.close()  # no "never awaited" RuntimeWarning on top of this log
-        dropped_at = sys._getframe(1)  # where the last reference went: the caller's line
         with contextlib.suppress(Exception):  # at interpreter shutdown logging may be gone
+            try:
+                dropped_at = sys._getframe(1)  # where the last reference went: that line
+                where = f"{dropped_at.f_code.co_filename}:{dropped_at.f_lineno}"
+            except ValueError:  # collected with no Python frame running
+                where = "unknown"
             log.error(
-                "%s was never awaited (dropped at %s:%s): it did nothing; write `await %s`",
+                "%s was never awaited (dropped at %s): it did nothing; write `await %s`",
                 self._what(),
-                dropped_at.f_code.co_filename,
-                dropped_at.f_lineno,
+                where,
                 self._what(),
             )
 
