@@ -12,12 +12,24 @@ from . import workflows as workflows  # registers the workflow engine of every A
 from .__about__ import __version__
 from .core import states
 from .core.app import App
-from .core.canvas import Chain, Chord, Group, Signature, chain, chord, group, signature
+from .core.awaiting import Awaiting
+from .core.canvas import (
+    Chain,
+    Chord,
+    ChordHeader,
+    Group,
+    Signature,
+    chain,
+    chord,
+    group,
+    signature,
+)
 from .core.config import Settings
 from .core.context import Request, current_task
 from .core.errors import (
     AqueueError,
     ArgumentError,
+    AsyncUsageError,
     BackendError,
     BrokerError,
     BulkPublishError,
@@ -52,12 +64,15 @@ __all__ = [
     "AqueueError",
     "ArgumentError",
     "AsyncResult",
+    "AsyncUsageError",
+    "Awaiting",
     "BackendError",
     "BrokerError",
     "BulkPublishError",
     "CallOptions",
     "Chain",
     "Chord",
+    "ChordHeader",
     "ConfigurationError",
     "DecodeError",
     "EncodeError",

@@ -87,6 +87,16 @@ def entry_points(app: App, add: Any) -> dict[str, Callable[[dict[str, Any]], Awa
         "chain step": lambda o: sync(lambda: chain(add.s(1, 2), add.s(3).set(**o))),
         "group member": lambda o: sync(lambda: group(add.s(1, 2).set(**o))),
         "chord body": lambda o: sync(lambda: chord([add.s(1, 2)], add.s().set(**o))),
+        # composite canvases (issue 13): set(), apply_async() and the call forms
+        "chain(**options)": lambda o: sync(lambda: chain(add.s(1, 2), add.s(3), **o)),
+        "chain.set()": lambda o: sync(lambda: (add.s(1, 2) | add.s(3)).set(**o)),
+        "chain.apply_async()": lambda o: (add.s(1, 2) | add.s(3)).apply_async(**o),
+        "group.set()": lambda o: sync(lambda: group(add.s(1, 2)).set(**o)),
+        "group.apply_async()": lambda o: group(add.s(1, 2)).apply_async(**o),
+        "group(...)()": lambda o: group(add.s(1, 2))(**o),
+        "chord.set()": lambda o: sync(lambda: chord([add.s(1, 2)], add.s()).set(**o)),
+        "chord.apply_async()": lambda o: chord([add.s(1, 2)], add.s()).apply_async(**o),
+        "chord(header)(body)": lambda o: chord([add.s(1, 2)])(add.s(), **o),
     }
 
 
@@ -138,6 +148,23 @@ async def test_good_options_resolve_alike_on_every_path(app: App, add: Any) -> N
     msg, fmt = node_message(app.conf, node, add, now=1000.0)
     assert (msg.queue, msg.priority, msg.headers, fmt) == ("hi", 7, {"k": "v"}, "msgpack")
     assert msg.expires == 1600.0 and msg.eta == pytest.approx(at.timestamp())
+
+
+def test_options_of_a_canvas_reach_its_tasks_as_celery_passes_them(app: App, add: Any) -> None:
+    """Chain: its first step; group: every member; chord: its header, the body not delayed;
+    task_id: the result the canvas returns. Merged by the resolver's rule (a countdown
+    replaces a step's own eta)."""
+    first = add.s(1, 2).set(eta=dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+    wf = chain(first, add.s(3)).set(countdown=10, priority=3, task_id="last")
+    node = wf.to_node()
+    steps = node.steps  # type: ignore[union-attr]
+    assert steps[0].options == {"countdown": 10.0, "priority": 3}
+    assert steps[1].options == {} and steps[1].id == "last"
+    members = group(add.s(1, 1), add.s(2, 2)).set(queue="hi").to_node().members
+    assert [m.options for m in members] == [{"queue": "hi"}, {"queue": "hi"}]
+    made = chord([add.s(1, 1)], add.s()).set(countdown=5, queue="hi", task_id="body").to_node()
+    assert made.header[0].options == {"countdown": 5.0, "queue": "hi"}
+    assert made.body.options == {"queue": "hi"} and made.body.id == "body"
 
 
 async def test_negative_and_zero_countdown_run_now(app: App, add: Any) -> None:

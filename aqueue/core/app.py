@@ -26,6 +26,7 @@ from typing import (
 )
 
 from . import sending
+from .awaiting import Awaiting
 from .canvas import Signature
 from .config import Settings
 from .control import Control
@@ -34,7 +35,7 @@ from .middleware import Middleware
 from .options import CallOptions
 from .plugins import workflows_for
 from .protocols import Broker, ResultBackend, RoutesResults
-from .result import AsyncResult, GroupResults
+from .result import AsyncResult, GroupResult, GroupResults
 from .serialization import check_serializer
 from .task import Task
 from .urls import default_backend_url, full_url, make_backend, make_broker, redact
@@ -355,25 +356,29 @@ class App:
 
     # -- sending (aqueue/core/sending.py) -------------------------------------------------
 
-    async def send_task(
+    def send_task(
         self,
         name: str,
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
         **options: Unpack[CallOptions],
-    ) -> AsyncResult[Any]:
+    ) -> Awaiting[AsyncResult[Any]]:
         """Send a task by name; it need not be registered in this process.
 
         Arguments are not checked here (as in Celery): the worker validates them.
         """
-        return await sending.send(
+        return Awaiting(
+            sending.send(
+                self,
+                name,
+                tuple(args or ()),
+                dict(kwargs or {}),
+                options,
+                task=self.tasks.get(name),
+                check=False,
+            ),
             self,
-            name,
-            tuple(args or ()),
-            dict(kwargs or {}),
-            options,
-            task=self.tasks.get(name),
-            check=False,
+            "send_task",
         )
 
     async def send_many(self, signatures: Iterable[Signature[Any]]) -> list[AsyncResult[Any]]:
@@ -403,9 +408,11 @@ class App:
 
         return Worker(self, **options)
 
-    def AsyncResult(self, task_id: str) -> AsyncResult[Any]:
-        """A handle on any task by id (results decode untyped)."""
-        return AsyncResult(self, task_id)
+    def AsyncResult(
+        self, task_id: str, *, parent: AsyncResult[Any] | GroupResult[Any] | None = None
+    ) -> AsyncResult[Any]:
+        """A handle on any task by id (results decode untyped); Celery's ``parent=`` too."""
+        return AsyncResult(self, task_id, parent=parent)
 
 
 def _checked(component: Any, protocol: type, what: str) -> Any:

@@ -32,6 +32,8 @@ class Settings:
     task_default_queue: str = "default"
     #: seconds a result is kept; ``None`` keeps it forever
     result_expires: float | None = 86400.0
+    #: also store each task's arguments in its result record (``result.args``, ``.kwargs``)
+    result_extended: bool = False
     #: store a STARTED state when a task begins
     task_track_started: bool = False
     #: ack after the task finished (at-least-once); False acks on receipt (at-most-once)

@@ -16,6 +16,8 @@
     │   ├── DecodeError           bytes that are not a valid aqueue message
     │   └── EncodeError           a value (arguments, a result) the serializer cannot encode
     ├── ArgumentError             arguments that do not fit the task's signature
+    ├── AsyncUsageError           a Celery idiom used without ``await`` (also a TypeError):
+    │                             the message names the async spelling
     ├── TaskFailed                the remote task ended in FAILURE
     ├── TaskRevoked               the task was revoked or expired
     ├── Retry                     raised by ``self.retry()`` to ask for another attempt
@@ -121,6 +123,15 @@ class EncodeError(MessageError):
 
 class ArgumentError(AqueueError, TypeError):
     """Arguments that do not fit the task's signature or annotations."""
+
+
+class AsyncUsageError(AqueueError, TypeError):
+    """A Celery idiom used the synchronous way where aqueue needs ``await``.
+
+    Raised instead of a silently wrong answer: ``result.state == "PENDING"``, ``if
+    result.ready:``, ``if result.ready():``, reading ``result.status`` before anything was
+    read. The message names the async spelling (``await result.state()``).
+    """
 
 
 class TaskFailed(AqueueError):

@@ -99,6 +99,8 @@ class Executor:
         self.duplicates = 0
         backend = app.backend
         self._observe = backend.observe if isinstance(backend, RoutesResults) else None
+        #: store each task's arguments in its records (``result_extended``)
+        self._extended = app.conf.result_extended
         #: called with the task id when a task's body has returned or raised, before its
         #: result is stored and its message settled (the worker claims more meanwhile)
         self.on_ran: Callable[[str], None] | None = None
@@ -272,7 +274,7 @@ class Executor:
             expires=msg.expires,
             priority=msg.priority,
             parent_id=msg.parent_id,
-            root_id=msg.root_id,
+            root_id=msg.root_id or msg.id,  # a task sent on its own is its workflow's root
             group_id=msg.group_id,
             delivery_count=delivery.delivery_count,
             max_retries=msg.max_retries,
@@ -692,6 +694,8 @@ class Executor:
             error=error,
             date_started=date_started,
         )
+        if self._extended:
+            record = msgspec.structs.replace(record, args=job.args, kwargs=job.kwargs)
         try:
             return encode(record, job.fmt)
         except EncodeError as exc:

@@ -124,6 +124,9 @@ class ResultOut(_ResultBase, frozen=True, kw_only=True, omit_defaults=True):
 
     value: Any = None
     meta: Any = None
+    #: the task's arguments, only with ``result_extended=True`` (Celery's setting)
+    args: tuple[Any, ...] | None = None
+    kwargs: dict[str, Any] | None = None
 
 
 class ResultIn(_ResultBase, frozen=True, kw_only=True, omit_defaults=True):
@@ -131,6 +134,8 @@ class ResultIn(_ResultBase, frozen=True, kw_only=True, omit_defaults=True):
 
     value: msgspec.Raw = msgspec.Raw(b"")
     meta: msgspec.Raw = msgspec.Raw(b"")
+    args: msgspec.Raw = msgspec.Raw(b"")
+    kwargs: msgspec.Raw = msgspec.Raw(b"")
 
 
 def encode_message(msg: MessageOut, serializer: SerializerName, max_bytes: int) -> bytes:

@@ -62,9 +62,9 @@ class CallOptions(TypedDict, total=False):
     root_id: str
     group_id: str
     #: applied with the result when the task succeeds
-    link: Canvas[Any] | list[Canvas[Any]]
+    link: Canvas[Any, Any] | list[Canvas[Any, Any]]
     #: applied with ``(task_id, error)`` when the task fails
-    link_error: Canvas[Any] | list[Canvas[Any]]
+    link_error: Canvas[Any, Any] | list[Canvas[Any, Any]]
 
 
 OPTION_NAMES: Final = frozenset(CallOptions.__annotations__)
@@ -101,6 +101,27 @@ def check_options(options: Mapping[str, Any], *, stored: bool = False) -> dict[s
         check(name, value, out)
     if "countdown" in out and "eta" in out:
         raise OptionError("give countdown or eta, not both")
+    return out
+
+
+def merge_options(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Stored options ``base`` with the stored options ``override`` on top.
+
+    A time given one way replaces the other way of giving it: ``countdown`` replaces an
+    ``eta`` (and the reverse), any ``expires`` replaces an earlier one. Used by ``set()`` and
+    wherever a canvas passes its options down to its tasks.
+    """
+    out = dict(base)
+    if not override:
+        return out
+    if "eta" in override:
+        out.pop("countdown", None)
+    elif "countdown" in override:
+        out.pop("eta", None)
+    if "expires" in override or _EXPIRES_AT in override:
+        out.pop("expires", None)
+        out.pop(_EXPIRES_AT, None)
+    out.update(override)
     return out
 
 
@@ -210,7 +231,7 @@ def _check_bool(name: str, value: Any, out: dict[str, Any]) -> None:
 def _check_callbacks(name: str, value: Any, out: dict[str, Any]) -> None:
     items = value if isinstance(value, list | tuple) else [value]
     for item in items:
-        if not callable(getattr(item, "freeze", None)):
+        if not callable(getattr(item, "to_node", None)):
             raise OptionError(
                 f"{name} takes a signature or a canvas (add.s(...)), or a list of them; "
                 f"not {type(item).__name__}"
@@ -307,8 +328,8 @@ class Plan:
         self.parent_id: str | None = get("parent_id")
         self.root_id: str | None = get("root_id")
         self.group_id: str | None = get("group_id")
-        self.link: Sequence[Canvas[Any]] = get("link", ())
-        self.link_error: Sequence[Canvas[Any]] = get("link_error", ())
+        self.link: Sequence[Canvas[Any, Any]] = get("link", ())
+        self.link_error: Sequence[Canvas[Any, Any]] = get("link_error", ())
 
     def message(
         self,
@@ -328,13 +349,11 @@ class Plan:
 
         Callbacks given as options are frozen anew for each message (fresh ids); a workflow
         step passes its frozen ones (``link`` / ``link_error``) and where it sits
-        (``chain``, ``chord``, ``parent_id``, ``root_id``).
+        (``chain``, ``chord``, ``parent_id``, ``root_id``; the call's own options win).
         """
         return MessageOut(
-            link=tuple(c.freeze() for c in self.link) if link is None else link,
-            link_error=(
-                tuple(c.freeze() for c in self.link_error) if link_error is None else link_error
-            ),
+            link=_callback_nodes(self.link) if link is None else link,
+            link_error=_callback_nodes(self.link_error) if link_error is None else link_error,
             id=task_id,
             task=self.name,
             queue=self.queue,
@@ -347,8 +366,8 @@ class Plan:
             time_limit=self.time_limit,
             soft_time_limit=self.soft_time_limit,
             ignore_result=self.ignore_result,
-            parent_id=parent_id or self.parent_id,
-            root_id=root_id or self.root_id,
+            parent_id=self.parent_id or parent_id,
+            root_id=self.root_id or root_id,
             group_id=self.group_id,
             chain=chain,
             chord=chord,
@@ -359,12 +378,21 @@ class Plan:
 _NO_HEADERS: dict[str, str] = {}
 
 
+def _callback_nodes(callbacks: Sequence[Canvas[Any, Any]]) -> tuple[Node, ...]:
+    """Callbacks given as options, as nodes with fresh ids (one set per message)."""
+    if not callbacks:
+        return ()
+    nodes = (c.to_node() for c in callbacks)
+    return tuple(n for n in nodes if n is not None)
+
+
 def node_message(
     conf: Settings,
     node: TaskNode,
     task: Task[Any, Any] | None,
     *,
     prepend: tuple[Any, ...] = (),
+    kwargs: Mapping[str, Any] | None = None,
     chain: tuple[Node, ...] = (),
     chord: str | None = None,
     parent_id: str | None = None,
@@ -373,16 +401,19 @@ def node_message(
 ) -> tuple[MessageOut, SerializerName]:
     """The message of a frozen signature (a workflow step, or one of ``send_many``).
 
-    Its options are checked again: they may come from another process's message.
+    ``prepend`` (the previous step's result, or a canvas's partial arguments) goes before
+    the node's own arguments and ``kwargs`` over its keyword arguments, unless the node is
+    immutable. Its options are checked again: they may come from another process's message.
 
     Raises:
         OptionError: a stored option is not valid.
     """
     plan = Plan(conf, node.task, check_options(node.options, stored=True), task, now)
+    merged = node.kwargs if node.immutable or not kwargs else {**node.kwargs, **kwargs}
     msg = plan.message(
         node.id,
         node.args if node.immutable or not prepend else (*prepend, *node.args),
-        node.kwargs,
+        merged,
         plan.headers,
         link=node.link,
         link_error=node.link_error,

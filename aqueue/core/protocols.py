@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import msgspec
 
 if TYPE_CHECKING:
-    from .canvas import Canvas, Group
     from .message import ErrorInfo, MessageIn
+    from .nodes import Node
     from .result import AsyncResult, GroupResult
 
 
@@ -331,11 +331,15 @@ class Workflows(Protocol):
     ended starts next. Core never imports the engine (see ``plugins.py``).
     """
 
-    async def apply(self, canvas: Canvas[Any]) -> AsyncResult[Any]:
-        """Apply a chain or chord (or any canvas ending in a task); its last step's result."""
+    async def apply(
+        self, node: Node, *, args: tuple[Any, ...] = (), kwargs: Mapping[str, Any] | None = None
+    ) -> AsyncResult[Any] | GroupResult[Any]:
+        """Apply a frozen canvas (``Canvas.to_node()``); the handle of its result.
 
-    async def apply_group(self, group: Group[Any]) -> GroupResult[Any]:
-        """Apply a group; its members' results."""
+        ``args`` go before the first tasks' own arguments and ``kwargs`` over theirs. A
+        canvas ending in a group gives a ``GroupResult``, any other an ``AsyncResult`` (the
+        last step's), with ``parent`` links back through the workflow.
+        """
 
     async def on_success(self, msg: MessageIn, value: Any) -> None:
         """A step succeeded with ``value``: apply its ``link`` callbacks, start its ``chain``'s

@@ -1,18 +1,33 @@
 """``AsyncResult[R]``: a handle on a sent task (``await handle.wait()`` returns an ``R``), and
-``GroupResult[R]``: the handles of a group's members (``await group.wait()``: ``list[R]``)."""
+``GroupResult[R]``: the handles of a group's members (``await group.wait()``: ``list[R]``).
+
+Reading the result backend is I/O, so where Celery has a value aqueue has a coroutine
+method: ``await result.state()``, ``await result.ready()``... These are queries
+(:mod:`aqueue.core.awaiting`): ``result.state == "PENDING"`` or ``if result.ready():``
+raise :class:`~aqueue.core.errors.AsyncUsageError` naming the async spelling instead of
+quietly giving a wrong answer. ``status``, ``result``, ``name``, ``date_done``... are what
+the last read saw, and raise the same error before anything was read.
+
+Results form a tree, as in Celery: a chain step's ``parent`` is the step before it (its
+``children`` the step after), a chord body's ``parent`` is the header's ``GroupResult``.
+``as_tuple()`` / :func:`result_from_tuple` store and rebuild the whole tree.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+import datetime as dt
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, overload
 
 import msgspec
 
 from . import states
-from .errors import ConfigurationError, DecodeError, TaskFailed, TaskRevoked
+from .awaiting import query
+from .context import current_task
+from .errors import AsyncUsageError, ConfigurationError, DecodeError, TaskFailed, TaskRevoked
 from .message import ResultIn, ResultOut, decode_result, raw_is_empty
 from .serialization import SerializerName, check_serializer, decode, encode, format_of
 
@@ -21,6 +36,9 @@ if TYPE_CHECKING:
     from .task import Task
 
 R = TypeVar("R")
+
+#: what ``_record`` holds before any read (``None`` is a read that found nothing)
+_UNREAD: Final[Any] = object()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -33,54 +51,115 @@ class StateChange:
     attempt: int
 
 
+def _app_for(app: App | None) -> App:
+    """``app``, or inside a running task that task's app (Celery's ``AsyncResult(id)``)."""
+    if app is not None:
+        return app
+    task = current_task()
+    if task is not None:
+        return task.app
+    raise ConfigurationError(
+        "AsyncResult(id) needs its app outside a task: AsyncResult(id, app=app), "
+        "app.AsyncResult(id) or task.AsyncResult(id)"
+    )
+
+
 class AsyncResult(Generic[R]):
     """A task's result, state and error, read from the result backend.
 
-    ``status``, ``result``, ``info`` and ``traceback`` are what the last read saw; the
-    coroutines (``state()``, ``ready()``, ``wait()``, ...) read again.
+    ``AsyncResult(id, app=app)`` (Celery's spelling; inside a task the app may be left
+    out), ``app.AsyncResult(id)`` or ``add.AsyncResult(id)`` (typed by the task).
     """
 
+    @overload
     def __init__(
         self,
         app: App,
         id: str,
+        /,
         *,
+        result_type: Any = ...,
+        task: Task[Any, R] | None = ...,
+        parent: AsyncResult[Any] | GroupResult[Any] | None = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: AsyncResult[Any],
+        id: str,
+        /,
+        *,
+        app: App | None = ...,
+        parent: AsyncResult[Any] | GroupResult[Any] | None = ...,
+    ) -> None: ...
+    def __init__(
+        self,
+        first: Any,
+        id: Any = None,
+        /,
+        *,
+        app: App | None = None,
         result_type: Any = Any,
         task: Task[Any, R] | None = None,
+        parent: AsyncResult[Any] | GroupResult[Any] | None = None,
     ) -> None:
-        self.app = app
-        self.id = id
+        if type(first) is str:  # Celery's order: AsyncResult(id, app=app)
+            if id is not None:
+                raise TypeError("AsyncResult(id, app=app) or AsyncResult(app, id)")
+            app, id = _app_for(app), first
+        else:
+            app = first
+        self.app: App = app
+        self.id: str = id
         self._result_type = result_type
         self._task = task
-        self._record: ResultIn | None = None
+        self._record: ResultIn | None = _UNREAD
         self._format: SerializerName = "msgpack"
         #: the previous step's result when this is a step of a chain (or a chord's header)
-        self.parent: Any = None
+        self.parent: AsyncResult[Any] | GroupResult[Any] | None = parent
         #: the next steps' results, when known (a chain's next step)
-        self.children: list[Any] = []
+        self.children: list[AsyncResult[Any] | GroupResult[Any]] = []
         #: every task id of the workflow this result ends, when it came from one
         self.workflow_ids: list[str] | None = None
 
     def __repr__(self) -> str:
-        return f"<AsyncResult {self.id} {self.status}>"
+        record = self._record
+        seen = "(not read)" if record is _UNREAD else record.state if record else states.PENDING
+        return f"<AsyncResult {self.id} {seen}>"
 
     def __eq__(self, other: object) -> bool:
+        if isinstance(other, str):  # Celery compares results with ids
+            return other == self.id
         return isinstance(other, AsyncResult) and other.id == self.id
 
     def __hash__(self) -> int:
         return hash(self.id)
 
-    # -- last seen ----------------------------------------------------------------------
+    @property
+    def task_id(self) -> str:
+        """The task id (Celery's other name for ``id``)."""
+        return self.id
+
+    # -- what the last read saw -----------------------------------------------------------
+
+    def _seen(self, what: str) -> ResultIn | None:
+        record = self._record
+        if record is _UNREAD:
+            raise AsyncUsageError(
+                f"result.{what} is what the last read of the result backend saw, and nothing "
+                "was read yet: `await result.state()` or `await result.wait()` reads it"
+            )
+        return record
 
     @property
     def status(self) -> str:
-        """The state seen by the last read (PENDING before any)."""
-        return self._record.state if self._record is not None else states.PENDING
+        """The state the last read saw (PENDING: no record). See ``await result.state()``."""
+        record = self._seen("status")
+        return record.state if record is not None else states.PENDING
 
     @property
     def result(self) -> Any:
         """Return value (SUCCESS), :class:`TaskFailed` (FAILURE) or meta (custom states)."""
-        record = self._record
+        record = self._seen("result")
         if record is None:
             return None
         if record.state == states.SUCCESS:
@@ -89,68 +168,120 @@ class AsyncResult(Generic[R]):
             return self._error(record)
         return self._meta(record)
 
-    info = result
+    @property
+    def info(self) -> Any:
+        """The same as ``result`` (Celery's name for a custom state's meta)."""
+        self._seen("info")
+        return self.result
 
     @property
     def traceback(self) -> str | None:
         """The remote traceback text of a FAILURE."""
-        record = self._record
+        record = self._seen("traceback")
         return record.error.traceback if record is not None and record.error else None
 
     @property
-    def attempt(self) -> int:
-        """The attempt the last read record came from (0 before any)."""
-        return self._record.attempt if self._record is not None else 0
+    def name(self) -> str | None:
+        """The task's name."""
+        record = self._seen("name")
+        return record.task if record is not None else None
 
-    # -- reads --------------------------------------------------------------------------
+    @property
+    def args(self) -> tuple[Any, ...] | None:
+        """The task's positional arguments: stored with ``result_extended=True``, else None."""
+        record = self._seen("args")
+        if record is None or raw_is_empty(record.args):
+            return None
+        return tuple(decode(record.args, list[Any], self._format))
+
+    @property
+    def kwargs(self) -> dict[str, Any] | None:
+        """The task's keyword arguments: stored with ``result_extended=True``, else None."""
+        record = self._seen("kwargs")
+        if record is None or raw_is_empty(record.kwargs):
+            return None
+        return dict(decode(record.kwargs, dict[str, Any], self._format))
+
+    @property
+    def date_done(self) -> dt.datetime | None:
+        """When the task finished (UTC)."""
+        record = self._seen("date_done")
+        done = record.date_done if record is not None else None
+        return dt.datetime.fromtimestamp(done, dt.UTC) if done is not None else None
+
+    @property
+    def retries(self) -> int:
+        """Times the task was retried."""
+        record = self._seen("retries")
+        return record.retries if record is not None else 0
+
+    @property
+    def worker(self) -> str | None:
+        """The worker that wrote the record."""
+        record = self._seen("worker")
+        return record.worker if record is not None else None
+
+    @property
+    def attempt(self) -> int:
+        """The attempt the record came from (0: no record)."""
+        record = self._seen("attempt")
+        return record.attempt if record is not None else 0
+
+    # -- reads (queries: await them) ------------------------------------------------------
 
     async def _fetch(self) -> ResultIn | None:
         backend = await self.app.result_backend()
         raw = await backend.get(self.id)
-        if raw is not None:
+        if raw is None:
+            if self._record is _UNREAD:
+                self._record = None
+        else:
             self._record = decode_result(raw)
             self._format = format_of(raw)
         return self._record
 
+    @query
     async def state(self) -> str:
-        """Read and return the current state."""
-        await self._fetch()
-        return self.status
+        """Read and return the current state (Celery's ``result.state``)."""
+        record = await self._fetch()
+        return record.state if record is not None else states.PENDING
 
+    @query
     async def ready(self) -> bool:
         """Whether the task finished (SUCCESS, FAILURE or REVOKED)."""
         return await self.state() in states.READY_STATES
 
+    @query
     async def successful(self) -> bool:
         """Whether the task finished with SUCCESS."""
         return await self.state() == states.SUCCESS
 
+    @query
     async def failed(self) -> bool:
         """Whether the task finished with FAILURE."""
         return await self.state() == states.FAILURE
 
+    @query
     async def revoke(self, *, terminate: bool = False) -> None:
         """Revoke this task, or every node of the workflow it ends (``app.control.revoke``)."""
         await self.app.control.revoke(self.workflow_ids or self.id, terminate=terminate)
 
-    def as_tuple(self) -> tuple[Any, ...]:
-        """Celery's tuple form ``(id, parent_tuple)``; see ``result_from_tuple``."""
-        return (self.id, self.parent.as_tuple() if self.parent is not None else None)
-
+    @query
     async def forget(self) -> None:
         """Delete the stored result."""
         backend = await self.app.result_backend()
         await backend.forget(self.id)
-        self._record = None
+        self._record = _UNREAD
 
+    @query
     async def wait(self, timeout: float | None = None, propagate: bool = True) -> R:
-        """Wait for the task to finish and return its result.
+        """Wait for the task to finish and return its result (Celery's ``get()``).
 
         Push-based where the backend pushes; never a polling loop in the caller.
 
         Raises:
             TimeoutError: not finished within ``timeout`` seconds.
-            TaskFailed: FAILURE (when ``propagate``).
+            TaskFailed: FAILURE (when ``propagate``; else the error is returned).
             TaskRevoked: revoked or expired (when ``propagate``).
         """
         self._check_waitable()
@@ -183,6 +314,19 @@ class AsyncResult(Generic[R]):
             if record.state in states.READY_STATES:
                 return
 
+    async def collect(
+        self, timeout: float | None = None
+    ) -> AsyncIterator[tuple[AsyncResult[Any] | GroupResult[Any], Any]]:
+        """Yield ``(result, value)`` for this result, then its known children, depth first.
+
+        Celery's ``collect()``. The children are the workflow steps after this one that the
+        handle knows (aqueue does not record tasks sent from inside a task as children).
+        """
+        yield self, await self.wait(timeout=timeout)
+        for child in self.children:
+            async for pair in child.collect(timeout=timeout):
+                yield pair
+
     async def _records(self) -> AsyncIterator[ResultIn]:
         backend = await self.app.result_backend()
         seen: bytes | None = None
@@ -200,6 +344,10 @@ class AsyncResult(Generic[R]):
             raise ConfigurationError(
                 f"task {self._task.name} has ignore_result=True: there is no result to wait for"
             )
+
+    def as_tuple(self) -> ResultTuple:
+        """Celery's tuple form ``((id, parent_tuple), None)``; see :func:`result_from_tuple`."""
+        return ((self.id, self.parent.as_tuple() if self.parent is not None else None), None)
 
     # -- decoding -----------------------------------------------------------------------
 
@@ -228,17 +376,31 @@ class AsyncResult(Generic[R]):
 # -- groups --------------------------------------------------------------------------------
 
 _GROUP_META = "group-meta:"
+#: Celery's tuple form of a result: ``((id, parent), None)`` or ``((id, parent), [members])``
 ResultTuple = tuple[Any, ...]
 
 
 class GroupResult(Generic[R]):
-    """The results of a group's members, in order; ``await wait()`` returns ``list[R]``."""
+    """The results of a group's members, in order; ``await wait()`` returns ``list[R]``.
 
-    def __init__(self, app: App, id: str, results: Sequence[AsyncResult[R]]) -> None:
+    A member is an :class:`AsyncResult`, or a ``GroupResult`` for a member that ends in a
+    group (its value is a list).
+    """
+
+    def __init__(
+        self,
+        app: App,
+        id: str,
+        results: Sequence[AsyncResult[Any] | GroupResult[Any]],
+        *,
+        parent: AsyncResult[Any] | GroupResult[Any] | None = None,
+    ) -> None:
         self.app = app
         self.id = id
-        self.results = list(results)
-        self.parent: AsyncResult[Any] | GroupResult[Any] | None = None
+        self.results: list[AsyncResult[Any] | GroupResult[Any]] = list(results)
+        self.parent: AsyncResult[Any] | GroupResult[Any] | None = parent
+        #: every task id of the workflow this group ends, when it came from one
+        self.workflow_ids: list[str] | None = None
 
     def __repr__(self) -> str:
         return f"<GroupResult {self.id} [{len(self.results)}]>"
@@ -246,63 +408,104 @@ class GroupResult(Generic[R]):
     def __len__(self) -> int:
         return len(self.results)
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[AsyncResult[Any] | GroupResult[Any]]:
         return iter(self.results)
 
+    def __getitem__(self, index: int) -> AsyncResult[Any] | GroupResult[Any]:
+        return self.results[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, str):
+            return other == self.id
+        return isinstance(other, GroupResult) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
     @property
-    def children(self) -> list[AsyncResult[R]]:
+    def children(self) -> list[AsyncResult[Any] | GroupResult[Any]]:
         """The members' results (Celery's name)."""
         return self.results
 
+    @query
     async def wait(self, timeout: float | None = None, propagate: bool = True) -> list[R]:
-        """Wait for every member; the list of results in order.
+        """Wait for every member; the list of their values in order.
 
         Raises:
             TimeoutError: not all finished within ``timeout``.
-            TaskFailed: a member failed (when ``propagate``; the first in order).
+            TaskFailed: a member failed (when ``propagate``: the first failure seen;
+                otherwise each failed member's error is in its place in the list).
         """
         async with asyncio.timeout(timeout):
             return list(await asyncio.gather(*(r.wait(propagate=propagate) for r in self.results)))
 
     get = join = wait
 
-    async def _states(self) -> list[str]:
-        backend = await self.app.result_backend()
-        records = await backend.get_many([r.id for r in self.results])
-        out: list[str] = []
-        for r, raw in zip(self.results, records, strict=True):
-            out.append(await r.state() if raw is not None else states.PENDING)
+    def _leaves(self) -> list[AsyncResult[Any]]:
+        out: list[AsyncResult[Any]] = []
+        for r in self.results:
+            out += r._leaves() if isinstance(r, GroupResult) else [r]
         return out
 
-    async def completed_count(self) -> int:
-        """Members that ended in SUCCESS."""
-        return sum(s == states.SUCCESS for s in await self._states())
+    async def _member_states(self) -> list[str]:
+        """Each member's state, read in one round trip (a nested group: its overall state)."""
+        leaves = self._leaves()
+        if not leaves:
+            return []
+        backend = await self.app.result_backend()
+        raws = await backend.get_many([r.id for r in leaves])
+        by_id: dict[str, str] = {}
+        for leaf, raw in zip(leaves, raws, strict=True):
+            if raw is not None:
+                leaf._record, leaf._format = decode_result(raw), format_of(raw)
+            by_id[leaf.id] = decode_result(raw).state if raw is not None else states.PENDING
+        return [_overall(r, by_id) for r in self.results]
 
+    @query
+    async def completed_count(self) -> int:
+        """Members that ended in SUCCESS (Celery's count)."""
+        return sum(s == states.SUCCESS for s in await self._member_states())
+
+    @query
     async def ready(self) -> bool:
         """Whether every member finished."""
-        return all(s in states.READY_STATES for s in await self._states())
+        return all(s in states.READY_STATES for s in await self._member_states())
 
+    @query
     async def successful(self) -> bool:
         """Whether every member ended in SUCCESS."""
-        return all(s == states.SUCCESS for s in await self._states())
+        return all(s == states.SUCCESS for s in await self._member_states())
 
+    @query
     async def failed(self) -> bool:
         """Whether any member ended in FAILURE."""
-        return any(s == states.FAILURE for s in await self._states())
+        return any(s == states.FAILURE for s in await self._member_states())
 
+    @query
     async def waiting(self) -> bool:
         """Whether any member has not finished."""
-        return not await self.ready()
+        return not all(s in states.READY_STATES for s in await self._member_states())
 
+    @query
     async def revoke(self, *, terminate: bool = False) -> None:
-        """Revoke every member."""
-        await self.app.control.revoke([r.id for r in self.results], terminate=terminate)
+        """Revoke every member (every node of the workflow this group ends, if it ends one)."""
+        ids = self.workflow_ids or [r.id for r in self._leaves()]
+        await self.app.control.revoke(ids, terminate=terminate)
 
+    @query
+    async def forget(self) -> None:
+        """Delete every member's stored result and the saved group."""
+        backend = await self.app.result_backend()
+        for r in self._leaves():
+            await backend.forget(r.id)
+        await backend.forget(_GROUP_META + self.id)
+
+    @query
     async def save(self) -> None:
-        """Store the member ids under the group id, for ``app.GroupResult.restore(id)``."""
+        """Store the group (members, nesting, parents) for ``app.GroupResult.restore(id)``."""
         backend = await self.app.result_backend()
         fmt = check_serializer(self.app.conf.task_serializer)
-        record = ResultOut(id=self.id, state="META", value=[r.id for r in self.results])
+        record = ResultOut(id=self.id, state="META", value=self.as_tuple())
         await backend.store(
             _GROUP_META + self.id,
             encode(record, fmt),
@@ -311,10 +514,30 @@ class GroupResult(Generic[R]):
             ttl=self.app.conf.result_expires,
         )
 
+    async def collect(
+        self, timeout: float | None = None
+    ) -> AsyncIterator[tuple[AsyncResult[Any] | GroupResult[Any], Any]]:
+        """Yield ``(result, value)`` for each member, depth first, then for the group."""
+        for member in self.results:
+            async for pair in member.collect(timeout=timeout):
+                yield pair
+        yield self, await self.wait(timeout=timeout)
+
     def as_tuple(self) -> ResultTuple:
-        """Celery's tuple form: ``((id, parent), [member tuples])``."""
+        """Celery's tuple form: ``((id, parent_tuple), [member tuples])``."""
         parent = self.parent.as_tuple() if self.parent is not None else None
         return ((self.id, parent), [r.as_tuple() for r in self.results])
+
+
+def _overall(result: AsyncResult[Any] | GroupResult[Any], by_id: dict[str, str]) -> str:
+    """A member's state; a nested group is SUCCESS, the first failure, or not ready."""
+    if isinstance(result, AsyncResult):
+        return by_id[result.id]
+    inner = [_overall(r, by_id) for r in result.results]
+    unready = [s for s in inner if s not in states.READY_STATES]
+    if unready:
+        return unready[0]
+    return next((s for s in inner if s != states.SUCCESS), states.SUCCESS)
 
 
 class GroupResults:
@@ -323,33 +546,57 @@ class GroupResults:
     def __init__(self, app: App) -> None:
         self.app = app
 
-    def __call__(self, id: str, results: Sequence[AsyncResult[Any]]) -> GroupResult[Any]:
-        return GroupResult(self.app, id, results)
+    def __call__(
+        self,
+        id: str,
+        results: Sequence[AsyncResult[Any] | GroupResult[Any]],
+        *,
+        parent: AsyncResult[Any] | GroupResult[Any] | None = None,
+    ) -> GroupResult[Any]:
+        return GroupResult(self.app, id, results, parent=parent)
 
     async def restore(self, group_id: str) -> GroupResult[Any]:
-        """A group saved with ``save()``, from any process."""
+        """A group saved with ``save()``, from any process (an empty group too)."""
         backend = await self.app.result_backend()
         raw = await backend.get(_GROUP_META + group_id)
         if raw is None:
             raise ConfigurationError(f"no saved group {group_id} (never saved, or expired)")
-        ids = decode(decode_result(raw).value, list[str], format_of(raw))
-        return GroupResult(self.app, group_id, [self.app.AsyncResult(i) for i in ids])
-
-
-def result_from_tuple(
-    app: App, value: ResultTuple | list[Any]
-) -> AsyncResult[Any] | GroupResult[Any]:
-    """Rebuild a result tree from ``as_tuple()`` (e.g. after JSON or msgpack)."""
-    head, rest = value[0], value[1]
-    if not isinstance(head, str):  # a group: ((id, parent), [members]), lists after JSON
-        group_id, parent = head
-        group = GroupResult(
-            app,
-            group_id,
-            [r for r in (result_from_tuple(app, t) for t in rest) if isinstance(r, AsyncResult)],
-        )
-        group.parent = result_from_tuple(app, parent) if parent else None
+        saved = decode(decode_result(raw).value, Any, format_of(raw))
+        group = result_from_tuple(self.app, saved)
+        if not isinstance(group, GroupResult):
+            raise DecodeError(f"saved group {group_id} is not a group")
         return group
-    result: AsyncResult[Any] = app.AsyncResult(head)
-    result.parent = result_from_tuple(app, rest) if rest else None
-    return result
+
+
+@overload
+def result_from_tuple(
+    app: App, value: ResultTuple | list[Any], /
+) -> AsyncResult[Any] | GroupResult[Any]: ...
+@overload
+def result_from_tuple(
+    value: ResultTuple | list[Any], /, *, app: App
+) -> AsyncResult[Any] | GroupResult[Any]: ...
+def result_from_tuple(*given: Any, app: App | None = None) -> AsyncResult[Any] | GroupResult[Any]:
+    """Rebuild a result tree from ``as_tuple()`` (e.g. after JSON), parents included.
+
+    ``result_from_tuple(app, t)``, or Celery's ``result_from_tuple(t, app=app)``. Tuples
+    written by Celery's ``as_tuple()`` are read too.
+    """
+    if app is None:
+        if len(given) != 2:
+            raise TypeError("result_from_tuple(app, value) or result_from_tuple(value, app=app)")
+        app, value = given
+    else:
+        [value] = given
+    return _from_tuple(app, value)
+
+
+def _from_tuple(app: App, value: Any) -> AsyncResult[Any] | GroupResult[Any]:
+    head, members = value
+    task_id, parent = (head, None) if isinstance(head, str) else head
+    parent_result = _from_tuple(app, parent) if parent else None
+    if members is not None:
+        return GroupResult(
+            app, task_id, [_from_tuple(app, m) for m in members], parent=parent_result
+        )
+    return AsyncResult(app, task_id, parent=parent_result)

@@ -18,6 +18,7 @@ import msgspec
 
 from .bulk import encode_batch, new_ids, publish_chunks
 from .canvas import Signature
+from .context import current_request
 from .errors import ArgumentError, OptionError, PublishTimeout
 from .message import MessageOut, encode_message
 from .middleware import chain_publish
@@ -117,7 +118,14 @@ def build(
     if check and task is not None and task.typing:
         task.spec.check_call(args, kwargs)  # a wrong arity fails here, not in the worker
     task_id = plan.task_id or str(uuid.uuid4())
-    return plan.message(task_id, args, kwargs, plan.headers), plan.serializer
+    sender = current_request()
+    if sender is None:
+        return plan.message(task_id, args, kwargs, plan.headers), plan.serializer
+    # sent from inside a task: a child of it, in its workflow (Celery's parent/root ids)
+    msg = plan.message(
+        task_id, args, kwargs, plan.headers, parent_id=sender.id, root_id=sender.root_id
+    )
+    return msg, plan.serializer
 
 
 # -- many messages --------------------------------------------------------------------------
@@ -136,15 +144,18 @@ async def send_signatures(app: App, signatures: Iterable[Signature[Any]]) -> lis
         task = sig.task if sig.task is not None else app.tasks.get(sig.name)
         if task is not None and task.typing:
             _check_item(task, index, sig.args, sig.kwargs)
-        nodes.append(sig.freeze())
+        nodes.append(sig.to_node())
         tasks.append(task)
     if not nodes:
         return []
     await app.connected_broker()  # connects the backend too, which may route results
+    sender = current_request()
+    parent_id = sender.id if sender is not None else None
+    root_id = sender.root_id if sender is not None else None
     messages: list[MessageOut] = []
     fmts: list[SerializerName] = []
     for node, task in zip(nodes, tasks, strict=True):
-        msg, fmt = node_message(app.conf, node, task)
+        msg, fmt = node_message(app.conf, node, task, parent_id=parent_id, root_id=root_id)
         messages.append(with_reply_headers(app, msg))
         fmts.append(fmt)
     return await publish_many(app, messages, fmts, tasks)
@@ -178,15 +189,22 @@ async def send_items(
     if reply:
         headers = {**reply, **headers}
     ids = new_ids(len(arg_list))
+    parent_id, root_id = plan.parent_id, plan.root_id
+    sender = current_request()
+    if sender is not None:  # sent from inside a task: its children
+        parent_id, root_id = parent_id or sender.id, root_id or sender.root_id
     if plan.link or plan.link_error:
         # callbacks are frozen per message: each one needs its own task ids
-        messages = [plan.message(i, a, {}, headers) for i, a in zip(ids, arg_list, strict=True)]
+        messages = [
+            plan.message(i, a, {}, headers, parent_id=parent_id, root_id=root_id)
+            for i, a in zip(ids, arg_list, strict=True)
+        ]
     else:
         # the hot path: everything but the id and the arguments is computed once
         name, queue, eta, expires = plan.name, plan.queue, plan.eta, plan.expires
         priority, ignore_result, now = plan.priority, plan.ignore_result, plan.now
         time_limit, soft_time_limit = plan.time_limit, plan.soft_time_limit
-        parent_id, root_id, group_id = plan.parent_id, plan.root_id, plan.group_id
+        group_id = plan.group_id
         messages = [
             MessageOut(
                 id=task_id,

@@ -12,19 +12,20 @@ import asyncio
 import functools
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack
 
 from . import sending
 from .admission import parse_rate
 from .arguments import ArgumentSpec
+from .awaiting import Awaiting
 from .canvas import MAP_TASK, STARMAP_TASK, Group, Signature
 from .context import Request, current_request
 from .errors import MaxRetriesExceededError, Retry
 from .message import ResultOut
 from .options import CallOptions, check_options
-from .result import AsyncResult
+from .result import AsyncResult, GroupResult
 from .retry import backoff_delay, retries_left
 from .serialization import check_serializer, encode
 from .states import READY_STATES
@@ -287,23 +288,31 @@ class Task(Generic[P, R]):
 
     # -- calling ----------------------------------------------------------------------
 
-    def delay(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, AsyncResult[R]]:
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> Awaiting[AsyncResult[R]]:
         """Send the task with these arguments; returns once the broker has it.
 
-        (Not ``async def`` itself: it hands back the sending coroutine, one frame fewer for
-        each of thousands of ``delay()`` calls awaiting the broker at once.)
+        ``await add.delay(2, 2)``. Not awaited, nothing is sent, and that is logged at ERROR
+        with the line (:mod:`aqueue.core.awaiting`). (Not ``async def`` itself: it hands
+        back the sending coroutine, one frame fewer for each of thousands of ``delay()``
+        calls awaiting the broker at once.)
         """
-        return sending.send(self.app, self.name, args, kwargs, {}, task=self)
+        return Awaiting(
+            sending.send(self.app, self.name, args, kwargs, _NO_OPTIONS, task=self), self, "delay"
+        )
 
-    async def apply_async(
+    def apply_async(
         self,
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
         **options: Unpack[CallOptions],
-    ) -> AsyncResult[R]:
+    ) -> Awaiting[AsyncResult[R]]:
         """Celery's form: arguments as a tuple and a dict, then options."""
-        return await sending.send(
-            self.app, self.name, tuple(args or ()), dict(kwargs or {}), options, task=self
+        return Awaiting(
+            sending.send(
+                self.app, self.name, tuple(args or ()), dict(kwargs or {}), options, task=self
+            ),
+            self,
+            "apply_async",
         )
 
     async def delay_many(self, items: Iterable[tuple[Any, ...]]) -> list[AsyncResult[R]]:
@@ -379,9 +388,16 @@ class Task(Generic[P, R]):
         seq = [list(i) for i in items]
         return Group([self.starmap(seq[i : i + n]) for i in range(0, len(seq), n)])
 
-    def AsyncResult(self, task_id: str) -> AsyncResult[R]:
+    def AsyncResult(
+        self, task_id: str, *, parent: AsyncResult[Any] | GroupResult[Any] | None = None
+    ) -> AsyncResult[R]:
         """A handle on an earlier call of this task, typed by its return annotation."""
-        return AsyncResult(self.app, task_id, result_type=self.spec.result_type, task=self)
+        return AsyncResult(
+            self.app, task_id, result_type=self.spec.result_type, task=self, parent=parent
+        )
+
+
+_NO_OPTIONS: CallOptions = {}
 
 
 class _Done:
@@ -405,10 +421,14 @@ class TaskCall(Generic[P, R]):
         self.task = task
         self.call_options = options
 
-    async def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> Awaiting[AsyncResult[R]]:
         """Send the task with these arguments and the bound options."""
-        return await sending.send(
-            self.task.app, self.task.name, args, kwargs, self.call_options, task=self.task
+        return Awaiting(
+            sending.send(
+                self.task.app, self.task.name, args, kwargs, self.call_options, task=self.task
+            ),
+            self.task,
+            "options(...).delay",
         )
 
     async def delay_many(self, items: Iterable[tuple[Any, ...]]) -> list[AsyncResult[R]]:

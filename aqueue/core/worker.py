@@ -305,6 +305,10 @@ class Worker:
             except asyncio.CancelledError:
                 claim.cancel()  # cancel-safe: what it took goes back
                 await asyncio.wait([claim])
+                if not claim.cancelled() and claim.exception() is None:
+                    # it had finished just before the cancel: nothing handed it back yet
+                    for delivery in claim.result():
+                        await self._hand_back(delivery, executed=False)
                 raise
             finally:
                 self._claim_in_flight = None
@@ -359,6 +363,11 @@ class Worker:
                 started = self._start(delivery)
                 if started:
                     await self.executor.execute(delivery, prior=prior)
+                elif self._stopping.is_set() and delivery.id not in self._handed_back:
+                    # its slot came free after the stop began, before the stop handed back
+                    # what had not started: hand it back here, at once
+                    self._handed_back.add(delivery.id)
+                    await self._hand_back(delivery, executed=False)
         except asyncio.CancelledError:
             if delivery.id in self._terminated:
                 self._terminated.discard(delivery.id)
@@ -467,10 +476,12 @@ class Worker:
     async def _release_waiting(self, keep: str | None = None) -> None:
         """Hand back every held delivery that has not started (but ``keep``)."""
         waiting = [
-            d for id_, d in list(self._held.items()) if id_ not in self._started and id_ != keep
+            d
+            for id_, d in list(self._held.items())
+            if id_ not in self._started and id_ != keep and id_ not in self._handed_back
         ]
+        self._handed_back.update(d.id for d in waiting)  # all at once: none starts meanwhile
         for delivery in waiting:
-            self._handed_back.add(delivery.id)
             await self._hand_back(delivery, executed=False)
             with self._held_lock:
                 self._held.pop(delivery.id, None)

@@ -1,93 +1,97 @@
-"""Applying a canvas: freeze it, publish its first messages in one call, return its results."""
+"""Applying a canvas: publish its first messages in one call, return its result tree."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..core.context import current_request
 from ..core.message import ResultOut, decode_result
-from ..core.nodes import ChainNode, GroupNode, Node, TaskNode, all_ids
+from ..core.nodes import ChainNode, GroupNode, Node, TaskNode, all_ids, chord_members
 from ..core.result import AsyncResult, GroupResult
 from ..core.sending import with_reply_headers
 from ..core.serialization import check_serializer, decode, encode, format_of
 
 if TYPE_CHECKING:
     from ..core.app import App
-    from ..core.canvas import Canvas, Group
     from .engine import Engine
 
 _WORKFLOW = "workflow:"
 
-
-async def apply(app: App, engine: Engine, canvas: Canvas[Any]) -> AsyncResult[Any]:
-    """Apply any canvas; the result of its last step, with ``parent`` links to the others."""
-    node = canvas.freeze()
-    result = await _start(app, engine, node)
-    if isinstance(result, GroupResult):
-        raise TypeError("a canvas ending with a group returns a GroupResult: use group(...)")
-    return result
+Handle = AsyncResult[Any] | GroupResult[Any]
 
 
-async def apply_group(app: App, engine: Engine, group: Group[Any]) -> GroupResult[Any]:
-    """Apply a group; its GroupResult."""
-    result = await _start(app, engine, group.freeze())
-    assert isinstance(result, GroupResult)
-    return result
+async def apply(
+    app: App,
+    engine: Engine,
+    node: Node,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any] | None,
+) -> Handle:
+    """Apply ``node``; the handle of its result, with ``parent`` links to the earlier steps.
 
-
-async def _start(app: App, engine: Engine, node: Node) -> AsyncResult[Any] | GroupResult[Any]:
+    Applied from inside a task, the workflow is that task's child (``parent_id``) in its
+    workflow (``root_id``), as in Celery.
+    """
+    handle = result_tree(app, node)
     ids = all_ids(node)
     if not ids:  # an empty group: nothing to send
-        return result_tree(app, node)
-    root_id = ids[0]
+        return handle
+    sender = current_request()
+    root_id = sender.root_id if sender is not None else ids[0]
+    parent_id = sender.id if sender is not None else None
     if not isinstance(node, TaskNode):  # index every node so the workflow can be inspected
         backend = await app.result_backend()
-        record = ResultOut(id=root_id, state="META", value=ids)
+        record = ResultOut(id=ids[0], state="META", value=ids)
         await backend.store(
-            _WORKFLOW + root_id,
+            _WORKFLOW + ids[0],
             encode(record, check_serializer(app.conf.task_serializer)),
             state="META",
             attempt=0,
             ttl=app.conf.result_expires,
         )
-    outbound = await engine.build(node, root_id=root_id)
+    outbound = await engine.build(
+        node, prepend=args, kwargs=kwargs, parent_id=parent_id, root_id=root_id
+    )
+    await app.connected_broker()  # connects the backend too, which may route results
     await engine.publish([(with_reply_headers(app, m), fmt) for m, fmt in outbound])
-    result = result_tree(app, node)
-    if isinstance(result, AsyncResult):
-        result.workflow_ids = ids
-    return result
+    handle.workflow_ids = ids
+    return handle
 
 
-def result_tree(app: App, node: Node) -> AsyncResult[Any] | GroupResult[Any]:
-    """The result handle of ``node``: the last step's, linked to earlier ones via ``parent``."""
+def result_tree(app: App, node: Node) -> Handle:
+    """The handle of ``node``: its last step's, linked to earlier ones via ``parent``.
+
+    A group gives a ``GroupResult`` of its members; a chord its body's handle, whose
+    ``parent`` is the header's ``GroupResult`` (id: the chord's).
+    """
     if isinstance(node, TaskNode):
         task = app.tasks.get(node.task)
         if task is not None:
             return task.AsyncResult(node.id)
         return app.AsyncResult(node.id)
     if isinstance(node, ChainNode):
-        previous: AsyncResult[Any] | GroupResult[Any] | None = None
+        previous: Handle | None = None
         for step in node.steps:
             current = result_tree(app, step)
-            _root(current).parent = previous
-            if isinstance(previous, AsyncResult):
-                previous.children = [current]
+            first = _root(current)
+            first.parent = previous
+            if isinstance(previous, AsyncResult):  # a group's children are its members
+                previous.children = [first]
             previous = current
         assert previous is not None
         return previous
     if isinstance(node, GroupNode):
-        members = [result_tree(app, m) for m in node.members]
-        return GroupResult(app, node.id, [m for m in members if isinstance(m, AsyncResult)])
-    header = GroupResult(
-        app,
-        node.id,
-        [r for r in (result_tree(app, m) for m in node.header) if isinstance(r, AsyncResult)],
+        return GroupResult(app, node.id, [result_tree(app, m) for m in node.members])
+    header: GroupResult[Any] = GroupResult(
+        app, node.id, [result_tree(app, m) for m in chord_members(node.header)]
     )
     body = result_tree(app, node.body)
     _root(body).parent = header
     return body
 
 
-def _root(result: AsyncResult[Any] | GroupResult[Any]) -> AsyncResult[Any] | GroupResult[Any]:
+def _root(result: Handle) -> Handle:
     """The earliest result in a parent chain (where the previous step attaches)."""
     while result.parent is not None:
         result = result.parent

@@ -1,4 +1,4 @@
-"""Tasks every app registers for workflows: the chord deadline, map and starmap."""
+"""Tasks every app registers for workflows: the chord deadline, collect, map and starmap."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 CHORD_DEADLINE_TASK: Final = "aqueue.chord_deadline"
+#: the body of a group with callbacks: its value is the group's list, its links the group's
+COLLECT_TASK: Final = "aqueue.collect"
 
 
 async def _call(app: App, name: str, args: Sequence[Any]) -> Any:
@@ -30,6 +32,10 @@ def register(app: App, engine: Engine) -> None:
     @app.task(name=CHORD_DEADLINE_TASK, ignore_result=True)
     async def chord_deadline(chord_id: str) -> None:
         await engine.deadline(chord_id)
+
+    @app.task(name=COLLECT_TASK)
+    async def collect(values: list[Any]) -> list[Any]:
+        return values
 
     @app.task(name=MAP_TASK)
     async def xmap(task: str, items: list[Any]) -> list[Any]:

@@ -1,40 +1,62 @@
 """Running workflows: turning nodes into messages, and what a worker does when a step ends.
 
-Producer side, :meth:`Engine.build` turns a node into the messages to publish now (a chain:
-its first step, carrying the rest; a group: one message per member; a chord: its members,
-its meta record and its deadline message).
+Producer side, :meth:`Engine.build` turns a node into the messages to publish now:
+
+* a task: its message, carrying what follows it (``chain``) and the chord it completes a
+  member of (``chord``);
+* a chain: its first step, carrying the rest;
+* a group followed by more steps: a chord whose body is the next step (Celery's upgrade,
+  wherever the group sits); a group with callbacks: a chord whose body collects the list
+  and applies them; any other group: its members, each where the group sits (so members
+  of a group ending a chord member join that chord, and the chord nests their values);
+* a chord: its members, its meta record and its deadline message.
 
 Worker side, after a task stored its result and before its message is acked:
 
 * success: apply ``link`` callbacks with the result; start the next ``chain`` step with the
   result prepended, or, at the end of a chain inside a chord, join the chord;
 * failure (or refusal, revocation, expiry): apply ``link_error`` callbacks with
-  ``(task_id, error)``, fail every node still ahead in the chain, and fail the chord.
+  ``(task_id, error)`` (or ``(task_id)`` for a one-argument errback), fail every node still
+  ahead in the chain with the failing task's error type and message, and fail the chord.
 
 A chord fires exactly once: members join an idempotent set in the backend and
-``chord_join`` answers ``True`` to exactly one caller. Its deadline message (a task due at
-the chord's timeout) fails a chord whose member never finished, or re-publishes the body if
-the worker that fired it died before publishing (the body's id is fixed, so a body already
-queued is not queued twice).
+``chord_join`` answers ``True`` to exactly one caller. A chord that fails stores FAILURE for
+its body and everything after it and calls the errbacks of what would have run first (a
+task body's, each task's of a group body, a chord body's body's). Its deadline message (a
+task due at the chord's timeout) fails a chord whose member never finished, or re-publishes
+the body if the worker that fired it died before publishing (the body's id is fixed, so a
+body already queued is not queued twice).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..core import states
 from ..core.bulk import encode_batch
 from ..core.message import ErrorInfo, MessageIn, MessageOut, ResultOut, decode_result
-from ..core.nodes import ChainNode, ChordMeta, ChordNode, GroupNode, Node, TaskNode, all_ids
+from ..core.nodes import (
+    ChainNode,
+    ChordMeta,
+    ChordNode,
+    GroupNode,
+    Node,
+    Shape,
+    TaskNode,
+    all_ids,
+    chord_members,
+    leaves,
+    shape,
+)
 from ..core.options import node_message
 from ..core.serialization import SerializerName, check_serializer, decode, encode, format_of
 from . import apply, builtins
 
 if TYPE_CHECKING:
     from ..core.app import App
-    from ..core.canvas import Canvas, Group
     from ..core.result import AsyncResult, GroupResult
 
 #: a message to publish, with its serializer
@@ -51,7 +73,8 @@ _NOTHING: tuple[Any, ...] = ()
 class Engine:
     """The workflow engine of one app (:class:`aqueue.core.protocols.Workflows`).
 
-    Creating it registers the workflow tasks (chord deadline, map, starmap) on the app.
+    Creating it registers the workflow tasks (chord deadline, collect, map, starmap) on the
+    app.
     """
 
     def __init__(self, app: App) -> None:
@@ -60,13 +83,11 @@ class Engine:
 
     # -- applying (aqueue.core.protocols.Workflows) -------------------------------------
 
-    async def apply(self, canvas: Canvas[Any]) -> AsyncResult[Any]:
-        """Apply a chain or chord; its last step's result."""
-        return await apply.apply(self.app, self, canvas)
-
-    async def apply_group(self, group: Group[Any]) -> GroupResult[Any]:
-        """Apply a group; its members' results."""
-        return await apply.apply_group(self.app, self, group)
+    async def apply(
+        self, node: Node, *, args: tuple[Any, ...] = (), kwargs: Mapping[str, Any] | None = None
+    ) -> AsyncResult[Any] | GroupResult[Any]:
+        """Apply a frozen canvas; the handle of its result."""
+        return await apply.apply(self.app, self, node, args, kwargs)
 
     async def states(self, root_id: str) -> dict[str, str]:
         """The state of every node of the workflow started with ``root_id``."""
@@ -83,12 +104,21 @@ class Engine:
         node: Node,
         *,
         prepend: tuple[Any, ...] = _NOTHING,
+        kwargs: Mapping[str, Any] | None = None,
         rest: tuple[Node, ...] = (),
         chord: str | None = None,
         parent_id: str | None = None,
         root_id: str | None = None,
     ) -> list[Outbound]:
-        """Messages that start ``node``; stores chord metas on the way."""
+        """Messages that start ``node``; stores chord metas on the way.
+
+        Args:
+            prepend: arguments before the first tasks' own (the previous result, or a
+                canvas's partial arguments).
+            kwargs: keyword arguments over the first tasks' own.
+            rest: what follows ``node`` in its chain.
+            chord: the chord ``node`` completes a member of.
+        """
         if isinstance(node, TaskNode):
             task = self.app.tasks.get(node.task)
             return [
@@ -97,6 +127,7 @@ class Engine:
                     node,
                     task,
                     prepend=prepend,
+                    kwargs=kwargs,
                     chain=rest,
                     chord=chord,
                     parent_id=parent_id,
@@ -108,69 +139,81 @@ class Engine:
             return await self.build(
                 first,
                 prepend=prepend,
+                kwargs=kwargs,
                 rest=(*more, *rest),
                 chord=chord,
                 parent_id=parent_id,
                 root_id=root_id,
             )
         if isinstance(node, GroupNode):
-            if rest:  # a group followed by more steps is a chord with the next step as body
+            if node.link:  # callbacks once, with the list: a chord whose body collects it
+                collect = TaskNode(id=node.id, task=builtins.COLLECT_TASK, link=node.link)
+                node = ChordNode(id=node.id, header=node.members, body=collect)
+            elif rest:  # a group followed by more steps is a chord with the next step as body
                 body, *after = rest
-                as_chord = ChordNode(id=node.id, header=node.members, body=body)
-                return await self.build(
-                    as_chord,
-                    prepend=prepend,
-                    rest=tuple(after),
-                    chord=chord,
-                    parent_id=parent_id,
-                    root_id=root_id,
-                )
-            out: list[Outbound] = []
-            for member in node.members:
-                out += await self.build(
-                    member, prepend=prepend, chord=chord, parent_id=parent_id, root_id=root_id
-                )
-            return out
-        return await self._build_chord(node, prepend, rest, chord, parent_id, root_id)
+                node, rest = ChordNode(id=node.id, header=node.members, body=body), tuple(after)
+            else:
+                out: list[Outbound] = []
+                for member in node.members:
+                    out += await self.build(
+                        member,
+                        prepend=prepend,
+                        kwargs=kwargs,
+                        chord=chord,
+                        parent_id=parent_id,
+                        root_id=root_id,
+                    )
+                return out
+        return await self._build_chord(node, prepend, kwargs, rest, chord, parent_id, root_id)
 
     async def _build_chord(
         self,
         node: ChordNode,
         prepend: tuple[Any, ...],
+        kwargs: Mapping[str, Any] | None,
         rest: tuple[Node, ...],
         parent_chord: str | None,
         parent_id: str | None,
         root_id: str | None,
     ) -> list[Outbound]:
-        header = _flatten(node.header)
+        members = chord_members(node.header)
+        shapes = [shape(m) for m in members]
+        member_ids = leaves(shapes)
         timeout = node.timeout if node.timeout is not None else self.app.conf.chord_timeout
         deadline = time.time() + timeout
         meta = ChordMeta(
             id=node.id,
-            member_ids=tuple(_final_id(m) for m in header),
+            member_ids=tuple(member_ids),
             body=node.body,
+            shape=None if all(isinstance(s, str) for s in shapes) else shapes,
             rest=rest,
             parent_chord=parent_chord,
             deadline=deadline,
+            root_id=root_id,
         )
+        if not member_ids:  # nothing to wait for: the body starts at once
+            return await self.build(
+                node.body,
+                prepend=(_nest(shapes, {}),),
+                rest=rest,
+                chord=parent_chord,
+                parent_id=parent_id,
+                root_id=root_id,
+            )
         backend = await self.app.result_backend()
         ttl = max(self.app.conf.result_expires or 0.0, timeout + 3600.0)
         await backend.store(
             _CHORD_META + node.id, encode(meta, self._fmt), state="META", attempt=0, ttl=ttl
         )
         out: list[Outbound] = []
-        if not header:  # an empty header fires at once with []
-            return await self.build(
-                node.body,
-                prepend=([],),
-                rest=rest,
-                chord=parent_chord,
+        for member in members:
+            out += await self.build(
+                member,
+                prepend=prepend,
+                kwargs=kwargs,
+                chord=node.id,
                 parent_id=parent_id,
                 root_id=root_id,
-            )
-        for member in header:
-            out += await self.build(
-                member, prepend=prepend, chord=node.id, parent_id=parent_id, root_id=root_id
             )
         deadline_message = MessageOut(
             id=f"{node.id}.deadline",
@@ -220,20 +263,32 @@ class Engine:
         """Call errbacks, fail every node ahead in the chain, fail the chord."""
         out: list[Outbound] = []
         for node in msg.link_error:
-            out += await self.build(
-                node, prepend=(msg.id, error), parent_id=msg.id, root_id=msg.root_id
-            )
-        upstream = ErrorInfo(
-            type=error.type,
-            message=f"upstream task {msg.id} failed: {error.message}",
-            traceback=error.traceback,
-            reason="upstream",
-        )
+            out += await self._errback(node, msg.id, error, msg.root_id)
+        upstream = _upstream(msg.id, error)
         doomed = [i for node in msg.chain for i in all_ids(node)]
         await self._fail(doomed, upstream, msg.root_id)
         if msg.chord is not None:
             out += await self._join(msg.chord, msg.id, failed=True, error=upstream)
         await self.publish(out)
+
+    async def _errback(
+        self, node: Node, task_id: str, error: ErrorInfo, root_id: str | None
+    ) -> list[Outbound]:
+        """An errback of ``task_id``: given ``(task_id, error)``, or ``(task_id)`` if that is
+        all it takes (Celery's old-style ``error_handler(task_id)``)."""
+        args: tuple[Any, ...] = (task_id, error)
+        task = self.app.tasks.get(node.task) if isinstance(node, TaskNode) else None
+        if isinstance(node, TaskNode) and task is not None and not node.immutable:
+            signature = task.spec.signature
+            try:
+                signature.bind(*args, *node.args, **node.kwargs)
+            except TypeError:
+                try:
+                    signature.bind(task_id, *node.args, **node.kwargs)
+                    args = (task_id,)
+                except TypeError:
+                    pass  # neither fits: the worker will say why
+        return await self.build(node, prepend=args, parent_id=task_id, root_id=root_id)
 
     async def _join(
         self, chord_id: str, member_id: str, *, failed: bool, error: ErrorInfo | None = None
@@ -255,13 +310,13 @@ class Engine:
         if failed:
             assert error is not None
             return await self._fail_chord(meta, error)
-        return await self._fire(meta)
+        return await self._fire(meta, member_id)
 
-    async def _fire(self, meta: ChordMeta) -> list[Outbound]:
-        """The body's messages, with the members' results in order."""
+    async def _fire(self, meta: ChordMeta, fired_by: str | None) -> list[Outbound]:
+        """The body's messages, with the members' values in order (nested as their shapes)."""
         backend = await self.app.result_backend()
         records = await backend.get_many(list(meta.member_ids))
-        values: list[Any] = []
+        values: dict[str, Any] = {}
         for member_id, raw in zip(meta.member_ids, records, strict=True):
             record = decode_result(raw) if raw is not None else None
             if record is None or record.state != states.SUCCESS:
@@ -274,26 +329,29 @@ class Engine:
                         message=f"chord {meta.id}: member {member_id} is {state}",
                     ),
                 )
-            values.append(
+            values[member_id] = (
                 None if len(record.value) == 0 else decode(record.value, Any, format_of(raw or b""))
             )
+        shapes: list[Shape] = meta.shape if meta.shape is not None else list(meta.member_ids)
         return await self.build(
-            meta.body, prepend=(values,), rest=meta.rest, chord=meta.parent_chord, parent_id=meta.id
+            meta.body,
+            prepend=(_nest(shapes, values),),
+            rest=meta.rest,
+            chord=meta.parent_chord,
+            parent_id=fired_by or meta.id,
+            root_id=meta.root_id,
         )
 
     async def _fail_chord(self, meta: ChordMeta, error: ErrorInfo) -> list[Outbound]:
-        """Fail the body and everything after it; call the body's errbacks."""
+        """Fail the body and everything after it; call the errbacks of what would have run."""
         doomed = all_ids(meta.body) + [i for n in meta.rest for i in all_ids(n)]
-        await self._fail(doomed, error, None)
+        await self._fail(doomed, error, meta.root_id)
         out: list[Outbound] = []
-        body = meta.body
-        if isinstance(body, TaskNode):
-            for node in body.link_error:
-                out += await self.build(node, prepend=(body.id, error), parent_id=body.id)
+        for owner, errback in _errbacks_of(meta.body):
+            out += await self._errback(errback, owner, error, meta.root_id)
         if meta.parent_chord is not None:
-            out += await self._join(
-                meta.parent_chord, _final_id(meta.body), failed=True, error=error
-            )
+            member = next(iter(leaves(shape(meta.body))), meta.id)
+            out += await self._join(meta.parent_chord, member, failed=True, error=error)
         return out
 
     async def _fail(self, task_ids: list[str], error: ErrorInfo, root_id: str | None) -> None:
@@ -350,26 +408,39 @@ class Engine:
             await self.publish(await self._fail_chord(meta, timeout))
             return
         # already fired: if the body never started (its firing worker died), publish it again
-        first = all_ids(meta.body)[0]
-        if await backend.get(first) is None:
+        body_ids = all_ids(meta.body)
+        if body_ids and await backend.get(body_ids[0]) is None:
             log.warning("chord %s fired but its body has no record; publishing it again", chord_id)
-            await self.publish(await self._fire(meta))
+            await self.publish(await self._fire(meta, None))
 
 
-def _flatten(members: tuple[Node, ...]) -> list[Node]:
-    """Groups nested in a chord header join it member by member."""
-    out: list[Node] = []
-    for m in members:
-        out += _flatten(m.members) if isinstance(m, GroupNode) else [m]
-    return out
+def _nest(shapes: list[Shape], values: dict[str, Any]) -> list[Any]:
+    """The members' values, nested as their shapes are."""
+    return [values[s] if isinstance(s, str) else _nest(s, values) for s in shapes]
 
 
-def _final_id(node: Node) -> str:
-    """The id whose completion completes ``node`` as a chord member."""
+def _upstream(task_id: str, error: ErrorInfo) -> ErrorInfo:
+    """What nodes after a failed task fail with: its error, saying where it came from."""
+    if error.reason == "upstream":
+        return error  # already names the task that failed first
+    return ErrorInfo(
+        type=error.type,
+        message=f"upstream task {task_id} failed: {error.message}",
+        traceback=error.traceback,
+        reason="upstream",
+    )
+
+
+def _errbacks_of(node: Node) -> list[tuple[str, Node]]:
+    """The errbacks to call when ``node`` will never run, with the task id each belongs to.
+
+    Those of what would have run first: a task's own, a chain's first step's, each member's
+    of a group, a chord's body's (a chord's errbacks are its body's, as in Celery).
+    """
     if isinstance(node, TaskNode):
-        return node.id
+        return [(node.id, errback) for errback in node.link_error]
     if isinstance(node, ChainNode):
-        return _final_id(node.steps[-1])
-    if isinstance(node, ChordNode):
-        return _final_id(node.body)  # an inner chord is done when its body's last step is
-    raise ValueError("a group cannot be the last step of a chord member; use a chord")
+        return _errbacks_of(node.steps[0])
+    if isinstance(node, GroupNode):
+        return [pair for m in node.members for pair in _errbacks_of(m)]
+    return _errbacks_of(node.body)

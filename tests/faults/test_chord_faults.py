@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from aqueue import App, TaskFailed
-from aqueue.workflows import chord
+from aqueue.workflows import chain, chord, group
 
 from ..workflows.conftest import Calls
 
@@ -95,4 +95,102 @@ async def test_row27_member_lost_for_good_fails_by_deadline(app: App, t: Any, ca
     print(f"\nrow 27: chord failed {waited:.2f}s after it was applied (timeout {timeout}s)")
     assert info.value.exc_type == "ChordTimeout"
     assert waited >= timeout - 0.2
+    assert not any(c[0] == "tsum" for c in calls.log)
+
+
+# -- rows 26 and 27 in the shapes issue 13 added: nested chords, groups upgraded to chords
+# -- inside chains, groups ending a chord member (their tasks join the outer chord)
+
+
+async def _claim_where(app: App, check: Any) -> Any:
+    """Take the first queued header message ``check(x)`` accepts (by its first argument)."""
+    got = await app.broker.claim(["default"], limit=100, lease_seconds=30, owner="x", timeout=2)
+    mine = next(d for d in got if not d.id.endswith(".deadline") and check(_arg(d.body)))
+    for d in got:
+        if d is not mine:
+            await d.release(executed=False)
+    return mine
+
+
+async def _run_twice(app: App, member: Any) -> None:
+    """Run ``member`` to the end on a worker that dies before acking; it comes back."""
+    dead = app.worker(queues=["nothing-here"])
+    async with dead:
+        await dead.executor.execute(LostAck(member))
+    await member.release(executed=True)
+
+
+async def test_row26_nested_chord_member_executed_twice_fires_each_body_once(
+    app: App, t: Any, calls: Calls
+) -> None:
+    n = 10
+    inner = chain(group(t.add.s(i, i) for i in range(1, n + 1)), t.tsum.s())
+    res = await chord([inner, t.add.s(100, 100)], t.tsum.s()).delay()
+    member = await _claim_where(app, lambda x: x < 100)  # a member of the inner chord
+    await _run_twice(app, member)
+    async with app.worker(concurrency=10) as worker:
+        assert await res.wait(timeout=20) == n * (n + 1) + 200
+        async with asyncio.timeout(10):  # the redelivered member has been handled
+            while worker.executor.duplicates < 1:
+                await asyncio.sleep(0.01)
+    x = _arg(member.body)
+    print(
+        f"\nrow 26 (nested chord): member re-executed {calls.log.count(('add', (x, x))) - 1} "
+        f"time(s); inner body fired {calls.log.count(('tsum', n))}, "
+        f"outer body {calls.log.count(('tsum', 2))} time(s)"
+    )
+    assert calls.log.count(("add", (x, x))) == 1
+    assert calls.log.count(("tsum", n)) == 1 and calls.log.count(("tsum", 2)) == 1
+
+
+async def test_row26_step_before_an_upgraded_group_redelivered_fires_the_body_once(
+    app: App, t: Any, calls: Calls
+) -> None:
+    n = 10
+    res = await (t.add.s(1, 1) | group(t.add.s(i) for i in range(n)) | t.tsum.s()).delay()
+    first = await _claim_where(app, lambda x: x == 1)
+    await _run_twice(app, first)  # it published the chord, then its worker died unacked
+    async with app.worker(concurrency=10) as worker:
+        assert await res.wait(timeout=20) == sum(2 + i for i in range(n))
+        async with asyncio.timeout(10):
+            while worker.executor.duplicates < 1:
+                await asyncio.sleep(0.01)
+    assert calls.log.count(("add", (1, 1))) == 1
+    assert calls.log.count(("tsum", n)) == 1
+    assert sorted(c for c in calls.log if c[0] == "add") == sorted(
+        [("add", (1, 1))] + [("add", (2, i)) for i in range(n)]
+    )  # every member once
+
+
+async def test_row27_nested_chord_member_lost_fails_the_outer_chord(
+    app: App, t: Any, calls: Calls
+) -> None:
+    timeout = 1.5
+    inner = chord((t.add.s(i, 1) for i in range(3)), t.tsum.s(), timeout=timeout)
+    res = await chord([inner, t.add.s(100, 100)], t.tsum.s()).delay()
+    lost = await _claim_where(app, lambda x: x < 100)
+    assert await lost.dead_letter("poison") is True
+    async with app.worker():
+        with pytest.raises(TaskFailed) as info:
+            await res.wait(timeout=30)  # the outer chord's own deadline is a day away
+    assert info.value.exc_type == "ChordTimeout"
+    assert not any(c[0] == "tsum" for c in calls.log)
+
+
+async def test_row27_task_of_a_group_ending_a_member_lost_fails_by_the_deadline(
+    app: App, t: Any, calls: Calls
+) -> None:
+    timeout = 1.5
+    member = chain(t.add.s(1, 1), group(t.add.s(10), t.add.s(20)))
+    res = await chord([member, t.add.s(100, 100)], t.tsum.s(), timeout=timeout).delay()
+    first = await _claim_where(app, lambda x: x == 1)
+    runner = app.worker(queues=["nothing-here"])
+    async with runner:
+        await runner.executor.execute(first)  # publishes the group's tasks, which join the chord
+    lost = await _claim_where(app, lambda x: x == 2)
+    assert await lost.dead_letter("poison") is True
+    async with app.worker():
+        with pytest.raises(TaskFailed) as info:
+            await res.wait(timeout=30)
+    assert info.value.exc_type == "ChordTimeout"
     assert not any(c[0] == "tsum" for c in calls.log)

@@ -9,7 +9,20 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, assert_type
 
-from aqueue import App, AsyncResult, GroupResult, Signature, Task, TaskCall, chain, chord, group
+from aqueue import (
+    App,
+    AsyncResult,
+    Chain,
+    Chord,
+    Group,
+    GroupResult,
+    Signature,
+    Task,
+    TaskCall,
+    chain,
+    chord,
+    group,
+)
 
 app = App("typing", broker="memory://typing")
 
@@ -89,6 +102,49 @@ async def workflows() -> None:
     c = await chord(group(add.s(i, i) for i in range(3)), tsum.s()).delay()
     assert_type(await c.wait(), int)
     assert_type(await (await add.map([1, 2]).delay()).wait(), list[int])
+
+
+async def canvas_forms() -> None:
+    # a chain ending in a group returns the group's results
+    ends_in_group = add.s(2, 2) | group(add.s(i) for i in range(4))
+    assert_type(ends_in_group, Chain[list[int], GroupResult[int]])
+    assert_type(await ends_in_group.delay(), GroupResult[int])
+    assert_type(await (await ends_in_group.delay()).wait(), list[int])
+    assert_type(await chain(add.s(1, 1), group(mul.s(2), mul.s(3)))(), GroupResult[int])
+    # group | task is a chord: the task's result
+    upgraded = group(add.s(i, i) for i in range(3)) | tsum.s()
+    assert_type(await (await upgraded.apply_async(countdown=2)).wait(), int)
+    # chords: typed by their body, a group body gives a GroupResult
+    assert_type(chord([add.s(1, 1)], tsum.s()), Chord[int, AsyncResult[int]])
+    assert_type(await chord([add.s(1, 1)])(tsum.s()), AsyncResult[int])
+    assert_type(await chord([add.s(1, 1)], group(mul.s(2))).delay(), GroupResult[int])
+    # the call forms and the signature API on every canvas
+    assert_type(await group(add.s(1, 1), add.s(2, 2))(), GroupResult[int])
+    assert_type(await (add.s(1, 1) | mul.s(2))(), AsyncResult[int])
+    g: Group[int] = group(add.s(1, 1)).set(countdown=2).link(tsum.s()).on_error(add.s(1))
+    assert_type(await g.apply_async(countdown=2, queue="hi"), GroupResult[int])
+    assert_type(add.s(1, 1).freeze().id, str)
+    # results: Celery's spellings
+    h = AsyncResult("id", app=app)
+    assert_type(h, AsyncResult[Any])
+    assert_type(app.AsyncResult("id", parent=h).parent, AsyncResult[Any] | GroupResult[Any] | None)
+    assert_type(await h.ready(), bool)
+    assert_type(h.status, str)
+    assert_type(h.task_id, str)
+    res = await group(add.s(1, 1)).delay()
+    assert_type(await res.completed_count(), int)
+    assert_type(await res.wait(propagate=False), list[int])
+
+
+async def celery_idioms_that_must_not_type_check() -> None:
+    h = await add.delay(2, 2)
+    if h.state == "PENDING":  # type: ignore[comparison-overlap]
+        pass
+    if h.ready:  # type: ignore[truthy-function]
+        pass
+    await (add.s(1, 1) | group(mul.s(2))).delay(1, "x")  # fine: partial args are not typed
+    total: int = await (await (add.s(1, 1) | group(mul.s(2))).delay()).wait()  # type: ignore[assignment]
+    del total
 
 
 async def errors() -> None:

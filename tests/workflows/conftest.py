@@ -1,15 +1,76 @@
-"""Tasks of the canvas tests, registered on each test's app (every broker)."""
+"""The canvas tests' apps (every broker) and tasks.
+
+Workflows run on memory, SQLite, Redis, and RabbitMQ with its results in Redis (a shared
+store: chords need one; ``amqp://``'s own ``rpc://`` results refuse canvases).
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from aqueue import App
 from aqueue.core.message import ErrorInfo
+
+from ..conftest import delete_redis_prefix, make_url
+from . import celery_tasks
+from .celery_tasks import Recorder
+
+WORKFLOW_BROKERS = [
+    pytest.param("memory", id="memory"),
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    pytest.param("rabbitmq", id="rabbitmq+redis", marks=[pytest.mark.rabbitmq, pytest.mark.redis]),
+]
+
+
+@pytest.fixture(params=WORKFLOW_BROKERS)
+async def app(
+    request: pytest.FixtureRequest, tmp_path: Path, _rabbit_prefixes: list[str]
+) -> AsyncIterator[App]:
+    """An app on each broker; on RabbitMQ its results live in Redis."""
+    kind = request.param
+    redis_prefixes: list[str] = []
+    backend: str | None = None
+    broker = make_url(kind, tmp_path)
+    if kind == "rabbitmq":
+        _rabbit_prefixes.append(broker.rsplit("prefix=", 1)[1])
+        backend = make_url("redis", tmp_path)
+        redis_prefixes.append(backend.rsplit("prefix=", 1)[1])
+    elif kind == "redis":
+        redis_prefixes.append(broker.rsplit("prefix=", 1)[1])
+    the_app = App("tests", broker=broker, backend=backend, lease_seconds=5.0)
+    try:
+        async with the_app:
+            yield the_app
+    finally:
+        for prefix in redis_prefixes:
+            delete_redis_prefix(prefix)
+
+
+@pytest.fixture
+def rec() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def c(app: App, rec: Recorder) -> Any:
+    """Celery's integration-test tasks (``celery_tasks.py``)."""
+    return celery_tasks.register(app, rec)
+
+
+async def settle(app: App) -> None:
+    """Run what is still queued (callbacks, errbacks) until nothing is left to claim.
+
+    Call it after the test's worker stopped (a stopping worker finishes what it runs, and
+    a task publishes what follows it before its message is acked).
+    """
+    await app.worker(burst=True, concurrency=20).run()
 
 
 @dataclass
