@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Coroutine
+from types import ModuleType
 from typing import Any, NoReturn, TypedDict, TypeVar
 
 from .core.app import App
@@ -50,14 +51,34 @@ class WorkerOptions(TypedDict):
 
 
 def load_app(spec: str) -> App:
-    """Import ``module:attr`` (or ``module``, finding its App) and return the App."""
+    """The App that ``spec`` names, found as Celery's ``-A`` finds it.
+
+    ``module:attribute`` names it exactly (the attribute may be a factory returning one).
+    A bare ``proj`` is looked up in Celery's order: ``proj.app``, ``proj.celery`` (an
+    attribute of the module that is an App), then for a package the module
+    ``proj.celery`` the same way, then the one App among the module's attributes.
+    """
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
-    module_name, _, attr = spec.partition(":")
+    module_name, colon, attr = spec.partition(":")
     if not module_name:
         raise CLIError(f"bad APP {spec!r}: use module:attribute, e.g. proj.tasks:app")
+    module = _import(module_name)
+    if colon:
+        return _attribute(module, module_name, attr, spec)
+    found = _find_in(module, module_name)
+    if found is None:
+        raise CLIError(
+            f"no aqueue.App found in {module_name!r}: looked for {module_name}.app, "
+            f"{module_name}.celery, the module {module_name}.celery, and an App among its "
+            f"attributes; name it: {module_name}:app"
+        )
+    return found
+
+
+def _import(module_name: str) -> ModuleType:
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
             raise CLIError(
@@ -65,29 +86,47 @@ def load_app(spec: str) -> App:
                 "directory that contains your package, or add it to PYTHONPATH"
             ) from None
         raise
-    if attr:
-        obj: Any = module
-        for part in attr.split("."):
-            try:
-                obj = getattr(obj, part)
-            except AttributeError:
-                raise CLIError(
-                    f"module {module_name!r} has no attribute {attr!r}: APP is module:attribute, "
-                    "where the attribute is your aqueue.App"
-                ) from None
-        if callable(obj) and not isinstance(obj, App):
-            obj = obj()
-    else:
-        apps = [v for v in vars(module).values() if isinstance(v, App)]
-        if len(apps) != 1:
+
+
+def _attribute(module: ModuleType, module_name: str, attr: str, spec: str) -> App:
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
             raise CLIError(
-                f"module {module_name!r} has {len(apps)} App objects: name one, e.g. "
-                f"{module_name}:app"
-            )
-        obj = apps[0]
+                f"module {module_name!r} has no attribute {attr!r}: APP is module:attribute, "
+                "where the attribute is your aqueue.App"
+            ) from None
+    if callable(obj) and not isinstance(obj, App):
+        obj = obj()
     if not isinstance(obj, App):
         raise CLIError(f"{spec!r} is a {type(obj).__name__}, not an aqueue.App")
     return obj
+
+
+def _find_in(module: ModuleType, module_name: str) -> App | None:
+    """Celery's order: ``.app``, ``.celery``, the ``.celery`` submodule, the one App."""
+    for name in ("app", "celery"):
+        candidate = getattr(module, name, None)
+        if isinstance(candidate, App):
+            return candidate
+    if hasattr(module, "__path__"):  # a package: its celery module, as Celery's layout has
+        try:
+            submodule = importlib.import_module(f"{module_name}.celery")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{module_name}.celery":
+                raise
+        else:
+            found = _find_in(submodule, f"{module_name}.celery")
+            if found is not None:
+                return found
+    apps = {id(v): v for v in vars(module).values() if isinstance(v, App)}
+    if len(apps) > 1:
+        raise CLIError(
+            f"module {module_name!r} has {len(apps)} App objects: name one, e.g. {module_name}:app"
+        )
+    return next(iter(apps.values()), None)
 
 
 def configure_logging(level: str) -> None:

@@ -118,6 +118,8 @@ class App:
         self.state = types.SimpleNamespace()
         self.middleware: list[Middleware] = []
         self.lifespans: list[Callable[[App], AbstractAsyncContextManager[None]]] = []
+        # packages whose task modules the worker imports at start (autodiscover_tasks)
+        self._autodiscover: list[tuple[Callable[[], Iterable[str]], str]] = []
         self.control = Control(self)
         #: ``app.GroupResult(id, results)`` and ``await app.GroupResult.restore(id)``
         self.GroupResult = GroupResults(self)
@@ -195,7 +197,7 @@ class App:
         def register(func: Callable[..., Any]) -> Task[Any, Any]:
             if not callable(func):
                 raise TypeError("@app.task decorates a function")
-            task_name = name or f"{func.__module__}.{func.__qualname__}"
+            task_name = name or self.gen_task_name(func)
             if "serializer" in options and options["serializer"] is not None:
                 check_serializer(options["serializer"])
             cls = base or Task
@@ -256,10 +258,80 @@ class App:
                 f"no task named {name!r} is registered on app {self.name}"
             ) from None
 
+    def gen_task_name(self, fn: Callable[..., Any]) -> str:
+        """The name a task gets when ``@app.task`` is given none: ``module.qualname``.
+
+        A function defined in a script run as ``__main__`` is named after the app, as Celery
+        does (``App("proj")``: ``proj.add``), so a worker that imports the script as a
+        module, and a sender using ``send_task("proj.add")``, agree with it.
+        """
+        module = fn.__module__
+        if module == "__main__":
+            module = self.name
+        return f"{module}.{fn.__qualname__}"
+
+    def config_from_object(
+        self, obj: Any, *, namespace: str | None = None, silent: bool = False
+    ) -> list[str]:
+        """Read settings from a module, a class, an object or a mapping (Celery's call).
+
+        ``app.config_from_object("proj.celeryconfig")`` (a module name, or
+        ``"module:attribute"``), ``app.config_from_object(Config)``, or Django's
+        ``app.config_from_object("django.conf:settings", namespace="CELERY")``. Celery's
+        lowercase setting names are read, and its old uppercase ones; Celery settings that
+        aqueue needs no counterpart for are accepted (logged), a name that is no setting
+        is an error naming the nearest one. Settings given to the constructor, to
+        ``conf.update()`` or in ``AQUEUE_*`` variables win. Returns the names it set.
+
+        Args:
+            silent: return ``[]`` instead of raising when the module cannot be imported.
+        """
+        source = obj
+        if isinstance(obj, str):
+            module_name, _, attribute = obj.partition(":")
+            try:
+                source = importlib.import_module(module_name)
+            except ImportError as exc:
+                if silent:
+                    return []
+                raise ConfigurationError(
+                    f"config_from_object: cannot import {module_name!r} ({exc})"
+                ) from None
+            for part in filter(None, attribute.split(".")):
+                source = getattr(source, part)
+        return self.conf.update_from_object(source, namespace=namespace)
+
+    def autodiscover_tasks(
+        self,
+        packages: Iterable[str] | Callable[[], Iterable[str]],
+        related_name: str = "tasks",
+    ) -> None:
+        """Import ``<package>.<related_name>`` of each package when the worker starts.
+
+        ``app.autodiscover_tasks(["proj.orders", "proj.billing"])`` registers the tasks of
+        ``proj/orders/tasks.py`` and ``proj/billing/tasks.py``; a package without such a
+        module is skipped. ``packages`` may be a callable, called at that time (Django:
+        ``lambda: settings.INSTALLED_APPS``).
+        """
+        if callable(packages):
+            self._autodiscover.append((packages, related_name))
+        else:
+            names = list(packages)
+            self._autodiscover.append((lambda: names, related_name))
+
     def import_includes(self) -> None:
-        """Import the modules named in ``include`` so their tasks register."""
+        """Import the modules named in ``include``, and those autodiscovery finds, so their
+        tasks register."""
         for module in self.conf.include:
             importlib.import_module(module)
+        for packages, related_name in self._autodiscover:
+            for package in packages():
+                name = f"{package}.{related_name}"
+                try:
+                    importlib.import_module(name)
+                except ModuleNotFoundError as exc:
+                    if exc.name != name:  # no such package, or an import inside it failed
+                        raise
 
     # -- connections --------------------------------------------------------------------
 

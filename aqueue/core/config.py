@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -14,13 +17,15 @@ from .urls import redact
 
 _ENV_PREFIX = "AQUEUE_"
 
+log = logging.getLogger("aqueue.app")
+
 
 @dataclasses.dataclass(slots=True)
 class Settings:
-    """Every setting aqueue reads. Names follow Celery's where Celery has one.
+    """Every setting aqueue reads (docs/configuration.md). Names follow Celery's.
 
     Precedence: constructor / ``update()`` arguments over ``AQUEUE_<NAME>`` environment
-    variables over these defaults.
+    variables over a config object (``app.config_from_object``) over these defaults.
     """
 
     #: where tasks are queued; ``None`` means the embedded SQLite file ``aqueue.db``
@@ -69,28 +74,90 @@ class Settings:
     #: replace an offload process whose RSS passed this many KiB after a call (0: never)
     worker_max_memory_per_child: int = 0
 
+    #: names set by the constructor, ``update()`` or the environment: a config object read
+    #: later (``config_from_object``) does not override them
+    explicit: set[str] = dataclasses.field(default_factory=set, repr=False, compare=False)
+
     def update(self, values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         """Set several settings, validating names and types."""
         merged = {**(values or {}), **kwargs}
         for name, value in merged.items():
             self._set(name, value)
+            self.explicit.add(CELERY_RENAMED.get(name, name))
 
     def _set(self, name: str, value: Any) -> None:
+        name = CELERY_RENAMED.get(name, name)
         if name not in _FIELDS:
-            raise ConfigurationError(f"unknown setting {name!r}; known: {', '.join(_FIELDS)}")
+            if name in CELERY_NOT_NEEDED:  # a Celery setting aqueue needs no counterpart for
+                log.info("setting %s is not needed in aqueue: %s", name, CELERY_NOT_NEEDED[name])
+                return
+            if name in CELERY_NOT_YET:
+                log.warning("setting %s is accepted but unused: %s", name, CELERY_NOT_YET[name])
+                return
+            if name in CELERY_REFUSED:
+                raise ConfigurationError(f"setting {name}: {CELERY_REFUSED[name]}")
+            raise ConfigurationError(unknown_setting(name))
         setattr(self, name, _coerce(name, value))
+
+    def update_from_object(self, source: Any, *, namespace: str | None = None) -> list[str]:
+        """Set every setting ``source`` names, as Celery's ``config_from_object`` reads it.
+
+        ``source`` is a module, a class, any object or a mapping. Without ``namespace``
+        its lowercase names are read (``broker_url``, ``task_serializer``, ...) and Celery's
+        old uppercase names (``BROKER_URL``, ``CELERY_RESULT_BACKEND``, ...); with
+        ``namespace="CELERY"`` only ``CELERY_``-prefixed names (Django's settings:
+        ``CELERY_BROKER_URL`` is ``broker_url``). Modules, classes and functions among
+        its attributes are skipped, and so are settings given to the constructor, to
+        ``update()`` or in the environment (they win). Returns the names it set.
+
+        Raises:
+            ConfigurationError: a name that is no setting (with the nearest one), or a value
+                of the wrong type; nothing is set then.
+        """
+        items = source.items() if isinstance(source, Mapping) else _attributes(source)
+        found: dict[str, Any] = {}
+        for key, value in items:
+            if namespace:
+                head = f"{namespace}_"
+                if not key.startswith(head):
+                    continue
+                name = key[len(head) :].lower()
+            elif key in CELERY_OLD_NAMES:
+                name = CELERY_OLD_NAMES[key]
+            elif key.islower() and not key.startswith("_"):
+                name = key
+            else:
+                continue
+            found[name] = value
+        staged = Settings()  # every value checked before any is set
+        for name, value in found.items():
+            staged._set(name, value)
+        applied: list[str] = []
+        for name in found:
+            real = CELERY_RENAMED.get(name, name)
+            if real in _FIELDS and real not in self.explicit:
+                setattr(self, real, getattr(staged, real))
+                applied.append(real)
+        return sorted(applied)
 
     def load_environment(self, environ: Mapping[str, str] | None = None) -> None:
         """Apply ``AQUEUE_<NAME>`` variables (e.g. ``AQUEUE_BROKER_URL``)."""
         env = os.environ if environ is None else environ
         for name in _FIELDS:
-            raw = env.get(_ENV_PREFIX + name.upper())
-            if raw is not None:
+            variable = _ENV_PREFIX + name.upper()
+            raw = env.get(variable)
+            if raw is None:
+                continue
+            try:
                 self._set(name, _from_text(name, raw))
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{variable}={raw!r}: {exc}") from None
+            self.explicit.add(name)
 
     def as_dict(self) -> dict[str, Any]:
         """Settings as a dict, URLs redacted and secret options hidden (safe to print)."""
         out = dataclasses.asdict(self)
+        del out["explicit"]
         for key in ("broker_url", "result_backend"):
             if out[key]:
                 out[key] = redact(out[key])
@@ -104,29 +171,132 @@ class Settings:
         return f"Settings({fields})"
 
 
-_FIELDS: dict[str, Any] = get_type_hints(Settings)
+_FIELDS: dict[str, Any] = {
+    name: hint for name, hint in get_type_hints(Settings).items() if name != "explicit"
+}
 #: option names whose values are never printed
 _SECRET_NAME = re.compile(r"pass|secret|token|key|cert|credential", re.IGNORECASE)
 
 
 def _from_text(name: str, raw: str) -> Any:
+    """An environment variable's text as the setting's type."""
     hint = _FIELDS[name]
+    text = raw.strip().lower()
     if hint in (bool,):
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    if hint in (int,):
-        return int(raw)
-    if hint in (float, float | None):
-        return None if raw.strip().lower() in ("", "none") else float(raw)
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigurationError(f"setting {name} must be {_describe(hint)}")
+    try:
+        if hint in (int,):
+            return int(raw)
+        if hint in (float, float | None):
+            return None if text in ("", "none") else float(raw)
+    except ValueError:
+        raise ConfigurationError(f"setting {name} must be {_describe(hint)}") from None
     if hint == list[str]:
         return [part.strip() for part in raw.split(",") if part.strip()]
     if hint == dict[str, Any]:
-        raise ConfigurationError(f"{name} cannot be set from the environment")
+        raise ConfigurationError(f"setting {name} cannot be set from the environment")
     return raw
+
+
+def _describe(hint: Any) -> str:
+    """A type hint in words, for error messages."""
+    return _HINT_WORDS.get(hint, str(hint))
+
+
+_HINT_WORDS: dict[Any, str] = {
+    bool: "True or False (in the environment: 1/0, true/false, yes/no, on/off)",
+    int: "a whole number, 0 or more",
+    float: "a number of seconds, 0 or more",
+    float | None: "a number of seconds, 0 or more, or None",
+    str: "a string",
+    str | None: "a string, or None",
+    list[str]: "a list of strings (in the environment: comma-separated)",
+    dict[str, Any]: "a dict",
+}
+
+
+def unknown_setting(name: str) -> str:
+    """The error text for a name that is no setting, naming the nearest ones."""
+    known = sorted({*_FIELDS, *CELERY_NOT_NEEDED, *CELERY_NOT_YET, *CELERY_RENAMED})
+    near = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(near)}?" if near else ""
+    return f"unknown setting {name!r}{hint} (every setting: docs/configuration.md)"
+
+
+def _attributes(source: Any) -> list[tuple[str, Any]]:
+    """A config object's settings-like attributes: no modules, classes or functions."""
+    out: list[tuple[str, Any]] = []
+    for key in dir(source):
+        if key.startswith("__"):
+            continue
+        value = getattr(source, key)
+        if inspect.ismodule(value) or inspect.isclass(value) or inspect.isroutine(value):
+            continue
+        out.append((key, value))
+    return out
+
+
+#: Celery settings with another name in aqueue
+CELERY_RENAMED: dict[str, str] = {"imports": "include"}
+
+#: Celery's old uppercase setting names, read by ``config_from_object`` without a namespace
+CELERY_OLD_NAMES: dict[str, str] = {
+    "BROKER_URL": "broker_url",
+    "CELERY_RESULT_BACKEND": "result_backend",
+    "CELERY_TASK_SERIALIZER": "task_serializer",
+    "CELERY_RESULT_SERIALIZER": "result_serializer",
+    "CELERY_ACCEPT_CONTENT": "accept_content",
+    "CELERY_TIMEZONE": "timezone",
+    "CELERY_ENABLE_UTC": "enable_utc",
+    "CELERY_IMPORTS": "imports",
+    "CELERY_INCLUDE": "include",
+    "CELERY_TASK_RESULT_EXPIRES": "result_expires",
+    "CELERY_DEFAULT_QUEUE": "task_default_queue",
+    "CELERY_ACKS_LATE": "task_acks_late",
+    "CELERY_TRACK_STARTED": "task_track_started",
+    "CELERYD_CONCURRENCY": "worker_concurrency",
+    "CELERYD_TASK_TIME_LIMIT": "task_time_limit",
+    "CELERYD_TASK_SOFT_TIME_LIMIT": "task_soft_time_limit",
+}
+
+#: Celery settings that aqueue needs no counterpart for: accepted, ignored, and why
+CELERY_NOT_NEEDED: dict[str, str] = {
+    "accept_content": "aqueue reads msgpack and JSON and never pickle, whatever a message says",
+    "result_accept_content": "results are read as msgpack or JSON, never pickle",
+    "result_serializer": "a result is encoded with its task's serializer",
+    "enable_utc": "aqueue's times are always UTC",
+    "task_protocol": "aqueue has one wire format (docs/protocol.md)",
+    "broker_connection_retry": "aqueue always reconnects, within each call's deadline",
+    "broker_connection_retry_on_startup": "aqueue always reconnects, within each call's deadline",
+    "broker_connection_max_retries": "aqueue always reconnects, within each call's deadline",
+    "worker_hijack_root_logger": "aqueue never configures logging; its CLI does",
+    "worker_redirect_stdouts": "aqueue leaves the standard streams alone",
+}
+
+#: Celery settings for what aqueue does not have yet: accepted, with a warning that nothing
+#: uses them, so a Celery config file loads
+CELERY_NOT_YET: dict[str, str] = {
+    "beat_schedule": "aqueue has no periodic task scheduler yet: these entries do not run",
+    "timezone": "only periodic tasks use a time zone, and aqueue has none yet",
+}
+
+#: Celery settings whose effect aqueue cannot give: refused, naming what to do instead
+CELERY_REFUSED: dict[str, str] = {
+    "task_always_eager": (
+        "aqueue has no eager mode: in tests, use broker='memory://' with an embedded worker "
+        "(async with app.worker(): ...), which runs tasks as the real worker does"
+    ),
+    "task_eager_propagates": "aqueue has no eager mode (see task_always_eager)",
+}
 
 
 def _coerce(name: str, value: Any) -> Any:
     hint = _FIELDS[name]
-    bad = ConfigurationError(f"setting {name} must be {hint}, not {value!r}")
+    bad = ConfigurationError(f"setting {name} must be {_describe(hint)}, not {value!r}")
     if hint is bool:
         if not isinstance(value, bool):
             raise bad
