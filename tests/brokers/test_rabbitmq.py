@@ -1,5 +1,5 @@
 """RabbitMQ-specific behaviour: confirms, the connection as the lease, delays, dead letters,
-reconnection after forced closes (RELIABILITY row 14), a queue deleted under a consumer
+reconnection after forced closes (docs/reliability.md row 14), a queue deleted under a consumer
 (row 16) and garbage bytes pushed straight into a queue (row 17).
 
 The cross-broker contract lives in ``tests/conformance/``. Every test uses its own prefix
@@ -459,7 +459,7 @@ async def test_a_huge_message_is_dead_lettered_as_its_start_and_size(make: Make)
     assert letter.body == garbage[:DEAD_LETTER_BODY_LIMIT]
 
 
-# -- faults (RELIABILITY.md) ------------------------------------------------------------
+# -- faults (docs/reliability.md) ------------------------------------------------------------
 
 
 async def test_queue_deleted_under_a_consumer_is_redeclared(

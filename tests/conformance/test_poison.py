@@ -293,7 +293,7 @@ class _Touch:
 async def test_row22_pickle_payloads_are_refused_before_decoding(
     app: App, t: Any, tmp_path: Path
 ) -> None:
-    """RELIABILITY row 22: a pickle body, and an envelope claiming pickle with pickled
+    """docs/reliability.md row 22: a pickle body, and an envelope claiming pickle with pickled
     arguments: dead-lettered or failed as data, never unpickled (the file stays absent)."""
     marker = tmp_path / "pwned"
     payload = pickle.dumps(_Touch(str(marker)))

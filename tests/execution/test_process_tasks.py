@@ -1,4 +1,4 @@
-"""offload="process" tasks and aqueue.offload() on a real worker (RELIABILITY rows 7, 8)."""
+"""offload="process" tasks and aqueue.offload() on a real worker (docs/reliability.md rows 7, 8)."""
 
 from __future__ import annotations
 

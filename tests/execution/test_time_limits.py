@@ -1,4 +1,4 @@
-"""Soft and hard time limits for coroutine and thread tasks (RELIABILITY row 7)."""
+"""Soft and hard time limits for coroutine and thread tasks (docs/reliability.md row 7)."""
 
 from __future__ import annotations
 

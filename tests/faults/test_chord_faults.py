@@ -1,4 +1,4 @@
-"""RELIABILITY rows 26 and 27: chords fire exactly once, and never hang."""
+"""docs/reliability.md rows 26 and 27: chords fire exactly once, and never hang."""
 
 from __future__ import annotations
 

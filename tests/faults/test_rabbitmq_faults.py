@@ -1,4 +1,4 @@
-"""RELIABILITY row 15: the RabbitMQ server restarted mid-run.
+"""docs/reliability.md row 15: the RabbitMQ server restarted mid-run.
 
 The fault is ``rabbitmqctl -n <node> stop_app``, then ``start_app`` and ``await_startup``, as
 the row specifies, on a private RabbitMQ node this test starts (``rabbitmq_node.py``: its own

@@ -1,4 +1,4 @@
-"""RELIABILITY rows 9-13 and the indeterminate enqueue, against real Redis servers.
+"""docs/reliability.md rows 9-13 and the indeterminate enqueue, against real Redis servers.
 
 Every fault is injected on a private ``redis-server`` started by the test (the shared one on
 6379 is never touched) or on a TCP proxy in front of one. Each test prints its figures:

@@ -40,7 +40,7 @@ async def add(x: int, y: int) -> int:
 
 @app.task
 async def block_loop(key: str, seconds: float) -> str:
-    """Blocks the worker's event loop itself (the mistake RELIABILITY row 5 is about)."""
+    """Blocks the worker's event loop itself (the mistake docs/reliability.md row 5 is about)."""
     _mark(f"started-{key}", "1")
     time.sleep(seconds)
     return key
