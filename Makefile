@@ -20,14 +20,16 @@ demo: venv
 	$(BIN)/python examples/demo.py
 
 ## make test: ruff, import contracts, mypy --strict, the whole suite against real Redis and
-## RabbitMQ, then the fast suite again on the lowest versions pyproject.toml allows
+## RabbitMQ (the fast tests two at a time, then the subprocess and fault tests one at a
+## time), then the fast suite again on the lowest versions pyproject.toml allows
 test: venv services lint typecheck
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -m "not slow" -n 2
+	$(BIN)/pytest -q -p no:cacheprovider -m slow
 	$(MAKE) --no-print-directory test-lowest
 
 ## make test-fast: the suite without subprocess and fault tests
 test-fast: venv
-	$(BIN)/pytest -q -m "not slow" -p no:cacheprovider
+	$(BIN)/pytest -q -m "not slow" -n 2 -p no:cacheprovider
 
 lint: venv
 	$(BIN)/ruff check .
@@ -45,7 +47,7 @@ $(LOWEST)/.installed: pyproject.toml $(STAMP)
 	@touch $@
 
 test-lowest: $(LOWEST)/.installed services
-	$(LOWEST)/bin/pytest -q -m "not slow" -p no:cacheprovider
+	$(LOWEST)/bin/pytest -q -m "not slow" -n 2 -p no:cacheprovider
 
 typecheck: venv
 	$(BIN)/mypy
