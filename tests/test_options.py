@@ -21,7 +21,12 @@ from aqueue.core.nodes import TaskNode
 from aqueue.core.options import check_options, node_message
 
 BAD_OPTIONS: list[Any] = [
-    pytest.param({"priority": 999}, "between 0 and 255", id="priority-999"),
+    pytest.param({"priority": 999}, "between 0 and 9", id="priority-999"),
+    pytest.param({"priority": 10}, "between 0 and 9", id="priority-10"),
+    pytest.param({"exchange": 5}, "exchange must be an exchange name", id="exchange-int"),
+    pytest.param({"exchange": ""}, "exchange must be 1 to 255 bytes", id="exchange-empty"),
+    pytest.param({"routing_key": 5}, "routing_key must be a str", id="routing_key-int"),
+    pytest.param({"routing_key": "k" * 256}, "at most 255 bytes", id="routing_key-long"),
     pytest.param({"priority": "5"}, "priority must be an int", id="priority-str"),
     pytest.param({"priority": True}, "priority must be an int", id="priority-bool"),
     pytest.param({"countdown": math.inf}, "finite", id="countdown-inf"),

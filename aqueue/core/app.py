@@ -34,8 +34,9 @@ from .errors import ConfigurationError, NotRegistered
 from .middleware import Middleware
 from .options import CallOptions
 from .plugins import workflows_for
-from .protocols import Broker, ResultBackend, RoutesResults
+from .protocols import Broker, ResultBackend, RoutesByExchange, RoutesResults
 from .result import AsyncResult, GroupResult, GroupResults
+from .routing import Router, router_of
 from .serialization import check_serializer
 from .task import Task
 from .urls import default_backend_url, full_url, make_backend, make_broker, redact
@@ -132,6 +133,9 @@ class App:
         self.workflows: Workflows = workflows_for(self)
         # the connected backend's reply_headers, when it pushes results to senders
         self._reply_headers: Callable[[], dict[str, str] | None] | None = None
+        # the connected broker when it has exchanges, and the routing it was last given
+        self._exchanges: RoutesByExchange | None = None
+        self._routed: Router | None = None
 
     def __repr__(self) -> str:
         return f"<App {self.name} broker={redact(self.broker_url)}>"
@@ -343,6 +347,7 @@ class App:
             # unusable there, so start over
             self._broker = self._backend = None
             self._reply_headers = None
+            self._exchanges = self._routed = None
             self._loop = loop
             self._connect_lock = asyncio.Lock()
         assert self._connect_lock is not None
@@ -352,6 +357,9 @@ class App:
                     self.broker_url, self.conf.broker_options
                 )
                 await broker.connect()
+                if isinstance(broker, RoutesByExchange):
+                    self._exchanges = broker
+                    self._routed = None
                 self._broker = broker
                 log.debug("connected to broker %s", redact(self.broker_url))
             if self._backend is None and self.backend_url is not None:
@@ -372,6 +380,7 @@ class App:
         broker, backend = self._broker, self._backend
         self._broker = self._backend = None
         self._reply_headers = None
+        self._exchanges = self._routed = None
         self._loop = None
         if backend is not None:
             await backend.close()
@@ -386,11 +395,29 @@ class App:
         await self.close()
 
     async def connected_broker(self) -> Broker:
-        """The broker, connected in this event loop (connecting it and the backend first)."""
+        """The broker, connected in this event loop (connecting it and the backend first),
+        and, when it has exchanges, given the current routing."""
         if self._broker is None or self._loop is not asyncio.get_running_loop():
             await self.connect()
         assert self._broker is not None
+        if self._exchanges is not None:
+            self.router()
         return self._broker
+
+    def router(self) -> Router:
+        """The compiled routing of ``task_routes`` and ``task_queues`` (docs/routing.md),
+        handed to a connected broker that has exchanges whenever it changed."""
+        router = router_of(self.conf)
+        if self._exchanges is not None and router is not self._routed:
+            self._exchanges.use_routing(router)
+            self._routed = router
+        return router
+
+    @property
+    def routes_by_exchange(self) -> bool:
+        """Whether the connected broker has exchanges (RabbitMQ): messages routed to an
+        exchange are published to it; otherwise they are resolved to a queue here."""
+        return self._exchanges is not None
 
     async def result_backend(self) -> ResultBackend:
         """The result backend, connected in this event loop.

@@ -56,13 +56,13 @@ def encode_batch(
                 body = encode(m)
                 if len(body) > max_bytes:
                     raise _too_large(m, len(out), len(body), max_bytes)
-                append(Outgoing(m.id, m.queue, body, m.priority, m.eta))
+                append(Outgoing(m.id, m.queue, body, m.priority, m.eta, m.exchange, m.routing_key))
             return out
         for m, fmt in zip(messages, serializer, strict=True):
             body = encoder_of(fmt)(m)
             if len(body) > max_bytes:
                 raise _too_large(m, len(out), len(body), max_bytes)
-            append(Outgoing(m.id, m.queue, body, m.priority, m.eta))
+            append(Outgoing(m.id, m.queue, body, m.priority, m.eta, m.exchange, m.routing_key))
     except ENCODE_FAILURES as exc:
         m = messages[len(out)]
         raise EncodeError(

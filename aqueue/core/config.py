@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from typing import Any, get_type_hints
 
 from .errors import ConfigurationError
+from .message import MAX_PRIORITY
+from .routing import EXCHANGE_TYPES, ROUTING_SETTINGS, check_queues, check_routes
 from .serialization import check_serializer
 from .urls import redact
 
@@ -34,7 +36,28 @@ class Settings:
     result_backend: str | None = None
     #: extra keyword options passed to the broker class (e.g. ``{"prefix": "myapp"}``)
     broker_options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    task_default_queue: str = "default"
+    #: the queue of tasks that no call option, route or task option sends elsewhere
+    task_default_queue: str = "celery"
+    #: where tasks go by name: a dict (names, globs, ``re.compile`` keys), router functions,
+    #: their dotted paths, or a list of those (docs/routing.md)
+    task_routes: Any = None
+    #: the queues, as ``Queue(name, exchange, routing_key, ...)``; ``None``: the default one
+    task_queues: Any = None
+    #: a queue named nowhere in ``task_queues`` is created on use; False: refused
+    task_create_missing_queues: bool = True
+    #: the exchange of declared queues that name none (``None``: the default queue's name,
+    #: used only when this or ``task_default_exchange_type`` is set)
+    task_default_exchange: str | None = None
+    #: ``direct``, ``topic`` or ``fanout``
+    task_default_exchange_type: str = "direct"
+    #: the binding key of declared queues that name none, and the routing key of messages
+    #: to an exchange that neither the call nor the route gives one (``None``: the queue's
+    #: name)
+    task_default_routing_key: str | None = None
+    #: ``x-max-priority`` of every queue that sets none (RabbitMQ: such queues are classic)
+    task_queue_max_priority: int | None = None
+    #: the priority of messages whose call, route and task give none (0..9, higher first)
+    task_default_priority: int = 0
     #: seconds a result is kept; ``None`` keeps it forever
     result_expires: float | None = 86400.0
     #: also store each task's arguments in its result record (``result.args``, ``.kwargs``)
@@ -77,6 +100,15 @@ class Settings:
     #: names set by the constructor, ``update()`` or the environment: a config object read
     #: later (``config_from_object``) does not override them
     explicit: set[str] = dataclasses.field(default_factory=set, repr=False, compare=False)
+    #: not a setting: the compiled routing (:func:`aqueue.core.routing.router_of`), dropped
+    #: whenever a routing setting changes
+    router: Any = dataclasses.field(default=None, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # app.conf.task_routes = {...} (Celery's spelling) must recompile the routing too
+        object.__setattr__(self, name, value)
+        if name in ROUTING_SETTINGS:
+            object.__setattr__(self, "router", None)
 
     def update(self, values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         """Set several settings, validating names and types."""
@@ -156,8 +188,7 @@ class Settings:
 
     def as_dict(self) -> dict[str, Any]:
         """Settings as a dict, URLs redacted and secret options hidden (safe to print)."""
-        out = dataclasses.asdict(self)
-        del out["explicit"]
+        out = {name: _copy(getattr(self, name)) for name in _FIELDS}
         for key in ("broker_url", "result_backend"):
             if out[key]:
                 out[key] = redact(out[key])
@@ -172,10 +203,21 @@ class Settings:
 
 
 _FIELDS: dict[str, Any] = {
-    name: hint for name, hint in get_type_hints(Settings).items() if name != "explicit"
+    name: hint
+    for name, hint in get_type_hints(Settings).items()
+    if name not in ("explicit", "router")
 }
 #: option names whose values are never printed
 _SECRET_NAME = re.compile(r"pass|secret|token|key|cert|credential", re.IGNORECASE)
+
+
+def _copy(value: Any) -> Any:
+    """A shallow copy of a list or dict value (the caller may change it), else the value."""
+    if isinstance(value, list):
+        return list(value)
+    if isinstance(value, dict):
+        return dict(value)
+    return value
 
 
 def _from_text(name: str, raw: str) -> Any:
@@ -191,14 +233,19 @@ def _from_text(name: str, raw: str) -> Any:
     try:
         if hint in (int,):
             return int(raw)
+        if hint == int | None:
+            return None if text in ("", "none") else int(raw)
         if hint in (float, float | None):
             return None if text in ("", "none") else float(raw)
     except ValueError:
         raise ConfigurationError(f"setting {name} must be {_describe(hint)}") from None
     if hint == list[str]:
         return [part.strip() for part in raw.split(",") if part.strip()]
-    if hint == dict[str, Any]:
+    if hint == dict[str, Any] or name == "task_queues":
         raise ConfigurationError(f"setting {name} cannot be set from the environment")
+    if name == "task_routes":  # dotted paths to router functions
+        paths = [part.strip() for part in raw.split(",") if part.strip()]
+        return paths[0] if len(paths) == 1 else paths
     return raw
 
 
@@ -210,6 +257,7 @@ def _describe(hint: Any) -> str:
 _HINT_WORDS: dict[Any, str] = {
     bool: "True or False (in the environment: 1/0, true/false, yes/no, on/off)",
     int: "a whole number, 0 or more",
+    int | None: "a whole number, 0 or more, or None",
     float: "a number of seconds, 0 or more",
     float | None: "a number of seconds, 0 or more, or None",
     str: "a string",
@@ -294,13 +342,47 @@ CELERY_REFUSED: dict[str, str] = {
 }
 
 
+def _check_exchange_type(value: Any) -> str:
+    if value not in EXCHANGE_TYPES:
+        raise ConfigurationError(
+            f"setting task_default_exchange_type must be direct, topic or fanout, not {value!r}"
+        )
+    return str(value)
+
+
+def _check_max_priority(value: int | None) -> int | None:
+    if value is not None and not 1 <= value <= 255:
+        raise ConfigurationError("setting task_queue_max_priority must be 1..255, or None")
+    return value
+
+
+def _check_default_priority(value: int) -> int:
+    if not 0 <= value <= MAX_PRIORITY:
+        raise ConfigurationError(
+            f"setting task_default_priority must be 0..{MAX_PRIORITY} (higher runs first)"
+        )
+    return value
+
+
+#: settings checked beyond their type
+_ROUTING_CHECKS: dict[str, Any] = {
+    "task_routes": check_routes,
+    "task_queues": check_queues,
+    "task_default_exchange_type": _check_exchange_type,
+    "task_queue_max_priority": _check_max_priority,
+    "task_default_priority": _check_default_priority,
+}
+
+
 def _coerce(name: str, value: Any) -> Any:
     hint = _FIELDS[name]
     bad = ConfigurationError(f"setting {name} must be {_describe(hint)}, not {value!r}")
     if hint is bool:
         if not isinstance(value, bool):
             raise bad
-    elif hint is int:
+    elif hint in (int, int | None):
+        if value is None and hint is not int:
+            return None
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise bad
     elif hint in (float, float | None):
@@ -329,6 +411,8 @@ def _coerce(name: str, value: Any) -> Any:
             )
     if name == "task_serializer":
         check_serializer(value)
+    if name in _ROUTING_CHECKS:
+        return _ROUTING_CHECKS[name](value)
     if (
         name in ("lease_seconds", "worker_concurrency", "max_deliveries", "publish_chunk_size")
         and not value

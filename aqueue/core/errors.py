@@ -4,6 +4,8 @@
 
     AqueueError
     ├── ConfigurationError        bad settings, bad URL, missing extra
+    │   └── RoutingError          a route that cannot be followed (undeclared queue or
+    │                             exchange, or what only RabbitMQ's exchanges can do)
     ├── OptionError               a bad call option (also a TypeError and a ValueError)
     ├── NotRegistered             a task name the app does not know
     ├── BrokerError               the broker failed or could not be reached
@@ -45,6 +47,12 @@ class AqueueError(Exception):
 
 class ConfigurationError(AqueueError):
     """Settings, a URL or an installed extra do not allow what was asked."""
+
+
+class RoutingError(ConfigurationError):
+    """A message cannot go where its routing sends it: a queue missing from ``task_queues``
+    (with ``task_create_missing_queues`` off), an exchange declared nowhere, a routing key no
+    queue is bound to, or a copy to several queues on a broker without exchanges."""
 
 
 class OptionError(AqueueError, TypeError, ValueError):

@@ -38,14 +38,23 @@ Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
 Timestamp = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_TIMESTAMP)]
 Seconds = Annotated[float, msgspec.Meta(gt=0.0, le=MAX_SECONDS)]
+#: the priorities aqueue sends: 0..9, higher runs first, on every broker (Celery's range;
+#: docs/routing.md). A message from another producer may carry up to 255 (AMQP's range).
+MAX_PRIORITY: Final = 9
 Priority = Annotated[int, msgspec.Meta(ge=0, le=255)]
+#: an exchange or routing key, as the producer routed the message ("": none)
+AmqpName = Annotated[str, msgspec.Meta(max_length=255)]
 
 
 class _MessageBase(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     version: int = PROTOCOL_VERSION
     id: Name
     task: Name
-    queue: Name = "default"
+    queue: Name = "celery"
+    #: the exchange the producer published to ("": straight to ``queue``)
+    exchange: AmqpName = ""
+    #: the routing key it published with (informational when ``exchange`` is "")
+    routing_key: AmqpName = ""
     headers: dict[str, str] = {}
     #: executions that happened before this enqueue; the running attempt is this plus the
     #: broker's delivery count for the current enqueue (so it only ever grows).

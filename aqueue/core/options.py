@@ -27,10 +27,12 @@ from .errors import OptionError
 from .message import (
     INTERNAL_HEADER_PREFIX,
     MAX_NAME_LENGTH,
+    MAX_PRIORITY,
     MAX_SECONDS,
     MessageOut,
 )
 from .nodes import Node, TaskNode
+from .routing import Exchange, router_of
 from .serialization import SerializerName, check_serializer
 
 if TYPE_CHECKING:
@@ -48,8 +50,13 @@ class CallOptions(TypedDict, total=False):
     eta: datetime | float
     #: seconds from now, or a time, after which the task is not run (state REVOKED)
     expires: datetime | float
+    #: the queue (a name in ``task_queues``, or created on use)
     queue: str
-    #: 0..255, higher runs first within a queue
+    #: the exchange to publish to, by name (declared in ``task_queues``); with ``routing_key``
+    exchange: str
+    #: the routing key (a topic exchange matches it against its queues' binding keys)
+    routing_key: str
+    #: 0..9, higher runs first within a queue, on every broker (docs/routing.md)
     priority: int
     #: the id to use; enqueueing an id that is still queued does nothing
     task_id: str
@@ -194,10 +201,33 @@ def _check_name(name: str, value: Any, out: dict[str, Any]) -> None:
 
 def _check_priority(name: str, value: Any, out: dict[str, Any]) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise OptionError(f"priority must be an int from 0 to 255, not {value!r}")
-    if not 0 <= value <= 255:
-        raise OptionError("priority must be between 0 and 255 (higher runs first)")
+        raise OptionError(f"priority must be an int from 0 to {MAX_PRIORITY}, not {value!r}")
+    if not 0 <= value <= MAX_PRIORITY:
+        raise OptionError(
+            f"priority must be between 0 and {MAX_PRIORITY} (higher runs first), not {value}"
+        )
     out[name] = value
+
+
+def _check_exchange(name: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, Exchange):  # stored by name: options travel inside messages
+        value = value.name
+    if not isinstance(value, str):
+        raise OptionError(f"exchange must be an exchange name (str), not {type(value).__name__}")
+    if not 0 < len(value.encode()) <= _MAX_AMQP_NAME:
+        raise OptionError(f"exchange must be 1 to {_MAX_AMQP_NAME} bytes long")
+    out[name] = value
+
+
+def _check_routing_key(name: str, value: Any, out: dict[str, Any]) -> None:
+    if not isinstance(value, str):
+        raise OptionError(f"routing_key must be a str, not {type(value).__name__}")
+    if len(value.encode()) > _MAX_AMQP_NAME:
+        raise OptionError(f"routing_key must be at most {_MAX_AMQP_NAME} bytes long")
+    out[name] = value
+
+
+_MAX_AMQP_NAME: Final = 255
 
 
 def _check_headers(name: str, value: Any, out: dict[str, Any]) -> None:
@@ -244,6 +274,8 @@ _CHECKS: Final = {
     "eta": _check_eta,
     "expires": _check_expires,
     "queue": _check_name,
+    "exchange": _check_exchange,
+    "routing_key": _check_routing_key,
     "priority": _check_priority,
     "task_id": _check_name,
     "headers": _check_headers,
@@ -266,12 +298,17 @@ assert set(_CHECKS) == OPTION_NAMES
 class Plan:
     """What a call's (checked) options decide for each of its messages, computed once.
 
-    Precedence, for each field: the call's option, then the task's attribute (``queue``,
-    ``priority``, ``serializer``, ``ignore_result``, ``expires``), then the app's setting.
+    Precedence, for each field: the call's option, then the route ``task_routes`` gives
+    (``queue``, ``exchange``, ``routing_key``, ``priority``, ``serializer``, ``expires``,
+    time limits, ``ignore_result``), then the task's attribute (``queue``, ``priority``,
+    ``serializer``, ``ignore_result``, ``expires``), then the app's setting. The queue and
+    options then give the destination (:meth:`~aqueue.core.routing.Router.destination`).
+    With no routing configured, none of that costs anything.
     """
 
     __slots__ = (
         "eta",
+        "exchange",
         "expires",
         "group_id",
         "headers",
@@ -284,6 +321,7 @@ class Plan:
         "priority",
         "queue",
         "root_id",
+        "routing_key",
         "serializer",
         "soft_time_limit",
         "task_id",
@@ -297,9 +335,18 @@ class Plan:
         options: Mapping[str, Any],
         task: Task[Any, Any] | None,
         now: float | None = None,
+        *,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        """``options`` as :func:`check_options` returned them."""
+        """``options`` as :func:`check_options` returned them; ``args`` and ``kwargs`` are
+        the call's, for router callables (a bulk call with such routers plans per item)."""
         now = time.time() if now is None else now
+        router = router_of(conf)
+        if router.routes:
+            route = router.lookup(name, args, kwargs, options, task)
+            if route:
+                options = merge_options(route, options)
         get = options.get
         eta = get("eta")
         countdown = get("countdown")
@@ -310,10 +357,25 @@ class Plan:
         self.expires: float | None = (
             get(_EXPIRES_AT) if expires is None or _EXPIRES_AT in options else now + expires
         )
-        self.queue: str = (
+        queue: str = (
             get("queue") or (task.queue if task is not None else None) or conf.task_default_queue
         )
-        self.priority: int = get("priority", task.priority if task is not None else 0)
+        exchange = get("exchange")
+        routing_key = get("routing_key")
+        if router.trivial and exchange is None and routing_key is None:
+            self.queue: str = queue
+            self.exchange: str = ""
+            self.routing_key: str = ""
+        else:
+            self.queue, self.exchange, self.routing_key = router.destination(
+                queue, exchange, routing_key
+            )
+        priority = get("priority")
+        if priority is None:
+            priority = task.priority if task is not None else None
+            if priority is None:
+                priority = conf.task_default_priority
+        self.priority: int = priority
         serializer = get("serializer") or (task.serializer if task is not None else None)
         self.serializer: SerializerName = check_serializer(serializer or conf.task_serializer)
         self.name = name
@@ -357,6 +419,8 @@ class Plan:
             id=task_id,
             task=self.name,
             queue=self.queue,
+            exchange=self.exchange,
+            routing_key=self.routing_key,
             args=args,
             kwargs=kwargs,
             headers=headers,
@@ -408,11 +472,13 @@ def node_message(
     Raises:
         OptionError: a stored option is not valid.
     """
-    plan = Plan(conf, node.task, check_options(node.options, stored=True), task, now)
     merged = node.kwargs if node.immutable or not kwargs else {**node.kwargs, **kwargs}
+    call_args = node.args if node.immutable or not prepend else (*prepend, *node.args)
+    options = check_options(node.options, stored=True)
+    plan = Plan(conf, node.task, options, task, now, args=call_args, kwargs=merged)
     msg = plan.message(
         node.id,
-        node.args if node.immutable or not prepend else (*prepend, *node.args),
+        call_args,
         merged,
         plan.headers,
         link=node.link,

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .message import ErrorInfo, MessageIn
     from .nodes import Node
     from .result import AsyncResult, GroupResult
+    from .routing import Router
 
 
 class Outgoing(msgspec.Struct, frozen=True, gc=False):
@@ -46,6 +47,11 @@ class Outgoing(msgspec.Struct, frozen=True, gc=False):
     priority: int = 0
     #: due time, unix seconds; ``None`` means now
     eta: float | None = None
+    #: publish to this exchange with ``routing_key`` instead of straight to ``queue`` (which
+    #: names the queue the route aimed at); only a broker with :class:`RoutesByExchange`
+    #: is ever given one
+    exchange: str = ""
+    routing_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +311,23 @@ class RoutesResults(Protocol):
 
     def observe(self, task_id: str, headers: Mapping[str, str]) -> None:
         """A worker received ``task_id`` with ``headers``: remember where its records go."""
+
+
+@runtime_checkable
+class RoutesByExchange(Protocol):
+    """Optional broker capability: real exchanges (direct, topic, fanout), as RabbitMQ has.
+
+    Such a broker is given messages as routed (``Outgoing.exchange`` and ``routing_key``)
+    and the app's routing, from which it declares exchanges, queues and their bindings, and
+    each consuming worker's own queue of a broadcast queue. A broker without it is only
+    ever given messages the producer resolved to one queue
+    (:meth:`~aqueue.core.routing.Router.target`), and no broadcast queue to consume.
+    """
+
+    def use_routing(self, router: Router) -> None:
+        """Route by ``router`` from now on: ``router.spec(queue)`` is how to declare a queue
+        (exchange, binding key, max priority, broadcast), ``router.bound(exchange)`` the
+        queues to declare and bind before publishing to an exchange. No I/O."""
 
 
 @runtime_checkable

@@ -39,6 +39,8 @@ R = TypeVar("R")
 
 #: what ``_record`` holds before any read (``None`` is a read that found nothing)
 _UNREAD: Final[Any] = object()
+#: seconds a timed-out wait spends, at most, asking the broker how long the queue is
+_SIZE_TIMEOUT: Final = 2.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -120,6 +122,9 @@ class AsyncResult(Generic[R]):
         self.children: list[AsyncResult[Any] | GroupResult[Any]] = []
         #: every task id of the workflow this result ends, when it came from one
         self.workflow_ids: list[str] | None = None
+        #: the queue the task was sent to, when this handle comes from sending it (a wait
+        #: that times out says how many messages wait there)
+        self.queue: str | None = None
 
     def __repr__(self) -> str:
         record = self._record
@@ -286,10 +291,13 @@ class AsyncResult(Generic[R]):
         """
         self._check_waitable()
         record: ResultIn | None = None
-        async with asyncio.timeout(timeout):
-            async for record in self._records():
-                if record.state in states.READY_STATES:
-                    break
+        try:
+            async with asyncio.timeout(timeout):
+                async for record in self._records():
+                    if record.state in states.READY_STATES:
+                        break
+        except TimeoutError:
+            raise await self._not_ready(timeout) from None
         assert record is not None
         if record.state == states.SUCCESS:
             value: R = self._value(record)
@@ -338,6 +346,33 @@ class AsyncResult(Generic[R]):
                 self._record = decode_result(raw)
                 self._format = format_of(raw)
                 yield self._record
+
+    async def _not_ready(self, timeout: float | None) -> TimeoutError:
+        """The error of a wait that timed out: the task's state, and for a task still
+        PENDING the queue it was sent to and how many messages wait there (none consumed
+        usually means no worker consumes that queue)."""
+        record = self._record if self._record is not _UNREAD else None
+        state = record.state if record is not None else states.PENDING
+        name = self._task.name if self._task is not None else (record.task if record else None)
+        text = f"task {name or '?'}[{self.id}] was not ready within {timeout}s: it is {state}"
+        if record is not None and record.worker and state not in states.READY_STATES:
+            text += f" on worker {record.worker}"
+        queue = self.queue
+        if state == states.PENDING and queue is not None:
+            try:
+                async with asyncio.timeout(_SIZE_TIMEOUT):
+                    broker = await self.app.connected_broker()
+                    waiting = await broker.size(queue)
+            except Exception as exc:  # the message must not hide the timeout
+                text += f"; it was sent to queue {queue!r} (its length is unknown: {exc!r})"
+            else:
+                text += f"; queue {queue!r} holds {waiting} message(s)"
+                if waiting:
+                    text += (
+                        f": is a worker consuming {queue!r}? (aqueue worker -Q {queue}; "
+                        "the worker log names the queues it consumes)"
+                    )
+        return TimeoutError(text)
 
     def _check_waitable(self) -> None:
         if self._task is not None and self._task.ignore_result:

@@ -25,6 +25,7 @@ from .middleware import chain_publish
 from .options import CallOptions, Plan, check_options, node_message
 from .protocols import Outgoing
 from .result import AsyncResult
+from .routing import resolved
 from .serialization import SerializerName
 from .urls import redact
 
@@ -50,6 +51,8 @@ async def send(
     msg, fmt = build(app, name, args, kwargs, options, task, check)
     broker = await app.connected_broker()  # connects the backend too, which may route results
     msg = with_reply_headers(app, msg)
+    if msg.exchange and not app.routes_by_exchange:
+        msg = resolved(app.router(), [msg], redact(app.broker_url))[0]
     if app.middleware:
         sent: list[MessageOut] = []
 
@@ -69,7 +72,9 @@ async def send(
             raise _publish_timeout(app, msg) from None
         task_id = msg.id
     result_type = task.spec.result_type if task is not None else Any
-    return AsyncResult(app, task_id, result_type=result_type, task=task)
+    result = AsyncResult(app, task_id, result_type=result_type, task=task)
+    result.queue = msg.queue
+    return result
 
 
 def with_reply_headers(app: App, msg: MessageOut) -> MessageOut:
@@ -92,9 +97,11 @@ async def publish(app: App, msg: MessageOut, fmt: SerializerName) -> None:
 
 
 def _outgoing(app: App, msg: MessageOut, fmt: SerializerName) -> Outgoing:
+    if msg.exchange and not app.routes_by_exchange:  # (a middleware routed it)
+        msg = resolved(app.router(), [msg], redact(app.broker_url))[0]
     # encoded once, and refused if oversized before any I/O
     body = encode_message(msg, fmt, app.conf.max_message_bytes)
-    return Outgoing(id=msg.id, queue=msg.queue, body=body, priority=msg.priority, eta=msg.eta)
+    return Outgoing(msg.id, msg.queue, body, msg.priority, msg.eta, msg.exchange, msg.routing_key)
 
 
 def _publish_timeout(app: App, msg: MessageOut) -> PublishTimeout:
@@ -170,7 +177,7 @@ async def send_items(
             "apply_many cannot give every message the same task_id: use "
             "app.send_many([task.s(...).set(task_id=...), ...]) for chosen ids"
         )
-    plan = Plan(app.conf, task.name, check_options(options), task)  # checked once
+    checked = check_options(options)  # checked once
     arg_list: list[tuple[Any, ...]] = [
         args if type(args) is tuple else _as_args(args, index) for index, args in enumerate(items)
     ]
@@ -183,6 +190,9 @@ async def send_items(
                 check(args, _NO_KWARGS)
             except ArgumentError as exc:
                 raise ArgumentError(f"item {index}: {exc}; nothing was sent") from None
+    if app.router().dynamic:  # a router function may route each item elsewhere
+        return await _send_routed_items(app, task, checked, arg_list)
+    plan = Plan(app.conf, task.name, checked, task)  # worked out once for every item
     await app.connected_broker()  # connects the backend too, which may route results
     headers = plan.headers
     reply = app.reply_headers()
@@ -204,12 +214,14 @@ async def send_items(
         name, queue, eta, expires = plan.name, plan.queue, plan.eta, plan.expires
         priority, ignore_result, now = plan.priority, plan.ignore_result, plan.now
         time_limit, soft_time_limit = plan.time_limit, plan.soft_time_limit
-        group_id = plan.group_id
+        group_id, exchange, routing_key = plan.group_id, plan.exchange, plan.routing_key
         messages = [
             MessageOut(
                 id=task_id,
                 task=name,
                 queue=queue,
+                exchange=exchange,
+                routing_key=routing_key,
                 args=args,
                 headers=headers,
                 eta=eta,
@@ -228,6 +240,29 @@ async def send_items(
     return await publish_many(app, messages, plan.serializer, [task])
 
 
+async def _send_routed_items(
+    app: App, task: Task[Any, Any], options: dict[str, Any], arg_list: list[tuple[Any, ...]]
+) -> list[AsyncResult[Any]]:
+    """``delay_many`` with router functions in ``task_routes``: one plan per item, since
+    each may route elsewhere (as each ``delay()`` would)."""
+    await app.connected_broker()
+    reply = app.reply_headers()
+    sender = current_request()
+    messages: list[MessageOut] = []
+    fmts: list[SerializerName] = []
+    for task_id, args in zip(new_ids(len(arg_list)), arg_list, strict=True):
+        plan = Plan(app.conf, task.name, options, task, args=args)
+        headers = {**reply, **plan.headers} if reply else plan.headers
+        parent_id, root_id = plan.parent_id, plan.root_id
+        if sender is not None:
+            parent_id, root_id = parent_id or sender.id, root_id or sender.root_id
+        messages.append(
+            plan.message(task_id, args, {}, headers, parent_id=parent_id, root_id=root_id)
+        )
+        fmts.append(plan.serializer)
+    return await publish_many(app, messages, fmts, [task])
+
+
 async def publish_many(
     app: App,
     messages: list[MessageOut],
@@ -237,22 +272,29 @@ async def publish_many(
     """Encode (size-checked) then publish in chunks; one result per message, in order.
 
     With middleware, each message first goes through the publish chain; what reaches
-    its end is collected and published in the same chunks afterwards.
+    its end is collected and published in the same chunks afterwards. Messages routed to
+    an exchange are resolved to a queue first on a broker without exchanges.
     """
+    broker = await app.connected_broker()
+    if not app.routes_by_exchange and any(m.exchange for m in messages):
+        messages = resolved(app.router(), messages, redact(app.broker_url))
     if app.middleware:
         sent, origins, ids = await _through_middleware(app, messages, fmt)
         sent_fmt: SerializerName | list[SerializerName] = (
             fmt if isinstance(fmt, str) else [fmt[i] for i in origins]
         )
+        if not app.routes_by_exchange and any(m.exchange for m in sent):
+            sent = resolved(app.router(), sent, redact(app.broker_url))
         batch = encode_batch(sent, sent_fmt, app.conf.max_message_bytes)
-        results = _results(app, tasks, ids, range(len(ids)))
-        handles = _results(app, tasks, [m.id for m in sent], origins)
+        results = _results(app, tasks, ids, range(len(ids)), [m.queue for m in messages])
+        handles = _results(app, tasks, [m.id for m in sent], origins, [m.queue for m in sent])
     else:
         batch = encode_batch(messages, fmt, app.conf.max_message_bytes)
-        results = _results(app, tasks, [m.id for m in messages], range(len(messages)))
+        queues = [m.queue for m in messages]
+        results = _results(app, tasks, [m.id for m in messages], range(len(messages)), queues)
         handles = results
     await publish_chunks(
-        await app.connected_broker(),
+        broker,
         batch,
         handles,
         timeout=app.conf.publish_timeout,
@@ -267,16 +309,24 @@ def _results(
     tasks: Sequence[Task[Any, Any] | None],
     ids: Sequence[str],
     origins: Sequence[int],
+    queues: Sequence[str],
 ) -> list[AsyncResult[Any]]:
-    """Result handles of ``ids``, each typed by the task of its origin (one task: all)."""
+    """Result handles of ``ids``, each typed by the task of its origin (one task: all),
+    and knowing its message's queue (``queues``, aligned with ``ids``)."""
+    out: list[AsyncResult[Any]] = []
     if len(tasks) == 1:
         task = tasks[0]
         result_type = task.spec.result_type if task is not None else Any
-        return [AsyncResult(app, i, result_type=result_type, task=task) for i in ids]
-    out: list[AsyncResult[Any]] = []
-    for task_id, origin in zip(ids, origins, strict=True):
+        for task_id, queue in zip(ids, queues, strict=True):
+            result = AsyncResult(app, task_id, result_type=result_type, task=task)
+            result.queue = queue
+            out.append(result)
+        return out
+    for task_id, origin, queue in zip(ids, origins, queues, strict=True):
         task = tasks[origin]
-        out.append(task.AsyncResult(task_id) if task is not None else app.AsyncResult(task_id))
+        result = task.AsyncResult(task_id) if task is not None else app.AsyncResult(task_id)
+        result.queue = queue
+        out.append(result)
     return out
 
 

@@ -54,7 +54,8 @@ class Task(Generic[P, R]):
     acks_late: bool | None = None
     #: ``None``: the app's ``task_track_started``
     track_started: bool | None = None
-    priority: int = 0
+    #: 0..9, higher first (``None``: the app's ``task_default_priority``)
+    priority: int | None = None
     #: retries allowed (``None``: unlimited); Celery's default is 3
     max_retries: int | None = 3
     #: seconds before a retry when ``retry()`` names no countdown and there is no backoff
@@ -108,6 +109,15 @@ class Task(Generic[P, R]):
             if not hasattr(type(self), key):
                 raise TypeError(f"unknown task option {key!r}")
             setattr(self, key, value)
+        if self.priority is not None or self.queue is not None:
+            # the same rule as a call's option, checked at decoration
+            check_options(
+                {
+                    k: v
+                    for k, v in (("priority", self.priority), ("queue", self.queue))
+                    if v is not None
+                }
+            )
         if self.rate_limit is not None:
             parse_rate(self.rate_limit)  # a bad rate fails at decoration, not in the worker
         if self.concurrency_limit is not None and self.concurrency_limit < 1:

@@ -1,6 +1,6 @@
 """The worker: claim deliveries, run them with bounded concurrency, keep their leases.
 
-``async with app.worker(queues=["default"], concurrency=100):`` runs one inside an existing
+``async with app.worker(queues=["celery"], concurrency=100):`` runs one inside an existing
 event loop; ``await app.worker(...).run()`` runs until ``stop()`` (the CLI wires SIGTERM and
 SIGINT to it).
 
@@ -24,10 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from . import signals, states
+from .errors import ConfigurationError
 from .execution import Executor, is_terminate
 from .message import decode_result
 from .offload import ProcessPool, set_current_pool
 from .protocols import Broker, ClaimsRecords, Delivery, Lease, SharedThrottle
+from .routing import router_of
 from .urls import redact
 
 if TYPE_CHECKING:
@@ -52,7 +54,8 @@ class Worker:
 
     Args:
         app: the app whose tasks run here.
-        queues: queue names, earlier ones first; default ``[conf.task_default_queue]``.
+        queues: queue names, earlier ones first; default: every queue ``task_queues``
+            declares, else ``[conf.task_default_queue]`` (Celery's rule).
         concurrency: tasks running at once; default ``conf.worker_concurrency``.
         prefetch: deliveries held at once, running or waiting (at least ``concurrency``);
             one whose task body has returned no longer counts while its result is stored
@@ -77,7 +80,8 @@ class Worker:
     ) -> None:
         conf = app.conf
         self.app = app
-        self.queues = list(queues) if queues else [conf.task_default_queue]
+        # Celery's default: every queue task_queues declares, else the default queue
+        self.queues = list(queues) if queues else router_of(conf).consumed_by_default()
         self.concurrency = concurrency or conf.worker_concurrency
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -148,6 +152,7 @@ class Worker:
             return
         await self.app.connect()
         self.app.import_includes()
+        self._check_queues()
         broker = self.app.broker
         throttle = broker if isinstance(broker, SharedThrottle) else None
         self._executor = Executor(self.app, self.hostname, self._pool, throttle, self._processes)
@@ -186,6 +191,34 @@ class Worker:
                 self._watch_terminations(), name="aqueue-terminations"
             )
         await signals.worker_ready.send(self)
+
+    def _check_queues(self) -> None:
+        """Refuse queues this worker cannot consume; warn about those nothing sends to."""
+        app = self.app
+        router = app.router()
+        if not router.create_missing:
+            missing = [q for q in self.queues if q not in router.queues]
+            if missing:
+                raise ConfigurationError(
+                    f"queue(s) {', '.join(missing)} not in task_queues, and "
+                    "task_create_missing_queues is False"
+                )
+        broadcast = [q for q in self.queues if q in router.queues and router.queues[q].broadcast]
+        if broadcast and not app.routes_by_exchange:
+            raise ConfigurationError(
+                f"broadcast queue(s) {', '.join(broadcast)} need RabbitMQ (a copy of each "
+                f"message for every worker); {redact(app.broker_url)} has no exchanges"
+            )
+        idle = router.untargeted(self.queues, app.tasks.values())
+        if idle:
+            log.warning(
+                "worker %s consumes queue(s) %s that no task, route or task_queues entry sends "
+                "to (the default queue is %s): only calls naming them (queue=...) reach them%s",
+                self.hostname,
+                ", ".join(idle),
+                router.default_queue,
+                "; router functions in task_routes may too" if router.dynamic else "",
+            )
 
     async def run(self) -> None:
         """Start, and return once stopped (by ``stop()``, or in burst mode when drained)."""

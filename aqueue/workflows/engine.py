@@ -52,7 +52,9 @@ from ..core.nodes import (
     shape,
 )
 from ..core.options import node_message
+from ..core.routing import resolved
 from ..core.serialization import SerializerName, check_serializer, decode, encode, format_of
+from ..core.urls import redact
 from . import apply, builtins
 
 if TYPE_CHECKING:
@@ -232,10 +234,12 @@ class Engine:
         """Publish many messages in one broker call, every one encoded (size-checked) first."""
         if not outbound:
             return
-        batch = encode_batch(
-            [m for m, _ in outbound], [f for _, f in outbound], self.app.conf.max_message_bytes
-        )
-        broker = await self.app.connected_broker()
+        app = self.app
+        broker = await app.connected_broker()
+        messages = [m for m, _ in outbound]
+        if not app.routes_by_exchange and any(m.exchange for m in messages):
+            messages = resolved(app.router(), messages, redact(app.broker_url))
+        batch = encode_batch(messages, [f for _, f in outbound], app.conf.max_message_bytes)
         await broker.publish(batch)
 
     # -- continuations (worker side) ----------------------------------------------------
