@@ -8,7 +8,7 @@ import socket
 import subprocess
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -66,9 +66,9 @@ def rabbit_url(prefix: str, base: str = RABBIT_URL) -> str:
     return f"{base}?prefix={prefix}&{RABBIT_TEST_OPTIONS}"
 
 
-def _delete_rabbit_queues(names: list[str]) -> None:
-    """Delete RabbitMQ queues by name, from a thread with its own event loop (callable from
-    any fixture, whatever loop a test ran in)."""
+def _delete_rabbit_queues(names: list[str], exchanges: Sequence[str] = ()) -> None:
+    """Delete RabbitMQ queues (and exchanges) by name, from a thread with its own event loop
+    (callable from any fixture, whatever loop a test ran in)."""
     import aio_pika
 
     async def delete() -> None:
@@ -77,6 +77,8 @@ def _delete_rabbit_queues(names: list[str]) -> None:
             channel = await conn.channel()
             for name in names:
                 await channel.queue_delete(name)
+            for name in exchanges:
+                await channel.exchange_delete(name)
         finally:
             await conn.close()
 
@@ -97,6 +99,8 @@ def _delete_rabbit_queues(names: list[str]) -> None:
 
 #: full names of the RabbitMQ queues declared in this process since the last test ended
 _DECLARED_QUEUES: set[str] = set()
+#: full names of the RabbitMQ exchanges (task_queues') declared since the last test ended
+_DECLARED_EXCHANGES: set[str] = set()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -111,43 +115,59 @@ def _record_rabbit_queues() -> Iterator[None]:
         yield
         return
     declare = Channels.declare
+    declare_exchange = Channels.declare_exchange
 
-    async def recording(self: Channels, name: str, args: dict[str, Any]) -> int:
-        _DECLARED_QUEUES.add(name)
-        return await declare(self, name, args)
+    async def recording(
+        self: Channels, name: str, args: dict[str, Any], *, exclusive: bool = False
+    ) -> int:
+        if not exclusive:  # an exclusive queue goes with its connection
+            _DECLARED_QUEUES.add(name)
+        return await declare(self, name, args, exclusive=exclusive)
+
+    async def recording_exchange(self: Channels, exchange: Any) -> None:
+        _DECLARED_EXCHANGES.add(self.topo.exchange(exchange.name))
+        await declare_exchange(self, exchange)
 
     Channels.declare = recording  # type: ignore[method-assign]
+    Channels.declare_exchange = recording_exchange  # type: ignore[method-assign]
     try:
         yield
     finally:
         Channels.declare = declare  # type: ignore[method-assign]
+        Channels.declare_exchange = declare_exchange  # type: ignore[method-assign]
 
 
 @pytest.fixture(autouse=True)
 def _delete_queues_of_each_test() -> Iterator[None]:
     yield
-    if _DECLARED_QUEUES:
-        names = sorted(_DECLARED_QUEUES)
+    if _DECLARED_QUEUES or _DECLARED_EXCHANGES:
+        names, exchanges = sorted(_DECLARED_QUEUES), sorted(_DECLARED_EXCHANGES)
         _DECLARED_QUEUES.clear()
-        _delete_rabbit_queues(names)
+        _DECLARED_EXCHANGES.clear()
+        _delete_rabbit_queues(names, exchanges)
 
 
 def _delete_rabbit_prefixes(prefixes: list[str]) -> None:
-    """Delete every queue named ``<prefix>.*`` (one listing for the whole session)."""
-    listing = subprocess.run(
-        ["rabbitmqctl", "list_queues", "-q", "-p", "/", "--no-table-headers", "name"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    names = [
-        n.strip()
-        for n in listing.stdout.splitlines()
-        if any(n.strip().startswith(f"{p}.") for p in prefixes)
-    ]
-    if names:
-        _delete_rabbit_queues(names)
+    """Delete every queue and exchange named ``<prefix>.*`` (one listing each for the whole
+    session)."""
+
+    def listed(what: str) -> list[str]:
+        listing = subprocess.run(
+            ["rabbitmqctl", what, "-q", "-p", "/", "--no-table-headers", "name"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        return [
+            n.strip()
+            for n in listing.stdout.splitlines()
+            if any(n.strip().startswith(f"{p}.") for p in prefixes)
+        ]
+
+    names, exchanges = listed("list_queues"), listed("list_exchanges")
+    if names or exchanges:
+        _delete_rabbit_queues(names, exchanges)
 
 
 @pytest.fixture(scope="session")

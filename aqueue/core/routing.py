@@ -574,6 +574,8 @@ class Router:
             and self.max_priority is None
         )
         self._targets: dict[tuple[str, str], tuple[Queue, ...]] = {}
+        #: queues created on use (task_create_missing_queues)
+        self._missing: dict[str, Queue] = {}
 
     def __repr__(self) -> str:
         return f"<Router queues={sorted(self.queues)} routes={len(self.routes)}>"
@@ -612,12 +614,13 @@ class Router:
     def spec(self, queue: str) -> Queue | None:
         """The queue ``queue`` as declared (with its effective exchange and binding key),
         or as created for it when missing; ``None`` if it is missing and may not be."""
-        q = self.queues.get(queue)
+        q = self.queues.get(queue) or self._missing.get(queue)
         if q is not None:
             return q
         if not self.create_missing:
             return None
-        return Queue(queue).bound_as(None, None, self.max_priority)
+        q = self._missing[queue] = Queue(queue).bound_as(None, None, self.max_priority)
+        return q
 
     def bound(self, exchange: str) -> list[Queue]:
         """The declared queues bound to ``exchange``."""
@@ -626,6 +629,12 @@ class Router:
             for q in self.queues.values()
             if q.exchange is not None and q.exchange.name == exchange
         ]
+
+    def broadcasts(self, exchange: str) -> bool:
+        """Whether a message published to ``exchange`` reached every bound queue (fanout):
+        each worker runs its copy, the same task id, once."""
+        ex = self.exchanges.get(exchange) if exchange else None
+        return ex is not None and ex.type == "fanout"
 
     def consumed_by_default(self) -> list[str]:
         """The queues a worker given none consumes: every declared one (Celery's rule),

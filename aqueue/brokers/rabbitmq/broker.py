@@ -15,7 +15,7 @@ from typing import Any
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage
 
-from aqueue.core.errors import IndeterminatePublish, PublishTimeout
+from aqueue.core.errors import BrokerError, IndeterminatePublish, PublishTimeout
 from aqueue.core.protocols import (
     DEAD_LETTER_BODY_LIMIT,
     Capabilities,
@@ -24,6 +24,7 @@ from aqueue.core.protocols import (
     Lease,
     Outgoing,
 )
+from aqueue.core.routing import Router
 from aqueue.transports.amqp.link import AMQP_ERRORS
 from aqueue.transports.amqp.loop_end import LoopEndClose
 
@@ -98,6 +99,12 @@ class RabbitMQBroker:
             self.dedupe = make_dedupe(s.prefix, self.options, s.operation_timeout)
             self._loop_end.arm()
 
+    def use_routing(self, router: Router) -> None:
+        """Declare queues, exchanges and bindings as the app's routing says from now on
+        (:class:`~aqueue.core.protocols.RoutesByExchange`)."""
+        self.topology.router = router
+        self.consumers.routing_changed()
+
     async def close(self) -> None:
         """Close the connection; deliveries still held settle nothing afterwards. Idempotent.
 
@@ -163,14 +170,25 @@ class RabbitMQBroker:
             return out
         channels = self.channels
         try:
-            for queue in {messages[i].queue for i in accepted}:
+            for m in {(m.queue, m.exchange): m for m in (messages[i] for i in accepted)}.values():
                 try:
-                    await channels.ensure_queue(queue)
+                    if m.exchange:
+                        await channels.ensure_routes(m.exchange)
+                    else:
+                        await channels.ensure_queue(m.queue)
                 except AMQP_ERRORS as exc:
-                    raise channels.publish_error(NotSent(exc), queue) from None
+                    raise channels.publish_error(NotSent(exc), m.queue) from None
             outcomes = await asyncio.gather(
                 *(
-                    channels.send(m.queue, m.id, m.body, m.priority, eta_ms(m.eta))
+                    channels.send(
+                        m.queue,
+                        m.id,
+                        m.body,
+                        m.priority,
+                        eta_ms(m.eta),
+                        routing_key=m.routing_key if m.exchange else None,
+                        exchange=m.exchange,
+                    )
                     for m in (messages[i] for i in accepted)
                 ),
                 return_exceptions=True,
@@ -187,7 +205,7 @@ class RabbitMQBroker:
             # Not stored, or unknown: forget the ids so that a re-send is published again.
             # For an unknown outcome that may duplicate the message; losing it is worse.
             await dedupe.discard([messages[i].id for i, _ in failed])
-            errors = [channels.publish_error(exc, messages[i].queue) for i, exc in failed]
+            errors = [self._publish_error(exc, messages[i]) for i, exc in failed]
             for error in errors:
                 if isinstance(error, IndeterminatePublish):
                     raise error
@@ -195,6 +213,17 @@ class RabbitMQBroker:
         for i in accepted:
             out[i] = True
         return out
+
+    def _publish_error(self, exc: BaseException, m: Outgoing) -> BrokerError:
+        if m.exchange and isinstance(exc, aiormq.exceptions.PublishError):
+            # returned: nothing is bound to take it (a queue is deleted, or for a broadcast,
+            # no worker consumes it)
+            return BrokerError(
+                f"RabbitMQ could not route a message for exchange {m.exchange!r} with routing "
+                f"key {m.routing_key!r}: no queue is bound to match it (for a broadcast: no "
+                "worker consumes it right now); it was not stored"
+            )
+        return self.channels.publish_error(exc, m.queue)
 
     # -- consuming ------------------------------------------------------------------
 
@@ -300,6 +329,11 @@ class RabbitMQBroker:
         letters.reverse()
         letters.sort(key=lambda letter: letter.at, reverse=True)
         return letters[:limit]
+
+    async def delete_exchanges(self, exchanges: Sequence[str]) -> None:
+        """Delete the app's exchanges (by their names in ``task_queues``): an administrative
+        helper, as :meth:`delete_queues`."""
+        await self.channels.delete_exchanges(exchanges)
 
     async def delete_queues(self, queues: Sequence[str]) -> None:
         """Delete every RabbitMQ queue of ``queues``: work, dead letters and delay levels.

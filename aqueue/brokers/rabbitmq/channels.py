@@ -22,6 +22,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, DeliveryMode
 
 from aqueue.core.errors import BrokerError, ConfigurationError, IndeterminatePublish
+from aqueue.core.routing import Exchange
 from aqueue.transports.amqp import aiormq_hooks
 from aqueue.transports.amqp.aiormq_hooks import InlineConsumer, InlineDelivery
 from aqueue.transports.amqp.link import AMQP_ERRORS, Link
@@ -251,37 +252,101 @@ class Channels:
 
     # -- topology -------------------------------------------------------------------
 
-    async def declare(self, name: str, args: dict[str, Any]) -> int:
-        """Declare a durable queue; return its ready-message count."""
+    async def declare(self, name: str, args: dict[str, Any], *, exclusive: bool = False) -> int:
+        """Declare a queue (durable, or exclusive to this connection); return its
+        ready-message count."""
         channel = await self.channel("admin")
         try:
             async with asyncio.timeout(self.settings.operation_timeout):
-                queue = await channel.declare_queue(name, durable=True, arguments=args)
+                queue = await channel.declare_queue(
+                    name, durable=not exclusive, exclusive=exclusive, arguments=args
+                )
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             raise ConfigurationError(
                 f"RabbitMQ refused to declare queue {name!r} ({exc}): it exists with other "
                 "arguments. Every process must use the same queue_type, delivery_limit, "
-                "max_priority and consumer_timeout options; delete the queue to change them."
+                "max_priority and consumer_timeout options, and the same task_queues; delete "
+                "the queue to change them."
             ) from None
         self.declared.add(name)
         return int(queue.declaration_result.message_count or 0)
 
+    async def declare_work(self, queue: str) -> int:
+        """Declare the work queue of ``queue``; return its ready-message count."""
+        return await self.declare(
+            self.topo.work(queue), self.topo.work_args(queue), exclusive=self.topo.is_private(queue)
+        )
+
+    async def declare_exchange(self, exchange: Exchange) -> None:
+        """Declare the app's ``exchange`` (as ``<prefix>.<name>``)."""
+        channel = await self.channel("admin")
+        name = self.topo.exchange(exchange.name)
+        try:
+            async with asyncio.timeout(self.settings.operation_timeout):
+                await channel.declare_exchange(
+                    name,
+                    exchange.type,
+                    durable=exchange.durable,
+                    auto_delete=exchange.auto_delete,
+                )
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise ConfigurationError(
+                f"RabbitMQ refused to declare exchange {name!r} ({exc}): it exists as another "
+                "type (or durability); every process must use the same task_queues"
+            ) from None
+        self.declared.add(f"exchange:{name}")
+
+    async def ensure_exchange(self, exchange: Exchange) -> None:
+        """Declare ``exchange`` once per connection."""
+        if f"exchange:{self.topo.exchange(exchange.name)}" not in self.declared:
+            await self.declare_exchange(exchange)
+
+    async def ensure_routes(self, exchange: str) -> None:
+        """Before publishing to the app's ``exchange``: declare it, and every queue
+        ``task_queues`` binds to it (with its binding) but broadcast ones (each worker
+        declares its own), so that nothing published now is lost for want of a binding."""
+        router = self.topo.router
+        assert router is not None  # core hands exchange messages only with routing given
+        await self.ensure_exchange(router.exchanges[exchange])
+        for q in router.bound(exchange):
+            if not q.broadcast:
+                await self.ensure_queue(q.name)
+
     async def ensure_queue(self, queue: str) -> None:
-        """Declare the work queue and its dead-letter queue once per connection."""
+        """Declare the work queue, its dead-letter queue and its binding (when the app's
+        routing gives it an exchange) once per connection."""
         self.known.add(queue)
         name = self.topo.work(queue)
-        if name in self.declared:
+        spec = self.topo.spec(queue)
+        binding = f"bind:{name}" if spec is not None and spec.exchange is not None else None
+        if name in self.declared and (binding is None or binding in self.declared):
             return
-        vanished = self.vanished.get(queue)
-        if vanished is not None:
-            await self._await_redeclare(queue, vanished)
-        await self.declare(self.topo.dlq(queue), self.topo.dlq_args())
-        await self.declare(name, self.topo.work_args(queue))
+        if name not in self.declared:
+            vanished = self.vanished.get(queue)
+            if vanished is not None:
+                await self._await_redeclare(queue, vanished)
+            await self.declare(self.topo.dlq(queue), self.topo.dlq_args())
+            await self.declare_work(queue)
+        if spec is not None and spec.exchange is not None and binding is not None:
+            await self.ensure_exchange(spec.exchange)
+            channel = await self.channel("admin")
+            async with asyncio.timeout(self.settings.operation_timeout):
+                amqp_queue = await channel.get_queue(name, ensure=False)
+                await amqp_queue.bind(
+                    self.topo.exchange(spec.exchange.name), spec.routing_key or ""
+                )
+            self.declared.add(binding)
+
+    def forget(self, queue: str) -> None:
+        """Forget the declarations of ``queue`` (and its binding): the next use declares
+        them again."""
+        for name in self.topo.all_names(queue):
+            self.declared.discard(name)
+        self.declared.discard(f"bind:{self.topo.work(queue)}")
 
     def mark_vanished(self, queue: str) -> None:
         """``queue`` was found deleted: forget its declarations, re-declare after a grace."""
-        for name in self.topo.all_names(queue):
-            self.declared.discard(name)
+        self.forget(queue)
         self.vanished[queue] = asyncio.get_running_loop().time()
 
     async def _await_redeclare(self, queue: str, vanished: float) -> None:
@@ -298,7 +363,8 @@ class Channels:
     async def ensure_delay(self, queue: str, level_ms: int) -> None:
         name = self.topo.delay(queue, level_ms)
         if name not in self.declared:
-            await self.declare(name, self.topo.delay_args(queue, level_ms))
+            private = self.topo.is_private(queue)
+            await self.declare(name, self.topo.delay_args(queue, level_ms), exclusive=private)
 
     async def ready_count(self, name: str) -> int | None:
         """Ready messages of queue ``name`` (passive declare); ``None`` if it is missing."""
@@ -331,22 +397,40 @@ class Channels:
         headers: dict[str, Any] | None = None,
         *,
         routing_key: str | None = None,
+        exchange: str = "",
     ) -> None:
-        """One confirmed, ``mandatory`` publish to the work queue or the right delay queue.
+        """One confirmed, ``mandatory`` publish to the work queue or the right delay queue,
+        or to one of the app's exchanges.
 
         Args:
             queue: the aqueue queue.
             message_id: the task id.
             body: opaque bytes.
             priority: the aqueue priority (clamped for AMQP).
-            eta: due time in unix milliseconds; a future one goes to a delay queue.
+            eta: due time in unix milliseconds; a future one goes to a delay queue (through
+                an exchange: to the queues it reaches, whose consumers put it in their delay
+                queue).
             headers: extra AMQP headers.
-            routing_key: publish here instead (a dead-letter queue).
+            routing_key: publish here instead (a dead-letter queue), or with ``exchange``
+                the routing key.
+            exchange: the app's exchange to publish to, by its name in ``task_queues``.
 
         Raises:
             NotSent: the publish never left this process (declare or channel failed).
         """
         hdrs: dict[str, Any] = dict(headers or {})
+        if exchange:
+            try:
+                channel = await self.channel("pub")
+            except AMQP_ERRORS as exc:
+                raise NotSent(exc) from exc
+            if eta is not None and eta > int(time.time() * 1000):
+                hdrs[ETA_HEADER] = eta
+            target = await channel.get_exchange(self.topo.exchange(exchange), ensure=False)
+            await target.publish(
+                self._message(body, message_id, priority, hdrs), routing_key or "", mandatory=True
+            )
+            return
         try:
             if routing_key is None:
                 remaining = None if eta is None else eta - int(time.time() * 1000)
@@ -360,15 +444,20 @@ class Channels:
             channel = await self.channel("pub")
         except AMQP_ERRORS as exc:
             raise NotSent(exc) from exc
-        message = aio_pika.Message(
+        message = self._message(body, message_id, priority, hdrs)
+        await channel.default_exchange.publish(message, routing_key, mandatory=True)
+
+    def _message(
+        self, body: bytes, message_id: str, priority: int, headers: dict[str, Any]
+    ) -> aio_pika.Message:
+        return aio_pika.Message(
             body,
             message_id=message_id,
             delivery_mode=DeliveryMode.PERSISTENT,
             content_type=CONTENT_TYPE,
             priority=self.topo.amqp_priority(priority),
-            headers=hdrs or None,
+            headers=headers or None,
         )
-        await channel.default_exchange.publish(message, routing_key, mandatory=True)
 
     def publish_error(self, exc: BaseException, queue: str) -> BrokerError:
         """The error a caller sees for a failed publish.
@@ -411,3 +500,12 @@ class Channels:
                 for name in self.topo.all_names(queue):
                     await channel.queue_delete(name)
                     self.declared.discard(name)
+
+    async def delete_exchanges(self, names: Sequence[str]) -> None:
+        """Delete the app's exchanges ``names`` (by their names in ``task_queues``)."""
+        channel = await self.channel("admin")
+        async with asyncio.timeout(self.settings.operation_timeout * 4):
+            for name in names:
+                full = self.topo.exchange(name)
+                await channel.exchange_delete(full)
+                self.declared.discard(f"exchange:{full}")

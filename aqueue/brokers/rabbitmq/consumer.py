@@ -89,12 +89,18 @@ class Consumers:
         # unexecuted hand-backs, and connection losses of unclaimed messages: subtracted
         # from the quorum delivery count while the message keeps coming back here
         self._uncounted: OrderedDict[str, int] = OrderedDict()
+        # queue -> whether it is a quorum queue (which counts deliveries in a header)
+        self._quorum: dict[str, bool] = {}
         channels.listener = self
 
     # -- events from the channels ---------------------------------------------------
 
     def wake(self) -> None:
         self._waiters.notify()
+
+    def routing_changed(self) -> None:
+        """The app's routing changed: queue types are looked up again."""
+        self._quorum.clear()
 
     def consuming_lost(self, exc: BaseException | None) -> None:
         """The consuming channel died: fence its deliveries, forget its buffered messages."""
@@ -183,7 +189,10 @@ class Consumers:
             self.spawn(self._redelay(early, due))
             self._waiters.notify()  # a claim waiting for priming looks again
             return
-        if self.options.queue_type == "quorum":
+        quorum = self._quorum.get(queue)
+        if quorum is None:  # per queue: task_queues may make some classic
+            quorum = self._quorum[queue] = self.topo.queue_type(queue) == "quorum"
+        if quorum:
             raw = headers.get("x-delivery-count", 0)
             count = 1 + (raw if isinstance(raw, int) else 0)
         else:
@@ -264,9 +273,7 @@ class Consumers:
                     continue
                 await self.channels.ensure_queue(queue)
                 # declaring again is cheap and tells how many messages are ready right now
-                ready = await self.channels.declare(
-                    self.topo.work(queue), self.topo.work_args(queue)
-                )
+                ready = await self.channels.declare_work(queue)
                 # aiormq's consumer directly: aio-pika would wrap every delivery in an
                 # IncomingMessage and a second task; called inline by the channel's reader
                 tag = f"aqueue-{uuid.uuid4().hex}"
@@ -326,8 +333,7 @@ class Consumers:
         self.channels.inline.pop(c.tag, None)
         if not cancel:
             return
-        for name in self.topo.all_names(c.queue):
-            self.channels.declared.discard(name)
+        self.channels.forget(c.queue)
 
         async def cancel_quietly() -> None:
             try:
