@@ -44,6 +44,7 @@ from .core.errors import (
     OptionError,
     PublishTimeout,
     Retry,
+    RoutingError,
     SoftTimeLimitExceeded,
     TaskFailed,
     TaskRevoked,
@@ -56,6 +57,7 @@ from .core.offload import ProcessPool, offload
 from .core.offload_wire import RemoteError, WorkerLostError
 from .core.options import CallOptions
 from .core.result import AsyncResult, GroupResult, StateChange, result_from_tuple
+from .core.routing import Broadcast, Exchange, Queue
 from .core.task import Task, TaskCall
 from .core.worker import Worker
 
@@ -67,6 +69,7 @@ __all__ = [
     "AsyncUsageError",
     "Awaiting",
     "BackendError",
+    "Broadcast",
     "BrokerError",
     "BulkPublishError",
     "CallOptions",
@@ -77,6 +80,7 @@ __all__ = [
     "DecodeError",
     "EncodeError",
     "ErrorInfo",
+    "Exchange",
     "Group",
     "GroupResult",
     "IndeterminatePublish",
@@ -88,9 +92,11 @@ __all__ = [
     "OptionError",
     "ProcessPool",
     "PublishTimeout",
+    "Queue",
     "RemoteError",
     "Request",
     "Retry",
+    "RoutingError",
     "Settings",
     "Signature",
     "SoftTimeLimitExceeded",

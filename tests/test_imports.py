@@ -92,10 +92,10 @@ async def test_redis_worker_imports_only_redis(tmp_path: Path) -> None:
     producer = App("imports", broker=url)
     try:
         async with producer:
-            await producer.send_task("imports.noop", queue="default")
+            await producer.send_task("imports.noop", queue="celery")
         modules = worker_modules(tmp_path, url)
         async with producer:  # the worker ran the task: the queue is empty
-            assert await producer.broker.size("default") == 0
+            assert await producer.broker.size("celery") == 0
     finally:
         delete_redis_prefix(url.rsplit("prefix=", 1)[1])
     assert "redis.asyncio" in modules

@@ -61,14 +61,14 @@ async def test_delay_many_keeps_order_and_runs_each_once(app: App, t: Any, rec: 
     assert len(handles) == 40 and len({h.id for h in handles}) == 40
     assert all(uuid.UUID(h.id).version == 4 for h in handles)
     assert all(isinstance(h, AsyncResult) for h in handles)
-    assert await app.broker.size("default") == 40
+    assert await app.broker.size("celery") == 40
     async with app.worker(concurrency=20):
         values = [await h.wait(timeout=10) for h in handles]
     assert values == [x + y for x, y in items]
     assert sorted(c for c in rec.calls if c[0] == "add") == sorted(("add", x, y) for x, y in items)
     again = [await app.AsyncResult(h.id).wait(timeout=5) for h in handles]  # by id, anywhere
     assert again == values
-    assert await app.broker.size("default") == 0
+    assert await app.broker.size("celery") == 0
 
 
 async def test_delay_many_accepts_any_iterable_and_lists(app: App, t: Any) -> None:
@@ -90,7 +90,7 @@ async def test_apply_many_applies_options_to_every_message(app: App, t: Any) -> 
         soft_time_limit=20,
         parent_id="p-1",
     )
-    assert await app.broker.size("default") == 0
+    assert await app.broker.size("celery") == 0
     messages = await _claim_all(app, "other", 3)
     assert {m.id for m in messages} == {h.id for h in handles}
     for m in messages:
@@ -105,9 +105,9 @@ async def test_apply_many_countdown_and_bound_options(app: App, t: Any) -> None:
     sent = time.time()
     delayed = await t.add.apply_many([(1, 2), (3, 4)], countdown=0.5)
     bound = await t.add.options(queue="other").delay_many([(5, 6)])
-    early = await app.broker.claim(["default"], limit=5, lease_seconds=30, owner="t", timeout=0.1)
+    early = await app.broker.claim(["celery"], limit=5, lease_seconds=30, owner="t", timeout=0.1)
     assert early == []  # not due yet
-    async with app.worker(queues=["default", "other"]):
+    async with app.worker(queues=["celery", "other"]):
         assert [await h.wait(timeout=10) for h in delayed] == [3, 7]
         assert time.time() - sent >= 0.45
         assert await bound[0].wait(timeout=10) == 11
@@ -152,7 +152,7 @@ async def test_bad_arguments_are_refused_before_anything_is_sent(app: App, t: An
         await t.add.apply_many([(1, 2)], task_id="same-for-all")
     with pytest.raises(ArgumentError, match="item 1: "):
         await app.send_many([t.add.s(1, 2), t.mul.s(x=1, z=2)])
-    assert await app.broker.size("default") == 0
+    assert await app.broker.size("celery") == 0
     assert await app.broker.size("other") == 0
 
 
@@ -163,7 +163,7 @@ async def test_oversized_message_is_refused_before_anything_is_sent(app: App, t:
         await t.boom.delay_many(items)
     with pytest.raises(MessageTooLarge, match="message 1 "):
         await app.send_many([t.boom.s("small"), t.boom.s("x" * 4096)])
-    assert await app.broker.size("default") == 0
+    assert await app.broker.size("celery") == 0
 
 
 async def test_send_many_mixed_tasks(app: App, t: Any) -> None:
@@ -176,7 +176,7 @@ async def test_send_many_mixed_tasks(app: App, t: Any) -> None:
             t.request.s("tagged").set(queue="other", headers={"k": "v"}),
         ]
     )
-    async with app.worker(queues=["default", "other"]):
+    async with app.worker(queues=["celery", "other"]):
         values = [await h.wait(timeout=10) for h in handles]
     assert values[:4] == [3, 12, 11, 15]
     assert values[4]["queue"] == "other" and values[4]["headers"] == {"k": "v"}
@@ -201,7 +201,7 @@ async def test_send_many_refuses_workflows(app: App, t: Any) -> None:
     for canvas in (chain(t.add.s(1, 1), t.add.s(2)), group([t.add.s(1, 1)])):
         with pytest.raises(TypeError, match="send_many item 1 is a"):
             await app.send_many([t.add.s(0, 0), canvas])
-    assert await app.broker.size("default") == 0
+    assert await app.broker.size("celery") == 0
 
 
 @pytest.mark.parametrize(
@@ -241,7 +241,7 @@ async def test_middleware_sees_every_message(app: App, t: Any) -> None:
     app.conf.update(publish_chunk_size=2)
     handles = await t.request.delay_many([("a",), ("drop",), ("c",), ("d",)])
     assert tagger.seen == [h.id for h in handles]
-    assert await app.broker.size("default") == 3  # the dropped one was not sent
+    assert await app.broker.size("celery") == 3  # the dropped one was not sent
     mixed = await app.send_many([t.request.s("e"), t.add.s(1, 2)])
     assert tagger.seen[4:] == [h.id for h in mixed]
     async with app.worker():
@@ -302,8 +302,8 @@ async def test_failed_chunk_tells_what_was_published(app: App, hang: bool) -> No
     assert [r.id for r in err.results] == [m.id for m in batch]
     assert isinstance(err.__cause__, PublishTimeout if hang else BrokerError)
     assert "the first 4 are stored" in str(err) and "the last 2 were not sent" in str(err)
-    assert await app.broker.size("default") == 4
-    stored = {m.id for m in await _claim_all(app, "default", 4)}
+    assert await app.broker.size("celery") == 4
+    stored = {m.id for m in await _claim_all(app, "celery", 4)}
     assert stored == {r.id for r in err.results[:4]}
 
 
@@ -316,4 +316,4 @@ async def test_rabbitmq_refused_chunk_stops_the_bulk_publish(app: App, t: Any) -
     with pytest.raises(BulkPublishError) as info:
         await app.send_many(sigs)
     assert (info.value.published, info.value.uncertain) == (6, 2)
-    assert await app.broker.size("default") == 6
+    assert await app.broker.size("celery") == 6

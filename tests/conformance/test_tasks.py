@@ -123,13 +123,13 @@ async def test_finished_task_id_is_not_run_again(app: App, t: Any, rec: Recorder
         await t.add.apply_async((5, 5), task_id=task_id)  # a late duplicate of a finished task
         await (await t.mul.delay(1, 1)).wait(timeout=10)
         async with asyncio.timeout(10):  # refused at publish, or acked unrun by the worker
-            while await app.broker.size("default") and worker.executor.duplicates < 1:
+            while await app.broker.size("celery") and worker.executor.duplicates < 1:
                 await asyncio.sleep(0.01)
     assert rec.calls.count(("add", 5, 5)) == 1
 
 
 async def test_bound_request(app: App, t: Any) -> None:
-    async with app.worker(queues=["default", "other"], hostname="w1@%h"):
+    async with app.worker(queues=["celery", "other"], hostname="w1@%h"):
         h = await t.request.apply_async(kwargs={"tag": "x"}, queue="other", headers={"k": "v"})
         got = await h.wait(timeout=10)
     assert got["id"] == h.id and got["attempt"] == 1 and got["retries"] == 0
@@ -257,7 +257,7 @@ async def test_poison_message_is_dead_lettered_after_max_deliveries(app: App, t:
     app.conf.update(max_deliveries=2)
     h = await t.add.delay(1, 1)
     for _ in range(2):  # two workers "died" holding it
-        [d] = await app.broker.claim(["default"], limit=1, lease_seconds=30, owner="x", timeout=1)
+        [d] = await app.broker.claim(["celery"], limit=1, lease_seconds=30, owner="x", timeout=1)
         assert await d.release(executed=True)
     async with app.worker():
         with pytest.raises(TaskFailed, match="WorkerLostError"):
@@ -269,7 +269,7 @@ async def test_oversized_payload_refused_before_io(app: App, t: Any) -> None:
     app.conf.update(max_message_bytes=1024)
     with pytest.raises(MessageTooLarge):
         await t.add.delay("x" * 4096, 1)  # type: ignore[arg-type]
-    assert await app.broker.size("default") == 0
+    assert await app.broker.size("celery") == 0
 
 
 async def test_oversized_injected_message_is_dead_lettered(app: App, t: Any) -> None:

@@ -61,7 +61,7 @@ def flaky(key):  # type: ignore[no-untyped-def]
     acks_late=True,
     rate_limit="100/s",
     serializer="json",
-    queue="default",
+    queue="celery",
     ignore_result=False,
     track_started=True,
 )

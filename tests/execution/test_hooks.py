@@ -117,8 +117,8 @@ async def test_task_logger_records_carry_context(
         logger.info("outside")
     records = [r for r in caplog.records if r.name == "tests.tasklog"]
     assert [(r.task_id, r.task_name, r.attempt, r.queue) for r in records] == [  # type: ignore[attr-defined]
-        (h.id, "h.logs", 1, "default"),
-        (hs.id, "h.logs_sync", 1, "default"),
+        (h.id, "h.logs", 1, "celery"),
+        (hs.id, "h.logs_sync", 1, "celery"),
         ("-", "-", 0, "-"),
     ]
     assert all("1" not in r.getMessage() for r in records[:1])  # arguments are not logged
@@ -151,7 +151,7 @@ async def test_acks_early_is_at_most_once(app: App) -> None:
 
     async with app.worker():
         assert await (await early.delay()).wait(timeout=10) == "ran"
-    assert await app.broker.size("default") == 0
+    assert await app.broker.size("celery") == 0
 
 
 async def test_update_state_from_a_thread_task(app: App) -> None:

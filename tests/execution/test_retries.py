@@ -33,7 +33,7 @@ async def test_explicit_retry_is_a_new_attempt_of_the_same_id(app: App) -> None:
     assert seen == [(1, 0), (2, 1), (3, 2)]
     assert changes[-1].state == states.SUCCESS and changes[-1].info == "ok"
     assert changes[-1].attempt == 3
-    assert await app.broker.size("default") == 0
+    assert await app.broker.size("celery") == 0
 
 
 async def test_retry_state_is_visible(app: App) -> None:
@@ -62,7 +62,7 @@ async def test_max_retries_reraises_the_error(app: App) -> None:
             await (await always.delay()).wait(timeout=10)
     assert calls == [0, 1, 2]
     assert info.value.exc_type == "Flaky"
-    assert await app.broker.size("default") == 0  # gone from the queue
+    assert await app.broker.size("celery") == 0  # gone from the queue
 
 
 async def test_max_retries_without_exc(app: App) -> None:

@@ -27,7 +27,7 @@ async def test_revoked_while_queued_never_runs(app: App) -> None:
             await doomed.wait(timeout=10)
     assert ran == [2]
     assert await doomed.state() == states.REVOKED
-    assert await app.broker.size("default") == 0  # acked, not left behind
+    assert await app.broker.size("celery") == 0  # acked, not left behind
 
 
 async def test_terminate_cancels_a_running_coroutine(app: App) -> None:
@@ -66,7 +66,7 @@ async def test_terminate_cancels_a_running_coroutine(app: App) -> None:
     finally:
         task_revoked.disconnect(on_revoked)
     assert seen == [(h.id, True)]
-    assert await app.broker.size("default") == 0
+    assert await app.broker.size("celery") == 0
 
 
 async def test_revoke_without_terminate_lets_a_running_task_finish(app: App) -> None:

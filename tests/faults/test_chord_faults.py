@@ -18,7 +18,7 @@ pytestmark = pytest.mark.faults
 
 async def _claim_member(app: App, not_ids: set[str]) -> Any:
     """Take one header message away from the worker, as a worker about to die would."""
-    got = await app.broker.claim(["default"], limit=100, lease_seconds=30, owner="x", timeout=2)
+    got = await app.broker.claim(["celery"], limit=100, lease_seconds=30, owner="x", timeout=2)
     mine = next(d for d in got if d.id not in not_ids and not d.id.endswith(".deadline"))
     for d in got:
         if d is not mine:
@@ -104,7 +104,7 @@ async def test_row27_member_lost_for_good_fails_by_deadline(app: App, t: Any, ca
 
 async def _claim_where(app: App, check: Any) -> Any:
     """Take the first queued header message ``check(x)`` accepts (by its first argument)."""
-    got = await app.broker.claim(["default"], limit=100, lease_seconds=30, owner="x", timeout=2)
+    got = await app.broker.claim(["celery"], limit=100, lease_seconds=30, owner="x", timeout=2)
     mine = next(d for d in got if not d.id.endswith(".deadline") and check(_arg(d.body)))
     for d in got:
         if d is not mine:

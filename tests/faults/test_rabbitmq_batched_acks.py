@@ -124,7 +124,7 @@ async def test_sigkill_mid_drain_with_batched_acks_loses_nothing(
         await until_done(tmp_path, N, timeout=90)
         recovery = time.monotonic() - killed_at
         async with asyncio.timeout(10):  # every message settled: nothing left anywhere
-            while await app.broker.size("default") > 0:
+            while await app.broker.size("celery") > 0:
                 await asyncio.sleep(0.05)
     finally:
         out += stop(second)

@@ -220,7 +220,7 @@ async def test_row15_rabbitmq_restarted(node: RabbitNode) -> None:
                 values = await asyncio.gather(*(h.wait(timeout=10) for h in sends.handles.values()))
                 assert values == [2 * i for i in sends.handles]
                 async with asyncio.timeout(10):  # extra executions are final once drained
-                    while await worker_app.broker.size("default"):
+                    while await worker_app.broker.size("celery"):
                         await asyncio.sleep(0.1)
         alive = not worker.stopped
 

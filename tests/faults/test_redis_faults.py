@@ -159,13 +159,13 @@ async def collect(handle: AsyncResult[Any], i: int, stats: Stats) -> None:
 
 
 async def drained(app: App, timeout: float) -> None:
-    """Wait until the default queue is empty (ready, delayed and in flight).
+    """Wait until the default queue (celery) is empty (ready, delayed and in flight).
 
     A message whose hand-back failed during a fault stays leased until its lease expires,
     then runs again: only once the queue is empty is the extra-executions figure final.
     """
     async with asyncio.timeout(timeout):
-        while await app.broker.size("default"):
+        while await app.broker.size("celery"):
             await asyncio.sleep(0.1)
 
 

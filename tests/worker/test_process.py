@@ -114,7 +114,7 @@ async def test_sigkill_mid_task_runs_again(app: App, env: dict[str, str], tmp_pa
         # the connection is the lease (RabbitMQ): the kill closed it, so the message is
         # ready in the queue again at once, with no lease to wait for
         async with asyncio.timeout(5):
-            while await app.broker.size("default") < 1:
+            while await app.broker.size("celery") < 1:
                 await asyncio.sleep(0.02)
         back = time.monotonic() - killed_at
         requeued = f", back in the queue after {back:.2f}s"
@@ -181,7 +181,7 @@ async def test_sigterm_finishes_short_and_hands_back_long(
     # handed back at once: claimable now, without waiting for the lease to expire. On
     # RabbitMQ, release(executed=True) is a nack with requeue: one delivery counted, and
     # the stopping worker does not take it back (it would count again when it exits)
-    [d] = await app.broker.claim(["default"], limit=5, lease_seconds=30, owner="t", timeout=0.5)
+    [d] = await app.broker.claim(["celery"], limit=5, lease_seconds=30, owner="t", timeout=0.5)
     assert d.id == long.id and d.delivery_count == 2
     print(
         f"\nsigterm: 3 short finished, long handed back (delivery {d.delivery_count}), "
@@ -276,7 +276,7 @@ def test_quickstart_two_processes(
             "-c",
             "50",
             "-Q",
-            "default",
+            "celery",
             "-n",
             "w1@%h",
             "-l",

@@ -42,7 +42,7 @@ async def test_a_claim_that_finished_as_the_worker_stopped_is_handed_back() -> N
         broker.worker = worker
         await worker.run()
         # handed back at once, not held until its 60 s lease expires
-        again = await broker.claim(["default"], limit=10, lease_seconds=5, owner="t", timeout=1)
+        again = await broker.claim(["celery"], limit=10, lease_seconds=5, owner="t", timeout=1)
         assert [d.id for d in again] == [handle.id]
         assert again[0].delivery_count == 1  # not counted as a delivery: it never started
 
@@ -65,5 +65,5 @@ async def test_prefetched_messages_are_handed_back_when_a_slot_frees_during_stop
         waiting = await second.delay()
         await worker.run()
         # the prefetched message that got the freed slot is handed back, not kept leased
-        again = await app.broker.claim(["default"], limit=10, lease_seconds=5, owner="t", timeout=1)
+        again = await app.broker.claim(["celery"], limit=10, lease_seconds=5, owner="t", timeout=1)
         assert [d.id for d in again] == [waiting.id]

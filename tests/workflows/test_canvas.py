@@ -83,7 +83,7 @@ async def test_signature_forms(app: App, t: Any) -> None:
         cloned = t.add.s(1).clone((9,))
         assert await (await cloned.delay()).wait(timeout=10) == 10
         assert (
-            await (await t.add.s(1, 1).set(queue="default", priority=3).delay()).wait(timeout=10)
+            await (await t.add.s(1, 1).set(queue="celery", priority=3).delay()).wait(timeout=10)
             == 2
         )
         # immutable: the parent's result is not prepended

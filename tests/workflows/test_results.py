@@ -71,7 +71,7 @@ async def test_a_delay_never_awaited_is_logged_with_its_line(
     assert f"{__file__}:{line}" in first.getMessage()
     assert "chain.apply_async(...) was never awaited" in second.getMessage()
     broker = await app.connected_broker()
-    assert await broker.size("default") == 0  # nothing was sent
+    assert await broker.size("celery") == 0  # nothing was sent
 
 
 def _line_of(text: str) -> int:
