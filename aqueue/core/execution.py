@@ -200,8 +200,8 @@ class Executor:
             return True
         if record.state not in (states.SUCCESS, states.FAILURE):
             return False
-        if msg.exchange and self.app.router().broadcasts(msg.exchange):
-            return False  # another worker's copy of a broadcast finished: this one runs too
+        if msg.exchange and self.app.router().copies(msg.exchange, msg.routing_key):
+            return False  # another queue's copy finished (a broadcast): this one runs too
         # it ran to the end before (its worker died before acking): do not run it again, but
         # finish what follows it (idempotent: fixed ids, an idempotent chord join)
         self.duplicates += 1
@@ -350,9 +350,7 @@ class Executor:
                 job.attempt,
             )
         if record is not None:
-            await self._put(
-                job.msg.id, job.msg.task, job.attempt, states.SUCCESS, record, job.msg.exchange
-            )
+            await self._put(job.msg.id, job.msg.task, job.attempt, states.SUCCESS, record, job.msg)
         if msg.chain or msg.link or msg.chord is not None:
             await self._continue_success(msg, value)
         args, kwargs = job.args, job.kwargs or {}
@@ -715,10 +713,16 @@ class Executor:
     ) -> None:
         """Store a record that holds no value (states, failures: always encodable)."""
         body = self._record(job, state, error=error, date_started=date_started)
-        await self._put(job.msg.id, job.msg.task, job.attempt, state, body, job.msg.exchange)
+        await self._put(job.msg.id, job.msg.task, job.attempt, state, body, job.msg)
 
     async def _put(
-        self, task_id: str, name: str, attempt: int, state: str, body: bytes, exchange: str = ""
+        self,
+        task_id: str,
+        name: str,
+        attempt: int,
+        state: str,
+        body: bytes,
+        msg: MessageIn | None = None,
     ) -> None:
         backend = self.app.backend
         if backend is None:
@@ -726,8 +730,8 @@ class Executor:
         if not await backend.store(
             task_id, body, state=state, attempt=attempt, ttl=self.conf.result_expires
         ):
-            if exchange and self.app.router().broadcasts(exchange):
-                # every worker runs a broadcast task under one id: the first record stays
+            if msg is not None and self.app.router().copies(msg.exchange, msg.routing_key):
+                # each copy of a broadcast runs under the same id: the first record stays
                 log.debug("Task %s[%s]: %s of a broadcast copy not stored", name, task_id, state)
                 return
             log.warning(

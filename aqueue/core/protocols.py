@@ -329,6 +329,10 @@ class RoutesByExchange(Protocol):
         (exchange, binding key, max priority, broadcast), ``router.bound(exchange)`` the
         queues to declare and bind before publishing to an exchange. No I/O."""
 
+    async def declare_queues(self, queues: Sequence[str]) -> None:
+        """Declare a starting worker's queues and their bindings (its own queue of each
+        broadcast queue), so that what is routed to them from now on is kept for it."""
+
 
 @runtime_checkable
 class SharedThrottle(Protocol):

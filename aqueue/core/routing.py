@@ -630,11 +630,29 @@ class Router:
             if q.exchange is not None and q.exchange.name == exchange
         ]
 
-    def broadcasts(self, exchange: str) -> bool:
-        """Whether a message published to ``exchange`` reached every bound queue (fanout):
-        each worker runs its copy, the same task id, once."""
+    def _matches(self, exchange: str, routing_key: str) -> tuple[Queue, ...]:
+        """The declared queues ``exchange`` delivers ``routing_key`` to (cached)."""
+        matches = self._targets.get((exchange, routing_key))
+        if matches is None:
+            ex = self.exchanges[exchange]
+            matches = tuple(
+                q
+                for q in self.bound(exchange)
+                if ex.type == "fanout"
+                or (ex.type == "direct" and q.routing_key == routing_key)
+                or (ex.type == "topic" and topic_matches(q.routing_key or "", routing_key))
+            )
+            self._targets[(exchange, routing_key)] = matches
+        return matches
+
+    def copies(self, exchange: str, routing_key: str) -> bool:
+        """Whether a message published to ``exchange`` with ``routing_key`` was copied to
+        several queues (a fanout exchange, or several bindings match): every copy, the same
+        task id, runs once, and another copy's finished record does not stop it."""
         ex = self.exchanges.get(exchange) if exchange else None
-        return ex is not None and ex.type == "fanout"
+        if ex is None:
+            return False
+        return ex.type == "fanout" or len(self._matches(exchange, routing_key)) > 1
 
     def consumed_by_default(self) -> list[str]:
         """The queues a worker given none consumes: every declared one (Celery's rule),
@@ -751,17 +769,7 @@ class Router:
             RoutingError: no queue matches, several do (only RabbitMQ copies a message),
                 or the exchange broadcasts.
         """
-        matches = self._targets.get((exchange, routing_key))
-        if matches is None:
-            ex = self.exchanges[exchange]
-            matches = tuple(
-                q
-                for q in self.bound(exchange)
-                if ex.type == "fanout"
-                or (ex.type == "direct" and q.routing_key == routing_key)
-                or (ex.type == "topic" and topic_matches(q.routing_key or "", routing_key))
-            )
-            self._targets[(exchange, routing_key)] = matches
+        matches = self._matches(exchange, routing_key)
         ex = self.exchanges[exchange]
         if ex.type == "fanout" or any(q.broadcast for q in matches):
             raise RoutingError(

@@ -121,7 +121,7 @@ def build(
     check: bool,
 ) -> tuple[MessageOut, SerializerName]:
     """One call's message and its serializer; the arguments checked if ``check``."""
-    plan = Plan(app.conf, name, check_options(options), task)
+    plan = Plan(app.conf, name, check_options(options), task, args=args, kwargs=kwargs)
     if check and task is not None and task.typing:
         task.spec.check_call(args, kwargs)  # a wrong arity fails here, not in the worker
     task_id = plan.task_id or str(uuid.uuid4())

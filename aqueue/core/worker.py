@@ -28,7 +28,14 @@ from .errors import ConfigurationError
 from .execution import Executor, is_terminate
 from .message import decode_result
 from .offload import ProcessPool, set_current_pool
-from .protocols import Broker, ClaimsRecords, Delivery, Lease, SharedThrottle
+from .protocols import (
+    Broker,
+    ClaimsRecords,
+    Delivery,
+    Lease,
+    RoutesByExchange,
+    SharedThrottle,
+)
 from .routing import router_of
 from .urls import redact
 
@@ -154,6 +161,8 @@ class Worker:
         self.app.import_includes()
         self._check_queues()
         broker = self.app.broker
+        if isinstance(broker, RoutesByExchange):
+            await broker.declare_queues(self.queues)  # bound (broadcasts kept) from now on
         throttle = broker if isinstance(broker, SharedThrottle) else None
         self._executor = Executor(self.app, self.hostname, self._pool, throttle, self._processes)
         backend = self.app.backend

@@ -105,6 +105,14 @@ class RabbitMQBroker:
         self.topology.router = router
         self.consumers.routing_changed()
 
+    async def declare_queues(self, queues: Sequence[str]) -> None:
+        """Declare a starting worker's queues, bindings and own broadcast queues."""
+        await self.connect()
+        async with asyncio.timeout(self.settings.operation_timeout * 4):
+            for queue in queues:
+                self.topology.check(queue)
+                await self.channels.ensure_queue(queue)
+
     async def close(self) -> None:
         """Close the connection; deliveries still held settle nothing afterwards. Idempotent.
 
