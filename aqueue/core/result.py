@@ -471,8 +471,35 @@ class GroupResult(Generic[R]):
             TaskFailed: a member failed (when ``propagate``: the first failure seen;
                 otherwise each failed member's error is in its place in the list).
         """
-        async with asyncio.timeout(timeout):
-            return list(await asyncio.gather(*(r.wait(propagate=propagate) for r in self.results)))
+        try:
+            async with asyncio.timeout(timeout):
+                waits = (r.wait(propagate=propagate) for r in self.results)
+                return list(await asyncio.gather(*waits))
+        except TimeoutError:
+            raise await self._not_ready(timeout) from None
+
+    async def _not_ready(self, timeout: float | None) -> TimeoutError:
+        """The error of a wait that timed out: how many members are not ready, and why the
+        first of them is not (see :meth:`AsyncResult.wait`)."""
+        leaves = self._leaves()
+        text = f"group {self.id} was not ready within {timeout}s"
+        try:
+            async with asyncio.timeout(_SIZE_TIMEOUT):
+                backend = await self.app.result_backend()
+                raws = await backend.get_many([r.id for r in leaves])
+        except Exception as exc:  # the message must not hide the timeout
+            return TimeoutError(f"{text} (its members' states are unknown: {exc!r})")
+        waiting = [
+            leaf
+            for leaf, raw in zip(leaves, raws, strict=True)
+            if raw is None or decode_result(raw).state not in states.READY_STATES
+        ]
+        if not waiting:
+            return TimeoutError(text)
+        first = await waiting[0]._not_ready(timeout)
+        return TimeoutError(
+            f"{text}: {len(waiting)} of {len(leaves)} not ready; the first: {first}"
+        )
 
     get = join = wait
 

@@ -56,7 +56,19 @@ async def apply(
     await app.connected_broker()  # connects the backend too, which may route results
     await engine.publish([(with_reply_headers(app, m), fmt) for m, fmt in outbound])
     handle.workflow_ids = ids
+    _note_queues(handle, {m.id: m.queue for m, _ in outbound})
     return handle
+
+
+def _note_queues(handle: Handle | None, queues: Mapping[str, str]) -> None:
+    """Tell the handles of the tasks sent now their queue (a wait that times out names it)."""
+    while handle is not None:
+        if isinstance(handle, GroupResult):
+            for member in handle.results:
+                _note_queues(member, queues)
+        elif handle.id in queues:
+            handle.queue = queues[handle.id]
+        handle = handle.parent
 
 
 def result_tree(app: App, node: Node) -> Handle:
