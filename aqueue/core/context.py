@@ -40,6 +40,20 @@ class Request:
     loop: asyncio.AbstractEventLoop | None = dataclasses.field(default=None, repr=False)
     #: True when called in-process (``task(...)``), not from a worker
     called_directly: bool = False
+    #: the exchange the producer published to ("": straight to ``queue``)
+    exchange: str = ""
+    #: the routing key it was published with
+    routing_key: str = ""
+
+    @property
+    def delivery_info(self) -> dict[str, Any]:
+        """Celery's ``request.delivery_info``: how the message got here."""
+        return {
+            "exchange": self.exchange,
+            "routing_key": self.routing_key or self.queue,
+            "priority": self.priority,
+            "redelivered": self.delivery_count > 1,
+        }
 
 
 _current: contextvars.ContextVar[tuple[Task[Any, Any], Request] | None] = contextvars.ContextVar(

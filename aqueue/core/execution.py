@@ -283,6 +283,8 @@ class Executor:
             time_limit=hard,
             soft_time_limit=soft,
             loop=asyncio.get_running_loop(),
+            exchange=msg.exchange,
+            routing_key=msg.routing_key,
         )
         if signals.task_prerun.receivers:
             await signals.task_prerun.send(

@@ -238,3 +238,22 @@ async def runs(app: App, count: int, timeout: float = 15.0) -> None:
             await done
     finally:
         _WAITERS.remove((count, done))
+
+
+async def test_a_task_sees_how_it_was_routed(app: App, broker_url: str) -> None:
+    """Celery's ``request.delivery_info``: on RabbitMQ the exchange it came through; the
+    other brokers resolved it to the queue on the producer."""
+    app.conf.update(task_queues=[Queue("qa", Exchange("jobs", "topic"), routing_key="a.#")])
+
+    @app.task(name="d.info", bind=True)
+    async def info(self: Task[..., dict[str, Any]]) -> dict[str, Any]:
+        return self.request.delivery_info
+
+    try:
+        async with app.worker(queues=["qa"]):
+            handle = await info.apply_async(exchange="jobs", routing_key="a.b", priority=3)
+            got = await handle.wait(timeout=15)
+    finally:
+        await _delete_exchanges(app, {})
+    exchange = "jobs" if broker_url.startswith("amqp") else ""
+    assert got == {"exchange": exchange, "routing_key": "a.b", "priority": 3, "redelivered": False}

@@ -65,6 +65,10 @@ async def calls() -> None:
     del bound
     assert_type(await add.options(countdown=10).delay(1, y=2), AsyncResult[int])
     assert_type(await add.apply_async((2, 2), countdown=10, priority=5), AsyncResult[int])
+    routed = await add.apply_async((2, 2), queue="q", exchange="tasks", routing_key="feed.x")
+    assert_type(routed, AsyncResult[int])
+    assert_type(routed.queue, str | None)
+    await add.apply_async((2, 2), exchange=5)  # type: ignore[arg-type]
     assert_type(await app.send_task("proj.tasks.add", args=(2, 5)), AsyncResult[Any])
     assert_type(app.AsyncResult("id"), AsyncResult[Any])
     assert_type(add.AsyncResult("id"), AsyncResult[int])
