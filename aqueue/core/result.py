@@ -297,6 +297,8 @@ class AsyncResult(Generic[R]):
                     if record.state in states.READY_STATES:
                         break
         except TimeoutError:
+            if timeout is None:  # not our deadline: an operation inside timed out
+                raise
             raise await self._not_ready(timeout) from None
         assert record is not None
         if record.state == states.SUCCESS:
@@ -476,6 +478,8 @@ class GroupResult(Generic[R]):
                 waits = (r.wait(propagate=propagate) for r in self.results)
                 return list(await asyncio.gather(*waits))
         except TimeoutError:
+            if timeout is None:
+                raise
             raise await self._not_ready(timeout) from None
 
     async def _not_ready(self, timeout: float | None) -> TimeoutError:

@@ -772,7 +772,7 @@ async def test_indeterminate_enqueue(server: RedisServer) -> None:
     async with TcpProxy(HOST, server.port) as proxy:
         url = server.url(proxy.port, prefix="ind")
         app, work = make_app(url, tally, lease_seconds=5.0)
-        dedupe = "ind:{q:default}:dedupe"
+        dedupe = "ind:{q:celery}:dedupe"
         handles: list[tuple[AsyncResult[Any], int]] = []
         async with app, app.worker(concurrency=20):
             async with asyncio.timeout(60):
