@@ -618,7 +618,11 @@ def list_queues(
         {
             "queue": q,
             "default": q == default,
-            "tasks": sorted(n for n, t in the_app.tasks.items() if (t.queue or default) == q),
+            "tasks": sorted(
+                n
+                for n, t in the_app.tasks.items()
+                if (t.queue or default) == q and not n.startswith("aqueue.")
+            ),
         }
         for q in known_queues(the_app)
     ]

@@ -495,7 +495,9 @@ class RedisBroker:
                     cursor, members = await command(
                         client, "ZSCAN", key, cursor, "MATCH", pattern, "COUNT", 1000
                     )
-                    total += len(members) // 2  # member, score pairs
+                    # redis-py pairs them as (member, score); raw replies alternate
+                    paired = bool(members) and isinstance(members[0], tuple | list)
+                    total += len(members) if paired else len(members) // 2
                     if int(cursor) == 0:
                         break
             return total
