@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import logging.handlers
 import os
 import socket
 import sys
@@ -93,9 +92,12 @@ def configure_logging(level: int, logfile: str | None = None) -> logging.Handler
     """
     handler: logging.Handler
     if logfile:
+        # only here: a module a worker logging to stderr does not need to carry
+        from logging.handlers import WatchedFileHandler
+
         try:
             # reopened when moved away (logrotate), so nothing is written to a deleted file
-            handler = logging.handlers.WatchedFileHandler(logfile, encoding="utf-8")
+            handler = WatchedFileHandler(logfile, encoding="utf-8")
         except OSError as exc:
             raise CLIError(f"cannot open the log file {logfile!r} (--logfile): {exc}") from None
     else:
