@@ -193,6 +193,12 @@ def run_worker(options: WorkerOptions, *, reexec: bool = False) -> int:
     running (a broker that cannot be reached), 2 after a one-line error about the command
     or the app, 3 when ``--pidfile`` is held by a live process.
     """
+    if options["detach"]:  # the defaults are kept for the lives after this one too
+        options = {
+            **options,
+            "logfile": options["logfile"] or DETACHED_LOGFILE,
+            "pidfile": options["pidfile"] or DETACHED_PIDFILE,
+        }
     while True:
         status, retired = _run_once(options)
         if not retired:
@@ -209,9 +215,8 @@ def _run_once(options: WorkerOptions) -> tuple[int, bool]:
     try:
         level = parse_level(options["loglevel"])
         nodename = expand_hostname(options["hostname"] or "aqueue@%h")
-        logfile = options["logfile"] or (DETACHED_LOGFILE if options["detach"] else None)
-        pidpath = options["pidfile"] or (DETACHED_PIDFILE if options["detach"] else None)
-        logfile = node_format(logfile, nodename) if logfile else None
+        pidpath = options["pidfile"]
+        logfile = node_format(options["logfile"], nodename) if options["logfile"] else None
         handler = configure_logging(level, logfile)
         the_app = load_app(options["app"])
         _apply_options(the_app, options)

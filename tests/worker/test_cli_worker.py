@@ -225,6 +225,40 @@ async def test_detach_writes_the_pid_file_and_logs_to_the_file(
     assert "stopped: 1 succeeded" in log.read_text()
 
 
+async def test_a_detached_worker_keeps_its_default_files_when_it_recycles(
+    app: App, env: dict[str, str], tmp_path: Path
+) -> None:
+    # -D without --logfile / --pidfile: %n.log and %n.pid in the working directory, for
+    # every life of the worker (it re-executes itself without detaching again)
+    command = ["worker", APP, "-D", "--max-tasks-per-child=2", "-n", "d1@%h"]
+    started = subprocess.run(
+        [sys.executable, "-m", "aqueue.cli", *command],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == 0, started.stderr
+    pidfile, log = tmp_path / "d1.pid", tmp_path / "d1.log"
+    await wait_for_text(log, "ready")
+    pid = int(pidfile.read_text())
+    try:
+        results = [await (await cli_tasks.whoami.delay(0)).wait(timeout=30) for _ in range(5)]
+        assert {r["pid"] for r in results} == {pid}
+        assert len({r["boot"] for r in results}) == 3
+        text = await wait_for_text(log, "(restart 2)")
+        assert int(pidfile.read_text()) == pid
+        os.kill(pid, signal.SIGTERM)
+        async with asyncio.timeout(30):
+            while _alive(pid):
+                await asyncio.sleep(0.05)
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    assert "(restart 1)" in text and not pidfile.exists()
+
+
 async def test_a_stale_pid_file_is_replaced(app: App, env: dict[str, str], tmp_path: Path) -> None:
     gone = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
@@ -278,6 +312,8 @@ async def test_worker_wide_time_limits_and_queue_options(app: App, env: dict[str
     ("args", "status", "needle"),
     [
         (["worker", APP, "--burst"], 0, "burst: queues default are drained"),
+        (["-A", APP, "worker", "--burst"], 0, "burst: queues default are drained"),
+        (["worker", "-A", APP, "--burst", "-l", "fatal"], 0, "[tasks]"),
         (["worker", APP, "-l", "loud"], 2, "bad log level 'loud'"),
         (["worker", APP, "--prefetch", "0"], 2, "--prefetch"),
         (["worker", APP, "--no-such-option"], 2, "No such option"),
@@ -288,6 +324,8 @@ async def test_worker_wide_time_limits_and_queue_options(app: App, env: dict[str
     ],
     ids=[
         "clean",
+        "celery-form",
+        "dash-a-fatal",
         "bad-level",
         "bad-prefetch",
         "unknown-option",
