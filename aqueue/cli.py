@@ -24,7 +24,7 @@ import typer
 
 from . import __version__
 from .core.app import App
-from .core.errors import AqueueError, ConfigurationError
+from .core.errors import AqueueError, ConfigurationError, OptionError
 from .core.message import decode_result
 from .core.protocols import CountsIds
 from .core.urls import redact
@@ -111,7 +111,7 @@ def _errors() -> Iterator[None]:
     """One line on stderr and the exit status for what goes wrong (docs/cli.md)."""
     try:
         yield
-    except (CLIError, ConfigurationError, ValueError) as exc:  # OptionError is a ValueError
+    except (CLIError, ConfigurationError, OptionError) as exc:
         _fail(exc, EXIT_USAGE)
     except (AqueueError, OSError, TimeoutError) as exc:
         _fail(exc, EXIT_ERROR)

@@ -177,7 +177,7 @@ def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 
 def fail(exc: BaseException, status: int = EXIT_USAGE) -> int:
-    """Report ``exc`` as one line on stderr (and in the log); the exit status to use."""
+    """Report ``exc`` as one line on stderr; the exit status to use."""
     print(f"aqueue: error: {exc}", file=sys.stderr)
     return status
 
@@ -215,30 +215,21 @@ def _run_once(options: WorkerOptions) -> tuple[int, bool]:
     try:
         level = parse_level(options["loglevel"])
         nodename = expand_hostname(options["hostname"] or "aqueue@%h")
-        pidpath = options["pidfile"]
         logfile = node_format(options["logfile"], nodename) if options["logfile"] else None
         handler = configure_logging(level, logfile)
+        # an error inside the user's modules shows its traceback (exit status 1); aqueue's
+        # own complaints about the app, its settings or the options are one line
         the_app = load_app(options["app"])
         _apply_options(the_app, options)
         use_formats(handler, the_app.conf)
         the_app.import_includes()
-        w = the_app.worker(
-            queues=options["queues"],
-            exclude_queues=options["exclude_queues"],
-            concurrency=options["concurrency"],
-            prefetch=options["prefetch"],
-            hostname=options["hostname"],
-            burst=options["burst"],
-            shutdown_timeout=options["shutdown_timeout"],
-            max_tasks_per_child=the_app.conf.worker_max_tasks_per_child or None,
-            max_memory_per_child=the_app.conf.worker_max_memory_per_child or None,
-        )
-        if pidpath:
-            pidfile = PidFile(node_format(pidpath, w.hostname))
+        w = _worker(the_app, options)
+        if options["pidfile"]:
+            pidfile = PidFile(node_format(options["pidfile"], nodename))
             pidfile.check()
     except AlreadyRunning as exc:
         return fail(exc, EXIT_ALREADY_RUNNING), False
-    except (CLIError, ConfigurationError, ValueError) as exc:
+    except (CLIError, ConfigurationError) as exc:
         return fail(exc, EXIT_USAGE), False
     except AqueueError as exc:
         return fail(exc, EXIT_ERROR), False
@@ -273,6 +264,24 @@ def _run_once(options: WorkerOptions) -> tuple[int, bool]:
     finally:
         if pidfile is not None and not retired:
             pidfile.release()
+
+
+def _worker(the_app: App, options: WorkerOptions) -> Worker:
+    """The worker the options describe (a ``ValueError`` is a bad option: ``CLIError``)."""
+    try:
+        return the_app.worker(
+            queues=options["queues"],
+            exclude_queues=options["exclude_queues"],
+            concurrency=options["concurrency"],
+            prefetch=options["prefetch"],
+            hostname=options["hostname"],
+            burst=options["burst"],
+            shutdown_timeout=options["shutdown_timeout"],
+            max_tasks_per_child=the_app.conf.worker_max_tasks_per_child or None,
+            max_memory_per_child=the_app.conf.worker_max_memory_per_child or None,
+        )
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def _apply_options(app: App, options: WorkerOptions) -> None:
