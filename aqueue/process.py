@@ -119,7 +119,16 @@ _OURS = "_aqueue_worker_handler"
 
 
 def use_formats(handler: logging.Handler, conf: Settings) -> None:
-    """Format ``handler``'s records with ``conf``'s worker log formats."""
+    """Format ``handler``'s records with ``conf``'s worker log formats.
+
+    Raises:
+        CLIError: a format that is not a valid ``%``-style logging format.
+    """
+    for name in ("worker_log_format", "worker_task_log_format"):
+        try:
+            logging.Formatter(getattr(conf, name), validate=True)
+        except ValueError as exc:
+            raise CLIError(f"setting {name} is not a logging format: {exc}") from None
     handler.setFormatter(TaskFormatter(conf.worker_log_format, conf.worker_task_log_format))
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from aqueue import App
+from aqueue.core.config import Settings
 from aqueue.process import (
     AlreadyRunning,
     CLIError,
@@ -19,6 +20,7 @@ from aqueue.process import (
     banner,
     node_format,
     parse_level,
+    use_formats,
 )
 
 
@@ -111,3 +113,10 @@ def test_banner_redacts_and_lists_the_tasks() -> None:
     # the built-in tasks at DEBUG only, as Celery lists its own
     debug = banner(worker, app_spec="proj", level=logging.DEBUG, logfile="w.log")
     assert "  . aqueue.chord_deadline" in debug and "log:         DEBUG to w.log" in debug
+
+
+def test_a_bad_log_format_setting_is_one_line() -> None:
+    conf = Settings()
+    conf.update(worker_task_log_format="%(task_name)q: %(message)q")
+    with pytest.raises(CLIError, match="setting worker_task_log_format is not a logging format"):
+        use_formats(logging.NullHandler(), conf)
