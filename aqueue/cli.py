@@ -1,22 +1,39 @@
-"""The ``aqueue`` command: thin typer wrappers over the core.
+"""The ``aqueue`` command: thin typer wrappers over the core (docs/cli.md).
 
-Configures logging (the library never does), loads the app from ``module:attr``, and turns
-configuration mistakes into one-line errors naming the fix instead of tracebacks.
+Configures logging (the library never does), loads the app, and turns mistakes into
+one-line errors naming the fix instead of tracebacks. Every command takes the app the
+same three ways: ``aqueue worker proj:app``, ``aqueue worker -A proj`` and Celery's
+``aqueue -A proj worker`` (and ``AQUEUE_APP``). Commands that print data take ``--json``.
+
+Exit status (``aqueue.process``): 0 done, 1 failed while running (a broker that cannot be
+reached), 2 a bad command line, app or setting, 3 ``--pidfile`` held by a running worker.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+import platform
+import sys
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from importlib import metadata
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 from . import __version__
 from .core.app import App
-from .core.errors import AqueueError
+from .core.errors import AqueueError, ConfigurationError, OptionError
 from .core.message import decode_result
+from .core.protocols import CountsIds
 from .core.urls import redact
-from .runner import CLIError, WorkerOptions, can_exec, exec_worker, load_app, run_worker
+from .process import EXIT_ERROR, EXIT_USAGE, LEVELS, CLIError, parse_level
+from .runner import WorkerOptions, can_exec, exec_worker, load_app, run_worker
 from .runner import run as _run
+from .workflows.engine import DEADLINE_ID_SUFFIX
+
+T = TypeVar("T")
 
 cli = typer.Typer(
     name="aqueue",
@@ -25,18 +42,14 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+list_cli = typer.Typer(
+    help="List what the app knows: its queues or its tasks.",
+    no_args_is_help=True,
+)
+cli.add_typer(list_cli, name="list")
 
 
-def _resolve_app(app: str | None, app_option: str | None) -> App:
-    spec = app or app_option
-    if not spec:
-        raise CLIError("give the app: aqueue worker proj.tasks:app (or -A proj.tasks)")
-    return load_app(spec)
-
-
-def _fail(exc: BaseException) -> None:
-    typer.echo(f"aqueue: error: {exc}", err=True)
-    raise typer.Exit(2)
+# -- the app, given three ways ---------------------------------------------------------
 
 
 def _version(value: bool) -> None:
@@ -47,61 +60,295 @@ def _version(value: bool) -> None:
 
 @cli.callback()
 def root(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
+    app: Annotated[
+        str | None,
+        typer.Option(
+            "-A", "--app", envvar="AQUEUE_APP", help="The app for every command (Celery's -A)."
+        ),
+    ] = None,
 ) -> None:
     """aqueue: an asyncio-native distributed task queue."""
+    ctx.obj = app
 
 
 AppArg = Annotated[
-    str | None, typer.Argument(help="The app as module:attribute, e.g. proj.tasks:app.")
+    str | None, typer.Argument(help="The app: module:attribute (proj.tasks:app) or a module.")
 ]
-AppOpt = Annotated[str | None, typer.Option("-A", "--app", help="The app (Celery's -A).")]
+AppOpt = Annotated[
+    str | None, typer.Option("-A", "--app", help="The app (Celery's -A), instead of APP.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def _app_spec(ctx: typer.Context, *given: str | None) -> str:
+    """The app as the command line names it: positional, then -A, then ``aqueue -A``."""
+    for spec in (*given, ctx.obj):
+        if isinstance(spec, str) and spec:
+            return spec
+    raise CLIError(
+        f"give the app: aqueue {ctx.info_name} proj.tasks:app, aqueue {ctx.info_name} -A proj, "
+        f"or aqueue -A proj {ctx.info_name}"
+    )
+
+
+def _split_app(
+    ctx: typer.Context, values: list[str], what: str, app_option: str | None
+) -> tuple[str, str]:
+    """``[APP] THING`` positionals: (app spec, thing)."""
+    if len(values) == 2:
+        return _app_spec(ctx, values[0], app_option), values[1]
+    if len(values) == 1:
+        return _app_spec(ctx, app_option), values[0]
+    raise CLIError(f"expected [APP] {what}, got {len(values)} arguments: {' '.join(values)}")
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """One line on stderr and the exit status for what goes wrong (docs/cli.md)."""
+    try:
+        yield
+    except (CLIError, ConfigurationError, OptionError) as exc:
+        _fail(exc, EXIT_USAGE)
+    except (AqueueError, OSError, TimeoutError) as exc:
+        _fail(exc, EXIT_ERROR)
+
+
+def _fail(exc: BaseException, status: int) -> NoReturn:
+    text = str(exc) or type(exc).__name__
+    typer.echo(f"aqueue: error: {text}", err=True)
+    raise typer.Exit(status)
+
+
+def _connected(app: App, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``main`` with the app connected, on one event loop."""
+
+    async def wrapped() -> T:
+        async with app:
+            return await main()
+
+    return _run(wrapped)
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, default=repr, ensure_ascii=False))
+
+
+def known_queues(app: App) -> list[str]:
+    """The queues an app's configuration names: its default queue and its tasks' queues."""
+    names = [app.conf.task_default_queue]
+    names += sorted({t.queue for t in app.tasks.values() if t.queue} - set(names))
+    return names
+
+
+def _queue_list(app: App, queues: str | None, exclude: str | None = None) -> list[str]:
+    names = _comma_list(queues) or known_queues(app)
+    excluded = set(_comma_list(exclude))
+    return [q for q in names if q not in excluded]
+
+
+def _comma_list(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+# -- worker ----------------------------------------------------------------------------
+
+_WORKER = "Worker Options"
+_POOL = "Pool Options"
+_QUEUES = "Queue Options"
+_DAEMON = "Daemonization Options"
+
+
+def _check_level(value: str) -> str:
+    try:
+        parse_level(value)
+    except CLIError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
 
 
 @cli.command()
 def worker(
+    ctx: typer.Context,
     app: AppArg = None,
     app_option: AppOpt = None,
-    concurrency: Annotated[
-        int | None,
-        typer.Option("-c", "--concurrency", min=1, help="Tasks running at once (default 100)."),
-    ] = None,
-    queues: Annotated[
-        str | None, typer.Option("-Q", "--queues", help="Comma-separated queues, first ones first.")
-    ] = None,
     hostname: Annotated[
         str | None,
         typer.Option(
-            "-n", "--hostname", help="Node name; %h, %n, %d expand to host, name, domain."
+            "-n",
+            "--hostname",
+            help="Node name, e.g. w1@%h; %h, %n, %d expand to host, name, domain.",
+            rich_help_panel=_WORKER,
         ),
     ] = None,
-    loglevel: Annotated[str, typer.Option("-l", "--loglevel", help="Log level.")] = "warning",
+    loglevel: Annotated[
+        str,
+        typer.Option(
+            "-l",
+            "--loglevel",
+            callback=_check_level,
+            help=f"Log level: {', '.join(LEVELS)} (any case).",
+            rich_help_panel=_WORKER,
+        ),
+    ] = "WARNING",
+    prefetch_multiplier: Annotated[
+        int | None,
+        typer.Option(
+            "--prefetch-multiplier",
+            min=1,
+            help="Messages held per concurrency slot (default 1).",
+            rich_help_panel=_WORKER,
+        ),
+    ] = None,
     prefetch: Annotated[
         int | None,
-        typer.Option("--prefetch", min=1, help="Messages held at once, running or waiting."),
+        typer.Option(
+            "--prefetch",
+            min=1,
+            help="Messages held at once, running or waiting (instead of the multiplier).",
+            rich_help_panel=_WORKER,
+        ),
     ] = None,
-    burst: Annotated[bool, typer.Option("--burst", help="Exit once the queues are empty.")] = False,
+    burst: Annotated[
+        bool,
+        typer.Option("--burst", help="Exit once the queues are empty.", rich_help_panel=_WORKER),
+    ] = False,
     shutdown_timeout: Annotated[
         float | None,
-        typer.Option("--shutdown-timeout", min=0, help="Seconds running tasks get on SIGTERM."),
+        typer.Option(
+            "--shutdown-timeout",
+            min=0,
+            help="Seconds running tasks get on SIGTERM (default 30).",
+            rich_help_panel=_WORKER,
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "-c",
+            "--concurrency",
+            min=1,
+            help="Tasks running at once (default 100).",
+            rich_help_panel=_POOL,
+        ),
+    ] = None,
+    time_limit: Annotated[
+        float | None,
+        typer.Option(
+            "--time-limit",
+            min=0,
+            help="Hard time limit of every task, seconds (a task's own limit wins).",
+            rich_help_panel=_POOL,
+        ),
+    ] = None,
+    soft_time_limit: Annotated[
+        float | None,
+        typer.Option(
+            "--soft-time-limit",
+            min=0,
+            help="Soft time limit of every task, seconds (a task's own limit wins).",
+            rich_help_panel=_POOL,
+        ),
+    ] = None,
+    max_tasks_per_child: Annotated[
+        int | None,
+        typer.Option(
+            "--max-tasks-per-child",
+            min=1,
+            help="Replace the worker process after this many tasks (and offload processes).",
+            rich_help_panel=_POOL,
+        ),
+    ] = None,
+    max_memory_per_child: Annotated[
+        int | None,
+        typer.Option(
+            "--max-memory-per-child",
+            min=1,
+            help="Replace the worker process once its resident memory passes this many KiB.",
+            rich_help_panel=_POOL,
+        ),
+    ] = None,
+    queues: Annotated[
+        str | None,
+        typer.Option(
+            "-Q",
+            "--queues",
+            help="Comma-separated queues to consume, first ones first.",
+            rich_help_panel=_QUEUES,
+        ),
+    ] = None,
+    exclude_queues: Annotated[
+        str | None,
+        typer.Option(
+            "-X",
+            "--exclude-queues",
+            help="Comma-separated queues not to consume.",
+            rich_help_panel=_QUEUES,
+        ),
+    ] = None,
+    detach: Annotated[
+        bool,
+        typer.Option(
+            "-D",
+            "--detach",
+            help="Run in the background (logs to %n.log, pid in %n.pid unless given).",
+            rich_help_panel=_DAEMON,
+        ),
+    ] = False,
+    logfile: Annotated[
+        str | None,
+        typer.Option(
+            "-f",
+            "--logfile",
+            help="Append the log to this file (%n, %h, %d expand) instead of stderr.",
+            rich_help_panel=_DAEMON,
+        ),
+    ] = None,
+    pidfile: Annotated[
+        str | None,
+        typer.Option(
+            "--pidfile",
+            help="Write the pid here; refuse to start if a running process holds it.",
+            rich_help_panel=_DAEMON,
+        ),
     ] = None,
 ) -> None:
-    """Start a worker."""
-    spec = app or app_option
-    if not spec:
-        _fail(CLIError("give the app: aqueue worker proj.tasks:app (or -A proj.tasks)"))
-        return
+    """Start a worker.
+
+    \b
+    aqueue worker proj.tasks:app -l INFO
+    aqueue worker -A proj -c 50 -Q celery,priority.high -n w1@%h
+    aqueue -A proj worker --max-tasks-per-child 1000 -D --logfile w1.log --pidfile w1.pid
+    """
+    if prefetch is not None and prefetch_multiplier is not None:
+        _fail(
+            CLIError("give --prefetch (a count) or --prefetch-multiplier (per slot), not both"),
+            EXIT_USAGE,
+        )
+    with _errors():
+        spec = _app_spec(ctx, app, app_option)
     options = WorkerOptions(
         app=spec,
-        queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
+        queues=_comma_list(queues) or None,
+        exclude_queues=_comma_list(exclude_queues) or None,
         concurrency=concurrency,
         prefetch=prefetch,
+        prefetch_multiplier=prefetch_multiplier,
         hostname=hostname,
         loglevel=loglevel,
+        logfile=logfile,
+        pidfile=pidfile,
+        detach=detach,
         burst=burst,
         shutdown_timeout=shutdown_timeout,
+        time_limit=time_limit,
+        soft_time_limit=soft_time_limit,
+        max_tasks_per_child=max_tasks_per_child,
+        max_memory_per_child=max_memory_per_child,
+        restarts=0,
     )
     if _handover and can_exec():
         exec_worker(options)  # a fresh interpreter without the CLI stack (aqueue.runner)
@@ -110,89 +357,383 @@ def worker(
         raise typer.Exit(status)
 
 
+# -- sending and results ---------------------------------------------------------------
+
+
+def _json_arg(text: str | None, kind: type, option: str) -> Any:
+    if text is None:
+        return kind()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CLIError(f"{option} is not valid JSON ({exc.msg}): {text!r}") from None
+    if not isinstance(value, kind):
+        expected = "a JSON list, e.g. '[2, 2]'" if kind is list else "a JSON object"
+        raise CLIError(f"{option} must be {expected}, not {type(value).__name__}")
+    return value
+
+
+def _eta(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise CLIError(
+            f"--eta {text!r} is not an ISO 8601 time, e.g. 2030-01-01T12:00:00+00:00"
+        ) from None
+    return when if when.tzinfo is not None else when.astimezone()  # naive: local time
+
+
+@cli.command()
+def call(
+    ctx: typer.Context,
+    values: Annotated[list[str], typer.Argument(metavar="[APP] NAME", help="The task's name.")],
+    app_option: AppOpt = None,
+    args: Annotated[
+        str | None, typer.Option("-a", "--args", help="Positional arguments, a JSON list.")
+    ] = None,
+    kwargs: Annotated[
+        str | None, typer.Option("-k", "--kwargs", help="Keyword arguments, a JSON object.")
+    ] = None,
+    countdown: Annotated[
+        float | None, typer.Option("--countdown", help="Run it this many seconds from now.")
+    ] = None,
+    eta: Annotated[
+        str | None, typer.Option("--eta", help="Run it at this ISO 8601 time (naive: local).")
+    ] = None,
+    expires: Annotated[
+        float | None, typer.Option("--expires", help="Seconds after which it is not run.")
+    ] = None,
+    queue: Annotated[str | None, typer.Option("-Q", "--queue", help="The queue.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Send a task by name and print its id (Celery's `celery call`).
+
+    \b
+    aqueue call proj:app proj.add --args '[2, 2]'
+    aqueue -A proj call proj.add --kwargs '{"x": 2, "y": 2}' --countdown 10
+    """
+    with _errors():
+        spec, name = _split_app(ctx, values, "NAME", app_option)
+        positional = _json_arg(args, list, "--args")
+        keywords = _json_arg(kwargs, dict, "--kwargs")
+        options: dict[str, Any] = {}
+        if countdown is not None:
+            options["countdown"] = countdown
+        when = _eta(eta)
+        if when is not None:
+            options["eta"] = when
+        if expires is not None:
+            options["expires"] = expires
+        if queue is not None:
+            options["queue"] = queue
+        the_app = load_app(spec)
+
+        async def send() -> str:
+            handle = await the_app.send_task(name, args=positional, kwargs=keywords, **options)
+            return handle.id
+
+        task_id = _connected(the_app, send)
+    if as_json:
+        _print_json({"id": task_id, "task": name})
+    else:
+        typer.echo(task_id)
+
+
 @cli.command()
 def result(
-    task_id: Annotated[str, typer.Argument(help="The task id.")],
-    app: Annotated[str | None, typer.Option("-A", "--app", help="The app.")] = None,
+    ctx: typer.Context,
+    values: Annotated[list[str], typer.Argument(metavar="[APP] TASK_ID", help="The task's id.")],
+    app_option: AppOpt = None,
+    traceback: Annotated[
+        bool, typer.Option("-t", "--traceback", help="Print a failure's traceback.")
+    ] = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Print a task's state and result."""
-    try:
-        the_app = _resolve_app(None, app)
-    except (CLIError, AqueueError) as exc:
-        _fail(exc)
-        return
+    """Print a task's state and result.
 
-    async def main() -> str:
-        async with the_app:
+    \b
+    aqueue result proj:app 5c0b...
+    aqueue -A proj result 5c0b... --traceback
+    """
+    with _errors():
+        spec, task_id = _split_app(ctx, values, "TASK_ID", app_option)
+        the_app = load_app(spec)
+
+        async def read() -> dict[str, Any]:
             backend = await the_app.result_backend()
             raw = await backend.get(task_id)
             if raw is None:
-                return f"{task_id} PENDING (no record)"
+                return {"id": task_id, "state": "PENDING", "stored": False}
             record = decode_result(raw)
             handle = the_app.AsyncResult(task_id)
             await handle.state()
-            shown = handle.result
-            return f"{task_id} {record.state} attempt={record.attempt} {shown!r}"
+            error = record.error
+            return {
+                "id": task_id,
+                "state": record.state,
+                "stored": True,
+                "task": record.task,
+                "attempt": record.attempt,
+                "retries": record.retries,
+                "worker": record.worker,
+                "date_done": record.date_done,
+                "result": None if isinstance(handle.result, BaseException) else handle.result,
+                "error": None
+                if error is None
+                else {"type": error.type, "message": error.message, "traceback": error.traceback},
+            }
 
-    try:
-        typer.echo(_run(main))
-    except AqueueError as exc:
-        _fail(exc)
+        found = _connected(the_app, read)
+    if as_json:
+        _print_json(found)
+        return
+    if not found["stored"]:
+        typer.echo(f"{task_id} PENDING (no record: unknown, not started, or expired)")
+        return
+    line = f"{task_id} {found['state']} {found['task']} attempt={found['attempt']}"
+    error = found["error"]
+    if error is not None:
+        typer.echo(f"{line} {error['type']}: {error['message']}")
+        if traceback and error["traceback"]:
+            typer.echo(error["traceback"].rstrip())
+    else:
+        typer.echo(f"{line} {found['result']!r}")
+
+
+# -- queues -----------------------------------------------------------------------------
 
 
 @cli.command()
 def purge(
+    ctx: typer.Context,
     app: AppArg = None,
     app_option: AppOpt = None,
-    queues: Annotated[str | None, typer.Option("-Q", "--queues", help="Queues to purge.")] = None,
+    queues: Annotated[
+        str | None,
+        typer.Option("-Q", "--queues", help="Queues to purge (default: every queue it knows)."),
+    ] = None,
+    exclude_queues: Annotated[
+        str | None, typer.Option("-X", "--exclude-queues", help="Queues to leave alone.")
+    ] = None,
     force: Annotated[bool, typer.Option("-f", "--force", help="Do not ask.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Delete waiting messages (not those being processed)."""
-    try:
-        the_app = _resolve_app(app, app_option)
-    except (CLIError, AqueueError) as exc:
-        _fail(exc)
-        return
-    names = [q for q in (queues or the_app.conf.task_default_queue).split(",") if q]
+    """Delete waiting messages (ready and delayed; not those being processed)."""
+    with _errors():
+        the_app = load_app(_app_spec(ctx, app, app_option))
+        the_app.import_includes()
+        names = _queue_list(the_app, queues, exclude_queues)
+        if not names:
+            raise CLIError("no queue left to purge (-Q / -X)")
     if not force and not typer.confirm(
         f"Purge {', '.join(names)} on {redact(the_app.broker_url)}?"
     ):
-        raise typer.Exit(1)
+        typer.echo("aborted: nothing purged", err=True)
+        raise typer.Exit(EXIT_ERROR)
 
-    async def main() -> int:
-        async with the_app:
-            return sum([await the_app.broker.purge(q) for q in names])
+    async def main() -> dict[str, int]:
+        return {q: await the_app.broker.purge(q) for q in names}
 
-    typer.echo(f"purged {_run(main)} message(s)")
+    with _errors():
+        counts = _connected(the_app, main)
+    if as_json:
+        _print_json({"purged": counts, "total": sum(counts.values())})
+    else:
+        for q, n in counts.items():
+            typer.echo(f"purged {n} message(s) from {q}")
 
 
 @cli.command()
 def status(
+    ctx: typer.Context,
     app: AppArg = None,
     app_option: AppOpt = None,
-    queues: Annotated[str | None, typer.Option("-Q", "--queues")] = None,
+    queues: Annotated[
+        str | None,
+        typer.Option("-Q", "--queues", help="Queues to show (default: every queue it knows)."),
+    ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Print queue sizes and recent dead letters."""
-    try:
-        the_app = _resolve_app(app, app_option)
-    except (CLIError, AqueueError) as exc:
-        _fail(exc)
-        return
-    names = [q for q in (queues or the_app.conf.task_default_queue).split(",") if q]
+    """Print queue sizes (users' messages; internal timers apart) and recent dead letters."""
+    with _errors():
+        the_app = load_app(_app_spec(ctx, app, app_option))
+        the_app.import_includes()
+        names = _queue_list(the_app, queues)
 
-    async def main() -> list[str]:
-        async with the_app:
-            lines = [f"broker {redact(the_app.broker_url)}"]
+        async def main() -> dict[str, Any]:
+            broker = the_app.broker
+            counts: dict[str, dict[str, int | None]] = {}
             for q in names:
-                lines.append(f"queue {q}: {await the_app.broker.size(q)} message(s)")
-            for d in await the_app.broker.dead_letters(limit=10):
-                lines.append(f"dead letter {d.id} queue={d.queue} reason={d.reason}")
-            return lines
+                size = await broker.size(q)
+                timers = (
+                    await broker.count_ids(q, DEADLINE_ID_SUFFIX)
+                    if isinstance(broker, CountsIds)
+                    else None
+                )
+                counts[q] = {
+                    "messages": size - timers if timers is not None else size,
+                    "timers": timers,
+                }
+            letters = await broker.dead_letters(limit=10)
+            return {
+                "broker": redact(the_app.broker_url),
+                "queues": counts,
+                "dead_letters": [
+                    {"id": d.id, "queue": d.queue, "reason": d.reason, "at": d.at} for d in letters
+                ],
+            }
 
-    try:
-        typer.echo("\n".join(_run(main)))
-    except AqueueError as exc:
-        _fail(exc)
+        found = _connected(the_app, main)
+    if as_json:
+        _print_json(found)
+        return
+    typer.echo(f"broker {found['broker']}")
+    for q, c in found["queues"].items():
+        if c["timers"] is None:
+            timers = "; chord deadline timers included (this broker cannot tell them apart)"
+        elif c["timers"]:
+            timers = f" (+ {c['timers']} chord deadline timer(s))"
+        else:
+            timers = ""
+        typer.echo(f"queue {q}: {c['messages']} message(s){timers}")
+    for d in found["dead_letters"]:
+        typer.echo(f"dead letter {d['id']} queue={d['queue']} reason={d['reason']}")
+
+
+# -- what the app knows ------------------------------------------------------------------
+
+
+@list_cli.command("queues")
+def list_queues(
+    ctx: typer.Context, app: AppArg = None, app_option: AppOpt = None, as_json: JsonOpt = False
+) -> None:
+    """The queues the app's configuration names: the default queue, its tasks' queues."""
+    with _errors():
+        the_app = load_app(_app_spec(ctx, app, app_option))
+        the_app.import_includes()
+    default = the_app.conf.task_default_queue
+    rows = [
+        {
+            "queue": q,
+            "default": q == default,
+            "tasks": sorted(
+                n
+                for n, t in the_app.tasks.items()
+                if (t.queue or default) == q and not n.startswith("aqueue.")
+            ),
+        }
+        for q in known_queues(the_app)
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    for row in rows:
+        mark = " (default)" if row["default"] else ""
+        tasks = row["tasks"]
+        assert isinstance(tasks, list)
+        typer.echo(f"{row['queue']}{mark}: {len(tasks)} task(s)")
+
+
+@list_cli.command("tasks")
+def list_tasks(
+    ctx: typer.Context,
+    app: AppArg = None,
+    app_option: AppOpt = None,
+    builtins: Annotated[
+        bool, typer.Option("--all", help="Also aqueue's built-in tasks (aqueue.*).")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The registered tasks, with the options a worker applies to them."""
+    with _errors():
+        the_app = load_app(_app_spec(ctx, app, app_option))
+        the_app.import_includes()
+    default = the_app.conf.task_default_queue
+    rows = []
+    for name in sorted(the_app.tasks):
+        if name.startswith("aqueue.") and not builtins:
+            continue
+        t = the_app.tasks[name]
+        rows.append(
+            {
+                "name": name,
+                "queue": t.queue or default,
+                "kind": "async" if t.is_async else f"def ({t.offload})",
+                "max_retries": t.max_retries,
+                "time_limit": t.time_limit,
+                "soft_time_limit": t.soft_time_limit,
+                "rate_limit": t.rate_limit,
+                "concurrency_limit": t.concurrency_limit,
+            }
+        )
+    if as_json:
+        _print_json(rows)
+        return
+    for row in rows:
+        extras = [
+            f"{key}={row[key]}"
+            for key in ("time_limit", "soft_time_limit", "rate_limit", "concurrency_limit")
+            if row[key] is not None
+        ]
+        typer.echo(f"{row['name']}  [{row['kind']}, queue {row['queue']}] {' '.join(extras)}")
+
+
+# -- report ------------------------------------------------------------------------------
+
+#: distributions whose versions `aqueue report` prints (when installed)
+REPORTED = ("msgspec", "redis", "hiredis", "aio-pika", "aiormq", "uvloop", "typer", "click")
+
+
+@cli.command()
+def report(
+    ctx: typer.Context, app: AppArg = None, app_option: AppOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Versions, platform, and the app's settings (passwords and secrets redacted): what
+    a bug report needs."""
+    versions: dict[str, str | None] = {"python": platform.python_version(), "aqueue": __version__}
+    for dist in REPORTED:
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    data: dict[str, Any] = {
+        "versions": versions,
+        "platform": platform.platform(),
+        "python": sys.executable,
+    }
+    spec = app or app_option or ctx.obj
+    if spec:
+        with _errors():
+            the_app = load_app(spec)
+            the_app.import_includes()
+        backend = the_app.backend_url
+        data["app"] = {
+            "name": the_app.name,
+            "spec": spec,
+            "broker": redact(the_app.broker_url),
+            "backend": redact(backend) if backend else None,
+            "tasks": sorted(the_app.tasks),
+            "settings": the_app.conf.as_dict(),
+        }
+    if as_json:
+        _print_json(data)
+        return
+    lines = [f"{name}: {v or 'not installed'}" for name, v in versions.items()]
+    lines += [f"platform: {data['platform']}", f"interpreter: {data['python']}"]
+    if "app" in data:
+        info = data["app"]
+        lines += [
+            "",
+            f"app: {info['name']} ({info['spec']})",
+            f"broker: {info['broker']}",
+            f"backend: {info['backend'] or 'none'}",
+            f"tasks: {', '.join(info['tasks']) or '(none)'}",
+            "settings:",
+        ]
+        lines += [f"  {k} = {v!r}" for k, v in info["settings"].items()]
+    typer.echo("\n".join(lines))
 
 
 #: set by main(): the worker command may replace this process (not when typer's test

@@ -8,6 +8,11 @@ about 10 MiB that every worker process would otherwise carry for its whole life.
 
 ``AQUEUE_WORKER_IN_PROCESS=1`` keeps the worker in the command's process (and so does any
 platform without ``exec``).
+
+A worker that reached ``--max-tasks-per-child`` or ``--max-memory-per-child`` stops (what
+it holds has run, or has been handed back) and this process re-executes itself: a
+fresh interpreter, every other file descriptor closed, the same pid, so a pid file, a
+supervisor and signals keep following it (docs/cli.md, "Recycling").
 """
 
 from __future__ import annotations
@@ -26,15 +31,34 @@ from types import ModuleType
 from typing import Any, NoReturn, TypedDict, TypeVar
 
 from .core.app import App
-from .core.errors import AqueueError
+from .core.errors import AqueueError, ConfigurationError
+from .core.worker import Worker, expand_hostname
+from .process import (
+    EXIT_ALREADY_RUNNING,
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_USAGE,
+    AlreadyRunning,
+    CLIError,
+    PidFile,
+    banner,
+    configure_logging,
+    detach,
+    node_format,
+    parse_level,
+    stream_of,
+    use_formats,
+)
 
 T = TypeVar("T")
 
 __all__ = ["CLIError", "WorkerOptions", "exec_worker", "load_app", "run", "run_worker"]
 
+log = logging.getLogger("aqueue.worker")
 
-class CLIError(Exception):
-    """A user mistake reported as one line, exit status 2."""
+#: where ``--detach`` logs and writes its pid unless told (celery multi's defaults)
+DETACHED_LOGFILE = "%n.log"
+DETACHED_PIDFILE = "%n.pid"
 
 
 class WorkerOptions(TypedDict):
@@ -42,12 +66,23 @@ class WorkerOptions(TypedDict):
 
     app: str
     queues: list[str] | None
+    exclude_queues: list[str] | None
     concurrency: int | None
     prefetch: int | None
+    prefetch_multiplier: int | None
     hostname: str | None
     loglevel: str
+    logfile: str | None
+    pidfile: str | None
+    detach: bool
     burst: bool
     shutdown_timeout: float | None
+    time_limit: float | None
+    soft_time_limit: float | None
+    max_tasks_per_child: int | None
+    max_memory_per_child: int | None
+    #: times this process has replaced itself (``--max-tasks-per-child``...)
+    restarts: int
 
 
 def load_app(spec: str) -> App:
@@ -129,18 +164,6 @@ def _find_in(module: ModuleType, module_name: str) -> App | None:
     return next(iter(apps.values()), None)
 
 
-def configure_logging(level: str) -> None:
-    """Log to stderr at ``level`` (the library itself never configures logging)."""
-    numeric = logging.getLevelName(level.upper())
-    if not isinstance(numeric, int):
-        raise CLIError(f"bad log level {level!r}: use debug, info, warning, error or critical")
-    logging.basicConfig(
-        level=numeric,
-        format="[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a coroutine on uvloop when it is installed, plain asyncio otherwise."""
     try:
@@ -153,37 +176,133 @@ def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return runner.run(main())
 
 
-def fail(exc: BaseException) -> int:
+def fail(exc: BaseException, status: int = EXIT_USAGE) -> int:
     """Report ``exc`` as one line on stderr; the exit status to use."""
     print(f"aqueue: error: {exc}", file=sys.stderr)
-    return 2
+    return status
 
 
-def run_worker(options: WorkerOptions) -> int:
+def run_worker(options: WorkerOptions, *, reexec: bool = False) -> int:
     """Run a worker until it stops (SIGTERM / SIGINT, or drained in burst mode).
 
-    Returns the exit status: 0, or 2 after a one-line error (a bad app, a broker that
-    cannot be reached).
+    A worker that retires (``max_tasks_per_child``, ``max_memory_per_child``) is replaced:
+    with ``reexec`` this process ``exec``\\ s itself again (and this never returns),
+    otherwise a new worker starts in this process (an embedding program or a test).
+
+    Returns the exit status (docs/cli.md): 0 after a clean stop, 1 when it failed while
+    running (a broker that cannot be reached), 2 after a one-line error about the command
+    or the app, 3 when ``--pidfile`` is held by a live process.
     """
+    if options["detach"]:  # the defaults are kept for the lives after this one too
+        options = {
+            **options,
+            "logfile": options["logfile"] or DETACHED_LOGFILE,
+            "pidfile": options["pidfile"] or DETACHED_PIDFILE,
+        }
+    while True:
+        status, retired = _run_once(options)
+        if not retired:
+            return status
+        options = {**options, "detach": False, "restarts": options["restarts"] + 1}
+        if reexec:
+            exec_worker(options, close_fds=True)
+
+
+def _run_once(options: WorkerOptions) -> tuple[int, bool]:
+    """One worker's life: (exit status, whether it retired to be replaced)."""
+    first = options["restarts"] == 0
+    pidfile: PidFile | None = None
     try:
-        configure_logging(options["loglevel"])
+        level = parse_level(options["loglevel"])
+        nodename = expand_hostname(options["hostname"] or "aqueue@%h")
+        logfile = node_format(options["logfile"], nodename) if options["logfile"] else None
+        handler = configure_logging(level, logfile)
+        # an error inside the user's modules shows its traceback (exit status 1); aqueue's
+        # own complaints about the app, its settings or the options are one line
         the_app = load_app(options["app"])
-        w = the_app.worker(
+        _apply_options(the_app, options)
+        use_formats(handler, the_app.conf)
+        the_app.import_includes()
+        w = _worker(the_app, options)
+        if options["pidfile"]:
+            pidfile = PidFile(node_format(options["pidfile"], nodename))
+            pidfile.check()
+    except AlreadyRunning as exc:
+        return fail(exc, EXIT_ALREADY_RUNNING), False
+    except (CLIError, ConfigurationError) as exc:
+        return fail(exc, EXIT_USAGE), False
+    except AqueueError as exc:
+        return fail(exc, EXIT_ERROR), False
+    if options["detach"]:
+        detach()
+    try:
+        if pidfile is not None:
+            pidfile.acquire()
+    except AlreadyRunning as exc:
+        log.error("%s", exc)
+        return fail(exc, EXIT_ALREADY_RUNNING), False
+    except CLIError as exc:
+        log.error("%s", exc)
+        return fail(exc, EXIT_ERROR), False
+    retired = False
+    try:
+        if first:
+            stream = stream_of(handler)
+            stream.write(banner(w, app_spec=options["app"], level=level, logfile=logfile))
+            stream.flush()
+            if the_app.conf.broker_url is None:  # not chosen: say where the default store is
+                log.warning(
+                    "no broker given: using the embedded SQLite store %s (set broker= for a "
+                    "server)",
+                    os.path.abspath(the_app.broker_url.split(":///", 1)[-1]),
+                )
+        else:
+            log.info("worker %s replaced itself (restart %d)", w.hostname, options["restarts"])
+        status = _serve(the_app, w)
+        retired = status == EXIT_OK and w.retired is not None
+        return status, retired
+    finally:
+        if pidfile is not None and not retired:
+            pidfile.release()
+
+
+def _worker(the_app: App, options: WorkerOptions) -> Worker:
+    """The worker the options describe (a ``ValueError`` is a bad option: ``CLIError``)."""
+    try:
+        return the_app.worker(
             queues=options["queues"],
+            exclude_queues=options["exclude_queues"],
             concurrency=options["concurrency"],
             prefetch=options["prefetch"],
             hostname=options["hostname"],
             burst=options["burst"],
             shutdown_timeout=options["shutdown_timeout"],
+            max_tasks_per_child=the_app.conf.worker_max_tasks_per_child or None,
+            max_memory_per_child=the_app.conf.worker_max_memory_per_child or None,
         )
-    except (CLIError, AqueueError, ValueError) as exc:
-        return fail(exc)
-    log = logging.getLogger("aqueue.worker")
-    if the_app.conf.broker_url is None:  # not chosen: say where the default store is
-        log.warning(
-            "no broker given: using the embedded SQLite store %s (set broker= for a server)",
-            os.path.abspath(the_app.broker_url.split(":///", 1)[-1]),
-        )
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _apply_options(app: App, options: WorkerOptions) -> None:
+    """The command's worker-wide options, over the app's settings (Celery's precedence)."""
+    overrides: dict[str, Any] = {}
+    for option, setting in (
+        ("time_limit", "task_time_limit"),
+        ("soft_time_limit", "task_soft_time_limit"),
+        ("max_tasks_per_child", "worker_max_tasks_per_child"),
+        ("max_memory_per_child", "worker_max_memory_per_child"),
+        ("prefetch_multiplier", "worker_prefetch_multiplier"),
+    ):
+        value = options[option]  # type: ignore[literal-required]
+        if value is not None:
+            overrides[setting] = value
+    if overrides:
+        app.conf.update(overrides)
+
+
+def _serve(the_app: App, w: Worker) -> int:
+    """Run ``w`` on a fresh event loop until it stops; the exit status."""
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -197,9 +316,13 @@ def run_worker(options: WorkerOptions) -> int:
     tune_gc()
     try:
         run(main)
+    except ConfigurationError as exc:  # e.g. a missing extra, found when connecting
+        log.error("%s", exc)
+        return fail(exc, EXIT_USAGE)
     except (AqueueError, OSError) as exc:
-        return fail(exc)
-    return 0
+        log.error("%s", exc)
+        return fail(exc, EXIT_ERROR)
+    return EXIT_OK
 
 
 def tune_gc() -> None:
@@ -222,15 +345,19 @@ def can_exec() -> bool:
     return os.name == "posix" and os.environ.get("AQUEUE_WORKER_IN_PROCESS", "") in ("", "0")
 
 
-def exec_worker(options: WorkerOptions) -> NoReturn:
+def exec_worker(options: WorkerOptions, *, close_fds: bool = False) -> NoReturn:
     """Replace this process with a fresh interpreter running :func:`run_worker`.
 
     The interpreter's own flags (``-X``, ``-W``, ``-O``...) are passed on; stdio, the
-    environment, the working directory and the process id stay the same.
+    environment, the working directory and the process id stay the same. ``close_fds``
+    closes every other descriptor first (a recycled worker leaves nothing behind, even a
+    descriptor some library opened without close-on-exec).
     """
     sys.stdout.flush()
     sys.stderr.flush()
     argv = [sys.executable, *_interpreter_flags(), "-m", "aqueue.runner", json.dumps(options)]
+    if close_fds:
+        os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024)
     os.execv(sys.executable, argv)  # noqa: S606 (argv is ours, no shell involved)
 
 
@@ -241,4 +368,4 @@ def _interpreter_flags() -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(run_worker(json.loads(sys.argv[1])))
+    sys.exit(run_worker(json.loads(sys.argv[1]), reexec=True))

@@ -263,6 +263,12 @@ class MemoryBroker:
         with self._store.lock:
             return sum(1 for e in self._store.entries.values() if e.queue == queue)
 
+    async def count_ids(self, queue: str, suffix: str) -> int:
+        """Messages of ``queue`` whose id ends with ``suffix`` (``CountsIds``)."""
+        with self._store.lock:
+            entries = self._store.entries.values()
+            return sum(1 for e in entries if e.queue == queue and e.id.endswith(suffix))
+
     async def purge(self, queue: str) -> int:
         store = self._store
         with store.lock:

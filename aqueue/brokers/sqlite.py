@@ -111,6 +111,7 @@ _SIZE = (
     "SELECT (SELECT COUNT(*) FROM aq_messages WHERE queue = ? AND lease_until = 0)"
     " + (SELECT COUNT(*) FROM aq_messages WHERE queue = ? AND lease_until > 0)"
 )
+_COUNT_IDS = "SELECT COUNT(*) FROM aq_messages WHERE queue = ? AND substr(id, -?) = ?"
 _PURGE_READY = "DELETE FROM aq_messages WHERE queue = ? AND lease_until = 0"
 # Delayed rows, and claimed rows whose lease has run out (no live holder).
 _PURGE_TIMED = (
@@ -384,6 +385,15 @@ class SQLiteBroker:
         """Messages in ``queue``: ready, delayed and in flight."""
         count: int = await self._store.read(
             lambda conn: conn.execute(_SIZE, (queue, queue)).fetchone()[0]
+        )
+        return count
+
+    async def count_ids(self, queue: str, suffix: str) -> int:
+        """Messages of ``queue`` whose id ends with ``suffix`` (``CountsIds``)."""
+        if not suffix:
+            return await self.size(queue)
+        count: int = await self._store.read(
+            lambda conn: conn.execute(_COUNT_IDS, (queue, len(suffix), suffix)).fetchone()[0]
         )
         return count
 

@@ -500,8 +500,9 @@ class App:
     def worker(self, **options: Any) -> Worker:
         """A worker for this app; ``async with app.worker(...):`` runs it in this loop.
 
-        Options: ``queues``, ``concurrency``, ``prefetch``, ``hostname``, ``burst``,
-        ``shutdown_timeout``, ``lease_seconds``.
+        Options: ``queues``, ``exclude_queues``, ``concurrency``, ``prefetch``,
+        ``hostname``, ``burst``, ``shutdown_timeout``, ``lease_seconds``,
+        ``max_tasks_per_child``, ``max_memory_per_child`` (see :class:`Worker`).
         """
         from .worker import Worker
 

@@ -92,10 +92,20 @@ class Settings:
     chord_timeout: float = 86400.0
     #: processes for ``offload="process"`` tasks and ``aqueue.offload()`` (0: CPU count)
     worker_process_pool_size: int = 0
-    #: replace an offload process after this many calls (0: never)
+    #: replace a process that runs tasks after this many (0: never): each offload process,
+    #: and under ``aqueue worker`` the worker process itself (docs/cli.md, "Recycling")
     worker_max_tasks_per_child: int = 0
-    #: replace an offload process whose RSS passed this many KiB after a call (0: never)
+    #: replace a process that runs tasks once its resident memory passes this many KiB
+    #: (0: never): offload processes after a call, the ``aqueue worker`` process itself
     worker_max_memory_per_child: int = 0
+    #: messages a worker holds per concurrency slot when ``worker_prefetch`` is 0
+    worker_prefetch_multiplier: int = 1
+    #: log format of the ``aqueue worker`` command (records logged outside a task)
+    worker_log_format: str = "[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s"
+    #: log format of records logged inside a task (``task_name``, ``task_id`` available)
+    worker_task_log_format: str = (
+        "[%(asctime)s: %(levelname)s/%(processName)s] %(task_name)s[%(task_id)s]: %(message)s"
+    )
 
     #: names set by the constructor, ``update()`` or the environment: a config object read
     #: later (``config_from_object``) does not override them
@@ -313,6 +323,10 @@ CELERY_OLD_NAMES: dict[str, str] = {
     "CELERY_ACKS_LATE": "task_acks_late",
     "CELERY_TRACK_STARTED": "task_track_started",
     "CELERYD_CONCURRENCY": "worker_concurrency",
+    "CELERYD_PREFETCH_MULTIPLIER": "worker_prefetch_multiplier",
+    "CELERYD_MAX_TASKS_PER_CHILD": "worker_max_tasks_per_child",
+    "CELERYD_LOG_FORMAT": "worker_log_format",
+    "CELERYD_TASK_LOG_FORMAT": "worker_task_log_format",
     "CELERYD_TASK_TIME_LIMIT": "task_time_limit",
     "CELERYD_TASK_SOFT_TIME_LIMIT": "task_soft_time_limit",
 }
@@ -329,6 +343,7 @@ CELERY_NOT_NEEDED: dict[str, str] = {
     "broker_connection_max_retries": "aqueue always reconnects, within each call's deadline",
     "worker_hijack_root_logger": "aqueue never configures logging; its CLI does",
     "worker_redirect_stdouts": "aqueue leaves the standard streams alone",
+    "worker_log_color": "aqueue's worker log has no colours",
 }
 
 #: Celery settings for what aqueue does not have yet: accepted, with a warning that nothing
@@ -424,4 +439,9 @@ def _coerce(name: str, value: Any) -> Any:
         and not value
     ):
         raise ConfigurationError(f"setting {name} must be positive")
+    if name == "worker_prefetch_multiplier" and not value:
+        raise ConfigurationError(
+            "setting worker_prefetch_multiplier must be positive: aqueue has no unlimited "
+            "prefetch (Celery's 0); give a count with worker_prefetch instead"
+        )
     return value

@@ -136,6 +136,8 @@ class Executor:
                 f"no task named {msg.task!r} is registered on this worker",
             )
             return
+        if log.isEnabledFor(logging.INFO):
+            log.info("Task %s[%s] received", msg.task, msg.id)
         job = Job(delivery, msg, task, attempt, fmt)
         if prior is not None and await self._settled_before(job, prior):
             return
@@ -345,11 +347,11 @@ class Executor:
         self.succeeded += 1
         if log.isEnabledFor(logging.INFO):
             log.info(
-                "Task %s[%s] succeeded in %.3fs (attempt %d)",
+                "Task %s[%s] succeeded in %.6fs%s",
                 msg.task,
                 msg.id,
                 time.time() - job.started,
-                job.attempt,
+                _attempt_text(job.attempt),
             )
         if record is not None:
             await self._put(job.msg.id, job.msg.task, job.attempt, states.SUCCESS, record, job.msg)
@@ -391,14 +393,16 @@ class Executor:
         tb = _traceback_text(exc)
         self.retried += 1
         countdown = max((eta or now) - now, 0.0)
-        log.warning(
-            "Task %s[%s] retry %d in %.1fs: %s",
-            msg.task,
-            msg.id,
-            msg.retries + 1,
-            countdown,
-            type(exc).__qualname__,
-        )
+        if log.isEnabledFor(logging.WARNING):
+            log.warning(
+                "Task %s[%s] retry %d in %.1fs: %s%s",
+                msg.task,
+                msg.id,
+                msg.retries + 1,
+                countdown,
+                _exception_text(exc),
+                _attempt_text(job.attempt),
+            )
         if not msg.ignore_result:
             await self._store(
                 job,
@@ -423,15 +427,23 @@ class Executor:
         task, msg = job.task, job.msg
         self.failed += 1
         tb = _traceback_text(exc)
-        expected = bool(task.throws) and isinstance(exc, task.throws)
-        log.log(
-            logging.INFO if expected else logging.ERROR,
-            "Task %s[%s] raised %s (attempt %d)",
-            msg.task,
-            msg.id,
-            type(exc).__qualname__,
-            job.attempt,
-        )
+        if task.throws and isinstance(exc, task.throws):  # expected: no traceback (Celery)
+            log.info(
+                "Task %s[%s] raised expected: %s%s",
+                msg.task,
+                msg.id,
+                _exception_text(exc),
+                _attempt_text(job.attempt),
+            )
+        else:
+            log.error(
+                "Task %s[%s] raised unexpected: %s%s\n%s",
+                msg.task,
+                msg.id,
+                _exception_text(exc),
+                _attempt_text(job.attempt),
+                tb.rstrip(),
+            )
         error = ErrorInfo(
             type=type(exc).__qualname__,
             message=_message_text(exc),
@@ -768,6 +780,20 @@ def _message_text(exc: BaseException) -> str:
     except Exception:
         text = f"<{type(exc).__qualname__}: str() raised>"
     return text if len(text) <= MAX_ERROR_TEXT else text[:MAX_ERROR_TEXT] + " [truncated]"
+
+
+def _exception_text(exc: BaseException) -> str:
+    """``repr(exc)`` for a log line (``KeyError('x')``), bounded and never raising."""
+    try:
+        text = repr(exc)
+    except Exception:
+        text = f"<{type(exc).__qualname__}: repr() raised>"
+    return text if len(text) <= 1000 else text[:1000] + "... [truncated]"
+
+
+def _attempt_text(attempt: int) -> str:
+    """`` (attempt 2)`` after a log line, or nothing on a first attempt."""
+    return f" (attempt {attempt})" if attempt > 1 else ""
 
 
 def _traceback_text(exc: BaseException) -> str:

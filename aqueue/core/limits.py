@@ -93,6 +93,11 @@ def _raise_in_thread(ident: int, exc_type: type[BaseException]) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc_type))
 
 
+def _consume_outcome(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 async def run_in_thread(
     pool: Executor, call: Callable[[], Any], *, soft: float | None, hard: float | None
 ) -> Any:
@@ -123,6 +128,10 @@ async def run_in_thread(
         async with asyncio.timeout(hard):
             return await asyncio.shield(future)
     except TimeoutError:
+        # abandoned: whatever the thread ends with (TimeLimitExceeded raised into it, or its
+        # own outcome) is never awaited, so consume it, or asyncio logs "Future exception
+        # was never retrieved" when the future is collected
+        future.add_done_callback(_consume_outcome)
         if ident and not finished.is_set():
             _raise_in_thread(ident[0], TimeLimitExceeded)  # best effort: stops Python code
         raise TimeLimitExceeded(f"time limit ({hard}s) exceeded") from None

@@ -299,6 +299,19 @@ class ClaimsRecords(Protocol):
 
 
 @runtime_checkable
+class CountsIds(Protocol):
+    """Optional broker capability: count a queue's messages whose id ends with a suffix.
+
+    ``aqueue status`` uses it to count internal timers (a chord's deadline message, id
+    ``<chord id>.deadline``) apart from users' messages. A broker that cannot look at ids
+    without consuming (AMQP) does not offer it.
+    """
+
+    async def count_ids(self, queue: str, suffix: str) -> int:
+        """Messages of ``queue`` (ready, delayed and in flight) whose id ends with ``suffix``."""
+
+
+@runtime_checkable
 class RoutesResults(Protocol):
     """Optional backend capability: results are pushed to the process that sent the task.
 

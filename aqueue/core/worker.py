@@ -7,6 +7,11 @@ SIGINT to it).
 Shutdown is graceful: stop claiming, hand unstarted deliveries back at once (they do not
 count as deliveries), let running tasks finish within ``shutdown_timeout``, then cancel the
 rest and hand them back at once too, so nobody waits for a lease to expire.
+
+Retirement (``max_tasks_per_child``, ``max_memory_per_child``) is how a worker asks to be
+replaced: it stops claiming, runs what it holds (a memory retirement hands back what has
+not started), stops, and says why in :attr:`Worker.retired`. ``aqueue worker`` then
+replaces the process (docs/cli.md, "Recycling"); an embedded worker just stops.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from .errors import ConfigurationError
 from .execution import Executor, is_terminate
 from .message import decode_result
 from .offload import ProcessPool, set_current_pool
+from .offload_child import rss_kib
 from .protocols import (
     Broker,
     ClaimsRecords,
@@ -47,6 +53,7 @@ log = logging.getLogger("aqueue.worker")
 _CLAIM_WAIT = 5.0  # seconds an idle claim blocks before the loop looks around again
 _ERROR_BACKOFF = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 _TERMINATE_CHECK = 1.0  # seconds between checks for running tasks revoked with terminate
+_MEMORY_CHECK = 1.0  # seconds between checks of the resident memory (max_memory_per_child)
 
 
 def expand_hostname(pattern: str) -> str:
@@ -71,6 +78,12 @@ class Worker:
         burst: stop once nothing is claimable and nothing is running.
         shutdown_timeout: seconds running tasks get to finish on stop.
         lease_seconds: lease length; renewed every third of it.
+        exclude_queues: queues not to consume, even if ``queues`` (or the default) has
+            them (Celery's ``-X``).
+        max_tasks_per_child: claim at most this many messages, run them, then retire.
+        max_memory_per_child: retire once the process's resident memory passes this many
+            KiB (checked every second): what has not started is handed back, what runs
+            finishes.
     """
 
     def __init__(
@@ -84,15 +97,39 @@ class Worker:
         burst: bool = False,
         shutdown_timeout: float | None = None,
         lease_seconds: float | None = None,
+        exclude_queues: Sequence[str] | None = None,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
         # Celery's default: every queue task_queues declares, else the default queue
-        self.queues = list(queues) if queues else router_of(conf).consumed_by_default()
+        wanted = list(queues) if queues else router_of(conf).consumed_by_default()
+        excluded = set(exclude_queues or ())
+        self.queues = [q for q in wanted if q not in excluded]
+        if not self.queues:
+            raise ValueError(
+                f"no queue left to consume: {', '.join(wanted)} excluded (-X/exclude_queues)"
+            )
         self.concurrency = concurrency or conf.worker_concurrency
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        self.prefetch = max(prefetch or conf.worker_prefetch or self.concurrency, self.concurrency)
+        self.prefetch = max(
+            prefetch or conf.worker_prefetch or self.concurrency * conf.worker_prefetch_multiplier,
+            self.concurrency,
+        )
+        for name, limit in (
+            ("max_tasks_per_child", max_tasks_per_child),
+            ("max_memory_per_child", max_memory_per_child),
+        ):
+            if limit is not None and limit < 1:
+                raise ValueError(f"{name} must be at least 1, or None for no limit")
+        self.max_tasks_per_child = max_tasks_per_child
+        self.max_memory_per_child = max_memory_per_child
+        #: messages claimed so far (counted against ``max_tasks_per_child``)
+        self.claimed = 0
+        #: why the worker retired (a limit was reached), or ``None``
+        self.retired: str | None = None
         self.hostname = expand_hostname(hostname or "aqueue@%h")
         self.owner = f"{self.hostname}/{os.getpid()}"
         self.burst = burst
@@ -113,6 +150,7 @@ class Worker:
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._stop_begun = False
         self._consumer: asyncio.Task[None] | None = None
         self._heartbeat: threading.Thread | None = None
         self._heartbeat_stop = threading.Event()
@@ -121,6 +159,8 @@ class Worker:
         self._handlers: dict[str, asyncio.Task[None]] = {}
         self._terminated: set[str] = set()
         self._watchdog: asyncio.Task[None] | None = None
+        self._memory_watch: asyncio.Task[None] | None = None
+        self._retiring: asyncio.Task[None] | None = None
         self._lifespans = contextlib.AsyncExitStack()
         self._process_pool: ProcessPool | None = None
         self.lost_leases = 0
@@ -175,13 +215,12 @@ class Worker:
         for lifespan in self.app.lifespans:
             await self._lifespans.enter_async_context(lifespan(self.app))
         log.info(
-            "worker %s ready: broker %s, queues %s, concurrency %d, prefetch %d, tasks %s",
+            "worker %s ready: broker %s, queues %s, concurrency %d, prefetch %d",
             self.hostname,
             redact(self.app.broker_url),
             ",".join(self.queues),
             self.concurrency,
             self.prefetch,
-            ", ".join(sorted(self.app.tasks)) or "(none)",
         )
         if broker.capabilities.leases:
             self._heartbeat = threading.Thread(
@@ -198,6 +237,10 @@ class Worker:
         if self.app.backend is not None:
             self._watchdog = asyncio.create_task(
                 self._watch_terminations(), name="aqueue-terminations"
+            )
+        if self.max_memory_per_child is not None:
+            self._memory_watch = asyncio.create_task(
+                self._watch_memory(self.max_memory_per_child), name="aqueue-memory"
             )
         await signals.worker_ready.send(self)
 
@@ -256,9 +299,10 @@ class Worker:
             self._stopping.set()
             self._stopped.set()
             return
-        if self._stopping.is_set() and self._consumer is None:
+        if self._stop_begun:  # another stop() is under way: wait for it
             await self._stopped.wait()
             return
+        self._stop_begun = True
         self._stopping.set()
         self._room.set()
         consumer, self._consumer = self._consumer, None
@@ -277,9 +321,10 @@ class Worker:
                 for t in pending:
                     t.cancel()
                 await asyncio.wait(pending)
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            await asyncio.wait([self._watchdog])
+        for watcher in (self._watchdog, self._memory_watch):
+            if watcher is not None and watcher is not asyncio.current_task():
+                watcher.cancel()
+                await asyncio.wait([watcher])
         self._heartbeat_stop.set()
         if self._heartbeat is not None:
             await asyncio.to_thread(self._heartbeat.join)
@@ -300,6 +345,39 @@ class Worker:
             ex.dead_lettered,
         )
         self._stopped.set()
+
+    def _retire(self, reason: str, *, hand_back: bool) -> None:
+        """Ask to be replaced: stop claiming, finish (or hand back) what is held, stop."""
+        if self.retired is not None or self._stopping.is_set():
+            return
+        self.retired = reason
+        log.warning("%s: stopping to be replaced", reason)
+        self._retiring = asyncio.get_running_loop().create_task(self._run_out(hand_back))
+
+    async def _run_out(self, hand_back: bool) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None and consumer is not asyncio.current_task():
+            consumer.cancel()  # claims are cancel-safe: what a cancelled claim took goes back
+            await asyncio.wait([consumer])
+        if hand_back:
+            await self._release_waiting()
+        while self._running and not self._stopping.is_set():
+            # each task runs to its end (its own time limits apply); a stop() meanwhile
+            # takes over with the shutdown timeout
+            await asyncio.wait(set(self._running), return_when=asyncio.FIRST_COMPLETED)
+        await self.stop()
+
+    async def _watch_memory(self, limit_kib: int) -> None:
+        """Every second: retire once the resident memory passed ``limit_kib``."""
+        while True:
+            await asyncio.sleep(_MEMORY_CHECK)
+            rss = await asyncio.to_thread(rss_kib)
+            if rss > limit_kib:
+                self._retire(
+                    f"resident memory {rss} KiB > max_memory_per_child {limit_kib} KiB",
+                    hand_back=True,
+                )
+                return
 
     async def __aenter__(self) -> Worker:
         await self.start()
@@ -328,6 +406,15 @@ class Worker:
             # a task whose body is done no longer counts: more are claimed while its
             # result is stored and its message settled
             room = self.prefetch - len(self._held) + len(self._finishing)
+            if self.max_tasks_per_child is not None:
+                left = self.max_tasks_per_child - self.claimed
+                if left <= 0:  # what it holds runs to the end, then it is replaced
+                    self._retire(
+                        f"max_tasks_per_child ({self.max_tasks_per_child}) reached",
+                        hand_back=False,
+                    )
+                    return
+                room = min(room, left)
             if room <= 0:
                 self._room.clear()
                 await self._room.wait()
@@ -376,6 +463,7 @@ class Worker:
                     await self._hand_back(delivery, executed=False)
                 continue
             failures = 0
+            self.claimed += len(deliveries)
             if not deliveries:
                 if self.burst and not self._held:
                     log.info("burst: queues %s are drained", ",".join(self.queues))

@@ -67,6 +67,9 @@ Outbound = tuple[MessageOut, SerializerName]
 log = logging.getLogger("aqueue.workflows")
 
 CHORD_DEADLINE_TASK = builtins.CHORD_DEADLINE_TASK
+#: a chord's deadline message is ``<chord id>`` + this: internal timers are told apart by
+#: it (``aqueue status`` counts them apart from users' messages)
+DEADLINE_ID_SUFFIX = ".deadline"
 _CHORD_META = "chord-meta:"
 _DEADLINE_MEMBER = "__deadline__"
 _NOTHING: tuple[Any, ...] = ()
@@ -218,7 +221,7 @@ class Engine:
                 root_id=root_id,
             )
         deadline_message = MessageOut(
-            id=f"{node.id}.deadline",
+            id=node.id + DEADLINE_ID_SUFFIX,
             task=CHORD_DEADLINE_TASK,
             args=(node.id,),
             queue=self.app.conf.task_default_queue,

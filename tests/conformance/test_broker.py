@@ -212,3 +212,34 @@ async def test_stale_holder_cannot_settle_a_retry_of_the_same_message(broker: Br
     assert await a.dead_letter("x") is False
     assert await broker.size("q") == 1
     assert await c.ack() is True
+
+
+async def test_count_ids_by_suffix_where_offered(broker: Broker) -> None:
+    """``CountsIds`` (what ``aqueue status`` uses to count chord deadline timers apart):
+    ready, delayed and in-flight messages alike. A broker that cannot look at ids without
+    consuming (AMQP) does not offer it."""
+    from aqueue.core.protocols import CountsIds
+
+    if not isinstance(broker, CountsIds):
+        if not type(broker).__module__.startswith("aqueue."):
+            pytest.skip("an optional capability this broker does not offer")
+        assert type(broker).__module__.startswith("aqueue.brokers.rabbitmq")
+        return
+    later = time.time() + 3600
+    await broker.publish(
+        [
+            msg(id="c1.deadline", eta=later),
+            msg(id="c2.deadline"),
+            msg(id="c3.deadline"),
+            msg(id="plain"),
+            msg(id="deadline-not-a-suffix"),
+            msg(id="c4.deadline", queue="other"),
+            msg(id="c5*deadline"),  # a glob character in an id is not a wildcard
+        ]
+    )
+    held = await claim(broker, limit=1)  # one ready message in flight
+    assert len(held) == 1
+    assert await broker.count_ids("q", ".deadline") == 3
+    assert await broker.count_ids("q", "*deadline") == 1
+    assert await broker.count_ids("other", ".deadline") == 1
+    assert await broker.count_ids("empty", ".deadline") == 0

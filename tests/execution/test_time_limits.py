@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -114,3 +116,38 @@ async def test_thread_task_hard_limit_fails_and_frees_the_slot(app: App) -> None
             assert await (await after.delay()).wait(timeout=10) == "next"
     finally:
         stop.set()
+
+
+async def test_thread_task_past_its_hard_limit_logs_no_asyncio_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # the abandoned thread ends later with TimeLimitExceeded (raised into it at the hard
+    # limit): its future's exception must be consumed, or asyncio reports "Future exception
+    # was never retrieved" when the future is collected
+    app = App("tl", broker=f"memory://tl{uuid.uuid4().hex[:8]}")
+    ended = threading.Event()
+
+    @app.task(name="l.spinning", time_limit=0.2)
+    def spinning() -> None:
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # Python code: the raise reaches it
+                sum(range(100))
+        finally:
+            ended.set()
+
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context["message"]))
+    try:
+        async with app, app.worker(concurrency=1):
+            with pytest.raises(TaskFailed, match="TimeLimitExceeded"):
+                await (await spinning.delay()).wait(timeout=10)
+            assert await asyncio.to_thread(ended.wait, 10)
+            await asyncio.sleep(0)  # let the future's completion callbacks run
+        gc.collect()
+    finally:
+        loop.set_exception_handler(previous)
+    assert reported == []
+    assert "never retrieved" not in caplog.text

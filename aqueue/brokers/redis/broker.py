@@ -477,6 +477,33 @@ class RedisBroker:
         )
         return int(n)
 
+    async def count_ids(self, queue: str, suffix: str) -> int:
+        """Messages of ``queue`` whose id ends with ``suffix`` (``CountsIds``).
+
+        Scans the queue's ready, delayed and in-flight sets (``ZSCAN ... MATCH``): a
+        command for inspection, not for a hot path.
+        """
+        keys = self._queue_keys(queue)
+        pattern = "*" + "".join("\\" + c if c in "*?[]\\" else c for c in suffix)
+        client = await self._link.get()
+
+        async def scan() -> int:
+            total = 0
+            for key in (keys.ready, keys.delayed, keys.inflight):
+                cursor: bytes | int = 0
+                while True:
+                    cursor, members = await command(
+                        client, "ZSCAN", key, cursor, "MATCH", pattern, "COUNT", 1000
+                    )
+                    # redis-py pairs them as (member, score); raw replies alternate
+                    paired = bool(members) and isinstance(members[0], tuple | list)
+                    total += len(members) if paired else len(members) // 2
+                    if int(cursor) == 0:
+                        break
+            return total
+
+        return await guarded(self._settings, "count_ids", scan, error=BrokerError)
+
     async def purge(self, queue: str) -> int:
         """Delete the ready and delayed messages of ``queue`` (and their dedupe markers)."""
         keys = self._queue_keys(queue).purge

@@ -1,0 +1,122 @@
+"""What surrounds the worker process (aqueue/process.py): log levels, node-name formats in
+file names, pid files, the banner."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aqueue import App
+from aqueue.core.config import Settings
+from aqueue.process import (
+    AlreadyRunning,
+    CLIError,
+    PidFile,
+    banner,
+    node_format,
+    parse_level,
+    use_formats,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "level"),
+    [
+        ("debug", logging.DEBUG),
+        ("INFO", logging.INFO),
+        ("Warning", logging.WARNING),
+        ("error", logging.ERROR),
+        ("critical", logging.CRITICAL),
+        ("FATAL", logging.CRITICAL),
+    ],
+)
+def test_celery_log_levels_in_any_case(text: str, level: int) -> None:
+    assert parse_level(text) == level
+
+
+def test_a_bad_log_level_names_the_choices() -> None:
+    with pytest.raises(CLIError, match=r"bad log level 'warn' .*debug, info, warning"):
+        parse_level("warn")
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("%n.log", "w1.log"),
+        ("/var/log/%h/%n%I.log", "/var/log/host.example.com/w1.log"),
+        ("%d-%i-%p", "example.com-0-w1@host.example.com"),
+        ("100%%-%n", "100%-w1"),
+        ("%x%", "%x%"),
+    ],
+)
+def test_node_format(template: str, expected: str) -> None:
+    assert node_format(template, "w1@host.example.com") == expected
+
+
+def test_pid_file_is_written_refused_while_held_and_removed(tmp_path: Path) -> None:
+    path = tmp_path / "w.pid"
+    mine = PidFile(str(path))
+    mine.acquire()
+    assert path.read_text() == f"{os.getpid()}\n"
+    mine.acquire()  # this process again (a worker re-executing itself): kept
+    # another live process holds it: refused
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        path.write_text(f"{sleeper.pid}\n")
+        with pytest.raises(AlreadyRunning, match=f"holds pid {sleeper.pid}, which is running"):
+            PidFile(str(path)).check()
+        with pytest.raises(AlreadyRunning):
+            PidFile(str(path)).acquire()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # the holder is gone: the stale file is replaced
+    PidFile(str(path)).acquire()
+    assert path.read_text() == f"{os.getpid()}\n"
+    mine.release()
+    assert not path.exists()
+    mine.release()  # already gone: nothing to do
+
+
+def test_release_leaves_another_process_s_pid_file(tmp_path: Path) -> None:
+    path = tmp_path / "w.pid"
+    path.write_text("1\n")
+    PidFile(str(path)).release()
+    assert path.read_text() == "1\n"
+
+
+def test_banner_redacts_and_lists_the_tasks() -> None:
+    app = App("proj", broker="redis://user:hunter2@redis.example:6379/0", backend="rpc://")
+    app.conf.update(task_time_limit=30, worker_max_tasks_per_child=100)
+
+    @app.task(name="proj.add")
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    worker = app.worker(
+        queues=["celery", "hi"], concurrency=8, hostname="w1@box", max_tasks_per_child=100
+    )
+    text = banner(worker, app_spec="proj", level=logging.INFO, logfile=None)
+    assert "hunter2" not in text
+    assert "broker:      redis://user:***@redis.example:6379/0" in text
+    assert "results:     rpc://" in text
+    assert "queues:      celery, hi" in text
+    assert "concurrency: 8 (asyncio), prefetch 8" in text
+    assert "limits:      time limit 30s; max 100 tasks per child" in text
+    assert "worker w1@box (pid " in text
+    assert text.endswith("[tasks]\n  . proj.add\n")
+    # the built-in tasks at DEBUG only, as Celery lists its own
+    debug = banner(worker, app_spec="proj", level=logging.DEBUG, logfile="w.log")
+    assert "  . aqueue.chord_deadline" in debug and "log:         DEBUG to w.log" in debug
+
+
+def test_a_bad_log_format_setting_is_one_line() -> None:
+    conf = Settings()
+    conf.update(worker_task_log_format="%(task_name)q: %(message)q")
+    with pytest.raises(CLIError, match="setting worker_task_log_format is not a logging format"):
+        use_formats(logging.NullHandler(), conf)
