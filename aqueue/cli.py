@@ -138,10 +138,9 @@ def _print_json(data: Any) -> None:
 
 
 def known_queues(app: App) -> list[str]:
-    """The queues an app's configuration names: its default queue and its tasks' queues."""
-    names = [app.conf.task_default_queue]
-    names += sorted({t.queue for t in app.tasks.values() if t.queue} - set(names))
-    return names
+    """The queues an app's configuration sends to: its default queue, ``task_queues``, its
+    tasks' queues and the queues of static ``task_routes``."""
+    return app.router().named(app.tasks.values())
 
 
 def _queue_list(app: App, queues: str | None, exclude: str | None = None) -> list[str]:

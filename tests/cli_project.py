@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from aqueue import App
+from aqueue import App, Queue
 
 
 def make_app() -> App:
@@ -17,6 +17,11 @@ def make_app() -> App:
         broker=os.environ["AQT_CLI_BROKER"],
         backend=os.environ.get("AQT_CLI_BACKEND") or None,
     )
+    if os.environ.get("AQT_CLI_ROUTES"):  # the routing settings name queues as well
+        app.conf.update(
+            task_queues=[Queue("celery"), Queue("declared")],
+            task_routes={"cliproj.total": {"queue": "routed"}},
+        )
 
     @app.task(name="cliproj.add")
     async def add(x: int, y: int) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,7 +56,7 @@ def run_worker_until(app: App, ids: list[str], timeout: float = 30) -> None:
     """Run an embedded worker until every task in ``ids`` reached a final state."""
 
     async def main() -> None:
-        async with app, app.worker(queues=["default", "hi"]):
+        async with app, app.worker(queues=["celery", "hi"]):
             for task_id in ids:
                 handle = app.AsyncResult(task_id)
                 async with asyncio.timeout(timeout):
@@ -153,16 +154,16 @@ def test_call_options_reach_the_message(redis_env: str) -> None:
         async with app:
             # delayed an hour: on the broker, not claimable now
             got = await app.broker.claim(
-                ["default"], limit=10, lease_seconds=5, owner="t", timeout=0.2
+                ["celery"], limit=10, lease_seconds=5, owner="t", timeout=0.2
             )
             assert got == []
-            assert await app.broker.size("default") == 1
+            assert await app.broker.size("celery") == 1
             [d] = await app.broker.claim(
                 ["elsewhere"], limit=10, lease_seconds=5, owner="t", timeout=2
             )
             assert d.id == elsewhere
             await d.ack()
-            await app.broker.purge("default")
+            await app.broker.purge("celery")
 
     asyncio.run(check())
     assert later
@@ -196,11 +197,22 @@ def test_too_many_positionals_is_a_usage_error(memory_env: str) -> None:
 
 def test_list_queues_and_tasks(memory_env: str) -> None:
     assert ok("list", "queues", SPEC).splitlines() == [
-        "default (default): 3 task(s)",
+        "celery (default): 3 task(s)",
         "hi: 1 task(s)",
     ]
     queues = json.loads(ok("list", "queues", SPEC, "--json"))
     assert queues[1] == {"queue": "hi", "default": False, "tasks": ["cliproj.hi"]}
+    # task_queues and static task_routes name queues too
+    os.environ["AQT_CLI_ROUTES"] = "1"
+    try:
+        assert [q["queue"] for q in json.loads(ok("list", "queues", SPEC, "--json"))] == [
+            "celery",
+            "declared",
+            "hi",
+            "routed",
+        ]
+    finally:
+        del os.environ["AQT_CLI_ROUTES"]
     text = ok("list", "tasks", SPEC)
     assert "cliproj.hi  [def (thread), queue hi] time_limit=5.0" in text
     assert "aqueue.chord_deadline" not in text
@@ -212,7 +224,7 @@ def test_list_queues_and_tasks(memory_env: str) -> None:
         "cliproj.hi",
         "cliproj.total",
     ]
-    assert tasks[0]["kind"] == "async" and tasks[0]["queue"] == "default"
+    assert tasks[0]["kind"] == "async" and tasks[0]["queue"] == "celery"
 
 
 def test_report_redacts_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -221,7 +233,7 @@ def test_report_redacts_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     text = ok("report", SPEC)
     assert "aqueue:" in text and "python:" in text and "msgspec:" in text
     assert "broker: redis://user:***@127.0.0.1:6379/0" in text
-    assert "cliproj.add" in text and "task_default_queue = 'default'" in text
+    assert "cliproj.add" in text and "task_default_queue = 'celery'" in text
     data = json.loads(ok("-A", SPEC, "report", "--json"))
     assert data["app"]["settings"]["result_backend"] == "redis://user:***@127.0.0.1:6379/1"
     assert data["versions"]["python"]
@@ -237,17 +249,17 @@ def test_purge_asks_and_deletes_waiting_messages(redis_env: str) -> None:
     for i in range(3):
         ok("call", SPEC, "cliproj.add", "--args", f"[{i}, 1]")
     ok("call", SPEC, "cliproj.hi")
-    aborted = invoke("purge", SPEC, "-Q", "default", input="n\n")
+    aborted = invoke("purge", SPEC, "-Q", "celery", input="n\n")
     assert aborted.exit_code == 1 and "aborted: nothing purged" in aborted.output
-    assert "Purge default on redis://" in aborted.output
-    out = ok("purge", SPEC, "-Q", "default", input="y\n")
-    assert "purged 3 message(s) from default" in out
+    assert "Purge celery on redis://" in aborted.output
+    out = ok("purge", SPEC, "-Q", "celery", input="y\n")
+    assert "purged 3 message(s) from celery" in out
     # default: every queue the app knows; -X leaves one alone
     assert json.loads(ok("purge", SPEC, "-f", "-X", "hi", "--json")) == {
-        "purged": {"default": 0},
+        "purged": {"celery": 0},
         "total": 0,
     }
-    assert json.loads(ok("purge", "-A", SPEC, "-f", "--json"))["purged"] == {"default": 0, "hi": 1}
+    assert json.loads(ok("purge", "-A", SPEC, "-f", "--json"))["purged"] == {"celery": 0, "hi": 1}
 
 
 @pytest.mark.parametrize(
@@ -288,12 +300,12 @@ def test_status_counts_chord_deadline_timers_apart(
         for prefixed in (url, backend):
             if prefixed and prefixed.startswith("redis"):
                 delete_redis_prefix(prefix_of(prefixed))
-    default = found["queues"]["default"]
+    default = found["queues"]["celery"]
     if kind == "rabbitmq":  # AMQP cannot look at ids without consuming: counted in
         assert default == {"messages": 4, "timers": None}
-        assert "queue default: 4 message(s); chord deadline timers included" in text
+        assert "queue celery: 4 message(s); chord deadline timers included" in text
     else:
         assert default == {"messages": 3, "timers": 1}  # two members and one call
-        assert "queue default: 3 message(s) (+ 1 chord deadline timer(s))" in text
+        assert "queue celery: 3 message(s) (+ 1 chord deadline timer(s))" in text
     assert found["queues"]["hi"] == {"messages": 0, "timers": 0 if kind != "rabbitmq" else None}
     assert "***" in found["broker"] or "@" not in found["broker"]

@@ -791,15 +791,19 @@ class Router:
 
     # -- the worker's view ----------------------------------------------------------------
 
+    def named(self, tasks: Iterable[Task[Any, Any]]) -> list[str]:
+        """Every queue the configuration sends to, the default first: the queues of
+        ``task_queues``, the tasks' ``queue`` and the static routes' queues (router
+        callables cannot be read; call options can name any queue)."""
+        names = dict.fromkeys([self.default_queue, *self.queues])
+        extra = {t.queue for t in tasks if t.queue}
+        extra.update(o["queue"] for o in self._static.values() if o.get("queue"))
+        names.update(dict.fromkeys(sorted(extra - names.keys())))
+        return list(names)
+
     def untargeted(self, queues: Iterable[str], tasks: Iterable[Task[Any, Any]]) -> list[str]:
-        """Of ``queues``, those nothing sends to by configuration: not the default queue,
-        not declared in ``task_queues``, no task's ``queue`` and no static route's queue
-        (router callables cannot be read; call options can name any queue)."""
-        targeted = {self.default_queue, *self.queues}
-        targeted.update(t.queue for t in tasks if t.queue)
-        for options in self._static.values():
-            if options.get("queue"):
-                targeted.add(options["queue"])
+        """Of ``queues``, those nothing sends to by configuration (see :meth:`named`)."""
+        targeted = set(self.named(tasks))
         return [q for q in queues if q not in targeted]
 
 

@@ -77,10 +77,10 @@ async def wait_for_text(path: Path, needle: str, timeout: float = 30.0) -> str:
     return path.read_text()
 
 
-async def test_default_level_logs_banner_each_task_and_the_traceback(
+async def test_level_info_logs_banner_each_task_and_the_traceback(
     app: App, env: dict[str, str]
 ) -> None:
-    worker = aqueue(env, "worker", APP, "-c", "4")  # no -l: the default level
+    worker = aqueue(env, "worker", APP, "-c", "4", "-l", "info")
     try:
         ok = await cli_tasks.add.delay(31337, 27182)
         bad = await cli_tasks.boom.delay("argument-value-7y3")
@@ -93,7 +93,7 @@ async def test_default_level_logs_banner_each_task_and_the_traceback(
     # the banner: app, broker without its password, queues, concurrency, the tasks
     assert "aqueue" in out and "[tasks]" in out
     assert f"redis://default:***@{REDIS_HOST}:{REDIS_PORT}/0" in out
-    assert "queues:      default" in out and "concurrency: 4 (asyncio)" in out
+    assert "queues:      celery" in out and "concurrency: 4 (asyncio)" in out
     assert "  . tests.worker.cli_tasks.add\n" in out and "aqueue.chord_deadline" not in out
     # one line per task received and succeeded, the failure with its traceback
     assert f"Task tests.worker.cli_tasks.add[{ok.id}] received" in out
@@ -111,11 +111,11 @@ async def test_default_level_logs_banner_each_task_and_the_traceback(
     assert "never retrieved" not in out
 
 
-async def test_log_level_warning_hides_task_lines_but_not_failures(
+async def test_default_level_warning_hides_task_lines_but_not_failures(
     app: App, env: dict[str, str], tmp_path: Path
 ) -> None:
     logfile = tmp_path / "w.log"
-    worker = aqueue(env, "worker", APP, "-l", "WARNING", "--logfile", str(logfile))
+    worker = aqueue(env, "worker", APP, "--logfile", str(logfile))  # no -l: Celery's WARNING
     try:
         ok = await cli_tasks.add.delay(1, 2)
         bad = await cli_tasks.boom.delay("x")
@@ -138,7 +138,17 @@ async def test_max_tasks_per_child_replaces_the_process_and_loses_nothing(
 ) -> None:
     n, limit = 23, 4
     worker = aqueue(
-        env, "worker", APP, "-c", "3", "--prefetch", "10", "--max-tasks-per-child", str(limit)
+        env,
+        "worker",
+        APP,
+        "-l",
+        "INFO",
+        "-c",
+        "3",
+        "--prefetch",
+        "10",
+        "--max-tasks-per-child",
+        str(limit),
     )
     try:
         handles = [await cli_tasks.whoami.delay(0.05) for _ in range(n)]
@@ -168,7 +178,17 @@ async def test_max_memory_per_child_hands_back_what_waits_and_restarts(
     # the hog's 160 MiB pass the 120 MiB limit while four tasks wait behind it (c=1): they
     # are handed back, the hog finishes, the process replaces itself and runs them
     worker = aqueue(
-        env, "worker", APP, "-c", "1", "--prefetch", "5", "--max-memory-per-child", "122880"
+        env,
+        "worker",
+        APP,
+        "-l",
+        "INFO",
+        "-c",
+        "1",
+        "--prefetch",
+        "5",
+        "--max-memory-per-child",
+        "122880",
     )
     try:
         hog = await cli_tasks.hog.delay(160, 2.5)
@@ -190,7 +210,7 @@ async def test_detach_writes_the_pid_file_and_logs_to_the_file(
     app: App, env: dict[str, str], tmp_path: Path
 ) -> None:
     pidfile, logfile = tmp_path / "w1.pid", tmp_path / "%n.log"
-    command = ["worker", APP, "-n", "w1@%h", "-D", "--pidfile", str(pidfile)]
+    command = ["worker", APP, "-l", "INFO", "-n", "w1@%h", "-D", "--pidfile", str(pidfile)]
     started = subprocess.run(
         [sys.executable, "-m", "aqueue.cli", *command, "--logfile", str(logfile)],
         env=env,
@@ -230,7 +250,7 @@ async def test_a_detached_worker_keeps_its_default_files_when_it_recycles(
 ) -> None:
     # -D without --logfile / --pidfile: %n.log and %n.pid in the working directory, for
     # every life of the worker (it re-executes itself without detaching again)
-    command = ["worker", APP, "-D", "--max-tasks-per-child=2", "-n", "d1@%h"]
+    command = ["worker", APP, "-l", "INFO", "-D", "--max-tasks-per-child=2", "-n", "d1@%h"]
     started = subprocess.run(
         [sys.executable, "-m", "aqueue.cli", *command],
         env=env,
@@ -284,8 +304,10 @@ async def test_worker_wide_time_limits_and_queue_options(app: App, env: dict[str
         "2",
         "--prefetch-multiplier",
         "4",
+        "-l",
+        "INFO",
         "-Q",
-        "default,other",
+        "celery,other",
         "-X",
         "other",
         "--soft-time-limit",
@@ -302,7 +324,7 @@ async def test_worker_wide_time_limits_and_queue_options(app: App, env: dict[str
     finally:
         status, out = finish(worker)
     assert status == 0, out
-    assert "queues:      default\n" in out  # -X removed "other"
+    assert "queues:      celery\n" in out  # -X removed "other"
     assert "prefetch 8" in out  # 4 per slot, 2 slots
     assert "soft time limit 0.3s" in out and "time limit 1.5s" in out
     assert "never retrieved" not in out
@@ -311,8 +333,8 @@ async def test_worker_wide_time_limits_and_queue_options(app: App, env: dict[str
 @pytest.mark.parametrize(
     ("args", "status", "needle"),
     [
-        (["worker", APP, "--burst"], 0, "burst: queues default are drained"),
-        (["-A", APP, "worker", "--burst"], 0, "burst: queues default are drained"),
+        (["worker", APP, "--burst", "-l", "info"], 0, "burst: queues celery are drained"),
+        (["-A", APP, "worker", "--burst", "-l", "INFO"], 0, "burst: queues celery are drained"),
         (["worker", "-A", APP, "--burst", "-l", "fatal"], 0, "[tasks]"),
         (["worker", APP, "-l", "loud"], 2, "bad log level 'loud'"),
         (["worker", APP, "--prefetch", "0"], 2, "--prefetch"),

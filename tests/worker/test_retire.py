@@ -42,7 +42,7 @@ async def test_max_tasks_per_child_runs_exactly_that_many_then_retires() -> None
         assert worker.claimed == 3 and worker.executor.succeeded == 3 and len(started) == 3
         assert [await h.wait(timeout=1) for h in handles[:3]] == [0, 1, 2]
         # the rest was never claimed: waiting, uncounted, for the next worker
-        rest = await app.broker.claim(["default"], limit=10, lease_seconds=5, owner="t", timeout=1)
+        rest = await app.broker.claim(["celery"], limit=10, lease_seconds=5, owner="t", timeout=1)
         assert sorted(d.id for d in rest) == sorted(h.id for h in handles[3:])
         assert {d.delivery_count for d in rest} == {1}
 
@@ -71,7 +71,7 @@ async def test_max_memory_per_child_hands_back_what_waits_and_finishes_what_runs
         assert worker.retired is not None and "max_memory_per_child 1 KiB" in worker.retired
         assert await first.wait(timeout=1) == "done"  # what ran, finished
         assert ran == ["long"]
-        back = await app.broker.claim(["default"], limit=10, lease_seconds=5, owner="t", timeout=1)
+        back = await app.broker.claim(["celery"], limit=10, lease_seconds=5, owner="t", timeout=1)
         assert sorted(d.id for d in back) == sorted(h.id for h in waiting)
         assert {d.delivery_count for d in back} == {1}  # handed back before starting
 
@@ -96,7 +96,7 @@ async def test_a_stop_while_retiring_applies_the_shutdown_timeout() -> None:
             await worker.wait_stopped()
         assert time.monotonic() - t0 < 5
         # it was handed back: claimable at once
-        [d] = await app.broker.claim(["default"], limit=1, lease_seconds=5, owner="t", timeout=1)
+        [d] = await app.broker.claim(["celery"], limit=1, lease_seconds=5, owner="t", timeout=1)
         assert d.id == handle.id
         release.set()
 
