@@ -11,11 +11,20 @@ from typing import Annotated
 import typer
 
 from . import __version__
+from .beat.cli import Runtime, commands
 from .core.app import App
 from .core.errors import AqueueError
 from .core.message import decode_result
 from .core.urls import redact
-from .runner import CLIError, WorkerOptions, can_exec, exec_worker, load_app, run_worker
+from .runner import (
+    CLIError,
+    WorkerOptions,
+    can_exec,
+    configure_logging,
+    exec_worker,
+    load_app,
+    run_worker,
+)
 from .runner import run as _run
 
 cli = typer.Typer(
@@ -87,6 +96,10 @@ def worker(
         float | None,
         typer.Option("--shutdown-timeout", min=0, help="Seconds running tasks get on SIGTERM."),
     ] = None,
+    beat: Annotated[
+        bool,
+        typer.Option("-B", "--beat", help="Also run a periodic task scheduler (any number may)."),
+    ] = False,
 ) -> None:
     """Start a worker."""
     spec = app or app_option
@@ -102,6 +115,7 @@ def worker(
         loglevel=loglevel,
         burst=burst,
         shutdown_timeout=shutdown_timeout,
+        beat=beat,
     )
     if _handover and can_exec():
         exec_worker(options)  # a fresh interpreter without the CLI stack (aqueue.runner)
@@ -194,6 +208,9 @@ def status(
     except AqueueError as exc:
         _fail(exc)
 
+
+# `aqueue beat ...`: the scheduler and its entries (aqueue/beat/cli.py)
+cli.add_typer(commands(Runtime(load_app, configure_logging, _run, (CLIError,))))
 
 #: set by main(): the worker command may replace this process (not when typer's test
 #: runner, or a program embedding the CLI, calls `cli` in its own process)

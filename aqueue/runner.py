@@ -48,6 +48,8 @@ class WorkerOptions(TypedDict):
     loglevel: str
     burst: bool
     shutdown_timeout: float | None
+    #: also run a periodic task scheduler in the worker's loop (``-B/--beat``)
+    beat: bool
 
 
 def load_app(spec: str) -> App:
@@ -176,6 +178,7 @@ def run_worker(options: WorkerOptions) -> int:
             burst=options["burst"],
             shutdown_timeout=options["shutdown_timeout"],
         )
+        scheduler = the_app.beat() if options.get("beat") else None
     except (CLIError, AqueueError, ValueError) as exc:
         return fail(exc)
     log = logging.getLogger("aqueue.worker")
@@ -190,7 +193,11 @@ def run_worker(options: WorkerOptions) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, w.request_stop)
         try:
-            await w.run()
+            if scheduler is None:
+                await w.run()
+            else:
+                async with scheduler:
+                    await w.run()
         finally:
             await the_app.close()
 

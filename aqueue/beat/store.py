@@ -19,9 +19,9 @@ What every store keeps:
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Mapping
-import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
