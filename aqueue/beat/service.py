@@ -69,7 +69,7 @@ from .zones import MICROS, from_instant, instant
 if TYPE_CHECKING:
     from aqueue.core.app import App
 
-__all__ = ["Beat", "code_entries"]
+__all__ = ["Beat", "code_entries", "jitter_delay"]
 
 log = logging.getLogger("aqueue.beat")
 
@@ -375,7 +375,7 @@ class Beat:
         options = dict(spec.options)
         headers = {**options.pop("headers", {}), ENTRY_HEADER: entry.name, SLOT_HEADER: _iso(slot)}
         if spec.jitter:
-            options["eta"] = slot / MICROS + _jitter(task_id, spec.jitter)
+            options["eta"] = slot / MICROS + jitter_delay(task_id, spec.jitter)
         try:
             await app.send_task(
                 spec.task,
@@ -418,6 +418,6 @@ def _iso(slot: int) -> str:
     return from_instant(slot).isoformat()
 
 
-def _jitter(task_id: str, jitter: float) -> float:
+def jitter_delay(task_id: str, jitter: float) -> float:
     """A delay in ``[0, jitter)`` derived from the task id: every scheduler picks the same."""
     return int(task_id.replace("-", "")[:8], 16) / 2**32 * jitter
