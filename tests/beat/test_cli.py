@@ -75,7 +75,8 @@ def test_replace_and_errors_are_one_line() -> None:
     assert "exists: pass replace=True (--replace)" in beat_error(
         "add", "-A", APP, "often", "report", "--every", "60"
     )
-    assert "every 0:01:00" in beat("add", "-A", APP, "often", "report", "--every", "60", "--replace")
+    replaced = beat("add", "-A", APP, "often", "report", "--every", "60", "--replace")
+    assert "every 0:01:00" in replaced
     assert "no beat entry named 'nope'" in beat_error("pause", "-A", APP, "nope")
     assert "no beat entry named 'nope'" in beat_error("remove", "-A", APP, "nope")
     assert "five fields" in beat_error("add", "-A", APP, "x", "report", "--cron", "daily")
