@@ -328,7 +328,7 @@ def _coerce(name: str, value: Any) -> Any:
             return None
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise bad
-        return float(value)
+        value = float(value)
     elif hint == list[str]:
         if isinstance(value, str) or not all(isinstance(v, str) for v in value):
             raise bad
