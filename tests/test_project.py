@@ -169,7 +169,7 @@ def test_config_errors_name_the_setting(caplog: pytest.LogCaptureFixture) -> Non
         app.config_from_object("no_such_config_module_xyz")
     assert app.config_from_object("no_such_config_module_xyz", silent=True) == []
     with caplog.at_level(logging.INFO, logger="aqueue.app"):
-        app.config_from_object({"beat_scheduler": "django_celery_beat.schedulers:DatabaseScheduler"})
+        app.config_from_object({"beat_scheduler": "django_celery_beat.schedulers:Scheduler"})
     assert "beat_scheduler is not needed" in caplog.text
 
 

@@ -14,7 +14,7 @@ class CeleryConfig:
 
     CELERY_BROKER_URL = "memory://seed"
     CELERY_TIMEZONE = "Europe/Berlin"
-    CELERY_BEAT_SCHEDULE = {  # noqa: RUF012
+    CELERY_BEAT_SCHEDULE = {
         "auto-sms-rating": {"task": "auto_sms_rating", "schedule": crontab(minute="*/10")}
     }
 
