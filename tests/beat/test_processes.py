@@ -111,6 +111,7 @@ async def wait_for(what: str, check, limit: float = 30.0):  # type: ignore[no-un
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.timeout(3 * SOAK + 150)  # waiting for a minute boundary, the run, the drain
 async def test_every_slot_runs_once_through_a_leader_kill(
     kind: str, env: dict[str, str], tmp_path: Path
 ) -> None:
