@@ -230,12 +230,19 @@ class Beat:
             self.store,
         )
         try:
+            failing = False
             while not self._stopping:
                 try:
                     deadline = await self._round()
                 except (AqueueError, OSError) as exc:
-                    log.error("beat round failed (retrying): %s", exc)
+                    # once at ERROR, then quietly each second until a round succeeds
+                    log.log(logging.DEBUG if failing else logging.ERROR, "beat: %s (retrying)", exc)
+                    failing = True
                     deadline = self.clock.now() + self._standby_poll
+                else:
+                    if failing:
+                        log.warning("beat %s: the store and broker answer again", self.name)
+                    failing = False
                 started.set()
                 if self._stopping:
                     break

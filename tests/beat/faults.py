@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Mapping
 
 from aqueue.beat.store import BeatStore, PutOutcome, RemoveOutcome, Snapshot
+from aqueue.core.errors import BackendError
 
 
 class Killed(BaseException):
@@ -25,6 +26,8 @@ class FaultyStore:
         self.dead = False
         #: records refused by the real store (fencing at work)
         self.refused = 0
+        #: every call fails, as with the server down
+        self.down = False
 
     def freeze(self) -> None:
         self.thawed.clear()
@@ -34,6 +37,8 @@ class FaultyStore:
 
     async def _gate(self) -> None:
         await self.thawed.wait()
+        if self.down:
+            raise BackendError("beat store: connection refused (the test's outage)")
 
     async def connect(self) -> None:
         await self.inner.connect()

@@ -4,6 +4,7 @@ run-time changes and two schedulers, in memory and in milliseconds."""
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -13,14 +14,16 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from aqueue import App
-from aqueue.beat import Beat, BeatSchedule, VirtualClock, crontab
+from aqueue.beat import Beat, BeatSchedule, VirtualClock, crontab, store_for
 from aqueue.beat.entries import slot_task_id
 from aqueue.beat.service import jitter_delay
 from aqueue.beat.zones import to_instant
+from aqueue.core.errors import BrokerError, PublishTimeout
 from aqueue.core.message import MessageOut, ResultOut, encode
 from aqueue.core.middleware import Middleware, PublishNext
 
 from .conftest import published
+from .faults import FaultyStore
 
 DAY = 86400.0
 UTC_ZONE = ZoneInfo("UTC")
@@ -317,3 +320,44 @@ async def test_two_schedulers_one_leads_the_other_takes_over(app: App) -> None:
     messages = await published(app)
     slots = [m.headers["beat-slot"] for m in messages]
     assert len(slots) == len(set(slots)) == first.published + third.published == 90
+
+
+# -- outages ---------------------------------------------------------------------------------
+
+
+async def test_a_store_outage_is_logged_once_and_survived(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    app.conf.beat_schedule = {"minutely": {"task": "auto_sms_rating", "schedule": 60}}
+    clock = VirtualClock(datetime(2024, 6, 1, 12, 0, 30, tzinfo=UTC))
+    store = FaultyStore(store_for(app))
+    with caplog.at_level(logging.DEBUG, logger="aqueue.beat"):
+        async with app.beat(clock=clock, store=store, **QUIET):
+            await clock.advance(60)
+            store.down = True
+            await clock.advance(60)  # from 12:02 to 12:02:30, a round a second, each failing
+            store.down = False
+            await clock.advance(60)
+    slots = [m.headers["beat-slot"][11:16] for m in await published(app)]
+    assert slots == ["12:01", "12:02", "12:03"]  # 12:02 sent 31 s late, once the store answered
+    outage = [r for r in caplog.records if "the test's outage" in r.getMessage()]
+    assert len(outage) == 31 and [r.levelno for r in outage].count(logging.ERROR) == 1
+    assert any("answer again" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_failed_publish_is_sent_again(app: App) -> None:
+    failures = [BrokerError("broker down"), PublishTimeout("no answer")]
+
+    class Flaky(Middleware):
+        async def publish(self, message: MessageOut, call_next: PublishNext) -> None:
+            if failures:
+                raise failures.pop(0)
+            await call_next(message)
+
+    app.add_middleware(Flaky())
+    app.conf.beat_schedule = {"minutely": {"task": "auto_sms_rating", "schedule": 60}}
+    clock = VirtualClock(datetime(2024, 6, 1, 12, 0, 30, tzinfo=UTC))
+    async with app.beat(clock=clock, **QUIET):
+        await clock.advance(120)
+    slots = [m.headers["beat-slot"][11:16] for m in await published(app)]
+    assert slots == ["12:01", "12:02"] and not failures
