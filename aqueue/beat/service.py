@@ -163,6 +163,7 @@ class Beat:
         self._entries: dict[str, _Tracked] = {}
         self._version = -1
         self._next_renew = 0.0
+        self._lease_until = 0.0
         self._stopping = False
         self._wake: asyncio.Event | None = None
         self._started: asyncio.Event | None = None
@@ -236,7 +237,8 @@ class Beat:
                     deadline = await self._round()
                 except (AqueueError, OSError) as exc:
                     # once at ERROR, then quietly each second until a round succeeds
-                    log.log(logging.DEBUG if failing else logging.ERROR, "beat: %s (retrying)", exc)
+                    level = logging.DEBUG if failing else logging.ERROR
+                    log.log(level, "beat %s: %s (retrying every second)", self.name, exc)
                     failing = True
                     deadline = self.clock.now() + self._standby_poll
                 else:
@@ -289,12 +291,18 @@ class Beat:
         """Take or renew the lease when due; whether this scheduler leads."""
         if self.is_leader and now < self._next_renew:
             return True
-        held = await self.store.acquire(self.name, self.lease_seconds, now)
+        try:
+            held = await self.store.acquire(self.name, self.lease_seconds, now)
+        except BaseException:
+            if now >= self._lease_until:  # unreachable past the lease: surely not leading
+                self.is_leader = False
+            raise
         if held:
             if not self.is_leader:
                 log.info("beat %s leads (lease %gs)", self.name, self.lease_seconds)
                 self._version = -1  # whatever the last leader recorded: read it
             self._next_renew = now + self._renew_every
+            self._lease_until = now + self.lease_seconds
         elif self.is_leader:
             log.warning("beat %s lost the lease: another scheduler leads", self.name)
         self.is_leader = held
