@@ -7,6 +7,7 @@ EDT -> EST at 06:00 UTC, so 01:00-01:59 happens twice).
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -205,3 +206,10 @@ def test_specs_round_trip() -> None:
         to_schedule("*/5 * * * *"),
     ):
         assert from_spec(schedule.spec()) == schedule
+
+
+def test_without_croniter_cron_schedules_name_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "croniter", None)  # as if not installed
+    with pytest.raises(ConfigurationError, match=r'pip install "aqueue\[cron\]"'):
+        crontab(minute="*/10")
+    assert Every(60).next_after(0) == 60_000_000  # intervals do not need it
