@@ -23,12 +23,20 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 from . import __version__
+from .beat.cli import Runtime, commands
 from .core.app import App
 from .core.errors import AqueueError, ConfigurationError, OptionError
 from .core.message import decode_result
 from .core.protocols import CountsIds
 from .core.urls import redact
-from .process import EXIT_ERROR, EXIT_USAGE, LEVELS, CLIError, parse_level
+from .process import (
+    EXIT_ERROR,
+    EXIT_USAGE,
+    LEVELS,
+    CLIError,
+    configure_logging,
+    parse_level,
+)
 from .runner import WorkerOptions, can_exec, exec_worker, load_app, run_worker
 from .runner import run as _run
 from .workflows.engine import DEADLINE_ID_SUFFIX
@@ -314,6 +322,10 @@ def worker(
             rich_help_panel=_DAEMON,
         ),
     ] = None,
+    beat: Annotated[
+        bool,
+        typer.Option("-B", "--beat", help="Also run a periodic task scheduler (any number may)."),
+    ] = False,
 ) -> None:
     """Start a worker.
 
@@ -348,6 +360,7 @@ def worker(
         max_tasks_per_child=max_tasks_per_child,
         max_memory_per_child=max_memory_per_child,
         restarts=0,
+        beat=beat,
     )
     if _handover and can_exec():
         exec_worker(options)  # a fresh interpreter without the CLI stack (aqueue.runner)
@@ -734,6 +747,14 @@ def report(
         lines += [f"  {k} = {v!r}" for k, v in info["settings"].items()]
     typer.echo("\n".join(lines))
 
+
+# `aqueue beat ...`: the scheduler and its entries (aqueue/beat/cli.py)
+def _log_at(level: str) -> None:
+    """Log to stderr at a level name (Celery's, any case)."""
+    configure_logging(parse_level(level))
+
+
+cli.add_typer(commands(Runtime(load_app, _log_at, _run, (CLIError,))))
 
 #: set by main(): the worker command may replace this process (not when typer's test
 #: runner, or a program embedding the CLI, calls `cli` in its own process)

@@ -32,6 +32,7 @@ from typing import Any, NoReturn, TypedDict, TypeVar
 
 from .core.app import App
 from .core.errors import AqueueError, ConfigurationError
+from .core.protocols import BeatService
 from .core.worker import Worker, expand_hostname
 from .process import (
     EXIT_ALREADY_RUNNING,
@@ -83,6 +84,8 @@ class WorkerOptions(TypedDict):
     max_memory_per_child: int | None
     #: times this process has replaced itself (``--max-tasks-per-child``...)
     restarts: int
+    #: also run a periodic task scheduler in the worker's loop (``-B/--beat``)
+    beat: bool
 
 
 def load_app(spec: str) -> App:
@@ -224,6 +227,7 @@ def _run_once(options: WorkerOptions) -> tuple[int, bool]:
         use_formats(handler, the_app.conf)
         the_app.import_includes()
         w = _worker(the_app, options)
+        scheduler = _scheduler(the_app, options)
         if options["pidfile"]:
             pidfile = PidFile(node_format(options["pidfile"], nodename))
             pidfile.check()
@@ -258,7 +262,7 @@ def _run_once(options: WorkerOptions) -> tuple[int, bool]:
                 )
         else:
             log.info("worker %s replaced itself (restart %d)", w.hostname, options["restarts"])
-        status = _serve(the_app, w)
+        status = _serve(the_app, w, scheduler)
         retired = status == EXIT_OK and w.retired is not None
         return status, retired
     finally:
@@ -301,15 +305,29 @@ def _apply_options(app: App, options: WorkerOptions) -> None:
         app.conf.update(overrides)
 
 
-def _serve(the_app: App, w: Worker) -> int:
-    """Run ``w`` on a fresh event loop until it stops; the exit status."""
+def _scheduler(the_app: App, options: WorkerOptions) -> BeatService | None:
+    """The periodic task scheduler ``-B/--beat`` runs in the worker's loop, or ``None``."""
+    if not options["beat"]:
+        return None
+    try:
+        return the_app.beat()
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _serve(the_app: App, w: Worker, scheduler: BeatService | None) -> int:
+    """Run ``w`` (and ``scheduler``) on a fresh event loop until it stops; the exit status."""
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, w.request_stop)
         try:
-            await w.run()
+            if scheduler is None:
+                await w.run()
+            else:
+                async with scheduler:
+                    await w.run()
         finally:
             await the_app.close()
 

@@ -168,9 +168,9 @@ def test_config_errors_name_the_setting(caplog: pytest.LogCaptureFixture) -> Non
     with pytest.raises(ConfigurationError, match="cannot import"):
         app.config_from_object("no_such_config_module_xyz")
     assert app.config_from_object("no_such_config_module_xyz", silent=True) == []
-    with caplog.at_level(logging.WARNING, logger="aqueue.app"):
-        app.config_from_object({"beat_schedule": {}})
-    assert "no periodic task scheduler yet" in caplog.text
+    with caplog.at_level(logging.INFO, logger="aqueue.app"):
+        app.config_from_object({"beat_scheduler": "django_celery_beat.schedulers:Scheduler"})
+    assert "beat_scheduler is not needed" in caplog.text
 
 
 @pytest.mark.parametrize(

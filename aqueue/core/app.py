@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import importlib
 import logging
 import types
@@ -22,6 +23,7 @@ from typing import (
     Protocol,
     TypeVar,
     Unpack,
+    cast,
     overload,
 )
 
@@ -33,8 +35,8 @@ from .control import Control
 from .errors import ConfigurationError, NotRegistered
 from .middleware import Middleware
 from .options import CallOptions
-from .plugins import workflows_for
-from .protocols import Broker, ResultBackend, RoutesByExchange, RoutesResults
+from .plugins import beat_for, check_beat_entry, workflows_for
+from .protocols import BeatService, Broker, ResultBackend, RoutesByExchange, RoutesResults
 from .result import AsyncResult, GroupResult, GroupResults
 from .routing import Router, router_of
 from .serialization import check_serializer
@@ -71,6 +73,17 @@ class BoundTaskDecorator(Protocol):
     ) -> Task[P, R]: ...
     @overload
     def __call__(self, fn: Callable[Concatenate[Any, P], R], /) -> Task[P, R]: ...
+
+
+class PeriodicDecorator(Protocol):
+    """What ``@app.periodic(...)`` returns: takes a function or a task, returns the task."""
+
+    @overload
+    def __call__(self, fn: Task[P, R], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
 
 
 class App:
@@ -131,6 +144,9 @@ class App:
         #: the workflow engine (``aqueue.workflows``): applies canvases, and continues
         #: workflows in the worker; it registers its built-in tasks on the app
         self.workflows: Workflows = workflows_for(self)
+        #: periodic tasks declared with ``@app.periodic``: entry name -> entry (as in
+        #: ``beat_schedule``); the scheduler runs these and ``conf.beat_schedule``'s
+        self.periodic_entries: dict[str, dict[str, Any]] = {}
         # the connected backend's reply_headers, when it pushes results to senders
         self._reply_headers: Callable[[], dict[str, str] | None] | None = None
         # the connected broker when it has exchanges, and the routing it was last given
@@ -217,6 +233,70 @@ class App:
         if fn is not None:
             return register(fn)
         return register
+
+    def periodic(
+        self,
+        *,
+        cron: str | None = None,
+        every: dt.timedelta | float | None = None,
+        schedule: Any = None,
+        tz: str | None = None,
+        name: str | None = None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        **policies: Any,
+    ) -> PeriodicDecorator:
+        """Run a task periodically: ``@app.periodic(cron="0 7 * * mon", tz="Europe/Berlin")``.
+
+        Decorates a function (registered as with ``@app.task``) or a task (put it above
+        ``@app.task(...)`` to give task options). The schedule is one of ``cron`` (a cron
+        string), ``every`` (a timedelta or seconds) or ``schedule`` (``crontab(...)``, or
+        what ``beat_schedule`` takes). ``name`` is the entry's name (default: the task's);
+        ``args``, ``kwargs`` and ``options`` are what each run is sent with; ``policies``
+        are the other keys of an entry: ``misfire``, ``catch_up``, ``misfire_grace``,
+        ``overlap``, ``jitter``, ``start``, ``end``, ``enabled`` (docs/periodic-tasks.md).
+
+        The entry runs wherever a scheduler of this app runs (``aqueue beat``,
+        ``aqueue worker --beat``, ``async with app.beat():``).
+
+        Raises:
+            ConfigurationError: a bad schedule or key (checked here, at decoration).
+        """
+        given = [value for value in (cron, every, schedule) if value is not None]
+        if len(given) != 1:
+            raise ConfigurationError("@app.periodic needs one of cron=, every= or schedule=")
+
+        def register(fn: Any) -> Any:
+            task = fn if isinstance(fn, Task) else self.task(fn)
+            entry_name = name or task.name
+            raw: dict[str, Any] = {"task": task.name, "schedule": given[0], **policies}
+            if tz is not None:
+                raw["tz"] = tz
+            if args:
+                raw["args"] = tuple(args)
+            if kwargs:
+                raw["kwargs"] = dict(kwargs)
+            if options:
+                raw["options"] = dict(options)
+            if entry_name in self.periodic_entries:
+                raise ConfigurationError(f"beat entry {entry_name!r} is declared twice")
+            check_beat_entry(self, entry_name, raw)
+            self.periodic_entries[entry_name] = raw
+            return task
+
+        return cast(PeriodicDecorator, register)
+
+    def beat(self, **options: Any) -> BeatService:
+        """The periodic task scheduler of this app: ``async with app.beat():`` runs it here.
+
+        Any number of schedulers may run (in ``aqueue beat`` processes, in workers started
+        with ``--beat``, embedded like this): one leads, the others stand by, and each slot
+        is sent once. Options: ``lease_seconds``, ``max_interval``, ``clock``, ``store``,
+        ``name`` (see :class:`aqueue.beat.Beat`). Entries are managed at run time with
+        :class:`aqueue.beat.BeatSchedule`.
+        """
+        return beat_for(self, **options)
 
     def add_middleware(self, middleware: Middleware) -> None:
         """Add middleware around every publish and execution; the first added is outermost."""

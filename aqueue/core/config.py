@@ -8,6 +8,7 @@ import inspect
 import logging
 import os
 import re
+import zoneinfo
 from collections.abc import Mapping
 from typing import Any, get_type_hints
 
@@ -106,6 +107,18 @@ class Settings:
     worker_task_log_format: str = (
         "[%(asctime)s: %(levelname)s/%(processName)s] %(task_name)s[%(task_id)s]: %(message)s"
     )
+    #: periodic tasks: entry name -> ``{"task": ..., "schedule": ..., ...}``
+    #: (docs/periodic-tasks.md)
+    beat_schedule: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: the zone cron schedules read (an IANA name such as ``Europe/Berlin``); ``None``: UTC
+    timezone: str | None = None
+    #: most seconds the scheduler waits before looking at the stored entries again
+    beat_max_loop_interval: float = 5.0
+    #: seconds the leading scheduler's lease lasts unrenewed (renewed every third of it)
+    beat_lease_seconds: float = 5.0
+    #: cron entries without a misfire policy skip slots later than this (Celery's); ``None``:
+    #: they run once (the misfire policy ``once``)
+    beat_cron_starting_deadline: float | None = None
 
     #: names set by the constructor, ``update()`` or the environment: a config object read
     #: later (``config_from_object``) does not override them
@@ -329,6 +342,11 @@ CELERY_OLD_NAMES: dict[str, str] = {
     "CELERYD_TASK_LOG_FORMAT": "worker_task_log_format",
     "CELERYD_TASK_TIME_LIMIT": "task_time_limit",
     "CELERYD_TASK_SOFT_TIME_LIMIT": "task_soft_time_limit",
+    "CELERYBEAT_SCHEDULE": "beat_schedule",
+    "CELERYBEAT_MAX_LOOP_INTERVAL": "beat_max_loop_interval",
+    "CELERYBEAT_SCHEDULER": "beat_scheduler",
+    "CELERYBEAT_SCHEDULE_FILENAME": "beat_schedule_filename",
+    "CELERYBEAT_SYNC_EVERY": "beat_sync_every",
 }
 
 #: Celery settings that aqueue needs no counterpart for: accepted, ignored, and why
@@ -344,14 +362,16 @@ CELERY_NOT_NEEDED: dict[str, str] = {
     "worker_hijack_root_logger": "aqueue never configures logging; its CLI does",
     "worker_redirect_stdouts": "aqueue leaves the standard streams alone",
     "worker_log_color": "aqueue's worker log has no colours",
+    "beat_scheduler": "aqueue's scheduler keeps its entries in the result backend",
+    "beat_schedule_filename": "the scheduler's state lives in the result backend, not a file",
+    "beat_sync_every": "the scheduler records each entry's state as it sends the entry's task",
+    "beat_enable_remote_control": "change entries with aqueue beat add/remove/pause/resume",
+    "beat_remote_control_max_tick_age": "change entries with aqueue beat add/remove/pause/resume",
 }
 
 #: Celery settings for what aqueue does not have yet: accepted, with a warning that nothing
 #: uses them, so a Celery config file loads
-CELERY_NOT_YET: dict[str, str] = {
-    "beat_schedule": "aqueue has no periodic task scheduler yet: these entries do not run",
-    "timezone": "only periodic tasks use a time zone, and aqueue has none yet",
-}
+CELERY_NOT_YET: dict[str, str] = {}
 
 #: Celery settings whose effect aqueue cannot give: refused, naming what to do instead
 CELERY_REFUSED: dict[str, str] = {
@@ -411,7 +431,7 @@ def _coerce(name: str, value: Any) -> Any:
             return None
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise bad
-        return float(value)
+        value = float(value)
     elif hint == list[str]:
         if isinstance(value, str) or not all(isinstance(v, str) for v in value):
             raise bad
@@ -434,8 +454,18 @@ def _coerce(name: str, value: Any) -> Any:
         check_serializer(value)
     if name in _ROUTING_CHECKS:
         return _ROUTING_CHECKS[name](value)
+    if name == "timezone" and value is not None:
+        _check_zone(value)
     if (
-        name in ("lease_seconds", "worker_concurrency", "max_deliveries", "publish_chunk_size")
+        name
+        in (
+            "lease_seconds",
+            "worker_concurrency",
+            "max_deliveries",
+            "publish_chunk_size",
+            "beat_max_loop_interval",
+            "beat_lease_seconds",
+        )
         and not value
     ):
         raise ConfigurationError(f"setting {name} must be positive")
@@ -445,3 +475,14 @@ def _coerce(name: str, value: Any) -> Any:
             "prefetch (Celery's 0); give a count with worker_prefetch instead"
         )
     return value
+
+
+def _check_zone(name: str) -> None:
+    """``timezone`` names a zone the zone database knows."""
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigurationError(
+            f"setting timezone: unknown time zone {name!r}; use an IANA name such as "
+            "'Europe/Berlin' or 'UTC' (on systems without a zone database: pip install tzdata)"
+        ) from None

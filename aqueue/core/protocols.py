@@ -391,3 +391,27 @@ class Workflows(Protocol):
 
     async def states(self, root_id: str) -> dict[str, str]:
         """The state of every node of the workflow started with ``root_id``."""
+
+
+class BeatService(Protocol):
+    """The periodic task scheduler (``aqueue.beat``), as ``app.beat()`` returns it.
+
+    ``async with app.beat():`` runs it in the current loop; ``await beat.run()`` runs it
+    until ``request_stop()``. Any number may run: one leads (see docs/periodic-tasks.md).
+    """
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this scheduler holds the leader lease (as of its last look)."""
+
+    async def run(self) -> None:
+        """Run until :meth:`request_stop`."""
+
+    def request_stop(self) -> None:
+        """Stop soon, giving the lease up."""
+
+    async def __aenter__(self) -> BeatService:
+        """Start running in the background; return once the first round is done."""
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Stop and wait for it."""

@@ -171,3 +171,26 @@ async def errors() -> None:
     await app.send_many([add.s(1, 1) | mul.s(2)])  # type: ignore[list-item]
     firsts: list[AsyncResult[str]] = await add.delay_many([(1, 2)])  # type: ignore[assignment]
     del firsts
+
+
+# -- periodic tasks: the decorator keeps the task's types -----------------------------------
+
+
+@app.periodic(cron="0 7 * * mon", tz="Europe/Berlin")
+async def weekly(kind: str) -> int:
+    return len(kind)
+
+
+@app.periodic(every=dt.timedelta(minutes=5))
+@app.task(queue="hi")
+def every_five() -> str:
+    return "ok"
+
+
+async def periodic_tasks() -> None:
+    assert_type(weekly.s("x"), Signature[int])
+    assert_type(every_five, Task[[], str])
+    assert_type(await (await weekly.delay("x")).wait(), int)
+    await weekly.delay(3)  # type: ignore[arg-type]
+    async with app.beat() as scheduler:
+        assert_type(scheduler.is_leader, bool)

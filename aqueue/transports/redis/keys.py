@@ -66,6 +66,11 @@ class KeySpace:
         """What the keys of a shared limit start with (hash tag ``{throttle:<key>}``)."""
         return f"{self.prefix}:{{throttle:{key}}}:"
 
+    def beat(self, app: str) -> str:
+        """What the keys of an app's periodic-task schedules start with (hash tag
+        ``{beat:<app>}``: entries, their state and the leader lease, one Lua call apart)."""
+        return f"{self.prefix}:{{beat:{app}}}:"
+
     @property
     def reply_channels(self) -> str:
         """What the reply channel of every process that watches results starts with."""
