@@ -18,7 +18,7 @@ import msgspec
 
 from .bulk import encode_batch, new_ids, publish_chunks
 from .canvas import Signature
-from .context import current_request
+from .context import current_request, record_child
 from .errors import ArgumentError, OptionError, PublishTimeout
 from .message import MessageOut, encode_message
 from .middleware import chain_publish
@@ -69,7 +69,10 @@ async def send(
             raise _publish_timeout(app, msg) from None
         task_id = msg.id
     result_type = task.spec.result_type if task is not None else Any
-    return AsyncResult(app, task_id, result_type=result_type, task=task)
+    result = AsyncResult(app, task_id, result_type=result_type, task=task)
+    if msg.parent_id is not None:  # sent from inside a task (or given a parent): its child
+        record_child(current_request(), result)
+    return result
 
 
 def with_reply_headers(app: App, msg: MessageOut) -> MessageOut:
@@ -158,7 +161,11 @@ async def send_signatures(app: App, signatures: Iterable[Signature[Any]]) -> lis
         msg, fmt = node_message(app.conf, node, task, parent_id=parent_id, root_id=root_id)
         messages.append(with_reply_headers(app, msg))
         fmts.append(fmt)
-    return await publish_many(app, messages, fmts, tasks)
+    results = await publish_many(app, messages, fmts, tasks)
+    if sender is not None:
+        for result in results:
+            record_child(sender, result)
+    return results
 
 
 async def send_items(
@@ -225,7 +232,11 @@ async def send_items(
             )
             for task_id, args in zip(ids, arg_list, strict=True)
         ]
-    return await publish_many(app, messages, plan.serializer, [task])
+    results = await publish_many(app, messages, plan.serializer, [task])
+    if sender is not None:
+        for result in results:
+            record_child(sender, result)
+    return results
 
 
 async def publish_many(

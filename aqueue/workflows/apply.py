@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..core.context import current_request
+from ..core.context import current_request, record_child
 from ..core.message import ResultOut, decode_result
-from ..core.nodes import ChainNode, GroupNode, Node, TaskNode, all_ids, chord_members
+from ..core.nodes import ChainNode, GroupNode, Node, ReplacedNode, TaskNode, all_ids, chord_members
 from ..core.result import AsyncResult, GroupResult
 from ..core.sending import with_reply_headers
 from ..core.serialization import check_serializer, decode, encode, format_of
@@ -56,6 +56,7 @@ async def apply(
     await app.connected_broker()  # connects the backend too, which may route results
     await engine.publish([(with_reply_headers(app, m), fmt) for m, fmt in outbound])
     handle.workflow_ids = ids
+    record_child(sender, handle)
     return handle
 
 
@@ -65,7 +66,7 @@ def result_tree(app: App, node: Node) -> Handle:
     A group gives a ``GroupResult`` of its members; a chord its body's handle, whose
     ``parent`` is the header's ``GroupResult`` (id: the chord's).
     """
-    if isinstance(node, TaskNode):
+    if isinstance(node, TaskNode | ReplacedNode):
         task = app.tasks.get(node.task)
         if task is not None:
             return task.AsyncResult(node.id)
