@@ -1,10 +1,11 @@
 """The chord section of Celery's canvas integration tests, spelled the async way.
 
 Each test names the Celery test (``t/integration/test_canvas.py::test_chord``) whose shape,
-values and errors it checks, on every broker. Not ported: ``self.replace()``,
-``self.add_to_chord()``, eager ``apply()``, Redis-internal checks (subscribed channels,
-the join key), and ``task_allow_error_cb_on_chord_header=True`` (aqueue has Celery's
-default only: a chord's errbacks are its body's).
+values and errors it checks, on every broker (``self.replace()`` in chords:
+``test_celery_replace.py``; ``self.add_to_chord()``: ``test_add_to_chord.py``). Not
+ported: eager ``apply()`` (refused), Redis-internal checks (subscribed channels, the join
+key), and ``task_allow_error_cb_on_chord_header=True`` (aqueue has Celery's default only:
+a chord's errbacks are its body's).
 """
 
 from __future__ import annotations
@@ -75,13 +76,13 @@ async def test_group_or_task_countdown_delays_header(app: App, c: Any) -> None:
 
 
 async def test_replaced_nested_chord(app: App, c: Any) -> None:
-    """test_replaced_nested_chord (add_replaced as a plain add: the same values)."""
+    """test_replaced_nested_chord: replaced header members, bodies replaced by groups."""
     wf = chord(
         [
-            chord([c.add.s(1, 2), c.add.s(3, 4)], c.add_to_all.s(5)) | c.tsum.s(),
-            chord([c.add.s(6, 7), c.add.s(0, 0)], c.add_to_all.s(8)) | c.tsum.s(),
+            chord([c.add.s(1, 2), c.add_replaced.s(3, 4)], c.add_to_all_replaced.s(5)) | c.tsum.s(),
+            chord([c.add_replaced.s(6, 7), c.add.s(0, 0)], c.add_to_all_replaced.s(8)) | c.tsum.s(),
         ],
-        c.add_to_all.s(9),
+        c.add_to_all_replaced.s(9),
     )
     async with app.worker(concurrency=20):
         assert await (await wf()).wait(TIMEOUT) == [29, 38]
