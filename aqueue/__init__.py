@@ -43,11 +43,13 @@ from .core.errors import (
     NotRegistered,
     OptionError,
     PublishTimeout,
+    Replace,
     Retry,
     SoftTimeLimitExceeded,
     TaskFailed,
     TaskRevoked,
     TimeLimitExceeded,
+    Unsupported,
 )
 from .core.logs import get_task_logger
 from .core.message import ErrorInfo
@@ -55,7 +57,7 @@ from .core.middleware import Middleware
 from .core.offload import ProcessPool, offload
 from .core.offload_wire import RemoteError, WorkerLostError
 from .core.options import CallOptions
-from .core.result import AsyncResult, GroupResult, StateChange, result_from_tuple
+from .core.result import AsyncResult, GroupResult, ResultSet, StateChange, result_from_tuple
 from .core.task import Task, TaskCall
 from .core.worker import Worker
 
@@ -89,7 +91,9 @@ __all__ = [
     "ProcessPool",
     "PublishTimeout",
     "RemoteError",
+    "Replace",
     "Request",
+    "ResultSet",
     "Retry",
     "Settings",
     "Signature",
@@ -100,6 +104,7 @@ __all__ = [
     "TaskFailed",
     "TaskRevoked",
     "TimeLimitExceeded",
+    "Unsupported",
     "Worker",
     "WorkerLostError",
     "__version__",
