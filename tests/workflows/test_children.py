@@ -68,8 +68,8 @@ async def test_collect_follows_children_depth_first(app: App, c: Any) -> None:
 
 async def test_children_before_a_read_and_of_a_task_that_sent_nothing(app: App, c: Any) -> None:
     h = app.AsyncResult(str(uuid.uuid4()))
-    with pytest.raises(AsyncUsageError, match="await result.wait"):
-        h.children  # noqa: B018
+    with pytest.raises(AsyncUsageError, match=r"await result\.wait"):
+        h.children
     async with app.worker(concurrency=20):
         res = await c.add.delay(1, 1)
         assert await res.wait(TIMEOUT) == 2
