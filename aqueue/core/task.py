@@ -22,7 +22,7 @@ from .arguments import ArgumentSpec
 from .awaiting import Awaiting
 from .canvas import MAP_TASK, STARMAP_TASK, Canvas, Chain, Group, Signature, derived_node
 from .context import Request, current_request, trail_of
-from .errors import MaxRetriesExceededError, Replace, Retry, eager_refused
+from .errors import MaxRetriesExceededError, Replace, Retry, Unsupported, eager_refused
 from .message import ResultOut
 from .options import CallOptions, check_options
 from .result import AsyncResult, GroupResult
@@ -264,7 +264,7 @@ class Task(Generic[P, R]):
         raise Replace(derived_node(canvas, f"{req.id}:replace"))
 
     def add_to_chord(
-        self, sig: Canvas[Any, Any] | Task[..., Any]
+        self, sig: Canvas[Any, Any] | Task[..., Any], lazy: bool = False
     ) -> Awaitable[AsyncResult[Any] | GroupResult[Any]]:
         """Apply ``sig`` as part of the chord this task is a member of (Celery's).
 
@@ -277,7 +277,13 @@ class Task(Generic[P, R]):
         Raises:
             ValueError: this task is not a member of a chord.
             RuntimeError: called outside a task run by a worker.
+            Unsupported: ``lazy=True`` (Celery's "apply it later yourself").
         """
+        if lazy:
+            raise Unsupported(
+                "add_to_chord(lazy=True) is not supported: the chord would wait for a task "
+                "that might never be sent; add_to_chord() applies it at once"
+            )
         req = self.request
         if req.called_directly:
             raise RuntimeError("add_to_chord() works inside a task run by a worker")

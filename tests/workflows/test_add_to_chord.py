@@ -120,9 +120,17 @@ async def test_add_to_chord_outside_a_chord_member_is_refused(app: App, c: Any) 
         await self.add_to_chord(c.add.s(1, 1))
         return 0
 
+    @app.task(name="a.adds_lazily", bind=True)
+    async def adds_lazily(self: Task[..., Any]) -> int:
+        await self.add_to_chord(c.add.s(1, 1), lazy=True)
+        return 0
+
     async with app.worker(concurrency=20):
         with pytest.raises(TaskFailed, match="not a member of a chord"):
             await (await adds.delay()).wait(TIMEOUT)
         res = await chord([chain(adds.s(), c.identity.s())], c.identity.s())()
         with pytest.raises(TaskFailed, match="not a member of a chord"):
+            await res.wait(TIMEOUT)
+        res = await chord([adds_lazily.s()], c.identity.s())()
+        with pytest.raises(TaskFailed, match=r"lazy=True\) is not supported"):
             await res.wait(TIMEOUT)
