@@ -27,7 +27,15 @@ import msgspec
 from . import context, limits, retry, signals, states
 from .admission import RATE_SLOT_HEADER, LocalThrottle, parse_rate
 from .control import TERMINATE
-from .errors import ArgumentError, DecodeError, EncodeError, MessageError, Replace, Retry
+from .errors import (
+    ArgumentError,
+    ConfigurationError,
+    DecodeError,
+    EncodeError,
+    MessageError,
+    Replace,
+    Retry,
+)
 from .message import (
     INTERNAL_HEADER_PREFIX,
     ErrorInfo,
@@ -381,7 +389,8 @@ class Executor:
         self.replaced += 1
         try:
             await self.app.workflows.replace(msg, signal.node, job.attempt)
-        except MessageError as exc:  # e.g. the replacement's message would be too large
+        except (MessageError, ConfigurationError) as exc:
+            # the replacement cannot be sent (too large), or not run here (rpc:// results)
             await self._failed(job, exc, acks_late)
             return
         log.info(

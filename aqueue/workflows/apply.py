@@ -41,15 +41,7 @@ async def apply(
     root_id = sender.root_id if sender is not None else ids[0]
     parent_id = sender.id if sender is not None else None
     if not isinstance(node, TaskNode):  # index every node so the workflow can be inspected
-        backend = await app.result_backend()
-        record = ResultOut(id=ids[0], state="META", value=ids)
-        await backend.store(
-            _WORKFLOW + ids[0],
-            encode(record, check_serializer(app.conf.task_serializer)),
-            state="META",
-            attempt=0,
-            ttl=app.conf.result_expires,
-        )
+        await index(app, ids)
     outbound = await engine.build(
         node, prepend=args, kwargs=kwargs, parent_id=parent_id, root_id=root_id
     )
@@ -58,6 +50,23 @@ async def apply(
     handle.workflow_ids = ids
     record_child(sender, handle)
     return handle
+
+
+async def index(app: App, ids: list[str]) -> None:
+    """Store the ids of a workflow's nodes under its first id (``app.workflow_states``).
+
+    Raises:
+        ConfigurationError: the result backend cannot hold workflow state (``rpc://``).
+    """
+    backend = await app.result_backend()
+    record = ResultOut(id=ids[0], state="META", value=ids)
+    await backend.store(
+        _WORKFLOW + ids[0],
+        encode(record, check_serializer(app.conf.task_serializer)),
+        state="META",
+        attempt=0,
+        ttl=app.conf.result_expires,
+    )
 
 
 def result_tree(app: App, node: Node) -> Handle:

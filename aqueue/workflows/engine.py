@@ -109,6 +109,9 @@ class Engine:
             link=msg.link,
             link_error=msg.link_error,
         )
+        # indexed (app.workflow_states(first id)); refused by a backend that cannot hold
+        # workflow state (rpc://), before anything is sent
+        await apply.index(self.app, all_ids(node))
         steps = (*node.steps, end) if isinstance(node, ChainNode) else (node, end)
         out = await self.build(
             steps[0],
