@@ -111,7 +111,9 @@ class Engine:
         )
         # indexed (app.workflow_states(first id)); refused by a backend that cannot hold
         # workflow state (rpc://), before anything is sent
-        await apply.index(self.app, all_ids(node))
+        ids = all_ids(node)
+        if ids:  # (an empty group has none: its task's value is [] at once)
+            await apply.index(self.app, ids)
         steps = (*node.steps, end) if isinstance(node, ChainNode) else (node, end)
         out = await self.build(
             steps[0],
