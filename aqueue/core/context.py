@@ -45,6 +45,8 @@ class Request:
     chord: str | None = None
     #: what the task sent so far; made on its first send (see :func:`trail_of`)
     trail: Trail | None = dataclasses.field(default=None, repr=False)
+    #: whether what it sends is recorded as its children (the task's ``trail`` option)
+    keeps_trail: bool = True
 
 
 @dataclasses.dataclass(slots=True)
@@ -77,8 +79,9 @@ def trail_of(request: Request) -> Trail:
 
 
 def record_child(request: Request | None, handle: Any) -> None:
-    """Record ``handle`` (what a running task just sent) as a child of ``request``'s task."""
-    if request is not None and not request.called_directly:
+    """Record ``handle`` (what a running task just sent) as a child of ``request``'s task
+    (Celery's ``trail``), unless the task has ``trail=False``."""
+    if request is not None and request.keeps_trail and not request.called_directly:
         trail_of(request).children.append(handle)
 
 

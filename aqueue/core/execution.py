@@ -287,6 +287,7 @@ class Executor:
             root_id=msg.root_id or msg.id,  # a task sent on its own is its workflow's root
             group_id=msg.group_id,
             chord=msg.chord if not msg.chain else None,
+            keeps_trail=task.trail,
             delivery_count=delivery.delivery_count,
             max_retries=msg.max_retries,
             time_limit=hard,

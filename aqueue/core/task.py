@@ -91,6 +91,9 @@ class Task(Generic[P, R]):
     typing: bool = True
     #: Celery's option; aqueue always redelivers a lost worker's tasks (until max_deliveries)
     reject_on_worker_lost: bool = True
+    #: record what the task sends as its children, stored with its result (Celery's
+    #: ``trail``); ``False`` for a task that sends very many (its record stays small)
+    trail: bool = True
 
     name: str
     app: App
@@ -257,7 +260,10 @@ class Task(Generic[P, R]):
         """
         req = self.request
         if req.called_directly:
-            raise RuntimeError("replace() works inside a task run by a worker")
+            raise RuntimeError(
+                "replace() works inside a task run by a worker (not a direct call, not an "
+                "offload='process' task)"
+            )
         canvas = sig.s() if isinstance(sig, Task) else sig
         if isinstance(canvas, Chain) and not canvas.steps:
             raise ValueError("cannot replace a task with an empty chain")
@@ -286,7 +292,10 @@ class Task(Generic[P, R]):
             )
         req = self.request
         if req.called_directly:
-            raise RuntimeError("add_to_chord() works inside a task run by a worker")
+            raise RuntimeError(
+                "add_to_chord() works inside a task run by a worker (not a direct call, not "
+                "an offload='process' task)"
+            )
         if req.chord is None:
             raise ValueError(
                 "add_to_chord: the current task is not a member of a chord (only a task "

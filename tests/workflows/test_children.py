@@ -77,3 +77,17 @@ async def test_children_before_a_read_and_of_a_task_that_sent_nothing(app: App, 
     backend = await app.result_backend()
     raw = await backend.get(res.id)
     assert raw is not None and b"children" not in raw  # nothing stored for it
+
+
+async def test_trail_false_records_nothing(app: App, c: Any) -> None:
+    """Celery's ``trail=False``: the task's record does not list what it sent."""
+
+    @app.task(name="t.quiet", trail=False)
+    async def quiet() -> int:
+        await c.add.delay(1, 1)
+        return 0
+
+    async with app.worker(concurrency=20):
+        res = await quiet.delay()
+        assert await res.wait(TIMEOUT) == 0
+    assert res.children == []
