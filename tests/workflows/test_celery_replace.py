@@ -37,6 +37,19 @@ async def test_task_replaced(app: App, c: Any) -> None:
         assert await res.wait(TIMEOUT) == []  # an empty group
 
 
+async def test_replaced_by_a_chord(app: App, c: Any) -> None:
+    """A task replaced by a chord: the chord's body value is the task's, in a chain too."""
+
+    @app.task(name="r.by_chord", bind=True)
+    async def by_chord(self: Task[..., Any], n: int) -> Any:
+        await self.replace(chord((c.add.s(i, i) for i in range(n)), c.tsum.s()))
+
+    async with app.worker(concurrency=20):
+        assert await (await by_chord.delay(4)).wait(TIMEOUT) == 12
+        res = await (c.add.s(1, 1) | by_chord.si(3) | c.add.s(100))()
+        assert await res.wait(TIMEOUT) == 106
+
+
 async def test_chain_step_replaced(app: App, c: Any) -> None:
     """test_chain_child_replaced_with_chain_first, _middle, _last, test_complex_chain."""
     async with app.worker(concurrency=20):
