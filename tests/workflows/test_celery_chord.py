@@ -626,3 +626,28 @@ async def test_errbacks_of_group_bodies(app: App, c: Any, rec: Recorder) -> None
     )
     wf = chord([c.add.si(1, 1)], body)
     assert await run(wf, "6", link_error=e("chord", "6")) == ["chord", "group"]
+
+
+async def test_upgraded_chord_errbacks_reach_each_header_task(
+    app: App, c: Any, rec: Recorder
+) -> None:
+    """test_flag_allow_error_cb_on_chord_header_on_upgraded_chord, without the setting: a
+    chain's errback reaches each failed header task and the body (docs/workflows.md)."""
+    headers = (
+        (c.fail.si(), c.fail.si(), c.fail.si()),
+        (c.fail.si(), c.identity.si(42)),
+        (c.fail.si(), c.identity.si(42), c.fail.si(), c.identity.si(42), c.fail.si()),
+    )
+    async with app.worker(concurrency=20):
+        for n, header in enumerate(headers):
+            wf = chain(group(list(header)), c.redis_echo.si("body", redis_key="body"))
+            wf.link_error(c.redis_echo.si("errback", redis_key=f"errback-{n}"))
+            with pytest.raises(TaskFailed) as info:
+                await (await wf.delay()).wait(TIMEOUT)
+            expected(info)
+    await settle(app)
+    failed = [sum(s.name == "c.fail" for s in header) for header in headers]
+    assert [len(rec.echoes[f"errback-{n}"]) for n in range(len(headers))] == [
+        count + 1 for count in failed
+    ]
+    assert "body" not in rec.echoes
