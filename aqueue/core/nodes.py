@@ -98,6 +98,9 @@ class ChordMeta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     deadline: float | None = None
     #: the workflow's root task id (the body's ``root_id``)
     root_id: str | None = None
+    #: a member added tasks to the chord (``self.add_to_chord()``); stored as attempt 1, so
+    #: the chord being built again (a redelivered step before it) cannot clear it
+    additions: bool = False
 
 
 def chord_members(header: tuple[Node, ...]) -> list[Node]:

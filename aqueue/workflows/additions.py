@@ -6,13 +6,14 @@ while members join could fire the chord early. Instead, the count never changes:
 ``X`` that added tasks joins only once *its slot* is complete, i.e. ``X`` and everything
 it added (and everything those added, ...) succeeded.
 
-* ``X`` records the shapes of what it adds under ``chord-adds:<chord>:<X>`` (the whole
-  list, rewritten on each add) and marks the chord ``chord-added:<chord>``, both before
+* ``X`` marks the chord's meta (``additions``, written as attempt 1 so that building the
+  chord again cannot clear it) and records the shapes of what it adds under
+  ``chord-adds:<chord>:<X>`` (the whole list, rewritten on each add), both before
   publishing them. The list is final once ``X``'s result is stored.
 * What ``X`` added carries the chord reference ``<chord>`` + ``\\x1f`` + ``X``: when it
   finishes, the engine checks ``X``'s slot and, if complete, joins the chord *as* ``X``.
-  ``X``'s own completion does the same check (its join reads its list with the chord's
-  meta, in the same round trip).
+  ``X``'s own completion does the same check when the meta is marked (so a chord nothing
+  was added to costs its members no extra read).
 * The check reads records after the caller's own result was stored, so of the tasks of a
   slot finishing at the same time the last one to store sees all the others done; joining
   as ``X`` twice is harmless (the set is idempotent, the chord fires once).
@@ -38,8 +39,6 @@ if TYPE_CHECKING:
 SLOT: Final = "\x1f"
 #: ``chord-adds:<chord>:<adder>``: the shapes of what a task added, in order
 _ADDS: Final = "chord-adds:"
-#: ``chord-added:<chord>``: present once anything was added to the chord
-_ADDED: Final = "chord-added:"
 
 
 def slot_ref(chord_id: str, owner: str) -> str:
@@ -58,26 +57,16 @@ def adds_key(chord_id: str, adder: str) -> str:
     return f"{_ADDS}{chord_id}:{adder}"
 
 
-def added_key(chord_id: str) -> str:
-    """The marker of a chord something was added to."""
-    return f"{_ADDED}{chord_id}"
-
-
 async def record(
     backend: ResultBackend,
     chord_id: str,
     adder: str,
     shapes: list[Shape],
     *,
-    first: bool,
     fmt: SerializerName,
     ttl: float,
 ) -> None:
-    """Store ``adder``'s list of additions (and, on its first, the chord's marker)."""
-    if first:
-        await backend.store(
-            added_key(chord_id), encode(True, fmt), state="META", attempt=0, ttl=ttl
-        )
+    """Store ``adder``'s list of additions."""
     await backend.store(
         adds_key(chord_id, adder), encode(shapes, fmt), state="META", attempt=0, ttl=ttl
     )

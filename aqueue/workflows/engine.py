@@ -35,6 +35,8 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from ..core import states
 from ..core.bulk import encode_batch
 from ..core.context import Request, record_child, trail_of
@@ -140,16 +142,20 @@ class Engine:
             raise RuntimeError(f"add_to_chord: chord {chord_id} is gone (its meta expired)")
         trail = trail_of(request)
         backend = await self.app.result_backend()
+        ttl = _chord_ttl(meta)
+        if not meta.additions:
+            marked = msgspec.structs.replace(meta, additions=True)
+            await backend.store(
+                _CHORD_META + chord_id,
+                encode(marked, self._fmt),
+                state="META",
+                attempt=1,
+                ttl=max(self.app.conf.result_expires or 0.0, ttl),
+            )
         async with trail.adding:  # concurrent adds: each stores the list as it grew
             trail.added.append(shape(node))
             await additions.record(
-                backend,
-                chord_id,
-                request.id,
-                trail.added,
-                first=len(trail.added) == 1,
-                fmt=self._fmt,
-                ttl=_chord_ttl(meta),
+                backend, chord_id, request.id, trail.added, fmt=self._fmt, ttl=ttl
             )
         out = await self.build(
             node,
@@ -445,21 +451,19 @@ class Engine:
             if not await additions.slot_done(backend, chord_id, owner):
                 return []
             member_id = owner
-        raw_meta, raw_adds = await backend.get_many(
-            [_CHORD_META + chord_id, additions.adds_key(chord_id, member_id)]
-        )
-        if raw_meta is None:
+        meta = await self._meta(chord_id)
+        if meta is None:
             log.error(
                 "chord %s: its meta record is gone (expired?); member %s ignored",
                 chord_id,
                 member_id,
             )
             return []
-        meta: ChordMeta = decode(raw_meta, ChordMeta, format_of(raw_meta))
-        added = owner is None and not failed and raw_adds is not None
-        # a member that added tasks to the chord counts once they are done too
-        if added and not await additions.slot_done(backend, chord_id, member_id):
-            return []
+        if owner is None and not failed and meta.additions:
+            # a member that added tasks to the chord counts once they are done too
+            added = await backend.get(additions.adds_key(chord_id, member_id))
+            if added is not None and not await additions.slot_done(backend, chord_id, member_id):
+                return []
         if not await backend.chord_join(
             chord_id, member_id, len(meta.member_ids), failed=failed, ttl=_chord_ttl(meta)
         ):
@@ -472,7 +476,8 @@ class Engine:
     async def _fire(self, meta: ChordMeta, fired_by: str | None) -> list[Outbound]:
         """The body's messages, with the members' values in order (nested as their shapes)."""
         backend = await self.app.result_backend()
-        *records, added = await backend.get_many([*meta.member_ids, additions.added_key(meta.id)])
+        # the meta read again in the same call: a member may have added since it was read
+        *records, fresh = await backend.get_many([*meta.member_ids, _CHORD_META + meta.id])
         values: dict[str, Any] = {}
         for member_id, raw in zip(meta.member_ids, records, strict=True):
             record = decode_result(raw) if raw is not None else None
@@ -484,7 +489,8 @@ class Engine:
             )
         shapes: list[Shape] = meta.shape if meta.shape is not None else list(meta.member_ids)
         header = _nest(shapes, values)
-        if added is not None:  # members added tasks (self.add_to_chord()): their values follow
+        if fresh is not None and decode(fresh, ChordMeta, format_of(fresh)).additions:
+            # members added tasks (self.add_to_chord()): their values follow
             try:
                 header += await additions.added_values(backend, meta.id, meta.member_ids)
             except additions.NotDone as exc:

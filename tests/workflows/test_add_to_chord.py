@@ -51,6 +51,31 @@ async def test_the_chord_waits_for_what_was_added(app: App, c: Any) -> None:
         assert await res.wait(TIMEOUT) == [1, 2, 3, 100, 300]
 
 
+async def test_the_chord_built_again_keeps_what_was_added(app: App, c: Any) -> None:
+    """A chord is built again when the step before it is redelivered (same ids): that must
+    not make it forget that members added tasks (its meta is marked as a later attempt)."""
+    gate = asyncio.Event()
+
+    @app.task(name="a.slow2")
+    async def slow2(x: int) -> int:
+        await gate.wait()
+        return x
+
+    @app.task(name="a.adds_slow2", bind=True)
+    async def adds_slow2(self: Task[..., Any], x: int) -> int:
+        await self.add_to_chord(slow2.s(x * 100))
+        return x
+
+    wf = chord([adds_slow2.s(1), c.add.s(1, 1)], c.identity.s())
+    node = wf.freeze()
+    async with app.worker(concurrency=20):
+        res = await wf.delay()
+        assert await res.parent.wait(TIMEOUT) == [1, 2]
+        await app.workflows.build(node)  # type: ignore[attr-defined]  # the engine's own
+        gate.set()
+        assert await res.wait(TIMEOUT) == [1, 2, 100]
+
+
 async def test_added_tasks_adding_more(app: App, c: Any) -> None:
     """What was added may add more; order: members' additions, then theirs."""
 
