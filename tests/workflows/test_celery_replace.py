@@ -8,11 +8,12 @@ callbacks and errors it checks, on every broker; the replacing tasks are Celery'
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
-from aqueue import App, AsyncResult, Task, TaskFailed, chain, chord, group
+from aqueue import App, AsyncResult, Task, TaskFailed, TaskRevoked, chain, chord, group
 
 from .celery_tasks import Recorder
 from .conftest import settle
@@ -228,3 +229,33 @@ async def test_replaced_result_reads(app: App, c: Any) -> None:
         res = await c.add_replaced_with_chain.delay(1, 2)
         handle: AsyncResult[Any] = app.AsyncResult(res.id)
         assert await handle.wait(TIMEOUT) == 3 and handle.status == "SUCCESS"
+
+
+async def test_revoking_a_workflow_whose_task_was_replaced(app: App, c: Any, rec: Recorder) -> None:
+    """The replacement's tasks run on; the replaced task stays REVOKED, what followed it
+    never runs, and nobody waits forever (docs/workflows.md, "Not covered")."""
+    started, gate = asyncio.Event(), asyncio.Event()
+
+    @app.task(name="r.gated")
+    async def gated(x: int) -> int:
+        started.set()
+        await gate.wait()
+        return x
+
+    @app.task(name="r.replaced_by_gated", bind=True)
+    async def replaced_by_gated(self: Task[..., Any], x: int) -> Any:
+        await self.replace(gated.s(x))
+
+    async with app.worker(concurrency=20):
+        wf = await (c.identity.s(1) | replaced_by_gated.s() | c.redis_count.si("after")).delay()
+        await started.wait()  # the task replaced itself; its replacement is running
+        await wf.revoke()
+        gate.set()
+        replaced = wf.parent
+        assert replaced is not None
+        with pytest.raises(TaskRevoked):
+            await replaced.wait(TIMEOUT)
+        with pytest.raises(TaskRevoked):
+            await wf.wait(TIMEOUT)
+    await settle(app)
+    assert rec.counts["after"] == 0
