@@ -16,5 +16,6 @@ def test_every_setting_is_documented() -> None:
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", table, re.MULTILINE))
     settings = {f.name for f in dataclasses.fields(Settings)} - {"explicit"}
     assert documented == settings, (
-        f"missing: {sorted(settings - documented)}; not settings: {sorted(documented - settings)}"
+        f"missing: {sorted(settings - documented)}; "
+        f"not settings: {sorted(documented - settings)}"
     )
