@@ -43,12 +43,14 @@ from .core.errors import (
     NotRegistered,
     OptionError,
     PublishTimeout,
+    Replace,
     Retry,
     RoutingError,
     SoftTimeLimitExceeded,
     TaskFailed,
     TaskRevoked,
     TimeLimitExceeded,
+    Unsupported,
 )
 from .core.logs import get_task_logger
 from .core.message import ErrorInfo
@@ -56,7 +58,7 @@ from .core.middleware import Middleware
 from .core.offload import ProcessPool, offload
 from .core.offload_wire import RemoteError, WorkerLostError
 from .core.options import CallOptions
-from .core.result import AsyncResult, GroupResult, StateChange, result_from_tuple
+from .core.result import AsyncResult, GroupResult, ResultSet, StateChange, result_from_tuple
 from .core.routing import Broadcast, Exchange, Queue
 from .core.task import Task, TaskCall
 from .core.worker import Worker
@@ -94,7 +96,9 @@ __all__ = [
     "PublishTimeout",
     "Queue",
     "RemoteError",
+    "Replace",
     "Request",
+    "ResultSet",
     "Retry",
     "RoutingError",
     "Settings",
@@ -106,6 +110,7 @@ __all__ = [
     "TaskFailed",
     "TaskRevoked",
     "TimeLimitExceeded",
+    "Unsupported",
     "Worker",
     "WorkerLostError",
     "__version__",

@@ -125,6 +125,7 @@ def _spelled(owner: object) -> str:
 _KINDS = {
     "AsyncResult": "result",
     "GroupResult": "group_result",
+    "ResultSet": "result_set",
     "App": "app",
     "Chain": "chain",
     "Group": "group",

@@ -27,13 +27,26 @@ one).
 
 from __future__ import annotations
 
+import contextvars
 import copy
+import itertools
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, Generic, NamedTuple, Self, TypeVar, cast, overload
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Final,
+    Generic,
+    NamedTuple,
+    NoReturn,
+    Self,
+    TypeVar,
+    cast,
+    overload,
+)
 
 from .awaiting import Awaiting, awaiting
-from .errors import ConfigurationError
+from .errors import ConfigurationError, Unsupported, eager_refused
 from .nodes import ChainNode, ChordNode, GroupNode, Node, TaskNode, chord_members
 from .options import check_options, merge_options
 from .result import AsyncResult, GroupResult
@@ -62,9 +75,41 @@ STARMAP_TASK: Final = "aqueue.starmap"
 _DELAYS: Final = ("countdown", "eta")
 
 
+#: where :func:`new_id` takes ids from while :func:`derived_node` builds a node
+_derived_ids: contextvars.ContextVar[Iterator[str] | None] = contextvars.ContextVar(
+    "aqueue_derived_ids", default=None
+)
+#: the namespace of ids derived from a task id (``uuid5``)
+_DERIVED = uuid.UUID("6b1d3c0e-6a4f-4f8e-9d3a-2f1c8e5b7a90")
+
+
 def new_id() -> str:
-    """A fresh task id."""
+    """A fresh task id (inside :func:`derived_node`: the next derived one)."""
+    derived = _derived_ids.get()
+    if derived is not None:
+        return next(derived)
     return str(uuid.uuid4())
+
+
+def derived_node(canvas: Canvas[Any, Any], seed: str) -> Node:
+    """``canvas``'s wire form with every id not pinned derived from ``seed``.
+
+    A worker that applies a canvas on a task's behalf (``self.replace()``,
+    ``self.add_to_chord()``) derives the ids from the task's id, so the task running again
+    (its worker died before acking) sends the same ids, which run once.
+
+    Raises:
+        ValueError: the canvas has no task to run (an empty chain).
+    """
+    ids = (str(uuid.uuid5(_DERIVED, f"{seed}/{n}")) for n in itertools.count())
+    token = _derived_ids.set(ids)
+    try:
+        node = canvas.to_node()
+    finally:
+        _derived_ids.reset(token)
+    if node is None:
+        raise ValueError(f"{canvas!r} has no task to run")
+    return node
 
 
 class _Push(NamedTuple):
@@ -168,6 +213,20 @@ class Canvas(Generic[R, H]):
 
     def __or__(self, other: Canvas[S, H2]) -> Chain[S, H2]:
         return Chain(self, other)
+
+    def apply(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """Celery's eager ``apply()``: refused with :class:`Unsupported`, naming what to use.
+
+        aqueue has no eager mode: apply the canvas on ``memory://`` with an embedded worker.
+        """
+        raise eager_refused(f"{type(self).__name__.lower()}.apply()")
+
+    def stamp(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """Celery's stamping: refused with :class:`Unsupported` (docs/workflows.md)."""
+        raise Unsupported(
+            "stamping (canvas.stamp(), StampingVisitor) is not supported: give each "
+            "signature its headers with .set(headers={...}); they reach self.request.headers"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON when the arguments are); ``signature(data, app=app)`` rebuilds it."""
@@ -554,6 +613,22 @@ class Group(Canvas[list[R], GroupResult[R]]):
 
     def _is_empty(self) -> bool:
         return all(m._is_empty() for m in self.members)
+
+    def skew(self, start: float = 1.0, stop: float | None = None, step: float = 1.0) -> Self:
+        """Spread the members out in time (Celery's ``skew``): returns the group itself.
+
+        Member ``i`` gets ``countdown=start + i * step``; past ``stop`` the members keep the
+        last countdown that did not exceed it. A ``countdown`` given to the whole group
+        (``set``, ``apply_async``) replaces these, as in Celery.
+        """
+        countdown = previous = float(start)
+        for member in self.members:
+            if stop is not None and countdown > stop:
+                member.set(countdown=previous)
+                continue
+            member.set(countdown=countdown)
+            previous, countdown = countdown, countdown + step
+        return self
 
     def _pin(self) -> None:
         if "task_id" not in self.options:

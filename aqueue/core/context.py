@@ -55,6 +55,50 @@ class Request:
             "redelivered": self.delivery_count > 1,
         }
 
+    #: the chord this task completes a member of, as an opaque reference (set when
+    #: ``self.add_to_chord()`` is allowed: not on a chain step before the last)
+    chord: str | None = None
+    #: what the task sent so far; made on its first send (see :func:`trail_of`)
+    trail: Trail | None = dataclasses.field(default=None, repr=False)
+    #: whether what it sends is recorded as its children (the task's ``trail`` option)
+    keeps_trail: bool = True
+
+
+@dataclasses.dataclass(slots=True)
+class Trail:
+    """What a running task sent: its children, and what it added to its chord.
+
+    Made on the task's first send, so a task that sends nothing pays nothing for it.
+    """
+
+    #: result handles of what it sent, in order (stored with its result: Celery's ``trail``)
+    children: list[Any] = dataclasses.field(default_factory=list)
+    #: the shapes of what it added to its chord, in order (``self.add_to_chord()``)
+    added: list[Any] = dataclasses.field(default_factory=list)
+    #: ``self.add_to_chord()`` calls so far (each derives its ids from its number)
+    add_calls: int = 0
+    #: held while a chord addition is recorded, so the list stored last is the longest
+    adding: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+
+
+def trail_of(request: Request) -> Trail:
+    """The request's :class:`Trail`, made on first use.
+
+    The one field of a (frozen) request set after it is made: only when the task sends.
+    """
+    trail = request.trail
+    if trail is None:
+        trail = Trail()
+        object.__setattr__(request, "trail", trail)
+    return trail
+
+
+def record_child(request: Request | None, handle: Any) -> None:
+    """Record ``handle`` (what a running task just sent) as a child of ``request``'s task
+    (Celery's ``trail``), unless the task has ``trail=False``."""
+    if request is not None and request.keeps_trail and not request.called_directly:
+        trail_of(request).children.append(handle)
+
 
 _current: contextvars.ContextVar[tuple[Task[Any, Any], Request] | None] = contextvars.ContextVar(
     "aqueue_current_task", default=None

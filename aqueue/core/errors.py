@@ -22,7 +22,11 @@
     │                             the message names the async spelling
     ├── TaskFailed                the remote task ended in FAILURE
     ├── TaskRevoked               the task was revoked or expired
+    ├── Unsupported               a Celery feature aqueue deliberately does not have (also
+    │                             a NotImplementedError): the message names what to use
     ├── Retry                     raised by ``self.retry()`` to ask for another attempt
+    ├── Replace                   raised by ``self.replace()``: the task's result is the
+    │                             replacement's
     ├── MaxRetriesExceededError   ``retry()`` called with no retries left and no ``exc``
     ├── SoftTimeLimitExceeded     raised inside a task when its soft time limit passes
     ├── TimeLimitExceeded         the task ran past its hard time limit and was stopped
@@ -38,6 +42,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .nodes import Node
     from .result import AsyncResult
 
 
@@ -160,6 +165,40 @@ class TaskRevoked(AqueueError):
         super().__init__(f"task {task_id} {reason}")
         self.task_id = task_id
         self.reason = reason
+
+
+class Unsupported(AqueueError, NotImplementedError):
+    """A Celery feature aqueue deliberately does not have; the message names what to use."""
+
+
+#: why aqueue has no eager mode, and what to use instead (``task_always_eager``, ``apply()``)
+EAGER_ALTERNATIVE = (
+    "aqueue has no eager mode (it would skip the serialization, options and workflow "
+    "engine a worker runs, so it tests something else): run it in-process with "
+    "App(broker='memory://') and an embedded worker (async with app.worker(): "
+    "await (await canvas.delay()).wait()), or call the task's function directly "
+    "(await add(2, 2))"
+)
+
+
+def eager_refused(call: str) -> Unsupported:
+    """The error for Celery's eager ``call`` (``chain.apply()``, ``add.apply()``)."""
+    return Unsupported(
+        f"{call} (Celery's eager, in-process run) is not supported: {EAGER_ALTERNATIVE}"
+    )
+
+
+class Replace(AqueueError):
+    """Raised by ``self.replace(canvas)``: the task's result is its replacement's.
+
+    The worker applies the replacement (``node``, its ids derived from the task's id) in
+    the task's place: what followed the task in its chain, its callbacks and its chord
+    follow the replacement. Like :class:`Retry`, it must not be caught by the task.
+    """
+
+    def __init__(self, node: Node) -> None:
+        super().__init__("replaced")
+        self.node = node
 
 
 class Retry(AqueueError):

@@ -27,7 +27,15 @@ import msgspec
 from . import context, limits, retry, signals, states
 from .admission import RATE_SLOT_HEADER, LocalThrottle, parse_rate
 from .control import TERMINATE
-from .errors import ArgumentError, DecodeError, EncodeError, MessageError, Retry
+from .errors import (
+    ArgumentError,
+    ConfigurationError,
+    DecodeError,
+    EncodeError,
+    MessageError,
+    Replace,
+    Retry,
+)
 from .message import (
     INTERNAL_HEADER_PREFIX,
     ErrorInfo,
@@ -94,6 +102,8 @@ class Executor:
         self.failed = 0
         self.dead_lettered = 0
         self.retried = 0
+        #: tasks that replaced themselves (``self.replace()``)
+        self.replaced = 0
         self.revoked = 0
         #: redelivered messages whose task had already finished (acked, not run again)
         self.duplicates = 0
@@ -280,6 +290,8 @@ class Executor:
             parent_id=msg.parent_id,
             root_id=msg.root_id or msg.id,  # a task sent on its own is its workflow's root
             group_id=msg.group_id,
+            chord=msg.chord if not msg.chain else None,
+            keeps_trail=task.trail,
             delivery_count=delivery.delivery_count,
             max_retries=msg.max_retries,
             time_limit=hard,
@@ -315,6 +327,10 @@ class Executor:
         except Retry as signal:
             self._ran(msg.id)
             await self._retry(job, signal)
+            return
+        except Replace as signal:
+            self._ran(msg.id)
+            await self._replaced(job, signal, acks_late)
             return
         except Exception as exc:
             self._ran(msg.id)
@@ -370,6 +386,29 @@ class Executor:
             log.warning(
                 "Task %s[%s]: lease lost before ack; a newer attempt owns it", msg.task, msg.id
             )
+
+    async def _replaced(self, job: Job, signal: Replace, acks_late: bool) -> None:
+        """The task replaced itself (``self.replace()``): apply the replacement, settle.
+
+        Nothing is stored for the task now: the end of its replacement stores its result.
+        """
+        msg = job.msg
+        self.replaced += 1
+        try:
+            await self.app.workflows.replace(msg, signal.node, job.attempt)
+        except (MessageError, ConfigurationError) as exc:
+            # the replacement cannot be sent (too large), or not run here (rpc:// results)
+            await self._failed(job, exc, acks_late)
+            return
+        log.info(
+            "Task %s[%s] replaced in %.3fs (attempt %d)",
+            msg.task,
+            msg.id,
+            time.time() - job.started,
+            job.attempt,
+        )
+        if acks_late:
+            await job.delivery.ack()
 
     async def _retry(self, job: Job, signal: Retry) -> None:
         """Re-enqueue the same task id as a new attempt, due after the countdown."""
@@ -712,6 +751,11 @@ class Executor:
         )
         if self._extended:
             record = msgspec.structs.replace(record, args=job.args, kwargs=job.kwargs)
+        trail = job.request.trail if job.request is not None else None
+        if trail is not None and trail.children:  # it sent tasks: Celery's ``children``
+            record = msgspec.structs.replace(
+                record, children=[child.as_tuple() for child in trail.children]
+            )
         try:
             return encode(record, job.fmt)
         except EncodeError as exc:

@@ -136,6 +136,9 @@ class ResultOut(_ResultBase, frozen=True, kw_only=True, omit_defaults=True):
     #: the task's arguments, only with ``result_extended=True`` (Celery's setting)
     args: tuple[Any, ...] | None = None
     kwargs: dict[str, Any] | None = None
+    #: what the task sent while it ran, each as its result's ``as_tuple()`` (Celery's
+    #: ``children``); absent when it sent nothing
+    children: list[Any] | None = None
 
 
 class ResultIn(_ResultBase, frozen=True, kw_only=True, omit_defaults=True):
@@ -145,6 +148,7 @@ class ResultIn(_ResultBase, frozen=True, kw_only=True, omit_defaults=True):
     meta: msgspec.Raw = msgspec.Raw(b"")
     args: msgspec.Raw = msgspec.Raw(b"")
     kwargs: msgspec.Raw = msgspec.Raw(b"")
+    children: msgspec.Raw = msgspec.Raw(b"")
 
 
 def encode_message(msg: MessageOut, serializer: SerializerName, max_bytes: int) -> bytes:

@@ -58,7 +58,25 @@ class ChordNode(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, t
     timeout: float | None = None
 
 
-Node = TaskNode | ChainNode | GroupNode | ChordNode
+class ReplacedNode(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="replaced"):
+    """The end of a task's replacement (``self.replace()``): not a task to run.
+
+    The worker that reaches it stores the value it is given as task ``id``'s result, then
+    continues where that task would have: its ``link`` callbacks; what followed it in its
+    chain and its chord travel on as the steps after this node and the chord of the
+    messages that lead here. If the replacement fails, task ``id`` fails with its error
+    and its ``link_error`` callbacks are called with ``(id, error)``.
+    """
+
+    id: str
+    task: str
+    #: the replaced task's attempt (its result record is written as that attempt's)
+    attempt: int = 1
+    link: tuple[Node, ...] = ()
+    link_error: tuple[Node, ...] = ()
+
+
+Node = TaskNode | ChainNode | GroupNode | ChordNode | ReplacedNode
 
 #: a node's value: a task id, or a list of shapes (see the module docstring)
 Shape = str | list[Any]
@@ -80,6 +98,9 @@ class ChordMeta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     deadline: float | None = None
     #: the workflow's root task id (the body's ``root_id``)
     root_id: str | None = None
+    #: a member added tasks to the chord (``self.add_to_chord()``); stored as attempt 1, so
+    #: the chord being built again (a redelivered step before it) cannot clear it
+    additions: bool = False
 
 
 def chord_members(header: tuple[Node, ...]) -> list[Node]:
@@ -98,7 +119,7 @@ def shape(node: Node) -> Shape:
 
     A group with callbacks is joined by a collecting task that has the group's id.
     """
-    if isinstance(node, TaskNode):
+    if isinstance(node, TaskNode | ReplacedNode):
         return node.id
     if isinstance(node, ChainNode):
         return shape(node.steps[-1])
@@ -121,7 +142,7 @@ def final_ids(node: Node) -> list[str]:
 
 def all_ids(node: Node) -> list[str]:
     """Every task id inside ``node`` (to fail them all when an upstream step fails)."""
-    if isinstance(node, TaskNode):
+    if isinstance(node, TaskNode | ReplacedNode):
         return [node.id]
     if isinstance(node, ChainNode):
         return [i for s in node.steps for i in all_ids(s)]

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import msgspec
 
 if TYPE_CHECKING:
+    from .context import Request
     from .message import ErrorInfo, MessageIn
     from .nodes import Node
     from .result import AsyncResult, GroupResult
@@ -391,6 +392,16 @@ class Workflows(Protocol):
 
     async def states(self, root_id: str) -> dict[str, str]:
         """The state of every node of the workflow started with ``root_id``."""
+
+    async def replace(self, msg: MessageIn, node: Node, attempt: int) -> None:
+        """Apply ``node`` in place of the task of ``msg``, which raised ``Replace``: its value
+        becomes that task's result, then the task's callbacks, chain and chord follow."""
+
+    async def add_to_chord(
+        self, request: Request, node: Node
+    ) -> AsyncResult[Any] | GroupResult[Any]:
+        """Apply ``node`` as part of the chord ``request``'s task is a member of (the chord
+        waits for it, its value follows the members'); the handle of its result."""
 
 
 class BeatService(Protocol):

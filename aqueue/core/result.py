@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, overload
 
 import msgspec
@@ -118,8 +118,7 @@ class AsyncResult(Generic[R]):
         self._format: SerializerName = "msgpack"
         #: the previous step's result when this is a step of a chain (or a chord's header)
         self.parent: AsyncResult[Any] | GroupResult[Any] | None = parent
-        #: the next steps' results, when known (a chain's next step)
-        self.children: list[AsyncResult[Any] | GroupResult[Any]] = []
+        self._children: list[AsyncResult[Any] | GroupResult[Any]] = []
         #: every task id of the workflow this result ends, when it came from one
         self.workflow_ids: list[str] | None = None
         #: the queue the task was sent to, when this handle comes from sending it (a wait
@@ -143,6 +142,29 @@ class AsyncResult(Generic[R]):
     def task_id(self) -> str:
         """The task id (Celery's other name for ``id``)."""
         return self.id
+
+    @property
+    def children(self) -> list[AsyncResult[Any] | GroupResult[Any]]:
+        """The results of what this task started (Celery's ``children``).
+
+        The next step of its workflow, known when the handle came from applying one; then
+        the tasks, chains, groups and chords the task sent while it ran (Celery's
+        ``trail``), stored with its result, so known once a read saw it finished. Before
+        any read, a handle that knows no next step raises :class:`AsyncUsageError`.
+        """
+        record = self._record
+        if record is _UNREAD:
+            if not self._children:
+                self._seen("children")
+            return list(self._children)
+        if record is None or raw_is_empty(record.children):
+            return list(self._children)
+        sent = decode(record.children, list[Any], self._format)
+        return [*self._children, *(_from_tuple(self.app, t) for t in sent)]
+
+    @children.setter
+    def children(self, results: list[AsyncResult[Any] | GroupResult[Any]]) -> None:
+        self._children = list(results)
 
     # -- what the last read saw -----------------------------------------------------------
 
@@ -327,10 +349,11 @@ class AsyncResult(Generic[R]):
     async def collect(
         self, timeout: float | None = None
     ) -> AsyncIterator[tuple[AsyncResult[Any] | GroupResult[Any], Any]]:
-        """Yield ``(result, value)`` for this result, then its known children, depth first.
+        """Yield ``(result, value)`` for this result, then for its children, depth first.
 
-        Celery's ``collect()``. The children are the workflow steps after this one that the
-        handle knows (aqueue does not record tasks sent from inside a task as children).
+        Celery's ``collect()``: the children are the next step of the workflow the handle
+        came from, and what the task sent while it ran (see :attr:`children`), each
+        waited for in turn.
         """
         yield self, await self.wait(timeout=timeout)
         for child in self.children:
@@ -410,37 +433,49 @@ class AsyncResult(Generic[R]):
         return TaskFailed(self.id, err.type, err.message, err.traceback)
 
 
-# -- groups --------------------------------------------------------------------------------
+# -- sets and groups -----------------------------------------------------------------------
 
 _GROUP_META = "group-meta:"
 #: Celery's tuple form of a result: ``((id, parent), None)`` or ``((id, parent), [members])``
 ResultTuple = tuple[Any, ...]
 
 
-class GroupResult(Generic[R]):
-    """The results of a group's members, in order; ``await wait()`` returns ``list[R]``.
+class ResultSet(Generic[R]):
+    """Results read together (Celery's ``ResultSet``); ``await wait()`` returns ``list[R]``.
 
-    A member is an :class:`AsyncResult`, or a ``GroupResult`` for a member that ends in a
-    group (its value is a list).
+    Any results, from anywhere: ``ResultSet([h1, h2])``, then ``add``, ``remove``,
+    ``discard``, ``update``, ``clear``. Reads are queries, as on a single result:
+    ``await rs.completed_count()``, ``ready()``, ``successful()``, ``failed()``,
+    ``waiting()``; ``await rs.wait()`` (``get``, ``join``, ``join_native``) gives the values
+    in order, ``async for result, value in rs.as_completed()`` as they finish. A member's
+    state is read for every member in one round trip. :class:`GroupResult` is the set a
+    group returns (it adds an id, ``save`` and ``restore``).
     """
 
     def __init__(
         self,
-        app: App,
-        id: str,
-        results: Sequence[AsyncResult[Any] | GroupResult[Any]],
+        results: Iterable[AsyncResult[R] | GroupResult[Any]] = (),
         *,
-        parent: AsyncResult[Any] | GroupResult[Any] | None = None,
+        app: App | None = None,
     ) -> None:
-        self.app = app
-        self.id = id
         self.results: list[AsyncResult[Any] | GroupResult[Any]] = list(results)
-        self.parent: AsyncResult[Any] | GroupResult[Any] | None = parent
-        #: every task id of the workflow this group ends, when it came from one
-        self.workflow_ids: list[str] | None = None
+        self._app = app
+
+    @property
+    def app(self) -> App:
+        """The app: the one given, else the first member's (inside a task: the task's)."""
+        if self._app is not None:
+            return self._app
+        if self.results:
+            return self.results[0].app
+        return _app_for(None)
+
+    @app.setter
+    def app(self, app: App) -> None:
+        self._app = app
 
     def __repr__(self) -> str:
-        return f"<GroupResult {self.id} [{len(self.results)}]>"
+        return f"<ResultSet [{', '.join(r.id for r in self.results)}]>"
 
     def __len__(self) -> int:
         return len(self.results)
@@ -451,18 +486,72 @@ class GroupResult(Generic[R]):
     def __getitem__(self, index: int) -> AsyncResult[Any] | GroupResult[Any]:
         return self.results[index]
 
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, str):
-            return other == self.id
-        return isinstance(other, GroupResult) and other.id == self.id
+    def __contains__(self, result: object) -> bool:
+        return result in self.results
 
-    def __hash__(self) -> int:
-        return hash(self.id)
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ResultSet) and other.results == self.results
+
+    # -- membership (Celery's set API) --------------------------------------------------
+
+    def add(self, result: AsyncResult[R] | GroupResult[Any]) -> None:
+        """Add ``result`` unless it is already a member."""
+        if result not in self.results:
+            self.results.append(result)
+
+    def remove(self, result: AsyncResult[Any] | GroupResult[Any] | str) -> None:
+        """Remove ``result`` (or the member with that id).
+
+        Raises:
+            KeyError: it is not a member.
+        """
+        try:
+            self.results.remove(result)  # type: ignore[arg-type]  # members equal their id
+        except ValueError:
+            raise KeyError(result) from None
+
+    def discard(self, result: AsyncResult[Any] | GroupResult[Any] | str) -> None:
+        """Remove ``result`` if it is a member."""
+        with contextlib.suppress(KeyError):
+            self.remove(result)
+
+    def update(self, results: Iterable[AsyncResult[R] | GroupResult[Any]]) -> None:
+        """Add each of ``results`` that is not already a member."""
+        for result in results:
+            self.add(result)
+
+    def clear(self) -> None:
+        """Remove every member."""
+        self.results.clear()
 
     @property
-    def children(self) -> list[AsyncResult[Any] | GroupResult[Any]]:
-        """The members' results (Celery's name)."""
-        return self.results
+    def supports_native_join(self) -> bool:
+        """Always ``True``: every backend pushes (or polls) for ``join`` (Celery's flag)."""
+        return True
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def _leaves(self) -> list[AsyncResult[Any]]:
+        out: list[AsyncResult[Any]] = []
+        for r in self.results:
+            out += r._leaves() if isinstance(r, ResultSet) else [r]
+        return out
+
+    async def _member_states(self) -> list[str]:
+        """Each member's state, read in one round trip (a nested group: its overall state)."""
+        leaves = self._leaves()
+        if not leaves:
+            return []
+        backend = await self.app.result_backend()
+        raws = await backend.get_many([r.id for r in leaves])
+        by_id: dict[str, str] = {}
+        for leaf, raw in zip(leaves, raws, strict=True):
+            if raw is not None:
+                leaf._record, leaf._format = decode_result(raw), format_of(raw)
+            elif leaf._record is _UNREAD:
+                leaf._record = None
+            by_id[leaf.id] = decode_result(raw).state if raw is not None else states.PENDING
+        return [_overall(r, by_id) for r in self.results]
 
     @query
     async def wait(self, timeout: float | None = None, propagate: bool = True) -> list[R]:
@@ -482,11 +571,16 @@ class GroupResult(Generic[R]):
                 raise
             raise await self._not_ready(timeout) from None
 
+    get = join = join_native = wait
+
+    def _label(self) -> str:
+        return f"result set of {len(self.results)}"
+
     async def _not_ready(self, timeout: float | None) -> TimeoutError:
         """The error of a wait that timed out: how many members are not ready, and why the
         first of them is not (see :meth:`AsyncResult.wait`)."""
         leaves = self._leaves()
-        text = f"group {self.id} was not ready within {timeout}s"
+        text = f"{self._label()} was not ready within {timeout}s"
         try:
             async with asyncio.timeout(_SIZE_TIMEOUT):
                 backend = await self.app.result_backend()
@@ -505,27 +599,33 @@ class GroupResult(Generic[R]):
             f"{text}: {len(waiting)} of {len(leaves)} not ready; the first: {first}"
         )
 
-    get = join = wait
+    async def as_completed(
+        self, timeout: float | None = None, propagate: bool = True
+    ) -> AsyncIterator[tuple[AsyncResult[Any] | GroupResult[Any], Any]]:
+        """Yield ``(member, value)`` as each member finishes (Celery's ``iter_native``).
 
-    def _leaves(self) -> list[AsyncResult[Any]]:
-        out: list[AsyncResult[Any]] = []
-        for r in self.results:
-            out += r._leaves() if isinstance(r, GroupResult) else [r]
-        return out
+        Raises:
+            TimeoutError: not all finished within ``timeout`` (what finished was yielded).
+            TaskFailed: a member failed (when ``propagate``; else its error is the value).
+        """
 
-    async def _member_states(self) -> list[str]:
-        """Each member's state, read in one round trip (a nested group: its overall state)."""
-        leaves = self._leaves()
-        if not leaves:
-            return []
-        backend = await self.app.result_backend()
-        raws = await backend.get_many([r.id for r in leaves])
-        by_id: dict[str, str] = {}
-        for leaf, raw in zip(leaves, raws, strict=True):
-            if raw is not None:
-                leaf._record, leaf._format = decode_result(raw), format_of(raw)
-            by_id[leaf.id] = decode_result(raw).state if raw is not None else states.PENDING
-        return [_overall(r, by_id) for r in self.results]
+        async def one(
+            member: AsyncResult[Any] | GroupResult[Any],
+        ) -> tuple[AsyncResult[Any] | GroupResult[Any], Any]:
+            return member, await member.wait(propagate=propagate)
+
+        pending = {asyncio.ensure_future(one(m)) for m in self.results}
+        try:
+            async with asyncio.timeout(timeout):
+                while pending:
+                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for finished in done:
+                        yield finished.result()
+        finally:
+            for waiter in pending:
+                waiter.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
 
     @query
     async def completed_count(self) -> int:
@@ -553,10 +653,80 @@ class GroupResult(Generic[R]):
         return not all(s in states.READY_STATES for s in await self._member_states())
 
     @query
+    async def maybe_throw(self, propagate: bool = True) -> None:
+        """Raise the error of the first member (in order) that failed or was revoked."""
+        await self._member_states()
+        for leaf in self._leaves():
+            record = leaf._record
+            if propagate and record and record.state in states.PROPAGATE_STATES:
+                raise leaf._error(record)
+
+    maybe_reraise = maybe_throw
+
+    @query
+    async def revoke(self, *, terminate: bool = False) -> None:
+        """Revoke every member."""
+        ids = [r.id for r in self._leaves()]
+        if ids:
+            await self.app.control.revoke(ids, terminate=terminate)
+
+    @query
+    async def forget(self) -> None:
+        """Delete every member's stored result."""
+        if not self.results:
+            return
+        backend = await self.app.result_backend()
+        for r in self._leaves():
+            await backend.forget(r.id)
+
+
+class GroupResult(ResultSet[R]):
+    """The results of a group's members, in order; ``await wait()`` returns ``list[R]``.
+
+    A member is an :class:`AsyncResult`, or a ``GroupResult`` for a member that ends in a
+    group (its value is a list). Everything :class:`ResultSet` has, and an id: ``save()``
+    it, ``await app.GroupResult.restore(id)`` it anywhere.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        id: str,
+        results: Sequence[AsyncResult[Any] | GroupResult[Any]],
+        *,
+        parent: AsyncResult[Any] | GroupResult[Any] | None = None,
+    ) -> None:
+        super().__init__(results, app=app)
+        self.id = id
+        self.parent: AsyncResult[Any] | GroupResult[Any] | None = parent
+        #: every task id of the workflow this group ends, when it came from one
+        self.workflow_ids: list[str] | None = None
+
+    def __repr__(self) -> str:
+        return f"<GroupResult {self.id} [{len(self.results)}]>"
+
+    def _label(self) -> str:
+        return f"group {self.id}"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, str):
+            return other == self.id
+        return isinstance(other, GroupResult) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    @property
+    def children(self) -> list[AsyncResult[Any] | GroupResult[Any]]:
+        """The members' results (Celery's name)."""
+        return self.results
+
+    @query
     async def revoke(self, *, terminate: bool = False) -> None:
         """Revoke every member (every node of the workflow this group ends, if it ends one)."""
         ids = self.workflow_ids or [r.id for r in self._leaves()]
-        await self.app.control.revoke(ids, terminate=terminate)
+        if ids:
+            await self.app.control.revoke(ids, terminate=terminate)
 
     @query
     async def forget(self) -> None:

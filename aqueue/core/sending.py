@@ -18,7 +18,7 @@ import msgspec
 
 from .bulk import encode_batch, new_ids, publish_chunks
 from .canvas import Signature
-from .context import current_request
+from .context import current_request, record_child
 from .errors import ArgumentError, OptionError, PublishTimeout
 from .message import MessageOut, encode_message
 from .middleware import chain_publish
@@ -74,6 +74,8 @@ async def send(
     result_type = task.spec.result_type if task is not None else Any
     result = AsyncResult(app, task_id, result_type=result_type, task=task)
     result.queue = msg.queue
+    if msg.parent_id is not None:  # sent from inside a task (or given a parent): its child
+        record_child(current_request(), result)
     return result
 
 
@@ -165,7 +167,11 @@ async def send_signatures(app: App, signatures: Iterable[Signature[Any]]) -> lis
         msg, fmt = node_message(app.conf, node, task, parent_id=parent_id, root_id=root_id)
         messages.append(with_reply_headers(app, msg))
         fmts.append(fmt)
-    return await publish_many(app, messages, fmts, tasks)
+    results = await publish_many(app, messages, fmts, tasks)
+    if sender is not None:
+        for result in results:
+            record_child(sender, result)
+    return results
 
 
 async def send_items(
@@ -237,7 +243,11 @@ async def send_items(
             )
             for task_id, args in zip(ids, arg_list, strict=True)
         ]
-    return await publish_many(app, messages, plan.serializer, [task])
+    results = await publish_many(app, messages, plan.serializer, [task])
+    if sender is not None:
+        for result in results:
+            record_child(sender, result)
+    return results
 
 
 async def _send_routed_items(

@@ -12,17 +12,17 @@ import asyncio
 import functools
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Generic, Never, NoReturn, ParamSpec, TypeVar, Unpack
 
 from . import sending
 from .admission import parse_rate
 from .arguments import ArgumentSpec
 from .awaiting import Awaiting
-from .canvas import MAP_TASK, STARMAP_TASK, Group, Signature
-from .context import Request, current_request
-from .errors import MaxRetriesExceededError, Retry
+from .canvas import MAP_TASK, STARMAP_TASK, Canvas, Chain, Group, Signature, derived_node
+from .context import Request, current_request, trail_of
+from .errors import MaxRetriesExceededError, Replace, Retry, Unsupported, eager_refused
 from .message import ResultOut
 from .options import CallOptions, check_options
 from .result import AsyncResult, GroupResult
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 class Task(Generic[P, R]):
@@ -91,6 +92,9 @@ class Task(Generic[P, R]):
     typing: bool = True
     #: Celery's option; aqueue always redelivers a lost worker's tasks (until max_deliveries)
     reject_on_worker_lost: bool = True
+    #: record what the task sends as its children, stored with its result (Celery's
+    #: ``trail``); ``False`` for a task that sends very many (its record stays small)
+    trail: bool = True
 
     name: str
     app: App
@@ -175,16 +179,7 @@ class Task(Generic[P, R]):
         Waiters see it through ``result.events()``, ``await result.state()`` and
         ``result.info``. Resolves to ``False`` if a newer attempt owns the task (fencing).
         """
-        coro = self._store_state(state, meta, task_id)
-        loop = self.request.loop
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is None and loop is not None:  # a sync task in a worker thread
-            done = asyncio.run_coroutine_threadsafe(coro, loop).result()
-            return _Done(done)
-        return coro
+        return _on_worker_loop(self._store_state(state, meta, task_id), self.request)
 
     async def _store_state(self, state: str, meta: Any, task_id: str | None) -> bool:
         if state in READY_STATES:
@@ -253,6 +248,79 @@ class Task(Generic[P, R]):
         if throw:
             raise signal
         return signal
+
+    def replace(self, sig: Canvas[Any, Any] | Task[..., Any]) -> Never:
+        """Replace this task with ``sig``, a signature, chain, group or chord (Celery's).
+
+        Ends the task at once: ``await self.replace(...)``, ``return self.replace(...)``
+        and ``raise self.replace(...)`` do the same. The worker applies the replacement,
+        with its own arguments, in this task's place: its value becomes this task's
+        result (a group's: the list), so a waiter on this task gets it, the next step of
+        this task's chain is given it, this task's chord waits for it and its callbacks
+        (``link``) run with it. If the replacement fails, this task fails with its error
+        and its errbacks (``link_error``) are called with ``(this task's id, error)``.
+
+        The replacement's ids are derived from this task's id: if the task runs again
+        (its worker died before acking), the same replacement is not run twice.
+
+        Raises:
+            Replace: always; the worker handles it (do not catch it).
+            RuntimeError: called outside a task run by a worker.
+            ValueError: the replacement has nothing to run (an empty chain).
+        """
+        req = self.request
+        if req.called_directly:
+            raise RuntimeError(
+                "replace() works inside a task run by a worker (not a direct call, not an "
+                "offload='process' task)"
+            )
+        canvas = sig.s() if isinstance(sig, Task) else sig
+        if isinstance(canvas, Chain) and not canvas.steps:
+            raise ValueError("cannot replace a task with an empty chain")
+        raise Replace(derived_node(canvas, f"{req.id}:replace"))
+
+    def add_to_chord(
+        self, sig: Canvas[Any, Any] | Task[..., Any], lazy: bool = False
+    ) -> Awaitable[AsyncResult[Any] | GroupResult[Any]]:
+        """Apply ``sig`` as part of the chord this task is a member of (Celery's).
+
+        ``await self.add_to_chord(add.s(1, 2))``: the chord's body waits for it too, and
+        gets its value after the header's values (what members added, in the order they
+        added it). Only the task that completes a chord member may call it: a header task,
+        the last step of a chain in the header, or the body of a chord inside a chord. In
+        a ``def`` task (a worker thread) the call completes before it returns.
+
+        Raises:
+            ValueError: this task is not a member of a chord.
+            RuntimeError: called outside a task run by a worker.
+            Unsupported: ``lazy=True`` (Celery's "apply it later yourself").
+        """
+        if lazy:
+            raise Unsupported(
+                "add_to_chord(lazy=True) is not supported: the chord would wait for a task "
+                "that might never be sent; add_to_chord() applies it at once"
+            )
+        req = self.request
+        if req.called_directly:
+            raise RuntimeError(
+                "add_to_chord() works inside a task run by a worker (not a direct call, not "
+                "an offload='process' task)"
+            )
+        if req.chord is None:
+            raise ValueError(
+                "add_to_chord: the current task is not a member of a chord (only a task "
+                "that completes a chord member may add to its chord)"
+            )
+        trail = trail_of(req)
+        seed = f"{req.id}:add:{trail.add_calls}"
+        trail.add_calls += 1
+        canvas = sig.s() if isinstance(sig, Task) else sig
+        coro = self.app.workflows.add_to_chord(req, derived_node(canvas, seed))
+        return _on_worker_loop(coro, req)
+
+    def apply(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """Celery's eager ``apply()``: refused with :class:`Unsupported`, naming what to use."""
+        raise eager_refused(f"{self.name}.apply()")
 
     # -- hooks (sync or async; Celery's signatures) ---------------------------------------
 
@@ -410,18 +478,30 @@ class Task(Generic[P, R]):
 _NO_OPTIONS: CallOptions = {}
 
 
-class _Done:
+class _Done(Generic[T]):
     """An already-finished awaitable (what ``update_state`` returns in a worker thread)."""
 
-    def __init__(self, value: bool) -> None:
+    def __init__(self, value: T) -> None:
         self.value = value
 
-    def __await__(self) -> Generator[Any, None, bool]:
+    def __await__(self) -> Generator[Any, None, T]:
         return self.value
         yield  # a generator that finishes at once
 
     def __bool__(self) -> bool:
-        return self.value
+        return bool(self.value)
+
+
+def _on_worker_loop(coro: Coroutine[Any, Any, T], request: Request) -> Awaitable[T]:
+    """``coro`` to await; in a ``def`` task (a worker thread), run to the end at once."""
+    loop = request.loop
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is None and loop is not None:  # a sync task in a worker thread
+        return _Done(asyncio.run_coroutine_threadsafe(coro, loop).result())
+    return coro
 
 
 class TaskCall(Generic[P, R]):

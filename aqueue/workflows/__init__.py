@@ -7,7 +7,7 @@ registers :class:`~aqueue.workflows.engine.Engine` as every app's ``app.workflow
 
 from ..core.canvas import Canvas, Chain, Chord, Group, Signature, chain, chord, group, signature
 from ..core.plugins import register_workflows
-from ..core.result import GroupResult, result_from_tuple
+from ..core.result import GroupResult, ResultSet, result_from_tuple
 from .engine import Engine
 
 register_workflows(Engine)
@@ -18,6 +18,7 @@ __all__ = [
     "Chord",
     "Group",
     "GroupResult",
+    "ResultSet",
     "Signature",
     "chain",
     "chord",

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..core.context import current_request
+from ..core.context import current_request, record_child
 from ..core.message import ResultOut, decode_result
-from ..core.nodes import ChainNode, GroupNode, Node, TaskNode, all_ids, chord_members
+from ..core.nodes import ChainNode, GroupNode, Node, ReplacedNode, TaskNode, all_ids, chord_members
 from ..core.result import AsyncResult, GroupResult
 from ..core.sending import with_reply_headers
 from ..core.serialization import check_serializer, decode, encode, format_of
@@ -41,15 +41,7 @@ async def apply(
     root_id = sender.root_id if sender is not None else ids[0]
     parent_id = sender.id if sender is not None else None
     if not isinstance(node, TaskNode):  # index every node so the workflow can be inspected
-        backend = await app.result_backend()
-        record = ResultOut(id=ids[0], state="META", value=ids)
-        await backend.store(
-            _WORKFLOW + ids[0],
-            encode(record, check_serializer(app.conf.task_serializer)),
-            state="META",
-            attempt=0,
-            ttl=app.conf.result_expires,
-        )
+        await index(app, ids)
     outbound = await engine.build(
         node, prepend=args, kwargs=kwargs, parent_id=parent_id, root_id=root_id
     )
@@ -57,6 +49,7 @@ async def apply(
     await engine.publish([(with_reply_headers(app, m), fmt) for m, fmt in outbound])
     handle.workflow_ids = ids
     _note_queues(handle, {m.id: m.queue for m, _ in outbound})
+    record_child(sender, handle)
     return handle
 
 
@@ -71,13 +64,30 @@ def _note_queues(handle: Handle | None, queues: Mapping[str, str]) -> None:
         handle = handle.parent
 
 
+async def index(app: App, ids: list[str]) -> None:
+    """Store the ids of a workflow's nodes under its first id (``app.workflow_states``).
+
+    Raises:
+        ConfigurationError: the result backend cannot hold workflow state (``rpc://``).
+    """
+    backend = await app.result_backend()
+    record = ResultOut(id=ids[0], state="META", value=ids)
+    await backend.store(
+        _WORKFLOW + ids[0],
+        encode(record, check_serializer(app.conf.task_serializer)),
+        state="META",
+        attempt=0,
+        ttl=app.conf.result_expires,
+    )
+
+
 def result_tree(app: App, node: Node) -> Handle:
     """The handle of ``node``: its last step's, linked to earlier ones via ``parent``.
 
     A group gives a ``GroupResult`` of its members; a chord its body's handle, whose
     ``parent`` is the header's ``GroupResult`` (id: the chord's).
     """
-    if isinstance(node, TaskNode):
+    if isinstance(node, TaskNode | ReplacedNode):
         task = app.tasks.get(node.task)
         if task is not None:
             return task.AsyncResult(node.id)

@@ -35,8 +35,11 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from ..core import states
 from ..core.bulk import encode_batch
+from ..core.context import Request, record_child, trail_of
 from ..core.message import ErrorInfo, MessageIn, MessageOut, ResultOut, decode_result
 from ..core.nodes import (
     ChainNode,
@@ -44,6 +47,7 @@ from ..core.nodes import (
     ChordNode,
     GroupNode,
     Node,
+    ReplacedNode,
     Shape,
     TaskNode,
     all_ids,
@@ -55,7 +59,7 @@ from ..core.options import node_message
 from ..core.routing import resolved
 from ..core.serialization import SerializerName, check_serializer, decode, encode, format_of
 from ..core.urls import redact
-from . import apply, builtins
+from . import additions, apply, builtins
 
 if TYPE_CHECKING:
     from ..core.app import App
@@ -97,6 +101,77 @@ class Engine:
     async def states(self, root_id: str) -> dict[str, str]:
         """The state of every node of the workflow started with ``root_id``."""
         return await apply.workflow_states(self.app, root_id)
+
+    async def replace(self, msg: MessageIn, node: Node, attempt: int) -> None:
+        """Apply ``node`` in place of the task of ``msg`` (``self.replace()``).
+
+        The replacement runs with its own arguments, ends with a :class:`ReplacedNode`
+        that makes its value the task's result, then goes on where the task would have:
+        its callbacks, the rest of its chain, its chord.
+        """
+        end = ReplacedNode(
+            id=msg.id,
+            task=msg.task,
+            attempt=attempt,
+            link=msg.link,
+            link_error=msg.link_error,
+        )
+        # indexed (app.workflow_states(first id)); refused by a backend that cannot hold
+        # workflow state (rpc://), before anything is sent
+        ids = all_ids(node)
+        if ids:  # (an empty group has none: its task's value is [] at once)
+            await apply.index(self.app, ids)
+        steps = (*node.steps, end) if isinstance(node, ChainNode) else (node, end)
+        out = await self.build(
+            steps[0],
+            rest=(*steps[1:], *msg.chain),
+            chord=msg.chord,
+            parent_id=msg.id,
+            root_id=msg.root_id or msg.id,
+        )
+        await self.publish(out)
+
+    async def add_to_chord(
+        self, request: Request, node: Node
+    ) -> AsyncResult[Any] | GroupResult[Any]:
+        """Apply ``node`` as part of the chord ``request``'s task is a member of.
+
+        See :mod:`aqueue.workflows.additions`: the chord waits for it, and its value comes
+        after the members' values.
+        """
+        if request.chord is None:
+            raise ValueError("add_to_chord: the current task is not a member of a chord")
+        chord_id, owner = additions.parse_ref(request.chord)
+        meta = await self._meta(chord_id)
+        if meta is None:
+            raise RuntimeError(f"add_to_chord: chord {chord_id} is gone (its meta expired)")
+        trail = trail_of(request)
+        backend = await self.app.result_backend()
+        ttl = _chord_ttl(meta)
+        if not meta.additions:
+            marked = msgspec.structs.replace(meta, additions=True)
+            await backend.store(
+                _CHORD_META + chord_id,
+                encode(marked, self._fmt),
+                state="META",
+                attempt=1,
+                ttl=max(self.app.conf.result_expires or 0.0, ttl),
+            )
+        async with trail.adding:  # concurrent adds: each stores the list as it grew
+            trail.added.append(shape(node))
+            await additions.record(
+                backend, chord_id, request.id, trail.added, fmt=self._fmt, ttl=ttl
+            )
+        out = await self.build(
+            node,
+            chord=additions.slot_ref(chord_id, owner or request.id),
+            parent_id=request.id,
+            root_id=request.root_id,
+        )
+        await self.publish(out)
+        handle = apply.result_tree(self.app, node)
+        record_child(request, handle)
+        return handle
 
     @property
     def _fmt(self) -> SerializerName:
@@ -150,6 +225,9 @@ class Engine:
                 parent_id=parent_id,
                 root_id=root_id,
             )
+        if isinstance(node, ReplacedNode):  # a replacement ended: no message, its task's result
+            value = prepend[0] if prepend else None
+            return await self._replaced(node, value, rest, chord, root_id)
         if isinstance(node, GroupNode):
             if node.link:  # callbacks once, with the list: a chord whose body collects it
                 collect = TaskNode(id=node.id, task=builtins.COLLECT_TASK, link=node.link)
@@ -249,22 +327,91 @@ class Engine:
 
     async def on_success(self, msg: MessageIn, value: Any) -> None:
         """Start what follows a successful task."""
+        out = await self._continue(msg.id, value, msg.link, msg.chain, msg.chord, msg.root_id)
+        await self.publish(out)
+
+    async def _continue(
+        self,
+        task_id: str,
+        value: Any,
+        link: tuple[Node, ...],
+        chain: tuple[Node, ...],
+        chord: str | None,
+        root_id: str | None,
+    ) -> list[Outbound]:
+        """What follows task ``task_id`` that ended with ``value``: callbacks, then the next
+        step of its chain, or at the end of a chain inside a chord, the chord's join."""
         out: list[Outbound] = []
-        for node in msg.link:
-            out += await self.build(node, prepend=(value,), parent_id=msg.id, root_id=msg.root_id)
-        if msg.chain:
-            first, *rest = msg.chain
+        for node in link:
+            out += await self.build(node, prepend=(value,), parent_id=task_id, root_id=root_id)
+        if chain:
+            first, *rest = chain
             out += await self.build(
                 first,
                 prepend=(value,),
                 rest=tuple(rest),
-                chord=msg.chord,
-                parent_id=msg.id,
-                root_id=msg.root_id,
+                chord=chord,
+                parent_id=task_id,
+                root_id=root_id,
             )
-        elif msg.chord is not None:
-            out += await self._join(msg.chord, msg.id, failed=False)
-        await self.publish(out)
+        elif chord is not None:
+            out += await self._join(chord, task_id, failed=False)
+        return out
+
+    async def _replaced(
+        self,
+        node: ReplacedNode,
+        value: Any,
+        rest: tuple[Node, ...],
+        chord: str | None,
+        root_id: str | None,
+    ) -> list[Outbound]:
+        """Task ``node.id``'s replacement ended with ``value``: that is its result.
+
+        Idempotent: reached again (the worker that got here died before acking), the
+        result is already stored and what follows has fixed ids.
+        """
+        task = self.app.tasks.get(node.task)
+        fmt = (
+            check_serializer(task.serializer or self.app.conf.task_serializer)
+            if task
+            else self._fmt
+        )
+        backend = await self.app.result_backend()
+        attempt = node.attempt
+        for _ in range(3):
+            record = ResultOut(
+                id=node.id,
+                state=states.SUCCESS,
+                task=node.task,
+                value=value,
+                attempt=attempt,
+                date_done=time.time(),
+                root_id=root_id,
+            )
+            if await backend.store(
+                node.id,
+                encode(record, fmt),
+                state=states.SUCCESS,
+                attempt=attempt,
+                ttl=self.app.conf.result_expires,
+            ):
+                break
+            stored = await backend.get(node.id)
+            found = decode_result(stored) if stored is not None else None
+            if found is not None and found.state == states.SUCCESS:
+                break  # stored before: this is a repeat; what follows is idempotent
+            if found is not None and found.state in states.READY_STATES:
+                log.warning(
+                    "Task %s[%s] is %s: the end of its replacement is ignored",
+                    node.task,
+                    node.id,
+                    found.state,
+                )
+                return []
+            # a newer attempt of the replaced task is running it again: its result is ours
+            attempt = found.attempt if found is not None else attempt
+        return await self._continue(node.id, value, node.link, rest, chord, root_id)
 
     async def on_failure(self, msg: MessageIn, error: ErrorInfo) -> None:
         """Call errbacks, fail every node ahead in the chain, fail the chord."""
@@ -272,8 +419,8 @@ class Engine:
         for node in msg.link_error:
             out += await self._errback(node, msg.id, error, msg.root_id)
         upstream = _upstream(msg.id, error)
-        doomed = [i for node in msg.chain for i in all_ids(node)]
-        await self._fail(doomed, upstream, msg.root_id)
+        await self._fail(msg.chain, upstream, msg.root_id)
+        out += await self._replaced_errbacks(msg.chain, upstream, msg.root_id)
         if msg.chord is not None:
             out += await self._join(msg.chord, msg.id, failed=True, error=upstream)
         await self.publish(out)
@@ -298,9 +445,19 @@ class Engine:
         return await self.build(node, prepend=args, parent_id=task_id, root_id=root_id)
 
     async def _join(
-        self, chord_id: str, member_id: str, *, failed: bool, error: ErrorInfo | None = None
+        self, ref: str, member_id: str, *, failed: bool, error: ErrorInfo | None = None
     ) -> list[Outbound]:
+        """Join the chord ``ref`` refers to as ``member_id``; the messages if that fired it.
+
+        ``ref`` is a chord id, or for what a member added to its chord, the member's slot
+        (:mod:`aqueue.workflows.additions`): then the member joins once its slot is done.
+        """
         backend = await self.app.result_backend()
+        chord_id, owner = additions.parse_ref(ref)
+        if owner is not None and not failed:
+            if not await additions.slot_done(backend, chord_id, owner):
+                return []
+            member_id = owner
         meta = await self._meta(chord_id)
         if meta is None:
             log.error(
@@ -309,9 +466,13 @@ class Engine:
                 member_id,
             )
             return []
-        ttl = max((meta.deadline or time.time()) - time.time() + 3600.0, 60.0)
+        if owner is None and not failed and meta.additions:
+            # a member that added tasks to the chord counts once they are done too
+            added = await backend.get(additions.adds_key(chord_id, member_id))
+            if added is not None and not await additions.slot_done(backend, chord_id, member_id):
+                return []
         if not await backend.chord_join(
-            chord_id, member_id, len(meta.member_ids), failed=failed, ttl=ttl
+            chord_id, member_id, len(meta.member_ids), failed=failed, ttl=_chord_ttl(meta)
         ):
             return []
         if failed:
@@ -322,27 +483,28 @@ class Engine:
     async def _fire(self, meta: ChordMeta, fired_by: str | None) -> list[Outbound]:
         """The body's messages, with the members' values in order (nested as their shapes)."""
         backend = await self.app.result_backend()
-        records = await backend.get_many(list(meta.member_ids))
+        # the meta read again in the same call: a member may have added since it was read
+        *records, fresh = await backend.get_many([*meta.member_ids, _CHORD_META + meta.id])
         values: dict[str, Any] = {}
         for member_id, raw in zip(meta.member_ids, records, strict=True):
             record = decode_result(raw) if raw is not None else None
             if record is None or record.state != states.SUCCESS:
                 state = record.state if record else "missing"
-                return await self._fail_chord(
-                    meta,
-                    ErrorInfo(
-                        type="ChordError",
-                        reason="chord_member",
-                        message=f"chord {meta.id}: member {member_id} is {state}",
-                    ),
-                )
+                return await self._fail_chord(meta, _member_error(meta.id, member_id, state))
             values[member_id] = (
                 None if len(record.value) == 0 else decode(record.value, Any, format_of(raw or b""))
             )
         shapes: list[Shape] = meta.shape if meta.shape is not None else list(meta.member_ids)
+        header = _nest(shapes, values)
+        if fresh is not None and decode(fresh, ChordMeta, format_of(fresh)).additions:
+            # members added tasks (self.add_to_chord()): their values follow
+            try:
+                header += await additions.added_values(backend, meta.id, meta.member_ids)
+            except additions.NotDone as exc:
+                return await self._fail_chord(meta, _member_error(meta.id, exc.task_id, exc.state))
         return await self.build(
             meta.body,
-            prepend=(_nest(shapes, values),),
+            prepend=(header,),
             rest=meta.rest,
             chord=meta.parent_chord,
             parent_id=fired_by or meta.id,
@@ -351,33 +513,55 @@ class Engine:
 
     async def _fail_chord(self, meta: ChordMeta, error: ErrorInfo) -> list[Outbound]:
         """Fail the body and everything after it; call the errbacks of what would have run."""
-        doomed = all_ids(meta.body) + [i for n in meta.rest for i in all_ids(n)]
-        await self._fail(doomed, error, meta.root_id)
+        await self._fail((meta.body, *meta.rest), error, meta.root_id)
         out: list[Outbound] = []
         for owner, errback in _errbacks_of(meta.body):
             out += await self._errback(errback, owner, error, meta.root_id)
+        out += await self._replaced_errbacks(meta.rest, error, meta.root_id)
         if meta.parent_chord is not None:
             member = next(iter(leaves(shape(meta.body))), meta.id)
             out += await self._join(meta.parent_chord, member, failed=True, error=error)
         return out
 
-    async def _fail(self, task_ids: list[str], error: ErrorInfo, root_id: str | None) -> None:
-        """Store FAILURE for nodes that will never run (fenced: a real run still wins)."""
-        if not task_ids:
+    async def _fail(self, nodes: tuple[Node, ...], error: ErrorInfo, root_id: str | None) -> None:
+        """Store FAILURE for every task of ``nodes``, which will never run.
+
+        Fenced, so a real run still wins: written as attempt 0, except for a replaced task
+        (it ran, as its own attempt, and its replacement failed).
+        """
+        if not nodes:
             return
         backend = await self.app.result_backend()
         now = time.time()
-        for tid in task_ids:
-            record = ResultOut(
-                id=tid, state=states.FAILURE, error=error, date_done=now, root_id=root_id
-            )
-            await backend.store(
-                tid,
-                encode(record, self._fmt),
-                state=states.FAILURE,
-                attempt=0,
-                ttl=self.app.conf.result_expires,
-            )
+        for node in nodes:
+            attempt = node.attempt if isinstance(node, ReplacedNode) else 0
+            for tid in all_ids(node):
+                record = ResultOut(
+                    id=tid,
+                    state=states.FAILURE,
+                    error=error,
+                    date_done=now,
+                    attempt=attempt,
+                    root_id=root_id,
+                )
+                await backend.store(
+                    tid,
+                    encode(record, self._fmt),
+                    state=states.FAILURE,
+                    attempt=attempt,
+                    ttl=self.app.conf.result_expires,
+                )
+
+    async def _replaced_errbacks(
+        self, nodes: tuple[Node, ...], error: ErrorInfo, root_id: str | None
+    ) -> list[Outbound]:
+        """The errbacks of the replaced tasks among ``nodes`` (they failed with ``error``)."""
+        out: list[Outbound] = []
+        for node in nodes:
+            if isinstance(node, ReplacedNode):
+                for errback in node.link_error:
+                    out += await self._errback(errback, node.id, error, root_id)
+        return out
 
     async def _meta(self, chord_id: str) -> ChordMeta | None:
         backend = await self.app.result_backend()
@@ -438,13 +622,26 @@ def _upstream(task_id: str, error: ErrorInfo) -> ErrorInfo:
     )
 
 
+def _chord_ttl(meta: ChordMeta) -> float:
+    """How long a chord's join set (and what was added to it) must live: past its deadline."""
+    return max((meta.deadline or time.time()) - time.time() + 3600.0, 60.0)
+
+
+def _member_error(chord_id: str, task_id: str, state: str) -> ErrorInfo:
+    return ErrorInfo(
+        type="ChordError",
+        reason="chord_member",
+        message=f"chord {chord_id}: member {task_id} is {state}",
+    )
+
+
 def _errbacks_of(node: Node) -> list[tuple[str, Node]]:
     """The errbacks to call when ``node`` will never run, with the task id each belongs to.
 
     Those of what would have run first: a task's own, a chain's first step's, each member's
     of a group, a chord's body's (a chord's errbacks are its body's, as in Celery).
     """
-    if isinstance(node, TaskNode):
+    if isinstance(node, TaskNode | ReplacedNode):
         return [(node.id, errback) for errback in node.link_error]
     if isinstance(node, ChainNode):
         return _errbacks_of(node.steps[0])

@@ -49,6 +49,10 @@ def _register(app: App) -> Any:
     async def tsum(values: list[int]) -> int:
         return sum(values)
 
+    @app.task(name="rpc.replaced", bind=True)
+    async def replaced(self: Task[[int], int], x: int) -> int:
+        await self.replace(add.s(x, 1))
+
     return add, boom, progress, tsum
 
 
@@ -138,6 +142,14 @@ async def test_chord_needs_a_shared_backend(client: App) -> None:
     add, tsum = client.tasks["rpc.add"], client.tasks["rpc.tsum"]
     with pytest.raises(ConfigurationError, match="redis://"):
         await chord([add.s(1, 1), add.s(2, 2)], tsum.s()).delay()
+
+
+async def test_replace_needs_a_shared_backend(client: App) -> None:
+    """self.replace() fails the task, saying why, instead of a result that never comes."""
+    handle = await client.tasks["rpc.replaced"].delay(1)
+    with pytest.raises(TaskFailed, match="redis://") as info:
+        await handle.wait(timeout=10)
+    assert info.value.exc_type == "ConfigurationError"
 
 
 async def test_reconnects_with_the_same_reply_queue(client: App) -> None:

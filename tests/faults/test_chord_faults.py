@@ -11,7 +11,7 @@ import pytest
 from aqueue import App, TaskFailed
 from aqueue.workflows import chain, chord, group
 
-from ..workflows.conftest import Calls
+from ..workflows.conftest import Calls, settle
 
 pytestmark = pytest.mark.faults
 
@@ -194,3 +194,106 @@ async def test_row27_task_of_a_group_ending_a_member_lost_fails_by_the_deadline(
             await res.wait(timeout=30)
     assert info.value.exc_type == "ChordTimeout"
     assert not any(c[0] == "tsum" for c in calls.log)
+
+
+# -- row 26 with self.replace(): a replaced header member and its replacement, each run to the
+# -- end by a worker that died before acking, fire the body once and run the replacement once
+
+
+def _task_of(body: bytes) -> str:
+    from aqueue.core.message import decode_message
+
+    return decode_message(body, 10**6).task
+
+
+async def _claim_task(app: App, name: str) -> Any:
+    """Take the first queued message of task ``name`` away from the workers."""
+    got = await app.broker.claim(
+        [app.conf.task_default_queue], limit=100, lease_seconds=30, owner="x", timeout=2
+    )
+    mine = next(d for d in got if not d.id.endswith(".deadline") and _task_of(d.body) == name)
+    for d in got:
+        if d is not mine:
+            await d.release(executed=False)
+    return mine
+
+
+def _replacing(app: App, t: Any, calls: Calls) -> Any:
+    @app.task(name="w.add_replaced", bind=True)
+    async def add_replaced(self: Any, x: int, y: int) -> int:
+        calls.log.append(("add_replaced", (x, y)))
+        await self.replace(t.add.s(x, y))
+        raise AssertionError("replace() returned")
+
+    return add_replaced
+
+
+async def test_row26_replacement_of_a_header_member_executed_twice_fires_body_once(
+    app: App, t: Any, calls: Calls
+) -> None:
+    add_replaced = _replacing(app, t, calls)
+    n = 10
+    res = await chord(
+        [add_replaced.s(1000, 1000), *(t.add.s(i, i) for i in range(n))], t.tsum.s()
+    ).delay()
+    replaced = await _claim_task(app, "w.add_replaced")
+    runner = app.worker(queues=["nothing-here"])
+    async with runner:
+        await runner.executor.execute(replaced)  # replaced: its replacement is queued
+    replacement = await _claim_where(app, lambda x: x == 1000)
+    await _run_twice(app, replacement)  # the replacement ran to the end; its worker died
+    async with app.worker(concurrency=10) as worker:
+        assert await res.wait(timeout=20) == 2000 + sum(2 * i for i in range(n))
+        async with asyncio.timeout(10):  # the redelivered replacement has been handled
+            while worker.executor.duplicates < 1:
+                await asyncio.sleep(0.01)
+    assert await add_replaced.AsyncResult(replaced.id).wait(timeout=1) == 2000
+    ran, fired = calls.log.count(("add", (1000, 1000))), calls.log.count(("tsum", n + 1))
+    print(f"\nrow 26 (replaced member): replacement ran {ran} time(s); body fired {fired}")
+    assert ran == 1 and fired == 1
+
+
+async def test_row26_replaced_header_member_redelivered_replaces_once(
+    app: App, t: Any, calls: Calls
+) -> None:
+    add_replaced = _replacing(app, t, calls)
+    n = 10
+    res = await chord(
+        [add_replaced.s(1000, 1000), *(t.add.s(i, i) for i in range(n))], t.tsum.s()
+    ).delay()
+    replaced = await _claim_task(app, "w.add_replaced")
+    await _run_twice(app, replaced)  # it replaced itself, then its worker died unacked
+    async with app.worker(concurrency=10):
+        assert await res.wait(timeout=20) == 2000 + sum(2 * i for i in range(n))
+    await settle(app)  # whatever is still queued has run
+    replacing = calls.log.count(("add_replaced", (1000, 1000)))
+    ran, fired = calls.log.count(("add", (1000, 1000))), calls.log.count(("tsum", n + 1))
+    print(
+        f"\nrow 26 (member redelivered after replacing itself): it ran {replacing} times, "
+        f"its replacement {ran} time(s); body fired {fired}"
+    )
+    assert replacing == 2  # it had no result: run again (attempt 2), as any task would be
+    assert ran == 1 and fired == 1  # the same replacement (derived ids): once
+
+
+async def test_row26_member_that_added_to_its_chord_redelivered_adds_once(
+    app: App, t: Any, calls: Calls
+) -> None:
+    """self.add_to_chord(): a member that added a task, run to the end by a worker that
+    died unacked, comes back: recognised as done, it joins again (idempotent) once what it
+    added is done; the added task runs once, the body once."""
+
+    @app.task(name="w.adds", bind=True)
+    async def adds(self: Any, x: int) -> int:
+        calls.log.append(("adds", x))
+        await self.add_to_chord(t.add.s(x, x))
+        return x
+
+    res = await chord([adds.s(500), *(t.add.s(i, i) for i in range(3))], t.tsum.s()).delay()
+    member = await _claim_task(app, "w.adds")
+    await _run_twice(app, member)
+    async with app.worker(concurrency=10):
+        assert await res.wait(timeout=20) == 500 + 6 + 1000
+    await settle(app)
+    assert calls.log.count(("adds", 500)) == 1
+    assert calls.log.count(("add", (500, 500))) == 1 and calls.log.count(("tsum", 5)) == 1

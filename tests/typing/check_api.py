@@ -16,6 +16,7 @@ from aqueue import (
     Chord,
     Group,
     GroupResult,
+    ResultSet,
     Signature,
     Task,
     TaskCall,
@@ -138,6 +139,49 @@ async def canvas_forms() -> None:
     res = await group(add.s(1, 1)).delay()
     assert_type(await res.completed_count(), int)
     assert_type(await res.wait(propagate=False), list[int])
+
+
+@app.task(bind=True)
+async def replaced(self: Task[[int], int], x: int) -> int:
+    if x > 0:
+        await self.replace(add.s(x, 1))  # ends the task: nothing after it is reached
+    return self.replace(chain(add.s(1, 1), mul.s(2)))  # Celery's spelling works too
+
+
+@app.task(bind=True)
+async def adds_to_chord(self: Task[[int], int], x: int) -> int:
+    added = await self.add_to_chord(add.s(x, 1))
+    assert_type(added, AsyncResult[Any] | GroupResult[Any])
+    return x
+
+
+async def canvas_gaps() -> None:
+    # ResultSet: typed by its members, like a GroupResult (which is one)
+    h1, h2 = await add.delay(1, 1), await add.delay(2, 2)
+    rs = ResultSet([h1, h2])
+    assert_type(rs, ResultSet[int])
+    assert_type(await rs.wait(), list[int])
+    assert_type(await rs.join_native(timeout=1), list[int])
+    assert_type(await rs.completed_count(), int)
+    rs.add(h1)
+    rs.update([h2])
+    rs.remove(h1.id)
+    rs.discard(h2)
+    async for result, value in rs.as_completed(timeout=1):
+        assert_type(result, AsyncResult[Any] | GroupResult[Any])
+    members: ResultSet[int] = await group(add.s(1, 1)).delay()
+    del members
+    rs.add("id")  # type: ignore[arg-type]
+    assert_type(h1.children, list[AsyncResult[Any] | GroupResult[Any]])
+    assert_type(group(add.s(1, 1), add.s(2, 2)).skew(start=1, step=0.5), Group[int])
+
+
+def eager_apply_is_refused() -> None:
+    chain(add.s(1, 1)).apply()  # refused at run time (Unsupported); NoReturn to mypy
+
+
+def task_apply_is_refused() -> None:
+    add.apply((1, 1))
 
 
 async def celery_idioms_that_must_not_type_check() -> None:

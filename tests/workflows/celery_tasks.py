@@ -3,7 +3,7 @@
 Same names and values; Celery's tasks write to Redis to show they ran (``redis_echo``,
 ``redis_count``), these write to a :class:`Recorder` (the embedded worker runs in the test's
 process, whatever the broker). ``add_to_all`` returns the list Celery's version replaces
-itself with a group to compute (aqueue has no ``self.replace()``).
+itself with a group to compute; ``add_to_all_replaced`` is Celery's version.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from aqueue import App, ErrorInfo, Task
+from aqueue import App, ErrorInfo, Task, chain, group
 
 
 class ExpectedException(Exception):
@@ -113,6 +113,77 @@ def register(app: App, rec: Recorder) -> Any:
     @app.task(name="c.errback_new_style_with_args")
     async def errback_new_style_with_args(task_id: str, error: ErrorInfo, label: str) -> None:
         rec.echo(task_id, label)
+
+    @app.task(name="c.raise_error")
+    async def raise_error(*args: Any) -> Any:
+        raise ValueError("deliberate error")
+
+    # -- self.replace() (t/integration/tasks.py) ---------------------------------------
+
+    @app.task(name="c.add_replaced", bind=True)
+    async def add_replaced(self: Task[..., Any], x: Any, y: Any) -> Any:
+        await self.replace(add.s(x, y))
+
+    @app.task(name="c.add_replaced_with_chain", bind=True)
+    async def add_replaced_with_chain(self: Task[..., Any], x: Any, y: Any) -> Any:
+        await self.replace(chain(add.s(x, y), identity.s()))
+
+    @app.task(name="c.replace_with_chain", bind=True)
+    async def replace_with_chain(self: Task[..., Any], *args: Any, link_msg: Any = None) -> Any:
+        c = chain(identity.s(*args), identity.s())
+        c.link(redis_echo.si(link_msg) if link_msg is not None else redis_echo.s())
+        await self.replace(c)
+
+    @app.task(name="c.replace_with_chain_which_raises", bind=True)
+    async def replace_with_chain_which_raises(
+        self: Task[..., Any], *args: Any, link_msg: Any = None
+    ) -> Any:
+        c = chain(identity.s(*args), raise_error.s())
+        c.link_error(redis_echo.si(link_msg) if link_msg is not None else redis_echo.s())
+        await self.replace(c)
+
+    @app.task(name="c.replace_with_empty_chain", bind=True)
+    async def replace_with_empty_chain(self: Task[..., Any], *_: Any) -> Any:
+        await self.replace(chain())
+
+    @app.task(name="c.replace_with_chain_which_contains_a_group", bind=True)
+    async def replace_with_chain_which_contains_a_group(self: Task[..., Any]) -> Any:
+        await self.replace(chain(add.s(1, 2), group(add.s(1), add.s(1))))
+
+    @app.task(name="c.add_to_all_replaced", bind=True)
+    async def add_to_all_replaced(self: Task[..., Any], nums: list[Any], val: Any) -> Any:
+        await self.replace(group(*(add.s(num, val) for num in nums)))
+
+    @app.task(name="c.fail_replaced", bind=True)
+    async def fail_replaced(self: Task[..., Any], *args: Any) -> Any:
+        await self.replace(fail.si(*args))
+
+    @app.task(name="c.second_order_replace1", bind=True)
+    async def second_order_replace1(self: Task[..., Any], state: bool = False) -> Any:
+        if not state:
+            rec.echo("redis-echo", "In A")
+            await self.replace(chain(second_order_replace2.s(), second_order_replace1.si(True)))
+        rec.echo("redis-echo", "Out A")
+
+    @app.task(name="c.second_order_replace2", bind=True)
+    async def second_order_replace2(self: Task[..., Any], state: bool = False) -> Any:
+        if not state:
+            rec.echo("redis-echo", "In B")
+            await self.replace(chain(redis_echo.s("In/Out C"), second_order_replace2.si(True)))
+        rec.echo("redis-echo", "Out B")
+
+    # -- self.add_to_chord() -------------------------------------------------------------
+
+    @app.task(name="c.add_to_all_to_chord", bind=True)
+    async def add_to_all_to_chord(self: Task[..., Any], nums: list[Any], val: Any = 0) -> int:
+        for num in nums:
+            await self.add_to_chord(add.s(num, val))
+        return 0
+
+    @app.task(name="c.add_chord_to_chord", bind=True)
+    async def add_chord_to_chord(self: Task[..., Any], nums: list[Any], val: Any = 0) -> int:
+        await self.add_to_chord(group(add.s(num, val) for num in nums) | tsum.s())
+        return 0
 
     class NS:
         pass

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from aqueue import App, ConfigurationError, TaskFailed, TaskRevoked, states
+from aqueue import App, ConfigurationError, TaskFailed, TaskRevoked, Unsupported, states
 from aqueue.workflows import Signature, chain, chord, group, result_from_tuple, signature
 
 from .conftest import Calls
@@ -199,3 +199,33 @@ async def test_chord_of_1000(app: App, t: Any, calls: Calls) -> None:
         res = await chord((t.add.s(i, 0) for i in range(1000)), t.tsum.s()).delay()
         assert await res.wait(timeout=60) == sum(range(1000))
     assert calls.log.count(("tsum", 1000)) == 1
+
+
+async def test_group_skew(app: App, c: Any) -> None:
+    """Celery's ``group.skew(start, stop, step)``: member i waits start + i * step seconds,
+    capped at the last countdown not past ``stop``."""
+    g = group(c.add.s(i, i) for i in range(5)).skew(start=1, stop=3.5, step=1)
+    assert [m.options["countdown"] for m in g.members] == [1.0, 2.0, 3.0, 3.0, 3.0]
+    assert [n.options["countdown"] for n in g.to_node().members] == [1.0, 2.0, 3.0, 3.0, 3.0]
+    skewed = group(c.return_request_eta.s() for _ in range(3)).skew(start=0.25, step=0.25)
+    async with app.worker(concurrency=20):
+        etas = await (await skewed.delay()).wait(timeout=30)
+    assert [round(eta - etas[0], 2) for eta in etas] == [0.0, 0.25, 0.5]
+
+
+def test_eager_apply_and_stamping_are_refused_naming_the_alternative(app: App, c: Any) -> None:
+    """Celery's eager ``apply()`` (refused project-wide, as ``task_always_eager``) and
+    stamping fail loudly: ``Unsupported`` (also a NotImplementedError) says what to use."""
+    for canvas, spelled in (
+        (chain(c.add.s(1, 1), c.add.s(1)), "chain.apply()"),
+        (group(c.add.s(1, 1)), "group.apply()"),
+        (chord([c.add.s(1, 1)], c.tsum.s()), "chord.apply()"),
+        (c.add.s(1, 1), "signature.apply()"),
+    ):
+        with pytest.raises(Unsupported, match="memory://") as info:
+            canvas.apply()
+        assert spelled in str(info.value) and isinstance(info.value, NotImplementedError)
+    with pytest.raises(Unsupported, match=r"c\.add\.apply\(\)"):
+        c.add.apply((1, 1))
+    with pytest.raises(Unsupported, match="headers"):
+        c.add.s(1, 1).stamp(on="x")

@@ -1,9 +1,9 @@
 """The chain section of Celery's canvas integration tests, spelled the async way.
 
 Each test names the Celery test (``t/integration/test_canvas.py::test_chain``) whose shape,
-values and errors it checks, on every broker. Not ported: the tests of ``self.replace()``
-(aqueue has none; the shapes are kept where a plain task gives the same value), eager
-``apply()``, ``freeze(id)`` and the RabbitMQ duplication hook (row 26 covers duplicates).
+values and errors it checks, on every broker (``self.replace()``'s own tests are in
+``test_celery_replace.py``). Not ported: eager ``apply()`` (refused: ``test_canvas.py``),
+``freeze(id)`` and the RabbitMQ duplication hook (row 26 covers duplicates).
 """
 
 from __future__ import annotations
@@ -65,9 +65,9 @@ async def test_simple_and_single_chains(app: App, c: Any) -> None:
 
 
 async def test_complex_chain(app: App, c: Any) -> None:
-    """test_complex_chain (add_replaced is a plain add: the same value)."""
+    """test_complex_chain: a step replaced in the middle of a chain ending in a group."""
     g = group(c.add.s(i) for i in range(4))
-    wf = c.add.s(2, 2) | (c.add.s(4) | c.add.s(8) | c.add.s(16) | c.add.s(32)) | g
+    wf = c.add.s(2, 2) | (c.add.s(4) | c.add_replaced.s(8) | c.add.s(16) | c.add.s(32)) | g
     async with app.worker(concurrency=20):
         res = await wf()
         assert await res.wait(TIMEOUT) == [64, 65, 66, 67]
@@ -371,12 +371,15 @@ async def test_chain_children_with_errbacks(app: App, c: Any, rec: Recorder) -> 
 
 async def test_chain_callbacks_and_errbacks(app: App, c: Any, rec: Recorder) -> None:
     """test_chain_with_callback_child_replaced, _with_errback_child_replaced,
-    test_chain_child_with_callback_replaced, _with_errback_replaced (plain tasks)."""
-    with_callback = chain(c.add.si(42, 1337), c.identity.s()).link(c.redis_count.si("chain-cb"))
-    with_errback = chain(c.add.si(42, 1337), c.fail.s()).link_error(c.redis_count.si("chain-eb"))
-    child = c.add.si(42, 1337)
+    test_chain_child_with_callback_replaced, _with_errback_replaced: a replaced step keeps
+    its own callbacks and the chain's, each called once."""
+    with_callback = chain(c.add_replaced.si(42, 1337), c.identity.s())
+    with_callback.link(c.redis_count.si("chain-cb"))
+    with_errback = chain(c.add_replaced.si(42, 1337), c.fail.s())
+    with_errback.link_error(c.redis_count.si("chain-eb"))
+    child = c.add_replaced.si(42, 1337)
     child.link(c.redis_count.si("child-cb"))
-    failing = c.fail.si()
+    failing = c.fail_replaced.si()
     failing.link_error(c.redis_count.si("child-eb"))
     async with app.worker(concurrency=20):
         assert await (await with_callback()).wait(TIMEOUT) == 42 + 1337

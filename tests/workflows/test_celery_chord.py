@@ -1,10 +1,11 @@
 """The chord section of Celery's canvas integration tests, spelled the async way.
 
 Each test names the Celery test (``t/integration/test_canvas.py::test_chord``) whose shape,
-values and errors it checks, on every broker. Not ported: ``self.replace()``,
-``self.add_to_chord()``, eager ``apply()``, Redis-internal checks (subscribed channels,
-the join key), and ``task_allow_error_cb_on_chord_header=True`` (aqueue has Celery's
-default only: a chord's errbacks are its body's).
+values and errors it checks, on every broker (``self.replace()`` in chords:
+``test_celery_replace.py``; ``self.add_to_chord()``: ``test_add_to_chord.py``). Not
+ported: eager ``apply()`` (refused), Redis-internal checks (subscribed channels, the join
+key), and ``task_allow_error_cb_on_chord_header=True`` (aqueue has Celery's default only:
+a chord's errbacks are its body's).
 """
 
 from __future__ import annotations
@@ -75,13 +76,13 @@ async def test_group_or_task_countdown_delays_header(app: App, c: Any) -> None:
 
 
 async def test_replaced_nested_chord(app: App, c: Any) -> None:
-    """test_replaced_nested_chord (add_replaced as a plain add: the same values)."""
+    """test_replaced_nested_chord: replaced header members, bodies replaced by groups."""
     wf = chord(
         [
-            chord([c.add.s(1, 2), c.add.s(3, 4)], c.add_to_all.s(5)) | c.tsum.s(),
-            chord([c.add.s(6, 7), c.add.s(0, 0)], c.add_to_all.s(8)) | c.tsum.s(),
+            chord([c.add.s(1, 2), c.add_replaced.s(3, 4)], c.add_to_all_replaced.s(5)) | c.tsum.s(),
+            chord([c.add_replaced.s(6, 7), c.add.s(0, 0)], c.add_to_all_replaced.s(8)) | c.tsum.s(),
         ],
-        c.add_to_all.s(9),
+        c.add_to_all_replaced.s(9),
     )
     async with app.worker(concurrency=20):
         assert await (await wf()).wait(TIMEOUT) == [29, 38]
@@ -625,3 +626,28 @@ async def test_errbacks_of_group_bodies(app: App, c: Any, rec: Recorder) -> None
     )
     wf = chord([c.add.si(1, 1)], body)
     assert await run(wf, "6", link_error=e("chord", "6")) == ["chord", "group"]
+
+
+async def test_upgraded_chord_errbacks_reach_each_header_task(
+    app: App, c: Any, rec: Recorder
+) -> None:
+    """test_flag_allow_error_cb_on_chord_header_on_upgraded_chord, without the setting: a
+    chain's errback reaches each failed header task and the body (docs/workflows.md)."""
+    headers = (
+        (c.fail.si(), c.fail.si(), c.fail.si()),
+        (c.fail.si(), c.identity.si(42)),
+        (c.fail.si(), c.identity.si(42), c.fail.si(), c.identity.si(42), c.fail.si()),
+    )
+    async with app.worker(concurrency=20):
+        for n, header in enumerate(headers):
+            wf = chain(group(list(header)), c.redis_echo.si("body", redis_key="body"))
+            wf.link_error(c.redis_echo.si("errback", redis_key=f"errback-{n}"))
+            with pytest.raises(TaskFailed) as info:
+                await (await wf.delay()).wait(TIMEOUT)
+            expected(info)
+    await settle(app)
+    failed = [sum(s.name == "c.fail" for s in header) for header in headers]
+    assert [len(rec.echoes[f"errback-{n}"]) for n in range(len(headers))] == [
+        count + 1 for count in failed
+    ]
+    assert "body" not in rec.echoes

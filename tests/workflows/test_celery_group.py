@@ -1,8 +1,8 @@
 """The group section of Celery's canvas integration tests, spelled the async way.
 
 Each test names the Celery test (``t/integration/test_canvas.py::test_group``) whose shape,
-values and errors it checks, on every broker. Tests of ``self.replace()`` keep their
-shapes with plain tasks (same values).
+values and errors it checks, on every broker (more of ``self.replace()`` in
+``test_celery_replace.py``).
 """
 
 from __future__ import annotations
@@ -208,14 +208,14 @@ async def test_group_children_with_callbacks_and_errbacks(app: App, c: Any, rec:
 
 async def test_group_with_callback_and_errback(app: App, c: Any, rec: Recorder) -> None:
     """test_group_with_callback_child_replaced, _with_errback_child_replaced,
-    test_group_child_with_callback_replaced, _with_errback_replaced (plain tasks)."""
-    with_callback = group(c.add.si(42, 1337), c.identity.si(31337))
+    test_group_child_with_callback_replaced, _with_errback_replaced: replaced members."""
+    with_callback = group(c.add_replaced.si(42, 1337), c.identity.si(31337))
     with_callback.link(c.redis_count.si("group-cb"))
-    with_errback = group(c.add.si(42, 1337), c.fail.s())
+    with_errback = group(c.add_replaced.si(42, 1337), c.fail.s())
     with_errback.link_error(c.redis_count.si("group-eb"))
-    child = c.add.si(42, 1337)
+    child = c.add_replaced.si(42, 1337)
     child.link(c.redis_count.si("child-cb"))
-    failing = c.fail.si()
+    failing = c.fail_replaced.si()
     failing.link_error(c.redis_count.si("child-eb"))
     async with app.worker(concurrency=20):
         assert await (await with_callback()).wait(TIMEOUT) == [42 + 1337, 31337]
@@ -229,8 +229,8 @@ async def test_group_with_callback_and_errback(app: App, c: Any, rec: Recorder) 
 
 
 async def test_group_order(app: App, c: Any) -> None:
-    """test_task_replace_with_group_preserves_group_order (add_to_all returns the list)."""
-    g = group([c.add_to_all.s([2, 1], 1), c.add_to_all.s([4, 3], 1)] * 10)
+    """test_task_replace_with_group_preserves_group_order: members replaced by groups."""
+    g = group([c.add_to_all_replaced.s([2, 1], 1), c.add_to_all_replaced.s([4, 3], 1)] * 10)
     async with app.worker(concurrency=20):
         assert await (await g.delay()).wait(TIMEOUT) == [[3, 2], [5, 4]] * 10
 
