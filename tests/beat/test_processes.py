@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -36,22 +35,13 @@ APP = "tests.beat.proc_app:app"
 SOAK = float(os.environ.get("AQUEUE_BEAT_SOAK", "8"))
 
 
-@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.redis), pytest.param("sqlite")])
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def env(kind: str, tmp_path: Path) -> Iterator[dict[str, str]]:
-    url = make_url(kind, tmp_path)
-    yield {
+def fleet_env(kind: str, tmp_path: Path) -> dict[str, str]:
+    return {
         **{k: v for k, v in os.environ.items() if not k.startswith("AQUEUE_")},
-        "AQUEUE_BROKER_URL": url,
+        "AQUEUE_BROKER_URL": make_url(kind, tmp_path),
         "AQUEUE_TEST_DIR": str(tmp_path),
         "PYTHONPATH": str(ROOT),
     }
-    if kind == "redis":
-        delete_redis_prefix(prefix_of(url))
 
 
 class Fleet:
@@ -77,11 +67,11 @@ class Fleet:
     def by_pid(self, pid: int) -> str:
         return next(name for name, proc in self.procs.items() if proc.pid == pid)
 
-    def stop(self, name: str) -> int:
+    async def stop(self, name: str) -> int:
         proc = self.procs[name]
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-        return proc.wait(timeout=40)
+        return await asyncio.to_thread(proc.wait, 40)  # the other fleet's loop runs on
 
     def close(self) -> None:
         for proc in self.procs.values():
@@ -111,10 +101,21 @@ async def wait_for(what: str, check, limit: float = 30.0):  # type: ignore[no-un
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.redis
 @pytest.mark.timeout(3 * SOAK + 150)  # waiting for a minute boundary, the run, the drain
-async def test_every_slot_runs_once_through_a_leader_kill(
-    kind: str, env: dict[str, str], tmp_path: Path
-) -> None:
+async def test_every_slot_runs_once_through_a_leader_kill(tmp_path: Path) -> None:
+    """Redis and SQLite side by side (both wait for the same minute boundary)."""
+    runs = {kind: tmp_path / kind for kind in ("redis", "sqlite")}
+    for path in runs.values():
+        path.mkdir()
+    envs = {kind: fleet_env(kind, path) for kind, path in runs.items()}
+    try:
+        await asyncio.gather(*(run_fleet(kind, envs[kind], runs[kind]) for kind in runs))
+    finally:
+        delete_redis_prefix(prefix_of(envs["redis"]["AQUEUE_BROKER_URL"]))
+
+
+async def run_fleet(kind: str, env: dict[str, str], tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     logs.mkdir()
     fleet = Fleet(env, logs)
@@ -149,10 +150,10 @@ async def test_every_slot_runs_once_through_a_leader_kill(
             await asyncio.sleep(SOAK + 2)
             for name in fleet.procs:
                 if name != victim:
-                    assert fleet.stop(name) == 0, fleet.tail()
+                    assert await fleet.stop(name) == 0, fleet.tail()
             # what the schedulers published and the worker had not yet run
             drain = fleet.start("drain", "worker", APP, "--burst", "-l", "info")
-            assert drain.wait(timeout=60) == 0, fleet.tail()
+            assert await asyncio.to_thread(drain.wait, 60) == 0, fleet.tail()
             entries = {e.name: e for e in await schedule.entries(results=False)}
     finally:
         fleet.close()
