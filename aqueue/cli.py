@@ -324,7 +324,12 @@ def worker(
     ] = None,
     beat: Annotated[
         bool,
-        typer.Option("-B", "--beat", help="Also run a periodic task scheduler (any number may)."),
+        typer.Option(
+            "-B",
+            "--beat",
+            help="Also run a periodic task scheduler (any number may).",
+            rich_help_panel="Embedded Beat Options",
+        ),
     ] = False,
 ) -> None:
     """Start a worker.
