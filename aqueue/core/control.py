@@ -1,4 +1,4 @@
-"""``app.control``: revoking tasks, queued or running.
+"""``app.control``: revoking tasks, queued or running; the workers of the fleet.
 
 A revocation is a REVOKED record stored in the result backend (with the result TTL) under a
 fencing attempt no execution can reach, so it survives with no worker online, nothing can
@@ -15,7 +15,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from . import states
+from .errors import ConfigurationError
 from .message import ErrorInfo, ResultOut
+from .presence import WorkerStatus, status_of
+from .protocols import WorkerRegistry
 from .serialization import check_serializer, encode
 
 if TYPE_CHECKING:
@@ -58,3 +61,21 @@ class Control:
                 attempt=REVOKE_FENCE,
                 ttl=self.app.conf.result_expires,
             )
+
+    async def workers(self) -> list[WorkerStatus]:
+        """The workers in the broker's registry: live ones first, then missing ones.
+
+        A worker is missing when it has not beaten for ``worker_lost_timeout`` seconds
+        (killed, frozen, cut off); its entry stays listed for a while after. A worker that
+        stopped gracefully is gone from the list. See docs/fleet.md.
+
+        Raises:
+            ConfigurationError: the broker keeps no worker registry (RabbitMQ).
+        """
+        broker = await self.app.connected_broker()
+        if not isinstance(broker, WorkerRegistry):
+            raise ConfigurationError(
+                f"the broker {type(broker).__name__} keeps no worker registry "
+                "(memory://, redis:// and sqlite:// do)"
+            )
+        return status_of(await broker.workers(), self.app.conf.worker_lost_timeout)

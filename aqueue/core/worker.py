@@ -34,6 +34,7 @@ from .execution import Executor, is_terminate
 from .message import decode_result
 from .offload import ProcessPool, set_current_pool
 from .offload_child import rss_kib
+from .presence import Presence, new_worker_id, worker_info
 from .protocols import (
     Broker,
     ClaimsRecords,
@@ -41,6 +42,7 @@ from .protocols import (
     Lease,
     RoutesByExchange,
     SharedThrottle,
+    WorkerRegistry,
 )
 from .routing import router_of
 from .urls import redact
@@ -131,7 +133,8 @@ class Worker:
         #: why the worker retired (a limit was reached), or ``None``
         self.retired: str | None = None
         self.hostname = expand_hostname(hostname or "aqueue@%h")
-        self.owner = f"{self.hostname}/{os.getpid()}"
+        #: unique per worker object: its registry id, and the owner its claims give
+        self.owner = new_worker_id(self.hostname)
         self.burst = burst
         self.shutdown_timeout = (
             conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
@@ -154,6 +157,15 @@ class Worker:
         self._consumer: asyncio.Task[None] | None = None
         self._heartbeat: threading.Thread | None = None
         self._heartbeat_stop = threading.Event()
+        #: its entry in the broker's worker registry, if the broker keeps one
+        self.presence: Presence | None = None
+        self._heartbeat_interval = conf.worker_heartbeat_interval
+        self._lost_timeout = conf.worker_lost_timeout
+        if self._lost_timeout < 2 * self._heartbeat_interval:
+            raise ConfigurationError(
+                "setting worker_lost_timeout must be at least twice worker_heartbeat_interval "
+                f"(got {self._lost_timeout} and {self._heartbeat_interval})"
+            )
         self._pool = ThreadPoolExecutor(min(self.concurrency, 64), thread_name_prefix="aqueue-task")
         self._executor: Executor | None = None
         self._handlers: dict[str, asyncio.Task[None]] = {}
@@ -227,6 +239,15 @@ class Worker:
                 target=self._renew_forever, args=(broker,), name="aqueue-heartbeat", daemon=True
             )
             self._heartbeat.start()
+        if isinstance(broker, WorkerRegistry):
+            self.presence = Presence(
+                broker,
+                worker_info(self.owner, self.hostname, self.queues, self.concurrency),
+                self._held_leases,
+                interval=self._heartbeat_interval,
+                lost_after=self._lost_timeout,
+            )
+            await asyncio.to_thread(self.presence.start)
         # task handlers are created by the consumer and copy its context: in it, and only in
         # it (not in the caller's), aqueue.offload() finds this worker's process pool
         consumer_context = contextvars.copy_context()
@@ -328,6 +349,8 @@ class Worker:
         self._heartbeat_stop.set()
         if self._heartbeat is not None:
             await asyncio.to_thread(self._heartbeat.join)
+        if self.presence is not None:
+            await asyncio.to_thread(self.presence.stop)
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._process_pool is not None:
             await self._process_pool.close()
@@ -473,6 +496,8 @@ class Worker:
             with self._held_lock:
                 for delivery in deliveries:
                     self._held[delivery.id] = delivery
+            if self.presence is not None:
+                self.presence.nudge()  # list the new leases soon: a kill must not strand them
             if self._records_inline:
                 priors = {d.id: d.prior for d in deliveries if d.prior is not None}
             else:
@@ -640,6 +665,11 @@ class Worker:
             )
 
     # -- leases -------------------------------------------------------------------------
+
+    def _held_leases(self) -> list[Lease]:
+        """The leases held now (the presence thread lists them at each heartbeat)."""
+        with self._held_lock:
+            return [d.lease for d in self._held.values()]
 
     def _renew_forever(self, broker: Broker) -> None:
         """Heartbeat thread: renew every held lease each third of the lease length."""

@@ -19,7 +19,15 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 
 from aqueue.core.errors import BrokerError, IndeterminatePublish, PublishTimeout
-from aqueue.core.protocols import Capabilities, DeadLetter, Delivery, Lease, Outgoing
+from aqueue.core.protocols import (
+    Capabilities,
+    DeadLetter,
+    Delivery,
+    Lease,
+    Outgoing,
+    WorkerInfo,
+    WorkerSeen,
+)
 from aqueue.transports.redis import redispy
 from aqueue.transports.redis.clients import LazySyncClient, Link
 from aqueue.transports.redis.coalesce import Coalescer
@@ -37,6 +45,7 @@ from aqueue.transports.redis.scripts import (
 from aqueue.transports.redis.settings import RedisSettings, parse_settings
 
 from .delivery import HeldLease, RedisDelivery, Settler
+from .registry import RedisRegistry
 from .scripts import (
     CLAIM,
     MAX_BATCH,
@@ -100,6 +109,9 @@ class RedisBroker:
             self._flush_publishes, _PUBLISH_BATCH
         )
         self._throttle = RedisThrottle(self._settings, self._link.get, self._sync)
+        self._registry = RedisRegistry(
+            self._settings, self._keys, self._sync.get, self._link.get, self._queue_keys
+        )
         # the result backend's record key head and tail, when claims read the stored records
         self._record_keys: tuple[str, str] = ("", "")
         # a connection of its own for a publish made while no other is in flight (a
@@ -547,6 +559,24 @@ class RedisBroker:
             return letters[:limit]
 
         return await guarded(self._settings, "dead_letters", read, error=BrokerError)
+
+    # -- worker registry (aqueue.core.protocols.WorkerRegistry; see registry.py) ------------
+
+    def beat(self, info: WorkerInfo, leases: Sequence[Lease], keep: float) -> None:
+        """Record that ``info`` is alive, holding ``leases``. Blocking and thread-safe."""
+        self._registry.beat(info, leases, keep)
+
+    def reap(self, lost_after: float) -> list[str]:
+        """Mark silent workers lost and hand back the leases they listed. Blocking."""
+        return self._registry.reap(lost_after)
+
+    def leave(self, worker_id: str) -> None:
+        """Remove a stopping worker's entry. Blocking and thread-safe."""
+        self._registry.leave(worker_id)
+
+    async def workers(self) -> list[WorkerSeen]:
+        """Every registry entry, live or lost."""
+        return await self._registry.workers()
 
     # -- shared throttle (aqueue.core.protocols.SharedThrottle) ------------------------------
 
