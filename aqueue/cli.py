@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -27,7 +28,7 @@ from .beat.cli import Runtime, commands
 from .core.app import App
 from .core.errors import AqueueError, ConfigurationError, OptionError
 from .core.message import decode_result
-from .core.protocols import CountsIds
+from .core.protocols import CountsIds, WorkerRegistry
 from .core.urls import redact
 from .process import (
     EXIT_ERROR,
@@ -568,7 +569,8 @@ def status(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Print queue sizes (users' messages; internal timers apart) and recent dead letters."""
+    """Print the workers, queue sizes (users' messages; internal timers apart) and recent
+    dead letters. A worker whose heartbeat lapsed is marked MISSING."""
     with _errors():
         the_app = load_app(_app_spec(ctx, app, app_option))
         the_app.import_includes()
@@ -589,8 +591,14 @@ def status(
                     "timers": timers,
                 }
             letters = await broker.dead_letters(limit=10)
+            workers = (
+                [w.to_dict() for w in await the_app.control.workers()]
+                if isinstance(broker, WorkerRegistry)
+                else None
+            )
             return {
                 "broker": redact(the_app.broker_url),
+                "workers": workers,
                 "queues": counts,
                 "dead_letters": [
                     {"id": d.id, "queue": d.queue, "reason": d.reason, "at": d.at} for d in letters
@@ -602,6 +610,18 @@ def status(
         _print_json(found)
         return
     typer.echo(f"broker {found['broker']}")
+    if found["workers"] is None:
+        typer.echo("workers: not tracked on this broker")
+    else:
+        now = time.time()
+        for w in found["workers"]:
+            mark = "MISSING " if w["missing"] else ""
+            typer.echo(
+                f"worker {mark}{w['hostname']} id={w['id']} host={w['host']} pid={w['pid']} "
+                f"queues={','.join(w['queues'])} concurrency={w['concurrency']} "
+                f"holding={w['held']} seen {now - w['last_seen']:.1f}s ago "
+                f"up {now - w['started']:.0f}s"
+            )
     for q, c in found["queues"].items():
         if c["timers"] is None:
             timers = "; chord deadline timers included (this broker cannot tell them apart)"

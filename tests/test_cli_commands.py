@@ -309,3 +309,44 @@ def test_status_counts_chord_deadline_timers_apart(
         assert "queue celery: 3 message(s) (+ 1 chord deadline timer(s))" in text
     assert found["queues"]["hi"] == {"messages": 0, "timers": 0 if kind != "rabbitmq" else None}
     assert "***" in found["broker"] or "@" not in found["broker"]
+
+
+@pytest.mark.redis
+def test_status_lists_workers_and_marks_missing_ones(redis_env: str) -> None:
+    from aqueue.core.presence import new_worker_id, worker_info
+    from aqueue.core.protocols import WorkerRegistry
+
+    app = make_app()
+    live, gone = new_worker_id("live@h"), new_worker_id("gone@h")
+
+    async def register() -> None:
+        async with app:
+            registry = app.broker
+            assert isinstance(registry, WorkerRegistry)
+            # gone beat long enough ago to be missing: lost_after 0 makes any entry lapsed
+            await asyncio.to_thread(registry.beat, worker_info(gone, "gone@h", ["hi"], 2), [], 60)
+            await asyncio.to_thread(registry.reap, 0.0)
+            await asyncio.to_thread(
+                registry.beat, worker_info(live, "live@h", ["celery"], 4), [], 60
+            )
+
+    asyncio.run(register())
+    found = json.loads(ok("status", SPEC, "--json"))
+    text = ok("status", SPEC)
+    by_id = {w["id"]: w for w in found["workers"]}
+    assert by_id[live]["missing"] is False and by_id[live]["concurrency"] == 4
+    assert by_id[gone]["missing"] is True and by_id[gone]["queues"] == ["hi"]
+    assert [w["id"] for w in found["workers"]] == [live, gone]  # live ones first
+    assert f"worker live@h id={live}" in text
+    assert f"worker MISSING gone@h id={gone}" in text
+
+
+@pytest.mark.rabbitmq
+def test_status_says_when_the_broker_keeps_no_registry(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = make_url("rabbitmq", tmp_path)
+    request.getfixturevalue("_rabbit_prefixes").append(prefix_of(url))
+    monkeypatch.setenv("AQT_CLI_BROKER", url)
+    assert json.loads(ok("status", SPEC, "--json"))["workers"] is None
+    assert "workers: not tracked on this broker" in ok("status", SPEC)
