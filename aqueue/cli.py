@@ -26,9 +26,10 @@ import typer
 from . import __version__
 from .beat.cli import Runtime, commands
 from .core.app import App
+from .core.control import registry_of
 from .core.errors import AqueueError, ConfigurationError, OptionError
 from .core.message import decode_result
-from .core.protocols import CountsIds, WorkerRegistry
+from .core.protocols import CountsIds
 from .core.urls import redact
 from .process import (
     EXIT_ERROR,
@@ -593,7 +594,7 @@ def status(
             letters = await broker.dead_letters(limit=10)
             workers = (
                 [w.to_dict() for w in await the_app.control.workers()]
-                if isinstance(broker, WorkerRegistry)
+                if await registry_of(the_app) is not None
                 else None
             )
             return {

@@ -22,8 +22,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import msgspec
-
 from aqueue.brokers.wakeup import Wakeup
 from aqueue.core.errors import BrokerError
 from aqueue.core.protocols import (
@@ -37,6 +35,8 @@ from aqueue.core.protocols import (
     WorkerInfo,
     WorkerSeen,
 )
+from aqueue.transports.sqlite.registry import TABLE as REGISTRY_TABLE
+from aqueue.transports.sqlite.registry import SQLiteRegistry
 from aqueue.transports.sqlite.store import SQLiteStore
 
 log = logging.getLogger("aqueue.broker.sqlite")
@@ -70,17 +70,7 @@ SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS aq_dead_letters_at ON aq_dead_letters (at)",
     "CREATE INDEX IF NOT EXISTS aq_dead_letters_queue ON aq_dead_letters (queue, at)",
-    # the worker registry (WorkerRegistry): info is the WorkerInfo as JSON; seen the last
-    # heartbeat; lost whether a live worker handed its leases back; keep_until when the
-    # entry is dropped if no beat comes
-    """CREATE TABLE IF NOT EXISTS aq_workers (
-        id TEXT PRIMARY KEY,
-        info BLOB NOT NULL,
-        seen REAL NOT NULL,
-        held INTEGER NOT NULL DEFAULT 0,
-        lost INTEGER NOT NULL DEFAULT 0,
-        keep_until REAL NOT NULL
-    )""",
+    REGISTRY_TABLE,
 )
 
 _INSERT = (
@@ -142,20 +132,10 @@ _DEAD_QUEUE = (
     " WHERE queue = ? ORDER BY at DESC, seq DESC LIMIT ?"
 )
 
-_BEAT = (
-    "INSERT INTO aq_workers (id, info, seen, held, lost, keep_until) VALUES (?, ?, ?, ?, 0, ?)"
-    " ON CONFLICT (id) DO UPDATE SET info = excluded.info, seen = excluded.seen,"
-    " held = excluded.held, lost = 0, keep_until = excluded.keep_until"
-)
-_LAPSED = "SELECT id FROM aq_workers WHERE lost = 0 AND seen < ?"
-_MARK_LOST = "UPDATE aq_workers SET lost = 1 WHERE id = ?"
-# a dead owner's claimed rows (delayed rows have no owner): ready again, the claim counted
+# a lost owner's claimed rows (delayed rows have no owner): ready again, the claim counted
 _RELEASE_OWNER = (
     "UPDATE aq_messages SET lease_until = 0, owner = NULL WHERE owner = ? AND lease_until > 0"
 )
-_DROP_WORKERS = "DELETE FROM aq_workers WHERE keep_until < ?"
-_LEAVE = "DELETE FROM aq_workers WHERE id = ?"
-_WORKERS = "SELECT info, seen, held, lost FROM aq_workers ORDER BY id"
 
 #: claimed rows (queue, id, body, deliveries, token), next timed row, PRAGMA data_version
 _ClaimResult = tuple[list[tuple[str, str, bytes, int, int]], float | None, int]
@@ -268,6 +248,7 @@ class SQLiteBroker:
             owner="SQLiteBroker",
         )
         self.path = self._store.path
+        self._registry = SQLiteRegistry(self._store, _release_owner)
         self._wakeup = Wakeup()
         # Bumped on every in-process change that can make a message claimable; a claim that
         # saw it move while it was looking retries at once instead of sleeping.
@@ -390,43 +371,21 @@ class SQLiteBroker:
     # -- worker registry (aqueue.core.protocols.WorkerRegistry) ------------------------------
 
     def beat(self, info: WorkerInfo, leases: Sequence[Lease], keep: float) -> None:
-        """Upsert the worker's row (the leases are not listed: claims store their owner)."""
-        row = (info.id, msgspec.json.encode(info), time.time(), len(leases))
-        self._store.side(lambda conn: conn.execute(_BEAT, (*row, row[2] + keep)))
+        """Record that ``info`` is alive (claims store their owner). Blocking."""
+        self._registry.beat(info, leases, keep)
 
     def reap(self, lost_after: float) -> list[str]:
-        """Mark workers silent for ``lost_after`` seconds lost and make the rows they had
-        claimed ready again, in one transaction (so one reaper does it)."""
-
-        def op(conn: sqlite3.Connection) -> tuple[list[str], int]:
-            now = time.time()
-            conn.execute(_DROP_WORKERS, (now,))
-            lapsed = [row[0] for row in conn.execute(_LAPSED, (now - lost_after,))]
-            released = 0
-            for worker_id in lapsed:
-                conn.execute(_MARK_LOST, (worker_id,))
-                released += conn.execute(_RELEASE_OWNER, (worker_id,)).rowcount
-            return lapsed, released
-
-        lapsed, released = self._store.side(op)
-        if lapsed:
-            log.info("%d lost worker(s): %d message(s) handed back", len(lapsed), released)
-        return lapsed
+        """Mark silent workers lost and make the rows they had claimed ready again, in
+        one transaction. Blocking and thread-safe."""
+        return self._registry.reap(lost_after)
 
     def leave(self, worker_id: str) -> None:
-        """Delete the worker's row."""
-        self._store.side(lambda conn: conn.execute(_LEAVE, (worker_id,)))
+        """Remove a stopping worker's row. Blocking and thread-safe."""
+        self._registry.leave(worker_id)
 
     async def workers(self) -> list[WorkerSeen]:
         """Every row of ``aq_workers``."""
-
-        def op(conn: sqlite3.Connection) -> list[WorkerSeen]:
-            return [
-                WorkerSeen(msgspec.json.decode(info, type=WorkerInfo), seen, held, bool(lost))
-                for info, seen, held, lost in conn.execute(_WORKERS)
-            ]
-
-        return await self._store.read(op)
+        return await self._registry.workers()
 
     def renew(self, leases: Sequence[Lease], lease_seconds: float) -> list[Lease]:
         """Extend ``leases`` to ``lease_seconds`` from now; return those that were lost.
@@ -489,6 +448,11 @@ class SQLiteBroker:
             return [DeadLetter(*row) for row in cursor]
 
         return await self._store.read(op)
+
+
+def _release_owner(conn: sqlite3.Connection, owner: str) -> int:
+    count: int = conn.execute(_RELEASE_OWNER, (owner,)).rowcount
+    return count
 
 
 def _claim_op(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from . import states
 from .errors import ConfigurationError
 from .message import ErrorInfo, ResultOut
-from .presence import WorkerStatus, status_of
+from .presence import WorkerStatus, pick_registry, status_of
 from .protocols import WorkerRegistry
 from .serialization import check_serializer, encode
 
@@ -70,12 +70,24 @@ class Control:
         stopped gracefully is gone from the list. See docs/fleet.md.
 
         Raises:
-            ConfigurationError: the broker keeps no worker registry (RabbitMQ).
+            ConfigurationError: neither the broker nor the result backend keeps a worker
+                registry (RabbitMQ with ``rpc://`` results).
         """
-        broker = await self.app.connected_broker()
-        if not isinstance(broker, WorkerRegistry):
+        registry = await registry_of(self.app)
+        if registry is None:
             raise ConfigurationError(
-                f"the broker {type(broker).__name__} keeps no worker registry "
-                "(memory://, redis:// and sqlite:// do)"
+                f"the broker {type(self.app.broker).__name__} keeps no worker registry, nor "
+                "does the result backend (memory://, redis:// and sqlite:// brokers do; with "
+                "amqp://, a redis:// or sqlite:// result backend does)"
             )
-        return status_of(await broker.workers(), self.app.conf.worker_lost_timeout)
+        return status_of(await registry.workers(), self.app.conf.worker_lost_timeout)
+
+
+async def registry_of(app: App) -> WorkerRegistry | None:
+    """Where the app's workers register: the broker, else the result backend, else nowhere.
+
+    Only the broker can hand back a lost worker's leases; a registry in the backend serves a
+    broker whose connection is the lease (RabbitMQ), so it only lists workers.
+    """
+    broker = await app.connected_broker()
+    return pick_registry(broker, app.backend)

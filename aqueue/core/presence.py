@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..__about__ import __version__
-from .protocols import Lease, WorkerInfo, WorkerRegistry, WorkerSeen
+from .protocols import Broker, Lease, ResultBackend, WorkerInfo, WorkerRegistry, WorkerSeen
 
 log = logging.getLogger("aqueue.worker")
 
@@ -35,6 +35,17 @@ _MIN_GAP = 0.2
 #: how many lost timeouts a silent worker's entry stays listed as lost, at least an hour
 _KEEP_FACTOR = 100
 _KEEP_MIN = 3600.0
+
+
+def pick_registry(broker: Broker, backend: ResultBackend | None) -> WorkerRegistry | None:
+    """Where workers register: the broker, else (for a broker whose connection is the
+    lease, RabbitMQ) the result backend, else nowhere. Only a broker's registry hands back
+    a lost worker's leases; a backend's lists workers and marks lost ones."""
+    if isinstance(broker, WorkerRegistry):
+        return broker
+    if not broker.capabilities.leases and isinstance(backend, WorkerRegistry):
+        return backend
+    return None
 
 
 def new_worker_id(hostname: str) -> str:

@@ -34,7 +34,7 @@ from .execution import Executor, is_terminate
 from .message import decode_result
 from .offload import ProcessPool, set_current_pool
 from .offload_child import rss_kib
-from .presence import Presence, new_worker_id, worker_info
+from .presence import Presence, new_worker_id, pick_registry, worker_info
 from .protocols import (
     Broker,
     ClaimsRecords,
@@ -42,7 +42,6 @@ from .protocols import (
     Lease,
     RoutesByExchange,
     SharedThrottle,
-    WorkerRegistry,
 )
 from .routing import router_of
 from .urls import redact
@@ -239,9 +238,10 @@ class Worker:
                 target=self._renew_forever, args=(broker,), name="aqueue-heartbeat", daemon=True
             )
             self._heartbeat.start()
-        if isinstance(broker, WorkerRegistry):
+        registry = pick_registry(broker, self.app.backend)
+        if registry is not None:
             self.presence = Presence(
-                broker,
+                registry,
                 worker_info(self.owner, self.hostname, self.queues, self.concurrency),
                 self._held_leases,
                 interval=self._heartbeat_interval,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,8 @@ from aqueue import App
 from aqueue.core.errors import ConfigurationError
 from aqueue.core.presence import new_worker_id, worker_info
 from aqueue.core.protocols import WorkerRegistry
+
+from ..conftest import delete_redis_prefix, make_url, prefix_of
 
 #: short enough for a quick test, long enough that a loaded machine never misses a beat
 FAST = {"worker_heartbeat_interval": 0.3, "worker_lost_timeout": 1.5}
@@ -69,7 +72,8 @@ async def test_a_silent_workers_leases_are_handed_back_at_once(app: App) -> None
     async with app.worker(hostname="live@test") as live:
         assert await handle.wait(timeout=20) == "ran"
         recovered = time.monotonic() - silent_at
-        assert live.presence is not None and dead_id in live.presence.reaped
+        # marked lost before its leases were handed back (one script / transaction)
+        assert {w.info.id: w.lost for w in await registry.workers()}[dead_id]
         listed = {w.info.id: w for w in await app.control.workers()}
         assert listed[dead_id].missing and not listed[live.owner].missing
         assert [w.info.id for w in await app.control.workers()][-1] == dead_id  # missing last
@@ -102,3 +106,29 @@ def test_the_lost_timeout_must_leave_room_for_missed_beats() -> None:
     app = App("reg", broker="memory://reg-conf", worker_heartbeat_interval=2.0)
     with pytest.raises(ConfigurationError, match="worker_lost_timeout"):
         app.worker()
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.parametrize("store", ["redis", "sqlite"])
+async def test_on_rabbitmq_the_result_backend_keeps_the_registry(
+    store: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A RabbitMQ connection is its lease (its messages come back when it drops): the
+    registry only lists workers, and lives in the result backend."""
+    url = make_url("rabbitmq", tmp_path)
+    request.getfixturevalue("_rabbit_prefixes").append(prefix_of(url))
+    backend = make_url(store, tmp_path)
+    app = App("reg", broker=url, backend=backend, **FAST)
+    try:
+        async with app:
+            worker = app.worker(hostname="rabbit@test")
+            await worker.start()
+            try:
+                [seen] = await app.control.workers()
+                assert seen.info.id == worker.owner and not seen.missing
+            finally:
+                await worker.stop()
+            assert await app.control.workers() == []
+    finally:
+        if store == "redis":
+            delete_redis_prefix(prefix_of(backend))

@@ -33,6 +33,7 @@ from aqueue.transports.redis.clients import LazySyncClient, Link
 from aqueue.transports.redis.coalesce import Coalescer
 from aqueue.transports.redis.guard import guarded
 from aqueue.transports.redis.keys import KeySpace, StoresRecords
+from aqueue.transports.redis.registry import Listed, RedisRegistry
 from aqueue.transports.redis.scripts import (
     ScriptCall,
     command,
@@ -45,16 +46,17 @@ from aqueue.transports.redis.scripts import (
 from aqueue.transports.redis.settings import RedisSettings, parse_settings
 
 from .delivery import HeldLease, RedisDelivery, Settler
-from .registry import RedisRegistry
 from .scripts import (
     CLAIM,
     MAX_BATCH,
     PURGE,
     RENEW,
+    SETTLE,
     SIZE,
     Claimed,
     ClaimReply,
     QueueKeys,
+    SettleOp,
     flags,
     parse_dead_letter,
     publish_calls,
@@ -110,7 +112,12 @@ class RedisBroker:
         )
         self._throttle = RedisThrottle(self._settings, self._link.get, self._sync)
         self._registry = RedisRegistry(
-            self._settings, self._keys, self._sync.get, self._link.get, self._queue_keys
+            self._settings,
+            self._keys,
+            self._sync.get,
+            self._link.get,
+            BrokerError,
+            self._release_listed,
         )
         # the result backend's record key head and tail, when claims read the stored records
         self._record_keys: tuple[str, str] = ("", "")
@@ -577,6 +584,29 @@ class RedisBroker:
     async def workers(self) -> list[WorkerSeen]:
         """Every registry entry, live or lost."""
         return await self._registry.workers()
+
+    def _release_listed(self, listed: Listed) -> int:
+        """Hand back a lost worker's leases, as ``release(executed=True)``, fenced by their
+        tokens (one SETTLE call per queue); return how many were still its own."""
+        by_queue: dict[str, list[bytes | str]] = defaultdict(list)
+        for queue, id_, token in listed:
+            by_queue[queue] += (SettleOp.RELEASE, id_, str(token), "1", "")
+        calls: list[ScriptCall] = [
+            (
+                SETTLE,
+                self._queue_keys(queue).settle,
+                [self._settings.dead_letter_limit, *pack_fields(fields)],
+            )
+            for queue, fields in by_queue.items()
+        ]
+        try:
+            replies = run_scripts_sync(self._sync.get(), calls)
+        except Exception as exc:
+            raise BrokerError(
+                f"handing back a lost worker's leases on {self._settings.redacted} failed: "
+                f"{self._settings.describe(exc)}"
+            ) from None
+        return sum(int(flag) for reply in replies for flag in reply)
 
     # -- shared throttle (aqueue.core.protocols.SharedThrottle) ------------------------------
 

@@ -197,8 +197,6 @@ SETTLE = Script.load(
 RENEW = Script.load(_LUA / "renew.lua", uses=(HELPERS,))
 SIZE = Script.load(_LUA / "size.lua")
 PURGE = Script.load(_LUA / "purge.lua")
-BEAT = Script.load(_LUA / "beat.lua", uses=(HELPERS,))
-REAP = Script.load(_LUA / "reap.lua", uses=(HELPERS,))
 
 
 def eta_delay(eta: float | None) -> str:
