@@ -118,7 +118,8 @@ async def test_on_rabbitmq_the_result_backend_keeps_the_registry(
     url = make_url("rabbitmq", tmp_path)
     request.getfixturevalue("_rabbit_prefixes").append(prefix_of(url))
     backend = make_url(store, tmp_path)
-    app = App("reg", broker=url, backend=backend, **FAST)
+    app = App("reg", broker=url, backend=backend)
+    app.conf.update(**FAST)
     try:
         async with app:
             worker = app.worker(hostname="rabbit@test")
