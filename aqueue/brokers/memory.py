@@ -292,6 +292,31 @@ class MemoryBroker:
                 del store.entries[id_]
         return len(doomed)
 
+    # -- dead letters (aqueue.core.protocols.ReplaysDeadLetters) ---------------------------
+
+    async def replay_dead_letter(self, letter: DeadLetter, message: Outgoing) -> bool:
+        """Remove ``letter`` and enqueue ``message`` as new, in one step."""
+        store = self._store
+        with store.lock:
+            if message.id in store.entries or letter not in store.dead:
+                return False
+            store.dead.remove(letter)
+            now = time.time()
+            entry = _Entry(message.id, letter.queue, message.body, message.priority, now, 0)
+            store.entries[message.id] = entry
+            store.schedule(entry, now)
+        store.wakeup.notify()
+        return True
+
+    async def purge_dead_letters(self, queue: str | None = None) -> int:
+        """Delete the dead letters of ``queue`` (or all)."""
+        store = self._store
+        with store.lock:
+            kept = [d for d in store.dead if queue is not None and d.queue != queue]
+            removed = len(store.dead) - len(kept)
+            store.dead[:] = kept
+        return removed
+
     # -- worker registry (aqueue.core.protocols.WorkerRegistry), in process ---------------
 
     def beat(self, info: WorkerInfo, leases: Sequence[Lease], keep: float) -> None:

@@ -137,6 +137,15 @@ _RELEASE_OWNER = (
     "UPDATE aq_messages SET lease_until = 0, owner = NULL WHERE owner = ? AND lease_until > 0"
 )
 
+_FIND_DEAD = (
+    "SELECT seq FROM aq_dead_letters WHERE id = ? AND queue = ? AND at = ? AND reason = ?"
+    " ORDER BY seq DESC LIMIT 1"
+)
+_QUEUED = "SELECT 1 FROM aq_messages WHERE id = ?"
+_DROP_DEAD = "DELETE FROM aq_dead_letters WHERE seq = ?"
+_PURGE_DEAD_ALL = "DELETE FROM aq_dead_letters"
+_PURGE_DEAD_QUEUE = "DELETE FROM aq_dead_letters WHERE queue = ?"
+
 #: claimed rows (queue, id, body, deliveries, token), next timed row, PRAGMA data_version
 _ClaimResult = tuple[list[tuple[str, str, bytes, int, int]], float | None, int]
 
@@ -367,6 +376,38 @@ class SQLiteBroker:
             log.warning("could not hand back cancelled claims: %s", task.exception())
         else:
             self._notify()
+
+    # -- dead letters (aqueue.core.protocols.ReplaysDeadLetters) ---------------------------
+
+    async def replay_dead_letter(self, letter: DeadLetter, message: Outgoing) -> bool:
+        """Delete ``letter``'s row and insert ``message`` as ready, in one transaction."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            found = conn.execute(
+                _FIND_DEAD, (letter.id, letter.queue, letter.at, letter.reason)
+            ).fetchone()
+            if found is None or conn.execute(_QUEUED, (message.id,)).fetchone():
+                return False
+            row = (message.id, letter.queue, message.priority, time.time(), 0, message.body)
+            conn.execute(_INSERT, row)
+            conn.execute(_DROP_DEAD, (found[0],))
+            return True
+
+        done: bool = await self._store.write(op)
+        if done:
+            self._notify()
+        return done
+
+    async def purge_dead_letters(self, queue: str | None = None) -> int:
+        """Delete the dead letters of ``queue`` (or all); how many."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            if queue is None:
+                return conn.execute(_PURGE_DEAD_ALL).rowcount
+            return conn.execute(_PURGE_DEAD_QUEUE, (queue,)).rowcount
+
+        count: int = await self._store.write(op)
+        return count
 
     # -- worker registry (aqueue.core.protocols.WorkerRegistry) ------------------------------
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from . import states
+from .deadletters import DeadLetters
 from .errors import ConfigurationError
 from .message import ErrorInfo, ResultOut
 from .presence import WorkerStatus, pick_registry, status_of
@@ -34,6 +35,8 @@ class Control:
 
     def __init__(self, app: App) -> None:
         self.app = app
+        #: list, show, replay and purge dead letters (``aqueue dlq``)
+        self.dead_letters = DeadLetters(app)
 
     async def revoke(self, task_id: str | Sequence[str], *, terminate: bool = False) -> None:
         """Revoke tasks: queued ones never run; running ones stop if ``terminate``.

@@ -311,6 +311,24 @@ class CountsIds(Protocol):
         """Messages of ``queue`` (ready, delayed and in flight) whose id ends with ``suffix``."""
 
 
+@runtime_checkable
+class ReplaysDeadLetters(Protocol):
+    """Optional broker capability: dead letters can be put back in their queue, and purged.
+
+    ``aqueue dlq replay`` / ``purge`` and ``app.control.dead_letters`` use it; core builds
+    the message to enqueue (docs/fleet.md, "Dead letters").
+    """
+
+    async def replay_dead_letter(self, letter: DeadLetter, message: Outgoing) -> bool:
+        """Remove ``letter`` (as ``dead_letters()`` returned it) from the store and enqueue
+        ``message`` (same id, the letter's queue) as a new message: delivery count 0, and
+        never refused because the id was enqueued before. ``False``, changing nothing, if
+        the letter is no longer stored or the id is queued or in flight."""
+
+    async def purge_dead_letters(self, queue: str | None = None) -> int:
+        """Delete the dead letters of ``queue`` (``None``: of every queue); how many."""
+
+
 class WorkerInfo(msgspec.Struct, frozen=True):
     """What a running worker says about itself in the registry (:class:`WorkerRegistry`).
 

@@ -51,6 +51,7 @@ from .scripts import (
     MAX_BATCH,
     PURGE,
     RENEW,
+    REPLAY,
     SETTLE,
     SIZE,
     Claimed,
@@ -607,6 +608,52 @@ class RedisBroker:
                 f"{self._settings.describe(exc)}"
             ) from None
         return sum(int(flag) for reply in replies for flag in reply)
+
+    # -- dead letters (aqueue.core.protocols.ReplaysDeadLetters) ---------------------------
+
+    async def replay_dead_letter(self, letter: DeadLetter, message: Outgoing) -> bool:
+        """Remove ``letter``'s entry and enqueue ``message`` as new, in one script."""
+        keys = self._queue_keys(letter.queue)
+        client = await self._link.get()
+
+        async def replay() -> bool:
+            entries = await command(client, "LRANGE", keys.dead, 0, -1)
+            for raw in entries:
+                found = parse_dead_letter(letter.queue, raw)
+                if (found.id, found.at, found.reason) == (letter.id, letter.at, letter.reason):
+                    args: list[str | bytes | int | float] = [
+                        raw,
+                        message.id,
+                        message.body,
+                        message.priority,
+                    ]
+                    [done] = await run_scripts(client, [(REPLAY, keys.replay, args)])
+                    return bool(done)
+            return False
+
+        return await guarded(self._settings, "replay", replay, error=BrokerError)
+
+    async def purge_dead_letters(self, queue: str | None = None) -> int:
+        """Delete the dead letters of ``queue`` (or of every queue); how many."""
+        client = await self._link.get()
+
+        async def purge() -> int:
+            if queue is None:
+                members = await command(client, "SMEMBERS", self._keys.dead_queues)
+                names = [m.decode() for m in members]
+            else:
+                names = [queue]
+            total = 0
+            for name in names:
+                dead = self._queue_keys(name).dead
+                pipe = client.pipeline(transaction=True)
+                command(pipe, "LLEN", dead)
+                command(pipe, "DEL", dead)
+                count, _ = await pipe.execute()
+                total += int(count)
+            return total
+
+        return await guarded(self._settings, "purge_dead_letters", purge, error=BrokerError)
 
     # -- shared throttle (aqueue.core.protocols.SharedThrottle) ------------------------------
 
