@@ -350,3 +350,57 @@ def test_status_says_when_the_broker_keeps_no_registry(
     monkeypatch.setenv("AQT_CLI_BROKER", url)
     assert json.loads(ok("status", SPEC, "--json"))["workers"] is None
     assert "workers: not tracked on this broker" in ok("status", SPEC)
+
+
+@pytest.mark.parametrize("kind", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def test_dlq_list_show_replay_purge(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = make_url(kind, tmp_path)
+    monkeypatch.setenv("AQT_CLI_BROKER", url)
+    monkeypatch.delenv("AQUEUE_APP", raising=False)
+    app = make_app()
+
+    async def send() -> str:
+        async with app:
+            return (await app.send_task("cliproj.nope", args=(1,))).id
+
+    try:
+        task_id = asyncio.run(send())
+        run_worker_until(app, [task_id])  # unknown: dead-lettered
+        [row] = json.loads(ok("dlq", "list", SPEC, "--json"))
+        assert (row["id"], row["reason"], row["task"], row["replayed"]) == (
+            task_id,
+            "unknown_task",
+            "cliproj.nope",
+            0,
+        )
+        assert f"{task_id} queue=celery reason=unknown_task task=cliproj.nope" in ok(
+            "dlq", "list", SPEC
+        )
+        shown = json.loads(ok("dlq", "show", task_id, SPEC, "--json"))
+        assert shown["id"] == task_id and shown["body_encoding"] in ("text", "hex")
+        assert shown["size"] == shown["kept"] > 0
+        assert "reason: unknown_task" in ok("dlq", "show", task_id, SPEC)
+
+        assert json.loads(ok("dlq", "replay", task_id, SPEC, "--json")) == {
+            "replayed": 1,
+            "errors": [],
+        }
+        assert json.loads(ok("dlq", "list", SPEC, "--json")) == []
+        run_worker_until(app, [task_id])  # still unknown: dead-lettered again, marked
+        [row] = json.loads(ok("dlq", "list", SPEC, "--json"))
+        assert row["replayed"] == 1
+        assert "replayed 1 dead letter(s)" in ok("dlq", "replay", "--all", "-A", SPEC)
+        run_worker_until(app, [task_id])
+        assert json.loads(ok("dlq", "list", SPEC, "--json"))[0]["replayed"] == 2
+
+        missing = invoke("dlq", "show", "nope", SPEC)
+        assert missing.exit_code == 1 and "no dead letter with id 'nope'" in missing.output
+        both = invoke("dlq", "replay", task_id, "--all", SPEC)
+        assert both.exit_code == 2 and "ID or --all" in both.output
+        assert json.loads(ok("dlq", "purge", SPEC, "-f", "--json")) == {"purged": 1}
+        assert "no dead letters" in ok("dlq", "list", SPEC)
+    finally:
+        if kind == "redis":
+            delete_redis_prefix(prefix_of(url))
