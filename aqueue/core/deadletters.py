@@ -95,15 +95,28 @@ class DeadLetters:
 
     async def _replay(self, letter: DeadLetter) -> None:
         broker = await self._broker()
-        message = await self._message(letter)
+        message, stored = await self._message(letter)
+        # the record goes first: a worker claiming the replay at once must not find it
+        backend = self.app.backend
+        if backend is not None and stored is not None:
+            await backend.forget(letter.id)
         if not await broker.replay_dead_letter(letter, message):
+            if backend is not None and stored is not None:  # put it back as it was
+                record = decode_result(stored)
+                await backend.store(
+                    letter.id,
+                    stored,
+                    state=record.state,
+                    attempt=record.attempt,
+                    ttl=self.app.conf.result_expires,
+                )
             raise DeadLetterError(
                 f"dead letter {letter.id} was not replayed: it is gone, or the id is queued "
                 "or running again"
             )
 
-    async def _message(self, letter: DeadLetter) -> Outgoing:
-        """The message to enqueue for ``letter`` (and its stored record deleted)."""
+    async def _message(self, letter: DeadLetter) -> tuple[Outgoing, bytes | None]:
+        """The message to enqueue for ``letter``, and the task's stored record."""
         if letter.size > len(letter.body):
             raise DeadLetterError(
                 f"dead letter {letter.id} cannot be replayed: only the first {len(letter.body)} "
@@ -119,15 +132,15 @@ class DeadLetters:
         await self.app.connect()
         backend = self.app.backend
         stored = await backend.get(msg.id) if backend is not None else None
-        if backend is not None and stored is not None:
+        if stored is not None:
             prior = max(prior, decode_result(stored).attempt)
-            await backend.forget(msg.id)
         times = int(msg.headers.get(REPLAYED_HEADER, "0") or 0) + 1
         again = msgspec.structs.replace(
             msg, headers={**msg.headers, REPLAYED_HEADER: str(times)}, prior_attempts=prior
         )
         body = encode(again, format_of(letter.body))
-        return Outgoing(id=msg.id, queue=letter.queue, body=body, priority=msg.priority)
+        message = Outgoing(id=msg.id, queue=letter.queue, body=body, priority=msg.priority)
+        return message, stored
 
 
 def describe(letter: DeadLetter) -> dict[str, object]:

@@ -103,3 +103,20 @@ async def test_a_broker_without_replay_says_so(app: App) -> None:
         pytest.skip("this broker replays")
     with pytest.raises(ConfigurationError, match="cannot replay or purge dead letters"):
         await app.control.dead_letters.purge()
+
+
+async def test_a_replay_refused_because_the_id_is_queued_keeps_letter_and_record(
+    app: App,
+) -> None:
+    replays_or_skip(app)
+    if not app.broker.capabilities.exact_size:
+        pytest.skip("AMQP cannot see that the id is queued")
+    task_id = await dead_letter_unknown(app, "dlq.twice")
+    [letter] = await app.control.dead_letters.list()
+    [queued] = await app.broker.publish([Outgoing(id=task_id, queue="celery", body=letter.body)])
+    if not queued:
+        pytest.skip("this broker refuses an id enqueued recently (dedupe)")
+    with pytest.raises(DeadLetterError, match="queued or running again"):
+        await app.control.dead_letters.replay(task_id)
+    assert await app.control.dead_letters.list() == [letter]
+    assert await app.AsyncResult(task_id).state() == "FAILURE"  # its record was put back
