@@ -78,6 +78,9 @@ class Presence:
         held: returns the leases the worker holds now (thread-safe).
         interval: seconds between beats.
         lost_after: seconds of silence after which another worker is reaped.
+        renew: extends leases to the full lease (blocking; returns those lost). Given when
+            claims take a short lease: each beat renews the leases it lists for the first
+            time, so a lease is short only until a heartbeat has listed it.
     """
 
     def __init__(
@@ -88,8 +91,12 @@ class Presence:
         *,
         interval: float,
         lost_after: float,
+        renew: Callable[[list[Lease]], list[Lease]] | None = None,
     ) -> None:
         self.registry = registry
+        self._renew = renew
+        #: (id, token) of the leases listed and renewed so far (those still held)
+        self._renewed: set[tuple[str, int]] = set()
         self.info = info
         self._held = held
         self.interval = interval
@@ -137,10 +144,25 @@ class Presence:
             self._reap()
 
     def _beat(self) -> None:
+        leases = self._held()
         try:
-            self.registry.beat(self.info, self._held(), self._keep)
+            self.registry.beat(self.info, leases, self._keep)
         except Exception as exc:
             log.warning("heartbeat failed (%s: %s)", type(exc).__name__, exc)
+            return
+        if self._renew is None:
+            return
+        held = {(lease.id, lease.token) for lease in leases}
+        fresh = [lease for lease in leases if (lease.id, lease.token) not in self._renewed]
+        self._renewed &= held
+        if not fresh:
+            return
+        try:
+            self._renew(fresh)  # what was lost already the renewal thread reports
+        except Exception as exc:
+            log.warning("renewing new leases failed (%s: %s)", type(exc).__name__, exc)
+            return
+        self._renewed.update((lease.id, lease.token) for lease in fresh)
 
     def _reap(self) -> None:
         try:

@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING
 
 from . import signals, states
@@ -42,6 +43,7 @@ from .protocols import (
     Lease,
     RoutesByExchange,
     SharedThrottle,
+    WorkerRegistry,
 )
 from .routing import router_of
 from .urls import redact
@@ -139,6 +141,9 @@ class Worker:
             conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
         )
         self.lease_seconds = lease_seconds or conf.lease_seconds
+        #: the lease a claim takes: shorter while the presence thread has yet to list and
+        #: renew it (see ``start``)
+        self._claim_lease = self.lease_seconds
         self._held: dict[str, Delivery] = {}
         self._held_lock = threading.Lock()  # the heartbeat thread reads _held
         self._started: set[str] = set()
@@ -240,12 +245,23 @@ class Worker:
             self._heartbeat.start()
         registry = pick_registry(broker, self.app.backend)
         if registry is not None:
+            renew = None
+            if isinstance(broker, WorkerRegistry) and broker.capabilities.leases:
+                # A claim just before a kill -9 may not be listed by a heartbeat yet, so
+                # no reaper would hand it back: it is claimed with a lease that lasts only
+                # until the worker would be found lost, and the presence thread renews it
+                # to the full lease at its next heartbeat (brought forward by the claim).
+                self._claim_lease = min(
+                    self.lease_seconds, self._lost_timeout + 2 * self._heartbeat_interval
+                )
+                renew = partial(broker.renew, lease_seconds=self.lease_seconds)
             self.presence = Presence(
                 registry,
                 worker_info(self.owner, self.hostname, self.queues, self.concurrency),
                 self._held_leases,
                 interval=self._heartbeat_interval,
                 lost_after=self._lost_timeout,
+                renew=renew,
             )
             await asyncio.to_thread(self.presence.start)
         # task handlers are created by the consumer and copy its context: in it, and only in
@@ -446,7 +462,7 @@ class Worker:
                 broker.claim(
                     self.queues,
                     limit=room,
-                    lease_seconds=self.lease_seconds,
+                    lease_seconds=self._claim_lease,
                     owner=self.owner,
                     timeout=0.05 if self.burst else _CLAIM_WAIT,
                 )
