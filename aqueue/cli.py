@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -25,6 +26,8 @@ import typer
 from . import __version__
 from .beat.cli import Runtime, commands
 from .core.app import App
+from .core.control import registry_of
+from .core.deadletters import REPLAYED_HEADER, describe, task_of
 from .core.errors import AqueueError, ConfigurationError, OptionError
 from .core.message import decode_result
 from .core.protocols import CountsIds
@@ -55,6 +58,10 @@ list_cli = typer.Typer(
     no_args_is_help=True,
 )
 cli.add_typer(list_cli, name="list")
+dlq_cli = typer.Typer(
+    help="Dead letters: list, show, replay, purge (docs/fleet.md).", no_args_is_help=True
+)
+cli.add_typer(dlq_cli, name="dlq")
 
 
 # -- the app, given three ways ---------------------------------------------------------
@@ -573,7 +580,8 @@ def status(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Print queue sizes (users' messages; internal timers apart) and recent dead letters."""
+    """Print the workers, queue sizes (users' messages; internal timers apart) and recent
+    dead letters. A worker whose heartbeat lapsed is marked MISSING."""
     with _errors():
         the_app = load_app(_app_spec(ctx, app, app_option))
         the_app.import_includes()
@@ -594,8 +602,14 @@ def status(
                     "timers": timers,
                 }
             letters = await broker.dead_letters(limit=10)
+            workers = (
+                [w.to_dict() for w in await the_app.control.workers()]
+                if await registry_of(the_app) is not None
+                else None
+            )
             return {
                 "broker": redact(the_app.broker_url),
+                "workers": workers,
                 "queues": counts,
                 "dead_letters": [
                     {"id": d.id, "queue": d.queue, "reason": d.reason, "at": d.at} for d in letters
@@ -607,6 +621,18 @@ def status(
         _print_json(found)
         return
     typer.echo(f"broker {found['broker']}")
+    if found["workers"] is None:
+        typer.echo("workers: not tracked on this broker")
+    else:
+        now = time.time()
+        for w in found["workers"]:
+            mark = "MISSING " if w["missing"] else ""
+            typer.echo(
+                f"worker {mark}{w['hostname']} id={w['id']} host={w['host']} pid={w['pid']} "
+                f"queues={','.join(w['queues'])} concurrency={w['concurrency']} "
+                f"holding={w['held']} seen {now - w['last_seen']:.1f}s ago "
+                f"up {now - w['started']:.0f}s"
+            )
     for q, c in found["queues"].items():
         if c["timers"] is None:
             timers = "; chord deadline timers included (this broker cannot tell them apart)"
@@ -617,6 +643,157 @@ def status(
         typer.echo(f"queue {q}: {c['messages']} message(s){timers}")
     for d in found["dead_letters"]:
         typer.echo(f"dead letter {d['id']} queue={d['queue']} reason={d['reason']}")
+
+
+# -- dead letters ------------------------------------------------------------------------
+
+DlqQueueOpt = Annotated[
+    str | None, typer.Option("-Q", "--queue", help="Only this queue's dead letters.")
+]
+
+
+def _dlq_app(ctx: typer.Context, app: str | None, app_option: str | None) -> App:
+    the_app = load_app(_app_spec(ctx, app, app_option))
+    the_app.import_includes()
+    return the_app
+
+
+@dlq_cli.command("list")
+def dlq_list(
+    ctx: typer.Context,
+    app: AppArg = None,
+    app_option: AppOpt = None,
+    queue: DlqQueueOpt = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many.")] = 100,
+    as_json: JsonOpt = False,
+) -> None:
+    """The most recent dead letters, newest first."""
+    with _errors():
+        the_app = _dlq_app(ctx, app, app_option)
+
+        async def main() -> list[dict[str, Any]]:
+            letters = await the_app.control.dead_letters.list(queue, limit)
+            out = []
+            for letter in letters:
+                task, headers = task_of(letter, the_app.conf.max_message_bytes)
+                out.append(
+                    {
+                        "id": letter.id,
+                        "queue": letter.queue,
+                        "reason": letter.reason,
+                        "at": letter.at,
+                        "size": letter.size,
+                        "task": task,
+                        "replayed": int(headers.get(REPLAYED_HEADER, "0") or 0),
+                    }
+                )
+            return out
+
+        rows = _connected(the_app, main)
+    if as_json:
+        _print_json(rows)
+        return
+    for r in rows:
+        when = datetime.fromtimestamp(r["at"]).isoformat(timespec="seconds")
+        replayed = f" replayed={r['replayed']}" if r["replayed"] else ""
+        typer.echo(
+            f"{r['id']} queue={r['queue']} reason={r['reason']} task={r['task'] or '?'} "
+            f"at={when} size={r['size']}{replayed}"
+        )
+    if not rows:
+        typer.echo("no dead letters")
+
+
+@dlq_cli.command("show")
+def dlq_show(
+    ctx: typer.Context,
+    task_id: Annotated[str, typer.Argument(metavar="ID", help="The task id.")],
+    app: AppArg = None,
+    app_option: AppOpt = None,
+    queue: DlqQueueOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """One dead letter (the newest of that id), with its body."""
+    with _errors():
+        the_app = _dlq_app(ctx, app, app_option)
+
+        async def main() -> dict[str, Any]:
+            letter = await the_app.control.dead_letters.get(task_id, queue)
+            task, headers = task_of(letter, the_app.conf.max_message_bytes)
+            return {**describe(letter), "task": task, "headers": headers}
+
+        found = _connected(the_app, main)
+    if as_json:
+        _print_json(found)
+        return
+    for key in ("id", "queue", "reason", "task", "at", "size", "kept", "headers"):
+        typer.echo(f"{key}: {found[key]}")
+    typer.echo(f"body ({found['body_encoding']}): {found['body']}")
+
+
+@dlq_cli.command("replay")
+def dlq_replay(
+    ctx: typer.Context,
+    task_id: Annotated[
+        str | None, typer.Argument(metavar="[ID]", help="The task id (or --all).")
+    ] = None,
+    app: AppArg = None,
+    app_option: AppOpt = None,
+    queue: DlqQueueOpt = None,
+    every: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Put dead letters back in their queue as new messages (fresh delivery count)."""
+    with _errors():
+        if (task_id is None) == (not every):
+            raise CLIError("give a dead letter's ID or --all (not both)")
+        the_app = _dlq_app(ctx, app, app_option)
+
+        async def main() -> dict[str, Any]:
+            letters = the_app.control.dead_letters
+            if task_id is not None:
+                await letters.replay(task_id, queue)
+                return {"replayed": 1, "errors": []}
+            replayed, errors = await letters.replay_all(queue)
+            return {"replayed": replayed, "errors": errors}
+
+        done = _connected(the_app, main)
+    if as_json:
+        _print_json(done)
+    else:
+        typer.echo(f"replayed {done['replayed']} dead letter(s)")
+        for error in done["errors"]:
+            typer.echo(f"not replayed: {error}", err=True)
+    if done["errors"]:
+        raise typer.Exit(EXIT_ERROR)
+
+
+@dlq_cli.command("purge")
+def dlq_purge(
+    ctx: typer.Context,
+    app: AppArg = None,
+    app_option: AppOpt = None,
+    queue: DlqQueueOpt = None,
+    force: Annotated[bool, typer.Option("-f", "--force", help="Do not ask.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete dead letters (of every queue, or of -Q)."""
+    with _errors():
+        the_app = _dlq_app(ctx, app, app_option)
+    which = f"the dead letters of {queue}" if queue else "every dead letter"
+    if not force and not typer.confirm(f"Delete {which} on {redact(the_app.broker_url)}?"):
+        typer.echo("aborted: nothing deleted", err=True)
+        raise typer.Exit(EXIT_ERROR)
+
+    async def main() -> int:
+        return await the_app.control.dead_letters.purge(queue)
+
+    with _errors():
+        count = _connected(the_app, main)
+    if as_json:
+        _print_json({"purged": count})
+    else:
+        typer.echo(f"deleted {count} dead letter(s)")
 
 
 # -- what the app knows ------------------------------------------------------------------

@@ -309,3 +309,98 @@ def test_status_counts_chord_deadline_timers_apart(
         assert "queue celery: 3 message(s) (+ 1 chord deadline timer(s))" in text
     assert found["queues"]["hi"] == {"messages": 0, "timers": 0 if kind != "rabbitmq" else None}
     assert "***" in found["broker"] or "@" not in found["broker"]
+
+
+@pytest.mark.redis
+def test_status_lists_workers_and_marks_missing_ones(redis_env: str) -> None:
+    from aqueue.core.presence import new_worker_id, worker_info
+    from aqueue.core.protocols import WorkerRegistry
+
+    app = make_app()
+    live, gone = new_worker_id("live@h"), new_worker_id("gone@h")
+
+    async def register() -> None:
+        async with app:
+            registry = app.broker
+            assert isinstance(registry, WorkerRegistry)
+            # gone beat long enough ago to be missing: lost_after 0 makes any entry lapsed
+            await asyncio.to_thread(registry.beat, worker_info(gone, "gone@h", ["hi"], 2), [], 60)
+            await asyncio.to_thread(registry.reap, 0.0)
+            await asyncio.to_thread(
+                registry.beat, worker_info(live, "live@h", ["celery"], 4), [], 60
+            )
+
+    asyncio.run(register())
+    found = json.loads(ok("status", SPEC, "--json"))
+    text = ok("status", SPEC)
+    by_id = {w["id"]: w for w in found["workers"]}
+    assert by_id[live]["missing"] is False and by_id[live]["concurrency"] == 4
+    assert by_id[gone]["missing"] is True and by_id[gone]["queues"] == ["hi"]
+    assert [w["id"] for w in found["workers"]] == [live, gone]  # live ones first
+    assert f"worker live@h id={live}" in text
+    assert f"worker MISSING gone@h id={gone}" in text
+
+
+@pytest.mark.rabbitmq
+def test_status_says_when_the_broker_keeps_no_registry(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = make_url("rabbitmq", tmp_path)
+    request.getfixturevalue("_rabbit_prefixes").append(prefix_of(url))
+    monkeypatch.setenv("AQT_CLI_BROKER", url)
+    assert json.loads(ok("status", SPEC, "--json"))["workers"] is None
+    assert "workers: not tracked on this broker" in ok("status", SPEC)
+
+
+@pytest.mark.parametrize("kind", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def test_dlq_list_show_replay_purge(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = make_url(kind, tmp_path)
+    monkeypatch.setenv("AQT_CLI_BROKER", url)
+    monkeypatch.delenv("AQUEUE_APP", raising=False)
+    app = make_app()
+
+    async def send() -> str:
+        async with app:
+            return (await app.send_task("cliproj.nope", args=(1,))).id
+
+    try:
+        task_id = asyncio.run(send())
+        run_worker_until(app, [task_id])  # unknown: dead-lettered
+        [row] = json.loads(ok("dlq", "list", SPEC, "--json"))
+        assert (row["id"], row["reason"], row["task"], row["replayed"]) == (
+            task_id,
+            "unknown_task",
+            "cliproj.nope",
+            0,
+        )
+        assert f"{task_id} queue=celery reason=unknown_task task=cliproj.nope" in ok(
+            "dlq", "list", SPEC
+        )
+        shown = json.loads(ok("dlq", "show", task_id, SPEC, "--json"))
+        assert shown["id"] == task_id and shown["body_encoding"] in ("text", "hex")
+        assert shown["size"] == shown["kept"] > 0
+        assert "reason: unknown_task" in ok("dlq", "show", task_id, SPEC)
+
+        assert json.loads(ok("dlq", "replay", task_id, SPEC, "--json")) == {
+            "replayed": 1,
+            "errors": [],
+        }
+        assert json.loads(ok("dlq", "list", SPEC, "--json")) == []
+        run_worker_until(app, [task_id])  # still unknown: dead-lettered again, marked
+        [row] = json.loads(ok("dlq", "list", SPEC, "--json"))
+        assert row["replayed"] == 1
+        assert "replayed 1 dead letter(s)" in ok("dlq", "replay", "--all", "-A", SPEC)
+        run_worker_until(app, [task_id])
+        assert json.loads(ok("dlq", "list", SPEC, "--json"))[0]["replayed"] == 2
+
+        missing = invoke("dlq", "show", "nope", SPEC)
+        assert missing.exit_code == 1 and "no dead letter with id 'nope'" in missing.output
+        both = invoke("dlq", "replay", task_id, "--all", SPEC)
+        assert both.exit_code == 2 and "ID or --all" in both.output
+        assert json.loads(ok("dlq", "purge", SPEC, "-f", "--json")) == {"purged": 1}
+        assert "no dead letters" in ok("dlq", "list", SPEC)
+    finally:
+        if kind == "redis":
+            delete_redis_prefix(prefix_of(url))

@@ -23,6 +23,8 @@ from ..core.protocols import (
     Delivery,
     Lease,
     Outgoing,
+    WorkerInfo,
+    WorkerSeen,
 )
 from .wakeup import Wakeup
 
@@ -41,6 +43,15 @@ class _Entry:
     token: int = 0
 
 
+@dataclass(slots=True)
+class _Worker:
+    info: WorkerInfo
+    seen: float
+    leases: list[Lease]
+    keep_until: float
+    lost: bool = False
+
+
 class _Store:
     """All queues of one ``memory://`` URL, guarded by one lock (renew comes from a thread)."""
 
@@ -54,6 +65,8 @@ class _Store:
         self.tokens = itertools.count(1)
         self.dead: list[DeadLetter] = []
         self.seq = itertools.count()
+        #: the worker registry, by worker id
+        self.workers: dict[str, _Worker] = {}
 
     def push_ready(self, entry: _Entry) -> None:
         entry.seq = next(self.seq)
@@ -278,6 +291,73 @@ class MemoryBroker:
             for id_ in doomed:
                 del store.entries[id_]
         return len(doomed)
+
+    # -- dead letters (aqueue.core.protocols.ReplaysDeadLetters) ---------------------------
+
+    async def replay_dead_letter(self, letter: DeadLetter, message: Outgoing) -> bool:
+        """Remove ``letter`` and enqueue ``message`` as new, in one step."""
+        store = self._store
+        with store.lock:
+            if message.id in store.entries or letter not in store.dead:
+                return False
+            store.dead.remove(letter)
+            now = time.time()
+            entry = _Entry(message.id, letter.queue, message.body, message.priority, now, 0)
+            store.entries[message.id] = entry
+            store.schedule(entry, now)
+        store.wakeup.notify()
+        return True
+
+    async def purge_dead_letters(self, queue: str | None = None) -> int:
+        """Delete the dead letters of ``queue`` (or all)."""
+        store = self._store
+        with store.lock:
+            kept = [d for d in store.dead if queue is not None and d.queue != queue]
+            removed = len(store.dead) - len(kept)
+            store.dead[:] = kept
+        return removed
+
+    # -- worker registry (aqueue.core.protocols.WorkerRegistry), in process ---------------
+
+    def beat(self, info: WorkerInfo, leases: Sequence[Lease], keep: float) -> None:
+        """Record that ``info`` is alive, holding ``leases``."""
+        now = time.time()
+        with self._store.lock:
+            self._store.workers[info.id] = _Worker(info, now, list(leases), now + keep)
+
+    def reap(self, lost_after: float) -> list[str]:
+        """Mark workers silent for ``lost_after`` seconds lost; hand back their leases."""
+        store = self._store
+        now = time.time()
+        lost: list[str] = []
+        with store.lock:
+            for worker_id, worker in list(store.workers.items()):
+                if worker.keep_until < now:
+                    del store.workers[worker_id]
+                elif not worker.lost and worker.seen < now - lost_after:
+                    worker.lost = True
+                    lost.append(worker_id)
+                    for lease in worker.leases:
+                        entry = store.holder(lease)
+                        if entry is not None:
+                            entry.lease_until = None
+                            store.push_ready(entry)
+        if lost:
+            store.wakeup.notify()
+        return lost
+
+    def leave(self, worker_id: str) -> None:
+        """Remove the entry."""
+        with self._store.lock:
+            self._store.workers.pop(worker_id, None)
+
+    async def workers(self) -> list[WorkerSeen]:
+        """Every entry, live or lost."""
+        with self._store.lock:
+            return [
+                WorkerSeen(w.info, w.seen, len(w.leases), w.lost)
+                for w in self._store.workers.values()
+            ]
 
     async def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
         with self._store.lock:

@@ -32,7 +32,11 @@ from aqueue.core.protocols import (
     Delivery,
     Lease,
     Outgoing,
+    WorkerInfo,
+    WorkerSeen,
 )
+from aqueue.transports.sqlite.registry import TABLE as REGISTRY_TABLE
+from aqueue.transports.sqlite.registry import SQLiteRegistry
 from aqueue.transports.sqlite.store import SQLiteStore
 
 log = logging.getLogger("aqueue.broker.sqlite")
@@ -66,6 +70,7 @@ SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS aq_dead_letters_at ON aq_dead_letters (at)",
     "CREATE INDEX IF NOT EXISTS aq_dead_letters_queue ON aq_dead_letters (queue, at)",
+    REGISTRY_TABLE,
 )
 
 _INSERT = (
@@ -126,6 +131,20 @@ _DEAD_QUEUE = (
     "SELECT id, queue, reason, body, at, COALESCE(size, length(body)) FROM aq_dead_letters"
     " WHERE queue = ? ORDER BY at DESC, seq DESC LIMIT ?"
 )
+
+# a lost owner's claimed rows (delayed rows have no owner): ready again, the claim counted
+_RELEASE_OWNER = (
+    "UPDATE aq_messages SET lease_until = 0, owner = NULL WHERE owner = ? AND lease_until > 0"
+)
+
+_FIND_DEAD = (
+    "SELECT seq FROM aq_dead_letters WHERE id = ? AND queue = ? AND at = ? AND reason = ?"
+    " ORDER BY seq DESC LIMIT 1"
+)
+_QUEUED = "SELECT 1 FROM aq_messages WHERE id = ?"
+_DROP_DEAD = "DELETE FROM aq_dead_letters WHERE seq = ?"
+_PURGE_DEAD_ALL = "DELETE FROM aq_dead_letters"
+_PURGE_DEAD_QUEUE = "DELETE FROM aq_dead_letters WHERE queue = ?"
 
 #: claimed rows (queue, id, body, deliveries, token), next timed row, PRAGMA data_version
 _ClaimResult = tuple[list[tuple[str, str, bytes, int, int]], float | None, int]
@@ -238,6 +257,7 @@ class SQLiteBroker:
             owner="SQLiteBroker",
         )
         self.path = self._store.path
+        self._registry = SQLiteRegistry(self._store, _release_owner)
         self._wakeup = Wakeup()
         # Bumped on every in-process change that can make a message claimable; a claim that
         # saw it move while it was looking retries at once instead of sleeping.
@@ -357,6 +377,57 @@ class SQLiteBroker:
         else:
             self._notify()
 
+    # -- dead letters (aqueue.core.protocols.ReplaysDeadLetters) ---------------------------
+
+    async def replay_dead_letter(self, letter: DeadLetter, message: Outgoing) -> bool:
+        """Delete ``letter``'s row and insert ``message`` as ready, in one transaction."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            found = conn.execute(
+                _FIND_DEAD, (letter.id, letter.queue, letter.at, letter.reason)
+            ).fetchone()
+            if found is None or conn.execute(_QUEUED, (message.id,)).fetchone():
+                return False
+            row = (message.id, letter.queue, message.priority, time.time(), 0, message.body)
+            conn.execute(_INSERT, row)
+            conn.execute(_DROP_DEAD, (found[0],))
+            return True
+
+        done: bool = await self._store.write(op)
+        if done:
+            self._notify()
+        return done
+
+    async def purge_dead_letters(self, queue: str | None = None) -> int:
+        """Delete the dead letters of ``queue`` (or all); how many."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            if queue is None:
+                return conn.execute(_PURGE_DEAD_ALL).rowcount
+            return conn.execute(_PURGE_DEAD_QUEUE, (queue,)).rowcount
+
+        count: int = await self._store.write(op)
+        return count
+
+    # -- worker registry (aqueue.core.protocols.WorkerRegistry) ------------------------------
+
+    def beat(self, info: WorkerInfo, leases: Sequence[Lease], keep: float) -> None:
+        """Record that ``info`` is alive (claims store their owner). Blocking."""
+        self._registry.beat(info, leases, keep)
+
+    def reap(self, lost_after: float) -> list[str]:
+        """Mark silent workers lost and make the rows they had claimed ready again, in
+        one transaction. Blocking and thread-safe."""
+        return self._registry.reap(lost_after)
+
+    def leave(self, worker_id: str) -> None:
+        """Remove a stopping worker's row. Blocking and thread-safe."""
+        self._registry.leave(worker_id)
+
+    async def workers(self) -> list[WorkerSeen]:
+        """Every row of ``aq_workers``."""
+        return await self._registry.workers()
+
     def renew(self, leases: Sequence[Lease], lease_seconds: float) -> list[Lease]:
         """Extend ``leases`` to ``lease_seconds`` from now; return those that were lost.
 
@@ -418,6 +489,11 @@ class SQLiteBroker:
             return [DeadLetter(*row) for row in cursor]
 
         return await self._store.read(op)
+
+
+def _release_owner(conn: sqlite3.Connection, owner: str) -> int:
+    count: int = conn.execute(_RELEASE_OWNER, (owner,)).rowcount
+    return count
 
 
 def _claim_op(

@@ -72,6 +72,10 @@ class Settings:
     worker_concurrency: int = 100
     #: seconds a claim lasts without renewal; renewed every third of it while running
     lease_seconds: float = 30.0
+    #: seconds between a worker's heartbeats in the broker's worker registry
+    worker_heartbeat_interval: float = 1.0
+    #: seconds without a heartbeat after which a worker is lost and its tasks handed back
+    worker_lost_timeout: float = 3.0
     #: claims of one message (counting crashes) before it is dead-lettered
     max_deliveries: int = 5
     #: seconds a stopping worker waits for running tasks before handing them back
@@ -465,6 +469,8 @@ def _coerce(name: str, value: Any) -> Any:
             "publish_chunk_size",
             "beat_max_loop_interval",
             "beat_lease_seconds",
+            "worker_heartbeat_interval",
+            "worker_lost_timeout",
         )
         and not value
     ):

@@ -1,4 +1,4 @@
-"""``app.control``: revoking tasks, queued or running.
+"""``app.control``: revoking tasks, queued or running; the workers of the fleet.
 
 A revocation is a REVOKED record stored in the result backend (with the result TTL) under a
 fencing attempt no execution can reach, so it survives with no worker online, nothing can
@@ -15,7 +15,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from . import states
+from .deadletters import DeadLetters
+from .errors import ConfigurationError
 from .message import ErrorInfo, ResultOut
+from .presence import WorkerStatus, pick_registry, status_of
+from .protocols import WorkerRegistry
 from .serialization import check_serializer, encode
 
 if TYPE_CHECKING:
@@ -31,6 +35,8 @@ class Control:
 
     def __init__(self, app: App) -> None:
         self.app = app
+        #: list, show, replay and purge dead letters (``aqueue dlq``)
+        self.dead_letters = DeadLetters(app)
 
     async def revoke(self, task_id: str | Sequence[str], *, terminate: bool = False) -> None:
         """Revoke tasks: queued ones never run; running ones stop if ``terminate``.
@@ -58,3 +64,33 @@ class Control:
                 attempt=REVOKE_FENCE,
                 ttl=self.app.conf.result_expires,
             )
+
+    async def workers(self) -> list[WorkerStatus]:
+        """The workers in the broker's registry: live ones first, then missing ones.
+
+        A worker is missing when it has not beaten for ``worker_lost_timeout`` seconds
+        (killed, frozen, cut off); its entry stays listed for a while after. A worker that
+        stopped gracefully is gone from the list. See docs/fleet.md.
+
+        Raises:
+            ConfigurationError: neither the broker nor the result backend keeps a worker
+                registry (RabbitMQ with ``rpc://`` results).
+        """
+        registry = await registry_of(self.app)
+        if registry is None:
+            raise ConfigurationError(
+                f"the broker {type(self.app.broker).__name__} keeps no worker registry, nor "
+                "does the result backend (memory://, redis:// and sqlite:// brokers do; with "
+                "amqp://, a redis:// or sqlite:// result backend does)"
+            )
+        return status_of(await registry.workers(), self.app.conf.worker_lost_timeout)
+
+
+async def registry_of(app: App) -> WorkerRegistry | None:
+    """Where the app's workers register: the broker, else the result backend, else nowhere.
+
+    Only the broker can hand back a lost worker's leases; a registry in the backend serves a
+    broker whose connection is the lease (RabbitMQ), so it only lists workers.
+    """
+    broker = await app.connected_broker()
+    return pick_registry(broker, app.backend)

@@ -313,6 +313,86 @@ class CountsIds(Protocol):
 
 
 @runtime_checkable
+class ReplaysDeadLetters(Protocol):
+    """Optional broker capability: dead letters can be put back in their queue, and purged.
+
+    ``aqueue dlq replay`` / ``purge`` and ``app.control.dead_letters`` use it; core builds
+    the message to enqueue (docs/fleet.md, "Dead letters").
+    """
+
+    async def replay_dead_letter(self, letter: DeadLetter, message: Outgoing) -> bool:
+        """Remove ``letter`` (as ``dead_letters()`` returned it) from the store and enqueue
+        ``message`` (same id, the letter's queue) as a new message: delivery count 0, and
+        never refused because the id was enqueued before. ``False``, changing nothing, if
+        the letter is no longer stored or the id is queued or in flight."""
+
+    async def purge_dead_letters(self, queue: str | None = None) -> int:
+        """Delete the dead letters of ``queue`` (``None``: of every queue); how many."""
+
+
+class WorkerInfo(msgspec.Struct, frozen=True):
+    """What a running worker says about itself in the registry (:class:`WorkerRegistry`).
+
+    ``id`` is unique per worker object (hostname, pid and a random part), so two workers
+    of one process never share an entry; it is also the ``owner`` its claims give.
+    """
+
+    id: str
+    hostname: str
+    host: str
+    pid: int
+    queues: tuple[str, ...]
+    concurrency: int
+    started: float
+    #: ``{"aqueue": ..., "python": ...}``
+    versions: dict[str, str] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSeen:
+    """A registry entry as read back: the worker, its last heartbeat and what it held."""
+
+    info: WorkerInfo
+    #: unix time of its last heartbeat
+    last_seen: float
+    #: leases it held at its last heartbeat
+    held: int
+    #: its heartbeat lapsed and a live worker released its leases (it may come back)
+    lost: bool
+
+
+@runtime_checkable
+class WorkerRegistry(Protocol):
+    """Optional broker capability: a registry of live workers; dead ones' leases freed.
+
+    Every worker calls :meth:`beat` every ``worker_heartbeat_interval`` seconds from a
+    thread of its own (so a blocked event loop does not make it look dead), and every beat
+    also calls :meth:`reap`: a worker whose last beat is older than ``worker_lost_timeout``
+    is marked lost and the leases it held are handed back at once, fenced by their tokens
+    (a lease somebody else claimed since is left alone; the lost worker's own late
+    settlement is refused as for any lost lease). See docs/fleet.md.
+    """
+
+    def beat(self, info: WorkerInfo, leases: Sequence[Lease], keep: float) -> None:
+        """Record that ``info`` is alive now, holding ``leases``; a lost entry is live again.
+
+        ``keep``: seconds an entry whose beats stopped stays listed (as lost) before it
+        is dropped. **Blocking and thread-safe.**
+        """
+
+    def reap(self, lost_after: float) -> list[str]:
+        """Mark workers silent for ``lost_after`` seconds lost and hand back their leases
+        (as ``release(executed=True)``); return the ids marked now. Each lapsed worker is
+        reaped once, by whoever gets there first. **Blocking and thread-safe.**"""
+
+    def leave(self, worker_id: str) -> None:
+        """Remove the entry (a graceful stop). **Blocking and thread-safe.**"""
+
+    async def workers(self) -> list[WorkerSeen]:
+        """Every entry, live or lost, by worker id."""
+
+
+@runtime_checkable
 class RoutesResults(Protocol):
     """Optional backend capability: results are pushed to the process that sent the task.
 

@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING
 
 from . import signals, states
@@ -34,6 +35,7 @@ from .execution import Executor, is_terminate
 from .message import decode_result
 from .offload import ProcessPool, set_current_pool
 from .offload_child import rss_kib
+from .presence import Presence, new_worker_id, pick_registry, worker_info
 from .protocols import (
     Broker,
     ClaimsRecords,
@@ -41,6 +43,7 @@ from .protocols import (
     Lease,
     RoutesByExchange,
     SharedThrottle,
+    WorkerRegistry,
 )
 from .routing import router_of
 from .urls import redact
@@ -131,12 +134,16 @@ class Worker:
         #: why the worker retired (a limit was reached), or ``None``
         self.retired: str | None = None
         self.hostname = expand_hostname(hostname or "aqueue@%h")
-        self.owner = f"{self.hostname}/{os.getpid()}"
+        #: unique per worker object: its registry id, and the owner its claims give
+        self.owner = new_worker_id(self.hostname)
         self.burst = burst
         self.shutdown_timeout = (
             conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
         )
         self.lease_seconds = lease_seconds or conf.lease_seconds
+        #: the lease a claim takes: shorter while the presence thread has yet to list and
+        #: renew it (see ``start``)
+        self._claim_lease = self.lease_seconds
         self._held: dict[str, Delivery] = {}
         self._held_lock = threading.Lock()  # the heartbeat thread reads _held
         self._started: set[str] = set()
@@ -154,6 +161,15 @@ class Worker:
         self._consumer: asyncio.Task[None] | None = None
         self._heartbeat: threading.Thread | None = None
         self._heartbeat_stop = threading.Event()
+        #: its entry in the broker's worker registry, if the broker keeps one
+        self.presence: Presence | None = None
+        self._heartbeat_interval = conf.worker_heartbeat_interval
+        self._lost_timeout = conf.worker_lost_timeout
+        if self._lost_timeout < 2 * self._heartbeat_interval:
+            raise ConfigurationError(
+                "setting worker_lost_timeout must be at least twice worker_heartbeat_interval "
+                f"(got {self._lost_timeout} and {self._heartbeat_interval})"
+            )
         self._pool = ThreadPoolExecutor(min(self.concurrency, 64), thread_name_prefix="aqueue-task")
         self._executor: Executor | None = None
         self._handlers: dict[str, asyncio.Task[None]] = {}
@@ -227,6 +243,27 @@ class Worker:
                 target=self._renew_forever, args=(broker,), name="aqueue-heartbeat", daemon=True
             )
             self._heartbeat.start()
+        registry = pick_registry(broker, self.app.backend)
+        if registry is not None:
+            renew = None
+            if isinstance(broker, WorkerRegistry) and broker.capabilities.leases:
+                # A claim just before a kill -9 may not be listed by a heartbeat yet, so
+                # no reaper would hand it back: it is claimed with a lease that lasts only
+                # until the worker would be found lost, and the presence thread renews it
+                # to the full lease at its next heartbeat (brought forward by the claim).
+                self._claim_lease = min(
+                    self.lease_seconds, self._lost_timeout + 2 * self._heartbeat_interval
+                )
+                renew = partial(broker.renew, lease_seconds=self.lease_seconds)
+            self.presence = Presence(
+                registry,
+                worker_info(self.owner, self.hostname, self.queues, self.concurrency),
+                self._held_leases,
+                interval=self._heartbeat_interval,
+                lost_after=self._lost_timeout,
+                renew=renew,
+            )
+            await asyncio.to_thread(self.presence.start)
         # task handlers are created by the consumer and copy its context: in it, and only in
         # it (not in the caller's), aqueue.offload() finds this worker's process pool
         consumer_context = contextvars.copy_context()
@@ -328,6 +365,8 @@ class Worker:
         self._heartbeat_stop.set()
         if self._heartbeat is not None:
             await asyncio.to_thread(self._heartbeat.join)
+        if self.presence is not None:
+            await asyncio.to_thread(self.presence.stop)
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._process_pool is not None:
             await self._process_pool.close()
@@ -423,7 +462,7 @@ class Worker:
                 broker.claim(
                     self.queues,
                     limit=room,
-                    lease_seconds=self.lease_seconds,
+                    lease_seconds=self._claim_lease,
                     owner=self.owner,
                     timeout=0.05 if self.burst else _CLAIM_WAIT,
                 )
@@ -473,6 +512,8 @@ class Worker:
             with self._held_lock:
                 for delivery in deliveries:
                     self._held[delivery.id] = delivery
+            if self.presence is not None:
+                self.presence.nudge()  # list the new leases soon: a kill must not strand them
             if self._records_inline:
                 priors = {d.id: d.prior for d in deliveries if d.prior is not None}
             else:
@@ -640,6 +681,11 @@ class Worker:
             )
 
     # -- leases -------------------------------------------------------------------------
+
+    def _held_leases(self) -> list[Lease]:
+        """The leases held now (the presence thread lists them at each heartbeat)."""
+        with self._held_lock:
+            return [d.lease for d in self._held.values()]
 
     def _renew_forever(self, broker: Broker) -> None:
         """Heartbeat thread: renew every held lease each third of the lease length."""

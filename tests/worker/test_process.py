@@ -363,3 +363,84 @@ def test_demo_runs(kind: str, tmp_path: Path, request: pytest.FixtureRequest) ->
     assert "sum 2130 (expected 2130)" in out.stdout
     assert "fetch_invoice failed remotely as expected: LookupError" in out.stdout
     assert "crunch finished" in out.stdout and "worker exited with status 0" in out.stdout
+
+
+def wait_ready(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Block until the worker logged that it is ready (its output stays readable after)."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError("the worker exited before it was ready")
+        if b" ready: " in line:
+            return
+    raise AssertionError("the worker was not ready in time")
+
+
+async def test_sigkill_runs_again_within_seconds_whatever_the_lease(
+    app: App, env: dict[str, str], tmp_path: Path
+) -> None:
+    """docs/reliability.md row 1: a dead worker is noticed by its lapsed heartbeat, not by
+    its lease running out (30 s here), so another live worker runs its task in seconds."""
+    env = {**env, "AQUEUE_LEASE_SECONDS": "30"}
+    h = await proc_tasks.slow.delay("f", 8.0)  # outlasts the second worker's start
+    first = start_worker(env, "-n", "first@%h")
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        await wait_for_file(tmp_path / "started-f")
+        second = start_worker(env, "-n", "second@%h")  # after first claimed it
+        await asyncio.to_thread(wait_ready, second)
+        killed_at = time.monotonic()
+        first.send_signal(signal.SIGKILL)
+        assert not (tmp_path / "done-f").exists()
+        async with asyncio.timeout(40):
+            while len((tmp_path / "started-f").read_text().split()) < 2:
+                await asyncio.sleep(0.02)
+        rerun = time.monotonic() - killed_at
+        assert await h.wait(timeout=30) == "f:2"
+    finally:
+        stop(first)
+        if second is not None:
+            stop(second)
+    kind = env["AQUEUE_BROKER_URL"].split(":", 1)[0]
+    print(f"\nsigkill, 30 s lease, {kind}: task started again on a live worker {rerun:.2f}s later")
+    assert (tmp_path / "started-f").read_text().split() == ["1", "2"]
+    assert rerun < 10  # correctness bound (the heartbeat, never the 30 s lease)
+
+
+async def test_kill_storm_under_load(app: App, env: dict[str, str], tmp_path: Path) -> None:
+    """docs/reliability.md row 3: four workers under load, one SIGKILLed (and replaced)
+    every 2 s; nothing is lost, and the extra executions are what the kills interrupted.
+    With a 60 s lease, a lease nobody handed back would hold the end past a minute."""
+    env = {**env, "AQUEUE_LEASE_SECONDS": "60"}
+    n = 120
+    handles = [await proc_tasks.slow.delay(f"s{i}", 0.5) for i in range(n)]
+    args = ("-c", "2", "-l", "warning")
+    workers = [start_worker(env, "-n", f"w{i}@%h", *args) for i in range(4)]
+    kills = 0
+    started = time.monotonic()
+    try:
+        for _ in range(4):
+            await asyncio.sleep(2.0)  # the storm's cadence, not a wait for something
+            victim = kills % len(workers)
+            workers[victim].send_signal(signal.SIGKILL)
+            workers[victim].wait(timeout=10)
+            stop(workers[victim])
+            workers[victim] = start_worker(env, "-n", f"w{victim}-{kills}@%h", *args)
+            kills += 1
+        results = [await h.wait(timeout=60) for h in handles]
+        elapsed = time.monotonic() - started
+    finally:
+        for proc in workers:
+            stop(proc)
+    runs = [len((tmp_path / f"started-s{i}").read_text().split()) for i in range(n)]
+    extra = sum(r - 1 for r in runs)
+    kind = env["AQUEUE_BROKER_URL"].split(":", 1)[0]
+    print(
+        f"\nkill storm, {kind}: {n} tasks, {kills} kills, lost 0/{n}, extra executions "
+        f"{extra}, all done {elapsed:.1f}s after the first worker started"
+    )
+    assert [r.split(":")[0] for r in results] == [f"s{i}" for i in range(n)]  # lost 0
+    assert extra <= kills * 2  # at most what the killed workers were running (c=2)
+    assert elapsed < 50  # correctness bound: no task waited for its 60 s lease

@@ -338,6 +338,70 @@ class RabbitMQBroker:
         letters.sort(key=lambda letter: letter.at, reverse=True)
         return letters[:limit]
 
+    # -- dead letters (aqueue.core.protocols.ReplaysDeadLetters) ---------------------------
+
+    async def replay_dead_letter(self, letter: DeadLetter, message: Outgoing) -> bool:
+        """Find ``letter`` in ``<queue>.dlq`` (get, up to ``dead_letter_scan``), publish
+        ``message`` (its id forgotten by the de-duplication first), then ack the letter; the
+        others read on the way go back when the channel closes.
+
+        AMQP cannot look at a queue without consuming it, so, unlike the other brokers, a
+        replay is not refused when the id is queued again already.
+        """
+        queue = letter.queue
+        self.topology.check(queue)
+        conn = await self.channels.connection()
+        timeout = self.settings.operation_timeout * 4
+        async with asyncio.timeout(timeout):
+            channel = await conn.channel(publisher_confirms=False)
+        try:
+            async with asyncio.timeout(timeout):
+                try:
+                    dlq = await channel.declare_queue(self.topology.dlq(queue), passive=True)
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    return False
+                for _ in range(self.options.dead_letter_scan):
+                    got = await dlq.get(no_ack=False, fail=False)
+                    if got is None:
+                        return False
+                    found = _dead_letter_of(got, queue)
+                    if (found.id, found.at, found.reason) == (letter.id, letter.at, letter.reason):
+                        break
+                else:
+                    return False
+                if self.dedupe is not None:
+                    await self.dedupe.discard([message.id])
+                [published] = await self.publish([message])
+                if published:
+                    await got.ack()
+                return published
+        finally:
+            if not channel.is_closed:
+                await channel.close()  # what was read and not acked goes back
+
+    async def purge_dead_letters(self, queue: str | None = None) -> int:
+        """Purge ``<queue>.dlq`` (``None``: of the queues this process has used)."""
+        queues = [queue] if queue is not None else sorted(self.channels.known)
+        purged = 0
+        conn = await self.channels.connection()
+        timeout = self.settings.operation_timeout * 4
+        for name in queues:
+            self.topology.check(name)
+            async with asyncio.timeout(timeout):
+                channel = await conn.channel(publisher_confirms=False)
+            try:
+                async with asyncio.timeout(timeout):
+                    try:
+                        dlq = await channel.declare_queue(self.topology.dlq(name), passive=True)
+                    except aiormq.exceptions.ChannelNotFoundEntity:
+                        continue
+                    result = await dlq.purge()
+                    purged += int(result.message_count or 0)
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+        return purged
+
     async def delete_exchanges(self, exchanges: Sequence[str]) -> None:
         """Delete the app's exchanges (by their names in ``task_queues``): an administrative
         helper, as :meth:`delete_queues`."""

@@ -19,12 +19,21 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 
 from aqueue.core.errors import BrokerError, IndeterminatePublish, PublishTimeout
-from aqueue.core.protocols import Capabilities, DeadLetter, Delivery, Lease, Outgoing
+from aqueue.core.protocols import (
+    Capabilities,
+    DeadLetter,
+    Delivery,
+    Lease,
+    Outgoing,
+    WorkerInfo,
+    WorkerSeen,
+)
 from aqueue.transports.redis import redispy
 from aqueue.transports.redis.clients import LazySyncClient, Link
 from aqueue.transports.redis.coalesce import Coalescer
 from aqueue.transports.redis.guard import guarded
 from aqueue.transports.redis.keys import KeySpace, StoresRecords
+from aqueue.transports.redis.registry import Listed, RedisRegistry
 from aqueue.transports.redis.scripts import (
     ScriptCall,
     command,
@@ -42,10 +51,13 @@ from .scripts import (
     MAX_BATCH,
     PURGE,
     RENEW,
+    REPLAY,
+    SETTLE,
     SIZE,
     Claimed,
     ClaimReply,
     QueueKeys,
+    SettleOp,
     flags,
     parse_dead_letter,
     publish_calls,
@@ -100,6 +112,14 @@ class RedisBroker:
             self._flush_publishes, _PUBLISH_BATCH
         )
         self._throttle = RedisThrottle(self._settings, self._link.get, self._sync)
+        self._registry = RedisRegistry(
+            self._settings,
+            self._keys,
+            self._sync.get,
+            self._link.get,
+            BrokerError,
+            self._release_listed,
+        )
         # the result backend's record key head and tail, when claims read the stored records
         self._record_keys: tuple[str, str] = ("", "")
         # a connection of its own for a publish made while no other is in flight (a
@@ -547,6 +567,93 @@ class RedisBroker:
             return letters[:limit]
 
         return await guarded(self._settings, "dead_letters", read, error=BrokerError)
+
+    # -- worker registry (aqueue.core.protocols.WorkerRegistry; see registry.py) ------------
+
+    def beat(self, info: WorkerInfo, leases: Sequence[Lease], keep: float) -> None:
+        """Record that ``info`` is alive, holding ``leases``. Blocking and thread-safe."""
+        self._registry.beat(info, leases, keep)
+
+    def reap(self, lost_after: float) -> list[str]:
+        """Mark silent workers lost and hand back the leases they listed. Blocking."""
+        return self._registry.reap(lost_after)
+
+    def leave(self, worker_id: str) -> None:
+        """Remove a stopping worker's entry. Blocking and thread-safe."""
+        self._registry.leave(worker_id)
+
+    async def workers(self) -> list[WorkerSeen]:
+        """Every registry entry, live or lost."""
+        return await self._registry.workers()
+
+    def _release_listed(self, listed: Listed) -> int:
+        """Hand back a lost worker's leases, as ``release(executed=True)``, fenced by their
+        tokens (one SETTLE call per queue); return how many were still its own."""
+        by_queue: dict[str, list[bytes | str]] = defaultdict(list)
+        for queue, id_, token in listed:
+            by_queue[queue] += (SettleOp.RELEASE, id_, str(token), "1", "")
+        calls: list[ScriptCall] = [
+            (
+                SETTLE,
+                self._queue_keys(queue).settle,
+                [self._settings.dead_letter_limit, *pack_fields(fields)],
+            )
+            for queue, fields in by_queue.items()
+        ]
+        try:
+            replies = run_scripts_sync(self._sync.get(), calls)
+        except Exception as exc:
+            raise BrokerError(
+                f"handing back a lost worker's leases on {self._settings.redacted} failed: "
+                f"{self._settings.describe(exc)}"
+            ) from None
+        return sum(int(flag) for reply in replies for flag in reply)
+
+    # -- dead letters (aqueue.core.protocols.ReplaysDeadLetters) ---------------------------
+
+    async def replay_dead_letter(self, letter: DeadLetter, message: Outgoing) -> bool:
+        """Remove ``letter``'s entry and enqueue ``message`` as new, in one script."""
+        keys = self._queue_keys(letter.queue)
+        client = await self._link.get()
+
+        async def replay() -> bool:
+            entries = await command(client, "LRANGE", keys.dead, 0, -1)
+            for raw in entries:
+                found = parse_dead_letter(letter.queue, raw)
+                if (found.id, found.at, found.reason) == (letter.id, letter.at, letter.reason):
+                    args: list[str | bytes | int | float] = [
+                        raw,
+                        message.id,
+                        message.body,
+                        message.priority,
+                    ]
+                    [done] = await run_scripts(client, [(REPLAY, keys.replay, args)])
+                    return bool(done)
+            return False
+
+        return await guarded(self._settings, "replay", replay, error=BrokerError)
+
+    async def purge_dead_letters(self, queue: str | None = None) -> int:
+        """Delete the dead letters of ``queue`` (or of every queue); how many."""
+        client = await self._link.get()
+
+        async def purge() -> int:
+            if queue is None:
+                members = await command(client, "SMEMBERS", self._keys.dead_queues)
+                names = [m.decode() for m in members]
+            else:
+                names = [queue]
+            total = 0
+            for name in names:
+                dead = self._queue_keys(name).dead
+                pipe = client.pipeline(transaction=True)
+                command(pipe, "LLEN", dead)
+                command(pipe, "DEL", dead)
+                count, _ = await pipe.execute()
+                total += int(count)
+            return total
+
+        return await guarded(self._settings, "purge_dead_letters", purge, error=BrokerError)
 
     # -- shared throttle (aqueue.core.protocols.SharedThrottle) ------------------------------
 

@@ -65,6 +65,7 @@ class QueueKeys:
         "purge",
         "ready",
         "renew",
+        "replay",
         "score",
         "seq",
         "settle",
@@ -115,6 +116,15 @@ class QueueKeys:
             self.dedupe,
         )
         self.renew: tuple[str, ...] = (self.ready, self.inflight, self.epoch)
+        self.replay: tuple[str, ...] = (
+            self.dead,
+            self.ready,
+            self.body,
+            self.score,
+            self.notify,
+            self.seq,
+            self.dedupe,
+        )
         self.size: tuple[str, ...] = (self.ready, self.delayed, self.inflight)
         self.purge: tuple[str, ...] = (
             self.ready,
@@ -197,6 +207,9 @@ SETTLE = Script.load(
 RENEW = Script.load(_LUA / "renew.lua", uses=(HELPERS,))
 SIZE = Script.load(_LUA / "size.lua")
 PURGE = Script.load(_LUA / "purge.lua")
+REPLAY = Script.load(
+    _LUA / "replay.lua", uses=(HELPERS, _WAKE), constants={"PRIORITY_WEIGHT": PRIORITY_WEIGHT}
+)
 
 
 def eta_delay(eta: float | None) -> str:

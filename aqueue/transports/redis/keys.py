@@ -72,6 +72,12 @@ class KeySpace:
         return f"{self.prefix}:{{beat:{app}}}:"
 
     @property
+    def workers(self) -> str:
+        """What the worker registry's keys start with (hash tag ``{workers}``): ``seen``
+        (a sorted set of worker ids by last heartbeat) and ``w:<id>`` (one hash each)."""
+        return f"{self.prefix}:{{workers}}:"
+
+    @property
     def reply_channels(self) -> str:
         """What the reply channel of every process that watches results starts with."""
         return f"{self.prefix}:reply:"
