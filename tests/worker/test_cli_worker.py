@@ -4,6 +4,7 @@ time limits and exit statuses (docs/cli.md)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -68,6 +69,19 @@ def finish(proc: subprocess.Popen[bytes], sig: int | None = signal.SIGTERM) -> t
         proc.kill()
         out, _ = proc.communicate(timeout=10)
     return proc.returncode, out.decode(errors="replace")
+
+
+@contextlib.contextmanager
+def killed_at_the_end(pidfile: Path) -> Iterator[None]:
+    """SIGKILL the detached worker ``pidfile`` names if it still runs when the block ends,
+    however it ends (a failed wait for its log must not leave a worker behind)."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            pid = int(pidfile.read_text())
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 async def wait_for_text(path: Path, needle: str, timeout: float = 30.0) -> str:
@@ -222,9 +236,9 @@ async def test_detach_writes_the_pid_file_and_logs_to_the_file(
     assert started.returncode == 0, started.stderr
     assert started.stdout == started.stderr == ""
     log = tmp_path / "w1.log"  # %n: the node name's name part
-    text = await wait_for_text(log, "ready")
-    pid = int(pidfile.read_text())
-    try:
+    with killed_at_the_end(pidfile):
+        text = await wait_for_text(log, "ready")
+        pid = int(pidfile.read_text())
         assert _alive(pid)
         assert os.getsid(pid) != os.getsid(0)  # its own session: no terminal hangs it up
         assert "[tasks]" in text
@@ -238,9 +252,6 @@ async def test_detach_writes_the_pid_file_and_logs_to_the_file(
         async with asyncio.timeout(30):
             while _alive(pid):
                 await asyncio.sleep(0.05)
-    finally:
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
     assert not pidfile.exists()  # removed at exit
     assert "stopped: 1 succeeded" in log.read_text()
 
@@ -261,9 +272,9 @@ async def test_a_detached_worker_keeps_its_default_files_when_it_recycles(
     )
     assert started.returncode == 0, started.stderr
     pidfile, log = tmp_path / "d1.pid", tmp_path / "d1.log"
-    await wait_for_text(log, "ready")
-    pid = int(pidfile.read_text())
-    try:
+    with killed_at_the_end(pidfile):
+        await wait_for_text(log, "ready")
+        pid = int(pidfile.read_text())
         results = [await (await cli_tasks.whoami.delay(0)).wait(timeout=30) for _ in range(5)]
         assert {r["pid"] for r in results} == {pid}
         assert len({r["boot"] for r in results}) == 3
@@ -273,9 +284,6 @@ async def test_a_detached_worker_keeps_its_default_files_when_it_recycles(
         async with asyncio.timeout(30):
             while _alive(pid):
                 await asyncio.sleep(0.05)
-    finally:
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
     assert "(restart 1)" in text and not pidfile.exists()
 
 
