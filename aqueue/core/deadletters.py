@@ -64,6 +64,7 @@ class DeadLetters:
                 a task message, or the id is queued again already.
             ConfigurationError: the broker cannot replay dead letters.
         """
+        await self._broker()  # a broker that cannot replay says so before any lookup
         letter = await self.get(task_id, queue)
         await self._replay(letter)
         return letter
@@ -71,6 +72,7 @@ class DeadLetters:
     async def replay_all(self, queue: str | None = None) -> tuple[int, builtins.list[str]]:
         """Replay every dead letter (of ``queue``); ``(replayed, errors)``, an error per
         letter that could not be (named by id, with why), oldest first."""
+        await self._broker()
         replayed, errors = 0, builtins.list[str]()
         for letter in reversed(await self.list(queue, SCAN_LIMIT)):
             try:

@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from aqueue import App, TaskFailed
+from aqueue.brokers.memory import MemoryBroker
 from aqueue.core.deadletters import REPLAYED_HEADER, DeadLetterError
 from aqueue.core.errors import ConfigurationError
 from aqueue.core.message import decode_message
@@ -98,11 +99,24 @@ async def test_what_cannot_be_replayed_is_refused_and_kept(app: App) -> None:
     assert replayed == 0 and "garbage-1" in errors[0]
 
 
-async def test_a_broker_without_replay_says_so(app: App) -> None:
-    if isinstance(app.broker, ReplaysDeadLetters):
-        pytest.skip("this broker replays")
-    with pytest.raises(ConfigurationError, match="cannot replay or purge dead letters"):
-        await app.control.dead_letters.purge()
+class _NoReplayBroker(MemoryBroker):
+    """A broker (a third party's, say) without the optional capability: every broker of
+    aqueue's own replays, so this is the only way to reach the refusal."""
+
+    replay_dead_letter = None  # type: ignore[assignment]
+    purge_dead_letters = None  # type: ignore[assignment]
+
+
+async def test_a_broker_without_replay_says_so() -> None:
+    broker = _NoReplayBroker("memory://")
+    assert not isinstance(broker, ReplaysDeadLetters)
+    async with App("noreplay", broker=broker, backend="memory://") as app:
+        with pytest.raises(ConfigurationError, match="cannot replay or purge dead letters"):
+            await app.control.dead_letters.purge()
+        with pytest.raises(ConfigurationError, match="cannot replay or purge dead letters"):
+            await app.control.dead_letters.replay("any-id")
+        with pytest.raises(ConfigurationError, match="cannot replay or purge dead letters"):
+            await app.control.dead_letters.replay_all()
 
 
 async def test_a_replay_refused_because_the_id_is_queued_keeps_letter_and_record(
