@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOWEST := .venv-lowest
 
 .PHONY: demo test test-fast test-lowest lint typecheck services venv clean
 
@@ -21,11 +22,17 @@ demo: venv
 
 ## make test: ruff, import contracts, mypy --strict, the whole suite against real Redis and
 ## RabbitMQ (the fast tests two at a time, then the subprocess and fault tests one at a
-## time), then the fast suite again on the lowest versions pyproject.toml allows
-test: venv services lint typecheck
+## time), and the fast suite again on the lowest versions pyproject.toml allows. The slow
+## tests mostly wait (on processes, servers, timers), so the lowest-versions run goes
+## beside them, one test at a time, its output in .test-lowest.log (shown whole if it fails)
+test: venv services lint typecheck $(LOWEST)/.installed
 	$(BIN)/pytest -q -p no:cacheprovider -m "not slow" -n 2
-	$(BIN)/pytest -q -p no:cacheprovider -m slow
-	$(MAKE) --no-print-directory test-lowest
+	@$(LOWEST)/bin/pytest -q -m "not slow" -p no:cacheprovider > .test-lowest.log 2>&1 & low=$$!; \
+	$(BIN)/pytest -q -p no:cacheprovider -m slow; slow=$$?; \
+	wait $$low; lowest=$$?; \
+	echo "== the fast suite on the lowest allowed versions (.test-lowest.log):"; \
+	if [ $$lowest -eq 0 ]; then tail -n 1 .test-lowest.log; else cat .test-lowest.log; fi; \
+	[ $$slow -eq 0 ] && [ $$lowest -eq 0 ]
 
 ## make test-fast: the suite without subprocess and fault tests
 test-fast: venv
@@ -38,7 +45,6 @@ lint: venv
 
 ## make test-lowest: the fast suite with the lowest allowed version of every direct
 ## dependency (uv's lowest-direct resolution), so a floor in pyproject.toml cannot lie
-LOWEST := .venv-lowest
 $(LOWEST)/.installed: pyproject.toml $(STAMP)
 	rm -rf $(LOWEST)
 	$(BIN)/uv venv -q --python $(BIN)/python $(LOWEST)
