@@ -314,15 +314,15 @@ def test_status_counts_chord_deadline_timers_apart(
 @pytest.mark.redis
 def test_status_lists_workers_and_marks_missing_ones(redis_env: str) -> None:
     from aqueue.core.presence import new_worker_id, worker_info
-    from aqueue.core.protocols import WorkerRegistry
+    from aqueue.core.protocols import KeepsWorkers
 
     app = make_app()
     live, gone = new_worker_id("live@h"), new_worker_id("gone@h")
 
     async def register() -> None:
         async with app:
-            registry = app.broker
-            assert isinstance(registry, WorkerRegistry)
+            assert isinstance(app.broker, KeepsWorkers)
+            registry = app.broker.worker_registry
             # gone beat long enough ago to be missing: lost_after 0 makes any entry lapsed
             await asyncio.to_thread(registry.beat, worker_info(gone, "gone@h", ["hi"], 2), [], 60)
             await asyncio.to_thread(registry.reap, 0.0)

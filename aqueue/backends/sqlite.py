@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from aqueue.core.errors import BackendError
-from aqueue.core.protocols import Lease, WorkerInfo, WorkerSeen
 from aqueue.core.states import supersedes
 from aqueue.transports.sqlite.registry import TABLE as REGISTRY_TABLE
 from aqueue.transports.sqlite.registry import SQLiteRegistry
@@ -109,7 +108,8 @@ class SQLiteBackend:
         self.path = self._store.path
         # the worker registry, for a broker that keeps none (RabbitMQ): lists workers and
         # marks lost ones; their messages come back when their broker connection drops
-        self._registry = SQLiteRegistry(self._store)
+        #: its worker registry (:class:`~aqueue.core.protocols.KeepsWorkers`)
+        self.worker_registry = SQLiteRegistry(self._store)
         self._watchers: dict[str, set[_Watcher]] = {}
         self._poller: asyncio.Task[None] | None = None
         self._next_sweep = 0.0
@@ -117,24 +117,6 @@ class SQLiteBackend:
 
     def __repr__(self) -> str:
         return f"<SQLiteBackend {self.path}>"
-
-    # -- worker registry (aqueue.core.protocols.WorkerRegistry), for a broker without one --
-
-    def beat(self, info: WorkerInfo, leases: Sequence[Lease], keep: float) -> None:
-        """Record that ``info`` is alive. Blocking and thread-safe."""
-        self._registry.beat(info, leases, keep)
-
-    def reap(self, lost_after: float) -> list[str]:
-        """Mark silent workers lost (their broker hands their messages back). Blocking."""
-        return self._registry.reap(lost_after)
-
-    def leave(self, worker_id: str) -> None:
-        """Remove a stopping worker's row. Blocking and thread-safe."""
-        self._registry.leave(worker_id)
-
-    async def workers(self) -> list[WorkerSeen]:
-        """Every registry row, live or lost."""
-        return await self._registry.workers()
 
     async def connect(self) -> None:
         """Open the file (WAL mode) and create the table; idempotent."""

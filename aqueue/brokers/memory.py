@@ -121,6 +121,54 @@ def store_for(url: str) -> _Store:
         return _STORES.setdefault(url, _Store())
 
 
+class _Registry:
+    """The in-process worker registry (:class:`~aqueue.core.protocols.WorkerRegistry`) of
+    one memory store."""
+
+    def __init__(self, store: _Store) -> None:
+        self._store = store
+
+    def beat(self, info: WorkerInfo, leases: Sequence[Lease], keep: float) -> None:
+        """Record that ``info`` is alive, holding ``leases``."""
+        now = time.time()
+        with self._store.lock:
+            self._store.workers[info.id] = _Worker(info, now, list(leases), now + keep)
+
+    def reap(self, lost_after: float) -> list[str]:
+        """Mark workers silent for ``lost_after`` seconds lost; hand back their leases."""
+        store = self._store
+        now = time.time()
+        lost: list[str] = []
+        with store.lock:
+            for worker_id, worker in list(store.workers.items()):
+                if worker.keep_until < now:
+                    del store.workers[worker_id]
+                elif not worker.lost and worker.seen < now - lost_after:
+                    worker.lost = True
+                    lost.append(worker_id)
+                    for lease in worker.leases:
+                        entry = store.holder(lease)
+                        if entry is not None:
+                            entry.lease_until = None
+                            store.push_ready(entry)
+        if lost:
+            store.wakeup.notify()
+        return lost
+
+    def leave(self, worker_id: str) -> None:
+        """Remove the entry."""
+        with self._store.lock:
+            self._store.workers.pop(worker_id, None)
+
+    async def workers(self) -> list[WorkerSeen]:
+        """Every entry, live or lost."""
+        with self._store.lock:
+            return [
+                WorkerSeen(w.info, w.seen, len(w.leases), w.lost)
+                for w in self._store.workers.values()
+            ]
+
+
 class MemoryDelivery(BaseDelivery):
     """A message claimed from a :class:`MemoryBroker`."""
 
@@ -198,6 +246,8 @@ class MemoryBroker:
             )
         self.url = url
         self._store = store_for(url)
+        #: its worker registry (:class:`~aqueue.core.protocols.KeepsWorkers`)
+        self.worker_registry = _Registry(self._store)
 
     def __repr__(self) -> str:
         return f"<MemoryBroker {self.url}>"
@@ -316,48 +366,6 @@ class MemoryBroker:
             removed = len(store.dead) - len(kept)
             store.dead[:] = kept
         return removed
-
-    # -- worker registry (aqueue.core.protocols.WorkerRegistry), in process ---------------
-
-    def beat(self, info: WorkerInfo, leases: Sequence[Lease], keep: float) -> None:
-        """Record that ``info`` is alive, holding ``leases``."""
-        now = time.time()
-        with self._store.lock:
-            self._store.workers[info.id] = _Worker(info, now, list(leases), now + keep)
-
-    def reap(self, lost_after: float) -> list[str]:
-        """Mark workers silent for ``lost_after`` seconds lost; hand back their leases."""
-        store = self._store
-        now = time.time()
-        lost: list[str] = []
-        with store.lock:
-            for worker_id, worker in list(store.workers.items()):
-                if worker.keep_until < now:
-                    del store.workers[worker_id]
-                elif not worker.lost and worker.seen < now - lost_after:
-                    worker.lost = True
-                    lost.append(worker_id)
-                    for lease in worker.leases:
-                        entry = store.holder(lease)
-                        if entry is not None:
-                            entry.lease_until = None
-                            store.push_ready(entry)
-        if lost:
-            store.wakeup.notify()
-        return lost
-
-    def leave(self, worker_id: str) -> None:
-        """Remove the entry."""
-        with self._store.lock:
-            self._store.workers.pop(worker_id, None)
-
-    async def workers(self) -> list[WorkerSeen]:
-        """Every entry, live or lost."""
-        with self._store.lock:
-            return [
-                WorkerSeen(w.info, w.seen, len(w.leases), w.lost)
-                for w in self._store.workers.values()
-            ]
 
     async def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
         with self._store.lock:

@@ -32,8 +32,6 @@ from aqueue.core.protocols import (
     Delivery,
     Lease,
     Outgoing,
-    WorkerInfo,
-    WorkerSeen,
 )
 from aqueue.transports.sqlite.registry import TABLE as REGISTRY_TABLE
 from aqueue.transports.sqlite.registry import SQLiteRegistry
@@ -257,7 +255,8 @@ class SQLiteBroker:
             owner="SQLiteBroker",
         )
         self.path = self._store.path
-        self._registry = SQLiteRegistry(self._store, _release_owner)
+        #: its worker registry (:class:`~aqueue.core.protocols.KeepsWorkers`)
+        self.worker_registry = SQLiteRegistry(self._store, _release_owner)
         self._wakeup = Wakeup()
         # Bumped on every in-process change that can make a message claimable; a claim that
         # saw it move while it was looking retries at once instead of sleeping.
@@ -408,25 +407,6 @@ class SQLiteBroker:
 
         count: int = await self._store.write(op)
         return count
-
-    # -- worker registry (aqueue.core.protocols.WorkerRegistry) ------------------------------
-
-    def beat(self, info: WorkerInfo, leases: Sequence[Lease], keep: float) -> None:
-        """Record that ``info`` is alive (claims store their owner). Blocking."""
-        self._registry.beat(info, leases, keep)
-
-    def reap(self, lost_after: float) -> list[str]:
-        """Mark silent workers lost and make the rows they had claimed ready again, in
-        one transaction. Blocking and thread-safe."""
-        return self._registry.reap(lost_after)
-
-    def leave(self, worker_id: str) -> None:
-        """Remove a stopping worker's row. Blocking and thread-safe."""
-        self._registry.leave(worker_id)
-
-    async def workers(self) -> list[WorkerSeen]:
-        """Every row of ``aq_workers``."""
-        return await self._registry.workers()
 
     def renew(self, leases: Sequence[Lease], lease_seconds: float) -> list[Lease]:
         """Extend ``leases`` to ``lease_seconds`` from now; return those that were lost.

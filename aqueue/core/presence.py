@@ -26,7 +26,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..__about__ import __version__
-from .protocols import Broker, Lease, ResultBackend, WorkerInfo, WorkerRegistry, WorkerSeen
+from .protocols import (
+    Broker,
+    KeepsWorkers,
+    Lease,
+    ResultBackend,
+    WorkerInfo,
+    WorkerRegistry,
+    WorkerSeen,
+)
 
 log = logging.getLogger("aqueue.worker")
 
@@ -41,10 +49,10 @@ def pick_registry(broker: Broker, backend: ResultBackend | None) -> WorkerRegist
     """Where workers register: the broker, else (for a broker whose connection is the
     lease, RabbitMQ) the result backend, else nowhere. Only a broker's registry hands back
     a lost worker's leases; a backend's lists workers and marks lost ones."""
-    if isinstance(broker, WorkerRegistry):
-        return broker
-    if not broker.capabilities.leases and isinstance(backend, WorkerRegistry):
-        return backend
+    if isinstance(broker, KeepsWorkers):
+        return broker.worker_registry
+    if not broker.capabilities.leases and isinstance(backend, KeepsWorkers):
+        return backend.worker_registry
     return None
 
 

@@ -361,9 +361,9 @@ class WorkerSeen:
     lost: bool
 
 
-@runtime_checkable
 class WorkerRegistry(Protocol):
-    """Optional broker capability: a registry of live workers; dead ones' leases freed.
+    """A registry of live workers, where dead ones' leases are freed (a broker's or a
+    backend's, as :class:`KeepsWorkers` offers it).
 
     Every worker calls :meth:`beat` every ``worker_heartbeat_interval`` seconds from a
     thread of its own (so a blocked event loop does not make it look dead), and every beat
@@ -390,6 +390,19 @@ class WorkerRegistry(Protocol):
 
     async def workers(self) -> list[WorkerSeen]:
         """Every entry, live or lost, by worker id."""
+
+
+@runtime_checkable
+class KeepsWorkers(Protocol):
+    """Optional broker (or backend) capability: it keeps a :class:`WorkerRegistry`.
+
+    On a broker, the registry also hands a lost worker's leases back; on a backend it
+    serves a broker whose connection is the lease (RabbitMQ) and only lists workers.
+    """
+
+    @property
+    def worker_registry(self) -> WorkerRegistry:
+        """The registry this broker or backend keeps."""
 
 
 @runtime_checkable

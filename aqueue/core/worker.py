@@ -40,10 +40,10 @@ from .protocols import (
     Broker,
     ClaimsRecords,
     Delivery,
+    KeepsWorkers,
     Lease,
     RoutesByExchange,
     SharedThrottle,
-    WorkerRegistry,
 )
 from .routing import router_of
 from .urls import redact
@@ -246,7 +246,7 @@ class Worker:
         registry = pick_registry(broker, self.app.backend)
         if registry is not None:
             renew = None
-            if isinstance(broker, WorkerRegistry) and broker.capabilities.leases:
+            if isinstance(broker, KeepsWorkers) and broker.capabilities.leases:
                 # A claim just before a kill -9 may not be listed by a heartbeat yet, so
                 # no reaper would hand it back: it is claimed with a lease that lasts only
                 # until the worker would be found lost, and the presence thread renews it

@@ -13,7 +13,7 @@ import pytest
 from aqueue import App
 from aqueue.core.errors import ConfigurationError
 from aqueue.core.presence import new_worker_id, worker_info
-from aqueue.core.protocols import WorkerRegistry
+from aqueue.core.protocols import KeepsWorkers, WorkerRegistry
 
 from ..conftest import delete_redis_prefix, make_url, prefix_of
 
@@ -23,13 +23,13 @@ FAST = {"worker_heartbeat_interval": 0.3, "worker_lost_timeout": 1.5}
 
 def registry_or_skip(app: App) -> WorkerRegistry:
     broker = app.broker
-    if not isinstance(broker, WorkerRegistry):
+    if not isinstance(broker, KeepsWorkers):
         pytest.skip(f"{type(broker).__name__} keeps no worker registry")
-    return broker
+    return broker.worker_registry
 
 
 async def test_workers_are_listed_with_their_info_and_leave_on_stop(app: App) -> None:
-    if not isinstance(app.broker, WorkerRegistry):
+    if not isinstance(app.broker, KeepsWorkers):
         with pytest.raises(ConfigurationError, match="keeps no worker registry"):
             await app.control.workers()
         return

@@ -24,7 +24,6 @@ from importlib.resources import files
 from typing import Any
 
 from aqueue.core.errors import BackendError
-from aqueue.core.protocols import Lease, WorkerInfo, WorkerSeen
 from aqueue.core.states import READY_STATES
 from aqueue.transports.redis.clients import LazySyncClient, Link
 from aqueue.transports.redis.coalesce import Coalescer
@@ -97,7 +96,8 @@ class RedisBackend:
         # the worker registry, for a broker that keeps none (RabbitMQ): lists workers and
         # marks lost ones; their messages come back when their broker connection drops
         self._sync = LazySyncClient(self._settings)
-        self._registry = RedisRegistry(
+        #: its worker registry (:class:`~aqueue.core.protocols.KeepsWorkers`)
+        self.worker_registry = RedisRegistry(
             self._settings, self._keys, self._sync.get, self._link.get, BackendError
         )
 
@@ -134,24 +134,6 @@ class RedisBackend:
             await hub.close()
         await self._link.close()
         await asyncio.to_thread(self._sync.close)
-
-    # -- worker registry (aqueue.core.protocols.WorkerRegistry), for a broker without one --
-
-    def beat(self, info: WorkerInfo, leases: Sequence[Lease], keep: float) -> None:
-        """Record that ``info`` is alive. Blocking and thread-safe."""
-        self._registry.beat(info, leases, keep)
-
-    def reap(self, lost_after: float) -> list[str]:
-        """Mark silent workers lost (their broker hands their messages back). Blocking."""
-        return self._registry.reap(lost_after)
-
-    def leave(self, worker_id: str) -> None:
-        """Remove a stopping worker's entry. Blocking and thread-safe."""
-        self._registry.leave(worker_id)
-
-    async def workers(self) -> list[WorkerSeen]:
-        """Every registry entry, live or lost."""
-        return await self._registry.workers()
 
     # -- result push (the app and the executor call these) ------------------------------
 

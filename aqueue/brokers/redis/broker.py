@@ -25,8 +25,6 @@ from aqueue.core.protocols import (
     Delivery,
     Lease,
     Outgoing,
-    WorkerInfo,
-    WorkerSeen,
 )
 from aqueue.transports.redis import redispy
 from aqueue.transports.redis.clients import LazySyncClient, Link
@@ -112,7 +110,8 @@ class RedisBroker:
             self._flush_publishes, _PUBLISH_BATCH
         )
         self._throttle = RedisThrottle(self._settings, self._link.get, self._sync)
-        self._registry = RedisRegistry(
+        #: its worker registry (:class:`~aqueue.core.protocols.KeepsWorkers`)
+        self.worker_registry = RedisRegistry(
             self._settings,
             self._keys,
             self._sync.get,
@@ -567,24 +566,6 @@ class RedisBroker:
             return letters[:limit]
 
         return await guarded(self._settings, "dead_letters", read, error=BrokerError)
-
-    # -- worker registry (aqueue.core.protocols.WorkerRegistry; see registry.py) ------------
-
-    def beat(self, info: WorkerInfo, leases: Sequence[Lease], keep: float) -> None:
-        """Record that ``info`` is alive, holding ``leases``. Blocking and thread-safe."""
-        self._registry.beat(info, leases, keep)
-
-    def reap(self, lost_after: float) -> list[str]:
-        """Mark silent workers lost and hand back the leases they listed. Blocking."""
-        return self._registry.reap(lost_after)
-
-    def leave(self, worker_id: str) -> None:
-        """Remove a stopping worker's entry. Blocking and thread-safe."""
-        self._registry.leave(worker_id)
-
-    async def workers(self) -> list[WorkerSeen]:
-        """Every registry entry, live or lost."""
-        return await self._registry.workers()
 
     def _release_listed(self, listed: Listed) -> int:
         """Hand back a lost worker's leases, as ``release(executed=True)``, fenced by their
