@@ -239,47 +239,42 @@ def commands(runtime: Runtime) -> typer.Typer:
         info = run(main)
         typer.echo(f"{info.name}: {info.schedule}, next run {_when(info.next_run)}")
 
+    def change_entry(
+        app_option: str | None,
+        name: str,
+        change: Callable[[BeatSchedule, str], Coroutine[Any, Any, None]],
+        done: str,
+    ) -> None:
+        """Apply ``change`` to entry ``name`` in the app's schedule and say so."""
+        the_app = app_of(app_option)
+
+        async def main() -> None:
+            async with BeatSchedule(the_app) as schedule:
+                await change(schedule, name)
+
+        run(main)
+        typer.echo(f"{done} {name}")
+
     @beat.command("remove")
     def remove(
         name: Annotated[str, typer.Argument(help="The entry's name.")], app_option: AppOption = None
     ) -> None:
         """Remove an entry added at run time (code entries: pause them)."""
-        the_app = app_of(app_option)
-
-        async def main() -> None:
-            async with BeatSchedule(the_app) as schedule:
-                await schedule.remove(name)
-
-        run(main)
-        typer.echo(f"removed {name}")
+        change_entry(app_option, name, BeatSchedule.remove, "removed")
 
     @beat.command("pause")
     def pause(
         name: Annotated[str, typer.Argument(help="The entry's name.")], app_option: AppOption = None
     ) -> None:
         """Stop firing an entry until resumed."""
-        the_app = app_of(app_option)
-
-        async def main() -> None:
-            async with BeatSchedule(the_app) as schedule:
-                await schedule.pause(name)
-
-        run(main)
-        typer.echo(f"paused {name}")
+        change_entry(app_option, name, BeatSchedule.pause, "paused")
 
     @beat.command("resume")
     def resume(
         name: Annotated[str, typer.Argument(help="The entry's name.")], app_option: AppOption = None
     ) -> None:
         """Fire a paused entry again (slots missed meanwhile follow its misfire policy)."""
-        the_app = app_of(app_option)
-
-        async def main() -> None:
-            async with BeatSchedule(the_app) as schedule:
-                await schedule.resume(name)
-
-        run(main)
-        typer.echo(f"resumed {name}")
+        change_entry(app_option, name, BeatSchedule.resume, "resumed")
 
     @beat.command("next")
     def next_runs(
