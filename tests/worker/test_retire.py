@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from aqueue import App, ConfigurationError
+from aqueue import App, ConfigurationError, Worker
 from aqueue.backends.memory import MemoryBackend
 from aqueue.brokers.memory import MemoryBroker
 
@@ -51,9 +51,13 @@ async def test_max_memory_per_child_hands_back_what_waits_and_finishes_what_runs
     app = make_app()
     ran: list[str] = []
 
+    worker: Worker | None = None
+
     @app.task(name="r.long")
     async def long() -> str:
-        await asyncio.sleep(1.5)  # the memory check (every second) fires while it runs
+        # runs until the memory check (every second) has decided to retire the worker
+        while worker is None or worker.retired is None:
+            await asyncio.sleep(0.01)
         ran.append("long")
         return "done"
 
