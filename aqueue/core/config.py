@@ -375,7 +375,14 @@ CELERY_NOT_NEEDED: dict[str, str] = {
 
 #: Celery settings for what aqueue does not have yet: accepted, with a warning that nothing
 #: uses them, so a Celery config file loads
-CELERY_NOT_YET: dict[str, str] = {}
+CELERY_NOT_YET: dict[str, str] = {
+    "worker_send_task_events": "aqueue emits no monitoring events yet: nothing is sent",
+    "task_send_sent_event": "aqueue emits no monitoring events yet: nothing is sent",
+    "worker_enable_remote_control": (
+        "aqueue has no remote control yet (only app.control.revoke and the dead-letter "
+        "commands): nothing listens"
+    ),
+}
 
 #: Celery settings whose effect aqueue cannot give: refused, naming what to do instead
 CELERY_REFUSED: dict[str, str] = {
