@@ -26,6 +26,7 @@ from ..core.protocols import (
     WorkerInfo,
     WorkerSeen,
 )
+from .memory_topics import MemoryTopics
 from .wakeup import Wakeup
 
 
@@ -67,6 +68,8 @@ class _Store:
         self.seq = itertools.count()
         #: the worker registry, by worker id
         self.workers: dict[str, _Worker] = {}
+        #: control, replies and events (:class:`~aqueue.core.protocols.KeepsTopics`)
+        self.topics = MemoryTopics()
 
     def push_ready(self, entry: _Entry) -> None:
         entry.seq = next(self.seq)
@@ -248,6 +251,8 @@ class MemoryBroker:
         self._store = store_for(url)
         #: its worker registry (:class:`~aqueue.core.protocols.KeepsWorkers`)
         self.worker_registry = _Registry(self._store)
+        #: control, replies and events (:class:`~aqueue.core.protocols.KeepsTopics`)
+        self.topics = self._store.topics
 
     def __repr__(self) -> str:
         return f"<MemoryBroker {self.url}>"

@@ -405,6 +405,49 @@ class KeepsWorkers(Protocol):
         """The registry this broker or backend keeps."""
 
 
+#: topics whose name starts with this are point-to-point: one caller reads its replies
+REPLY_TOPIC_PREFIX = "reply."
+
+
+class Subscription(Protocol):
+    """One reader of a topic of :class:`Topics`, established when ``subscribe`` returned:
+    nothing published after that is missed (within the topic's cap)."""
+
+    async def get(self, timeout: float) -> list[bytes]:
+        """The next messages, in publish order; ``[]`` after ``timeout`` seconds of none."""
+
+    async def close(self) -> None:
+        """Stop reading and free what the subscription holds. Idempotent."""
+
+
+class Topics(Protocol):
+    """Small messages beside the queues, for the fleet: remote control, replies, events.
+
+    A topic is a capped, ordered log every subscriber reads on its own (a fan-out, not a
+    queue): ``control`` (commands to every worker), ``events`` (the monitoring stream) and
+    ``reply.<token>`` (one caller's replies, kept briefly). Delivery is best effort: a
+    message beyond a topic's cap, or published while the server was unreachable, is gone;
+    nothing here is a task. See docs/fleet.md.
+    """
+
+    async def publish(self, topic: str, bodies: Sequence[bytes], *, cap: int) -> None:
+        """Append ``bodies`` to ``topic``, which keeps about its last ``cap`` messages
+        (a reply topic: also at most a minute)."""
+
+    async def subscribe(self, topic: str, *, since: float | None = None) -> Subscription:
+        """Start reading ``topic``: messages published from now on, and also those still
+        kept that were published at or after unix time ``since`` when it is given."""
+
+
+@runtime_checkable
+class KeepsTopics(Protocol):
+    """Optional broker capability: it carries :class:`Topics` (every built-in broker)."""
+
+    @property
+    def topics(self) -> Topics:
+        """The broker's topics."""
+
+
 @runtime_checkable
 class RoutesResults(Protocol):
     """Optional backend capability: results are pushed to the process that sent the task.

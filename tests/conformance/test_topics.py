@@ -1,0 +1,124 @@
+"""The Topics capability (control, replies, events), as every built-in broker keeps it."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from aqueue.core.protocols import Broker, KeepsTopics, Subscription, Topics
+from aqueue.core.urls import broker_class
+
+
+@pytest.fixture
+async def topics(broker_url: str) -> AsyncIterator[Topics]:
+    b: Broker = broker_class(broker_url)(broker_url)
+    await b.connect()
+    try:
+        assert isinstance(b, KeepsTopics)
+        yield b.topics
+    finally:
+        await b.close()
+
+
+async def drain(sub: Subscription, want: int, timeout: float = 5.0) -> list[bytes]:
+    """Read until ``want`` messages came (or ``timeout`` passed with fewer)."""
+    got: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        got += await sub.get(deadline - time.monotonic())
+    return got
+
+
+def name(kind: str = "control") -> str:
+    return f"{kind}.{uuid.uuid4().hex[:8]}" if kind == "reply" else kind
+
+
+async def test_every_subscriber_reads_everything_in_order(topics: Topics) -> None:
+    a = await topics.subscribe("control")
+    b = await topics.subscribe("control")
+    try:
+        bodies = [f"m{i}".encode() for i in range(20)]
+        await topics.publish("control", bodies[:5], cap=100)
+        await topics.publish("control", bodies[5:], cap=100)
+        assert await drain(a, 20) == bodies
+        assert await drain(b, 20) == bodies
+    finally:
+        await a.close()
+        await b.close()
+        await b.close()  # idempotent
+
+
+async def test_a_subscription_starts_when_subscribe_returns(topics: Topics) -> None:
+    await topics.publish("control", [b"before"], cap=100)
+    sub = await topics.subscribe("control")
+    try:
+        await topics.publish("control", [b"after"], cap=100)
+        assert await drain(sub, 1) == [b"after"]
+        assert await sub.get(0.2) == []  # nothing more, and get returns on time
+    finally:
+        await sub.close()
+
+
+async def test_get_times_out_with_nothing(topics: Topics) -> None:
+    sub = await topics.subscribe(f"reply.{uuid.uuid4().hex}")
+    try:
+        t0 = time.monotonic()
+        assert await sub.get(0.3) == []
+        assert 0.25 <= time.monotonic() - t0 < 2.0
+    finally:
+        await sub.close()
+
+
+async def test_reply_topics_are_separate(topics: Topics) -> None:
+    one, two = f"reply.{uuid.uuid4().hex}", f"reply.{uuid.uuid4().hex}"
+    s1 = await topics.subscribe(one)
+    s2 = await topics.subscribe(two)
+    try:
+        await topics.publish(one, [b"for-one"], cap=10)
+        await topics.publish(two, [b"for-two"], cap=10)
+        assert await drain(s1, 1) == [b"for-one"]
+        assert await drain(s2, 1) == [b"for-two"]
+        assert await s1.get(0.2) == []
+    finally:
+        await s1.close()
+        await s2.close()
+
+
+async def test_events_kept_can_be_read_by_a_late_subscriber(topics: Topics) -> None:
+    t0 = time.time() - 1.0
+    await topics.publish("events", [b"e1", b"e2", b"e3"], cap=1000)
+    late = await topics.subscribe("events", since=t0)
+    try:
+        assert await drain(late, 3) == [b"e1", b"e2", b"e3"]
+        await topics.publish("events", [b"e4"], cap=1000)
+        assert await drain(late, 1) == [b"e4"]
+    finally:
+        await late.close()
+
+
+async def test_since_in_the_future_reads_only_new(topics: Topics) -> None:
+    await topics.publish("events", [b"old"], cap=1000)
+    sub = await topics.subscribe("events", since=time.time() + 3600)
+    try:
+        await topics.publish("events", [b"new"], cap=1000)
+        assert await drain(sub, 1) == [b"new"]
+    finally:
+        await sub.close()
+
+
+async def test_a_topic_keeps_about_its_cap(topics: Topics, broker_url: str) -> None:
+    if broker_url.startswith("amqp"):
+        pytest.skip("RabbitMQ keeps events in a stream capped by bytes (segments), not count")
+    for i in range(30):
+        await topics.publish("events", [f"e{i}".encode() for _ in range(10)], cap=20)
+    sub = await topics.subscribe("events", since=0.0)
+    try:
+        kept = await drain(sub, 300, timeout=0.5)
+        assert kept and kept[-1] == b"e29"
+        assert len(kept) < 150  # trimmed (Redis trims approximately, never below the cap)
+        assert len(kept) >= 20
+    finally:
+        await sub.close()
