@@ -25,12 +25,14 @@ import typer
 
 from . import __version__
 from .beat.cli import Runtime, commands
+from .core.admission import parse_rate
 from .core.app import App
 from .core.control import registry_of
 from .core.deadletters import REPLAYED_HEADER, describe, task_of
 from .core.errors import AqueueError, ConfigurationError, OptionError
 from .core.message import decode_result
 from .core.protocols import CountsIds
+from .core.remote import INSPECT_COMMANDS
 from .core.urls import redact
 from .process import (
     EXIT_ERROR,
@@ -928,6 +930,198 @@ def report(
         ]
         lines += [f"  {k} = {v!r}" for k, v in info["settings"].items()]
     typer.echo("\n".join(lines))
+
+
+# -- inspect and control: commands to running workers (docs/fleet.md) ------------------
+
+DestinationOpt = Annotated[
+    str | None,
+    typer.Option(
+        "-d", "--destination", help="Only these workers: node names or worker ids, comma-separated."
+    ),
+]
+TimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "-t",
+        "--timeout",
+        min=0.01,
+        help="Seconds to wait for replies (ends early once every live worker answered).",
+    ),
+]
+
+
+def _fleet_app(ctx: typer.Context, app_option: str | None) -> App:
+    the_app = load_app(_app_spec(ctx, app_option))
+    the_app.import_includes()
+    return the_app
+
+
+def _print_replies(replies: dict[str, Any], as_json: bool) -> None:
+    """Celery's layout: ``-> node: OK`` then the value, indented; an error as ``ERROR``."""
+    if as_json:
+        _print_json(replies)
+    else:
+        for node, value in replies.items():
+            failed = isinstance(value, dict) and set(value) == {"error"}
+            typer.echo(f"->  {node}: {'ERROR' if failed else 'OK'}")
+            if failed:
+                typer.echo(f"    {value['error']}")
+            elif isinstance(value, dict) and set(value) <= {"ok", "stopped", "revoked"}:
+                typer.echo(f"    {value.get('ok', '')}")
+            elif isinstance(value, list):
+                if not value:
+                    typer.echo("    - empty -")
+                for item in value:
+                    typer.echo(f"    * {json.dumps(item, default=repr)}")
+            else:
+                typer.echo(
+                    f"    {json.dumps(value, default=repr, indent=2)}".replace("\n", "\n    ")
+                )
+        n = len(replies)
+        typer.echo(f"\n{n} node{'' if n == 1 else 's'} online.")
+    if not replies:
+        if not as_json:
+            typer.echo("aqueue: error: no worker replied in time", err=True)
+        raise typer.Exit(EXIT_ERROR)
+
+
+@cli.command()
+def inspect(
+    ctx: typer.Context,
+    command: Annotated[str, typer.Argument(help=f"One of: {', '.join(INSPECT_COMMANDS)}.")],
+    items: Annotated[
+        list[str] | None,
+        typer.Argument(help="registered: task attributes to show (e.g. rate_limit)."),
+    ] = None,
+    app_option: AppOpt = None,
+    destination: DestinationOpt = None,
+    timeout: TimeoutOpt = 1.0,
+    include_defaults: Annotated[
+        bool, typer.Option("--include-defaults", help="conf: every setting, not only those set.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask running workers (Celery's inspect): ping, active, reserved, scheduled,
+    registered, stats, active_queues, conf, revoked. Exit status 1 when none replied."""
+    with _errors():
+        if command not in INSPECT_COMMANDS:
+            raise CLIError(
+                f"unknown inspect command {command!r}; one of: {', '.join(INSPECT_COMMANDS)}"
+            )
+        the_app = _fleet_app(ctx, app_option)
+        dest = _comma_list(destination) or None
+
+        async def main() -> dict[str, Any]:
+            inspector = the_app.control.inspect(dest, timeout=timeout)
+            if command == "registered":
+                return await inspector.registered(*(items or ()))
+            if command == "conf":
+                return await inspector.conf(with_defaults=include_defaults)
+            reader: Callable[[], Coroutine[Any, Any, dict[str, Any]]] = getattr(inspector, command)
+            return await reader()
+
+        replies = _connected(the_app, main)
+    _print_replies(replies, as_json)
+
+
+#: ``aqueue control`` commands: (positional argument names, required count, help)
+_CONTROL_COMMANDS: dict[str, tuple[tuple[str, ...], int, str]] = {
+    "revoke": (("task_id...",), 1, "revoke TASK_ID... [--terminate]"),
+    "revoke_by_name": (("pattern",), 1, "revoke_by_name PATTERN [--terminate] (a glob)"),
+    "rate_limit": (("task_name", "rate_limit"), 2, "rate_limit TASK RATE (10/m; 0: none)"),
+    "time_limit": (("task_name", "soft", "hard"), 2, "time_limit TASK SOFT [HARD] (seconds)"),
+    "add_consumer": (("queue",), 1, "add_consumer QUEUE"),
+    "cancel_consumer": (("queue",), 1, "cancel_consumer QUEUE"),
+    "shutdown": ((), 0, "shutdown"),
+    "pool_grow": (("n",), 0, "pool_grow [N]"),
+    "pool_shrink": (("n",), 0, "pool_shrink [N]"),
+    "enable_events": ((), 0, "enable_events"),
+    "disable_events": ((), 0, "disable_events"),
+}
+
+
+def _seconds_or_none(text: str, what: str) -> float | None:
+    if text.lower() in ("none", "0", ""):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise CLIError(f"{what} must be seconds (or none), got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise CLIError(f"{what} must be positive seconds, got {text!r}")
+    return value
+
+
+def _control_arguments(command: str, args: list[str]) -> dict[str, Any]:
+    """A control command's positional arguments as the worker's handler takes them."""
+    names, required, usage = _CONTROL_COMMANDS[command]
+    variadic = bool(names) and names[0].endswith("...")
+    if len(args) < required or (not variadic and len(args) > len(names)):
+        raise CLIError(f"usage: aqueue control {usage}")
+    if command == "revoke":
+        return {"task_id": args}
+    if command == "time_limit":
+        soft = _seconds_or_none(args[1], "soft")
+        hard = _seconds_or_none(args[2], "hard") if len(args) > 2 else None
+        return {"task_name": args[0], "soft": soft, "hard": hard}
+    if command in ("pool_grow", "pool_shrink"):
+        try:
+            n = int(args[0]) if args else 1
+        except ValueError:
+            raise CLIError(f"usage: aqueue control {usage} (N a whole number)") from None
+        if n < 1:
+            raise CLIError(f"N must be at least 1, got {n}")
+        return {"n": n}
+    return dict(zip(names, args, strict=False))
+
+
+@cli.command()
+def control(
+    ctx: typer.Context,
+    command: Annotated[str, typer.Argument(help=f"One of: {', '.join(_CONTROL_COMMANDS)}.")],
+    args: Annotated[list[str] | None, typer.Argument(help="The command's arguments.")] = None,
+    app_option: AppOpt = None,
+    destination: DestinationOpt = None,
+    timeout: TimeoutOpt = 1.0,
+    terminate: Annotated[
+        bool, typer.Option("--terminate", help="revoke: also stop running tasks.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Steer running workers (Celery's control): revoke, revoke_by_name, rate_limit,
+    time_limit, add_consumer, cancel_consumer, shutdown, pool_grow, pool_shrink,
+    enable_events, disable_events. Exit status 1 when no worker replied."""
+    with _errors():
+        if command not in _CONTROL_COMMANDS:
+            raise CLIError(
+                f"unknown control command {command!r}; one of: {', '.join(_CONTROL_COMMANDS)}"
+            )
+        arguments = _control_arguments(command, list(args or ()))
+        if command in ("revoke", "revoke_by_name"):
+            arguments["terminate"] = terminate
+        elif terminate:
+            raise CLIError("--terminate goes with revoke and revoke_by_name")
+        the_app = _fleet_app(ctx, app_option)
+        dest = _comma_list(destination) or None
+
+        async def main() -> list[dict[str, Any]]:
+            control = the_app.control
+            if command == "revoke":  # stored first: it holds for tasks still queued
+                await control.store_revocations(arguments["task_id"], terminate=terminate)
+            elif command == "rate_limit":  # a bad rate is refused here, not by each worker
+                rate = arguments["rate_limit"]
+                if rate not in ("0", ""):
+                    parse_rate(rate if "/" in rate else f"{rate}/s")
+            return await control.broadcast(
+                command, arguments, destination=dest, reply=True, timeout=timeout
+            )
+
+        replies = _connected(the_app, main)
+    merged: dict[str, Any] = {}
+    for one in replies:
+        merged.update(one)
+    _print_replies(merged, as_json)
 
 
 # `aqueue beat ...`: the scheduler and its entries (aqueue/beat/cli.py)

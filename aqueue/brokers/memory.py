@@ -331,6 +331,18 @@ class MemoryBroker:
         with self._store.lock:
             return sum(1 for e in self._store.entries.values() if e.queue == queue)
 
+    async def scheduled(self, queue: str, limit: int) -> list[tuple[float, bytes]]:
+        """Messages of ``queue`` waiting for their ETA (``ListsScheduled``)."""
+        now = time.time()
+        with self._store.lock:
+            waiting = [
+                (e.due, e.body)
+                for e in self._store.entries.values()
+                if e.queue == queue and e.lease_until is None and e.due > now
+            ]
+        waiting.sort(key=lambda item: item[0])
+        return waiting[:limit]
+
     async def count_ids(self, queue: str, suffix: str) -> int:
         """Messages of ``queue`` whose id ends with ``suffix`` (``CountsIds``)."""
         with self._store.lock:

@@ -87,6 +87,11 @@ _CLAIM = (
     " WHERE queue = ? AND lease_until = 0 ORDER BY priority DESC, due LIMIT ?)"
     " RETURNING id, body, deliveries, token, priority, due"
 )
+#: delayed rows (no owner) not yet due, by due time: ``inspect scheduled``
+_SCHEDULED = (
+    "SELECT lease_until, body FROM aq_messages WHERE queue = ? AND lease_until > ?"
+    " AND owner IS NULL ORDER BY lease_until LIMIT ?"
+)
 _NEXT_TIMED = "SELECT MIN(lease_until) FROM aq_messages WHERE queue = ? AND lease_until > 0"
 _ANY_READY = "SELECT 1 FROM aq_messages WHERE queue = ? AND lease_until = 0 LIMIT 1"
 _ACK = "DELETE FROM aq_messages WHERE id = ? AND token = ?"
@@ -438,6 +443,13 @@ class SQLiteBroker:
             lambda conn: conn.execute(_SIZE, (queue, queue)).fetchone()[0]
         )
         return count
+
+    async def scheduled(self, queue: str, limit: int) -> list[tuple[float, bytes]]:
+        """Messages of ``queue`` waiting for their ETA, soonest first (``ListsScheduled``)."""
+        rows: list[tuple[float, bytes]] = await self._store.read(
+            lambda conn: conn.execute(_SCHEDULED, (queue, time.time(), limit)).fetchall()
+        )
+        return [(float(due), bytes(body)) for due, body in rows]
 
     async def count_ids(self, queue: str, suffix: str) -> int:
         """Messages of ``queue`` whose id ends with ``suffix`` (``CountsIds``)."""

@@ -76,6 +76,12 @@ class Settings:
     worker_heartbeat_interval: float = 1.0
     #: seconds without a heartbeat after which a worker is lost and its tasks handed back
     worker_lost_timeout: float = 3.0
+    #: workers read remote-control commands (``aqueue inspect``, ``aqueue control``,
+    #: ``app.control``) from the broker's control topic; False: they do not listen
+    worker_enable_remote_control: bool = True
+    #: ``inspect active`` / ``reserved`` / ``scheduled`` show tasks' arguments (reprs,
+    #: truncated); off by default: arguments may hold personal data
+    worker_inspect_arguments: bool = False
     #: claims of one message (counting crashes) before it is dead-lettered
     max_deliveries: int = 5
     #: seconds a stopping worker waits for running tasks before handing them back
@@ -378,10 +384,6 @@ CELERY_NOT_NEEDED: dict[str, str] = {
 CELERY_NOT_YET: dict[str, str] = {
     "worker_send_task_events": "aqueue emits no monitoring events yet: nothing is sent",
     "task_send_sent_event": "aqueue emits no monitoring events yet: nothing is sent",
-    "worker_enable_remote_control": (
-        "aqueue has no remote control yet (only app.control.revoke and the dead-letter "
-        "commands): nothing listens"
-    ),
 }
 
 #: Celery settings whose effect aqueue cannot give: refused, naming what to do instead

@@ -107,6 +107,10 @@ class Executor:
         self.revoked = 0
         #: redelivered messages whose task had already finished (acked, not run again)
         self.duplicates = 0
+        #: tasks received, by name (``inspect stats``' ``total``)
+        self.counts: dict[str, int] = {}
+        #: the jobs running now (admitted past rate and concurrency limits), by task id
+        self.jobs: dict[str, Job] = {}
         backend = app.backend
         self._observe = backend.observe if isinstance(backend, RoutesResults) else None
         #: store each task's arguments in its records (``result_extended``)
@@ -148,6 +152,8 @@ class Executor:
             return
         if log.isEnabledFor(logging.INFO):
             log.info("Task %s[%s] received", msg.task, msg.id)
+        counts = self.counts
+        counts[msg.task] = counts.get(msg.task, 0) + 1
         job = Job(delivery, msg, task, attempt, fmt)
         if prior is not None and await self._settled_before(job, prior):
             return
@@ -190,9 +196,11 @@ class Executor:
                 return
             job.slot = key
             self.slots_held[msg.id] = (key, holder)
+        self.jobs[msg.id] = job
         try:
             await self._run(job)
         finally:
+            self.jobs.pop(msg.id, None)
             if job.slot is not None:
                 self.slots_held.pop(msg.id, None)
                 await self.throttle.release_slot(job.slot, msg.id)
@@ -506,20 +514,31 @@ class Executor:
         if acks_late:
             await job.delivery.ack()
 
-    async def terminated(self, delivery: Delivery) -> None:
-        """Settle a running delivery that was revoked with ``terminate=True``."""
+    async def terminated(self, delivery: Delivery, *, started: bool = True) -> None:
+        """Settle a delivery stopped by a revocation: running (revoked with
+        ``terminate=True``) or held and not yet started (``started=False``)."""
         self.revoked += 1
-        log.warning("Task %s terminated by revoke", delivery.id)
+        if started:
+            log.warning("Task %s terminated by revoke", delivery.id)
+        else:
+            log.info("Task %s revoked before it started: not run", delivery.id)
         try:
             msg = decode_message(delivery.body, self.conf.max_message_bytes)
         except DecodeError:
             pass
         else:
             await self._continue_failure(
-                msg, ErrorInfo(type="TaskRevoked", message="terminated", reason="revoked")
+                msg,
+                ErrorInfo(
+                    type="TaskRevoked",
+                    message="terminated" if started else "revoked",
+                    reason="revoked",
+                ),
             )
         await delivery.ack()
-        await signals.task_revoked.send(None, task_id=delivery.id, terminated=True, expired=False)
+        await signals.task_revoked.send(
+            None, task_id=delivery.id, terminated=started, expired=False
+        )
 
     # -- refusals -----------------------------------------------------------------------
     #

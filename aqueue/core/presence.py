@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from ..__about__ import __version__
 from .protocols import (
     Broker,
@@ -115,6 +117,8 @@ class Presence:
         self._thread: threading.Thread | None = None
         #: workers this one found lost (their leases handed back)
         self.reaped: list[str] = []
+        self._beats = 0
+        self._beaten = threading.Condition()
 
     def start(self) -> None:
         """Register (one beat, so the worker is listed before it claims) and start beating."""
@@ -125,6 +129,19 @@ class Presence:
     def nudge(self) -> None:
         """Leases were just claimed: beat soon, so a kill now does not strand them."""
         self._wake.set()
+
+    def update(self, *, queues: tuple[str, ...], concurrency: int) -> None:
+        """The worker's queues or concurrency changed (remote control): beat soon, and
+        return once a beat listed them (or after two intervals). Blocking."""
+        self.info = msgspec.structs.replace(self.info, queues=queues, concurrency=concurrency)
+        with self._beaten:
+            # a beat under way may have read the old info: the one after it lists the new
+            target = self._beats + 2
+            self._wake.set()
+            self._beaten.wait_for(
+                lambda: self._beats >= target or self._stop.is_set(),
+                timeout=2 * self.interval + _MIN_GAP,
+            )
 
     def stop(self) -> None:
         """Stop beating and leave the registry (a graceful stop). Blocking."""
@@ -158,6 +175,10 @@ class Presence:
         except Exception as exc:
             log.warning("heartbeat failed (%s: %s)", type(exc).__name__, exc)
             return
+        finally:
+            with self._beaten:
+                self._beats += 1
+                self._beaten.notify_all()
         if self._renew is None:
             return
         held = {(lease.id, lease.token) for lease in leases}

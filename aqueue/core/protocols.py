@@ -449,6 +449,24 @@ class KeepsTopics(Protocol):
 
 
 @runtime_checkable
+class ListsScheduled(Protocol):
+    """Optional broker capability: it can read the messages waiting for their ETA."""
+
+    async def scheduled(self, queue: str, limit: int) -> list[tuple[float, bytes]]:
+        """Up to ``limit`` messages of ``queue`` whose ETA is ahead, soonest first, as
+        ``(eta, body)``; reading takes nothing."""
+
+
+@runtime_checkable
+class StopsConsuming(Protocol):
+    """Optional broker capability: a broker that buffers deliveries ahead of claims
+    (RabbitMQ's consumers) stops that for a queue a worker no longer consumes."""
+
+    async def stop_consuming(self, queue: str) -> None:
+        """Stop receiving from ``queue`` and hand back what was received but not claimed."""
+
+
+@runtime_checkable
 class RoutesResults(Protocol):
     """Optional backend capability: results are pushed to the process that sent the task.
 

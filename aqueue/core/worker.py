@@ -24,15 +24,17 @@ import os
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from . import signals, states
-from .errors import ConfigurationError
+from .errors import ConfigurationError, DecodeError
 from .execution import Executor, is_terminate
-from .message import decode_result
+from .message import MessageIn, decode_message, decode_result
 from .offload import ProcessPool, set_current_pool
 from .offload_child import rss_kib
 from .presence import Presence, new_worker_id, pick_registry, worker_info
@@ -40,12 +42,17 @@ from .protocols import (
     Broker,
     ClaimsRecords,
     Delivery,
+    KeepsTopics,
     KeepsWorkers,
     Lease,
+    ListsScheduled,
     RoutesByExchange,
     SharedThrottle,
+    StopsConsuming,
 )
+from .remote import ControlError, Mailbox
 from .routing import router_of
+from .serialization import SerializerName, decode, format_of
 from .urls import redact
 
 if TYPE_CHECKING:
@@ -57,6 +64,9 @@ _CLAIM_WAIT = 5.0  # seconds an idle claim blocks before the loop looks around a
 _ERROR_BACKOFF = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 _TERMINATE_CHECK = 1.0  # seconds between checks for running tasks revoked with terminate
 _MEMORY_CHECK = 1.0  # seconds between checks of the resident memory (max_memory_per_child)
+_REVOKED_KEPT = 50_000  # revoked ids a worker remembers (``inspect revoked``; Celery's)
+_SCHEDULED_LISTED = 1000  # ETA messages ``inspect scheduled`` lists per queue
+_ARGUMENTS_SHOWN = 1024  # characters of a task's arguments ``inspect`` shows
 
 
 def expand_hostname(pattern: str) -> str:
@@ -185,6 +195,16 @@ class Worker:
         # whether claimed deliveries carry their stored records (``prior``), read by the
         # claim itself, so no separate lookup per batch is needed
         self._records_inline = False
+        #: unix time it started
+        self.started_at = 0.0
+        #: task ids this worker was told were revoked (newest last, bounded)
+        self.revoked_ids: dict[str, None] = {}
+        self._mailbox: Mailbox | None = None
+        # permits taken out of _slots by pool_shrink (tasks that hold one each)
+        self._shrinking: list[asyncio.Task[bool]] = []
+        self._prefetch_explicit = bool(prefetch or conf.worker_prefetch)
+        #: whether task events are sent (``-E``; ``control enable_events``)
+        self.send_events = False
 
     def __repr__(self) -> str:
         return f"<Worker {self.hostname} queues={','.join(self.queues)}>"
@@ -216,6 +236,7 @@ class Worker:
         await self.app.connect()
         self.app.import_includes()
         self._check_queues()
+        self.started_at = time.time()
         broker = self.app.broker
         if isinstance(broker, RoutesByExchange):
             await broker.declare_queues(self.queues)  # bound (broadcasts kept) from now on
@@ -279,6 +300,9 @@ class Worker:
             self._memory_watch = asyncio.create_task(
                 self._watch_memory(self.max_memory_per_child), name="aqueue-memory"
             )
+        if self.app.conf.worker_enable_remote_control and isinstance(broker, KeepsTopics):
+            self._mailbox = Mailbox(self, broker.topics)
+            await self._mailbox.start()
         await signals.worker_ready.send(self)
 
     def _check_queues(self) -> None:
@@ -342,6 +366,9 @@ class Worker:
         self._stop_begun = True
         self._stopping.set()
         self._room.set()
+        mailbox, self._mailbox = self._mailbox, None
+        if mailbox is not None:
+            await mailbox.stop()
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             consumer.cancel()  # claims are cancel-safe: what a cancelled claim took goes back
@@ -542,7 +569,7 @@ class Worker:
         except asyncio.CancelledError:
             if delivery.id in self._terminated:
                 self._terminated.discard(delivery.id)
-                await asyncio.shield(self.executor.terminated(delivery))
+                await asyncio.shield(self.executor.terminated(delivery, started=started))
             elif started:
                 await asyncio.shield(self._hand_back(delivery, executed=True))
             raise
@@ -680,6 +707,215 @@ class Worker:
                 "could not hand back %s (%s); it returns when its lease expires", delivery.id, exc
             )
 
+    # -- remote control (aqueue/core/remote.py runs these for the fleet's commands) ------
+
+    def running_ids(self) -> set[str]:
+        """Ids of the tasks running now (admitted past their rate and concurrency limits)."""
+        return set(self.executor.jobs)
+
+    def held_ids(self) -> list[str]:
+        """Ids of every delivery held: running, and claimed but waiting for a slot."""
+        with self._held_lock:
+            return list(self._held)
+
+    def _message(self, delivery: Delivery) -> MessageIn | None:
+        try:
+            return decode_message(delivery.body, self.app.conf.max_message_bytes)
+        except DecodeError:
+            return None
+
+    def describe_tasks(self, *, active: bool) -> list[dict[str, Any]]:
+        """Running tasks (``active``) or held ones waiting to run, as ``inspect`` shows them
+        (Celery's fields); arguments only with ``worker_inspect_arguments``."""
+        jobs = self.executor.jobs
+        out: list[dict[str, Any]] = []
+        if active:
+            for job in list(jobs.values()):
+                info = self._task_info(job.msg, job.delivery.body, started=job.started or None)
+                info["acknowledged"] = True
+                info["delivery_info"]["redelivered"] = job.delivery.delivery_count > 1
+                out.append(info)
+            return out
+        with self._held_lock:
+            waiting = [d for tid, d in self._held.items() if tid not in jobs]
+        for delivery in waiting:
+            msg = self._message(delivery)
+            if msg is not None:
+                info = self._task_info(msg, delivery.body, started=None)
+                info["delivery_info"]["redelivered"] = delivery.delivery_count > 1
+                out.append(info)
+        return out
+
+    def _task_info(self, msg: MessageIn, body: bytes, *, started: float | None) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "id": msg.id,
+            "name": msg.task,
+            "type": msg.task,
+            "hostname": self.hostname,
+            "time_start": started,
+            "acknowledged": False,
+            "worker_pid": os.getpid(),
+            "queue": msg.queue,
+            "eta": msg.eta,
+            "expires": msg.expires,
+            "retries": msg.retries,
+            "priority": msg.priority,
+            "root_id": msg.root_id or msg.id,
+            "parent_id": msg.parent_id,
+            "delivery_info": {
+                "exchange": msg.exchange,
+                "routing_key": msg.routing_key or msg.queue,
+                "priority": msg.priority,
+                "redelivered": False,
+            },
+            "args": None,
+            "kwargs": None,
+        }
+        if self.app.conf.worker_inspect_arguments:
+            fmt = format_of(body)
+            info["args"] = _shown(msg.args, fmt)
+            info["kwargs"] = _shown(msg.kwargs, fmt)
+        return info
+
+    async def describe_scheduled(self) -> list[dict[str, Any]]:
+        """Messages with a future ETA in this worker's queues (``inspect scheduled``).
+
+        They wait on the broker, not in a worker (so a ``kill -9`` loses none): every
+        worker consuming a queue lists that queue's. A broker that cannot read them
+        without taking them (RabbitMQ's delay queues) lists none.
+        """
+        broker = self.app.broker
+        if not isinstance(broker, ListsScheduled):
+            return []
+        out: list[dict[str, Any]] = []
+        for queue in list(self.queues):
+            for eta, body in await broker.scheduled(queue, _SCHEDULED_LISTED):
+                try:
+                    msg = decode_message(body, self.app.conf.max_message_bytes)
+                except DecodeError:
+                    continue
+                out.append(
+                    {
+                        "eta": eta,
+                        "priority": msg.priority,
+                        "request": self._task_info(msg, body, started=None),
+                    }
+                )
+        return out
+
+    def held_matching(self, match: Callable[[str], bool]) -> list[str]:
+        """Ids of held deliveries whose task name ``match`` accepts."""
+        with self._held_lock:
+            held = list(self._held.values())
+        ids = []
+        for delivery in held:
+            msg = self._message(delivery)
+            if msg is not None and match(msg.task):
+                ids.append(delivery.id)
+        return ids
+
+    def revoke_held(self, ids: Sequence[str], *, terminate: bool) -> list[str]:
+        """Note ``ids`` as revoked; stop those held here that wait for a slot, and those
+        running when ``terminate``. Returns the ids stopped."""
+        stopped = []
+        running = self.executor.jobs
+        for tid in ids:
+            self.revoked_ids.pop(tid, None)
+            self.revoked_ids[tid] = None
+            handler = self._handlers.get(tid)
+            if handler is None or handler.done():
+                continue
+            if tid in running and not terminate:
+                continue
+            self._terminated.add(tid)
+            handler.cancel()
+            stopped.append(tid)
+        while len(self.revoked_ids) > _REVOKED_KEPT:
+            del self.revoked_ids[next(iter(self.revoked_ids))]
+        return stopped
+
+    async def _queues_changed(self) -> None:
+        """Claim with the new queue list at once; return once the registry lists it."""
+        claim = self._claim_in_flight
+        if claim is not None and not claim.done():
+            claim.cancel()  # cancel-safe: what it took goes back; the loop claims again
+        await self.listed()
+
+    async def listed(self) -> None:
+        """Wait until the registry lists the worker's queues and concurrency as they are."""
+        if self.presence is not None:
+            await asyncio.to_thread(
+                self.presence.update, queues=tuple(self.queues), concurrency=self.concurrency
+            )
+
+    async def consume(self, queue: str) -> bool:
+        """Start consuming ``queue`` too (``control add_consumer``); ``False`` if it did."""
+        if queue in self.queues:
+            return False
+        router = self.app.router()
+        if not router.create_missing and queue not in router.queues:
+            raise ControlError(
+                f"queue {queue!r} is not in task_queues and task_create_missing_queues is False"
+            )
+        spec = router.queues.get(queue)
+        if spec is not None and spec.broadcast and not self.app.routes_by_exchange:
+            raise ControlError(f"broadcast queue {queue!r} needs RabbitMQ")
+        broker = self.app.broker
+        if isinstance(broker, RoutesByExchange):
+            await broker.declare_queues([queue])
+        self.queues.append(queue)
+        log.warning("worker %s now consumes queue %s too", self.hostname, queue)
+        await self._queues_changed()
+        return True
+
+    async def cancel_consume(self, queue: str) -> bool:
+        """Stop consuming ``queue`` (``control cancel_consumer``); ``False`` if it did not.
+        What was claimed from it runs; a broker that buffers (RabbitMQ) hands back the rest.
+        """
+        if queue not in self.queues:
+            return False
+        if self.queues == [queue]:
+            raise ControlError(f"{queue!r} is the only queue this worker consumes")
+        self.queues.remove(queue)
+        log.warning("worker %s no longer consumes queue %s", self.hostname, queue)
+        await self._queues_changed()
+        broker = self.app.broker
+        if isinstance(broker, StopsConsuming):
+            await broker.stop_consuming(queue)
+        return True
+
+    def resize(self, size: int) -> int:
+        """Run up to ``size`` tasks at once (``control pool_grow`` / ``pool_shrink``).
+
+        Growing frees slots at once; shrinking takes slots as running tasks end (none is
+        stopped). The prefetch follows unless it was given explicitly.
+        """
+        if size < 1:
+            raise ControlError(f"the pool cannot shrink below 1 (asked for {size})")
+        delta = size - self.concurrency
+        self.concurrency = size
+        while delta > 0 and self._shrinking:  # undo a pending shrink first
+            taker = self._shrinking.pop()
+            if taker.done() and not taker.cancelled():
+                self._slots.release()  # it holds a slot: give it back
+            else:
+                taker.cancel()
+            delta -= 1
+        for _ in range(delta):
+            self._slots.release()
+        for _ in range(-delta):
+            self._shrinking.append(asyncio.create_task(self._slots.acquire()))
+        if not self._prefetch_explicit:
+            self.prefetch = size * self.app.conf.worker_prefetch_multiplier
+        self.prefetch = max(self.prefetch, size)
+        self._room.set()
+        log.warning("worker %s pool resized to %d", self.hostname, size)
+        return size
+
+    def set_events(self, on: bool) -> None:
+        """Send task events or stop (``control enable_events`` / ``disable_events``)."""
+        self.send_events = on
+
     # -- leases -------------------------------------------------------------------------
 
     def _held_leases(self) -> list[Lease]:
@@ -717,3 +953,12 @@ class Worker:
             elapsed = time.monotonic() - t0
             if elapsed > interval:
                 log.warning("lease renewal took %.1fs, longer than its interval", elapsed)
+
+
+def _shown(raw: msgspec.Raw, fmt: SerializerName) -> str:
+    """Encoded arguments as ``inspect`` shows them: a repr, cut at ``_ARGUMENTS_SHOWN``."""
+    try:
+        text = repr(decode(raw, Any, fmt)) if len(raw) else ""
+    except Exception:
+        text = "<undecodable>"
+    return text if len(text) <= _ARGUMENTS_SHOWN else text[: _ARGUMENTS_SHOWN - 3] + "..."

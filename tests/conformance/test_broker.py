@@ -247,3 +247,23 @@ async def test_count_ids_by_suffix_where_offered(broker: Broker) -> None:
     assert await broker.count_ids("q", "*deadline") == 1
     assert await broker.count_ids("other", ".deadline") == 1
     assert await broker.count_ids("empty", ".deadline") == 0
+
+
+async def test_scheduled_lists_eta_messages_without_taking_them(broker: Broker) -> None:
+    from aqueue.core.protocols import ListsScheduled
+
+    if not isinstance(broker, ListsScheduled):
+        pytest.skip(f"{type(broker).__name__} cannot read delayed messages without taking them")
+    now = time.time()
+    later, sooner, ready = (
+        msg(eta=now + 300),
+        msg(eta=now + 100),
+        msg(),
+    )
+    await broker.publish([later, sooner, ready])
+    listed = await broker.scheduled("q", 10)
+    assert [body for _, body in listed] == [sooner.body, later.body]
+    assert abs(listed[0][0] - (now + 100)) < 2 and abs(listed[1][0] - (now + 300)) < 2
+    assert [body for _, body in await broker.scheduled("q", 1)] == [sooner.body]
+    assert await broker.size("q") == 3  # nothing taken
+    assert await broker.scheduled("other", 10) == []

@@ -258,6 +258,12 @@ class RabbitMQBroker:
         await self.connect()
         return await self.consumers.claim(queues, limit, timeout)
 
+    async def stop_consuming(self, queue: str) -> None:
+        """Stop the consumer of ``queue``; what it buffered goes back uncounted
+        (``StopsConsuming``: a worker's ``cancel_consumer``)."""
+        self.topology.check(queue)
+        await self.consumers.stop_consuming(queue)
+
     def renew(self, leases: Sequence[Lease], lease_seconds: float) -> list[Lease]:
         """Nothing to extend (the connection is the lease): returns the leases whose channel
         died or that were settled. Thread-safe, no I/O."""

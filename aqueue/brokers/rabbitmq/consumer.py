@@ -677,6 +677,26 @@ class Consumers:
                 await self._return_uncounted(pending)
                 log.info("not claiming: handed back %d buffered message(s)", len(pending))
 
+    async def stop_consuming(self, queue: str) -> None:
+        """Cancel the consumer of ``queue`` and hand back (uncounted) what it buffered: a
+        worker stopped consuming it (``control cancel_consumer``). Claimed deliveries of it
+        stay held until settled."""
+        async with self._lock:  # not while a claim starts consumers
+            consumer = self.consumers.get(queue)
+            if consumer is None:
+                return
+            try:
+                await self._quiesce([consumer])
+            except (*AMQP_ERRORS, BrokerError, TimeoutError) as exc:
+                log.debug("waiting for deliveries on their way failed: %s", type(exc).__name__)
+            if not await self._cancel_consumers([consumer], "stopping"):
+                return
+            # after cancel-ok nothing more arrives for it (the channel's frames are in order)
+            pending = [p for _, _, p in self.buffers.pop(queue, [])]
+            if pending:
+                await self._return_uncounted(pending)
+                log.info("stopped consuming %s: handed back %d message(s)", queue, len(pending))
+
     async def _quiesce(self, consumers: Sequence[Consumer]) -> None:
         """Before cancelling consumers, let the deliveries already on their way arrive.
 

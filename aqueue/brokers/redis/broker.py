@@ -496,6 +496,28 @@ class RedisBroker:
         )
         return int(n)
 
+    async def scheduled(self, queue: str, limit: int) -> list[tuple[float, bytes]]:
+        """Messages of ``queue`` waiting for their ETA, soonest first (``ListsScheduled``):
+        the delayed set and the bodies of its first ``limit`` ids (two reads; a message
+        that left the set in between is skipped)."""
+        keys = self._queue_keys(queue)
+        client = await self._link.get()
+
+        async def read() -> list[tuple[float, bytes]]:
+            pairs = await command(client, "ZRANGE", keys.delayed, 0, limit - 1, "WITHSCORES")
+            if pairs and not isinstance(pairs[0], tuple | list):  # raw replies alternate
+                pairs = list(zip(pairs[::2], pairs[1::2], strict=True))
+            if not pairs:
+                return []
+            bodies = await command(client, "HMGET", keys.body, *[member for member, _ in pairs])
+            return [
+                (float(score), bytes(body))
+                for (_, score), body in zip(pairs, bodies, strict=True)
+                if body is not None
+            ]
+
+        return await guarded(self._settings, "scheduled", read, error=BrokerError)
+
     async def count_ids(self, queue: str, suffix: str) -> int:
         """Messages of ``queue`` whose id ends with ``suffix`` (``CountsIds``).
 
