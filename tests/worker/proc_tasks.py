@@ -56,3 +56,13 @@ async def healthy(n: int) -> int:
 async def poison() -> None:
     _mark("poison", "1")
     os._exit(1)  # kills the worker process on every attempt
+
+
+@app.task(bind=True)
+async def hold(self: Task[[str], str], key: str) -> str:
+    """Runs until the test creates ``release-<key>`` (or the task is terminated)."""
+    _mark(f"started-{key}", self.request.id)
+    release = Path(os.environ["AQUEUE_TEST_DIR"], f"release-{key}")
+    while not release.exists():
+        await asyncio.sleep(0.02)
+    return key
