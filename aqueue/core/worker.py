@@ -385,6 +385,8 @@ class Worker:
                 for t in pending:
                     t.cancel()
                 await asyncio.wait(pending)
+        for taker in self._shrinking:  # pending pool_shrink permits: nothing to wait for
+            taker.cancel()
         for watcher in (self._watchdog, self._memory_watch):
             if watcher is not None and watcher is not asyncio.current_task():
                 watcher.cancel()
