@@ -55,7 +55,9 @@ async def test_a_topic_is_one_capped_stream_and_a_reply_topic_expires(
     await broker.topics.publish(reply, [b"r"], cap=10)
     control = f"{prefix}:{{topic:control}}"
     assert server.type(control) == b"stream"
-    assert [fields for _, fields in server.xrange(control)] == [{b"b": b"b"}, {b"b": b"c"}]
+    entries = server.xrange(control)
+    assert entries is not None
+    assert [fields for _, fields in entries] == [{b"b": b"b"}, {b"b": b"c"}]
     assert server.ttl(control) == -1  # kept: only capped
     assert 0 < server.ttl(f"{prefix}:{{topic:{reply}}}") <= 60
 
