@@ -99,6 +99,8 @@ class RabbitMQTopics:
         self._pub: aiormq.abc.AbstractChannel | None = None
         self._pub_lock = asyncio.Lock()
         self._open: set[RabbitMQSubscription] = set()
+        # what this made Channels.declared hold (declared once per connection)
+        self._marks: set[str] = set()
 
     # -- names ------------------------------------------------------------------------
 
@@ -118,6 +120,7 @@ class RabbitMQTopics:
 
     async def _ensure_exchange(self, topic: str) -> None:
         await self._channels.ensure_exchange(Exchange(f"topic.{topic}", "fanout"))
+        self._marks.add(f"exchange:{self.exchange(topic)}")
 
     async def _ensure_stream(self, topic: str, cap: int) -> None:
         name = self.stream(topic)
@@ -133,6 +136,7 @@ class RabbitMQTopics:
         queue = await channel.get_queue(name, ensure=False)
         await queue.bind(self.exchange(topic), "")
         self._channels.declared.add(mark)
+        self._marks.add(mark)
 
     async def _publisher(self) -> aiormq.abc.AbstractChannel:
         channel = self._pub
@@ -141,6 +145,10 @@ class RabbitMQTopics:
         async with self._pub_lock:
             channel = self._pub
             if channel is None or channel.is_closed:
+                if channel is not None:
+                    # RabbitMQ closes a channel that published to a missing exchange (one
+                    # deleted by hand): declare ours again
+                    self._channels.declared.difference_update(self._marks)
                 conn = await self._channels.connection()
                 channel = self._pub = await aiormq_hooks.consuming_channel(conn)
             return channel
@@ -229,6 +237,10 @@ class RabbitMQTopics:
             except (TimeoutError, *AMQP_ERRORS):
                 pass  # the connection closes next anyway
 
+    def scrub(self, exc: BaseException) -> str:
+        """An exception as text, without the password."""
+        return self._channels.scrub(exc)
+
     def _closed(self, sub: RabbitMQSubscription) -> None:
         self._open.discard(sub)
 
@@ -256,7 +268,7 @@ class RabbitMQSubscription:
             start = max(0.0, since - _CLOCK_MARGIN)
             self._offset = datetime.datetime.fromtimestamp(int(start), datetime.UTC)
         self._channel: aiormq.abc.AbstractChannel | None = None
-        self._buffer: deque[tuple[int, bytes | None]] = deque()
+        self._buffer: deque[tuple[int | None, bytes | None]] = deque()
         self._arrived = asyncio.Event()
         self._closed = False
 
@@ -318,23 +330,25 @@ class RabbitMQSubscription:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
         while not self._closed:
-            channel = self._channel
-            if channel is None or channel.is_closed:
-                channel = await self._reopen()
+            self._arrived.clear()  # before looking: what arrives from now on sets it
             if self._buffer:
                 bodies, last = self._take()
-                if last is not None and not channel.is_closed:
+                channel = self._channel
+                if last is not None and channel is not None and not channel.is_closed:
                     try:
                         await channel.basic_ack(last, multiple=True)
                     except AMQP_ERRORS:
                         pass  # the channel died: its unacked deliveries are moot
                 if bodies:
                     return bodies
+            channel = self._channel
+            if channel is None or channel.is_closed:
+                await self._reopen()
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return []
-            self._arrived.clear()
             try:
+                # in rounds of a second at most, so a dead channel is noticed
                 async with asyncio.timeout(min(remaining, 1.0)):
                     await self._arrived.wait()
             except TimeoutError:
@@ -346,23 +360,26 @@ class RabbitMQSubscription:
         bodies: list[bytes] = []
         last: int | None = None
         while self._buffer:
-            last, body = self._buffer.popleft()
+            tag, body = self._buffer.popleft()
+            if tag is not None:
+                last = tag
             if body is not None:
                 bodies.append(body)
         return bodies, last
 
-    async def _reopen(self) -> aiormq.abc.AbstractChannel:
-        """A new channel (the old one or the connection died); its deliveries are gone."""
-        self._buffer.clear()
+    async def _reopen(self) -> None:
+        """Consume on a new channel (the old one, or the connection, died). What the old
+        one delivered is still handed out, never acknowledged (its tags died with it)."""
+        self._buffer = deque((None, body) for _, body in self._buffer if body is not None)
         try:
             async with asyncio.timeout(self._topics._timeout):
                 await self.start()
         except TimeoutError:
             raise BrokerError(f"re-subscribing to topic {self._topic!r} timed out") from None
         except (AqueueError, *AMQP_ERRORS) as exc:
-            raise BrokerError(f"re-subscribing to topic {self._topic!r} failed: {exc}") from None
-        assert self._channel is not None
-        return self._channel
+            raise BrokerError(
+                f"re-subscribing to topic {self._topic!r} failed: {self._topics.scrub(exc)}"
+            ) from None
 
     async def close(self) -> None:
         """Close its channel (its exclusive queue goes with it); idempotent."""

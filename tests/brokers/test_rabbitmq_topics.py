@@ -1,0 +1,116 @@
+"""RabbitMQ-specific behaviour of the broker's topics: what is declared where, replies to a
+caller that is gone, and a subscription that outlives its connection (the cross-broker
+contract is in tests/conformance/test_topics.py).
+
+The exchanges and the stream are deleted after each test (tests/conftest.py records every
+declaration); subscription queues are exclusive and go with their channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from aqueue.brokers.rabbitmq import RabbitMQBroker
+from tests.conftest import RABBIT_HOST, RABBIT_PORT, rabbit_url, require_service
+
+pytestmark = pytest.mark.rabbitmq
+
+
+def rabbitmqctl(*args: str) -> str:
+    done = subprocess.run(
+        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+async def queues(prefix: str, vhost: str = "/") -> dict[str, str]:
+    """Queue name -> type, of the queues named ``<prefix>.*``."""
+    out = await asyncio.to_thread(
+        rabbitmqctl, "list_queues", "-p", vhost, "--no-table-headers", "name", "type"
+    )
+    rows = (line.split() for line in out.splitlines() if line.strip())
+    return {row[0]: row[1] for row in rows if row[0].startswith(f"{prefix}.")}
+
+
+@pytest.fixture
+def prefix() -> str:
+    require_service("RabbitMQ", RABBIT_HOST, RABBIT_PORT)
+    return f"aqt-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def broker(prefix: str) -> AsyncIterator[RabbitMQBroker]:
+    b = RabbitMQBroker(rabbit_url(prefix))
+    await b.connect()
+    yield b
+    await b.close()
+
+
+async def test_what_is_declared_where(broker: RabbitMQBroker, prefix: str) -> None:
+    await broker.topics.publish("control", [b"nobody listens"], cap=10)  # dropped: fine
+    control = await broker.topics.subscribe("control")
+    reply = await broker.topics.subscribe("reply.abc")
+    await broker.topics.publish("events", [b"e"], cap=100)
+    declared = await queues(prefix)
+    assert declared.pop(f"{prefix}.topic.events.stream") == "stream"
+    assert declared.pop(f"{prefix}.reply.abc") == "classic"
+    [(own, kind)] = declared.items()  # the control subscription's own queue
+    assert own.startswith(f"{prefix}.topic.control.") and kind == "classic"
+    await control.close()
+    await reply.close()
+    assert await queues(prefix) == {f"{prefix}.topic.events.stream": "stream"}
+
+
+async def test_a_reply_to_a_caller_that_is_gone_is_dropped_quietly(
+    broker: RabbitMQBroker,
+) -> None:
+    for _ in range(3):
+        await broker.topics.publish(f"reply.{uuid.uuid4().hex}", [b"late"], cap=10)
+    sub = await broker.topics.subscribe("control")  # the connection and channels still work
+    try:
+        await broker.topics.publish("control", [b"still here"], cap=10)
+        assert await sub.get(5.0) == [b"still here"]
+    finally:
+        await sub.close()
+
+
+@pytest.fixture
+def vhost() -> Iterator[str]:
+    require_service("RabbitMQ", RABBIT_HOST, RABBIT_PORT)
+    name = f"aqt-{uuid.uuid4().hex[:12]}"
+    rabbitmqctl("add_vhost", name)
+    try:
+        rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        yield name
+    finally:
+        rabbitmqctl("delete_vhost", name)
+
+
+async def test_a_stream_subscription_resumes_after_its_connection_died(vhost: str) -> None:
+    url = f"amqp://guest:guest@{RABBIT_HOST}:{RABBIT_PORT}/{vhost}?prefix=t"
+    b = RabbitMQBroker(url)
+    await b.connect()
+    try:
+        await b.topics.publish("events", [b"e1"], cap=100)
+        sub = await b.topics.subscribe("events", since=time.time() - 60)
+        assert await sub.get(5.0) == [b"e1"]
+        await asyncio.to_thread(
+            rabbitmqctl, "close_all_connections", "-p", vhost, "test: connection lost"
+        )
+        # published (on a new connection) before the subscription opens again: the stream
+        # keeps it, and the subscription goes on after the last offset it read
+        async with asyncio.timeout(10):  # until the broker has heard of it
+            while b.channels.link.conn is not None:
+                await asyncio.sleep(0.01)
+        await b.topics.publish("events", [b"e2"], cap=100)
+        assert await sub.get(5.0) == [b"e2"]
+        await sub.close()
+    finally:
+        await b.close()
