@@ -114,3 +114,24 @@ async def test_a_stream_subscription_resumes_after_its_connection_died(vhost: st
         await sub.close()
     finally:
         await b.close()
+
+
+@pytest.mark.parametrize("since", [None, 0.0], ids=["queue", "stream"])
+async def test_more_than_the_prefetch_flows_as_it_is_read(
+    broker: RabbitMQBroker, since: float | None
+) -> None:
+    """A subscription holds at most PREFETCH unacknowledged deliveries: reading must
+    acknowledge them, or the 1001st would never come."""
+    await broker.topics.publish("events", [b"first"], cap=5000)  # the stream exists now
+    sub = await broker.topics.subscribe("events", since=since)
+    try:
+        bodies = [b"e%d" % i for i in range(2500)]
+        for i in range(0, len(bodies), 500):
+            await broker.topics.publish("events", bodies[i : i + 500], cap=5000)
+        got: list[bytes] = []
+        async with asyncio.timeout(20):
+            while len(got) < len(bodies) + (since is not None):
+                got += await sub.get(5.0)
+        assert got == ([b"first"] if since is not None else []) + bodies
+    finally:
+        await sub.close()
