@@ -122,3 +122,32 @@ async def test_a_topic_keeps_about_its_cap(topics: Topics, broker_url: str) -> N
         assert len(kept) >= 20
     finally:
         await sub.close()
+
+
+async def test_another_client_reaches_the_subscribers(topics: Topics, broker_url: str) -> None:
+    """The CLI and the workers are separate processes: a second broker object (its own
+    connection, or its own SQLite store) publishes to what the first one subscribed."""
+    other: Broker = broker_class(broker_url)(broker_url)
+    await other.connect()
+    token = f"reply.{uuid.uuid4().hex}"
+    control = await topics.subscribe("control")
+    reply = await topics.subscribe(token)
+    try:
+        assert isinstance(other, KeepsTopics)
+        await other.topics.publish("control", [b"stop"], cap=100)
+        await other.topics.publish(token, [b"done"], cap=10)
+        assert await drain(control, 1) == [b"stop"]
+        assert await drain(reply, 1) == [b"done"]
+    finally:
+        await control.close()
+        await reply.close()
+        await other.close()
+
+
+async def test_a_closed_subscription_reads_nothing(topics: Topics) -> None:
+    sub = await topics.subscribe("control")
+    await topics.publish("control", [b"m"], cap=100)
+    await sub.close()
+    t0 = time.monotonic()
+    assert await sub.get(2.0) == []
+    assert time.monotonic() - t0 < 1.0
