@@ -135,3 +135,16 @@ async def test_more_than_the_prefetch_flows_as_it_is_read(
         assert got == ([b"first"] if since is not None else []) + bodies
     finally:
         await sub.close()
+
+
+async def test_closing_the_broker_ends_waiting_subscriptions(prefix: str) -> None:
+    b = RabbitMQBroker(rabbit_url(prefix))
+    await b.connect()
+    sub = await b.topics.subscribe("control")
+    waiting = asyncio.ensure_future(sub.get(10.0))
+    await asyncio.sleep(0.05)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await b.close()
+    assert await waiting == []
+    assert loop.time() - t0 < 1.0
