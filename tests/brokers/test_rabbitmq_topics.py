@@ -9,6 +9,7 @@ declaration); subscription queues are exclusive and go with their channel.
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import time
 import uuid
@@ -148,3 +149,27 @@ async def test_closing_the_broker_ends_waiting_subscriptions(prefix: str) -> Non
     await b.close()
     assert await waiting == []
     assert loop.time() - t0 < 1.0
+
+
+async def test_a_publisher_with_another_cap_uses_the_stream_as_it_is(
+    broker: RabbitMQBroker, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RabbitMQ refuses to declare a queue again with other arguments; the stream is the
+    first publisher's, and a publisher with another cap keeps its messages in it."""
+    caplog.set_level(logging.DEBUG, "aqueue.broker.rabbitmq")
+    other = RabbitMQBroker(rabbit_url(prefix))
+    await other.connect()
+    try:
+        await broker.topics.publish("events", [b"a"], cap=100)
+        await other.topics.publish("events", [b"b"], cap=5000)
+        await other.topics.publish("events", [b"c"], cap=5000)  # its channels still work
+        sub = await other.topics.subscribe("events", since=time.time() - 60)
+        got: list[bytes] = []
+        async with asyncio.timeout(10):
+            while len(got) < 3:
+                got += await sub.get(5.0)
+        assert got == [b"a", b"b", b"c"]
+        assert "exists with other arguments" in caplog.text
+        await sub.close()
+    finally:
+        await other.close()
