@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -151,3 +152,20 @@ async def test_a_closed_subscription_reads_nothing(topics: Topics) -> None:
     t0 = time.monotonic()
     assert await sub.get(2.0) == []
     assert time.monotonic() - t0 < 1.0
+
+
+async def test_since_skips_what_was_published_before_it(topics: Topics) -> None:
+    """Kept messages are read from ``since`` on, not from the start of what is kept (nor,
+    on RabbitMQ, from the start of the stream chunk that holds ``since``)."""
+    await topics.publish("events", [b"old"], cap=1000)
+    await asyncio.sleep(0.02)  # timestamps have millisecond resolution
+    since = time.time()
+    await asyncio.sleep(0.02)
+    await topics.publish("events", [b"new"], cap=1000)
+    sub = await topics.subscribe("events", since=since)
+    try:
+        await topics.publish("events", [b"newer"], cap=1000)
+        assert await drain(sub, 2) == [b"new", b"newer"]
+        assert await sub.get(0.2) == []
+    finally:
+        await sub.close()
