@@ -102,6 +102,7 @@ class Control:
         terminate: bool = False,
         destination: Sequence[str] | None = None,
         timeout: float = 1.0,
+        limit: int | None = None,
     ) -> list[dict[str, Any]]:
         """Revoke the tasks the fleet holds whose name matches ``pattern`` (a glob:
         ``"proj.tasks.*"``): those waiting for a slot, and running ones with ``terminate``.
@@ -112,6 +113,7 @@ class Control:
             destination=destination,
             reply=True,
             timeout=timeout,
+            limit=limit,
         )
 
     # -- broadcast commands (aqueue/core/remote.py runs them in each worker) -----------
@@ -199,15 +201,26 @@ class Control:
             live = [w for w in live if w.info.hostname in destination or w.info.id in destination]
         return len(live) or None
 
-    def inspect(self, destination: Sequence[str] | None = None, timeout: float = 1.0) -> Inspect:
-        """Read-only commands to the fleet: ``await app.control.inspect().active()``."""
-        return Inspect(self, destination, timeout)
+    def inspect(
+        self,
+        destination: Sequence[str] | None = None,
+        timeout: float = 1.0,
+        limit: int | None = None,
+    ) -> Inspect:
+        """Read-only commands to the fleet: ``await app.control.inspect().active()``.
+        ``limit``: stop collecting after that many replies."""
+        return Inspect(self, destination, timeout, limit)
 
     async def ping(
-        self, destination: Sequence[str] | None = None, timeout: float = 1.0
+        self,
+        destination: Sequence[str] | None = None,
+        timeout: float = 1.0,
+        limit: int | None = None,
     ) -> list[dict[str, Any]]:
         """``[{node: {"ok": "pong"}}, ...]`` from every worker that answered in time."""
-        return await self.broadcast("ping", destination=destination, reply=True, timeout=timeout)
+        return await self.broadcast(
+            "ping", destination=destination, reply=True, timeout=timeout, limit=limit
+        )
 
     async def rate_limit(
         self,
@@ -217,6 +230,7 @@ class Control:
         destination: Sequence[str] | None = None,
         reply: bool = True,
         timeout: float = 1.0,
+        limit: int | None = None,
     ) -> list[dict[str, Any]]:
         """Set a task's rate limit in running workers (``"10/m"``, a number of tasks per
         second, or ``None`` / ``0`` for none). Where limits are shared (Redis), the new rate
@@ -230,6 +244,7 @@ class Control:
             destination=destination,
             reply=reply,
             timeout=timeout,
+            limit=limit,
         )
 
     async def time_limit(
@@ -241,6 +256,7 @@ class Control:
         destination: Sequence[str] | None = None,
         reply: bool = True,
         timeout: float = 1.0,
+        limit: int | None = None,
     ) -> list[dict[str, Any]]:
         """Set a task's soft and hard time limits (seconds; ``None``: none) in running
         workers, for tasks started from now on."""
@@ -250,6 +266,7 @@ class Control:
             destination=destination,
             reply=reply,
             timeout=timeout,
+            limit=limit,
         )
 
     async def add_consumer(
@@ -259,10 +276,16 @@ class Control:
         destination: Sequence[str] | None = None,
         reply: bool = True,
         timeout: float = 1.0,
+        limit: int | None = None,
     ) -> list[dict[str, Any]]:
         """Make running workers consume ``queue`` too."""
         return await self.broadcast(
-            "add_consumer", {"queue": queue}, destination=destination, reply=reply, timeout=timeout
+            "add_consumer",
+            {"queue": queue},
+            destination=destination,
+            reply=reply,
+            timeout=timeout,
+            limit=limit,
         )
 
     async def cancel_consumer(
@@ -272,6 +295,7 @@ class Control:
         destination: Sequence[str] | None = None,
         reply: bool = True,
         timeout: float = 1.0,
+        limit: int | None = None,
     ) -> list[dict[str, Any]]:
         """Make running workers stop consuming ``queue`` (what they claimed from it runs)."""
         return await self.broadcast(
@@ -280,6 +304,7 @@ class Control:
             destination=destination,
             reply=reply,
             timeout=timeout,
+            limit=limit,
         )
 
     async def shutdown(
@@ -288,11 +313,12 @@ class Control:
         destination: Sequence[str] | None = None,
         reply: bool = True,
         timeout: float = 1.0,
+        limit: int | None = None,
     ) -> list[dict[str, Any]]:
         """Stop workers gracefully (as SIGTERM: running tasks finish within the shutdown
         timeout, what has not started goes back to the queue)."""
         return await self.broadcast(
-            "shutdown", destination=destination, reply=reply, timeout=timeout
+            "shutdown", destination=destination, reply=reply, timeout=timeout, limit=limit
         )
 
     async def pool_grow(
@@ -302,10 +328,16 @@ class Control:
         destination: Sequence[str] | None = None,
         reply: bool = True,
         timeout: float = 1.0,
+        limit: int | None = None,
     ) -> list[dict[str, Any]]:
         """Let workers run ``n`` more tasks at once."""
         return await self.broadcast(
-            "pool_grow", {"n": n}, destination=destination, reply=reply, timeout=timeout
+            "pool_grow",
+            {"n": n},
+            destination=destination,
+            reply=reply,
+            timeout=timeout,
+            limit=limit,
         )
 
     async def pool_shrink(
@@ -315,10 +347,16 @@ class Control:
         destination: Sequence[str] | None = None,
         reply: bool = True,
         timeout: float = 1.0,
+        limit: int | None = None,
     ) -> list[dict[str, Any]]:
         """Let workers run ``n`` fewer tasks at once (running ones finish)."""
         return await self.broadcast(
-            "pool_shrink", {"n": n}, destination=destination, reply=reply, timeout=timeout
+            "pool_shrink",
+            {"n": n},
+            destination=destination,
+            reply=reply,
+            timeout=timeout,
+            limit=limit,
         )
 
     async def enable_events(
@@ -327,10 +365,11 @@ class Control:
         destination: Sequence[str] | None = None,
         reply: bool = True,
         timeout: float = 1.0,
+        limit: int | None = None,
     ) -> list[dict[str, Any]]:
         """Make workers send task events (as ``-E``)."""
         return await self.broadcast(
-            "enable_events", destination=destination, reply=reply, timeout=timeout
+            "enable_events", destination=destination, reply=reply, timeout=timeout, limit=limit
         )
 
     async def disable_events(
@@ -339,10 +378,11 @@ class Control:
         destination: Sequence[str] | None = None,
         reply: bool = True,
         timeout: float = 1.0,
+        limit: int | None = None,
     ) -> list[dict[str, Any]]:
         """Make workers stop sending task events."""
         return await self.broadcast(
-            "disable_events", destination=destination, reply=reply, timeout=timeout
+            "disable_events", destination=destination, reply=reply, timeout=timeout, limit=limit
         )
 
     async def workers(self) -> list[WorkerStatus]:
@@ -392,10 +432,17 @@ class Inspect:
     """Read-only commands, each returning ``{node name: value}`` for the workers that
     answered within the timeout (Celery's ``app.control.inspect()``)."""
 
-    def __init__(self, control: Control, destination: Sequence[str] | None, timeout: float) -> None:
+    def __init__(
+        self,
+        control: Control,
+        destination: Sequence[str] | None,
+        timeout: float,
+        limit: int | None = None,
+    ) -> None:
         self.control = control
         self.destination = destination
         self.timeout = timeout
+        self.limit = limit
 
     async def _call(self, command: str, **arguments: Any) -> dict[str, Any]:
         assert command in INSPECT_COMMANDS
@@ -405,6 +452,7 @@ class Inspect:
             destination=self.destination,
             reply=True,
             timeout=self.timeout,
+            limit=self.limit,
         )
         merged: dict[str, Any] = {}
         for one in replies:

@@ -103,13 +103,16 @@ async def test_inspect_and_control_a_fleet_of_processes(
         assert list(replies) == [names[0]]
         queues = aqueue(env, "inspect", "active_queues", "-d", names[0], "-t", "20")
         assert [q["name"] for q in queues[names[0]]] == ["celery", "fleet-extra"]
-        # its slot is busy: free it by terminating what runs there
+        # its slot is busy: terminate what runs, and let what waited run to its end
         replies = aqueue(env, "control", "revoke", *sorted(running), "--terminate", "-t", "20")
         assert set(replies) == set(names)
-        assert await extra.wait(timeout=30) == 42
         for h in handles:
             if h.id in running:
                 assert await h.state() == states.REVOKED
+            else:
+                (tmp_path / f"release-{key_of[h.id]}").write_text("go")
+                assert await h.wait(timeout=30) == key_of[h.id]
+        assert await extra.wait(timeout=30) == 42
 
         # shutdown: every worker stops cleanly (what it held goes back to the queue)
         t0 = time.monotonic()
