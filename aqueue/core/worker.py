@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from . import signals, states
 from .errors import ConfigurationError
+from .events import EventDispatcher
 from .execution import Executor, is_terminate
 from .message import decode_result
 from .offload import ProcessPool, set_current_pool
@@ -87,6 +88,9 @@ class Worker:
         max_memory_per_child: retire once the process's resident memory passes this many
             KiB (checked every second): what has not started is handed back, what runs
             finishes.
+        task_events: send monitoring events (Celery's ``-E``); default
+            ``conf.worker_send_task_events``. ``worker.events.enable()`` / ``disable()``
+            switch them at run time (docs/fleet.md, "Events").
     """
 
     def __init__(
@@ -103,6 +107,7 @@ class Worker:
         exclude_queues: Sequence[str] | None = None,
         max_tasks_per_child: int | None = None,
         max_memory_per_child: int | None = None,
+        task_events: bool | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -185,6 +190,13 @@ class Worker:
         # whether claimed deliveries carry their stored records (``prior``), read by the
         # claim itself, so no separate lookup per batch is needed
         self._records_inline = False
+        #: monitoring events (``events.py``)
+        self.events = EventDispatcher(
+            app,
+            self.hostname,
+            enabled=conf.worker_send_task_events if task_events is None else task_events,
+            stats=lambda: (len(self._started), self.claimed),
+        )
 
     def __repr__(self) -> str:
         return f"<Worker {self.hostname} queues={','.join(self.queues)}>"
@@ -228,6 +240,7 @@ class Worker:
             and broker.bind_records(backend)
         )
         self._executor.on_ran = self._ran
+        self._executor.events = self.events
         for lifespan in self.app.lifespans:
             await self._lifespans.enter_async_context(lifespan(self.app))
         log.info(
@@ -279,6 +292,7 @@ class Worker:
             self._memory_watch = asyncio.create_task(
                 self._watch_memory(self.max_memory_per_child), name="aqueue-memory"
             )
+        await self.events.start()  # worker-online, when events are on
         await signals.worker_ready.send(self)
 
     def _check_queues(self) -> None:
@@ -374,6 +388,7 @@ class Worker:
             await self._lifespans.aclose()
         except Exception:
             log.exception("a lifespan's shutdown raised")
+        await self.events.close()  # worker-offline, and what is buffered
         await signals.worker_shutdown.send(self)
         ex = self.executor
         log.info(
