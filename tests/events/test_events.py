@@ -340,7 +340,7 @@ async def test_worker_online_heartbeat_offline(app: App, stream: EventStream) ->
         got = await read_until(stream, has("worker-heartbeat"), timeout=HEARTBEAT_FREQ * 3 + 5)
     got += await read_until(stream, has("worker-offline"), timeout=10)
     mine = [e for e in got if e.type.startswith("worker-")]
-    assert [e.type for e in mine][0] == "worker-online"
+    assert mine[0].type == "worker-online"
     assert mine[-1].type == "worker-offline"
     beat = next(e for e in mine if e.type == "worker-heartbeat")
     for e in mine:
@@ -511,7 +511,7 @@ class _NoTopics:
 
 
 async def test_a_broker_without_topics_is_a_clear_error() -> None:
-    app = App("nt", broker=_NoTopics("memory://notopics"))  # type: ignore[arg-type]
+    app = App("nt", broker=_NoTopics("memory://notopics"), backend="memory://notopics-r")
     async with app:
         with pytest.raises(ConfigurationError, match="has no topics"):
             async for _ in app.events():
