@@ -702,6 +702,10 @@ def events(
                 types=patterns,
                 count=count,
                 timeout=timeout,
+                on_ready=lambda: typer.echo(
+                    f"aqueue events: watching {redact(the_app.broker_url)} (Ctrl-C to stop)",
+                    err=True,
+                ),
             )
 
         try:

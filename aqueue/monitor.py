@@ -55,6 +55,7 @@ async def dump(
     types: Sequence[str] = (),
     count: int | None = None,
     timeout: float | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> int:
     """Print events as they come until ``count`` were printed or ``timeout`` seconds
     passed (neither: until cancelled); how many were printed.
@@ -62,6 +63,7 @@ async def dump(
     Args:
         since: seconds back: the events still kept from then on come first.
         types: globs of the event types to print (none: every type).
+        on_ready: called once subscribed: nothing published from then on is missed.
     """
     start = time.time()
     stream = EventStream(
@@ -72,6 +74,8 @@ async def dump(
     line = as_json if json_lines else describe
     try:
         await stream.subscribe()
+        if on_ready is not None:
+            on_ready()
         while count is None or printed < count:
             wait = _READ_WAIT
             if deadline is not None:
