@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from aqueue.brokers.sqlite_topics import SCHEMA as TOPICS_SCHEMA
+from aqueue.brokers.sqlite_topics import SQLiteTopics
 from aqueue.brokers.wakeup import Wakeup
 from aqueue.core.errors import BrokerError
 from aqueue.core.protocols import (
@@ -69,6 +71,7 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS aq_dead_letters_at ON aq_dead_letters (at)",
     "CREATE INDEX IF NOT EXISTS aq_dead_letters_queue ON aq_dead_letters (queue, at)",
     REGISTRY_TABLE,
+    *TOPICS_SCHEMA,
 )
 
 _INSERT = (
@@ -234,7 +237,8 @@ class SQLiteBroker:
         **options: ``busy_timeout`` (seconds SQLite waits for a lock, 5),
             ``lock_timeout`` (seconds a locked transaction is retried before
             :class:`~aqueue.core.errors.BrokerError`, 60), ``poll_min`` / ``poll_max``
-            (seconds between checks for new messages while waiting, 0.005 / 0.1).
+            (seconds between checks for new messages while waiting, 0.005 / 0.1),
+            ``topic_poll`` (seconds between checks while a topic subscription waits, 0.1).
     """
 
     capabilities = Capabilities(
@@ -245,6 +249,7 @@ class SQLiteBroker:
         self.url = url
         self._poll_min = float(options.pop("poll_min", 0.005))
         self._poll_max = float(options.pop("poll_max", 0.1))
+        topic_poll = float(options.pop("topic_poll", 0.1))
         self._store = SQLiteStore.for_url(
             url,
             SCHEMA,
@@ -257,6 +262,9 @@ class SQLiteBroker:
         self.path = self._store.path
         #: its worker registry (:class:`~aqueue.core.protocols.KeepsWorkers`)
         self.worker_registry = SQLiteRegistry(self._store, _release_owner)
+        #: control, replies and events (:class:`~aqueue.core.protocols.KeepsTopics`): rows
+        #: of ``aq_topics``, polled by subscriptions (see :mod:`.sqlite_topics`)
+        self.topics = SQLiteTopics(self._store, topic_poll)
         self._wakeup = Wakeup()
         # Bumped on every in-process change that can make a message claimable; a claim that
         # saw it move while it was looking retries at once instead of sleeping.

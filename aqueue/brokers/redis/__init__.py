@@ -2,8 +2,8 @@
 
 ``broker`` (RedisBroker: publish, claim, renew, inspection), ``delivery`` (a claimed
 message and its batched settlement), ``wait`` (the blocking claim), ``throttle`` (limits
-shared by every worker) and ``scripts`` (the Lua in ``lua/``, and its keys, arguments and
-replies by name).
+shared by every worker), ``topics`` (control, replies and events, one stream each)
+and ``scripts`` (the Lua in ``lua/``, and its keys, arguments and replies by name).
 """
 
 from .broker import RedisBroker

@@ -3,8 +3,9 @@
 See docs/brokers/redis.md for the key layout and the delivery guarantees in plain words.
 Every key of a queue shares the hash tag ``{q:<queue>}``; the scripts and their layouts are
 in :mod:`.scripts`, settlement in :mod:`.delivery`, the blocking claim in :mod:`.wait`, the
-shared limits in :mod:`.throttle`. What the broker shares with the result backend (settings,
-connection guard, script running, key space) is :mod:`aqueue.transports.redis`.
+shared limits in :mod:`.throttle`, the topics (control, replies, events) in :mod:`.topics`.
+What the broker shares with the result backend (settings, connection guard, script
+running, key space) is :mod:`aqueue.transports.redis`.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ from .scripts import (
     publish_calls,
 )
 from .throttle import RedisThrottle
+from .topics import RedisTopics
 from .wait import BlockingClaim
 
 __all__ = ["RedisBroker"]
@@ -132,6 +134,9 @@ class RedisBroker:
         # a blocking wait never outlives the socket timeout, so a blocked read is never
         # mistaken for a dead connection
         self._max_block = max(0.05, min(5.0, self._settings.socket_timeout / 2))
+        #: control, replies and events (:class:`~aqueue.core.protocols.KeepsTopics`): one
+        #: stream per topic, read on connections of their own (see :mod:`.topics`)
+        self.topics = RedisTopics(self._settings, self._keys, self._link.get, self._max_block)
 
     def __repr__(self) -> str:
         return f"<RedisBroker {self._settings.redacted} prefix={self._settings.prefix!r}>"
@@ -166,6 +171,7 @@ class RedisBroker:
                 await pending.drain()
             except Exception:  # their callers got the error already
                 log.debug("pending calls failed during close", exc_info=True)
+        await self.topics.close()
         lone, self._lone = self._lone, None
         if lone is not None:
             await redispy.disconnect(lone)

@@ -77,6 +77,11 @@ class KeySpace:
         (a sorted set of worker ids by last heartbeat) and ``w:<id>`` (one hash each)."""
         return f"{self.prefix}:{{workers}}:"
 
+    def topic(self, name: str) -> str:
+        """The stream of topic ``name`` (hash tag ``{topic:<name>}``: each topic is one key,
+        so it may live on any node of a cluster)."""
+        return f"{self.prefix}:{{topic:{name}}}"
+
     @property
     def reply_channels(self) -> str:
         """What the reply channel of every process that watches results starts with."""
