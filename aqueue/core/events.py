@@ -62,6 +62,8 @@ HEARTBEAT_FREQ = 2.0
 FLUSH_INTERVAL = 0.1
 #: events that make a buffer publish at once, without waiting for the interval
 FLUSH_EVERY = 500
+#: events per message of the topic (the stream keeps ``event_max_kept`` / this messages)
+EVENTS_PER_MESSAGE = 16
 #: longest repr of arguments or a result (Celery's ``argsrepr_maxsize``, ``resultrepr_maxsize``)
 REPR_MAX = 1024
 #: seconds a publish of events may take before its events are dropped
@@ -159,20 +161,38 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(Event)
+_decoder = msgspec.json.Decoder(Event | list[Event])
 
 
 def encode_event(event: Event) -> bytes:
-    """The event on the wire: JSON (never pickle)."""
+    """One event on the wire: a JSON object (never pickle)."""
     return _encoder.encode(event)
 
 
-def decode_event(body: bytes) -> Event | None:
-    """An event from the wire; ``None`` for bytes that are no event (skipped by readers)."""
+def pack(events: Sequence[Event]) -> list[bytes]:
+    """Events as topic messages: JSON arrays of up to ``EVENTS_PER_MESSAGE`` events each.
+
+    Why several per message: a busy worker tells three events per task, and one broker
+    append per event (a Redis ``XADD``) would cost the worker a quarter of its throughput.
+    """
+    step = EVENTS_PER_MESSAGE
+    return [_encoder.encode(events[i : i + step]) for i in range(0, len(events), step)]
+
+
+def unpack(body: bytes) -> list[Event]:
+    """The events of one topic message (an object or an array of them); ``[]`` for bytes
+    that hold no events (skipped by readers)."""
     try:
-        return _decoder.decode(body)
+        decoded = _decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
+        return []
+    return decoded if isinstance(decoded, list) else [decoded]
+
+
+def messages_kept(event_max_kept: int) -> int:
+    """The topic's cap in messages: never more than ``event_max_kept`` events kept (each
+    message holds at most ``EVENTS_PER_MESSAGE``)."""
+    return max(1, event_max_kept // EVENTS_PER_MESSAGE)
 
 
 # -- building events --------------------------------------------------------------------
@@ -254,23 +274,18 @@ def _task_fields(
     return fields
 
 
-def sent_events(stamp: _Stamp, messages: Iterable[MessageOut], with_arguments: bool) -> list[bytes]:
-    """``task-sent`` of each message, encoded."""
-    out: list[bytes] = []
-    for msg in messages:
-        fields = _task_fields(msg, msg.args, msg.kwargs, with_arguments)
-        out.append(
-            encode_event(
-                stamp.event(
-                    "task-sent",
-                    queue=msg.queue,
-                    exchange=msg.exchange,
-                    routing_key=msg.routing_key or msg.queue,
-                    **fields,
-                )
-            )
+def sent_events(stamp: _Stamp, messages: Iterable[MessageOut], with_arguments: bool) -> list[Event]:
+    """``task-sent`` of each message."""
+    return [
+        stamp.event(
+            "task-sent",
+            queue=msg.queue,
+            exchange=msg.exchange,
+            routing_key=msg.routing_key or msg.queue,
+            **_task_fields(msg, msg.args, msg.kwargs, with_arguments),
         )
-    return out
+        for msg in messages
+    ]
 
 
 # -- producers: task-sent ---------------------------------------------------------------
@@ -330,10 +345,10 @@ class SentEvents:
             stamp = self._stamps[hostname] = _Stamp(hostname)
         conf = self.app.conf
         try:
-            bodies = sent_events(stamp, messages, conf.event_include_arguments)
+            bodies = pack(sent_events(stamp, messages, conf.event_include_arguments))
             topics = await topics_of(self.app)
             async with asyncio.timeout(PUBLISH_TIMEOUT):
-                await topics.publish(EVENTS_TOPIC, bodies, cap=conf.event_max_kept)
+                await topics.publish(EVENTS_TOPIC, bodies, cap=messages_kept(conf.event_max_kept))
         except Exception as exc:
             self._errors.failed(exc, len(messages))
 
@@ -381,7 +396,7 @@ class EventDispatcher:
         self.app = app
         self.enabled = enabled
         self.with_arguments = app.conf.event_include_arguments
-        self._cap = app.conf.event_max_kept
+        self._cap = messages_kept(app.conf.event_max_kept)
         self._stamp = _Stamp(hostname)
         self._stats = stats
         self._buffer: list[Event] = []
@@ -524,7 +539,7 @@ class EventDispatcher:
         if not batch:
             return
         try:
-            bodies = [encode_event(e) for e in batch]
+            bodies = pack(batch)
             if self._topics is None:
                 self._topics = await topics_of(self.app)
             async with asyncio.timeout(PUBLISH_TIMEOUT):
@@ -611,7 +626,7 @@ class EventStream:
         except BaseException:
             await self.aclose()
             raise
-        events = [e for e in map(decode_event, bodies) if e is not None]
+        events = [e for body in bodies for e in unpack(body)]
         if self.types:
             events = [e for e in events if matches(e.type, self.types)]
         return events
