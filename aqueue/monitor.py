@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from .core.app import App
-from .core.events import Event, EventStream
+from .core.events import Event, EventStream, encode_event
 
 #: fields every event has, shown at the start of a line rather than as ``key=value``
 _HEAD = frozenset({"type", "timestamp", "hostname", "pid", "clock", "utcoffset"})
@@ -42,8 +42,8 @@ def describe(event: Event) -> str:
 
 
 def as_json(event: Event) -> str:
-    """The event as one line of JSON (Celery's event dict)."""
-    return json.dumps(event.to_dict(), ensure_ascii=False)
+    """The event as one line of JSON (Celery's event dict, as it came on the wire)."""
+    return encode_event(event).decode()
 
 
 async def dump(
@@ -82,11 +82,12 @@ async def dump(
                 wait = min(wait, deadline - time.monotonic())
                 if wait <= 0:
                     break
-            for event in await stream.next_batch(wait):
-                echo(line(event))
-                printed += 1
-                if count is not None and printed >= count:
-                    break
+            batch = await stream.next_batch(wait)
+            if count is not None:
+                batch = batch[: count - printed]
+            if batch:  # one write per batch: a busy stream is thousands of lines a second
+                echo("\n".join(map(line, batch)))
+                printed += len(batch)
     finally:
         await stream.aclose()
     return printed

@@ -63,8 +63,15 @@ def listener(prefix: str) -> subprocess.Popen[bytes]:
         "AQUEUE_BROKER_URL": f"{REDIS_URL}?prefix={prefix}",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "aqueue.cli", "events", "-A", "benchmarks.events_cost:listened",
-         "--json"],
+        [
+            sys.executable,
+            "-m",
+            "aqueue.cli",
+            "events",
+            "-A",
+            "benchmarks.events_cost:listened",
+            "--json",
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
