@@ -41,18 +41,19 @@ def make_app(prefix: str) -> App:
     return app
 
 
-async def drain(app: App, tasks: int, events: bool) -> tuple[float, int]:
-    """Seconds the worker took to drain ``tasks``, and the events it published."""
+async def drain(app: App, tasks: int, events: bool) -> tuple[float, float, int]:
+    """Seconds the worker took to drain ``tasks``, the CPU seconds this process spent
+    meanwhile (the worker's: the producer is done), and the events it published."""
     noop = app.tasks["evbench.noop"]
     async with app:
         for start in range(0, tasks, 5000):
             await noop.delay_many([() for _ in range(min(5000, tasks - start))])
         worker = app.worker(concurrency=100, burst=True, task_events=events)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         await worker.run()
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
         assert worker.executor.succeeded == tasks, worker.executor.succeeded
-        return elapsed, worker.events.published
+        return elapsed, cpu, worker.events.published
 
 
 def listener(prefix: str) -> subprocess.Popen[bytes]:
@@ -88,7 +89,7 @@ def listener(prefix: str) -> subprocess.Popen[bytes]:
 listened = App("evbench-listener")
 
 
-def run(mode: str, tasks: int) -> tuple[float, int]:
+def run(mode: str, tasks: int) -> tuple[float, float, int]:
     prefix = f"evb-{uuid.uuid4().hex[:10]}"
     proc = listener(prefix) if mode == "on+listener" else None
     try:
@@ -117,18 +118,27 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=20000)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    results: dict[str, list[float]] = {m: [] for m in MODES}
+    rates: dict[str, list[float]] = {m: [] for m in MODES}
+    cpus: dict[str, list[float]] = {m: [] for m in MODES}
     for i in range(args.runs):
         for mode in MODES:  # interleaved, so drift hits every mode alike
-            seconds, published = run(mode, args.tasks)
-            rate = args.tasks / seconds
-            results[mode].append(rate)
-            print(f"run {i + 1} {mode:12} {rate:9,.0f} tasks/s  {published:7,} events", flush=True)
-    base = statistics.median(results["off"])
+            seconds, cpu, published = run(mode, args.tasks)
+            rates[mode].append(args.tasks / seconds)
+            cpus[mode].append(cpu / args.tasks * 1e6)
+            print(
+                f"run {i + 1} {mode:12} {rates[mode][-1]:9,.0f} tasks/s "
+                f"{cpus[mode][-1]:6.1f} µs CPU/task {published:7,} events",
+                flush=True,
+            )
+    base = statistics.median(rates["off"])
+    base_cpu = statistics.median(cpus["off"])
     for mode in MODES:
-        med = statistics.median(results[mode])
-        runs = ", ".join(f"{r:,.0f}" for r in results[mode])
-        print(f"{mode:12} median {med:9,.0f} tasks/s ({med / base:.2f}x)  runs: {runs}")
+        med, cpu = statistics.median(rates[mode]), statistics.median(cpus[mode])
+        runs = ", ".join(f"{r:,.0f}" for r in rates[mode])
+        print(
+            f"{mode:12} median {med:9,.0f} tasks/s ({med / base:.2f}x), "
+            f"{cpu:.1f} µs CPU/task ({cpu - base_cpu:+.1f})  runs: {runs}"
+        )
 
 
 if __name__ == "__main__":

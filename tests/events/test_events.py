@@ -109,24 +109,23 @@ async def test_a_chains_lifecycle_in_order_through_app_events(app: App) -> None:
 async def test_breaking_out_of_app_events_ends_its_subscription(app: App) -> None:
     need_topics(app)
     assert isinstance(app.broker, KeepsTopics)
-    topics = app.broker.topics
     probe = Event(
-        type="task-started",
-        timestamp=time.time(),
-        hostname="h",
-        pid=1,
-        clock=1,
-        utcoffset=0,
-        uuid="x",
+        type="task-started", timestamp=time.time(), hostname="h", pid=1, clock=1,
+        utcoffset=0, uuid="x",
     )
-    events = app.events(since=time.time() - 1)
-    await topics.publish(EVENTS_TOPIC, [encode_event(probe)], cap=100)
+    await app.broker.topics.publish(EVENTS_TOPIC, [encode_event(probe)], cap=100)
+    events = app.events(since=time.time() - 60)
     async for event in events:
         assert event.uuid == "x"
         break
-    await events.aclose()  # type: ignore[attr-defined]
+    stream: EventStream = events.ag_frame.f_locals["stream"]  # type: ignore[attr-defined]
+    assert stream._sub is not None
+    del events  # what a loop that broke out leaves: asyncio closes the generator
+    async with asyncio.timeout(5):
+        while stream._sub is not None:
+            await asyncio.sleep(0.01)
     with pytest.raises(StopAsyncIteration):
-        await events.__anext__()
+        await stream.__anext__()
 
 
 # -- each task event, with its fields --------------------------------------------------
