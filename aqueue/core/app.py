@@ -12,7 +12,15 @@ import datetime as dt
 import importlib
 import logging
 import types
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager
 from typing import (
     TYPE_CHECKING,
@@ -596,7 +604,7 @@ class App:
 
     def events(
         self, since: float | None = None, types: str | Sequence[str] | None = None
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """The monitoring event stream, live: ``async for event in app.events(): ...``.
 
         Args:

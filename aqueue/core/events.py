@@ -36,7 +36,7 @@ import os
 import platform
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -651,7 +651,7 @@ def matches(type_: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(type_, p) for p in patterns)
 
 
-async def iterate(stream: EventStream) -> AsyncIterator[Event]:
+async def iterate(stream: EventStream) -> AsyncGenerator[Event, None]:
     """``stream`` as an async generator, closing its subscription when the loop ends."""
     try:
         async for event in stream:

@@ -28,7 +28,7 @@ from aqueue.core.events import (
     pack,
     unpack,
 )
-from aqueue.core.protocols import KeepsTopics
+from aqueue.core.protocols import KeepsTopics, Outgoing
 
 from .helpers import has, need_topics, of, read_until, types
 
@@ -110,15 +110,20 @@ async def test_breaking_out_of_app_events_ends_its_subscription(app: App) -> Non
     need_topics(app)
     assert isinstance(app.broker, KeepsTopics)
     probe = Event(
-        type="task-started", timestamp=time.time(), hostname="h", pid=1, clock=1,
-        utcoffset=0, uuid="x",
+        type="task-started",
+        timestamp=time.time(),
+        hostname="h",
+        pid=1,
+        clock=1,
+        utcoffset=0,
+        uuid="x",
     )
     await app.broker.topics.publish(EVENTS_TOPIC, [encode_event(probe)], cap=100)
     events = app.events(since=time.time() - 60)
     async for event in events:
         assert event.uuid == "x"
         break
-    stream: EventStream = events.ag_frame.f_locals["stream"]  # type: ignore[attr-defined]
+    stream: EventStream = events.ag_frame.f_locals["stream"]
     assert stream._sub is not None
     del events  # what a loop that broke out leaves: asyncio closes the generator
     async with asyncio.timeout(5):
@@ -283,6 +288,14 @@ async def test_arguments_that_do_not_fit_are_rejected(app: App, stream: EventStr
         handle = await app.send_task("ev.typed", args=["not an int"])
         got = await read_until(stream, has("task-rejected", handle.id))
     assert of(got, handle.id)[-1].reason == "bad_arguments"
+
+
+async def test_an_undecodable_message_is_rejected(app: App, stream: EventStream) -> None:
+    await app.broker.publish([Outgoing("poison-ev-1", "celery", b"\x00 not a message")])
+    async with app.worker(task_events=True):
+        got = await read_until(stream, has("task-rejected", "poison-ev-1"))
+    rejected = of(got, "poison-ev-1")[-1]
+    assert rejected.reason == "decode_error" and rejected.requeue is False
 
 
 # -- arguments and results -------------------------------------------------------------
