@@ -282,6 +282,7 @@ class SQLiteBroker:
         """Finish queued writes (and hand back cancelled claims), then close; idempotent."""
         if self._handing_back:
             await asyncio.gather(*self._handing_back, return_exceptions=True)
+        await self.topics.close()
         await self._store.close()
 
     def _notify(self) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -72,6 +72,7 @@ class SQLiteTopics:
         self._poll = poll
         self._wakeup = Wakeup()
         self._swept = 0.0
+        self._open: set[SQLiteSubscription] = set()
 
     async def publish(self, topic: str, bodies: Sequence[bytes], *, cap: int) -> None:
         """Insert ``bodies`` and trim ``topic`` to ``cap`` rows, in one transaction."""
@@ -105,7 +106,17 @@ class SQLiteTopics:
             return 0 if newest is None else int(newest)
 
         after = await self._store.read(op)
-        return SQLiteSubscription(self._store, self._wakeup, topic, after, self._poll)
+        sub = SQLiteSubscription(self._store, self._wakeup, topic, after, self._poll)
+        self._open.add(sub)
+        sub.on_close = self._open.discard
+        return sub
+
+    async def close(self) -> None:
+        """Close the subscriptions still open (the broker is closing: a poll after that
+        would open the file again)."""
+        for sub in list(self._open):
+            await sub.close()
+        self._wakeup.notify()
 
 
 class SQLiteSubscription:
@@ -120,6 +131,8 @@ class SQLiteSubscription:
         self._after = after
         self._poll = poll
         self._closed = False
+        #: called once, by :meth:`close`
+        self.on_close: Callable[[SQLiteSubscription], None] | None = None
 
     async def get(self, timeout: float) -> list[bytes]:
         """The next messages (at most 1000), or ``[]`` after ``timeout`` seconds of none."""
@@ -137,7 +150,12 @@ class SQLiteSubscription:
 
     async def close(self) -> None:
         """Stop reading (it holds nothing else); idempotent."""
+        if self._closed:
+            return
         self._closed = True
+        self._wakeup.notify()  # a get waiting in this process returns now
+        if self.on_close is not None:
+            self.on_close(self)
 
 
 def _read(params: tuple[str, int, int], conn: sqlite3.Connection) -> list[Any]:

@@ -112,3 +112,16 @@ async def test_subscriptions_do_not_hold_pooled_connections(
         await b.close()  # closes the subscriptions still open
     names = [c["name"] for c in server.client_list()]
     assert f"{prefix}:topic:events" not in names
+
+
+async def test_closing_the_broker_ends_waiting_subscriptions(prefix: str) -> None:
+    b = RedisBroker(f"redis://{HOST}:{PORT}/0?prefix={prefix}")
+    await b.connect()
+    sub = await b.topics.subscribe("control")
+    waiting = asyncio.ensure_future(sub.get(10.0))
+    await asyncio.sleep(0.05)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await b.close()
+    assert await waiting == []
+    assert loop.time() - t0 < 1.0

@@ -102,3 +102,17 @@ async def test_a_waiting_subscription_wakes_at_once_for_this_process(url: str) -
     finally:
         await reader.close()
         await b.close()
+
+
+async def test_closing_the_broker_ends_waiting_subscriptions(url: str) -> None:
+    """A poll after the broker closed would open the file again, on a new thread."""
+    b = SQLiteBroker(url)
+    await b.connect()
+    sub = await b.topics.subscribe("control")
+    waiting = asyncio.ensure_future(sub.get(10.0))
+    await asyncio.sleep(0.05)
+    t0 = time.monotonic()
+    await b.close()
+    assert await waiting == []
+    assert time.monotonic() - t0 < 1.0
+    assert await sub.get(1.0) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -120,5 +121,51 @@ async def test_a_topic_keeps_about_its_cap(topics: Topics, broker_url: str) -> N
         assert kept and kept[-1] == b"e29"
         assert len(kept) < 150  # trimmed (Redis trims approximately, never below the cap)
         assert len(kept) >= 20
+    finally:
+        await sub.close()
+
+
+async def test_another_client_reaches_the_subscribers(topics: Topics, broker_url: str) -> None:
+    """The CLI and the workers are separate processes: a second broker object (its own
+    connection, or its own SQLite store) publishes to what the first one subscribed."""
+    other: Broker = broker_class(broker_url)(broker_url)
+    await other.connect()
+    token = f"reply.{uuid.uuid4().hex}"
+    control = await topics.subscribe("control")
+    reply = await topics.subscribe(token)
+    try:
+        assert isinstance(other, KeepsTopics)
+        await other.topics.publish("control", [b"stop"], cap=100)
+        await other.topics.publish(token, [b"done"], cap=10)
+        assert await drain(control, 1) == [b"stop"]
+        assert await drain(reply, 1) == [b"done"]
+    finally:
+        await control.close()
+        await reply.close()
+        await other.close()
+
+
+async def test_a_closed_subscription_reads_nothing(topics: Topics) -> None:
+    sub = await topics.subscribe("control")
+    await topics.publish("control", [b"m"], cap=100)
+    await sub.close()
+    t0 = time.monotonic()
+    assert await sub.get(2.0) == []
+    assert time.monotonic() - t0 < 1.0
+
+
+async def test_since_skips_what_was_published_before_it(topics: Topics) -> None:
+    """Kept messages are read from ``since`` on, not from the start of what is kept (nor,
+    on RabbitMQ, from the start of the stream chunk that holds ``since``)."""
+    await topics.publish("events", [b"old"], cap=1000)
+    await asyncio.sleep(0.02)  # timestamps have millisecond resolution
+    since = time.time()
+    await asyncio.sleep(0.02)
+    await topics.publish("events", [b"new"], cap=1000)
+    sub = await topics.subscribe("events", since=since)
+    try:
+        await topics.publish("events", [b"newer"], cap=1000)
+        assert await drain(sub, 2) == [b"new", b"newer"]
+        assert await sub.get(0.2) == []
     finally:
         await sub.close()

@@ -14,7 +14,8 @@ The pieces, one concept each:
 * :mod:`.channels`: the channels on the connection, declarations, confirmed publishes;
 * :mod:`.consumer`: consumers, claims and settlement;
 * :mod:`.acks`: acks batched into ``multiple`` frames;
-* :mod:`.delivery`: what a claim hands out (:class:`RabbitMQDelivery`).
+* :mod:`.delivery`: what a claim hands out (:class:`RabbitMQDelivery`);
+* :mod:`.topics`: control, replies and events (fanout exchanges, exclusive queues, a stream).
 
 What it shares with the ``rpc://`` result backend (settings, the connection, aiormq's
 internals) lives in :mod:`aqueue.transports.amqp`. docs/brokers/rabbitmq.md says it all in

@@ -32,6 +32,7 @@ from .channels import Channels, NotSent
 from .consumer import Consumers
 from .dedupe import Dedupe, make_dedupe
 from .options import parse_options
+from .topics import RabbitMQTopics
 from .topology import (
     DEAD_AT_HEADER,
     LEVELS_MS,
@@ -84,6 +85,9 @@ class RabbitMQBroker:
         )
         self.channels = Channels(self.settings, self.options, self.topology)
         self.consumers = Consumers(self.channels)
+        #: control, replies and events (:class:`~aqueue.core.protocols.KeepsTopics`): fanout
+        #: exchanges, exclusive queues and a stream (see :mod:`.topics`)
+        self.topics = RabbitMQTopics(self.channels)
         #: published ids (see :mod:`.dedupe`); made on :meth:`connect`
         self.dedupe: Dedupe | None = None
         self._loop_end = LoopEndClose(self.close, self.settings.operation_timeout)
@@ -119,6 +123,7 @@ class RabbitMQBroker:
         Not calling it is quiet too: when the event loop ends, the broker closes itself.
         """
         self._loop_end.disarm()
+        await self.topics.close()
         await self.consumers.close()
         await self.channels.close()
         if self.dedupe is not None:
