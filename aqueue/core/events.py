@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..__about__ import __version__
+from .context import current_request
 from .errors import ConfigurationError
 from .protocols import KeepsTopics, Subscription, Topics
 from .serialization import SerializerName, decode
@@ -334,8 +335,6 @@ class SentEvents:
 
     async def publish(self, messages: Sequence[MessageOut]) -> None:
         """Tell ``task-sent`` for ``messages``, which were just published. Never raises."""
-        from .context import current_request
-
         if not messages:
             return
         request = current_request()  # sent by a task: the worker it runs on sent it

@@ -22,7 +22,15 @@ from aqueue import App
 from aqueue.cli import cli
 from aqueue.core.protocols import KeepsTopics
 
-from ..conftest import REDIS_HOST, REDIS_PORT, delete_redis_prefix, require_service
+from ..conftest import (
+    RABBIT_HOST,
+    RABBIT_PORT,
+    REDIS_HOST,
+    REDIS_PORT,
+    delete_redis_prefix,
+    rabbit_url,
+    require_service,
+)
 from ..worker import cli_tasks
 
 SPEC = "tests.cli_project:make_app"
@@ -114,20 +122,27 @@ def test_without_an_app_it_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> 
 # -- a real worker, a real `aqueue events` -----------------------------------------------
 
 
-def _url(kind: str, tmp_path: Path) -> tuple[str, str | None]:
-    if kind == "redis":
-        require_service("Redis", REDIS_HOST, REDIS_PORT)
-        prefix = f"aqt-{uuid.uuid4().hex[:12]}"
-        return f"redis://{REDIS_HOST}:{REDIS_PORT}/0?prefix={prefix}", prefix
-    return f"sqlite:///{tmp_path / 'events.db'}", None
-
-
-@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.redis), "sqlite"])
+@pytest.fixture(
+    params=[
+        pytest.param("redis", marks=pytest.mark.redis),
+        "sqlite",
+        pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+    ]
+)
 def proc_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
-    url, prefix = _url(request.param, tmp_path)
+    prefix = f"aqt-{uuid.uuid4().hex[:12]}"
+    if request.param == "redis":
+        require_service("Redis", REDIS_HOST, REDIS_PORT)
+        url = f"redis://{REDIS_HOST}:{REDIS_PORT}/0?prefix={prefix}"
+    elif request.param == "rabbitmq":
+        require_service("RabbitMQ", RABBIT_HOST, RABBIT_PORT)
+        url = rabbit_url(prefix)  # results: rpc://, to the test process that waits
+        request.getfixturevalue("_rabbit_prefixes").append(prefix)  # deleted at the end
+    else:
+        url = f"sqlite:///{tmp_path / 'events.db'}"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("AQUEUE_")}
     yield {**environ, "AQUEUE_BROKER_URL": url, "PYTHONPATH": str(ROOT)}
-    if prefix is not None:
+    if request.param == "redis":
         delete_redis_prefix(prefix)
 
 
