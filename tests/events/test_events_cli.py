@@ -131,18 +131,22 @@ def test_without_an_app_it_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> 
 )
 def proc_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
     prefix = f"aqt-{uuid.uuid4().hex[:12]}"
+    redis_url = f"redis://{REDIS_HOST}:{REDIS_PORT}/0?prefix={prefix}"
+    backend: dict[str, str] = {}
     if request.param == "redis":
         require_service("Redis", REDIS_HOST, REDIS_PORT)
-        url = f"redis://{REDIS_HOST}:{REDIS_PORT}/0?prefix={prefix}"
+        url = redis_url
     elif request.param == "rabbitmq":
         require_service("RabbitMQ", RABBIT_HOST, RABBIT_PORT)
-        url = rabbit_url(prefix)  # results: rpc://, to the test process that waits
+        require_service("Redis", REDIS_HOST, REDIS_PORT)
+        url = rabbit_url(prefix)
+        backend = {"AQUEUE_RESULT_BACKEND": redis_url}  # a chain needs a shared store
         request.getfixturevalue("_rabbit_prefixes").append(prefix)  # deleted at the end
     else:
         url = f"sqlite:///{tmp_path / 'events.db'}"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("AQUEUE_")}
-    yield {**environ, "AQUEUE_BROKER_URL": url, "PYTHONPATH": str(ROOT)}
-    if request.param == "redis":
+    yield {**environ, "AQUEUE_BROKER_URL": url, "PYTHONPATH": str(ROOT), **backend}
+    if request.param in ("redis", "rabbitmq"):
         delete_redis_prefix(prefix)
 
 
@@ -171,7 +175,11 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> tuple[int,
 @pytest.mark.slow
 async def test_aqueue_events_shows_a_chains_lifecycle_live(proc_env: dict[str, str]) -> None:
     app: App = cli_tasks.app
-    app.conf.update(broker_url=proc_env["AQUEUE_BROKER_URL"], task_send_sent_event=True)
+    app.conf.update(
+        broker_url=proc_env["AQUEUE_BROKER_URL"],
+        result_backend=proc_env.get("AQUEUE_RESULT_BACKEND"),
+        task_send_sent_event=True,
+    )
     async with app:
         if not isinstance(app.broker, KeepsTopics):
             pytest.skip(f"{type(app.broker).__name__} has no topics yet: it carries no events")
@@ -210,7 +218,7 @@ async def test_aqueue_events_shows_a_chains_lifecycle_live(proc_env: dict[str, s
         out, _ = await asyncio.to_thread(watcher.communicate, timeout=60)
         assert watcher.returncode == 0
     finally:
-        app.conf.update(task_send_sent_event=False)
+        app.conf.update(task_send_sent_event=False, result_backend=None)
         stop(watcher, signal.SIGINT)
         status, _, werr = stop(worker)
     assert status == 0, werr
