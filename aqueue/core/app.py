@@ -40,8 +40,9 @@ from .awaiting import Awaiting
 from .canvas import Signature
 from .config import Settings
 from .control import Control
+from .emitting import SentEvents
 from .errors import ConfigurationError, NotRegistered
-from .events import Event, EventStream, SentEvents, iterate
+from .events import Event, EventStream, iterate
 from .middleware import Middleware
 from .options import CallOptions
 from .plugins import beat_for, check_beat_entry, workflows_for

@@ -27,6 +27,7 @@ import msgspec
 from . import context, limits, retry, signals, states
 from .admission import RATE_SLOT_HEADER, LocalThrottle, parse_rate
 from .control import TERMINATE
+from .emitting import EventDispatcher
 from .errors import (
     ArgumentError,
     ConfigurationError,
@@ -36,7 +37,6 @@ from .errors import (
     Replace,
     Retry,
 )
-from .events import EventDispatcher
 from .message import (
     INTERNAL_HEADER_PREFIX,
     ErrorInfo,

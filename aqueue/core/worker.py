@@ -30,8 +30,8 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from . import signals, states
+from .emitting import EventDispatcher
 from .errors import ConfigurationError
-from .events import EventDispatcher
 from .execution import Executor, is_terminate
 from .message import decode_result
 from .offload import ProcessPool, set_current_pool
