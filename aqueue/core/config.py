@@ -129,6 +129,15 @@ class Settings:
     #: cron entries without a misfire policy skip slots later than this (Celery's); ``None``:
     #: they run once (the misfire policy ``once``)
     beat_cron_starting_deadline: float | None = None
+    #: workers send monitoring events (``-E``; docs/fleet.md, "Events")
+    worker_send_task_events: bool = False
+    #: producers send a ``task-sent`` event for each task they send
+    task_send_sent_event: bool = False
+    #: events kept in the broker's stream for monitors that start late (its cap)
+    event_max_kept: int = 10_000
+    #: put arguments and results in events (their reprs, cut at 1024 characters); off:
+    #: events carry none, as logs carry none
+    event_include_arguments: bool = False
 
     #: names set by the constructor, ``update()`` or the environment: a config object read
     #: later (``config_from_object``) does not override them
@@ -155,9 +164,6 @@ class Settings:
         if name not in _FIELDS:
             if name in CELERY_NOT_NEEDED:  # a Celery setting aqueue needs no counterpart for
                 log.info("setting %s is not needed in aqueue: %s", name, CELERY_NOT_NEEDED[name])
-                return
-            if name in CELERY_NOT_YET:
-                log.warning("setting %s is accepted but unused: %s", name, CELERY_NOT_YET[name])
                 return
             if name in CELERY_REFUSED:
                 raise ConfigurationError(f"setting {name}: {CELERY_REFUSED[name]}")
@@ -302,7 +308,7 @@ _HINT_WORDS: dict[Any, str] = {
 
 def unknown_setting(name: str) -> str:
     """The error text for a name that is no setting, naming the nearest ones."""
-    known = sorted({*_FIELDS, *CELERY_NOT_NEEDED, *CELERY_NOT_YET, *CELERY_RENAMED})
+    known = sorted({*_FIELDS, *CELERY_NOT_NEEDED, *CELERY_RENAMED})
     near = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(near)}?" if near else ""
     return f"unknown setting {name!r}{hint} (every setting: docs/configuration.md)"
@@ -377,13 +383,14 @@ CELERY_NOT_NEEDED: dict[str, str] = {
     "beat_sync_every": "the scheduler records each entry's state as it sends the entry's task",
     "beat_enable_remote_control": "change entries with aqueue beat add/remove/pause/resume",
     "beat_remote_control_max_tick_age": "change entries with aqueue beat add/remove/pause/resume",
-}
-
-#: Celery settings for what aqueue does not have yet: accepted, with a warning that nothing
-#: uses them, so a Celery config file loads
-CELERY_NOT_YET: dict[str, str] = {
-    "worker_send_task_events": "aqueue emits no monitoring events yet: nothing is sent",
-    "task_send_sent_event": "aqueue emits no monitoring events yet: nothing is sent",
+    # monitoring events travel on the broker's capped ``events`` topic (docs/fleet.md)
+    "event_queue_ttl": "events are kept by count in the broker's stream (event_max_kept)",
+    "event_queue_expires": "a monitor's subscription ends with it; nothing is left to expire",
+    "event_queue_prefix": "events travel on the broker's `events` topic, under its prefix",
+    "event_queue_durable": "events travel on the broker's `events` topic, not a queue",
+    "event_queue_exclusive": "events travel on the broker's `events` topic, not a queue",
+    "event_exchange": "events travel on the broker's `events` topic, not an exchange",
+    "event_serializer": "events are always JSON",
 }
 
 #: Celery settings whose effect aqueue cannot give: refused, naming what to do instead
@@ -480,6 +487,7 @@ def _coerce(name: str, value: Any) -> Any:
             "beat_lease_seconds",
             "worker_heartbeat_interval",
             "worker_lost_timeout",
+            "event_max_kept",
         )
         and not value
     ):

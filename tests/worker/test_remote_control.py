@@ -359,3 +359,15 @@ async def test_a_lower_rate_holds_at_once_for_a_backlog_slotted_at_the_old_one(
     # would give about 100 here
     assert len(window) <= 5 * 2 + 5 + 2, len(window)
     assert len(window) >= 5  # and the task still runs
+
+
+async def test_enable_and_disable_events_remotely(fleet_app: App) -> None:
+    app = fleet_app
+    async with app.worker(hostname="w@rc") as worker:
+        assert not worker.events.enabled
+        [reply] = await app.control.enable_events(timeout=10, limit=1)
+        assert reply == {"w@rc": {"ok": "task events enabled"}}
+        assert worker.events.enabled
+        [reply] = await app.control.disable_events(timeout=10, limit=1)
+        assert reply == {"w@rc": {"ok": "task events disabled"}}
+        assert not worker.events.enabled
