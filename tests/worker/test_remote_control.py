@@ -301,10 +301,14 @@ async def test_pool_grow_and_shrink(fleet_app: App) -> None:
         gate.open.clear()
         more = [await block.delay(i) for i in range(2)]
         await gate.wait_started(4)
-        # one slot now: the second waits while the first blocks
-        reserved = (await app.control.inspect(timeout=10, limit=1).reserved())["w@rc"]
-        assert len((await app.control.inspect(timeout=10, limit=1).active())["w@rc"]) == 1
-        assert len(reserved) == 1
+        # one slot now: the second is claimed (the worker claims it soon) and waits while
+        # the first blocks
+        inspect = app.control.inspect(timeout=10, limit=1)
+        async with asyncio.timeout(10):
+            while len((await inspect.reserved())["w@rc"]) != 1:
+                await asyncio.sleep(0.05)
+        assert len((await inspect.active())["w@rc"]) == 1
+        assert len(gate.started) == 4
         gate.open.set()
         assert sorted([await h.wait(timeout=20) for h in more]) == [0, 1]
         [reply] = await app.control.pool_shrink(5, timeout=10, limit=1)
