@@ -42,9 +42,11 @@ from aqueue.core.worker import Worker
 
 __all__ = ["VirtualTime", "aqueue_app", "aqueue_clock", "aqueue_worker", "drain", "memory_app"]
 
+
 def memory_app(name: str = "test", **settings: Any) -> App:
     """An App on a ``memory://`` store no other app shares (a unique name)."""
     return App(name, broker=f"memory://{name}-{uuid.uuid4().hex[:12]}", **settings)
+
 
 class VirtualTime(VirtualClock):
     """A clock a test moves by hand, for the messages of a ``memory://`` app and for beat.
@@ -94,6 +96,7 @@ class VirtualTime(VirtualClock):
             ]
         return max(min(live) - time.time(), 0.0) if live else None
 
+
 def _queues(app: App) -> list[str]:
     """Every queue of a memory store that holds a message, and the app's default queue."""
     names = {app.conf.task_default_queue}
@@ -102,6 +105,7 @@ def _queues(app: App) -> list[str]:
         with store.lock:
             names.update(entry.queue for entry in store.entries.values())
     return sorted(names)
+
 
 async def drain(
     app: App,
@@ -155,7 +159,9 @@ async def drain(
         raise errors[0]
     return ended
 
+
 # -- fixtures ------------------------------------------------------------------------------
+
 
 @pytest_asyncio.fixture
 async def aqueue_app() -> AsyncIterator[App]:
@@ -164,11 +170,13 @@ async def aqueue_app() -> AsyncIterator[App]:
     async with app:
         yield app
 
+
 @pytest_asyncio.fixture
 async def aqueue_worker(aqueue_app: App) -> AsyncIterator[Worker]:
     """An embedded worker on ``aqueue_app``'s default queue, running during the test."""
     async with aqueue_app.worker(concurrency=10, hostname="embedded@test") as worker:
         yield worker
+
 
 @pytest.fixture
 def aqueue_clock(aqueue_app: App) -> VirtualTime:

@@ -1,4 +1,6 @@
-"""Django's tasks framework on aqueue: ``TASKS = {"default": {"BACKEND": "aqueue.django.AqueueBackend"}}``.
+"""Django's tasks framework on aqueue.
+
+``TASKS = {"default": {"BACKEND": "aqueue.django.AqueueBackend", "OPTIONS": {...}}}``.
 
 A Django project keeps writing ``@task`` functions and ``my_task.enqueue(...)``; the backend
 sends each call as one aqueue task, ``aqueue.django.run``, carrying the function's dotted

@@ -43,7 +43,6 @@ from django.utils.module_loading import import_string
 
 from aqueue import App, AsyncResult, TaskFailed, TaskRevoked, states
 
-
 from .compat import (
     MAX_PRIORITY,
     MIN_PRIORITY,

@@ -9,10 +9,8 @@ from typing import Any
 
 import pytest
 
-from aqueue import App, chain
+from aqueue import App
 from aqueue.testing import VirtualTime, drain
-
-pytest_plugins = ["aqueue.testing", "pytester"]
 
 
 def celery101(app: App) -> dict[str, Any]:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from aqueue import chain
-
 from celery101.aqueue import app
+
+from aqueue import chain
 
 JobData = dict[str, list[float]]
 

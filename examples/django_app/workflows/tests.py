@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from celery101.aqueue import app
 from django.db import connection, transaction
 from django.test import TransactionTestCase
 
 from aqueue.django import enqueue_on_commit, run_in_loop
-from celery101.aqueue import app
 
 from .jobs import check_numbers, start_workflow
 from .models import Run

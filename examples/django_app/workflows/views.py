@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from celery101.aqueue import app
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -18,7 +19,6 @@ from django.views.decorators.http import require_GET, require_POST
 from aqueue import states
 from aqueue.django import enqueue_on_commit, run_in_loop
 from aqueue.django.compat import TaskResultDoesNotExist
-from celery101.aqueue import app
 
 from .jobs import start_workflow
 from .models import Run
