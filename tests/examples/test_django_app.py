@@ -41,3 +41,18 @@ def test_the_examples_pytest_tests_use_the_plugin(tmp_path: Path) -> None:
     done = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "test_tasks.py"], tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "3 passed" in done.stdout
+
+
+def test_worker_django_needs_the_settings_module(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    aqueue = Path(sys.executable).with_name("aqueue")
+    done = subprocess.run(
+        [str(aqueue), "worker", "celery101.aqueue:app", "--django", "--burst"],
+        cwd=EXAMPLE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--django: set DJANGO_SETTINGS_MODULE" in done.stderr
