@@ -22,10 +22,11 @@ the aqueue task id. States: PENDING, RECEIVED and RETRY read READY; STARTED read
 SUCCESS reads SUCCESSFUL; FAILURE and REVOKED read FAILED, with the remote error's type and
 traceback as the ``TaskError`` (aqueue never carries exception objects).
 
-Django calls ``enqueue()`` from synchronous code. aqueue is asynchronous, so the backend
-owns one event loop in a daemon thread where its app's connections live, and runs each
-send there (``aenqueue`` awaits the same loop). TEMPORARY: issue 18's sync API (branch
-``sync``) replaces this loop thread with aqueue's own blocking calls.
+Django calls ``enqueue()`` from synchronous code. aqueue is asynchronous, so each send runs
+on the loop where the app is connected: in a worker process the worker's loop (a Django
+task enqueueing another), elsewhere one event loop the backend keeps in a daemon thread
+(``aenqueue`` awaits the same loop, or directly when it is the caller's). TEMPORARY: issue
+18's sync API (branch ``sync``) replaces this loop thread with aqueue's own blocking calls.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def aqueue_priority(priority: int) -> int:
 
 
 class _LoopThread:
-    """An event loop in a daemon thread, where the backend's app connects and sends.
+    """An event loop in a daemon thread, where an app not yet connected anywhere connects.
 
     TEMPORARY until the sync API (issue 18, branch ``sync``): Django's ``enqueue()`` is
     synchronous and may run in any thread, with or without a running loop; one loop of our
@@ -95,26 +96,53 @@ class _LoopThread:
                 self._loop = loop
             return self._loop
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop()).result()
-
-    async def arun(self, coro: Coroutine[Any, Any, T]) -> T:
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop()))
-
 
 #: the process's one loop thread, shared by every AqueueBackend and by run_in_loop
 _LOOP = _LoopThread()
 
 
-def run_in_loop(coro: Coroutine[Any, Any, T]) -> T:
-    """Run an aqueue coroutine from synchronous Django code (a view, a command), on the
-    loop where the backends' apps are connected; returns its value.
+def _home(app: App | None) -> asyncio.AbstractEventLoop:
+    """Where ``app``'s coroutines run: the loop it is connected on while that loop runs (a
+    worker's, when a task enqueues a Django task), else the loop thread. One app, one
+    loop: connecting it again on another would drop the connections the first one uses."""
+    loop = app.loop if app is not None else None
+    if loop is not None and loop.is_running() and not loop.is_closed():
+        return loop
+    return _LOOP.loop()
+
+
+def _current() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def run_in_loop(coro: Coroutine[Any, Any, T], app: App | None = None) -> T:
+    """Run an aqueue coroutine from synchronous Django code (a view, a command) and return
+    its value: on the loop ``app`` is connected on, else the backends' loop thread (where
+    an ``AqueueBackend``'s app connects when nothing else has).
 
     TEMPORARY: the sync API of issue 18 (branch ``sync``) replaces this; until then it is
     the one supported way to call aqueue from a sync view: ``run_in_loop(h.state())``.
-    Never call it from inside that loop (a coroutine running there would wait on itself).
+    It refuses to block the loop it would wait on (call it from a thread, or await).
     """
-    return _LOOP.run(coro)
+    home = _home(app)
+    if _current() is home:
+        coro.close()
+        raise RuntimeError(
+            "run_in_loop() called on the loop it runs coroutines on: await the coroutine "
+            "(aenqueue(), aget_result()) instead"
+        )
+    return asyncio.run_coroutine_threadsafe(coro, home).result()
+
+
+async def _arun(coro: Coroutine[Any, Any, T], app: App) -> T:
+    """Await ``coro`` here when this is the app's loop, else on the app's loop."""
+    home = _home(app)
+    if _current() is home:
+        return await coro
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, home))
 
 
 class AqueueBackend(BaseTaskBackend):  # type: ignore[misc]
@@ -129,7 +157,6 @@ class AqueueBackend(BaseTaskBackend):  # type: ignore[misc]
         super().__init__(alias, params)
         self.enqueue_on_commit: bool = bool(self.options.get("ENQUEUE_ON_COMMIT", False))
         self._app: App | None = None
-        self._loop = _LOOP
 
     @property
     def app(self) -> App:
@@ -165,7 +192,7 @@ class AqueueBackend(BaseTaskBackend):  # type: ignore[misc]
 
             return await sync_to_async(self.enqueue, thread_sensitive=True)(task, args, kwargs)
         result = self._result(task, args, kwargs)
-        await self._loop.arun(self._send(result))
+        await _arun(self._send(result), self.app)
         return result
 
     def _enqueue(
@@ -175,9 +202,9 @@ class AqueueBackend(BaseTaskBackend):  # type: ignore[misc]
         if on_commit:
             # the id is known now; the message leaves only if the transaction commits (at
             # once outside a transaction, never after a rollback)
-            transaction.on_commit(lambda: self._loop.run(self._send(result)))
+            transaction.on_commit(lambda: run_in_loop(self._send(result), self.app))
         else:
-            self._loop.run(self._send(result))
+            run_in_loop(self._send(result), self.app)
         return result
 
     def _result(self, task: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
@@ -215,10 +242,10 @@ class AqueueBackend(BaseTaskBackend):  # type: ignore[misc]
     # -- results ----------------------------------------------------------------------------
 
     def get_result(self, result_id: str) -> Any:
-        return self._loop.run(self._get_result(result_id))
+        return run_in_loop(self._get_result(result_id), self.app)
 
     async def aget_result(self, result_id: str) -> Any:
-        return await self._loop.arun(self._get_result(result_id))
+        return await _arun(self._get_result(result_id), self.app)
 
     async def _get_result(self, result_id: str) -> Any:
         handle: AsyncResult[Any] = self.app.AsyncResult(result_id)

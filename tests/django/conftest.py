@@ -34,6 +34,11 @@ if not settings.configured:
                 "QUEUES": ["default", "held"],
                 "OPTIONS": {"APP": "tests.django.jobs:app", "ENQUEUE_ON_COMMIT": True},
             },
+            # the worker's own app: Django tasks that enqueue Django tasks on the worker
+            "worker": {
+                "BACKEND": "aqueue.django.AqueueBackend",
+                "OPTIONS": {"APP": "tests.django.jobs:worker_app"},
+            },
         },
     )
     django.setup()

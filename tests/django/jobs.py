@@ -51,3 +51,22 @@ def attempt(context: Any) -> int:
 @task(queue_name="held")
 def held(n: int) -> int:
     return n
+
+
+@task(backend="worker")
+def fan_out_sync(n: int) -> str:
+    """Runs in a worker thread; its enqueue goes to the worker's loop, where worker_app is
+    connected (not to the backend's loop thread, which would connect it a second time)."""
+    return str(multiply.using(backend="worker").enqueue(n, 2).id)
+
+
+@task(backend="worker")
+async def fan_out_async(n: int) -> str:
+    """Runs on the worker's loop: aenqueue awaits the send right there."""
+    return str((await multiply.using(backend="worker").aenqueue(n, 3)).id)
+
+
+@task(backend="worker")
+async def enqueue_blocking_on_the_loop() -> None:
+    """A sync enqueue on the worker's loop would block the loop it waits on: refused."""
+    multiply.using(backend="worker").enqueue(1, 1)

@@ -18,7 +18,18 @@ from aqueue.django.backend import aqueue_priority
 from aqueue.django.compat import TaskResultDoesNotExist, TaskResultStatus
 
 from . import jobs
-from .jobs import app, attempt, explode, greet, held, multiply, worker_app
+from .jobs import (
+    app,
+    attempt,
+    enqueue_blocking_on_the_loop,
+    explode,
+    fan_out_async,
+    fan_out_sync,
+    greet,
+    held,
+    multiply,
+    worker_app,
+)
 
 
 async def _size(queue: str) -> int:
@@ -127,5 +138,18 @@ def test_an_app_option_that_is_no_app() -> None:
         _ = backend.app
 
 
-def test_the_loop_thread_is_shared() -> None:
+def test_run_in_loop_runs_on_the_loop_thread() -> None:
     assert run_in_loop(asyncio.sleep(0, result=jobs.STORE)) == jobs.STORE
+
+
+async def test_django_tasks_enqueue_django_tasks_on_the_worker() -> None:
+    async with worker_app.worker(concurrency=4, hostname="fanout@test"):
+        for parent, value in ((fan_out_sync, 10), (fan_out_async, 15)):
+            started = await parent.aenqueue(5)  # on this loop: the worker app's own
+            child_id = await worker_app.AsyncResult(started.id).wait(timeout=30)
+            assert await worker_app.AsyncResult(child_id).wait(timeout=30) == value
+        refused = await enqueue_blocking_on_the_loop.aenqueue()
+        handle = worker_app.AsyncResult(refused.id)
+        await handle.wait(timeout=30, propagate=False)
+    assert handle.status == "FAILURE"
+    assert "await the coroutine" in str(handle.result)

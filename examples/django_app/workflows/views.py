@@ -48,7 +48,7 @@ def run_status(request: HttpRequest, pk: int) -> HttpResponse:
     run = Run.objects.filter(pk=pk).first()
     if run is None:
         return JsonResponse({"error": "no such run"}, status=404)
-    out = run_in_loop(_walk(run))
+    out = run_in_loop(_walk(run), app)
     try:  # Django's TaskResult of start_workflow, read back through the aqueue backend
         out["start"] = start_workflow.get_result(run.start_id).status
     except TaskResultDoesNotExist:  # no worker has received it yet
