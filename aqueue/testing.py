@@ -35,10 +35,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from aqueue import App, signals
+from aqueue import App, Worker, signals
 from aqueue.beat.clock import VirtualClock
 from aqueue.brokers.memory import store_for
-from aqueue.core.worker import Worker
 
 __all__ = ["VirtualTime", "aqueue_app", "aqueue_clock", "aqueue_worker", "drain", "memory_app"]
 
@@ -140,8 +139,7 @@ async def drain(
     try:
         async with asyncio.timeout(timeout):
             while True:
-                worker = Worker(
-                    app,
+                worker = app.worker(
                     queues=list(queues) if queues else _queues(app),
                     burst=True,
                     concurrency=concurrency,
