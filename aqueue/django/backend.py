@@ -181,6 +181,23 @@ class AqueueBackend(BaseTaskBackend):  # type: ignore[misc]
             self._app = app
         return self._app
 
+    def check(self, **kwargs: Any) -> list[Any]:
+        """Django's system checks (``manage.py check``): results can be read back only when
+        the app stores the task's arguments (``result_extended``)."""
+        from django.core import checks
+
+        messages = list(super().check(**kwargs))
+        if not self.app.conf.result_extended:
+            messages.append(
+                checks.Warning(
+                    f"TASKS[{self.alias!r}]: the aqueue app {self.app.name!r} does not store "
+                    "task arguments, so get_result() / TaskResult.refresh() cannot work",
+                    hint="set result_extended=True on the app (CELERY_RESULT_EXTENDED = True)",
+                    id="aqueue.W001",
+                )
+            )
+        return messages
+
     # -- enqueue ----------------------------------------------------------------------------
 
     def enqueue(self, task: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:

@@ -153,3 +153,10 @@ async def test_django_tasks_enqueue_django_tasks_on_the_worker() -> None:
         await handle.wait(timeout=30, propagate=False)
     assert handle.status == "FAILURE"
     assert "await the coroutine" in str(handle.result)
+
+
+def test_the_system_check_wants_result_extended(tmp_path: Any) -> None:
+    plain = App("plain", broker=f"sqlite:///{tmp_path}/p.db")
+    warned = AqueueBackend("plain", {"OPTIONS": {"APP": plain}}).check()
+    assert [m.id for m in warned] == ["aqueue.W001"]
+    assert AqueueBackend("default", {"OPTIONS": {"APP": app}}).check() == []
