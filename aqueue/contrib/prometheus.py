@@ -257,6 +257,7 @@ class FleetMetrics(Collector):
         self._snapshot: list[Metric] = []
         self._names: OrderedDict[str, str] = OrderedDict()
         self._follower: asyncio.Task[None] | None = None
+        self._closed = False
 
     # -- scrape time -------------------------------------------------------------------
 
@@ -316,13 +317,14 @@ class FleetMetrics(Collector):
         Events from the moment of this call on are counted (read with ``since``, so none
         is missed while the subscription is being made).
         """
-        if self._follower is not None or not self.follow_events:
+        if self._follower is not None or self._closed or not self.follow_events:
             return
         since = time.time()
         self._follower = asyncio.create_task(self._follow(since), name="aqueue-metrics-events")
 
     async def close(self) -> None:
-        """Stop following the event stream."""
+        """Stop following the event stream (for good: scrapes after this do not restart it)."""
+        self._closed = True
         if self._follower is not None:
             self._follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -340,7 +342,7 @@ class FleetMetrics(Collector):
     def count(self, event: Event) -> None:
         """Count one task event (public so that a program reading events can feed it)."""
         kind, uuid = event.type, event.uuid or ""
-        if kind == "task-received":
+        if kind in ("task-sent", "task-received"):  # the events that carry the name
             self._names[uuid] = event.name or ""
             if len(self._names) > _NAMES_KEPT:
                 self._names.popitem(last=False)
