@@ -225,7 +225,7 @@ class FleetMetrics(Collector):
         *,
         queues: Sequence[str] | None = None,
         events: bool = True,
-        dead_letter_limit: int = 1000,
+        dead_letter_limit: int = 100,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.app = app
@@ -434,7 +434,7 @@ def metrics_app(
     *,
     queues: Sequence[str] | None = None,
     events: bool = True,
-    dead_letter_limit: int = 1000,
+    dead_letter_limit: int = 100,
 ) -> MetricsApp:
     """The fleet's ``/metrics`` as an ASGI app (the dashboard mounts it). See FleetMetrics."""
     return MetricsApp(
