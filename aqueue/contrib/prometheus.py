@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Seque
 from typing import TYPE_CHECKING, Any
 
 from ..core import signals, states
-from ..core.errors import ConfigurationError
+from ..core.errors import AqueueError, ConfigurationError
 from ..core.middleware import ExecuteNext, Middleware
 
 try:
@@ -347,12 +347,21 @@ class FleetMetrics(Collector):
             self._follower = None
 
     async def _follow(self, since: float) -> None:
-        try:
-            async with contextlib.aclosing(self.app.events(since=since, types="task-*")) as stream:
-                async for event in stream:
-                    self.count(event)
-        except ConfigurationError as exc:  # a broker without topics carries no events
-            log.warning("metrics: no task counts from events: %s", exc)
+        """Count events until closed; a broken stream is read again from the last event."""
+        while True:
+            try:
+                stream = self.app.events(since=since, types="task-*")
+                async with contextlib.aclosing(stream):
+                    async for event in stream:
+                        since = max(since, event.timestamp + 1e-6)
+                        self.count(event)
+                return
+            except ConfigurationError as exc:  # a broker without topics carries no events
+                log.warning("metrics: no task counts from events: %s", exc)
+                return
+            except AqueueError as exc:
+                log.warning("metrics: the event stream failed (%s); reading it again in 1 s", exc)
+                await asyncio.sleep(1.0)
 
     def count(self, event: Event) -> None:
         """Count one task event (public so that a program reading events can feed it)."""
