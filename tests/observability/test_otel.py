@@ -21,24 +21,30 @@ from opentelemetry.trace import SpanKind, StatusCode
 from aqueue import App, TaskFailed, chain, chord
 from aqueue.contrib.otel import TracingMiddleware
 
-from ..conftest import delete_redis_prefix, make_url
+from ..conftest import delete_redis_prefix, make_url, prefix_of
 
 KINDS = [
     pytest.param("memory", id="memory"),
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    pytest.param("rabbitmq", id="rabbitmq+redis", marks=[pytest.mark.rabbitmq, pytest.mark.redis]),
 ]
 
 
 @pytest.fixture(params=KINDS)
 async def app(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[App]:
     url = make_url(request.param, tmp_path)
-    the_app = App("traced", broker=url, lease_seconds=5.0)
+    backend = None
+    if request.param == "rabbitmq":  # a chord needs a shared result store: Redis
+        request.getfixturevalue("_rabbit_prefixes").append(prefix_of(url))
+        backend = make_url("redis", tmp_path)
+    the_app = App("traced", broker=url, backend=backend, lease_seconds=5.0)
     try:
         async with the_app:
             yield the_app
     finally:
-        if request.param == "redis":
-            delete_redis_prefix(url.split("prefix=", 1)[1])
+        for used in (url, backend or ""):
+            if used.startswith("redis://"):
+                delete_redis_prefix(prefix_of(used))
 
 
 @pytest.fixture

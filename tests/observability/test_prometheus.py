@@ -17,26 +17,32 @@ from prometheus_client.parser import text_string_to_metric_families
 from aqueue import App, Task, TaskFailed
 from aqueue.contrib.prometheus import FleetMetrics, MetricsApp, WorkerMetrics, metrics_app
 
-from ..conftest import delete_redis_prefix, make_url
+from ..conftest import delete_redis_prefix, make_url, prefix_of
 
 #: brokers the fleet view is checked on (the worker's counts do not depend on the broker)
 KINDS = [
     pytest.param("memory", id="memory"),
     pytest.param("sqlite", id="sqlite"),
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    pytest.param("rabbitmq", id="rabbitmq+redis", marks=[pytest.mark.rabbitmq, pytest.mark.redis]),
 ]
 
 
 @pytest.fixture(params=KINDS)
 async def app(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[App]:
     url = make_url(request.param, tmp_path)
-    the_app = App("obs", broker=url, lease_seconds=5.0)
+    backend = None
+    if request.param == "rabbitmq":  # results and the worker registry in Redis
+        request.getfixturevalue("_rabbit_prefixes").append(prefix_of(url))
+        backend = make_url("redis", tmp_path)
+    the_app = App("obs", broker=url, backend=backend, lease_seconds=5.0)
     try:
         async with the_app:
             yield the_app
     finally:
-        if request.param == "redis":
-            delete_redis_prefix(url.split("prefix=", 1)[1])
+        for used in (url, backend or ""):
+            if used.startswith("redis://"):
+                delete_redis_prefix(prefix_of(used))
 
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
