@@ -246,7 +246,7 @@ def worker(
         int | None,
         typer.Option(
             "--metrics-port",
-            min=0,
+            min=1,
             max=65535,
             help="Serve this worker's Prometheus metrics on this port (aqueue[prometheus]).",
             rich_help_panel=_WORKER,
