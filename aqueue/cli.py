@@ -242,6 +242,24 @@ def worker(
             rich_help_panel=_WORKER,
         ),
     ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=1,
+            max=65535,
+            help="Serve this worker's Prometheus metrics on this port (aqueue[prometheus]).",
+            rich_help_panel=_WORKER,
+        ),
+    ] = None,
+    metrics_address: Annotated[
+        str,
+        typer.Option(
+            "--metrics-address",
+            help="The address --metrics-port listens on.",
+            rich_help_panel=_WORKER,
+        ),
+    ] = "127.0.0.1",
     shutdown_timeout: Annotated[
         float | None,
         typer.Option(
@@ -394,6 +412,8 @@ def worker(
         restarts=0,
         beat=beat,
         task_events=task_events,
+        metrics_port=metrics_port,
+        metrics_address=metrics_address,
         django=django,
     )
     if _handover and can_exec():

@@ -28,7 +28,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Coroutine
 from types import ModuleType
-from typing import Any, NoReturn, NotRequired, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, NotRequired, TypedDict, TypeVar
 
 from .core.app import App
 from .core.errors import AqueueError, ConfigurationError
@@ -50,6 +50,9 @@ from .process import (
     stream_of,
     use_formats,
 )
+
+if TYPE_CHECKING:
+    from .contrib.prometheus import WorkerMetrics
 
 T = TypeVar("T")
 
@@ -88,6 +91,10 @@ class WorkerOptions(TypedDict):
     beat: bool
     #: send monitoring events (``-E/--task-events``: ``worker_send_task_events``)
     task_events: bool
+    #: serve this process's Prometheus metrics on this port (``--metrics-port``)
+    metrics_port: NotRequired[int | None]
+    #: the address they are served on (``--metrics-address``, loopback by default)
+    metrics_address: NotRequired[str]
     #: ``django.setup()`` before the app is imported (``--django``)
     django: NotRequired[bool]
 
@@ -248,6 +255,7 @@ def _run_once(options: WorkerOptions) -> tuple[int, bool]:
         use_formats(handler, the_app.conf)
         the_app.import_includes()
         w = _worker(the_app, options)
+        _metrics(the_app, options)
         scheduler = _scheduler(the_app, options)
         if options["pidfile"]:
             pidfile = PidFile(node_format(options["pidfile"], nodename))
@@ -307,6 +315,36 @@ def _worker(the_app: App, options: WorkerOptions) -> Worker:
         )
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+
+
+#: this process's worker metrics (``--metrics-port``), kept across the lives of a worker
+#: replaced in this process (a re-executed one starts afresh, on the same port)
+_served_metrics: list[WorkerMetrics] = []
+
+
+def _metrics(app: App, options: WorkerOptions) -> None:
+    """Count and serve this process's metrics if ``--metrics-port`` asks for them."""
+    port = options.get("metrics_port")
+    if port is None:
+        return
+    from .contrib.prometheus import WorkerMetrics  # only now: the extra may be missing
+
+    if _served_metrics:  # a new life in this process: the same registry, server and port
+        metrics = _served_metrics[0]
+        if metrics.app is not app:
+            metrics.uninstall()
+            metrics.app = app
+        metrics.install()
+        return
+    address = options.get("metrics_address") or "127.0.0.1"
+    metrics = WorkerMetrics(app).install()
+    try:
+        metrics.serve(port, address)
+    except OSError as exc:
+        metrics.uninstall()
+        raise CLIError(f"cannot serve metrics on {address}:{port}: {exc.strerror}") from None
+    _served_metrics.append(metrics)
+    log.info("metrics on http://%s:%d/metrics", address, port)
 
 
 def _apply_options(app: App, options: WorkerOptions) -> None:

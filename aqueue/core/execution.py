@@ -720,6 +720,10 @@ class Executor:
         self.dead_lettered += 1
         if self.events.enabled:
             self.events.rejected(delivery.id, reason)
+        if signals.task_rejected.receivers:
+            await signals.task_rejected.send(
+                None, task_id=delivery.id, task=task, queue=delivery.queue, reason=reason
+            )
         log.error(
             "dead-lettering message %s from queue %s (%s): %s%s",
             delivery.id,

@@ -293,7 +293,7 @@ async def publish_many(
     if not app.routes_by_exchange and any(m.exchange for m in messages):
         messages = resolved(app.router(), messages, redact(app.broker_url))
     if app.middleware:
-        sent, origins, ids = await _through_middleware(app, messages, fmt)
+        sent, origins, ids = await through_middleware(app, messages, fmt)
         sent_fmt: SerializerName | list[SerializerName] = (
             fmt if isinstance(fmt, str) else [fmt[i] for i in origins]
         )
@@ -347,7 +347,7 @@ def _results(
     return out
 
 
-async def _through_middleware(
+async def through_middleware(
     app: App, messages: list[MessageOut], fmt: SerializerName | list[SerializerName]
 ) -> tuple[list[MessageOut], list[int], list[str]]:
     """Run each message through the publish middleware, collecting what reaches the end.

@@ -16,6 +16,7 @@ nothing when no receiver is connected.
 | ``task_failure`` | task | ``task_id``, ``exception``, ``traceback``, ``request`` |
 | ``task_retry`` | task | ``request``, ``reason``, ``countdown`` |
 | ``task_revoked`` | task or None | ``task_id``, ``terminated``, ``expired`` |
+| ``task_rejected`` | None | ``task_id``, ``task`` (name or None), ``queue``, ``reason`` |
 | ``worker_ready`` | worker | |
 | ``worker_shutdown`` | worker | |
 """
@@ -70,5 +71,7 @@ task_success = Signal("task_success")
 task_failure = Signal("task_failure")
 task_retry = Signal("task_retry")
 task_revoked = Signal("task_revoked")
+#: a message dead-lettered by the worker (Celery's name; its keywords are aqueue's)
+task_rejected = Signal("task_rejected")
 worker_ready = Signal("worker_ready")
 worker_shutdown = Signal("worker_shutdown")

@@ -57,6 +57,7 @@ from ..core.nodes import (
 )
 from ..core.options import node_message
 from ..core.routing import resolved
+from ..core.sending import through_middleware
 from ..core.serialization import SerializerName, check_serializer, decode, encode, format_of
 from ..core.urls import redact
 from . import additions, apply, builtins
@@ -318,9 +319,15 @@ class Engine:
         app = self.app
         broker = await app.connected_broker()
         messages = [m for m, _ in outbound]
+        formats = [f for _, f in outbound]
+        if app.middleware:  # what a workflow sends goes through the app's middleware too
+            messages, origins, _ = await through_middleware(app, messages, formats)
+            formats = [formats[i] for i in origins]
+            if not messages:
+                return
         if not app.routes_by_exchange and any(m.exchange for m in messages):
             messages = resolved(app.router(), messages, redact(app.broker_url))
-        batch = encode_batch(messages, [f for _, f in outbound], app.conf.max_message_bytes)
+        batch = encode_batch(messages, formats, app.conf.max_message_bytes)
         await broker.publish(batch)
         if app.conf.task_send_sent_event:  # monitoring events (aqueue/core/events.py)
             await app.sent_events.publish(messages)
