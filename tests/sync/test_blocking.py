@@ -1,0 +1,166 @@
+"""The blocking API (``.sync``) against a live worker, on SQLite and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from aqueue import App, ConfigurationError, SyncResult, SyncUsageError, TaskFailed, TaskRevoked
+from aqueue import states as st
+from aqueue.core import blocking
+
+TIMEOUT = 20.0
+
+
+def portal_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "aqueue-sync"]
+
+
+def test_delay_get_state(sync_app: App) -> None:
+    add = sync_app.tasks["sync.add"]
+    result = add.sync.delay(2, 2)
+    assert isinstance(result, SyncResult)
+    assert result.get(timeout=TIMEOUT) == 4
+    assert result.state == st.SUCCESS
+    assert result.status == st.SUCCESS
+    assert result.result == 4
+    assert result.ready() and result.successful() and not result.failed()
+    # a later request that only has the id
+    again = sync_app.sync.AsyncResult(result.id)
+    assert again.get(timeout=TIMEOUT) == 4
+    assert again == result
+
+
+def test_apply_async_options_and_send_task(sync_app: App) -> None:
+    mul = sync_app.tasks["sync.mul"]
+    assert mul.sync.apply_async((3, 4), task_id="fixed-id").get(timeout=TIMEOUT) == 12
+    assert sync_app.sync.AsyncResult("fixed-id").state == st.SUCCESS
+    assert mul.sync.options(priority=3).delay(5, 5).get(timeout=TIMEOUT) == 25
+    assert mul.options(priority=3).sync.delay(2, 5).get(timeout=TIMEOUT) == 10
+    by_name = sync_app.sync.send_task("sync.sub", (10, 4))
+    assert by_name.get(timeout=TIMEOUT) == 6
+
+
+def test_day4_chain_and_status_walk(sync_app: App) -> None:
+    div, mul = sync_app.tasks["sync.div"], sync_app.tasks["sync.mul"]
+    add, sub = sync_app.tasks["sync.add"], sync_app.tasks["sync.sub"]
+    workflow = (div.s(4, 2) | mul.s(3) | add.s(6) | sub.s(2)).sync.apply_async()
+    assert workflow.get(timeout=TIMEOUT) == 10  # 4 / 2 * 3 + 6 - 2
+    # the day-6 walk: parents back to the first step, each one's state
+    walked: list[SyncResult[Any]] = []
+    node: Any = workflow
+    while node is not None:
+        walked.append(node)
+        node = node.parent
+    assert len(walked) == 4
+    assert [r.state for r in reversed(walked)] == [st.SUCCESS] * 4
+    root = walked[-1].id
+    assert list(sync_app.sync.workflow_states(root).values()) == [st.SUCCESS] * 4
+    # app.sync.apply and a group
+    assert sync_app.sync.apply(div.s(9, 3)).get(timeout=TIMEOUT) == 3
+    from aqueue import group
+
+    grouped = group(add.s(1, 1), mul.s(2, 3)).sync.apply_async()
+    assert grouped.get(timeout=TIMEOUT) == [2, 6]
+    assert grouped.completed_count() == 2 and grouped.successful()
+
+
+def test_failure_propagates(sync_app: App) -> None:
+    result = sync_app.tasks["sync.boom"].sync.delay("no report today")
+    with pytest.raises(TaskFailed) as failed:
+        result.get(timeout=TIMEOUT)
+    assert failed.value.exc_type == "ValueError"
+    assert "no report today" in str(failed.value)
+    assert result.state == st.FAILURE and result.failed()
+    returned = result.get(timeout=TIMEOUT, propagate=False)
+    assert isinstance(returned, TaskFailed)
+
+
+def test_timeout_then_revoke(sync_app: App) -> None:
+    # sent to a queue nobody consumes: it cannot finish, so the wait must time out
+    result = sync_app.tasks["sync.add"].sync.apply_async((1, 2), queue="nobody-listens")
+    with pytest.raises(TimeoutError):
+        result.get(timeout=0.3)
+    assert result.state == st.PENDING
+    result.revoke()
+    assert result.state == st.REVOKED
+    with pytest.raises(TaskRevoked):
+        result.get(timeout=TIMEOUT)
+
+
+def test_threads_share_one_portal_and_one_connection(sync_app: App) -> None:
+    add = sync_app.tasks["sync.add"]
+    add.sync.delay(0, 0).get(timeout=TIMEOUT)
+    broker, backend = sync_app.broker, sync_app.backend
+
+    def client(n: int) -> list[float]:
+        sent = [add.sync.delay(n, i) for i in range(20)]
+        return [r.get(timeout=TIMEOUT) for r in sent]
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        got = list(pool.map(client, range(16)))
+    assert got == [[n + i for i in range(20)] for n in range(16)]
+    # one loop thread and the same connections throughout: none per call, none per thread
+    assert len(portal_threads()) == 1
+    assert sync_app.broker is broker and sync_app.backend is backend
+
+
+def test_refused_inside_a_running_loop(sync_app: App, caplog: pytest.LogCaptureFixture) -> None:
+    add = sync_app.tasks["sync.add"]
+    done = add.sync.delay(1, 1)
+
+    async def inside() -> None:
+        with pytest.raises(SyncUsageError, match=r"await task\.delay"):
+            add.sync.delay(1, 2)
+        with pytest.raises(SyncUsageError, match=r"await result\.wait"):
+            done.get(timeout=1)
+        with pytest.raises(SyncUsageError, match=r"await result\.state"):
+            _ = done.state
+
+    asyncio.run(inside())
+    # the refused send built no coroutine: nothing reported as never awaited
+    assert "never awaited" not in caplog.text
+    assert done.get(timeout=TIMEOUT) == 2
+
+
+def test_async_use_of_a_sync_app_is_refused(sync_app: App) -> None:
+    add = sync_app.tasks["sync.add"]
+    add.sync.delay(1, 1).get(timeout=TIMEOUT)
+
+    async def elsewhere() -> None:
+        await add.delay(1, 2)
+
+    with pytest.raises(ConfigurationError, match="blocking API"):
+        asyncio.run(elsewhere())
+
+
+def test_forked_child_sends_with_its_own_portal(sync_app: App) -> None:
+    add = sync_app.tasks["sync.add"]
+    assert add.sync.delay(1, 1).get(timeout=TIMEOUT) == 2
+    parent_portal = blocking.portal()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send, wait, report the id, exit with a status
+        status = 1
+        try:
+            os.close(read)
+            result = add.sync.delay(20, 22)
+            ok = result.get(timeout=TIMEOUT) == 42 and blocking.portal() is not parent_portal
+            os.write(write, result.id.encode())
+            status = 0 if ok else 2
+        finally:
+            os._exit(status)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        child_id = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # the parent's portal and connections still work, and see the child's result
+    assert blocking.portal() is parent_portal
+    assert sync_app.sync.AsyncResult(child_id).get(timeout=TIMEOUT) == 42
+    assert add.sync.delay(2, 3).get(timeout=TIMEOUT) == 5
