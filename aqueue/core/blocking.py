@@ -57,7 +57,7 @@ from .result import AsyncResult, GroupResult
 
 if TYPE_CHECKING:
     from .app import App
-    from .canvas import Canvas
+    from .canvas import Canvas, Group
     from .task import Task
     from .worker import Worker
 
@@ -484,6 +484,8 @@ class SyncApp:
             )
         )
 
+    @overload
+    def apply(self, canvas: Group[T], **options: Any) -> SyncGroupResult[T]: ...
     @overload
     def apply(self, canvas: Canvas[Any, GroupResult[T]], **options: Any) -> SyncGroupResult[T]: ...
     @overload
