@@ -1,0 +1,1 @@
+"""Integrations with web frameworks; the core never imports these."""
