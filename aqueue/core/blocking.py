@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import concurrent.futures.thread  # (see the exit hook below)
 import contextlib
 import logging
 import os
@@ -189,7 +190,15 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(shutdown)
+# Closing needs the default executor (a backend closes its sync client in a thread), which
+# refuses work once concurrent.futures' own exit hook ran: that hook runs among threading's
+# exit hooks, last registered first, before atexit's. So ours goes there, registered after
+# concurrent.futures.thread's (imported above) so that it runs before it.
+_register_atexit = getattr(threading, "_register_atexit", None)
+if _register_atexit is not None:
+    _register_atexit(shutdown)
+else:  # pragma: no cover (CPython has it since 3.9)
+    atexit.register(shutdown)
 
 
 # -- results ------------------------------------------------------------------------------

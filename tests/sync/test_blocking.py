@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +16,7 @@ import pytest
 from aqueue import App, ConfigurationError, SyncResult, SyncUsageError, TaskFailed, TaskRevoked
 from aqueue import states as st
 from aqueue.core import blocking
+from tests.conftest import delete_redis_prefix, make_url, prefix_of
 
 TIMEOUT = 20.0
 
@@ -164,3 +168,26 @@ def test_forked_child_sends_with_its_own_portal(sync_app: App) -> None:
     assert blocking.portal() is parent_portal
     assert sync_app.sync.AsyncResult(child_id).get(timeout=TIMEOUT) == 42
     assert add.sync.delay(2, 3).get(timeout=TIMEOUT) == 5
+
+
+@pytest.mark.slow
+def test_process_exit_closes_the_portals_connections(tmp_path: Path) -> None:
+    """A script that sends and exits: the portal closes its connections at exit, quietly."""
+    url = make_url("redis", tmp_path)
+    script = (
+        "from aqueue import App\n"
+        f"app = App('exit', broker={url!r})\n"
+        "@app.task(name='sync.add')\n"
+        "async def add(x: int, y: int) -> int:\n"
+        "    return x + y\n"
+        "print(add.sync.delay(1, 2).id)\n"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+        )
+    finally:
+        delete_redis_prefix(prefix_of(url))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
+    assert done.stderr == ""
