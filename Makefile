@@ -77,3 +77,10 @@ example-flask: venv
 bench:
 	$(PYTHON) -m benchmarks setup
 	.bench-venv/bin/python -m benchmarks run
+	.bench-venv/bin/python -m benchmarks.sync_send
+
+## make bench-sync: only the blocking callers' send rates (docs/benchmarks.md, "Blocking callers")
+.PHONY: bench-sync
+bench-sync:
+	$(PYTHON) -m benchmarks setup
+	.bench-venv/bin/python -m benchmarks.sync_send

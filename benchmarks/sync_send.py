@@ -84,6 +84,31 @@ def aqueue_run_per_call() -> tuple[Callable[[], Any], Callable[[], None]]:
     return (lambda: asyncio.run(once())), lambda: None
 
 
+def aqueue_async_one(n: int) -> float:
+    """The async API in its own loop, one await at a time: what the sync API adds to it."""
+    from aqueue import App
+
+    app = App("bsync-async", broker=f"{REDIS_URL}?prefix=bsync-async")
+
+    @app.task(name="bsync.noop")
+    async def noop() -> None:
+        return None
+
+    async def run() -> float:
+        async with app:
+            for _ in range(200):
+                await noop.delay()
+            started = time.perf_counter()
+            for _ in range(n):
+                await noop.delay()
+            return n / (time.perf_counter() - started)
+
+    try:
+        return asyncio.run(run())
+    finally:
+        delete_keys()
+
+
 def celery_send() -> tuple[Callable[[], Any], Callable[[], None]]:
     from celery import Celery
 
@@ -176,6 +201,8 @@ def main() -> None:
             continue
         table[name] = measure(name, n, repeats)
         print(name, {k: round(v) for k, v in table[name].items()}, flush=True)
+    async_rate = aqueue_async_one(n)
+    print("aqueue async, await delay() one at a time (reference):", round(async_rate), flush=True)
     per_call, _ = aqueue_run_per_call()
     calls = 200
     started = time.perf_counter()
@@ -194,6 +221,7 @@ def main() -> None:
                 "cpus": os.cpu_count(),
                 "versions": versions,
                 "rates": table,
+                "aqueue_async_one": async_rate,
                 "asyncio_run_per_send": run_rate,
             },
             indent=1,
