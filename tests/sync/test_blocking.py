@@ -18,6 +18,8 @@ from aqueue import states as st
 from aqueue.core import blocking
 from tests.conftest import delete_redis_prefix, make_url, prefix_of
 
+from .tasks import register
+
 TIMEOUT = 20.0
 
 
@@ -191,3 +193,25 @@ def test_process_exit_closes_the_portals_connections(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()
     assert done.stderr == ""
+
+
+def test_an_app_connected_in_another_running_loop_is_refused(tmp_path: Path) -> None:
+    app = App("elsewhere", broker=f"sqlite:///{tmp_path / 'a.db'}")
+    register(app)
+    connected, release = threading.Event(), threading.Event()
+
+    async def hold() -> None:
+        async with app:
+            connected.set()
+            await asyncio.to_thread(release.wait)
+
+    holder = threading.Thread(target=asyncio.run, args=(hold(),))
+    holder.start()
+    try:
+        assert connected.wait(TIMEOUT)
+        with pytest.raises(ConfigurationError, match="another running event loop"):
+            app.tasks["sync.add"].sync.delay(1, 2)
+    finally:
+        release.set()
+        holder.join(TIMEOUT)
+        blocking.shutdown()
