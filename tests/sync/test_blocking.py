@@ -215,3 +215,33 @@ def test_an_app_connected_in_another_running_loop_is_refused(tmp_path: Path) -> 
         release.set()
         holder.join(TIMEOUT)
         blocking.shutdown()
+
+
+def test_the_rest_of_the_blocking_surface(sync_app: App) -> None:
+    add, boom = sync_app.tasks["sync.add"], sync_app.tasks["sync.boom"]
+    failed = boom.sync.delay("bad input")
+    assert failed.wait(timeout=TIMEOUT, propagate=False) is not None
+    assert failed.traceback and "ValueError" in failed.traceback
+    assert "bad input" in str(failed.info)
+    done = add.sync.delay(3, 4)
+    assert done.get(timeout=TIMEOUT) == 7
+    done.forget()
+    assert done.state == st.PENDING
+    # app.sync.call runs any coroutine function on the portal
+    assert sync_app.sync.call(sync_app.workflow_states, "no-such-workflow") == {}
+    # app.sync.revoke by ids, on tasks nobody will run
+    waiting = [add.sync.apply_async((i, i), queue="nobody-listens") for i in range(2)]
+    sync_app.sync.revoke([r.id for r in waiting])
+    assert [r.state for r in waiting] == [st.REVOKED, st.REVOKED]
+    from aqueue import group
+
+    grouped = group(add.s(1, 1), add.s(2, 2)).sync.apply_async()
+    assert grouped.get(timeout=TIMEOUT) == [2, 4]
+    assert grouped.ready() and not grouped.failed() and len(grouped) == 2
+    assert [r.get(timeout=TIMEOUT) for r in grouped] == [2, 4]
+    held = group(add.s(1, 1), add.s(2, 2)).sync.apply_async(queue="nobody-listens")
+    held.revoke()
+    assert {r.state for r in held} == {st.REVOKED}
+    # the blocking view of an async handle
+    assert grouped.async_result.sync.get(timeout=TIMEOUT) == [2, 4]
+    assert done.async_result.sync.id == done.id
