@@ -484,15 +484,18 @@ class App:
         """Bind the app's connections to ``loop`` (the blocking API's), or unbind them."""
         self._pinned_loop = loop
 
-    def _forget_connections(self) -> None:
+    def _forget_connections(self) -> list[object]:
         """Drop the connections without closing them: in a forked child they are the
-        parent's (closing would be the parent's business), and the child connects anew."""
+        parent's (closing would be the parent's business), and the child connects anew.
+        Returns what was dropped, for the caller to keep (see blocking.py)."""
+        dropped: list[object] = [c for c in (self._broker, self._backend) if c is not None]
         self._broker = self._backend = None
         self._reply_headers = None
         self._exchanges = self._routed = None
         self._loop = None
         self._connect_lock = None
         self._pinned_loop = None
+        return dropped
 
     def reply_headers(self) -> dict[str, str] | None:
         """Headers that make results come back to this process (a backend that routes

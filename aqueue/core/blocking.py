@@ -185,14 +185,23 @@ def shutdown() -> None:
         current.close()
 
 
+#: what a forked child inherited from its parent's portal: the loop and the connections,
+#: kept referenced for the child's lifetime. Collected, their finalizers could run with a
+#: loop running (the child's own portal thread) and unregister the parent's sockets from
+#: the epoll instance parent and child share, or write a close frame on the parent's
+#: connection; kept, they are only a few idle objects.
+_inherited: list[object] = []
+
+
 def _after_fork_in_child() -> None:
     global _portal, _portal_lock
     # the lock may have been held by a thread that does not exist here
     _portal_lock = threading.Lock()
     inherited, _portal = _portal, None
     if inherited is not None:
+        _inherited.append(inherited)
         for app in list(inherited.apps):
-            app._forget_connections()
+            _inherited.extend(app._forget_connections())
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
