@@ -48,9 +48,9 @@ def create_api(queue: App, *, worker: bool = False) -> FastAPI:
         by_id = await queue.workflow_states(workflow_id)
         if not by_id:
             raise HTTPException(404, f"no workflow {workflow_id}")
-        steps = [
-            {"step": name, "id": task_id, "state": state}
-            for name, (task_id, state) in zip(STEPS, by_id.items(), strict=True)
+        steps = [  # in the workflow's order: div, mul, add, sub
+            {"step": STEPS[i] if i < len(STEPS) else None, "id": task_id, "state": state}
+            for i, (task_id, state) in enumerate(by_id.items())
         ]
         body: dict[str, Any] = {"id": workflow_id, "steps": steps, "result": None}
         ended = [s for s in steps if s["state"] in (states.FAILURE, states.REVOKED)]
