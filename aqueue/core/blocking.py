@@ -563,13 +563,18 @@ class SyncApp:
             self._run("async with app.worker(...)", worker.stop)
 
     def close(self) -> None:
-        """Close this app's connections on the portal (it may connect again later)."""
+        """Close this app's connections on the portal and release the app from it: it may
+        then be used from another event loop, or through ``.sync`` again."""
         app = self._app
 
         async def close() -> None:
             await app.close()
 
         self._run("await app.close()", close)
+        current = _portal
+        if current is not None:
+            current.apps.discard(app)
+        app._pin_loop(None)
 
 
 def check_pinned(app: App, pinned: asyncio.AbstractEventLoop | None) -> None:

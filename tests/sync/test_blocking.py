@@ -249,3 +249,20 @@ def test_the_rest_of_the_blocking_surface(sync_app: App) -> None:
     # the blocking view of an async handle
     assert grouped.async_result.sync.get(timeout=TIMEOUT) == [2, 4]
     assert done.async_result.sync.id == done.id
+
+
+def test_close_releases_the_app_for_another_loop(tmp_path: Path) -> None:
+    app = App("released", broker=f"sqlite:///{tmp_path / 'a.db'}")
+    register(app)
+    add = app.tasks["sync.add"]
+    sent = add.sync.delay(1, 2)
+    app.sync.close()
+
+    async def elsewhere() -> str:
+        async with app:
+            return await app.AsyncResult(sent.id).state()
+
+    try:
+        assert asyncio.run(elsewhere()) == st.PENDING  # no worker ran it: only sent
+    finally:
+        blocking.shutdown()
