@@ -71,7 +71,8 @@ async def test_the_seed_default_and_a_failing_step(client: Client) -> None:
     default = (await client.post("/workflows", json={})).json()["id"]
     assert (await finished(client, default, step=3))["result"] == 10  # 4 / 2 * 3 + 6 - 2
     broken = (await client.post("/workflows", json={"div": [1, 0]})).json()["id"]
-    body = await finished(client, broken, step=0)
+    # the later steps are failed after the first one is: wait for the last
+    body = await finished(client, broken, step=3)
     assert body["state"] == states.FAILURE
     assert "ZeroDivisionError" in body["error"]
     # the later steps never run: they end FAILURE with the first one (as in Celery)
