@@ -75,8 +75,23 @@ services:
 clean:
 	rm -rf $(VENV) $(LOWEST) .mypy_cache .ruff_cache .pytest_cache
 
+## the web examples (docs/sync.md), each one command, on the embedded SQLite broker
+.PHONY: example-fastapi example-flask
+example-fastapi: venv
+	$(BIN)/python -m examples.fastapi_app
+
+example-flask: venv
+	$(BIN)/python -m examples.flask_app
+
 ## make bench: the side-by-side benchmark (docs/benchmarks.md); peers live in .bench-venv
 .PHONY: bench
 bench:
 	$(PYTHON) -m benchmarks setup
 	.bench-venv/bin/python -m benchmarks run
+	.bench-venv/bin/python -m benchmarks.sync_send
+
+## make bench-sync: only the blocking callers' send rates (docs/benchmarks.md, "Blocking callers")
+.PHONY: bench-sync
+bench-sync:
+	$(PYTHON) -m benchmarks setup
+	.bench-venv/bin/python -m benchmarks.sync_send

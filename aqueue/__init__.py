@@ -13,6 +13,7 @@ from .__about__ import __version__
 from .core import states
 from .core.app import App
 from .core.awaiting import Awaiting
+from .core.blocking import SyncGroupResult, SyncResult
 from .core.canvas import (
     Chain,
     Chord,
@@ -47,6 +48,7 @@ from .core.errors import (
     Retry,
     RoutingError,
     SoftTimeLimitExceeded,
+    SyncUsageError,
     TaskFailed,
     TaskRevoked,
     TimeLimitExceeded,
@@ -105,6 +107,9 @@ __all__ = [
     "Signature",
     "SoftTimeLimitExceeded",
     "StateChange",
+    "SyncGroupResult",
+    "SyncResult",
+    "SyncUsageError",
     "Task",
     "TaskCall",
     "TaskFailed",

@@ -54,6 +54,7 @@ from .task import Task
 from .urls import default_backend_url, full_url, make_backend, make_broker, redact
 
 if TYPE_CHECKING:
+    from .blocking import SyncApp
     from .protocols import Workflows
     from .worker import Worker
 
@@ -151,6 +152,9 @@ class App:
         self._backend: ResultBackend | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connect_lock: asyncio.Lock | None = None
+        # the blocking API's loop, once the app is used through ``app.sync`` (blocking.py)
+        self._pinned_loop: asyncio.AbstractEventLoop | None = None
+        self._sync: SyncApp | None = None
         #: the workflow engine (``aqueue.workflows``): applies canvases, and continues
         #: workflows in the worker; it registers its built-in tasks on the app
         self.workflows: Workflows = workflows_for(self)
@@ -434,6 +438,10 @@ class App:
     async def connect(self) -> None:
         """Open the broker and backend connections (done on first use otherwise)."""
         loop = asyncio.get_running_loop()
+        if self._pinned_loop is not None:
+            from .blocking import check_pinned
+
+            check_pinned(self, self._pinned_loop)
         if self._loop is not loop:
             # a new event loop (asyncio.run called again): connections of the old one are
             # unusable there, so start over
@@ -460,6 +468,34 @@ class App:
                 self._backend = backend
                 if isinstance(backend, RoutesResults):
                     self._reply_headers = backend.reply_headers
+
+    @property
+    def sync(self) -> SyncApp:
+        """The blocking API of this app, for code outside any event loop (docs/sync.md):
+        ``app.sync.send_task(...)``, ``app.sync.apply(canvas)``,
+        ``app.sync.AsyncResult(id).get(timeout=10)``, ``with app.sync.worker():``."""
+        if self._sync is None:
+            from .blocking import SyncApp
+
+            self._sync = SyncApp(self)
+        return self._sync
+
+    def _pin_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Bind the app's connections to ``loop`` (the blocking API's), or unbind them."""
+        self._pinned_loop = loop
+
+    def _forget_connections(self) -> list[object]:
+        """Drop the connections without closing them: in a forked child they are the
+        parent's (closing would be the parent's business), and the child connects anew.
+        Returns what was dropped, for the caller to keep (see blocking.py)."""
+        dropped: list[object] = [c for c in (self._broker, self._backend) if c is not None]
+        self._broker = self._backend = None
+        self._reply_headers = None
+        self._exchanges = self._routed = None
+        self._loop = None
+        self._connect_lock = None
+        self._pinned_loop = None
+        return dropped
 
     def reply_headers(self) -> dict[str, str] | None:
         """Headers that make results come back to this process (a backend that routes

@@ -53,6 +53,7 @@ from .result import AsyncResult, GroupResult
 
 if TYPE_CHECKING:
     from .app import App
+    from .blocking import SyncCanvas
     from .task import Task
 
 R = TypeVar("R")
@@ -291,6 +292,14 @@ class Canvas(Generic[R, H]):
         return self.app
 
     # -- applying ------------------------------------------------------------------------
+
+    @property
+    def sync(self) -> SyncCanvas[R, H]:
+        """The blocking spelling for code outside any event loop (docs/sync.md):
+        ``(div.s(4, 2) | mul.s(3)).sync.apply_async().get(timeout=10)``."""
+        from .blocking import SyncCanvas
+
+        return SyncCanvas(self)
 
     def delay(self, *args: Any, **kwargs: Any) -> Awaiting[H]:
         """Apply it; ``args`` go before the first tasks' own arguments, ``kwargs`` over theirs."""

@@ -20,6 +20,9 @@
     ├── ArgumentError             arguments that do not fit the task's signature
     ├── AsyncUsageError           a Celery idiom used without ``await`` (also a TypeError):
     │                             the message names the async spelling
+    ├── SyncUsageError            the blocking API (``.sync``) called inside a running event
+    │                             loop (also a RuntimeError): the message names the async
+    │                             spelling
     ├── TaskFailed                the remote task ended in FAILURE
     ├── TaskRevoked               the task was revoked or expired
     ├── Unsupported               a Celery feature aqueue deliberately does not have (also
@@ -144,6 +147,15 @@ class AsyncUsageError(AqueueError, TypeError):
     Raised instead of a silently wrong answer: ``result.state == "PENDING"``, ``if
     result.ready:``, ``if result.ready():``, reading ``result.status`` before anything was
     read. The message names the async spelling (``await result.state()``).
+    """
+
+
+class SyncUsageError(AqueueError, RuntimeError):
+    """The blocking API (``task.sync.delay()``, ``result.get()``...) called from inside a
+    running event loop.
+
+    Blocking there would stall every other coroutine of that loop (and, on the sync API's
+    own loop, deadlock), so it is refused; the message names the ``await`` spelling.
     """
 
 

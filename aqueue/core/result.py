@@ -33,6 +33,7 @@ from .serialization import SerializerName, check_serializer, decode, encode, for
 
 if TYPE_CHECKING:
     from .app import App
+    from .blocking import SyncGroupResult, SyncResult
     from .task import Task
 
 R = TypeVar("R")
@@ -137,6 +138,13 @@ class AsyncResult(Generic[R]):
 
     def __hash__(self) -> int:
         return hash(self.id)
+
+    @property
+    def sync(self) -> SyncResult[R]:
+        """The blocking view (``result.sync.get(timeout=10)``) for code outside any loop."""
+        from .blocking import SyncResult
+
+        return SyncResult(self)
 
     @property
     def task_id(self) -> str:
@@ -720,6 +728,13 @@ class GroupResult(ResultSet[R]):
     def children(self) -> list[AsyncResult[Any] | GroupResult[Any]]:
         """The members' results (Celery's name)."""
         return self.results
+
+    @property
+    def sync(self) -> SyncGroupResult[R]:
+        """The blocking view (``group_result.sync.get(timeout=10)``)."""
+        from .blocking import SyncGroupResult
+
+        return SyncGroupResult(self)
 
     @query
     async def revoke(self, *, terminate: bool = False) -> None:

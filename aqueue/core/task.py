@@ -34,6 +34,7 @@ log = logging.getLogger("aqueue.worker")
 
 if TYPE_CHECKING:
     from .app import App
+    from .blocking import SyncTask
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -378,6 +379,14 @@ class Task(Generic[P, R]):
             sending.send(self.app, self.name, args, kwargs, _NO_OPTIONS, task=self), self, "delay"
         )
 
+    @property
+    def sync(self) -> SyncTask[P, R]:
+        """The blocking spelling for code outside any event loop (docs/sync.md):
+        ``add.sync.delay(2, 2).get(timeout=10)``."""
+        from .blocking import SyncTask
+
+        return SyncTask(self)
+
     def apply_async(
         self,
         args: Sequence[Any] | None = None,
@@ -524,6 +533,13 @@ class TaskCall(Generic[P, R]):
     async def delay_many(self, items: Iterable[tuple[Any, ...]]) -> list[AsyncResult[R]]:
         """:meth:`Task.delay_many` with the bound options."""
         return await sending.send_items(self.task.app, self.task, items, self.call_options)
+
+    @property
+    def sync(self) -> SyncTask[P, R]:
+        """The blocking spelling, with the bound options."""
+        from .blocking import SyncTask
+
+        return SyncTask(self.task, self.call_options)
 
     def options(self, **options: Unpack[CallOptions]) -> TaskCall[P, R]:
         """Add more options."""
