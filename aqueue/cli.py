@@ -34,6 +34,7 @@ from .core.message import decode_result
 from .core.protocols import CountsIds
 from .core.remote import INSPECT_COMMANDS
 from .core.urls import redact
+from .monitor import dump
 from .process import (
     EXIT_ERROR,
     EXIT_USAGE,
@@ -232,6 +233,15 @@ def worker(
         bool,
         typer.Option("--burst", help="Exit once the queues are empty.", rich_help_panel=_WORKER),
     ] = False,
+    task_events: Annotated[
+        bool,
+        typer.Option(
+            "-E",
+            "--task-events",
+            help="Send monitoring events (`aqueue events` shows them).",
+            rich_help_panel=_WORKER,
+        ),
+    ] = False,
     shutdown_timeout: Annotated[
         float | None,
         typer.Option(
@@ -375,6 +385,7 @@ def worker(
         max_memory_per_child=max_memory_per_child,
         restarts=0,
         beat=beat,
+        task_events=task_events,
     )
     if _handover and can_exec():
         exec_worker(options)  # a fresh interpreter without the CLI stack (aqueue.runner)
@@ -645,6 +656,64 @@ def status(
         typer.echo(f"queue {q}: {c['messages']} message(s){timers}")
     for d in found["dead_letters"]:
         typer.echo(f"dead letter {d['id']} queue={d['queue']} reason={d['reason']}")
+
+
+# -- monitoring events (aqueue/monitor.py) -----------------------------------------------
+
+
+@cli.command()
+def events(
+    ctx: typer.Context,
+    app: AppArg = None,
+    app_option: AppOpt = None,
+    since: Annotated[
+        float | None,
+        typer.Option("--since", min=0, help="First the events kept from this many seconds ago."),
+    ] = None,
+    types: Annotated[
+        list[str] | None,
+        typer.Option(
+            "-t", "--type", help="Only these event types (globs, e.g. 'task-*'; repeatable)."
+        ),
+    ] = None,
+    count: Annotated[
+        int | None, typer.Option("--count", min=1, help="Exit after this many events.")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", min=0, help="Exit after this many seconds.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the monitoring events live, one per line (workers send them with -E).
+
+    \b
+    aqueue events -A proj
+    aqueue events -A proj --json --since 300 --type 'task-*'
+    aqueue events -A proj --count 10 --timeout 30
+    """
+    with _errors():
+        the_app = load_app(_app_spec(ctx, app, app_option))
+        patterns = [p for value in types or () for p in _comma_list(value)]
+
+        async def main() -> int:
+            return await dump(
+                the_app,
+                typer.echo,
+                json_lines=as_json,
+                since=since,
+                types=patterns,
+                count=count,
+                timeout=timeout,
+                on_ready=lambda: typer.echo(
+                    f"aqueue events: watching {redact(the_app.broker_url)} (Ctrl-C to stop)",
+                    err=True,
+                ),
+            )
+
+        try:
+            _connected(the_app, main)
+        except KeyboardInterrupt:  # Ctrl-C: the usual way to stop watching
+            return
 
 
 # -- dead letters ------------------------------------------------------------------------

@@ -86,6 +86,8 @@ class WorkerOptions(TypedDict):
     restarts: int
     #: also run a periodic task scheduler in the worker's loop (``-B/--beat``)
     beat: bool
+    #: send monitoring events (``-E/--task-events``: ``worker_send_task_events``)
+    task_events: bool
 
 
 def load_app(spec: str) -> App:
@@ -301,6 +303,8 @@ def _apply_options(app: App, options: WorkerOptions) -> None:
         value = options[option]  # type: ignore[literal-required]
         if value is not None:
             overrides[setting] = value
+    if options.get("task_events"):  # -E; without it, the app's setting holds
+        overrides["worker_send_task_events"] = True
     if overrides:
         app.conf.update(overrides)
 

@@ -171,9 +171,13 @@ def test_config_errors_name_the_setting(caplog: pytest.LogCaptureFixture) -> Non
     with caplog.at_level(logging.INFO, logger="aqueue.app"):
         app.config_from_object({"beat_scheduler": "django_celery_beat.schedulers:Scheduler"})
     assert "beat_scheduler is not needed" in caplog.text
-    with caplog.at_level(logging.WARNING, logger="aqueue.app"):
-        app.config_from_object({"worker_send_task_events": True})
-    assert "worker_send_task_events is accepted but unused: aqueue emits no" in caplog.text
+    app.config_from_object({"worker_enable_remote_control": False})
+    assert app.conf.worker_enable_remote_control is False
+    # Celery's event settings are real now; those of its event queues are not needed
+    with caplog.at_level(logging.INFO, logger="aqueue.app"):
+        app.config_from_object({"worker_send_task_events": True, "event_queue_ttl": 5.0})
+    assert app.conf.worker_send_task_events is True
+    assert "event_queue_ttl is not needed" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,15 @@ import datetime as dt
 import importlib
 import logging
 import types
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager
 from typing import (
     TYPE_CHECKING,
@@ -32,7 +40,9 @@ from .awaiting import Awaiting
 from .canvas import Signature
 from .config import Settings
 from .control import Control
+from .emitting import SentEvents
 from .errors import ConfigurationError, NotRegistered
+from .events import Event, EventStream, iterate
 from .middleware import Middleware
 from .options import CallOptions
 from .plugins import beat_for, check_beat_entry, workflows_for
@@ -152,6 +162,8 @@ class App:
         # the connected broker when it has exchanges, and the routing it was last given
         self._exchanges: RoutesByExchange | None = None
         self._routed: Router | None = None
+        #: ``task-sent`` events of what this app sends (``task_send_sent_event``)
+        self.sent_events = SentEvents(self)
 
     def __repr__(self) -> str:
         return f"<App {self.name} broker={redact(self.broker_url)}>"
@@ -582,11 +594,30 @@ class App:
 
         Options: ``queues``, ``exclude_queues``, ``concurrency``, ``prefetch``,
         ``hostname``, ``burst``, ``shutdown_timeout``, ``lease_seconds``,
-        ``max_tasks_per_child``, ``max_memory_per_child`` (see :class:`Worker`).
+        ``max_tasks_per_child``, ``max_memory_per_child``, ``task_events`` (see
+        :class:`Worker`).
         """
         from .worker import Worker
 
         return Worker(self, **options)
+
+    # -- monitoring events (aqueue/core/events.py) ------------------------------------------
+
+    def events(
+        self, since: float | None = None, types: str | Sequence[str] | None = None
+    ) -> AsyncGenerator[Event, None]:
+        """The monitoring event stream, live: ``async for event in app.events(): ...``.
+
+        Args:
+            since: unix time; the events still kept from then on come first (a monitor
+                that starts late catches up), then live ones.
+            types: only events whose type matches one of these globs (``"task-*"``).
+
+        Breaking out of the loop ends the subscription (use ``contextlib.aclosing`` to end
+        it at once rather than when the iterator is collected). The first iteration raises
+        ``ConfigurationError`` when the broker carries no events (no topics).
+        """
+        return iterate(EventStream(self, since=since, types=types))
 
     def AsyncResult(
         self, task_id: str, *, parent: AsyncResult[Any] | GroupResult[Any] | None = None

@@ -129,6 +129,15 @@ class Settings:
     #: cron entries without a misfire policy skip slots later than this (Celery's); ``None``:
     #: they run once (the misfire policy ``once``)
     beat_cron_starting_deadline: float | None = None
+    #: workers send monitoring events (``-E``; docs/fleet.md, "Events")
+    worker_send_task_events: bool = False
+    #: producers send a ``task-sent`` event for each task they send
+    task_send_sent_event: bool = False
+    #: events kept in the broker's stream for monitors that start late (its cap)
+    event_max_kept: int = 10_000
+    #: put arguments and results in events (their reprs, cut at 1024 characters); off:
+    #: events carry none, as logs carry none
+    event_include_arguments: bool = False
 
     #: names set by the constructor, ``update()`` or the environment: a config object read
     #: later (``config_from_object``) does not override them
@@ -377,14 +386,19 @@ CELERY_NOT_NEEDED: dict[str, str] = {
     "beat_sync_every": "the scheduler records each entry's state as it sends the entry's task",
     "beat_enable_remote_control": "change entries with aqueue beat add/remove/pause/resume",
     "beat_remote_control_max_tick_age": "change entries with aqueue beat add/remove/pause/resume",
+    # monitoring events travel on the broker's capped ``events`` topic (docs/fleet.md)
+    "event_queue_ttl": "events are kept by count in the broker's stream (event_max_kept)",
+    "event_queue_expires": "a monitor's subscription ends with it; nothing is left to expire",
+    "event_queue_prefix": "events travel on the broker's `events` topic, under its prefix",
+    "event_queue_durable": "events travel on the broker's `events` topic, not a queue",
+    "event_queue_exclusive": "events travel on the broker's `events` topic, not a queue",
+    "event_exchange": "events travel on the broker's `events` topic, not an exchange",
+    "event_serializer": "events are always JSON",
 }
 
 #: Celery settings for what aqueue does not have yet: accepted, with a warning that nothing
 #: uses them, so a Celery config file loads
-CELERY_NOT_YET: dict[str, str] = {
-    "worker_send_task_events": "aqueue emits no monitoring events yet: nothing is sent",
-    "task_send_sent_event": "aqueue emits no monitoring events yet: nothing is sent",
-}
+CELERY_NOT_YET: dict[str, str] = {}
 
 #: Celery settings whose effect aqueue cannot give: refused, naming what to do instead
 CELERY_REFUSED: dict[str, str] = {
@@ -480,6 +494,7 @@ def _coerce(name: str, value: Any) -> Any:
             "beat_lease_seconds",
             "worker_heartbeat_interval",
             "worker_lost_timeout",
+            "event_max_kept",
         )
         and not value
     ):

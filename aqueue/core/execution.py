@@ -27,6 +27,7 @@ import msgspec
 from . import context, limits, retry, signals, states
 from .admission import RATE_SLOT_HEADER, LocalThrottle, parse_rate
 from .control import TERMINATE
+from .emitting import EventDispatcher
 from .errors import (
     ArgumentError,
     ConfigurationError,
@@ -118,6 +119,9 @@ class Executor:
         #: called with the task id when a task's body has returned or raised, before its
         #: result is stored and its message settled (the worker claims more meanwhile)
         self.on_ran: Callable[[str], None] | None = None
+        #: monitoring events (``events.py``): the worker sets its own; each call site
+        #: checks ``enabled`` first, all they cost when off
+        self.events = EventDispatcher(app, hostname, enabled=False)
 
     # -- admission ----------------------------------------------------------------------
 
@@ -154,6 +158,8 @@ class Executor:
             log.info("Task %s[%s] received", msg.task, msg.id)
         counts = self.counts
         counts[msg.task] = counts.get(msg.task, 0) + 1
+        if self.events.enabled:
+            self.events.received(msg, fmt)
         job = Job(delivery, msg, task, attempt, fmt)
         if prior is not None and await self._settled_before(job, prior):
             return
@@ -175,6 +181,8 @@ class Executor:
             await self._store(job, states.REVOKED, error=expired)
             await self._continue_failure(msg, expired)
             await delivery.ack()
+            if self.events.enabled:
+                self.events.revoked(msg.id, terminated=False, expired=True, reason="expired")
             await signals.task_revoked.send(task, task_id=msg.id, terminated=False, expired=True)
             return
         try:
@@ -216,6 +224,8 @@ class Executor:
                 msg, ErrorInfo(type="TaskRevoked", message="revoked", reason="revoked")
             )
             await delivery.ack()
+            if self.events.enabled:
+                self.events.revoked(msg.id, terminated=False, expired=False, reason="revoked")
             await signals.task_revoked.send(task, task_id=msg.id, terminated=False, expired=False)
             return True
         if record.state not in (states.SUCCESS, states.FAILURE):
@@ -275,6 +285,8 @@ class Executor:
         if not acks_late:
             await delivery.ack()  # at-most-once, by the task's choice
         job.started = time.time()
+        if self.events.enabled:
+            self.events.started(msg.id)
         track = conf.task_track_started if task.track_started is None else task.track_started
         if track and not msg.ignore_result:
             await self._store(job, states.STARTED, date_started=job.started)
@@ -369,6 +381,8 @@ class Executor:
                 await self._failed(job, exc, acks_late)
                 return
         self.succeeded += 1
+        if self.events.enabled:
+            self.events.succeeded(msg.id, value, time.time() - job.started)
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "Task %s[%s] succeeded in %.6fs%s",
@@ -439,6 +453,8 @@ class Executor:
         exc = signal.exc if signal.exc is not None else signal
         tb = _traceback_text(exc)
         self.retried += 1
+        if self.events.enabled:
+            self.events.retried(msg.id, _exception_text(exc), tb)
         countdown = max((eta or now) - now, 0.0)
         if log.isEnabledFor(logging.WARNING):
             log.warning(
@@ -474,6 +490,8 @@ class Executor:
         task, msg = job.task, job.msg
         self.failed += 1
         tb = _traceback_text(exc)
+        if self.events.enabled:
+            self.events.failed(msg.id, _exception_text(exc), tb)
         if task.throws and isinstance(exc, task.throws):  # expected: no traceback (Celery)
             log.info(
                 "Task %s[%s] raised expected: %s%s",
@@ -536,6 +554,13 @@ class Executor:
                 ),
             )
         await delivery.ack()
+        if self.events.enabled:
+            self.events.revoked(
+                delivery.id,
+                terminated=started,
+                expired=False,
+                reason="terminated" if started else "revoked",
+            )
         await signals.task_revoked.send(
             None, task_id=delivery.id, terminated=started, expired=False
         )
@@ -689,6 +714,8 @@ class Executor:
         is all that is left of it); otherwise the error propagates and it is handed back.
         """
         self.dead_lettered += 1
+        if self.events.enabled:
+            self.events.rejected(delivery.id, reason)
         log.error(
             "dead-lettering message %s from queue %s (%s): %s%s",
             delivery.id,

@@ -62,6 +62,8 @@ async def send(
 
         await chain_publish(app.middleware, last)(msg)
         task_id = sent[0].id if sent else msg.id
+        if app.conf.task_send_sent_event:
+            await app.sent_events.publish(sent)
     else:
         # publish() inlined: one coroutine frame fewer per delay() awaiting the broker
         outgoing = _outgoing(app, msg, fmt)
@@ -71,6 +73,8 @@ async def send(
         except TimeoutError:
             raise _publish_timeout(app, msg) from None
         task_id = msg.id
+        if app.conf.task_send_sent_event:  # monitoring events (events.py)
+            await app.sent_events.publish([msg])
     result_type = task.spec.result_type if task is not None else Any
     result = AsyncResult(app, task_id, result_type=result_type, task=task)
     result.queue = msg.queue
@@ -298,6 +302,7 @@ async def publish_many(
         batch = encode_batch(sent, sent_fmt, app.conf.max_message_bytes)
         results = _results(app, tasks, ids, range(len(ids)), [m.queue for m in messages])
         handles = _results(app, tasks, [m.id for m in sent], origins, [m.queue for m in sent])
+        messages = sent
     else:
         batch = encode_batch(messages, fmt, app.conf.max_message_bytes)
         queues = [m.queue for m in messages]
@@ -311,6 +316,8 @@ async def publish_many(
         where=redact(app.broker_url),
         chunk=app.conf.publish_chunk_size,
     )
+    if app.conf.task_send_sent_event:  # monitoring events (events.py): one batch for all
+        await app.sent_events.publish(messages)
     return results
 
 

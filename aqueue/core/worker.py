@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from . import signals, states
+from .emitting import EventDispatcher
 from .errors import ConfigurationError, DecodeError
 from .execution import Executor, is_terminate
 from .message import MessageIn, decode_message, decode_result
@@ -97,6 +98,9 @@ class Worker:
         max_memory_per_child: retire once the process's resident memory passes this many
             KiB (checked every second): what has not started is handed back, what runs
             finishes.
+        task_events: send monitoring events (Celery's ``-E``); default
+            ``conf.worker_send_task_events``. ``worker.events.enable()`` / ``disable()``
+            switch them at run time (docs/fleet.md, "Events").
     """
 
     def __init__(
@@ -113,6 +117,7 @@ class Worker:
         exclude_queues: Sequence[str] | None = None,
         max_tasks_per_child: int | None = None,
         max_memory_per_child: int | None = None,
+        task_events: bool | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -203,8 +208,13 @@ class Worker:
         # permits taken out of _slots by pool_shrink (tasks that hold one each)
         self._shrinking: list[asyncio.Task[bool]] = []
         self._prefetch_explicit = bool(prefetch or conf.worker_prefetch)
-        #: whether task events are sent (``-E``; ``control enable_events``)
-        self.send_events = False
+        #: monitoring events (``events.py``)
+        self.events = EventDispatcher(
+            app,
+            self.hostname,
+            enabled=conf.worker_send_task_events if task_events is None else task_events,
+            stats=lambda: (len(self._started), self.claimed),
+        )
 
     def __repr__(self) -> str:
         return f"<Worker {self.hostname} queues={','.join(self.queues)}>"
@@ -249,6 +259,7 @@ class Worker:
             and broker.bind_records(backend)
         )
         self._executor.on_ran = self._ran
+        self._executor.events = self.events
         for lifespan in self.app.lifespans:
             await self._lifespans.enter_async_context(lifespan(self.app))
         log.info(
@@ -303,6 +314,7 @@ class Worker:
         if self.app.conf.worker_enable_remote_control and isinstance(broker, KeepsTopics):
             self._mailbox = Mailbox(self, broker.topics)
             await self._mailbox.start()
+        await self.events.start()  # worker-online, when events are on
         await signals.worker_ready.send(self)
 
     def _check_queues(self) -> None:
@@ -403,6 +415,7 @@ class Worker:
             await self._lifespans.aclose()
         except Exception:
             log.exception("a lifespan's shutdown raised")
+        await self.events.close()  # worker-offline, and what is buffered
         await signals.worker_shutdown.send(self)
         ex = self.executor
         log.info(
@@ -916,7 +929,10 @@ class Worker:
 
     def set_events(self, on: bool) -> None:
         """Send task events or stop (``control enable_events`` / ``disable_events``)."""
-        self.send_events = on
+        if on:
+            self.events.enable()
+        else:
+            self.events.disable()
 
     # -- leases -------------------------------------------------------------------------
 

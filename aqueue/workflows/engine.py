@@ -322,6 +322,8 @@ class Engine:
             messages = resolved(app.router(), messages, redact(app.broker_url))
         batch = encode_batch(messages, [f for _, f in outbound], app.conf.max_message_bytes)
         await broker.publish(batch)
+        if app.conf.task_send_sent_event:  # monitoring events (aqueue/core/events.py)
+            await app.sent_events.publish(messages)
 
     # -- continuations (worker side) ----------------------------------------------------
 

@@ -16,6 +16,7 @@ _REGISTRY: dict[str, tuple[str, str, dict[str, str]]] = {
     "streaq": ("streaq_", "StreaqSystem", {}),
     "dramatiq": ("dramatiq_", "DramatiqSystem", {}),
     "raw-redis": ("raw_redis", "RawRedisSystem", {}),
+    "aqueue-events": ("aqueue_", "AqueueSystem", {"variant": "redis-events"}),
     "aqueue-sqlite": ("aqueue_", "AqueueSystem", {"variant": "sqlite"}),
     "aqueue-amqp": ("aqueue_", "AqueueSystem", {"variant": "amqp"}),
     "aqueue-amqp-rpc": ("aqueue_", "AqueueSystem", {"variant": "amqp-rpc"}),

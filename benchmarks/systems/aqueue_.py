@@ -22,9 +22,13 @@ class AqueueSystem(System):
     def __init__(self, variant: str = "redis") -> None:
         self.variant = variant
         self.name = "aqueue" if variant == "redis" else f"aqueue-{variant}"
+        if variant == "redis-events":
+            self.name = "aqueue-events"
+            self.scenarios = frozenset({"drain", "rtt"})
         self.baseline = "aqueue-amqp" if variant.startswith("amqp") else "aqueue"
         results = "stored for every task in every scenario, the drain included"
-        if variant == "redis":
+        if variant in ("redis", "redis-events"):
+            # redis-events: the worker sends monitoring events (-E), nobody listening
             self.broker, self.backend = REDIS_URL, ""
         elif variant == "sqlite":
             self.broker, self.backend = f"sqlite:///{_SQLITE_DIR / 'bench.db'}", ""
@@ -94,6 +98,7 @@ class AqueueSystem(System):
                 str(concurrency),
                 "-l",
                 "warning",
+                *(["-E"] if self.variant == "redis-events" else []),
             ]
         )
 

@@ -238,3 +238,17 @@ async def periodic_tasks() -> None:
     await weekly.delay(3)  # type: ignore[arg-type]
     async with app.beat() as scheduler:
         assert_type(scheduler.is_leader, bool)
+
+
+async def _events(app: App) -> None:
+    import contextlib
+
+    from aqueue.core.events import Event
+
+    async with contextlib.aclosing(app.events(since=0.0, types="task-*")) as events:
+        async for event in events:
+            assert_type(event, Event)
+            assert_type(event.uuid, str | None)
+            assert_type(event.runtime, float | None)
+    app.events(types=["task-*", "worker-*"])
+    app.events(types=3)  # type: ignore[arg-type]
