@@ -19,6 +19,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from aqueue.core import states
+from aqueue.core.errors import ConfigurationError
+
+from .security import form_fields
 
 if TYPE_CHECKING:
     from .app import Dashboard
@@ -41,23 +44,20 @@ def _writable(board: Dashboard) -> None:
 
 
 async def _params(request: Request) -> dict[str, Any]:
-    """Query arguments, then form fields or a JSON object body (Flower accepts all three)."""
+    """Query arguments, then the body's fields: a JSON object (Flower reads one whatever the
+    content type says: ``curl -d '{"args": [1, 2]}'`` sends it as a form) or form fields."""
     out: dict[str, Any] = dict(request.query_params)
-    if request.method == "POST":
-        kind = request.headers.get("content-type", "")
-        if kind.startswith("application/json"):
-            body = await request.body()
-            if body.strip():
-                try:
-                    data = json.loads(body)
-                except ValueError as exc:
-                    raise HTTPException(400, f"invalid JSON body: {exc}") from exc
-                if not isinstance(data, dict):
-                    raise HTTPException(400, "the JSON body must be an object")
-                out.update(data)
-        elif kind.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
-            form = await request.form()
-            out.update({k: v for k, v in form.items() if isinstance(v, str)})
+    if request.method != "POST":
+        return out
+    body = await request.body()
+    if body.lstrip().startswith(b"{"):
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            raise HTTPException(400, f"invalid JSON body: {exc}") from exc
+        out.update(data)
+    elif body.strip():
+        out.update(await form_fields(request))
     return out
 
 
@@ -360,7 +360,7 @@ async def rate_limit(request: Request) -> JSONResponse:
         await _known_worker(board, worker)
     try:
         replies = await board.fleet.rate_limit(name, str(rate), worker)
-    except ValueError as exc:
+    except (ValueError, ConfigurationError) as exc:
         raise HTTPException(400, str(exc)) from exc
     if worker:
         await _replied(replies, worker, "set rate limit")

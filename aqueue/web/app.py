@@ -72,6 +72,17 @@ class _Starter:
         await self.app(scope, receive, send)
 
 
+class _Asgi:
+    """An ASGI app as a route's endpoint: Starlette takes a plain function for a request
+    handler, and ``prometheus_client.make_asgi_app()`` returns one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
 async def live(request: Request) -> Response:
     """Server-sent events: ``data: <change count>`` whenever the model changes (at most
     four a second), a comment every 15 s to keep proxies from closing it."""
@@ -137,7 +148,8 @@ def dashboard_app(
         *extra_routes,
     ]
     for path, sub in (mounts or {}).items():
-        routes.append(Mount(path, sub))
+        # the path itself (``/metrics``, as Prometheus scrapes it) and what is below it
+        routes += [Route(path, _Asgi(sub)), Mount(path, sub)]
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

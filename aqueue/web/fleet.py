@@ -46,6 +46,9 @@ class Fleet:
     app: App
     state: State
     inspect_timeout: float = 1.0
+    #: how long an action waits for the worker's reply (a pool change is answered once the
+    #: registry lists the new size: up to a heartbeat later)
+    action_timeout: float = 5.0
     cache_seconds: float = 5.0
     _inspected: dict[str, dict[str, Any]] = field(default_factory=dict)
     _inspected_at: float = 0.0
@@ -138,12 +141,12 @@ class Fleet:
         self, task_name: str, rate: str, worker: str | None
     ) -> list[dict[str, Any]]:
         return await self.app.control.rate_limit(
-            task_name, rate, destination=[worker] if worker else None, timeout=self.inspect_timeout
+            task_name, rate, destination=[worker] if worker else None, timeout=self.action_timeout
         )
 
     async def pool(self, worker: str, n: int, *, grow: bool) -> list[dict[str, Any]]:
         call = self.app.control.pool_grow if grow else self.app.control.pool_shrink
-        return await call(n, destination=[worker], timeout=self.inspect_timeout)
+        return await call(n, destination=[worker], timeout=self.action_timeout)
 
     async def shutdown(self, worker: str) -> None:
         await self.app.control.shutdown(destination=[worker])

@@ -23,10 +23,11 @@ from starlette.templating import Jinja2Templates
 
 from aqueue.__about__ import __version__
 from aqueue.core import states
+from aqueue.core.errors import ConfigurationError
 from aqueue.core.urls import redact
 
 from .api import select_tasks
-from .security import CSRF_COOKIE, CSRF_FIELD, csrf_ok, csrf_token
+from .security import CSRF_COOKIE, CSRF_FIELD, csrf_ok, csrf_token, form_fields
 from .state import FINAL_STATES
 
 if TYPE_CHECKING:
@@ -255,8 +256,7 @@ async def _action_form(request: Request) -> dict[str, str]:
     board = _board(request)
     if board.read_only:
         raise HTTPException(403, "the dashboard is read-only")
-    form = await request.form()
-    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    fields = await form_fields(request)
     if not csrf_ok(request, fields.get(CSRF_FIELD)):
         raise HTTPException(403, "CSRF token missing or wrong: reload the page")
     return fields
@@ -318,7 +318,7 @@ async def rate_limit_action(request: Request) -> Response:
         raise HTTPException(400, "no task name")
     try:
         await board.fleet.rate_limit(name, rate, fields.get("worker") or None)
-    except ValueError as exc:
+    except (ValueError, ConfigurationError) as exc:
         raise HTTPException(400, str(exc)) from exc
     return _back(request, "/workers", f"rate limit of {name} set to {rate or 'none'}")
 

@@ -21,7 +21,7 @@ import hmac
 import inspect
 import secrets
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -71,6 +71,17 @@ def csrf_token(request: Request) -> str:
     if not token:
         token = request.state.__dict__.setdefault("new_csrf", secrets.token_urlsafe(24))
     return token
+
+
+async def form_fields(request: Request) -> dict[str, str]:
+    """A urlencoded body's fields (the last of a repeated name); what is not one gives
+    none. Parsed here rather than by Starlette, which would need python-multipart."""
+    body = await request.body()
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        return {}
+    return dict(parse_qsl(text, keep_blank_values=True))
 
 
 def csrf_ok(request: Request, submitted: str | None) -> bool:
