@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..__about__ import __version__
-from .context import current_request
 from .events import (
     EVENTS_TOPIC,
     HEARTBEAT_FREQ,
@@ -186,7 +185,7 @@ class SentEvents:
 
     def __init__(self, app: App) -> None:
         self.app = app
-        self._stamps: dict[str, _Stamp] = {}
+        self._stamp: _Stamp | None = None
         self._errors = _ErrorLog()
 
     @property
@@ -198,11 +197,10 @@ class SentEvents:
         """Tell ``task-sent`` for ``messages``, which were just published. Never raises."""
         if not messages:
             return
-        request = current_request()  # sent by a task: the worker it runs on sent it
-        hostname = (request.hostname if request is not None else None) or producer_hostname()
-        stamp = self._stamps.get(hostname)
-        if stamp is None:
-            stamp = self._stamps[hostname] = _Stamp(hostname)
+        stamp = self._stamp
+        if stamp is None or stamp.pid != os.getpid():  # a forked child is another sender
+            # Celery's producer name, for a worker sending a task (a chain's next step) too
+            stamp = self._stamp = _Stamp(producer_hostname())
         conf = self.app.conf
         try:
             bodies = pack(sent_events(stamp, messages, conf.event_include_arguments))
