@@ -363,3 +363,53 @@ async def test_mounted_in_an_application_with_a_metrics_mount() -> None:
             assert (await c.get("/flower/static/live.js", headers=user)).status_code == 200
             assert calls
         await board.close()
+
+
+async def test_page_actions_retry_replay_rate_limit_pool_and_schedules(fleet: Fleet) -> None:
+    f = fleet
+    await f.client.get("/")  # starts the model, sets the CSRF cookie
+    token = f.client.cookies["aqueue_csrf"]
+
+    async def act(path: str, **fields: str) -> httpx.Response:
+        return await f.client.post(path, data={"csrf_token": token, **fields})
+
+    # retry a failed task: sent again with the arguments its record kept, as a new task
+    failed = await f.app.tasks["fail"].delay("k")
+    await until(f.board, lambda: task_state(f.board, failed.id) == "FAILURE")
+    page = await f.client.get(f"/task/{failed.id}")
+    assert f'action="/action/retry/{failed.id}"' in page.text and "KeyError" in page.text
+    retried = await act(f"/action/retry/{failed.id}")
+    assert retried.status_code == 303
+    new_id = retried.headers["location"].split("/task/")[1].split("?")[0]
+    assert new_id != failed.id
+    await until(f.board, lambda: task_state(f.board, new_id) == "FAILURE")
+    assert f.board.state.tasks[new_id].args == "('k',)"
+    # a dead letter (a task no worker knows), replayed from its page
+    lost = await f.app.send_task("no.such.task", [1])
+
+    async def lettered() -> bool:
+        return any(d.id == lost.id for d in await f.app.control.dead_letters.list())
+
+    await until(f.board, lettered)
+    page = await f.client.get("/dead-letters")
+    assert lost.id in page.text and f'action="/action/replay/{lost.id}"' in page.text
+    replayed = await act(f"/action/replay/{lost.id}")
+    assert replayed.status_code == 303 and "replayed" in replayed.headers["location"]
+    assert (await act("/action/replay/not-a-letter")).status_code == 409
+    # rate limit and pool size on a worker
+    limited = await act("/action/rate-limit", task_name="add", rate="5/s", worker=WORKER)
+    assert limited.status_code == 303
+    assert (await act("/action/rate-limit", task_name="add", rate="fast")).status_code == 400
+    assert (await act(f"/action/pool/{WORKER}", direction="grow")).status_code == 303
+    stats = (await f.client.get("/api/workers", params={"refresh": 1})).json()[WORKER]["stats"]
+    assert stats["pool"]["max-concurrency"] == 5
+    # schedules: beat's entries, stored in the result backend
+    from aqueue.beat.admin import BeatSchedule
+
+    async with BeatSchedule(f.app) as schedule:
+        await schedule.add("nightly-sum", "add", every=3600, args=[1, 2])
+    page = await f.client.get("/schedules")
+    assert "nightly-sum" in page.text and "every" in page.text
+    for path in ("/", "/tasks", "/workers", "/queues", "/tasks?state=FAILURE&since=5&page=1"):
+        assert (await f.client.get(path)).status_code == 200, path
+    assert (await f.client.get("/task/unknown-id")).status_code == 404
