@@ -13,7 +13,7 @@ import datetime as dt
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -263,11 +263,13 @@ async def _action_form(request: Request) -> dict[str, str]:
 
 
 def _back(request: Request, fallback: str, message: str) -> Response:
+    """Back to the page the form was on (or ``fallback``), saying what was done."""
     target = request.headers.get("referer") or root(request) + fallback
-    sep = "&" if "?" in target else "?"
-    if "flash=" not in target:
-        target = f"{target}{sep}{urlencode({'flash': message})}"
-    return RedirectResponse(target, status_code=303)
+    parts = urlsplit(target)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "flash"]
+    query.append(("flash", message))
+    # only the path and query: never a redirect to another site
+    return RedirectResponse(f"{parts.path}?{urlencode(query)}", status_code=303)
 
 
 async def revoke_action(request: Request) -> Response:

@@ -79,6 +79,9 @@ _COPIED = (
     "traceback",
 )
 
+#: events kept per task for its timeline (a task retried many times keeps its first ones)
+MAX_TIMELINE = 100
+
 #: the fields that hold a task's data, hidden unless the dashboard shows arguments
 ARGUMENT_FIELDS = ("args", "kwargs", "result")
 
@@ -175,6 +178,9 @@ class State:
         self.tasks: OrderedDict[str, TaskInfo] = OrderedDict()
         self.workers: dict[str, WorkerInfo] = {}
         self.counts: dict[str, int] = {}
+        #: children seen before their parent (events of two processes can cross): linked
+        #: when the parent's first event comes
+        self._orphans: OrderedDict[str, list[str]] = OrderedDict()
         #: unix times of the last minute's finished tasks (throughput)
         self._done: deque[float] = deque()
         self._failed: deque[float] = deque()
@@ -251,6 +257,7 @@ class State:
         task = self.tasks.get(task_id)
         if task is None:
             task = self.tasks[task_id] = TaskInfo(uuid=task_id)
+            task.children.extend(self._orphans.pop(task_id, ()))
             while len(self.tasks) > self.max_tasks:
                 self.tasks.popitem(last=False)
         else:
@@ -263,7 +270,8 @@ class State:
         task = self._task(event.uuid)
         kind = event.type
         when = event.timestamp
-        task.timeline.append((kind, when, event.hostname))
+        if len(task.timeline) < MAX_TIMELINE:
+            task.timeline.append((kind, when, event.hostname))
         at = EVENT_TIMES.get(kind)
         if at is not None:
             setattr(task, at, when)
@@ -289,7 +297,13 @@ class State:
                 self._failed.append(when)
         if task.parent_id and task.parent_id != task.uuid:
             parent = self.tasks.get(task.parent_id)
-            if parent is not None and task.uuid not in parent.children:
+            if parent is None:
+                waiting = self._orphans.setdefault(task.parent_id, [])
+                if task.uuid not in waiting:
+                    waiting.append(task.uuid)
+                while len(self._orphans) > self.max_tasks:
+                    self._orphans.popitem(last=False)
+            elif task.uuid not in parent.children:
                 parent.children.append(task.uuid)
 
     def _apply_worker(self, event: Event) -> None:
