@@ -23,11 +23,19 @@ import pytest
 
 from aqueue import App
 
-from ..conftest import REDIS_HOST, REDIS_PORT, delete_redis_prefix, require_service
+from ..conftest import (
+    RABBIT_HOST,
+    RABBIT_PORT,
+    REDIS_HOST,
+    REDIS_PORT,
+    delete_redis_prefix,
+    rabbit_url,
+    require_service,
+)
 from .helpers import SEED_FIELDS
 from .webapp import make_app
 
-pytestmark = [pytest.mark.slow, pytest.mark.redis]
+pytestmark = [pytest.mark.slow, pytest.mark.redis]  # RabbitMQ runs keep results in Redis
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -85,16 +93,19 @@ class Live:
         self.app, self.url, self.read_only_url, self.worker = app, url, read_only_url, worker
 
 
-@pytest.fixture
-def env() -> Iterator[dict[str, str]]:
+@pytest.fixture(params=["redis", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+def env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     require_service("Redis", REDIS_HOST, REDIS_PORT)
     prefix = f"aqt-{uuid.uuid4().hex[:12]}"
+    redis_url = f"redis://{REDIS_HOST}:{REDIS_PORT}/0?prefix={prefix}"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("AQUEUE_")}
-    yield {
-        **environ,
-        "AQT_WEB_BROKER": f"redis://{REDIS_HOST}:{REDIS_PORT}/0?prefix={prefix}",
-        "PYTHONPATH": str(ROOT),
-    }
+    urls = {"AQT_WEB_BROKER": redis_url}
+    if request.param == "rabbitmq":
+        require_service("RabbitMQ", RABBIT_HOST, RABBIT_PORT)
+        # results (and so the worker registry) in Redis: a chain needs a shared store
+        urls = {"AQT_WEB_BROKER": rabbit_url(prefix), "AQT_WEB_BACKEND": redis_url}
+        request.getfixturevalue("_rabbit_prefixes").append(prefix)  # deleted at the end
+    yield {**environ, **urls, "PYTHONPATH": str(ROOT)}
     delete_redis_prefix(prefix)
 
 
@@ -113,7 +124,7 @@ async def live(env: dict[str, str]) -> AsyncIterator[Live]:
             # the worker is up once it answers inspect (it registers before it listens)
             while WORKER not in (await client.get("/api/workers?refresh=1")).json():
                 assert worker.poll() is None, stop(worker)[1]
-        app = make_app(env["AQT_WEB_BROKER"])
+        app = make_app(env["AQT_WEB_BROKER"], env.get("AQT_WEB_BACKEND"))
         async with app:
             yield Live(app, url, ro_url, worker)
     finally:
@@ -181,6 +192,7 @@ async def shot(page: Any, name: str) -> None:
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
+@pytest.mark.parametrize("env", ["redis"], indirect=True)
 async def test_pages_live_chain_revoke_and_read_only_in_a_browser(live: Live, browser: Any) -> None:
     page = await browser.new_page(viewport={"width": 1280, "height": 800})
     errors: list[str] = []
