@@ -413,3 +413,44 @@ async def test_page_actions_retry_replay_rate_limit_pool_and_schedules(fleet: Fl
     for path in ("/", "/tasks", "/workers", "/queues", "/tasks?state=FAILURE&since=5&page=1"):
         assert (await f.client.get(path)).status_code == 200, path
     assert (await f.client.get("/task/unknown-id")).status_code == 404
+
+
+@pytest.mark.rabbitmq
+async def test_rabbitmq_with_rpc_results_no_registry(_rabbit_prefixes: list[str]) -> None:
+    """amqp:// with rpc:// results keeps no worker registry and no shared results: every
+    page still loads, workers come from inspect and events, task info from events."""
+    from ..conftest import RABBIT_HOST, RABBIT_PORT, rabbit_url, require_service
+
+    require_service("RabbitMQ", RABBIT_HOST, RABBIT_PORT)
+    prefix = f"aqt-{time.monotonic_ns()}"
+    _rabbit_prefixes.append(prefix)
+    app = make_app(rabbit_url(prefix))
+    async with app, app.worker(task_events=True, hostname=WORKER):
+        web = dashboard_app(app)
+        board: Dashboard = web.state.dashboard
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=web), base_url="http://t"
+        ) as c:
+            await c.get("/")
+            handle = await app.tasks["add"].delay(1, 2)
+            assert await handle.get(timeout=15) == 3
+            await until(board, lambda: task_state(board, handle.id) == "SUCCESS")
+            for path in (
+                "/",
+                "/tasks",
+                f"/task/{handle.id}",
+                "/workers",
+                "/queues",
+                "/dead-letters",
+                "/schedules",
+            ):
+                assert (await c.get(path)).status_code == 200, path
+            info = (await c.get(f"/api/task/info/{handle.id}")).json()
+            assert info["state"] == "SUCCESS" and info["worker"] == WORKER
+            assert WORKER in (await c.get("/api/workers")).json()
+            await until(board, lambda: WORKER in board.state.workers)
+            assert (await c.get("/api/workers", params={"status": 1})).json() == {WORKER: True}
+            assert (await c.get("/api/queues/length")).json()["active_queues"][0][
+                "name"
+            ] == "celery"
+        await board.close()
