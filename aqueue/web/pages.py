@@ -68,7 +68,14 @@ def _ago(value: float | None) -> str:
     return f"{seconds / 3600:.1f}h ago"
 
 
+def _duration(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+
+
 templates.env.filters["ts"] = _ts
+templates.env.filters["duration"] = _duration
 templates.env.filters["ago"] = _ago
 
 
