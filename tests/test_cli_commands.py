@@ -404,3 +404,74 @@ def test_dlq_list_show_replay_purge(
     finally:
         if kind == "redis":
             delete_redis_prefix(prefix_of(url))
+
+
+class WorkerThread:
+    """An embedded worker on its own event loop in a thread, beside CliRunner's loop (a
+    ``memory://`` store is shared by every loop of the process)."""
+
+    def __init__(self, hostname: str) -> None:
+        import threading
+
+        self.app = make_app()
+        self.hostname = hostname
+        self.ready = threading.Event()
+        self.stopped = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._worker: Any = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        async with self.app:
+            self._worker = self.app.worker(hostname=self.hostname, queues=["celery", "hi"])
+            async with self._worker:
+                self.ready.set()
+                await self._worker.wait_stopped()
+        self.stopped.set()
+
+    def __enter__(self) -> WorkerThread:
+        self._thread.start()
+        assert self.ready.wait(30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.stopped.is_set() and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._worker.request_stop)
+        self._thread.join(30)
+
+
+def test_inspect_and_control_from_the_command_line(memory_env: str) -> None:
+    with WorkerThread("cli@rc") as w:
+        assert json.loads(ok("inspect", "ping", "-A", SPEC, "--json", "-t", "10")) == {
+            "cli@rc": {"ok": "pong"}
+        }
+        text = ok("inspect", "ping", "-A", SPEC, "-t", "10")
+        assert "->  cli@rc: OK" in text and "pong" in text and "1 node online." in text
+        assert "cliproj.add" in ok("inspect", "registered", "-A", SPEC, "-t", "10")
+        queues = json.loads(ok("inspect", "active_queues", "-A", SPEC, "--json", "-t", "10"))
+        assert [q["name"] for q in queues["cli@rc"]] == ["celery", "hi"]
+        replies = json.loads(
+            ok("control", "rate_limit", "cliproj.add", "10/m", "-A", SPEC, "--json", "-t", "10")
+        )
+        assert replies == {"cli@rc": {"ok": "rate limit of cliproj.add set to 10/m"}}
+        assert w.app.tasks["cliproj.add"].rate_limit == "10/m"
+        refused = ok("control", "rate_limit", "no.such", "1/s", "-A", SPEC, "-t", "10")
+        assert "->  cli@rc: ERROR" in refused and "unknown task 'no.such'" in refused
+        for args, needle in (
+            (["control", "rate_limit", "cliproj.add", "fast"], "bad rate_limit"),
+            (["control", "pool_grow", "x"], "whole number"),
+            (["control", "time_limit", "cliproj.add"], "usage: aqueue control time_limit"),
+            (["control", "nonsense"], "unknown control command"),
+            (["inspect", "nonsense"], "unknown inspect command"),
+            (["control", "shutdown", "--terminate"], "--terminate goes with revoke"),
+        ):
+            result = invoke(*args, "-A", SPEC)
+            assert result.exit_code == 2, result.output
+            assert needle in result.output
+        replies = json.loads(ok("control", "shutdown", "-A", SPEC, "--json", "-t", "10"))
+        assert replies == {"cli@rc": {"ok": "shutting down"}}
+        assert w.stopped.wait(30)
+    result = invoke("inspect", "ping", "-A", SPEC, "-t", "0.3")
+    assert result.exit_code == 1
+    assert "no worker replied in time" in result.output

@@ -171,7 +171,7 @@ def test_config_errors_name_the_setting(caplog: pytest.LogCaptureFixture) -> Non
     with caplog.at_level(logging.INFO, logger="aqueue.app"):
         app.config_from_object({"beat_scheduler": "django_celery_beat.schedulers:Scheduler"})
     assert "beat_scheduler is not needed" in caplog.text
-    app.config_from_object({"worker_enable_remote_control": False})
+    app.config_from_object({"worker_enable_remote_control": False})  # a real setting now
     assert app.conf.worker_enable_remote_control is False
     # Celery's event settings are real now; those of its event queues are not needed
     with caplog.at_level(logging.INFO, logger="aqueue.app"):

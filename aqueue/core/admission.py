@@ -26,7 +26,8 @@ from .errors import ConfigurationError
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*([smh])\s*$")
 _PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
-#: header carrying the reserved rate slot (unix seconds) in a delayed message
+#: header carrying the reserved rate slot in a delayed message: ``"<unix seconds> <rate>"``
+#: (the rate it was reserved under; a message from before had only the seconds)
 RATE_SLOT_HEADER = "x-aqueue-rate-slot"
 
 
@@ -84,6 +85,10 @@ class LocalThrottle:
         with self._lock:
             slot, self._tat[key] = gcra_reserve(self._tat.get(key, 0.0), now, Rate(limit, period))
         return slot
+
+    async def reset_rate(self, key: str) -> None:
+        with self._lock:
+            self._tat.pop(key, None)
 
     async def acquire_slot(self, key: str, holder: str, limit: int, lease_seconds: float) -> bool:
         now = self._clock()

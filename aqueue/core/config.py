@@ -165,9 +165,6 @@ class Settings:
             if name in CELERY_NOT_NEEDED:  # a Celery setting aqueue needs no counterpart for
                 log.info("setting %s is not needed in aqueue: %s", name, CELERY_NOT_NEEDED[name])
                 return
-            if name in CELERY_NOT_YET:
-                log.warning("setting %s is accepted but unused: %s", name, CELERY_NOT_YET[name])
-                return
             if name in CELERY_REFUSED:
                 raise ConfigurationError(f"setting {name}: {CELERY_REFUSED[name]}")
             raise ConfigurationError(unknown_setting(name))
@@ -311,7 +308,7 @@ _HINT_WORDS: dict[Any, str] = {
 
 def unknown_setting(name: str) -> str:
     """The error text for a name that is no setting, naming the nearest ones."""
-    known = sorted({*_FIELDS, *CELERY_NOT_NEEDED, *CELERY_NOT_YET, *CELERY_RENAMED})
+    known = sorted({*_FIELDS, *CELERY_NOT_NEEDED, *CELERY_RENAMED})
     near = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(near)}?" if near else ""
     return f"unknown setting {name!r}{hint} (every setting: docs/configuration.md)"
@@ -395,10 +392,6 @@ CELERY_NOT_NEEDED: dict[str, str] = {
     "event_exchange": "events travel on the broker's `events` topic, not an exchange",
     "event_serializer": "events are always JSON",
 }
-
-#: Celery settings for what aqueue does not have yet: accepted, with a warning that nothing
-#: uses them, so a Celery config file loads
-CELERY_NOT_YET: dict[str, str] = {}
 
 #: Celery settings whose effect aqueue cannot give: refused, naming what to do instead
 CELERY_REFUSED: dict[str, str] = {

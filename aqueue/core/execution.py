@@ -265,14 +265,18 @@ class Executor:
         assert task.rate_limit is not None
         now = time.time()
         reserved = msg.headers.get(RATE_SLOT_HEADER)
-        if reserved is not None and float(reserved) <= now + 0.01:
-            return True  # came back at the slot it reserved earlier
+        if reserved is not None:
+            at, _, under = reserved.partition(" ")
+            # came back at the slot it reserved earlier, under the rate still in force (a
+            # slot reserved before ``control rate_limit`` changed the rate is reserved anew)
+            if float(at) <= now + 0.01 and under in ("", task.rate_limit):
+                return True
         rate = parse_rate(task.rate_limit)
         slot = await self.throttle.reserve_rate(f"task:{task.name}", rate.limit, rate.period)
         if slot <= now + 0.01:
             return True
         delayed = msgspec.structs.replace(
-            msg, headers={**msg.headers, RATE_SLOT_HEADER: repr(slot)}
+            msg, headers={**msg.headers, RATE_SLOT_HEADER: f"{slot!r} {task.rate_limit}"}
         )
         await job.delivery.requeue(encode(delayed, job.fmt), eta=slot)
         return False

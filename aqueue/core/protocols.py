@@ -509,6 +509,10 @@ class SharedThrottle(Protocol):
     async def reserve_rate(self, key: str, limit: float, period: float) -> float:
         """Reserve the next slot for ``key`` (GCRA, burst ``limit``); return its unix time."""
 
+    async def reset_rate(self, key: str) -> None:
+        """Forget the slots reserved for ``key``: the next reservation is at once (its rate
+        changed, so the old rate's reservations ahead must not hold the new one back)."""
+
     async def acquire_slot(self, key: str, holder: str, limit: int, lease_seconds: float) -> bool:
         """Take one of ``limit`` leased slots of ``key`` for ``holder``; ``False`` if full."""
 

@@ -360,7 +360,10 @@ async def _rate_limit(worker: Worker, task_name: str, rate_limit: str | float | 
         rate = f"{rate}/s"  # Celery's bare number: tasks per second
     if rate is not None:
         parse_rate(rate)
+    changed = rate != task.rate_limit
     task.rate_limit = rate
+    if changed:  # the old rate's reservations ahead must not hold the new rate back
+        await worker.executor.throttle.reset_rate(f"task:{task_name}")
     return {"ok": f"rate limit of {task_name} set to {rate or 'none'}"}
 
 

@@ -25,9 +25,23 @@ LOG_URL = "redis://127.0.0.1:6379/14"
 
 def start(env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "aqueue.cli", "worker", "benchmarks.fleet.fleet_app:app",
-         "-n", name, "-c", "20", "-l", "warning"],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "aqueue.cli",
+            "worker",
+            "benchmarks.fleet.fleet_app:app",
+            "-n",
+            name,
+            "-c",
+            "20",
+            "-l",
+            "warning",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -63,6 +77,10 @@ async def rate_change(app: App, log: redis.Redis) -> str:
         await asyncio.sleep(6)
     times = sorted(float(x) for x in log.lrange(key, 0, -1))
     log.delete(key)
+    if os.environ.get("FLEET_TIMELINE"):
+        for k in range(-4, 12):
+            lo = sent + k * 0.5
+            print(f"  {k * 0.5:+.1f}s {sum(1 for t in times if lo <= t < lo + 0.5)}")
     before = [t for t in times if sent - 2 <= t < sent]
     # when the new rate held: the first moment after which no 0.5 s window has more than
     # 20/s (+ one burst of 20, GCRA's allowance)

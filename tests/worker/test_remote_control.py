@@ -301,10 +301,14 @@ async def test_pool_grow_and_shrink(fleet_app: App) -> None:
         gate.open.clear()
         more = [await block.delay(i) for i in range(2)]
         await gate.wait_started(4)
-        # one slot now: the second waits while the first blocks
-        reserved = (await app.control.inspect(timeout=10, limit=1).reserved())["w@rc"]
-        assert len((await app.control.inspect(timeout=10, limit=1).active())["w@rc"]) == 1
-        assert len(reserved) == 1
+        # one slot now: the second is claimed (the worker claims it soon) and waits while
+        # the first blocks
+        inspect = app.control.inspect(timeout=10, limit=1)
+        async with asyncio.timeout(10):
+            while len((await inspect.reserved())["w@rc"]) != 1:
+                await asyncio.sleep(0.05)
+        assert len((await inspect.active())["w@rc"]) == 1
+        assert len(gate.started) == 4
         gate.open.set()
         assert sorted([await h.wait(timeout=20) for h in more]) == [0, 1]
         [reply] = await app.control.pool_shrink(5, timeout=10, limit=1)
@@ -328,3 +332,46 @@ async def _workers_or_empty(app: App) -> list:  # type: ignore[type-arg]
         return await app.control.workers()
     except ConfigurationError:
         return []
+
+
+async def test_a_lower_rate_holds_at_once_for_a_backlog_slotted_at_the_old_one(
+    fleet_app: App,
+) -> None:
+    app = fleet_app
+    ran: list[float] = []
+    enough = asyncio.Event()
+
+    @app.task(name="rc.flow", rate_limit="50/s")
+    async def flow() -> None:
+        ran.append(time.time())
+        if len(ran) >= 75:  # the burst of 50, then half a second at 50/s
+            enough.set()
+
+    for _ in range(300):  # six seconds' worth at 50/s: slots get reserved well ahead
+        await flow.delay()
+    async with app.worker(hostname="w@rc", concurrency=20):
+        async with asyncio.timeout(30):
+            await enough.wait()
+        [reply] = await app.control.rate_limit("rc.flow", "5/s", timeout=10, limit=1)
+        changed = time.time()
+        assert "5/s" in reply["w@rc"]["ok"]
+        async with asyncio.timeout(30):
+            while time.time() < changed + 2.5:
+                await asyncio.sleep(0.1)
+    window = [t for t in ran if changed + 0.5 <= t < changed + 2.5]
+    # 5/s for two seconds, plus a burst of 5: slots reserved at 50/s before the change
+    # would give about 100 here
+    assert len(window) <= 5 * 2 + 5 + 2, len(window)
+    assert len(window) >= 5  # and the task still runs
+
+
+async def test_enable_and_disable_events_remotely(fleet_app: App) -> None:
+    app = fleet_app
+    async with app.worker(hostname="w@rc") as worker:
+        assert not worker.events.enabled
+        [reply] = await app.control.enable_events(timeout=10, limit=1)
+        assert reply == {"w@rc": {"ok": "task events enabled"}}
+        assert worker.events.enabled
+        [reply] = await app.control.disable_events(timeout=10, limit=1)
+        assert reply == {"w@rc": {"ok": "task events disabled"}}
+        assert not worker.events.enabled

@@ -670,6 +670,10 @@ class RedisBroker:
         """Reserve the next rate slot for ``key`` across all workers; return its unix time."""
         return await self._throttle.reserve_rate(key, limit, period)
 
+    async def reset_rate(self, key: str) -> None:
+        """Forget the rate slots reserved for ``key`` (its rate changed)."""
+        await self._throttle.reset_rate(key)
+
     async def acquire_slot(self, key: str, holder: str, limit: int, lease_seconds: float) -> bool:
         """Take one of ``limit`` leased slots of ``key`` for ``holder``; ``False`` if full."""
         return await self._throttle.acquire_slot(key, holder, limit, lease_seconds)

@@ -70,6 +70,14 @@ class RedisThrottle:
         )
         return time.time() + float(delay)
 
+    async def reset_rate(self, key: str) -> None:
+        """Forget the slots reserved for ``key`` (its rate changed)."""
+        client = await self._client()
+        rate = self._key(key, "rate")
+        await guarded(
+            self._settings, "reset_rate", lambda: command(client, "DEL", rate), error=BrokerError
+        )
+
     async def acquire_slot(self, key: str, holder: str, limit: int, lease_seconds: float) -> bool:
         """Take one of ``limit`` leased slots of ``key`` for ``holder``; ``False`` if full."""
         args: list[str | bytes | int | float] = [holder, int(limit), repr(float(lease_seconds))]
