@@ -117,6 +117,7 @@ def dashboard_app(
     catch_up: float = 3600.0,
     extra_routes: Sequence[BaseRoute] = (),
     mounts: dict[str, ASGIApp] | None = None,
+    close_app: bool = False,
 ) -> Starlette:
     """The dashboard and Flower's REST API for ``app``, as an ASGI application.
 
@@ -131,6 +132,8 @@ def dashboard_app(
         catch_up: seconds of the stored event stream read at start.
         extra_routes: more routes of the embedding application (checked by the same auth).
         mounts: ASGI apps to mount by path, e.g. ``{"/metrics": metrics_app}``.
+        close_app: close ``app``'s connections when the server stops (its lifespan's
+            end): for a dashboard that owns the app, as ``aqueue dashboard`` does.
     """
     state = State(app, max_tasks=max_tasks, catch_up=catch_up)
     board = Dashboard(
@@ -158,6 +161,8 @@ def dashboard_app(
             yield
         finally:
             await board.close()
+            if close_app:
+                await app.close()
 
     web = Starlette(
         routes=routes,

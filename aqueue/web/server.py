@@ -53,6 +53,7 @@ def serve(
         basic_auth=basic_auth,
         token=token,
         max_tasks=max_tasks,
+        close_app=True,
     )
     config = uvicorn.Config(
         web,
