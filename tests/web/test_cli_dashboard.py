@@ -4,6 +4,7 @@ tested with real processes in test_live.py."""
 from __future__ import annotations
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from aqueue.cli import cli
@@ -24,18 +25,13 @@ def test_basic_auth_must_be_user_colon_password(monkeypatch: pytest.MonkeyPatch)
     assert result.exit_code == 2 and "user:password" in result.output
 
 
-def test_help_lists_the_options() -> None:
-    result = runner.invoke(cli, ["dashboard", "--help"])
-    assert result.exit_code == 0
-    for option in (
-        "--port",
-        "--address",
-        "--basic-auth",
-        "--token",
-        "--read-only",
-        "--show-arguments",
-    ):
-        assert option in result.output
+def test_the_options() -> None:
+    # read from the command itself: rendering --help fails with the lowest allowed typer
+    # and a newer click (TyperArgument.make_metavar), whatever the command
+    command = typer.main.get_command(cli).commands["dashboard"]  # type: ignore[attr-defined]
+    names = {opt for p in command.params for opt in p.opts}
+    assert {"--port", "--address", "--basic-auth", "--token", "--read-only"} <= names
+    assert {"--show-arguments", "--max-tasks", "-A"} <= names
 
 
 @pytest.mark.parametrize(
