@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 LOWEST := .venv-lowest
 
-.PHONY: demo test test-fast test-lowest lint typecheck services venv clean
+.PHONY: demo example-django test test-fast test-lowest lint typecheck services venv clean
 
 venv: $(STAMP)
 
@@ -19,6 +19,17 @@ $(STAMP): pyproject.toml
 ## make demo: a worker and a producer on the embedded SQLite broker, no server needed
 demo: venv
 	$(BIN)/python examples/demo.py
+
+## make example-django: examples/django_app (celery101's API on Django): migrates its SQLite
+## database, starts a worker (aqueue worker --django) beside `manage.py runserver` on
+## 127.0.0.1:8000; Ctrl-C stops both. Broker: the embedded SQLite file aqueue.db there
+example-django: venv
+	cd examples/django_app && ../../$(BIN)/python manage.py migrate -v 0
+	cd examples/django_app; \
+	DJANGO_SETTINGS_MODULE=celery101.settings ../../$(BIN)/aqueue worker celery101.aqueue:app \
+		--django -l info & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
+	../../$(BIN)/python manage.py runserver 127.0.0.1:8000 --noreload
 
 ## make test: ruff, import contracts, mypy --strict, the whole suite against real Redis and
 ## RabbitMQ (the fast tests two at a time, then the subprocess and fault tests one at a

@@ -350,6 +350,13 @@ def worker(
             rich_help_panel="Embedded Beat Options",
         ),
     ] = False,
+    django: Annotated[
+        bool,
+        typer.Option(
+            "--django",
+            help="Set up Django (DJANGO_SETTINGS_MODULE) before importing the app.",
+        ),
+    ] = False,
 ) -> None:
     """Start a worker.
 
@@ -357,6 +364,7 @@ def worker(
     aqueue worker proj.tasks:app -l INFO
     aqueue worker -A proj -c 50 -Q celery,priority.high -n w1@%h
     aqueue -A proj worker --max-tasks-per-child 1000 -D --logfile w1.log --pidfile w1.pid
+    DJANGO_SETTINGS_MODULE=proj.settings aqueue worker proj.aqueue:app --django
     """
     if prefetch is not None and prefetch_multiplier is not None:
         _fail(
@@ -386,6 +394,7 @@ def worker(
         restarts=0,
         beat=beat,
         task_events=task_events,
+        django=django,
     )
     if _handover and can_exec():
         exec_worker(options)  # a fresh interpreter without the CLI stack (aqueue.runner)

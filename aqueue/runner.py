@@ -28,7 +28,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Coroutine
 from types import ModuleType
-from typing import Any, NoReturn, TypedDict, TypeVar
+from typing import Any, NoReturn, NotRequired, TypedDict, TypeVar
 
 from .core.app import App
 from .core.errors import AqueueError, ConfigurationError
@@ -88,6 +88,8 @@ class WorkerOptions(TypedDict):
     beat: bool
     #: send monitoring events (``-E/--task-events``: ``worker_send_task_events``)
     task_events: bool
+    #: ``django.setup()`` before the app is imported (``--django``)
+    django: NotRequired[bool]
 
 
 def load_app(spec: str) -> App:
@@ -114,6 +116,21 @@ def load_app(spec: str) -> App:
             f"attributes; name it: {module_name}:app"
         )
     return found
+
+
+def setup_django() -> None:
+    """``django.setup()`` (``aqueue worker --django``), before the app module is imported:
+    its tasks may import models, which needs the app registry ready, as ``manage.py`` has
+    it. ``DJANGO_SETTINGS_MODULE`` names the settings, as for ``manage.py``."""
+    if not os.environ.get("DJANGO_SETTINGS_MODULE"):
+        raise CLIError("--django: set DJANGO_SETTINGS_MODULE (e.g. proj.settings)")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        import django
+    except ImportError:
+        raise CLIError("--django: Django is not installed (pip install 'aqueue[django]')") from None
+    django.setup()
 
 
 def _import(module_name: str) -> ModuleType:
@@ -224,6 +241,8 @@ def _run_once(options: WorkerOptions) -> tuple[int, bool]:
         handler = configure_logging(level, logfile)
         # an error inside the user's modules shows its traceback (exit status 1); aqueue's
         # own complaints about the app, its settings or the options are one line
+        if options.get("django"):
+            setup_django()
         the_app = load_app(options["app"])
         _apply_options(the_app, options)
         use_formats(handler, the_app.conf)

@@ -18,6 +18,9 @@ import pytest
 from aqueue import App
 from aqueue.core.urls import default_backend_url
 
+#: aqueue's own pytest plugin (opt-in for users: docs/testing.md), and pytester to test it
+pytest_plugins = ["aqueue.testing", "pytester"]
+
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 RABBIT_HOST, RABBIT_PORT = "127.0.0.1", 5672
 

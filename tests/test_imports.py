@@ -42,6 +42,12 @@ FORBIDDEN = {
     "aqueue.backends.rpc",
     "aqueue.backends.sqlite",
     "aqueue.transports.sqlite",
+    # integrations a worker loads only when asked (aqueue.django: --django and install())
+    "django",
+    "django_tasks",
+    "aqueue.django",
+    "aqueue.testing",
+    "pytest",
 }
 
 

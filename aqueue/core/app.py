@@ -539,6 +539,16 @@ class App:
         return self._broker is not None
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the app's connections belong to (None before ``connect()``).
+
+        Connections serve one loop; code in another thread that must use this app (a
+        worker thread, a framework's sync code) sends its coroutines there
+        (``asyncio.run_coroutine_threadsafe``) rather than connecting it anew.
+        """
+        return self._loop if self._broker is not None else None
+
+    @property
     def backend(self) -> ResultBackend | None:
         """The connected result backend (after ``connect()``); ``None``: results not stored."""
         if self._broker is None:

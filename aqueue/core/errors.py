@@ -176,8 +176,8 @@ EAGER_ALTERNATIVE = (
     "aqueue has no eager mode (it would skip the serialization, options and workflow "
     "engine a worker runs, so it tests something else): run it in-process with "
     "App(broker='memory://') and an embedded worker (async with app.worker(): "
-    "await (await canvas.delay()).wait()), or call the task's function directly "
-    "(await add(2, 2))"
+    "await (await canvas.delay()).wait()); in pytest, aqueue.testing's drain(app) "
+    "(docs/testing.md); or call the task's function directly (await add(2, 2))"
 )
 
 

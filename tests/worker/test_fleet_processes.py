@@ -66,15 +66,15 @@ async def test_inspect_and_control_a_fleet_of_processes(
         key_of = {h.id: f"h{i}" for i, h in enumerate(handles)}
         ids = set(key_of)
         later = await proc_tasks.add.apply_async((1, 2), countdown=600)
-        async with asyncio.timeout(30):
+        inspect = app.control.inspect(timeout=20)
+        async with asyncio.timeout(30):  # until every worker claimed its two, one running
             while True:
-                active = aqueue(env, "inspect", "active", "-t", "20")
-                reserved = aqueue(env, "inspect", "reserved", "-t", "20")
-                if all(
-                    len(active.get(w, [])) == 1 and len(reserved.get(w, [])) == 1 for w in names
-                ):
+                seen = [await inspect.reserved(), await inspect.active()]
+                if all(len(r) == n and all(len(v) == 1 for v in r.values()) for r in seen):
                     break
                 await asyncio.sleep(0.1)
+        active = aqueue(env, "inspect", "active", "-t", "20")
+        reserved = aqueue(env, "inspect", "reserved", "-t", "20")
         assert set(active) == set(names) == set(reserved)
         running = {t["id"] for tasks in active.values() for t in tasks}
         waiting = {t["id"] for tasks in reserved.values() for t in tasks}
