@@ -128,8 +128,9 @@ async def live(env: dict[str, str]) -> AsyncIterator[Live]:
         async with app:
             yield Live(app, url, ro_url, worker)
     finally:
-        for proc in procs:
-            status, err = stop(proc)
+        # every process is stopped before any is judged: none is left running
+        stopped = [(proc, *stop(proc)) for proc in procs]
+        for proc, status, err in stopped:
             # uvicorn stops gracefully, then ends by the signal it got (as a shell expects)
             assert status in (0, -signal.SIGTERM), err
             assert proc is worker or "Traceback" not in err, err
