@@ -745,6 +745,76 @@ def events(
             return
 
 
+# -- the dashboard (aqueue/web) -----------------------------------------------------------
+
+
+@cli.command()
+def dashboard(
+    ctx: typer.Context,
+    app: AppArg = None,
+    app_option: AppOpt = None,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 5555,
+    address: Annotated[
+        str,
+        typer.Option("--address", help="Address to bind (another than loopback: say so here)."),
+    ] = "127.0.0.1",
+    basic_auth: Annotated[
+        str | None,
+        typer.Option(
+            "--basic-auth",
+            envvar="AQUEUE_DASHBOARD_BASIC_AUTH",
+            help="Require HTTP basic auth, user:password.",
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", envvar="AQUEUE_DASHBOARD_TOKEN", help="Accept this bearer token."),
+    ] = None,
+    read_only: Annotated[
+        bool, typer.Option("--read-only", help="Show, never act (no revoke, shutdown, ...).")
+    ] = False,
+    show_arguments: Annotated[
+        bool,
+        typer.Option("--show-arguments", help="Show tasks' args, kwargs and results."),
+    ] = False,
+    max_tasks: Annotated[
+        int, typer.Option("--max-tasks", min=1, help="Tasks kept in memory.")
+    ] = 10_000,
+) -> None:
+    """Serve the dashboard and Flower's REST API (needs aqueue[web]; workers run with -E).
+
+    \b
+    aqueue dashboard -A proj                      # http://127.0.0.1:5555
+    aqueue dashboard -A proj --read-only --basic-auth admin:secret --address 0.0.0.0
+    """
+    with _errors():
+        if basic_auth is not None and ":" not in basic_auth:
+            raise CLIError("--basic-auth takes user:password")
+        the_app = load_app(_app_spec(ctx, app, app_option))
+        the_app.import_includes()
+        try:
+            from aqueue.web.server import serve
+        except ImportError as exc:
+            raise CLIError(
+                f"the dashboard needs the web extra: pip install 'aqueue[web]' ({exc})"
+            ) from None
+        typer.echo(
+            f"aqueue dashboard: http://{address}:{port} for {redact(the_app.broker_url)}"
+            f"{' (read-only)' if read_only else ''}",
+            err=True,
+        )
+        serve(
+            the_app,
+            address=address,
+            port=port,
+            read_only=read_only,
+            show_arguments=show_arguments,
+            basic_auth=basic_auth,
+            token=token,
+            max_tasks=max_tasks,
+        )
+
+
 # -- dead letters ------------------------------------------------------------------------
 
 DlqQueueOpt = Annotated[

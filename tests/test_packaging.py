@@ -52,6 +52,9 @@ def test_a_built_package_installs_and_runs_the_quickstart(kind: str, tmp_path: P
         assert "aqueue/py.typed" in names
         assert any(n.endswith("licenses/LICENSE") for n in names)
         assert any(n.endswith(".lua") for n in names)  # the scripts travel with the code
+        # and the dashboard's templates and script (aqueue[web])
+        assert any(n.endswith("aqueue/web/templates/base.html") for n in names)
+        assert any(n.endswith("aqueue/web/static/live.js") for n in names)
         assert not any(n.startswith("tests/") for n in names)
     venv = tmp_path / "venv"
     run(UV, "venv", "-q", "--python", sys.executable, venv)
