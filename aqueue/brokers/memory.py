@@ -331,6 +331,17 @@ class MemoryBroker:
         with self._store.lock:
             return sum(1 for e in self._store.entries.values() if e.queue == queue)
 
+    async def peek_head(self, queue: str) -> bytes | None:
+        """The ready message the next claim of ``queue`` would take (``PeeksHead``)."""
+        store = self._store
+        with store.lock:
+            store.promote(time.time())
+            for _, seq, id_ in sorted(store.ready.get(queue, ())):
+                entry = store.entries.get(id_)
+                if entry is not None and entry.seq == seq and entry.lease_until is None:
+                    return entry.body
+        return None
+
     async def scheduled(self, queue: str, limit: int) -> list[tuple[float, bytes]]:
         """Messages of ``queue`` waiting for their ETA (``ListsScheduled``)."""
         now = time.time()

@@ -90,6 +90,11 @@ _CLAIM = (
     " WHERE queue = ? AND lease_until = 0 ORDER BY priority DESC, due LIMIT ?)"
     " RETURNING id, body, deliveries, token, priority, due"
 )
+#: the ready row the next claim takes (the claim's own order): the fleet's metrics
+_HEAD = (
+    "SELECT body FROM aq_messages WHERE queue = ? AND lease_until = 0"
+    " ORDER BY priority DESC, due LIMIT 1"
+)
 #: delayed rows (no owner) not yet due, by due time: ``inspect scheduled``
 _SCHEDULED = (
     "SELECT lease_until, body FROM aq_messages WHERE queue = ? AND lease_until > ?"
@@ -452,6 +457,13 @@ class SQLiteBroker:
             lambda conn: conn.execute(_SIZE, (queue, queue)).fetchone()[0]
         )
         return count
+
+    async def peek_head(self, queue: str) -> bytes | None:
+        """The ready message the next claim of ``queue`` would take (``PeeksHead``)."""
+        row: tuple[bytes] | None = await self._store.read(
+            lambda conn: conn.execute(_HEAD, (queue,)).fetchone()
+        )
+        return None if row is None else bytes(row[0])
 
     async def scheduled(self, queue: str, limit: int) -> list[tuple[float, bytes]]:
         """Messages of ``queue`` waiting for their ETA, soonest first (``ListsScheduled``)."""

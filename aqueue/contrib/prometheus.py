@@ -31,8 +31,10 @@ from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Seque
 from typing import TYPE_CHECKING, Any
 
 from ..core import signals, states
-from ..core.errors import AqueueError, ConfigurationError
+from ..core.errors import AqueueError, ConfigurationError, DecodeError
+from ..core.message import decode_message
 from ..core.middleware import ExecuteNext, Middleware
+from ..core.protocols import PeeksHead
 
 try:
     from prometheus_client import (
@@ -291,8 +293,20 @@ class FleetMetrics(Collector):
             "Dead letters kept for each queue (listed up to a limit)",
             labels=["queue"],
         )
+        head_age = GaugeMetricFamily(
+            "aqueue_queue_oldest_message_age_seconds",
+            "Seconds the message next in line has waited since it was sent (brokers that can "
+            "read it without taking it: memory, SQLite, Redis)",
+            labels=["queue"],
+        )
+        peeks = broker if isinstance(broker, PeeksHead) else None
+        now = time.time()
         for queue in queues:
             depth.add_metric([queue], await broker.size(queue))
+            if peeks is not None:
+                head = await peeks.peek_head(queue)
+                age = message_age(head, now, app.conf.max_message_bytes)
+                head_age.add_metric([queue], age)
             if broker.capabilities.dead_letters:
                 letters = await broker.dead_letters(queue, self.dead_letter_limit)
                 dead.add_metric([queue], len(letters))
@@ -319,6 +333,8 @@ class FleetMetrics(Collector):
             concurrency.add_metric(name, w.info.concurrency)
             held.add_metric(name, w.held)
         self._snapshot = [depth, dead, up, concurrency, held]
+        if peeks is not None:
+            self._snapshot.append(head_age)
 
     def collect(self) -> Iterator[Metric]:
         """What the last :meth:`refresh` read (the counters are collected on their own)."""
@@ -464,3 +480,15 @@ def metrics_app(
     return MetricsApp(
         FleetMetrics(app, queues=queues, events=events, dead_letter_limit=dead_letter_limit)
     )
+
+
+def message_age(body: bytes | None, now: float, max_bytes: int) -> float:
+    """Seconds since a message was sent (its envelope's ``sent_at``); 0 for none, or for a
+    message that does not say (an undecodable one, another producer's)."""
+    if body is None:
+        return 0.0
+    try:
+        sent = decode_message(body, max_bytes).sent_at
+    except DecodeError:
+        return 0.0
+    return max(0.0, now - sent) if sent else 0.0

@@ -458,6 +458,16 @@ class ListsScheduled(Protocol):
 
 
 @runtime_checkable
+class PeeksHead(Protocol):
+    """Optional broker capability: it can read the message next in line without taking it
+    (the fleet's metrics show how long it has waited)."""
+
+    async def peek_head(self, queue: str) -> bytes | None:
+        """The body of the ready message of ``queue`` that the next claim would take, or
+        ``None`` when none is ready; reading takes nothing."""
+
+
+@runtime_checkable
 class StopsConsuming(Protocol):
     """Optional broker capability: a broker that buffers deliveries ahead of claims
     (RabbitMQ's consumers) stops that for a queue a worker no longer consumes."""

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
+from ..core.errors import ConfigurationError
 from .app import dashboard_app
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ def serve(
     mounts: dict[str, ASGIApp] = {}
     try:  # the fleet's Prometheus metrics, when aqueue[prometheus] is installed
         from ..contrib.prometheus import metrics_app
-    except ImportError:
+    except (ImportError, ConfigurationError):
         log.info("no /metrics: prometheus-client is not installed (aqueue[prometheus])")
     else:
         mounts["/metrics"] = metrics_app(app)

@@ -5,6 +5,7 @@ ASGI), each checked against what ran."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -16,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aqueue import App, Task, TaskFailed
 from aqueue.contrib.prometheus import FleetMetrics, MetricsApp, WorkerMetrics, metrics_app
+from aqueue.core.protocols import PeeksHead
 
 from ..conftest import delete_redis_prefix, make_url, prefix_of
 
@@ -204,6 +206,7 @@ async def test_metrics_app_scrapes_queues_workers_dead_letters_and_task_counts(a
     asgi = metrics_app(app)
     try:
         await asgi.start()  # counts what finishes from now on
+        first_sent = time.time()
         for _ in range(4):
             await later.delay()  # no worker consumes "later": they wait there
         async with app.worker(task_events=True, concurrency=5, hostname="obsw@%h") as w:
@@ -226,6 +229,13 @@ async def test_metrics_app_scrapes_queues_workers_dead_letters_and_task_counts(a
     assert response.headers["content-type"].startswith("text/plain; version=")
     assert value(live, "aqueue_queue_messages", queue="later") == 4
     assert value(live, "aqueue_queue_messages", queue="celery") == 0
+    # how long the message next in line has waited (on brokers that can read it)
+    age = value(live, "aqueue_queue_oldest_message_age_seconds", queue="later")
+    if isinstance(app.broker, PeeksHead):
+        assert age is not None and 0 < age <= time.time() - first_sent + 0.5
+        assert value(live, "aqueue_queue_oldest_message_age_seconds", queue="celery") == 0
+    else:
+        assert age is None  # RabbitMQ cannot show a message without taking it
     assert value(live, "aqueue_queue_dead_letters", queue="celery") == 1
     assert value(live, "aqueue_queue_dead_letters", queue="later") == 0
     assert value(live, "aqueue_fleet_worker_up", worker=w.hostname) == 1

@@ -502,6 +502,21 @@ class RedisBroker:
         )
         return int(n)
 
+    async def peek_head(self, queue: str) -> bytes | None:
+        """The ready message the next claim of ``queue`` would take (``PeeksHead``): the
+        lowest score of the ready set, and its body (two reads)."""
+        keys = self._queue_keys(queue)
+        client = await self._link.get()
+
+        async def read() -> bytes | None:
+            ids = await command(client, "ZRANGE", keys.ready, 0, 0)
+            if not ids:
+                return None
+            body = await command(client, "HGET", keys.body, ids[0])
+            return None if body is None else bytes(body)
+
+        return await guarded(self._settings, "peek_head", read, error=BrokerError)
+
     async def scheduled(self, queue: str, limit: int) -> list[tuple[float, bytes]]:
         """Messages of ``queue`` waiting for their ETA, soonest first (``ListsScheduled``):
         the delayed set and the bodies of its first ``limit`` ids (two reads; a message
