@@ -267,3 +267,19 @@ async def test_scheduled_lists_eta_messages_without_taking_them(broker: Broker) 
     assert [body for _, body in await broker.scheduled("q", 1)] == [sooner.body]
     assert await broker.size("q") == 3  # nothing taken
     assert await broker.scheduled("other", 10) == []
+
+
+async def test_peek_head_shows_what_the_next_claim_takes(broker: Broker) -> None:
+    from aqueue.core.protocols import PeeksHead
+
+    if not isinstance(broker, PeeksHead):
+        pytest.skip(f"{type(broker).__name__} cannot show a message without taking it")
+    assert await broker.peek_head("q") is None
+    first, urgent, later = msg(), msg(priority=5), msg(eta=time.time() + 300)
+    await broker.publish([first, urgent, later])
+    assert await broker.peek_head("q") == urgent.body  # the claim's own order
+    assert await broker.peek_head("q") == urgent.body  # nothing taken
+    [d] = await claim(broker, limit=1)
+    assert d.id == urgent.id
+    assert await broker.peek_head("q") == first.body
+    await d.ack()
