@@ -33,13 +33,14 @@ example-django: venv
 
 ## make test: ruff, import contracts, mypy --strict, the whole suite against real Redis and
 ## RabbitMQ (the fast tests two at a time, then the subprocess and fault tests one at a
-## time), and the fast suite again on the lowest versions pyproject.toml allows. The slow
-## tests mostly wait (on processes, servers, timers), so the lowest-versions run goes
-## beside them, one test at a time, its output in .test-lowest.log (shown whole if it fails)
+## time, with the one that waits for a minute boundary beside them: tests/conftest.py), and
+## the fast suite again on the lowest versions pyproject.toml allows. The slow tests mostly
+## wait (on processes, servers, timers), so the lowest-versions run goes beside them, one
+## test at a time, its output in .test-lowest.log (shown whole if it fails)
 test: venv services lint typecheck $(LOWEST)/.installed
 	$(BIN)/pytest -q -p no:cacheprovider -m "not slow" -n 2
 	@$(LOWEST)/bin/pytest -q -m "not slow" -p no:cacheprovider > .test-lowest.log 2>&1 & low=$$!; \
-	$(BIN)/pytest -q -p no:cacheprovider -m slow; slow=$$?; \
+	$(BIN)/pytest -q -p no:cacheprovider -m slow -n 2 --dist loadgroup; slow=$$?; \
 	wait $$low; lowest=$$?; \
 	echo "== the fast suite on the lowest allowed versions (.test-lowest.log):"; \
 	if [ $$lowest -eq 0 ]; then tail -n 1 .test-lowest.log; else cat .test-lowest.log; fi; \
