@@ -118,10 +118,10 @@ async def test_closing_the_broker_ends_waiting_subscriptions(prefix: str) -> Non
     b = RedisBroker(f"redis://{HOST}:{PORT}/0?prefix={prefix}")
     await b.connect()
     sub = await b.topics.subscribe("control")
-    waiting = asyncio.ensure_future(sub.get(10.0))
+    waiting = asyncio.ensure_future(sub.get(60.0))
     await asyncio.sleep(0.05)
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
     await b.close()
-    assert await waiting == []
-    assert loop.time() - t0 < 1.0
+    # the close ended the wait, not its minute (a bound for correctness, not a speed: this
+    # took 2.5 s once on a loaded machine, 0.01 s on a quiet one)
+    async with asyncio.timeout(20):
+        assert await waiting == []
