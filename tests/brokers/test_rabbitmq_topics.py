@@ -142,13 +142,11 @@ async def test_closing_the_broker_ends_waiting_subscriptions(prefix: str) -> Non
     b = RabbitMQBroker(rabbit_url(prefix))
     await b.connect()
     sub = await b.topics.subscribe("control")
-    waiting = asyncio.ensure_future(sub.get(10.0))
+    waiting = asyncio.ensure_future(sub.get(60.0))
     await asyncio.sleep(0.05)
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
     await b.close()
-    assert await waiting == []
-    assert loop.time() - t0 < 1.0
+    async with asyncio.timeout(20):  # the close ended the wait, not its minute
+        assert await waiting == []
 
 
 async def test_a_publisher_with_another_cap_uses_the_stream_as_it_is(

@@ -68,7 +68,7 @@ async def test_get_times_out_with_nothing(topics: Topics) -> None:
     try:
         t0 = time.monotonic()
         assert await sub.get(0.3) == []
-        assert 0.25 <= time.monotonic() - t0 < 2.0
+        assert 0.25 <= time.monotonic() - t0 < 20  # it waited, and it returned
     finally:
         await sub.close()
 
@@ -149,9 +149,8 @@ async def test_a_closed_subscription_reads_nothing(topics: Topics) -> None:
     sub = await topics.subscribe("control")
     await topics.publish("control", [b"m"], cap=100)
     await sub.close()
-    t0 = time.monotonic()
-    assert await sub.get(2.0) == []
-    assert time.monotonic() - t0 < 1.0
+    async with asyncio.timeout(20):  # at once, not after its minute
+        assert await sub.get(60.0) == []
 
 
 async def test_since_skips_what_was_published_before_it(topics: Topics) -> None:
