@@ -35,11 +35,11 @@ example-django: venv
 ## RabbitMQ (the fast tests two at a time, then the subprocess and fault tests one at a
 ## time, with the one that waits for a minute boundary beside them: tests/conftest.py), and
 ## the fast suite again on the lowest versions pyproject.toml allows. The slow tests mostly
-## wait (on processes, servers, timers), so the lowest-versions run goes beside them, one
-## test at a time, its output in .test-lowest.log (shown whole if it fails)
+## wait (on processes, servers, timers), so the lowest-versions run goes beside them, two
+## at a time, its output in .test-lowest.log (shown whole if it fails)
 test: venv services lint typecheck $(LOWEST)/.installed
 	$(BIN)/pytest -q -p no:cacheprovider -m "not slow" -n 2
-	@$(LOWEST)/bin/pytest -q -m "not slow" -p no:cacheprovider > .test-lowest.log 2>&1 & low=$$!; \
+	@$(LOWEST)/bin/pytest -q -m "not slow" -n 2 -p no:cacheprovider > .test-lowest.log 2>&1 & low=$$!; \
 	$(BIN)/pytest -q -p no:cacheprovider -m slow -n 2 --dist loadgroup; slow=$$?; \
 	wait $$low; lowest=$$?; \
 	echo "== the fast suite on the lowest allowed versions (.test-lowest.log):"; \
