@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -257,6 +258,29 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield url
     if request.param == "redis":
         delete_redis_prefix(prefix_of(url))
+
+
+@contextlib.asynccontextmanager
+async def app_with_shared_results(
+    request: pytest.FixtureRequest, kind: str, tmp_path: Path, name: str = "tests"
+) -> AsyncIterator[App]:
+    """An app on broker ``kind``, connected; on RabbitMQ its results (and so its worker
+    registry) live in Redis, a store every process shares (``amqp://``'s own ``rpc://``
+    serves only the caller: no chords, no registry). Its Redis keys and RabbitMQ queues
+    are deleted afterwards."""
+    broker = make_url(kind, tmp_path)
+    backend: str | None = None
+    if kind == "rabbitmq":
+        request.getfixturevalue("_rabbit_prefixes").append(prefix_of(broker))
+        backend = make_url("redis", tmp_path)
+    the_app = App(name, broker=broker, backend=backend, lease_seconds=5.0)
+    try:
+        async with the_app:
+            yield the_app
+    finally:
+        for used in (broker, backend or ""):
+            if used.startswith("redis://"):
+                delete_redis_prefix(prefix_of(used))
 
 
 @pytest.fixture

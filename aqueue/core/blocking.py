@@ -99,7 +99,7 @@ class Portal:
     def call(self, app: App | None, factory: Callable[[], Awaitable[T]]) -> T:
         """Run ``factory()`` on the portal's loop and wait for its value (or error)."""
         if app is not None and app not in self.apps:
-            other = app._loop
+            other = app.loop
             if other is not None and other is not self.loop and other.is_running():
                 raise ConfigurationError(
                     f"app {app.name} is connected in another running event loop: use the "

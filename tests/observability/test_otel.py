@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from typing import Any
+from pathlib import Path
 
 import httpx
 import pytest
@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from aqueue import App, TaskFailed, chain, chord
 from aqueue.contrib.otel import TracingMiddleware
 
-from ..conftest import delete_redis_prefix, make_url, prefix_of
+from ..conftest import app_with_shared_results
 
 KINDS = [
     pytest.param("memory", id="memory"),
@@ -31,20 +31,10 @@ KINDS = [
 
 
 @pytest.fixture(params=KINDS)
-async def app(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[App]:
-    url = make_url(request.param, tmp_path)
-    backend = None
-    if request.param == "rabbitmq":  # a chord needs a shared result store: Redis
-        request.getfixturevalue("_rabbit_prefixes").append(prefix_of(url))
-        backend = make_url("redis", tmp_path)
-    the_app = App("traced", broker=url, backend=backend, lease_seconds=5.0)
-    try:
-        async with the_app:
-            yield the_app
-    finally:
-        for used in (url, backend or ""):
-            if used.startswith("redis://"):
-                delete_redis_prefix(prefix_of(used))
+async def app(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[App]:
+    # on RabbitMQ a chord needs a shared result store: Redis
+    async with app_with_shared_results(request, request.param, tmp_path, "traced") as the_app:
+        yield the_app
 
 
 @pytest.fixture

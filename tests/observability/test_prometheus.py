@@ -8,6 +8,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +20,7 @@ from aqueue import App, Task, TaskFailed
 from aqueue.contrib.prometheus import FleetMetrics, MetricsApp, WorkerMetrics, metrics_app
 from aqueue.core.protocols import PeeksHead
 
-from ..conftest import delete_redis_prefix, make_url, prefix_of
+from ..conftest import app_with_shared_results
 
 #: brokers the fleet view is checked on (the worker's counts do not depend on the broker)
 KINDS = [
@@ -31,20 +32,10 @@ KINDS = [
 
 
 @pytest.fixture(params=KINDS)
-async def app(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[App]:
-    url = make_url(request.param, tmp_path)
-    backend = None
-    if request.param == "rabbitmq":  # results and the worker registry in Redis
-        request.getfixturevalue("_rabbit_prefixes").append(prefix_of(url))
-        backend = make_url("redis", tmp_path)
-    the_app = App("obs", broker=url, backend=backend, lease_seconds=5.0)
-    try:
-        async with the_app:
-            yield the_app
-    finally:
-        for used in (url, backend or ""):
-            if used.startswith("redis://"):
-                delete_redis_prefix(prefix_of(used))
+async def app(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[App]:
+    # on RabbitMQ the results and the worker registry live in Redis
+    async with app_with_shared_results(request, request.param, tmp_path, "obs") as the_app:
+        yield the_app
 
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

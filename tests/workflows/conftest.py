@@ -17,7 +17,7 @@ import pytest
 from aqueue import App
 from aqueue.core.message import ErrorInfo
 
-from ..conftest import delete_redis_prefix, make_url
+from ..conftest import app_with_shared_results
 from . import celery_tasks
 from .celery_tasks import Recorder
 
@@ -30,27 +30,10 @@ WORKFLOW_BROKERS = [
 
 
 @pytest.fixture(params=WORKFLOW_BROKERS)
-async def app(
-    request: pytest.FixtureRequest, tmp_path: Path, _rabbit_prefixes: list[str]
-) -> AsyncIterator[App]:
+async def app(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[App]:
     """An app on each broker; on RabbitMQ its results live in Redis."""
-    kind = request.param
-    redis_prefixes: list[str] = []
-    backend: str | None = None
-    broker = make_url(kind, tmp_path)
-    if kind == "rabbitmq":
-        _rabbit_prefixes.append(broker.rsplit("prefix=", 1)[1])
-        backend = make_url("redis", tmp_path)
-        redis_prefixes.append(backend.rsplit("prefix=", 1)[1])
-    elif kind == "redis":
-        redis_prefixes.append(broker.rsplit("prefix=", 1)[1])
-    the_app = App("tests", broker=broker, backend=backend, lease_seconds=5.0)
-    try:
-        async with the_app:
-            yield the_app
-    finally:
-        for prefix in redis_prefixes:
-            delete_redis_prefix(prefix)
+    async with app_with_shared_results(request, request.param, tmp_path) as the_app:
+        yield the_app
 
 
 @pytest.fixture
