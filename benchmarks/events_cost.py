@@ -12,47 +12,27 @@ installed) from its start until it has drained the queue. Redis DB 14 by default
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import os
-import statistics
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
-import redis
-
 from aqueue import App
+from aqueue.runner import run as run_on_loop
 
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+from .cost import REDIS_URL, compare, delete_prefix, enqueue, noop_app, timed_drain
+
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("off", "on", "on+listener")
 
 
-def make_app(prefix: str) -> App:
-    app = App("evbench", broker=f"{REDIS_URL}?prefix={prefix}", task_default_queue="evbench")
-
-    @app.task(name="evbench.noop")
-    async def noop() -> None:
-        return None
-
-    return app
-
-
 async def drain(app: App, tasks: int, events: bool) -> tuple[float, float, int]:
-    """Seconds the worker took to drain ``tasks``, the CPU seconds this process spent
-    meanwhile (the worker's: the producer is done), and the events it published."""
-    noop = app.tasks["evbench.noop"]
+    """Seconds and worker CPU seconds to drain ``tasks``, and the events published."""
     async with app:
-        for start in range(0, tasks, 5000):
-            await noop.delay_many([() for _ in range(min(5000, tasks - start))])
+        await enqueue(app, tasks)
         worker = app.worker(concurrency=100, burst=True, task_events=events)
-        t0, c0 = time.perf_counter(), time.process_time()
-        await worker.run()
-        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-        assert worker.executor.succeeded == tasks, worker.executor.succeeded
+        elapsed, cpu = await timed_drain(worker, tasks)
         return elapsed, cpu, worker.events.published
 
 
@@ -89,57 +69,20 @@ def listener(prefix: str) -> subprocess.Popen[bytes]:
 listened = App("evbench-listener")
 
 
-def run(mode: str, tasks: int) -> tuple[float, float, int]:
+def run(mode: str, tasks: int) -> tuple[float, float, str]:
     prefix = f"evb-{uuid.uuid4().hex[:10]}"
     proc = listener(prefix) if mode == "on+listener" else None
     try:
-        loop_factory = None
-        try:
-            import uvloop
-
-            loop_factory = uvloop.new_event_loop
-        except ImportError:
-            pass
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            return runner.run(drain(make_app(prefix), tasks, mode != "off"))
+        seconds, cpu, published = run_on_loop(
+            lambda: drain(noop_app("evbench", prefix), tasks, mode != "off")
+        )
+        return seconds, cpu, f"{published:7,} events"
     finally:
         if proc is not None:
             proc.terminate()  # the one we started, by its pid
             proc.wait(timeout=30)
-        client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=f"*{prefix}*", count=1000))
-        for i in range(0, len(keys), 500):
-            client.delete(*keys[i : i + 500])
-        client.close()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--tasks", type=int, default=20000)
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
-    rates: dict[str, list[float]] = {m: [] for m in MODES}
-    cpus: dict[str, list[float]] = {m: [] for m in MODES}
-    for i in range(args.runs):
-        for mode in MODES:  # interleaved, so drift hits every mode alike
-            seconds, cpu, published = run(mode, args.tasks)
-            rates[mode].append(args.tasks / seconds)
-            cpus[mode].append(cpu / args.tasks * 1e6)
-            print(
-                f"run {i + 1} {mode:12} {rates[mode][-1]:9,.0f} tasks/s "
-                f"{cpus[mode][-1]:6.1f} µs CPU/task {published:7,} events",
-                flush=True,
-            )
-    base = statistics.median(rates["off"])
-    base_cpu = statistics.median(cpus["off"])
-    for mode in MODES:
-        med, cpu = statistics.median(rates[mode]), statistics.median(cpus[mode])
-        runs = ", ".join(f"{r:,.0f}" for r in rates[mode])
-        print(
-            f"{mode:12} median {med:9,.0f} tasks/s ({med / base:.2f}x), "
-            f"{cpu:.1f} µs CPU/task ({cpu - base_cpu:+.1f})  runs: {runs}"
-        )
+        delete_prefix(prefix)
 
 
 if __name__ == "__main__":
-    main()
+    compare(MODES, run)
