@@ -25,7 +25,7 @@ import typer
 
 from . import __version__
 from .beat.cli import Runtime, commands
-from .core.admission import parse_rate
+from .core.admission import rate_setting
 from .core.app import App
 from .core.control import registry_of
 from .core.deadletters import REPLAYED_HEADER, describe, task_of
@@ -1278,9 +1278,7 @@ def control(
             if command == "revoke":  # stored first: it holds for tasks still queued
                 await control.store_revocations(arguments["task_id"], terminate=terminate)
             elif command == "rate_limit":  # a bad rate is refused here, not by each worker
-                rate = arguments["rate_limit"]
-                if rate not in ("0", ""):
-                    parse_rate(rate if "/" in rate else f"{rate}/s")
+                arguments["rate_limit"] = rate_setting(arguments["rate_limit"])
             return await control.broadcast(
                 command, arguments, destination=dest, reply=True, timeout=timeout
             )

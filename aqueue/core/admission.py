@@ -55,6 +55,21 @@ def parse_rate(text: str) -> Rate:
     return Rate(count, multiple * _PERIODS[match.group(3)])
 
 
+def rate_setting(value: str | float | None) -> str | None:
+    """A rate as ``control rate_limit`` takes it (Celery's): ``"10/m"``, a bare number of
+    tasks per second, or ``None`` / ``""`` / ``0`` for none; checked, as a task keeps it.
+
+    Raises:
+        ConfigurationError: not a rate.
+    """
+    if value in (None, "", "0", 0):
+        return None
+    text = str(value)
+    rate = text if "/" in text else f"{text}/s"
+    parse_rate(rate)
+    return rate
+
+
 def gcra_reserve(tat: float, now: float, rate: Rate) -> tuple[float, float]:
     """One GCRA reservation: returns ``(slot, new_tat)``.
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from . import states
-from .admission import parse_rate
+from .admission import rate_setting
 from .deadletters import DeadLetters
 from .errors import ConfigurationError
 from .message import ErrorInfo, ResultOut
@@ -235,12 +235,9 @@ class Control:
         """Set a task's rate limit in running workers (``"10/m"``, a number of tasks per
         second, or ``None`` / ``0`` for none). Where limits are shared (Redis), the new rate
         holds for the whole fleet from the next task. Not kept across a restart."""
-        if rate_limit not in (None, "", "0", 0):
-            text = str(rate_limit)
-            parse_rate(text if "/" in text else f"{text}/s")
         return await self.broadcast(
             "rate_limit",
-            {"task_name": task_name, "rate_limit": rate_limit},
+            {"task_name": task_name, "rate_limit": rate_setting(rate_limit)},
             destination=destination,
             reply=reply,
             timeout=timeout,

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..__about__ import __version__
-from .admission import parse_rate
+from .admission import rate_setting
 from .errors import AqueueError, ConfigurationError
 from .protocols import Subscription, Topics
 from .urls import redact
@@ -355,11 +355,7 @@ def _task(worker: Worker, task_name: str) -> Any:
 
 async def _rate_limit(worker: Worker, task_name: str, rate_limit: str | float | None) -> Any:
     task = _task(worker, task_name)
-    rate = None if rate_limit in (None, "", "0", 0) else str(rate_limit)
-    if rate is not None and "/" not in rate:
-        rate = f"{rate}/s"  # Celery's bare number: tasks per second
-    if rate is not None:
-        parse_rate(rate)
+    rate = rate_setting(rate_limit)
     changed = rate != task.rate_limit
     task.rate_limit = rate
     if changed:  # the old rate's reservations ahead must not hold the new rate back
