@@ -14,7 +14,8 @@ it is itself imported: a worker that never sees Django never loads it.
 - :class:`AqueueBackend`: the backend (``aqueue.django.backend``).
 - :func:`install`: registers ``aqueue.django.run`` on the app the worker runs.
 - :func:`enqueue_on_commit`: enqueue once the current transaction commits.
-- :func:`run_in_loop`: call aqueue from sync Django code (temporary: the sync API replaces it).
+- :func:`run_in_loop`: call aqueue from sync Django code, also inside a worker (elsewhere
+  ``app.sync`` does the same).
 """
 
 from __future__ import annotations

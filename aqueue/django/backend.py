@@ -24,16 +24,16 @@ traceback as the ``TaskError`` (aqueue never carries exception objects).
 
 Django calls ``enqueue()`` from synchronous code. aqueue is asynchronous, so each send runs
 on the loop where the app is connected: in a worker process the worker's loop (a Django
-task enqueueing another), elsewhere one event loop the backend keeps in a daemon thread
-(``aenqueue`` awaits the same loop, or directly when it is the caller's). TEMPORARY: issue
-18's sync API (branch ``sync``) replaces this loop thread with aqueue's own blocking calls.
+task enqueueing another), elsewhere the loop thread of aqueue's blocking API (``.sync``,
+one per process, started anew in a forked child; docs/sync.md). ``aenqueue`` awaits the same
+loop, or directly when it is the caller's. The worker's case is why this is not simply
+``app.sync``: the blocking API refuses an app connected in another running loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
-import threading
 import uuid
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
@@ -43,6 +43,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from aqueue import App, AsyncResult, TaskFailed, TaskRevoked, states
+from aqueue.core.blocking import portal
 
 from .compat import (
     MAX_PRIORITY,
@@ -74,33 +75,6 @@ def aqueue_priority(priority: int) -> int:
     return (priority - MIN_PRIORITY) * 9 // span
 
 
-class _LoopThread:
-    """An event loop in a daemon thread, where an app not yet connected anywhere connects.
-
-    TEMPORARY until the sync API (issue 18, branch ``sync``): Django's ``enqueue()`` is
-    synchronous and may run in any thread, with or without a running loop; one loop of our
-    own keeps one set of connections for all of them.
-    """
-
-    def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
-
-    def loop(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                threading.Thread(
-                    target=loop.run_forever, name="aqueue-django-loop", daemon=True
-                ).start()
-                self._loop = loop
-            return self._loop
-
-
-#: the process's one loop thread, shared by every AqueueBackend and by run_in_loop
-_LOOP = _LoopThread()
-
-
 def _home(app: App | None) -> asyncio.AbstractEventLoop:
     """Where ``app``'s coroutines run: the loop it is connected on while that loop runs (a
     worker's, when a task enqueues a Django task), else the loop thread. One app, one
@@ -108,7 +82,7 @@ def _home(app: App | None) -> asyncio.AbstractEventLoop:
     loop = app.loop if app is not None else None
     if loop is not None and loop.is_running() and not loop.is_closed():
         return loop
-    return _LOOP.loop()
+    return portal().loop
 
 
 def _current() -> asyncio.AbstractEventLoop | None:
@@ -120,12 +94,10 @@ def _current() -> asyncio.AbstractEventLoop | None:
 
 def run_in_loop(coro: Coroutine[Any, Any, T], app: App | None = None) -> T:
     """Run an aqueue coroutine from synchronous Django code (a view, a command) and return
-    its value: on the loop ``app`` is connected on, else the backends' loop thread (where
-    an ``AqueueBackend``'s app connects when nothing else has).
-
-    TEMPORARY: the sync API of issue 18 (branch ``sync``) replaces this; until then it is
-    the one supported way to call aqueue from a sync view: ``run_in_loop(h.state())``.
-    It refuses to block the loop it would wait on (call it from a thread, or await).
+    its value: on the loop ``app`` is connected on, else the blocking API's loop thread
+    (where an ``AqueueBackend``'s app connects when nothing else has). Outside a worker,
+    ``app.sync`` (docs/sync.md) does the same with typed results. It refuses to block the
+    loop it would wait on (call it from a thread, or await).
     """
     home = _home(app)
     if _current() is home:
