@@ -319,21 +319,9 @@ class Worker:
 
     def _check_queues(self) -> None:
         """Refuse queues this worker cannot consume; warn about those nothing sends to."""
+        self._refuse_unconsumable(self.queues)
         app = self.app
         router = app.router()
-        if not router.create_missing:
-            missing = [q for q in self.queues if q not in router.queues]
-            if missing:
-                raise ConfigurationError(
-                    f"queue(s) {', '.join(missing)} not in task_queues, and "
-                    "task_create_missing_queues is False"
-                )
-        broadcast = [q for q in self.queues if q in router.queues and router.queues[q].broadcast]
-        if broadcast and not app.routes_by_exchange:
-            raise ConfigurationError(
-                f"broadcast queue(s) {', '.join(broadcast)} need RabbitMQ (a copy of each "
-                f"message for every worker); {redact(app.broker_url)} has no exchanges"
-            )
         idle = router.untargeted(self.queues, app.tasks.values())
         if idle:
             log.warning(
@@ -343,6 +331,25 @@ class Worker:
                 ", ".join(idle),
                 router.default_queue,
                 "; router functions in task_routes may too" if router.dynamic else "",
+            )
+
+    def _refuse_unconsumable(self, queues: Sequence[str]) -> None:
+        """Refuse queues no worker of this app can consume: undeclared ones when
+        ``task_create_missing_queues`` is False, broadcast ones without exchanges."""
+        app = self.app
+        router = app.router()
+        if not router.create_missing:
+            missing = [q for q in queues if q not in router.queues]
+            if missing:
+                raise ConfigurationError(
+                    f"queue(s) {', '.join(missing)} not in task_queues, and "
+                    "task_create_missing_queues is False"
+                )
+        broadcast = [q for q in queues if q in router.queues and router.queues[q].broadcast]
+        if broadcast and not app.routes_by_exchange:
+            raise ConfigurationError(
+                f"broadcast queue(s) {', '.join(broadcast)} need RabbitMQ (a copy of each "
+                f"message for every worker); {redact(app.broker_url)} has no exchanges"
             )
 
     async def run(self) -> None:
@@ -867,14 +874,7 @@ class Worker:
         """Start consuming ``queue`` too (``control add_consumer``); ``False`` if it did."""
         if queue in self.queues:
             return False
-        router = self.app.router()
-        if not router.create_missing and queue not in router.queues:
-            raise ControlError(
-                f"queue {queue!r} is not in task_queues and task_create_missing_queues is False"
-            )
-        spec = router.queues.get(queue)
-        if spec is not None and spec.broadcast and not self.app.routes_by_exchange:
-            raise ControlError(f"broadcast queue {queue!r} needs RabbitMQ")
+        self._refuse_unconsumable([queue])  # the rules a starting worker's queues follow
         broker = self.app.broker
         if isinstance(broker, RoutesByExchange):
             await broker.declare_queues([queue])

@@ -375,3 +375,14 @@ async def test_enable_and_disable_events_remotely(fleet_app: App) -> None:
         [reply] = await app.control.disable_events(timeout=10, limit=1)
         assert reply == {"w@rc": {"ok": "task events disabled"}}
         assert not worker.events.enabled
+
+
+async def test_add_consumer_follows_the_rules_of_a_starting_worker(fleet_app: App) -> None:
+    from aqueue import Queue
+
+    app = fleet_app
+    app.conf.update(task_queues=[Queue("celery")], task_create_missing_queues=False)
+    async with app.worker(hostname="w@rc") as worker:
+        [reply] = await app.control.add_consumer("rc-undeclared", timeout=10, limit=1)
+        assert "not in task_queues" in reply["w@rc"]["error"]
+        assert worker.queues == ["celery"]
