@@ -306,7 +306,7 @@ class EventDispatcher:
     def received(self, msg: MessageIn, fmt: SerializerName) -> None:
         args = kwargs = None
         if self.with_arguments:
-            args, kwargs = _raw_arguments(msg, fmt)
+            args, kwargs = raw_arguments(msg, fmt)
         self._add(
             self._stamp.event(
                 "task-received", **_task_fields(msg, args, kwargs, self.with_arguments)
@@ -399,9 +399,9 @@ class EventDispatcher:
                 self._worker_event("worker-heartbeat")
 
 
-def _raw_arguments(msg: MessageIn, fmt: SerializerName) -> tuple[Any, Any]:
-    """A received message's arguments, for their repr (``None`` where they cannot be read:
-    the worker refuses such a message itself)."""
+def raw_arguments(msg: MessageIn, fmt: SerializerName) -> tuple[Any, Any]:
+    """A received message's arguments, for their repr in events and ``inspect`` (``None``
+    where they cannot be read: the worker refuses such a message itself)."""
     try:
         args = decode(msg.args, Any, fmt) if len(msg.args) else ()
         kwargs = decode(msg.kwargs, Any, fmt) if len(msg.kwargs) else {}

@@ -29,10 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from . import signals, states
-from .emitting import EventDispatcher
+from .emitting import EventDispatcher, bounded_repr, raw_arguments
 from .errors import ConfigurationError, DecodeError
 from .execution import Executor, is_terminate
 from .message import MessageIn, decode_message, decode_result
@@ -53,7 +51,7 @@ from .protocols import (
 )
 from .remote import ControlError, Mailbox
 from .routing import router_of
-from .serialization import SerializerName, decode, format_of
+from .serialization import format_of
 from .urls import redact
 
 if TYPE_CHECKING:
@@ -67,7 +65,6 @@ _TERMINATE_CHECK = 1.0  # seconds between checks for running tasks revoked with 
 _MEMORY_CHECK = 1.0  # seconds between checks of the resident memory (max_memory_per_child)
 _REVOKED_KEPT = 50_000  # revoked ids a worker remembers (``inspect revoked``; Celery's)
 _SCHEDULED_LISTED = 1000  # ETA messages ``inspect scheduled`` lists per queue
-_ARGUMENTS_SHOWN = 1024  # characters of a task's arguments ``inspect`` shows
 
 
 def expand_hostname(pattern: str) -> str:
@@ -794,9 +791,9 @@ class Worker:
             "kwargs": None,
         }
         if self.app.conf.worker_inspect_arguments:
-            fmt = format_of(body)
-            info["args"] = _shown(msg.args, fmt)
-            info["kwargs"] = _shown(msg.kwargs, fmt)
+            args, kwargs = raw_arguments(msg, format_of(body))  # reprs, as events give them
+            info["args"] = bounded_repr(args)
+            info["kwargs"] = bounded_repr(kwargs)
         return info
 
     async def describe_scheduled(self) -> list[dict[str, Any]]:
@@ -971,12 +968,3 @@ class Worker:
             elapsed = time.monotonic() - t0
             if elapsed > interval:
                 log.warning("lease renewal took %.1fs, longer than its interval", elapsed)
-
-
-def _shown(raw: msgspec.Raw, fmt: SerializerName) -> str:
-    """Encoded arguments as ``inspect`` shows them: a repr, cut at ``_ARGUMENTS_SHOWN``."""
-    try:
-        text = repr(decode(raw, Any, fmt)) if len(raw) else ""
-    except Exception:
-        text = "<undecodable>"
-    return text if len(text) <= _ARGUMENTS_SHOWN else text[: _ARGUMENTS_SHOWN - 3] + "..."
