@@ -174,13 +174,18 @@ def _delete_rabbit_prefixes(prefixes: list[str]) -> None:
         _delete_rabbit_queues(names, exchanges)
 
 
-@pytest.fixture(scope="session")
+#: every RabbitMQ prefix this process used: each one ``make_url`` hands out, and those
+#: tests add themselves (``_rabbit_prefixes``)
+_SESSION_RABBIT_PREFIXES: list[str] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _rabbit_prefixes() -> Iterator[list[str]]:
-    """Prefixes the session's RabbitMQ tests used; their queues are deleted at the end."""
-    prefixes: list[str] = []
-    yield prefixes
-    if prefixes:
-        _delete_rabbit_prefixes(prefixes)
+    """Prefixes the session's RabbitMQ tests used; their queues and exchanges (those a worker
+    subprocess declared too: its control topic's, its queues) are deleted at the end."""
+    yield _SESSION_RABBIT_PREFIXES
+    if _SESSION_RABBIT_PREFIXES:
+        _delete_rabbit_prefixes(sorted(set(_SESSION_RABBIT_PREFIXES)))
 
 
 #: `make test` runs the slow suite with `-n 2 --dist loadgroup`: the tests that measure or
@@ -239,6 +244,7 @@ def make_url(kind: str, tmp_path: Path) -> str:
         return f"redis://{REDIS_HOST}:{REDIS_PORT}/0?prefix=aqt-{unique}"
     if kind == "rabbitmq":
         require_service("RabbitMQ", RABBIT_HOST, RABBIT_PORT)
+        _SESSION_RABBIT_PREFIXES.append(f"aqt-{unique}")
         return rabbit_url(f"aqt-{unique}")
     if kind == "extra" and EXTRA_BROKER_URL:
         return EXTRA_BROKER_URL.replace("{unique}", f"aqt-{unique}")
