@@ -117,7 +117,8 @@ class Presence:
         self._thread: threading.Thread | None = None
         #: workers this one found lost (their leases handed back)
         self.reaped: list[str] = []
-        self._beats = 0
+        #: the info the last beat wrote (or tried to)
+        self._written: WorkerInfo | None = None
         self._beaten = threading.Condition()
 
     def start(self) -> None:
@@ -132,14 +133,14 @@ class Presence:
 
     def update(self, *, queues: tuple[str, ...], concurrency: int) -> None:
         """The worker's queues or concurrency changed (remote control): beat soon, and
-        return once a beat listed them (or after two intervals). Blocking."""
-        self.info = msgspec.structs.replace(self.info, queues=queues, concurrency=concurrency)
+        return once a beat wrote them (or after two intervals). Blocking."""
+        info = msgspec.structs.replace(self.info, queues=queues, concurrency=concurrency)
         with self._beaten:
-            # a beat under way may have read the old info: the one after it lists the new
-            target = self._beats + 2
+            self.info = info
             self._wake.set()
+            # a beat under way may have read the old info: wait for one that wrote this
             self._beaten.wait_for(
-                lambda: self._beats >= target or self._stop.is_set(),
+                lambda: self._written is info or self._stop.is_set(),
                 timeout=2 * self.interval + _MIN_GAP,
             )
 
@@ -169,15 +170,16 @@ class Presence:
             self._reap()
 
     def _beat(self) -> None:
+        info = self.info
         leases = self._held()
         try:
-            self.registry.beat(self.info, leases, self._keep)
+            self.registry.beat(info, leases, self._keep)
         except Exception as exc:
             log.warning("heartbeat failed (%s: %s)", type(exc).__name__, exc)
             return
         finally:
             with self._beaten:
-                self._beats += 1
+                self._written = info
                 self._beaten.notify_all()
         if self._renew is None:
             return

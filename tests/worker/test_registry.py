@@ -12,7 +12,7 @@ import pytest
 
 from aqueue import App
 from aqueue.core.errors import ConfigurationError
-from aqueue.core.presence import new_worker_id, worker_info
+from aqueue.core.presence import Presence, new_worker_id, worker_info
 from aqueue.core.protocols import KeepsWorkers, WorkerRegistry
 
 from ..conftest import delete_redis_prefix, make_url, prefix_of
@@ -133,3 +133,28 @@ async def test_on_rabbitmq_the_result_backend_keeps_the_registry(
     finally:
         if store == "redis":
             delete_redis_prefix(prefix_of(backend))
+
+
+async def test_a_changed_queue_list_is_listed_by_the_next_beat_not_the_one_after(
+    app: App,
+) -> None:
+    """add_consumer replies once the registry lists the new queue. It waited for two beats,
+    and the second came only at the next interval: a reply took more than the heartbeat
+    interval (1.2 s at the default 1 s: later than the control client's 1 s timeout)."""
+    registry = registry_or_skip(app)
+    interval = 60.0  # no regular beat comes while the test runs
+    presence = Presence(
+        registry,
+        worker_info(new_worker_id("reg@test"), "reg@test", ["celery"], 3),
+        list,
+        interval=interval,
+        lost_after=3 * interval,
+    )
+    await asyncio.to_thread(presence.start)
+    try:
+        update = asyncio.to_thread(presence.update, queues=("celery", "more"), concurrency=3)
+        await asyncio.wait_for(update, timeout=interval / 4)
+        [seen] = await app.control.workers()
+        assert seen.info.queues == ("celery", "more")
+    finally:
+        await asyncio.to_thread(presence.stop)
