@@ -96,3 +96,14 @@ bench:
 bench-sync:
 	$(PYTHON) -m benchmarks setup
 	.bench-venv/bin/python -m benchmarks.sync_send
+
+## make docs: the documentation site (mkdocs.yml, docs/) served on http://127.0.0.1:8000,
+## rebuilt on every change; make docs-build: the same site built into site/ with --strict
+## (a broken link or anchor, or a docstring mkdocstrings cannot read, fails it). `make test`
+## builds it too (tests/docs/test_site.py). Everything is local: it builds offline
+.PHONY: docs docs-build
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve -a 127.0.0.1:8000
+
+docs-build: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site

@@ -192,7 +192,8 @@ def _rabbit_prefixes() -> Iterator[list[str]]:
 #: bound how fast something recovers (kills, faults, leases) run one at a time on one
 #: worker, as they always did; on the other go the test that mostly waits for a minute
 #: boundary (cron) and the slow tests that only check what happened, with timeouts as
-#: safety nets: real processes of the fleet, the dashboard, the examples, the packaging.
+#: safety nets: real processes of the fleet, the dashboard, the examples, the packaging,
+#: the documentation site's build.
 BESIDE = {
     "test_every_slot_runs_once_through_a_leader_kill",
 }
@@ -204,6 +205,7 @@ BESIDE_FILES = (
     "tests/events/test_events_cli.py",
     "tests/sync/",
     "tests/observability/",
+    "tests/docs/test_site.py",
 )
 
 

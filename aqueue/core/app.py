@@ -121,7 +121,9 @@ class App:
         include: Sequence[str] = (),
         **settings: Any,
     ) -> None:
+        #: the app's name (``App("proj")``); tasks defined in ``__main__`` are named after it
         self.name = name
+        #: the settings (:class:`~aqueue.core.config.Settings`): ``app.conf.update(...)``
         self.conf = Settings()
         self.conf.load_environment()
         # a broker or backend given as an object is used as it is (no URL, no options)
@@ -138,13 +140,16 @@ class App:
         if include:
             settings["include"] = list(include)
         self.conf.update(settings)
+        #: the registered tasks by name
         self.tasks: dict[str, Task[Any, Any]] = {}
         #: shared resources built by lifespan functions (``app.state.db = ...``)
         self.state = types.SimpleNamespace()
+        #: publish and execute middleware, outermost first (``add_middleware``)
         self.middleware: list[Middleware] = []
         self.lifespans: list[Callable[[App], AbstractAsyncContextManager[None]]] = []
         # packages whose task modules the worker imports at start (autodiscover_tasks)
         self._autodiscover: list[tuple[Callable[[], Iterable[str]], str]] = []
+        #: remote control and inspection of workers and tasks (Celery's ``app.control``)
         self.control = Control(self)
         #: ``app.GroupResult(id, results)`` and ``await app.GroupResult.restore(id)``
         self.GroupResult = GroupResults(self)
