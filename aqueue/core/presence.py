@@ -118,6 +118,11 @@ class Presence:
         #: workers this one found lost (their leases handed back)
         self.reaped: list[str] = []
         self._beats = 0
+        #: a beat is under way (it may have read ``info`` before an update replaced it)
+        self._beating = False
+        #: the beat count an ``update()`` waits for: beats follow each other (a minimum
+        #: gap apart) until it is reached, instead of one interval later
+        self._wanted = 0
         self._beaten = threading.Condition()
 
     def start(self) -> None:
@@ -136,7 +141,8 @@ class Presence:
         self.info = msgspec.structs.replace(self.info, queues=queues, concurrency=concurrency)
         with self._beaten:
             # a beat under way may have read the old info: the one after it lists the new
-            target = self._beats + 2
+            target = self._beats + (2 if self._beating else 1)
+            self._wanted = max(self._wanted, target)
             self._wake.set()
             self._beaten.wait_for(
                 lambda: self._beats >= target or self._stop.is_set(),
@@ -169,6 +175,8 @@ class Presence:
             self._reap()
 
     def _beat(self) -> None:
+        with self._beaten:
+            self._beating = True
         leases = self._held()
         try:
             self.registry.beat(self.info, leases, self._keep)
@@ -178,6 +186,9 @@ class Presence:
         finally:
             with self._beaten:
                 self._beats += 1
+                self._beating = False
+                if self._beats < self._wanted:
+                    self._wake.set()  # an update waits for the next beat too
                 self._beaten.notify_all()
         if self._renew is None:
             return
