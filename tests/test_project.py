@@ -138,6 +138,26 @@ def test_config_from_an_object_a_class_and_a_mapping() -> None:
     assert app.conf.task_track_started is True
 
 
+def test_config_from_an_object_reads_only_the_names_it_takes() -> None:
+    """Django's settings raise for some names: an empty ``SECRET_KEY``, and under
+    ``override_settings`` names ``dir()`` lists without a value (``gettext_noop``)."""
+
+    class Settings:
+        CELERY_TASK_ACKS_LATE = True
+
+        def __dir__(self) -> list[str]:
+            return ["CELERY_TASK_ACKS_LATE", "SECRET_KEY", "gettext_noop"]
+
+        def __getattr__(self, name: str) -> object:
+            if name == "SECRET_KEY":
+                raise RuntimeError("The SECRET_KEY setting must not be empty.")
+            raise AttributeError(name)
+
+    app = App("cfg", broker="memory://cfg")
+    assert app.config_from_object(Settings(), namespace="CELERY") == ["task_acks_late"]
+    assert app.config_from_object(Settings()) == []  # gettext_noop: listed, no value
+
+
 def test_constructor_and_environment_win_over_a_config_object(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

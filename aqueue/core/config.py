@@ -9,7 +9,7 @@ import logging
 import os
 import re
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, get_type_hints
 
 from .errors import ConfigurationError
@@ -185,21 +185,21 @@ class Settings:
             ConfigurationError: a name that is no setting (with the nearest one), or a value
                 of the wrong type; nothing is set then.
         """
-        items = source.items() if isinstance(source, Mapping) else _attributes(source)
-        found: dict[str, Any] = {}
-        for key, value in items:
+
+        def setting_name(key: str) -> str | None:
             if namespace:
                 head = f"{namespace}_"
-                if not key.startswith(head):
-                    continue
-                name = key[len(head) :].lower()
-            elif key in CELERY_OLD_NAMES:
-                name = CELERY_OLD_NAMES[key]
-            elif key.islower() and not key.startswith("_"):
-                name = key
-            else:
-                continue
-            found[name] = value
+                return key[len(head) :].lower() if key.startswith(head) else None
+            if key in CELERY_OLD_NAMES:
+                return CELERY_OLD_NAMES[key]
+            return key if key.islower() and not key.startswith("_") else None
+
+        items = source.items() if isinstance(source, Mapping) else _attributes(source, setting_name)
+        found: dict[str, Any] = {}
+        for key, value in items:
+            name = setting_name(key)
+            if name is not None:
+                found[name] = value
         staged = Settings()  # every value checked before any is set
         for name, value in found.items():
             staged._set(name, value)
@@ -314,13 +314,21 @@ def unknown_setting(name: str) -> str:
     return f"unknown setting {name!r}{hint} (every setting: docs/configuration.md)"
 
 
-def _attributes(source: Any) -> list[tuple[str, Any]]:
-    """A config object's settings-like attributes: no modules, classes or functions."""
+def _attributes(source: Any, wanted: Callable[[str], str | None]) -> list[tuple[str, Any]]:
+    """A config object's settings-like attributes: no modules, classes or functions.
+
+    Only the names ``wanted`` accepts are read (Django's settings raise for some others:
+    ``SECRET_KEY`` when empty, and under ``override_settings`` names ``dir()`` lists that
+    have no value), and a name ``dir()`` lists without a value is skipped.
+    """
     out: list[tuple[str, Any]] = []
     for key in dir(source):
-        if key.startswith("__"):
+        if key.startswith("__") or wanted(key) is None:
             continue
-        value = getattr(source, key)
+        try:
+            value = getattr(source, key)
+        except AttributeError:
+            continue
         if inspect.ismodule(value) or inspect.isclass(value) or inspect.isroutine(value):
             continue
         out.append((key, value))

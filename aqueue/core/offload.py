@@ -212,7 +212,9 @@ class ProcessPool:
         self.max_tasks_per_child = max_tasks_per_child
         self.max_memory_per_child = max_memory_per_child
         self._slots = [_Slot() for _ in range(size)]
-        self._free: asyncio.Queue[_Slot] = asyncio.Queue()
+        # last in, first out: a call takes the slot freed last, whose child is warm, so a
+        # pool never started runs only as many children as calls have needed at once
+        self._free: asyncio.LifoQueue[_Slot] = asyncio.LifoQueue()
         for slot in self._slots:
             self._free.put_nowait(slot)
         #: every child started and not yet reaped

@@ -225,6 +225,15 @@ async def test_max_memory_per_child_replaces_a_child_that_grew() -> None:
         assert await pool.run(funcs.getpid, (), {}) != first
 
 
+async def test_calls_one_at_a_time_reuse_one_child() -> None:
+    pool = ProcessPool(3)  # not started: children start on demand
+    try:
+        pids = [await pool.run(funcs.getpid, (), {}) for _ in range(4)]
+    finally:
+        await pool.close()
+    assert len(set(pids)) == 1
+
+
 async def test_concurrency_is_bounded_by_size() -> None:
     async with ProcessPool(2) as pool:
         spans = await asyncio.gather(*(pool.run(funcs.timed_sleep, (0.3,), {}) for _ in range(4)))

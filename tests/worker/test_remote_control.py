@@ -283,6 +283,19 @@ async def test_add_and_cancel_consumer(fleet_app: App) -> None:
         assert "only queue" in reply["w@rc"]["error"]
 
 
+async def test_commands_that_wait_for_the_registry_answer_within_the_default_timeout(
+    app: App,
+) -> None:
+    """add_consumer and pool_grow reply once a heartbeat listed the change: with the
+    default heartbeat interval (1 s) that must not take the caller's whole 1 s timeout."""
+    assert app.conf.worker_heartbeat_interval == 1.0
+    async with app.worker(hostname="w@rc", queues=["celery"]):
+        assert list(await app.control.add_consumer("rc-extra")) == [
+            {"w@rc": {"ok": "now consuming from 'rc-extra'"}}
+        ]
+        assert list(await app.control.pool_grow(1)) == [{"w@rc": {"ok": "pool will grow to 101"}}]
+
+
 async def test_pool_grow_and_shrink(fleet_app: App) -> None:
     app = fleet_app
     gate = Gate()
