@@ -16,8 +16,14 @@ from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, u
 
 from aqueue.core.errors import ConfigurationError
 from aqueue.core.urls import redact
+from aqueue.transports import tls
 
 log = logging.getLogger("aqueue.amqp")
+
+#: the URL options named in messages about TLS
+TLS_OPTION_NAMES = tls.TLSOptionNames(
+    ca="cafile", cert="certfile", key="keyfile", insecure="no_verify_ssl=1"
+)
 
 #: the AMQP ``content_type`` of every message aqueue publishes
 CONTENT_TYPE = "application/x-aqueue"
@@ -61,7 +67,22 @@ class RabbitSettings:
 
     def scrub(self, exc: BaseException) -> str:
         """An exception as text, without the password (aiormq may echo the URL)."""
-        text = f"{type(exc).__name__}: {exc}"
+        return self._scrub_text(f"{type(exc).__name__}: {exc}")
+
+    def describe_connect_error(self, exc: BaseException) -> str:
+        """What a failed connect raised, as text without the password; a TLS failure in
+        words naming the URL option to change (``cafile``, ``certfile``, ...)."""
+        parts = urlsplit(self.client_url)
+        if parts.scheme != "amqps":
+            return self.scrub(exc)
+        query = dict(parse_qsl(parts.query))
+        files = {name: query.get(name) for name in ("cafile", "certfile", "keyfile", "capath")}
+        why = tls.explain(exc, TLS_OPTION_NAMES, files)
+        if why is not None:
+            return self._scrub_text(f"TLS failed: {why}")
+        return self.scrub(exc)
+
+    def _scrub_text(self, text: str) -> str:
         password = urlsplit(self.client_url).password or ""
         for secret in (password, unquote(password)):
             if secret:
