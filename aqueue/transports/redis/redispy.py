@@ -461,7 +461,9 @@ class AsyncTLSConnection(aioredis.SSLConnection):
             raise
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             self._abandon(handshake, writer)
-            raise _handshake_error(self.host, self.port, exc, _tls_files(self.ssl_context)) from None
+            raise _handshake_error(
+                self.host, self.port, exc, _tls_files(self.ssl_context)
+            ) from None
         except BaseException:
             self._abandon(handshake, writer)
             raise
