@@ -25,9 +25,12 @@ from aqueue import App, BrokerError
 
 from ..faults.certificates import Certificates, make_certificates
 from ..faults.rabbitmq_node import RabbitNode, running_node
-from ..faults.redis_server import RedisServer, running_server
+from ..faults.redis_server import HOST, RedisServer, running_server
+from ..faults.tcp_proxy import TcpProxy
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+# the redis / rabbitmq marks say which server software the test needs (private instances:
+# the shared servers are not used)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120), pytest.mark.redis]
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "s3cr3t-tls-pw"
@@ -145,11 +148,17 @@ async def test_redis_mutual_tls(redis_mtls: RedisServer, certs: Certificates) ->
     await round_trip(url, url)
 
 
-async def test_redis_client_without_certificate_is_refused(
+async def test_redis_client_without_certificate_is_refused_and_not_retried(
     redis_mtls: RedisServer, certs: Certificates
 ) -> None:
-    text = await connect_error(rediss(redis_mtls, ssl_ca_certs=certs.ca))
+    assert redis_mtls.tls_port is not None
+    async with TcpProxy(HOST, redis_mtls.tls_port) as proxy:  # counts the connections
+        url = rediss(redis_mtls, ssl_ca_certs=certs.ca, retries=3)
+        text = await connect_error(url.replace(f":{redis_mtls.tls_port}/", f":{proxy.port}/"))
     assert "requires a client certificate" in text and "ssl_certfile" in text, text
+    # the refusal comes after the handshake, with the server's first reply, and is as final
+    # as a failed handshake: retrying cannot make a certificate appear
+    assert proxy.accepted == 1
 
 
 async def test_redis_wrong_ca_names_certificate_verification(
@@ -239,6 +248,7 @@ asyncio.run(main())
 # -- RabbitMQ ---------------------------------------------------------------------------
 
 
+@pytest.mark.rabbitmq
 async def test_rabbitmq_mutual_tls_round_trip_with_a_rediss_backend(
     rabbit_mtls: RabbitNode, redis_tls: RedisServer, certs: Certificates
 ) -> None:
@@ -246,6 +256,7 @@ async def test_rabbitmq_mutual_tls_round_trip_with_a_rediss_backend(
     await round_trip(broker, rediss(redis_tls, ssl_ca_certs=certs.ca))
 
 
+@pytest.mark.rabbitmq
 async def test_rabbitmq_client_without_certificate_is_refused(
     rabbit_mtls: RabbitNode, certs: Certificates
 ) -> None:
@@ -253,6 +264,7 @@ async def test_rabbitmq_client_without_certificate_is_refused(
     assert "client certificate" in text and "certfile" in text, text
 
 
+@pytest.mark.rabbitmq
 async def test_rabbitmq_wrong_ca_names_certificate_verification(
     rabbit_mtls: RabbitNode, certs: Certificates
 ) -> None:
@@ -262,6 +274,7 @@ async def test_rabbitmq_wrong_ca_names_certificate_verification(
         assert "certificate verification failed" in text and "cafile" in text, text
 
 
+@pytest.mark.rabbitmq
 async def test_rabbitmq_missing_ca_file_is_named(
     rabbit_mtls: RabbitNode, certs: Certificates
 ) -> None:
@@ -271,6 +284,7 @@ async def test_rabbitmq_missing_ca_file_is_named(
     assert f"cafile={missing} does not exist" in text, text
 
 
+@pytest.mark.rabbitmq
 async def test_rabbitmq_verification_off_connects(
     rabbit_mtls: RabbitNode, certs: Certificates
 ) -> None:
