@@ -291,3 +291,8 @@ async def test_rabbitmq_verification_off_connects(
     url = amqps(rabbit_mtls, no_verify_ssl=1, **client_cert(certs, redis=False))
     async with App("tls", broker=url, backend="memory://"):
         pass
+    # the same as keyword options (broker_options), which win over the query
+    url = amqps(rabbit_mtls, cafile=certs.other_ca)
+    options = {"no_verify_ssl": True, **client_cert(certs, redis=False)}
+    async with App("tls", broker=url, backend="memory://", broker_options=options):
+        pass

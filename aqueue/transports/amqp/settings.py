@@ -9,6 +9,7 @@ typed for the role to check.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,10 @@ CONNECTION_OPTIONS: Mapping[str, Converter] = {
 _CLIENT_PARAMS = frozenset(
     {"cafile", "capath", "cadata", "keyfile", "certfile", "no_verify_ssl", "name", "auth"}
 )
+#: aiormq's TLS parameters also taken as keyword options (``broker_options``), which win
+#: over the query: paths (``str`` or ``os.PathLike``) and ``no_verify_ssl`` (a bool).
+#: ``cadata`` (base64 in aiormq's URL) stays a query parameter.
+TLS_KEYWORDS = ("cafile", "capath", "certfile", "keyfile", "no_verify_ssl")
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,11 +159,21 @@ def parse_settings(
             kept.append((key, value))
         else:
             log.debug("ignoring unknown query parameter %r of the amqp URL", key)
+    tls_given = {k: v for k, v in options.items() if k in TLS_KEYWORDS and v is not None}
+    if tls_given:
+        kept = [(k, v) for k, v in kept if k not in tls_given]
+        for key, value in tls_given.items():
+            if key == "no_verify_ssl":
+                kept.append((key, "1" if value not in (False, 0, "0", "") else "0"))
+            else:
+                kept.append((key, os.fspath(value)))
+    options = {k: v for k, v in options.items() if k not in TLS_KEYWORDS}
     unknown = sorted(set(options) - set(converters))
     if unknown:
         raise ConfigurationError(
             f"unknown {owner} option(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(converters))}"
+            f"known: {', '.join(sorted(converters))} and the TLS options "
+            f"{', '.join(TLS_KEYWORDS)}"
         )
     values.update({k: v for k, v in options.items() if v is not None})
     typed: dict[str, Any] = {}
