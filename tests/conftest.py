@@ -193,7 +193,7 @@ def _rabbit_prefixes() -> Iterator[list[str]]:
 #: worker, as they always did; on the other go the test that mostly waits for a minute
 #: boundary (cron) and the slow tests that only check what happened, with timeouts as
 #: safety nets: real processes of the fleet, the dashboard, the examples, the packaging,
-#: the documentation site's build.
+#: the documentation site's build, TLS against private servers.
 BESIDE = {
     "test_every_slot_runs_once_through_a_leader_kill",
 }
@@ -206,6 +206,7 @@ BESIDE_FILES = (
     "tests/sync/",
     "tests/observability/",
     "tests/docs/test_site.py",
+    "tests/brokers/test_tls.py",
 )
 
 

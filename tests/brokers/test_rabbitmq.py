@@ -16,7 +16,9 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import aio_pika
 import pytest
@@ -141,6 +143,21 @@ def test_url_options_and_redaction() -> None:
         RabbitMQBroker("amqp://h/?queue_type=stream")
     with pytest.raises(ConfigurationError, match="invalid queue name"):
         b.topology.check("x.dlq")
+
+
+def test_tls_options_as_keywords_win_over_the_query(tmp_path: Path) -> None:
+    # broker_options={"cafile": ...} was refused as an unknown option
+    ca = tmp_path / "ca.pem"
+    s, _ = parse_settings(
+        "amqps://h/?cafile=/old.pem&certfile=/c.pem",
+        {"cafile": ca, "keyfile": "/k.pem", "no_verify_ssl": True},
+        owner="rabbitmq broker",
+    )
+    query = dict(parse_qsl(urlsplit(s.client_url).query))
+    assert query["cafile"] == str(ca) and query["certfile"] == "/c.pem"
+    assert query["keyfile"] == "/k.pem" and query["no_verify_ssl"] == "1"
+    s, _ = parse_settings("amqps://h/", {"no_verify_ssl": False}, owner="rabbitmq broker")
+    assert dict(parse_qsl(urlsplit(s.client_url).query))["no_verify_ssl"] == "0"
 
 
 def test_one_settings_parser_for_every_role() -> None:

@@ -93,7 +93,7 @@ async def test_a_refused_certificate_fails_at_once_and_is_not_retried(tls: Redis
             await broker.connect()
         await broker.close()
     text = str(info.value)
-    assert "TLS handshake" in text and "certificate verify failed" in text, text
+    assert "TLS handshake" in text and "certificate verification failed" in text, text
     assert "redis://" not in text.split("failed:", 1)[1]  # no hint: the server speaks TLS
     assert proxy.accepted == 1  # one try: no retries
 

@@ -32,6 +32,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 HOST = "127.0.0.1"
 _SBIN = shutil.which("rabbitmq-server")
@@ -61,10 +62,24 @@ class RabbitNode:
 
     Args:
         directory: where its data, logs, config and cookie live (created).
+        tls: ``(ca, certificate, key)`` files: an AMQPS listener on ``tls_port`` too,
+            presenting ``certificate``.
+        tls_verify_clients: the TLS listener asks for a client certificate signed by
+            ``ca`` and refuses a client without one (``verify_peer`` and
+            ``fail_if_no_peer_cert``).
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        tls: tuple[Path, Path, Path] | None = None,
+        tls_verify_clients: bool = False,
+    ) -> None:
         self.directory = directory
+        self.tls = tls
+        self.tls_verify_clients = tls_verify_clients
+        self.tls_port = free_port() if tls else None
         self.name = f"aqtest-{secrets.token_hex(6)}@localhost"
         self.port = free_port()
         self.dist_port = free_port()
@@ -88,7 +103,19 @@ class RabbitNode:
         if not cookie.exists():
             cookie.write_text(secrets.token_hex(16).upper())
             cookie.chmod(0o400)
-        (d / "rabbitmq.conf").write_text(f"listeners.tcp.1 = {HOST}:{self.port}\n")
+        conf = f"listeners.tcp.1 = {HOST}:{self.port}\n"
+        if self.tls is not None:
+            ca, cert, key = self.tls
+            verify = self.tls_verify_clients
+            conf += (
+                f"listeners.ssl.default = {HOST}:{self.tls_port}\n"
+                f"ssl_options.cacertfile = {ca}\n"
+                f"ssl_options.certfile = {cert}\n"
+                f"ssl_options.keyfile = {key}\n"
+                f"ssl_options.verify = {'verify_peer' if verify else 'verify_none'}\n"
+                f"ssl_options.fail_if_no_peer_cert = {'true' if verify else 'false'}\n"
+            )
+        (d / "rabbitmq.conf").write_text(conf)
         (d / "rabbitmq-env.conf").write_text("")
         (d / "enabled_plugins").write_text("[].\n")
         return {
@@ -157,7 +184,7 @@ class RabbitNode:
             )
         self.starts += 1
         deadline = t0 + timeout
-        while not port_open(self.port):
+        while not all(port_open(p) for p in (self.port, self.tls_port) if p is not None):
             if self.proc.poll() is not None:
                 raise RuntimeError(
                     f"RabbitMQ node {self.name} exited with {self.proc.returncode}: "
@@ -195,10 +222,10 @@ class RabbitNode:
 
 
 @contextlib.contextmanager
-def running_node(directory: Path) -> Iterator[RabbitNode]:
-    """A started :class:`RabbitNode`, stopped by PID afterwards (also when the test fails),
-    its directory removed unless ``AQUEUE_KEEP_RABBIT_DIRS`` is set."""
-    node = RabbitNode(directory)
+def running_node(directory: Path, **options: Any) -> Iterator[RabbitNode]:
+    """A started :class:`RabbitNode` (``options`` as for it), stopped by PID afterwards (also
+    when the test fails), its directory removed unless ``AQUEUE_KEEP_RABBIT_DIRS`` is set."""
+    node = RabbitNode(directory, **options)
     try:
         node.start()
         yield node

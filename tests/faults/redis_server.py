@@ -38,8 +38,11 @@ class RedisServer:
         directory: its working directory (RDB/AOF files and the log go there).
         password: ``requirepass``; clients must use it.
         appendonly: AOF on with ``appendfsync everysec`` (the durability variant).
-        tls: ``(certificate, key)`` files: TLS on ``tls_port`` too (clients need not show
-            a certificate); plaintext stays on ``port``.
+        tls: ``(certificate, key)`` files: TLS on ``tls_port`` too; plaintext stays on
+            ``port`` (for the test's own admin client).
+        tls_ca: the CA file the server trusts client certificates from (default: the
+            certificate itself).
+        tls_auth_clients: whether clients must show a certificate signed by ``tls_ca``.
         unix_socket: listen on ``socket_path`` too.
     """
 
@@ -51,6 +54,8 @@ class RedisServer:
         appendonly: bool = False,
         port: int | None = None,
         tls: tuple[Path, Path] | None = None,
+        tls_ca: Path | None = None,
+        tls_auth_clients: bool = False,
         unix_socket: bool = False,
     ) -> None:
         self.directory = directory
@@ -59,6 +64,8 @@ class RedisServer:
         self.port = port or free_port()
         self.tls = tls
         self.tls_port = free_port() if tls else None
+        self.tls_ca = tls_ca
+        self.tls_auth_clients = tls_auth_clients
         self.socket_path = directory / "redis.sock" if unix_socket else None
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -115,8 +122,8 @@ class RedisServer:
         if self.tls is not None:
             cert, key = self.tls
             args += ["--tls-port", str(self.tls_port), "--tls-cert-file", str(cert)]
-            args += ["--tls-key-file", str(key), "--tls-ca-cert-file", str(cert)]
-            args += ["--tls-auth-clients", "no"]
+            args += ["--tls-key-file", str(key), "--tls-ca-cert-file", str(self.tls_ca or cert)]
+            args += ["--tls-auth-clients", "yes" if self.tls_auth_clients else "no"]
         if self.socket_path is not None:
             args += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
         self.proc = subprocess.Popen(

@@ -113,7 +113,8 @@ class Link:
             ) from None
         except Exception as exc:
             raise BrokerError(
-                f"{self.label}could not connect to RabbitMQ at {s.redacted}: {s.scrub(exc)}"
+                f"{self.label}could not connect to RabbitMQ at {s.redacted}: "
+                f"{s.describe_connect_error(exc)}"
             ) from None
         conn.close_callbacks.add(self._on_connection_closed)
         self.conn = conn

@@ -9,6 +9,7 @@ typed for the role to check.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +17,14 @@ from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, u
 
 from aqueue.core.errors import ConfigurationError
 from aqueue.core.urls import redact
+from aqueue.transports import tls
 
 log = logging.getLogger("aqueue.amqp")
+
+#: the URL options named in messages about TLS
+TLS_OPTION_NAMES = tls.TLSOptionNames(
+    ca="cafile", cert="certfile", key="keyfile", insecure="no_verify_ssl=1"
+)
 
 #: the AMQP ``content_type`` of every message aqueue publishes
 CONTENT_TYPE = "application/x-aqueue"
@@ -37,6 +44,10 @@ CONNECTION_OPTIONS: Mapping[str, Converter] = {
 _CLIENT_PARAMS = frozenset(
     {"cafile", "capath", "cadata", "keyfile", "certfile", "no_verify_ssl", "name", "auth"}
 )
+#: aiormq's TLS parameters also taken as keyword options (``broker_options``), which win
+#: over the query: paths (``str`` or ``os.PathLike``) and ``no_verify_ssl`` (a bool).
+#: ``cadata`` (base64 in aiormq's URL) stays a query parameter.
+TLS_KEYWORDS = ("cafile", "capath", "certfile", "keyfile", "no_verify_ssl")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +72,22 @@ class RabbitSettings:
 
     def scrub(self, exc: BaseException) -> str:
         """An exception as text, without the password (aiormq may echo the URL)."""
-        text = f"{type(exc).__name__}: {exc}"
+        return self._scrub_text(f"{type(exc).__name__}: {exc}")
+
+    def describe_connect_error(self, exc: BaseException) -> str:
+        """What a failed connect raised, as text without the password; a TLS failure in
+        words naming the URL option to change (``cafile``, ``certfile``, ...)."""
+        parts = urlsplit(self.client_url)
+        if parts.scheme != "amqps":
+            return self.scrub(exc)
+        query = dict(parse_qsl(parts.query))
+        files = {name: query.get(name) for name in ("cafile", "certfile", "keyfile", "capath")}
+        why = tls.explain(exc, TLS_OPTION_NAMES, files)
+        if why is not None:
+            return self._scrub_text(f"TLS failed: {why}")
+        return self.scrub(exc)
+
+    def _scrub_text(self, text: str) -> str:
         password = urlsplit(self.client_url).password or ""
         for secret in (password, unquote(password)):
             if secret:
@@ -133,11 +159,21 @@ def parse_settings(
             kept.append((key, value))
         else:
             log.debug("ignoring unknown query parameter %r of the amqp URL", key)
+    tls_given = {k: v for k, v in options.items() if k in TLS_KEYWORDS and v is not None}
+    if tls_given:
+        kept = [(k, v) for k, v in kept if k not in tls_given]
+        for key, value in tls_given.items():
+            if key == "no_verify_ssl":
+                kept.append((key, "1" if value not in (False, 0, "0", "") else "0"))
+            else:
+                kept.append((key, os.fspath(value)))
+    options = {k: v for k, v in options.items() if k not in TLS_KEYWORDS}
     unknown = sorted(set(options) - set(converters))
     if unknown:
         raise ConfigurationError(
             f"unknown {owner} option(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(converters))}"
+            f"known: {', '.join(sorted(converters))} and the TLS options "
+            f"{', '.join(TLS_KEYWORDS)}"
         )
     values.update({k: v for k, v in options.items() if v is not None})
     typed: dict[str, Any] = {}

@@ -38,6 +38,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry as SyncRetry
 
 from aqueue.core.errors import ConfigurationError
+from aqueue.transports import tls as tls_errors
 
 __all__ = [
     "OLDEST",
@@ -370,6 +371,27 @@ def _raise_tls_failure(exc: BaseException) -> None:
     tls = tls_failure(exc)
     if tls is not None and tls is not exc:
         raise tls from None
+    if tls is None and tls_errors.ssl_error_in(exc) is not None:
+        # an alert after the handshake (TLS 1.3 sends the server's verdict on the client's
+        # certificate with its first reply): as final as a failed handshake
+        why = tls_errors.explain(exc, TLS_OPTION_NAMES, {})
+        if why is not None:
+            raise TLSHandshakeFailed(f"TLS connection refused: {why}") from None
+
+
+#: the URL options named in messages about TLS
+TLS_OPTION_NAMES = tls_errors.TLSOptionNames(
+    ca="ssl_ca_certs", cert="ssl_certfile", key="ssl_keyfile", insecure="ssl_cert_reqs=none"
+)
+
+
+def _tls_files(holder: Any) -> dict[str, object | None]:
+    """The file options of a TLS connection (or its asyncio context), by URL option name."""
+    return {
+        "ssl_ca_certs": getattr(holder, "ca_certs", None),
+        "ssl_certfile": getattr(holder, "certfile", None),
+        "ssl_keyfile": getattr(holder, "keyfile", None),
+    }
 
 
 def _handshake_failed(host: str, port: int, why: str, *, hint: bool = True) -> TLSHandshakeFailed:
@@ -377,10 +399,16 @@ def _handshake_failed(host: str, port: int, why: str, *, hint: bool = True) -> T
     return TLSHandshakeFailed(f"TLS handshake with {host}:{port} failed ({why}){tail}")
 
 
-def _handshake_error(host: str, port: int, exc: BaseException) -> TLSHandshakeFailed:
-    """The failure for ``exc`` raised by a handshake (an SSL error or a timeout)."""
+def _handshake_error(
+    host: str, port: int, exc: BaseException, files: Mapping[str, object | None]
+) -> TLSHandshakeFailed:
+    """The failure for ``exc`` raised by a handshake (an SSL error or a timeout), or by
+    loading the TLS files."""
     if isinstance(exc, TimeoutError):
         return _handshake_failed(host, port, "no answer within the connect timeout")
+    why = tls_errors.explain(exc, TLS_OPTION_NAMES, files)
+    if why is not None:
+        return TLSHandshakeFailed(f"TLS handshake with {host}:{port} failed: {why}")
     # a certificate the client refused: the server does speak TLS
     hint = not isinstance(exc, ssl.SSLCertVerificationError)
     return _handshake_failed(host, port, f"{type(exc).__name__}: {exc}", hint=hint)
@@ -393,7 +421,7 @@ class TLSConnection(redis.SSLConnection):
         try:
             return super()._wrap_socket_with_ssl(sock)  # type: ignore[no-untyped-call]
         except OSError as exc:  # ssl.SSLError and socket timeouts are OSErrors
-            raise _handshake_error(self.host, self.port, exc) from None
+            raise _handshake_error(self.host, self.port, exc, _tls_files(self)) from None
 
 
 class AsyncTLSConnection(aioredis.SSLConnection):
@@ -408,7 +436,11 @@ class AsyncTLSConnection(aioredis.SSLConnection):
     """
 
     def _connection_arguments(self) -> Mapping[str, Any]:
-        kwargs = dict(super()._connection_arguments())
+        try:  # builds the TLS context
+            kwargs = dict(super()._connection_arguments())
+        except OSError as exc:  # a TLS file missing or unusable: final, not retried
+            files = _tls_files(self.ssl_context)
+            raise _handshake_error(self.host, self.port, exc, files) from None
         kwargs.pop("ssl", None)  # plain TCP first: the handshake is done in _connect
         return kwargs
 
@@ -416,7 +448,7 @@ class AsyncTLSConnection(aioredis.SSLConnection):
         await super()._connect()  # type: ignore[no-untyped-call]
         writer = self._writer
         assert writer is not None
-        context = self.ssl_context.get()
+        context = self.ssl_context.get()  # built (and cached) by _connection_arguments
         handshake = asyncio.ensure_future(writer.start_tls(context, server_hostname=self.host))
         try:
             async with asyncio.timeout(self.socket_connect_timeout):
@@ -429,7 +461,9 @@ class AsyncTLSConnection(aioredis.SSLConnection):
             raise
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             self._abandon(handshake, writer)
-            raise _handshake_error(self.host, self.port, exc) from None
+            raise _handshake_error(
+                self.host, self.port, exc, _tls_files(self.ssl_context)
+            ) from None
         except BaseException:
             self._abandon(handshake, writer)
             raise
