@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -204,6 +206,60 @@ async def test_unreachable_server_fails_fast_without_the_password() -> None:
     assert "hunter2" not in str(info.value) and "***" in str(info.value)
     await b.close()
     await b.close()  # idempotent
+
+
+@contextlib.asynccontextmanager
+async def silent_server() -> AsyncIterator[tuple[str, asyncio.Event]]:
+    """An AMQP URL whose server accepts and never answers (a connection attempt waits for
+    Connection.Start), and an event set once it accepted one."""
+    accepted = asyncio.Event()
+    server = await asyncio.start_server(lambda r, w: accepted.set(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"amqp://guest:guest@127.0.0.1:{port}/", accepted
+    finally:
+        server.close()
+
+
+def test_closing_during_a_connection_attempt_leaves_no_connect_behind() -> None:
+    """A connection attempt whose caller gave up (cancelled) is ended by ``close``, not left
+    running: left, it was still pending when the event loop closed (pytest-asyncio < 1
+    cancels nothing), and the garbage collector later closed aiormq's ``Connection.connect``
+    mid-handshake, which raised "Event loop is closed" into whatever test ran then."""
+    unraisable: list[BaseException | None] = []
+
+    async def abandon() -> None:
+        async with silent_server() as (url, accepted):
+            b = RabbitMQBroker(url, connect_timeout=60)
+            caller = asyncio.ensure_future(b.connect())
+            await accepted.wait()
+            caller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await caller
+            await b.close()
+
+    # a loop that ends as pytest-asyncio 0.26's does: nothing left pending is cancelled
+    loop = asyncio.new_event_loop()
+    hook, sys.unraisablehook = sys.unraisablehook, lambda u: unraisable.append(u.exc_value)
+    try:
+        loop.run_until_complete(abandon())
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+        del loop
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    assert unraisable == []
+
+
+async def test_a_caller_still_waiting_when_close_ends_the_attempt_gets_a_broker_error() -> None:
+    async with silent_server() as (url, accepted):
+        b = RabbitMQBroker(url, connect_timeout=60)
+        waiting = asyncio.ensure_future(b.connect())
+        await accepted.wait()
+        await b.close()
+        with pytest.raises(BrokerError, match="closed while opening"):
+            await waiting
 
 
 # -- publishing -----------------------------------------------------------------------

@@ -93,8 +93,19 @@ class Link:
         task = self._opening
         if task is None or task.done():
             # shielded: a cancelled caller must not leave a half-open connection behind
+            # (close() ends an attempt every caller gave up on)
             task = self._opening = asyncio.get_running_loop().create_task(self._open())
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and not (current is not None and current.cancelling()):
+                # not this caller's cancellation: close() ended the attempt
+                raise BrokerError(
+                    f"{self.label}the connection to RabbitMQ at {self.settings.redacted} "
+                    "was closed while opening"
+                ) from None
+            raise
 
     async def _open(self) -> AbstractConnection:
         s = self.settings
@@ -127,6 +138,13 @@ class Link:
         """Close the connection (and the last one lost, if still open); idempotent."""
         self.closing = True
         try:
+            opening, self._opening = self._opening, None
+            if opening is not None and not opening.done():
+                # An attempt outlives its callers (shielded): end it now, or it goes on
+                # after the close, and if the event loop closes first aiormq's connect is
+                # collected mid-handshake ("Event loop is closed" raised from its cleanup).
+                opening.cancel()
+                await asyncio.wait([opening], timeout=self.settings.operation_timeout)
             conn, self.conn, dropped, self._dropped = self.conn, None, self._dropped, None
             self._reset()
             for old in (dropped, conn):
