@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from aqueue import App, OptionError, chain, chord, group
+from aqueue.core.message import MAX_CALLER_HEADERS, MAX_HEADER_NAME_LENGTH, MAX_HEADER_VALUE_LENGTH
 from aqueue.core.nodes import TaskNode
 from aqueue.core.options import check_options, node_message
 
@@ -49,6 +50,21 @@ BAD_OPTIONS: list[Any] = [
     pytest.param({"headers": {"n": 1}}, "headers must map str to str", id="header-int"),
     pytest.param({"headers": ["a"]}, "headers must be a dict", id="headers-list"),
     pytest.param({"headers": {"x-aqueue-reply-to": "q"}}, "reserved", id="header-reserved"),
+    pytest.param(
+        {"headers": {f"h{i}": "v" for i in range(MAX_CALLER_HEADERS + 1)}},
+        f"a call may set at most {MAX_CALLER_HEADERS}",
+        id="headers-too-many",
+    ),
+    pytest.param(
+        {"headers": {"n" * (MAX_HEADER_NAME_LENGTH + 1): "v"}},
+        f"a name is at most {MAX_HEADER_NAME_LENGTH} characters",
+        id="header-name-long",
+    ),
+    pytest.param(
+        {"headers": {"n": "v" * (MAX_HEADER_VALUE_LENGTH + 1)}},
+        f"a value at most {MAX_HEADER_VALUE_LENGTH}",
+        id="header-value-long",
+    ),
     pytest.param({"parent_id": 5}, "parent_id must be a str", id="parent_id-int"),
     pytest.param({"serializer": "pickle"}, "pickle is never supported", id="serializer-pickle"),
     pytest.param({"ignore_result": "yes"}, "True or False", id="ignore_result-str"),

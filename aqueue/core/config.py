@@ -89,6 +89,9 @@ class Settings:
     task_serializer: str = "msgpack"
     #: largest encoded message accepted by producers and workers
     max_message_bytes: int = 10 * 1024 * 1024
+    #: largest encoded result record a worker stores (a larger result fails its task,
+    #: ``result_too_large``) and a client reads
+    max_result_bytes: int = 10 * 1024 * 1024
     #: modules the worker imports at start (Celery's ``include``)
     include: list[str] = dataclasses.field(default_factory=list)
     #: seconds a publish may take before it raises (in a bulk publish: each chunk)

@@ -15,6 +15,7 @@
     ├── BackendError              the result backend failed or could not be reached
     ├── MessageError              a message that cannot be accepted
     │   ├── MessageTooLarge       payload over ``max_message_bytes``
+    │   ├── ResultTooLarge        a result record over ``max_result_bytes`` (stored or read)
     │   ├── DecodeError           bytes that are not a valid aqueue message
     │   └── EncodeError           a value (arguments, a result) the serializer cannot encode
     ├── ArgumentError             arguments that do not fit the task's signature
@@ -135,6 +136,11 @@ class DecodeError(MessageError):
 class EncodeError(MessageError):
     """A value (arguments, a result) the serializer cannot encode: an int beyond 64 bits,
     a self-referencing list, an object of an unsupported type."""
+
+
+class ResultTooLarge(MessageError):
+    """A result record over ``max_result_bytes``: refused when a worker stores it (the task
+    fails, ``reason`` ``result_too_large``) and when a client reads one stored anyway."""
 
 
 class ArgumentError(AqueueError, TypeError):

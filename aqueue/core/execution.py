@@ -35,6 +35,7 @@ from .errors import (
     EncodeError,
     MessageError,
     Replace,
+    ResultTooLarge,
     Retry,
 )
 from .message import (
@@ -44,6 +45,7 @@ from .message import (
     ResultOut,
     decode_message,
     decode_result,
+    encode_result,
     peek_identity,
     raw_is_empty,
 )
@@ -61,6 +63,12 @@ log = logging.getLogger("aqueue.worker")
 
 #: seconds a task blocked by its concurrency limit waits on the broker before another try
 _CONCURRENCY_BACKOFF = 0.5
+
+#: ``ErrorInfo.reason`` of a task that aqueue failed after it ran
+_REASONS: dict[type[BaseException], str] = {
+    EncodeError: "encode_error",
+    ResultTooLarge: "result_too_large",
+}
 
 
 @dataclass(slots=True)
@@ -116,6 +124,7 @@ class Executor:
         self._observe = backend.observe if isinstance(backend, RoutesResults) else None
         #: store each task's arguments in its records (``result_extended``)
         self._extended = app.conf.result_extended
+        self._max_result_bytes = app.conf.max_result_bytes
         #: called with the task id when a task's body has returned or raised, before its
         #: result is stored and its message settled (the worker claims more meanwhile)
         self.on_ran: Callable[[str], None] | None = None
@@ -379,7 +388,7 @@ class Executor:
         if not msg.ignore_result:
             try:
                 record = self._record(job, states.SUCCESS, value=value, date_started=job.started)
-            except EncodeError as exc:
+            except (EncodeError, ResultTooLarge) as exc:
                 # deterministic: running it again would fail the same way (and repeat its
                 # side effects), so it is one FAILURE, never a redelivery
                 await self._failed(job, exc, acks_late)
@@ -517,7 +526,7 @@ class Executor:
             type=type(exc).__qualname__,
             message=_message_text(exc),
             traceback=tb,
-            reason="encode_error" if isinstance(exc, EncodeError) else None,
+            reason=_REASONS.get(type(exc)),
         )
         if not msg.ignore_result or task.store_errors_even_if_ignored:
             await self._store(job, states.FAILURE, date_started=job.started, error=error)
@@ -791,6 +800,7 @@ class Executor:
         Raises:
             EncodeError: ``value`` cannot be encoded (a result beyond what msgspec can
                 represent, e.g. an int above 2**64 - 1 or a self-referencing list).
+            ResultTooLarge: a SUCCESS record over ``max_result_bytes``.
         """
         msg = job.msg
         record = self._result_record(
@@ -811,6 +821,8 @@ class Executor:
                 record, children=[child.as_tuple() for child in trail.children]
             )
         try:
+            if state == states.SUCCESS:  # only a value can be large; states, errors are not
+                return encode_result(record, job.fmt, self._max_result_bytes)
             return encode(record, job.fmt)
         except EncodeError as exc:
             raise EncodeError(f"the result of {msg.task} cannot be stored: {exc}") from None

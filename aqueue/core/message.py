@@ -12,7 +12,7 @@ from typing import Annotated, Any, Final
 
 import msgspec
 
-from .errors import DecodeError, MessageTooLarge
+from .errors import DecodeError, MessageTooLarge, ResultTooLarge
 from .nodes import Node
 from .serialization import SerializerName, decode, encode, format_of
 
@@ -30,6 +30,15 @@ MAX_TIMESTAMP: Final = 1e11
 #: seconds of a time limit (ten years)
 MAX_SECONDS: Final = 10 * 366 * 86400.0
 
+#: headers a message may carry (aqueue's own ``x-aqueue-*`` ones included)
+MAX_HEADERS: Final = 128
+#: headers a caller may set: the rest are kept for aqueue's own
+MAX_CALLER_HEADERS: Final = MAX_HEADERS - 8
+#: characters of a header's name
+MAX_HEADER_NAME_LENGTH: Final = 256
+#: characters of a header's value
+MAX_HEADER_VALUE_LENGTH: Final = 8192
+
 #: headers aqueue itself puts in messages (rate slots, where results go): reserved, and
 #: not shown to tasks
 INTERNAL_HEADER_PREFIX: Final = "x-aqueue-"
@@ -44,6 +53,15 @@ MAX_PRIORITY: Final = 9
 Priority = Annotated[int, msgspec.Meta(ge=0, le=255)]
 #: an exchange or routing key, as the producer routed the message ("": none)
 AmqpName = Annotated[str, msgspec.Meta(max_length=255)]
+#: the headers: at most MAX_HEADERS, each name and value bounded. msgspec checks a map's
+#: length from its header, before it reads (or allocates for) a single entry
+Headers = Annotated[
+    dict[
+        Annotated[str, msgspec.Meta(max_length=MAX_HEADER_NAME_LENGTH)],
+        Annotated[str, msgspec.Meta(max_length=MAX_HEADER_VALUE_LENGTH)],
+    ],
+    msgspec.Meta(max_length=MAX_HEADERS),
+]
 
 
 class _MessageBase(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -55,7 +73,7 @@ class _MessageBase(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     exchange: AmqpName = ""
     #: the routing key it published with (informational when ``exchange`` is "")
     routing_key: AmqpName = ""
-    headers: dict[str, str] = {}
+    headers: Headers = {}
     #: executions that happened before this enqueue; the running attempt is this plus the
     #: broker's delivery count for the current enqueue (so it only ever grows).
     prior_attempts: Count = 0
@@ -165,8 +183,14 @@ def encode_message(msg: MessageOut, serializer: SerializerName, max_bytes: int) 
 def decode_message(body: bytes, max_bytes: int) -> MessageIn:
     """Decode a message body, size-checked before decoding.
 
+    Nothing is allocated for a length the body only claims: msgspec checks that a string,
+    binary, array or map of the claimed length fits in what is left of the body before it
+    allocates it (a 10-byte body claiming a 4 GiB string fails as truncated). Nesting is
+    bounded by the interpreter's recursion limit (msgspec raises ``RecursionError``).
+
     Raises:
-        DecodeError: not a valid v1 message (or too large).
+        DecodeError: not a valid v1 message (or too large, too deeply nested, of another
+            protocol version).
     """
     if len(body) > max_bytes:
         raise DecodeError(f"message of {len(body)} bytes exceeds max_message_bytes={max_bytes}")
@@ -175,7 +199,10 @@ def decode_message(body: bytes, max_bytes: int) -> MessageIn:
     except (msgspec.DecodeError, RecursionError) as exc:
         raise DecodeError(str(exc)) from None
     if msg.version != PROTOCOL_VERSION:
-        raise DecodeError(f"unsupported protocol version {msg.version}")
+        raise DecodeError(
+            f"unsupported protocol version {msg.version} (this worker reads version "
+            f"{PROTOCOL_VERSION})"
+        )
     return msg
 
 
@@ -215,8 +242,32 @@ def peek_identity(body: bytes, max_bytes: int) -> Identity | None:
     return identity
 
 
-def decode_result(body: bytes) -> ResultIn:
-    """Decode a stored result record."""
+def encode_result(record: ResultOut, serializer: SerializerName, max_bytes: int) -> bytes:
+    """Encode a result record, refusing one over ``max_bytes`` (setting ``max_result_bytes``).
+
+    Raises:
+        EncodeError: a value in ``record`` cannot be encoded.
+        ResultTooLarge: the encoded record is over ``max_bytes``.
+    """
+    body = encode(record, serializer)
+    if len(body) > max_bytes:
+        raise ResultTooLarge(
+            f"the result of {record.task or record.id} is {len(body)} bytes encoded; the limit "
+            f"is {max_bytes} (setting max_result_bytes)"
+        )
+    return body
+
+
+def decode_result(body: bytes, max_bytes: int | None = None) -> ResultIn:
+    """Decode a stored result record, refusing one over ``max_bytes`` before decoding.
+
+    Raises:
+        DecodeError: not a valid record, or over ``max_bytes`` (``ResultTooLarge``).
+    """
+    if max_bytes is not None and len(body) > max_bytes:
+        raise ResultTooLarge(
+            f"stored result record of {len(body)} bytes exceeds max_result_bytes={max_bytes}"
+        )
     try:
         record: ResultIn = decode(body, ResultIn, format_of(body))
     except (msgspec.DecodeError, RecursionError) as exc:

@@ -26,6 +26,10 @@ from typing import TYPE_CHECKING, Any, Final, TypedDict
 from .errors import OptionError
 from .message import (
     INTERNAL_HEADER_PREFIX,
+    MAX_CALLER_HEADERS,
+    MAX_HEADER_NAME_LENGTH,
+    MAX_HEADER_VALUE_LENGTH,
+    MAX_HEADERS,
     MAX_NAME_LENGTH,
     MAX_PRIORITY,
     MAX_SECONDS,
@@ -233,12 +237,22 @@ _MAX_AMQP_NAME: Final = 255
 def _check_headers(name: str, value: Any, out: dict[str, Any]) -> None:
     if not isinstance(value, Mapping):
         raise OptionError(f"headers must be a dict of str to str, not {type(value).__name__}")
+    if len(value) > MAX_CALLER_HEADERS:
+        raise OptionError(
+            f"headers: {len(value)} given; a call may set at most {MAX_CALLER_HEADERS} "
+            f"(a message carries at most {MAX_HEADERS}, aqueue's own included)"
+        )
     for key, item in value.items():
         if not isinstance(key, str) or not isinstance(item, str):
             raise OptionError(f"headers must map str to str; {key!r}: {item!r} does not")
         if key.startswith(INTERNAL_HEADER_PREFIX):
             raise OptionError(
                 f"header {key!r}: names starting {INTERNAL_HEADER_PREFIX!r} are reserved for aqueue"
+            )
+        if len(key) > MAX_HEADER_NAME_LENGTH or len(item) > MAX_HEADER_VALUE_LENGTH:
+            raise OptionError(
+                f"header {key[:64]!r}: a name is at most {MAX_HEADER_NAME_LENGTH} characters, a "
+                f"value at most {MAX_HEADER_VALUE_LENGTH} ({len(key)} and {len(item)} given)"
             )
     out[name] = dict(value)
 

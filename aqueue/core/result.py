@@ -271,7 +271,7 @@ class AsyncResult(Generic[R]):
             if self._record is _UNREAD:
                 self._record = None
         else:
-            self._record = decode_result(raw)
+            self._record = decode_result(raw, self.app.conf.max_result_bytes)
             self._format = format_of(raw)
         return self._record
 
@@ -376,7 +376,7 @@ class AsyncResult(Generic[R]):
                 if raw == seen:
                     continue
                 seen = raw
-                self._record = decode_result(raw)
+                self._record = decode_result(raw, self.app.conf.max_result_bytes)
                 self._format = format_of(raw)
                 yield self._record
 
@@ -555,10 +555,17 @@ class ResultSet(Generic[R]):
         by_id: dict[str, str] = {}
         for leaf, raw in zip(leaves, raws, strict=True):
             if raw is not None:
-                leaf._record, leaf._format = decode_result(raw), format_of(raw)
+                leaf._record, leaf._format = (
+                    decode_result(raw, self.app.conf.max_result_bytes),
+                    format_of(raw),
+                )
             elif leaf._record is _UNREAD:
                 leaf._record = None
-            by_id[leaf.id] = decode_result(raw).state if raw is not None else states.PENDING
+            by_id[leaf.id] = (
+                decode_result(raw, self.app.conf.max_result_bytes).state
+                if raw is not None
+                else states.PENDING
+            )
         return [_overall(r, by_id) for r in self.results]
 
     @query
@@ -598,7 +605,8 @@ class ResultSet(Generic[R]):
         waiting = [
             leaf
             for leaf, raw in zip(leaves, raws, strict=True)
-            if raw is None or decode_result(raw).state not in states.READY_STATES
+            if raw is None
+            or decode_result(raw, self.app.conf.max_result_bytes).state not in states.READY_STATES
         ]
         if not waiting:
             return TimeoutError(text)
@@ -812,7 +820,9 @@ class GroupResults:
         raw = await backend.get(_GROUP_META + group_id)
         if raw is None:
             raise ConfigurationError(f"no saved group {group_id} (never saved, or expired)")
-        saved = decode(decode_result(raw).value, Any, format_of(raw))
+        saved = decode(
+            decode_result(raw, self.app.conf.max_result_bytes).value, Any, format_of(raw)
+        )
         group = result_from_tuple(self.app, saved)
         if not isinstance(group, GroupResult):
             raise DecodeError(f"saved group {group_id} is not a group")
