@@ -15,6 +15,7 @@ import msgspec
 from .errors import DecodeError, MessageTooLarge
 from .nodes import Node
 from .serialization import SerializerName, decode, encode, format_of
+from .signing import Keyring, unframe
 
 PROTOCOL_VERSION: Final = 1
 
@@ -151,23 +152,30 @@ class ResultIn(_ResultBase, frozen=True, kw_only=True, omit_defaults=True):
     children: msgspec.Raw = msgspec.Raw(b"")
 
 
-def encode_message(msg: MessageOut, serializer: SerializerName, max_bytes: int) -> bytes:
-    """Encode a message, refusing one over ``max_bytes`` before any I/O happens."""
+def encode_message(
+    msg: MessageOut, serializer: SerializerName, max_bytes: int, keyring: Keyring | None = None
+) -> bytes:
+    """Encode a message, refusing one over ``max_bytes`` before any I/O happens; signed
+    when a ``keyring`` is given."""
     body = encode(msg, serializer)
     if len(body) > max_bytes:
         raise MessageTooLarge(
             f"message for {msg.task} is {len(body)} bytes; the limit is {max_bytes} "
             "(setting max_message_bytes)"
         )
-    return body
+    return body if keyring is None else keyring.sign(body, eta=msg.eta)
 
 
 def decode_message(body: bytes, max_bytes: int) -> MessageIn:
     """Decode a message body, size-checked before decoding.
 
+    A signed frame's body is decoded *unverified* (for ``inspect``, dead-letter listings):
+    the worker verifies a message (``signing.Keyring.verify``) before it decodes it.
+
     Raises:
         DecodeError: not a valid v1 message (or too large).
     """
+    body = unframe(body)
     if len(body) > max_bytes:
         raise DecodeError(f"message of {len(body)} bytes exceeds max_message_bytes={max_bytes}")
     try:
@@ -206,6 +214,7 @@ def peek_identity(body: bytes, max_bytes: int) -> Identity | None:
     Reads only the ``id``, ``task`` and ``prior_attempts`` fields (every other field may be
     of any type); ``None`` if the body is over ``max_bytes``, not a map, or has no usable id.
     """
+    body = unframe(body)
     if len(body) > max_bytes:
         return None
     try:
@@ -216,7 +225,8 @@ def peek_identity(body: bytes, max_bytes: int) -> Identity | None:
 
 
 def decode_result(body: bytes) -> ResultIn:
-    """Decode a stored result record."""
+    """Decode a stored result record (a signed one unverified: see ``App.verify_record``)."""
+    body = unframe(body)
     try:
         record: ResultIn = decode(body, ResultIn, format_of(body))
     except (msgspec.DecodeError, RecursionError) as exc:
