@@ -238,7 +238,8 @@ class Settings:
             try:
                 self._set(name, _from_text(name, raw))
             except ConfigurationError as exc:
-                raise ConfigurationError(f"{variable}={raw!r}: {exc}") from None
+                shown = "***" if name == "signing_keys" else repr(raw)  # secrets stay out
+                raise ConfigurationError(f"{variable}={shown}: {exc}") from None
             self.explicit.add(name)
 
     def as_dict(self) -> dict[str, Any]:

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 import struct
 import time
 from collections.abc import Mapping
-from typing import Final
+from typing import Final, NamedTuple
 
 from .errors import ConfigurationError, SignatureError
 
@@ -68,15 +69,12 @@ def unframe(data: bytes) -> bytes:
     return data[start:] if len(data) >= start else data
 
 
-class Frame:
-    """A verified frame's parts: which key signed it, when, and the body."""
+class Frame(NamedTuple):
+    """A verified frame's parts: which key signed it (ASCII), its date, the body."""
 
-    __slots__ = ("body", "dated", "key_id")
-
-    def __init__(self, key_id: str, dated: float, body: bytes) -> None:
-        self.key_id = key_id
-        self.dated = dated
-        self.body = body
+    key_id: bytes
+    dated: float
+    body: bytes
 
 
 class Keyring:
@@ -151,7 +149,8 @@ class Keyring:
         head = self._header + _TIME.pack(now if eta is None or eta < now else eta)
         mac = self._signer.copy()
         mac.update(head)
-        mac.update(context)
+        if context:
+            mac.update(context)
         mac.update(body)
         return b"".join((head, mac.digest(), body))
 
@@ -179,16 +178,17 @@ class Keyring:
             shown = kid.decode("ascii", "replace")[:64]
             raise SignatureError(UNKNOWN_KEY, f"signed with key {shown!r}, which is not listed")
         mac = state.copy()
-        view = memoryview(data)
-        mac.update(view[:mac_at])
-        mac.update(context)
-        mac.update(view[body_at:])
+        mac.update(data[:mac_at])
+        if context:
+            mac.update(context)
+        body = data[body_at:]
+        mac.update(body)
         if not hmac.compare_digest(mac.digest(), data[mac_at:body_at]):
             raise SignatureError(BAD_SIGNATURE, f"the signature by key {kid.decode()!r} is wrong")
         (dated,) = _TIME.unpack_from(data, kid_end)
-        if dated != dated or dated in (float("inf"), float("-inf")):  # NaN, inf
+        if not math.isfinite(dated):
             raise SignatureError(MALFORMED, "the signed frame's time is not a number")
-        return Frame(kid.decode(), dated, data[body_at:])
+        return Frame(kid, dated, body)
 
     def verify(self, data: bytes, context: bytes = b"") -> bytes:
         """The body of ``data`` once its signature is good (unsigned data passes only when

@@ -224,9 +224,7 @@ async def test_forged_control_requests_are_ignored(app: App) -> None:
             async with stranger:
                 await stranger.control.shutdown(reply=False)
             # the topic is read in order: the ping is answered after those were read
-            assert await signed.control.ping(timeout=30, limit=1) == [
-                {"w@signed": {"ok": "pong"}}
-            ]
+            assert await signed.control.ping(timeout=30, limit=1) == [{"w@signed": {"ok": "pong"}}]
             assert await (await signed.state.add.delay(1, 2)).wait(timeout=10) == 3
         finally:
             await signed.control.shutdown(reply=False)
