@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from aqueue import App, SignatureError, states
+from aqueue import App, SignatureError, chord, group, states
 from aqueue.core.message import MessageOut, ResultOut
 from aqueue.core.protocols import Outgoing
 from aqueue.core.signed_results import underlying
@@ -230,3 +230,36 @@ async def test_forged_control_requests_are_ignored(app: App) -> None:
             await signed.control.shutdown(reply=False)
             async with asyncio.timeout(20):
                 await worker.wait_stopped()  # the signed shutdown is obeyed
+
+
+async def test_retries_workflows_and_rate_limits_run_signed(app: App) -> None:
+    """What a worker sends again (a retry, a rate-limited message put back, the next step of
+    a workflow, a chord's body) is signed by it, and none of it is taken for a replay."""
+    async with signed_app(app, [NEW]) as signed:
+        tries: list[int] = []
+
+        @signed.task(name="t.flaky", bind=True, max_retries=3)
+        async def flaky(self: Any, x: int) -> int:
+            tries.append(x)
+            if len(tries) < 3:
+                raise self.retry(countdown=0)
+            return x
+
+        @signed.task(name="t.tsum")
+        async def tsum(values: list[int]) -> int:
+            return sum(values)
+
+        @signed.task(name="t.limited", rate_limit="20/s")
+        async def limited(x: int) -> int:
+            return x
+
+        add = signed.state.add
+        async with signed.worker():
+            assert await (await flaky.delay(7)).wait(timeout=20) == 7
+            assert tries == [7, 7, 7]
+            assert await (await (add.s(1, 1) | add.s(2) | add.s(3)).delay()).wait(timeout=20) == 7
+            members = group(add.s(i, i) for i in range(5))
+            assert await (await chord(members, tsum.s()).delay()).wait(timeout=20) == 20
+            handles = [await limited.delay(i) for i in range(10)]
+            assert [await h.wait(timeout=20) for h in handles] == list(range(10))
+        assert await signed.broker.dead_letters() == []
