@@ -631,11 +631,12 @@ class Executor:
             log.warning("Task %s terminated by revoke", delivery.id)
         else:
             log.info("Task %s revoked before it started: not run", delivery.id)
+        body = self._trusted_body(delivery.body)  # what follows an unverified one is not run
         try:
-            msg = decode_message(delivery.body, self.conf.max_message_bytes)
+            msg = decode_message(body, self.conf.max_message_bytes) if body is not None else None
         except DecodeError:
-            pass
-        else:
+            msg = None
+        if msg is not None:
             await self._continue_failure(
                 msg,
                 ErrorInfo(
