@@ -467,8 +467,8 @@ class App:
             if self._backend is None and self.backend_url is not None:
                 backend = self._backend_object or make_backend(self.backend_url, self.broker_url)
                 await backend.connect()
-                keyring = keyring_of(self.conf)
-                self._backend = backend if keyring is None else SignedBackend(backend, keyring)
+                signed = keyring_of(self.conf) is not None  # read at connect (security.md)
+                self._backend = SignedBackend(backend, self.conf) if signed else backend
                 if isinstance(backend, RoutesResults):
                     self._reply_headers = backend.reply_headers
 

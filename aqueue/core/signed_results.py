@@ -17,9 +17,11 @@ import logging
 from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING
 
-from .errors import SignatureError
+from .config import keyring_of
+from .errors import ConfigurationError, SignatureError
 
 if TYPE_CHECKING:
+    from .config import Settings
     from .protocols import ResultBackend
     from .signing import Keyring
 
@@ -29,9 +31,20 @@ log = logging.getLogger("aqueue.signing")
 class SignedBackend:
     """A :class:`~aqueue.core.protocols.ResultBackend` that signs and verifies records."""
 
-    def __init__(self, inner: ResultBackend, keyring: Keyring) -> None:
+    def __init__(self, inner: ResultBackend, conf: Settings) -> None:
         self.inner = inner
-        self.keyring = keyring
+        self._conf = conf
+
+    @property
+    def keyring(self) -> Keyring:
+        """The keyring the settings describe now (``conf.update()`` may rotate keys)."""
+        keyring = keyring_of(self._conf)
+        if keyring is None:
+            raise ConfigurationError(
+                "signing_keys were emptied while the app was connected: reconnect "
+                "(app.close(), then use it again) to stop signing"
+            )
+        return keyring
 
     def __repr__(self) -> str:
         return f"SignedBackend({self.inner!r})"
