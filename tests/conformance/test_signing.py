@@ -22,6 +22,8 @@ import pytest
 from aqueue import App, SignatureError, chord, group, states
 from aqueue.core.message import MessageOut, ResultOut
 from aqueue.core.protocols import Outgoing
+from aqueue.core.remote import CONTROL_CAP, CONTROL_TOPIC
+from aqueue.core.remote import REQUEST_CONTEXT as CTX
 from aqueue.core.signed_results import underlying
 from aqueue.core.signing import Keyring
 
@@ -263,3 +265,28 @@ async def test_retries_workflows_and_rate_limits_run_signed(app: App) -> None:
             handles = [await limited.delay(i) for i in range(10)]
             assert [await h.wait(timeout=20) for h in handles] == list(range(10))
         assert await signed.broker.dead_letters() == []
+
+
+async def test_a_signed_control_request_published_again_is_ignored(app: App) -> None:
+    async with signed_app(app, [NEW]) as signed:
+        topics = signed.broker.topics  # type: ignore[attr-defined]
+        async with signed.worker(hostname="w@signed"):
+            watch = await topics.subscribe(CONTROL_TOPIC)
+            try:
+                assert await signed.control.ping(timeout=30, limit=1) == [
+                    {"w@signed": {"ok": "pong"}}
+                ]
+                [captured] = await watch.get(30)
+            finally:
+                await watch.close()
+            request = msgspec.json.decode(Keyring({NEW: SECRETS[NEW]}).verify(captured, CTX))
+            replies = await topics.subscribe(request["reply_to"])
+            try:
+                await topics.publish(CONTROL_TOPIC, [captured], cap=CONTROL_CAP)
+                # read in order: once this ping is answered, the copy was read before it
+                assert await signed.control.ping(timeout=30, limit=1) == [
+                    {"w@signed": {"ok": "pong"}}
+                ]
+                assert await replies.get(0.2) == []  # the copy was not answered
+            finally:
+                await replies.close()
