@@ -15,8 +15,8 @@ bytes msgspec encoded) travels as a *signed frame*::
     body                    the message or record, unchanged
 
 :class:`Keyring` signs with one key and accepts any listed one, so a key is rotated by
-listing the new one first everywhere, then removing the old one once nothing signed with
-it can still be in flight. Verification never decodes anything of the body: the frame is
+listing the new one everywhere, then signing with it, then removing the old one once
+nothing signed with it can still be queued or stored (docs/security.md, "Rotation"). Verification never decodes anything of the body: the frame is
 parsed with fixed bounds, the MAC compared in constant time, and only then is the body
 handed on.
 """
@@ -37,7 +37,6 @@ from .errors import ConfigurationError, SignatureError
 MAGIC: Final = b"\xc1AQ1"
 _TIME: Final = struct.Struct(">d")
 MAC_BYTES: Final = 32
-MAX_KEY_ID: Final = 255
 #: the shortest frame: magic, a one-byte kid, the time, the MAC (and an empty body)
 _MIN_FRAME: Final = len(MAGIC) + 1 + 1 + _TIME.size + MAC_BYTES
 #: a secret shorter than this is refused (HMAC-SHA256 wants 32 random bytes)
