@@ -16,9 +16,9 @@ bytes msgspec encoded) travels as a *signed frame*::
 
 :class:`Keyring` signs with one key and accepts any listed one, so a key is rotated by
 listing the new one everywhere, then signing with it, then removing the old one once
-nothing signed with it can still be queued or stored (docs/security.md, "Rotation"). Verification never decodes anything of the body: the frame is
-parsed with fixed bounds, the MAC compared in constant time, and only then is the body
-handed on.
+nothing signed with it can still be queued or stored (docs/security.md, "Rotation").
+Verification never decodes anything of the body: the frame is parsed with fixed bounds,
+the MAC compared in constant time, and only then is the body handed on.
 """
 
 from __future__ import annotations
