@@ -90,6 +90,7 @@ bench:
 	$(PYTHON) -m benchmarks setup
 	.bench-venv/bin/python -m benchmarks run
 	.bench-venv/bin/python -m benchmarks.sync_send
+	.bench-venv/bin/python -m benchmarks.signing_cost
 
 ## make bench-sync: only the blocking callers' send rates (docs/benchmarks.md, "Blocking callers")
 .PHONY: bench-sync

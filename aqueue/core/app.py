@@ -38,7 +38,7 @@ from typing import (
 from . import sending
 from .awaiting import Awaiting
 from .canvas import Signature
-from .config import Settings
+from .config import Settings, keyring_of
 from .control import Control
 from .emitting import SentEvents
 from .errors import ConfigurationError, NotRegistered
@@ -50,6 +50,7 @@ from .protocols import BeatService, Broker, ResultBackend, RoutesByExchange, Rou
 from .result import AsyncResult, GroupResult, GroupResults
 from .routing import Router, router_of
 from .serialization import check_serializer
+from .signed_results import SignedBackend
 from .task import Task
 from .urls import default_backend_url, full_url, make_backend, make_broker, redact
 
@@ -140,6 +141,7 @@ class App:
         if include:
             settings["include"] = list(include)
         self.conf.update(settings)
+        keyring_of(self.conf)  # bad signing keys fail here, not at the first send
         #: the registered tasks by name
         self.tasks: dict[str, Task[Any, Any]] = {}
         #: shared resources built by lifespan functions (``app.state.db = ...``)
@@ -470,7 +472,8 @@ class App:
             if self._backend is None and self.backend_url is not None:
                 backend = self._backend_object or make_backend(self.backend_url, self.broker_url)
                 await backend.connect()
-                self._backend = backend
+                signed = keyring_of(self.conf) is not None  # read at connect (security.md)
+                self._backend = SignedBackend(backend, self.conf) if signed else backend
                 if isinstance(backend, RoutesResults):
                     self._reply_headers = backend.reply_headers
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .message import MessageOut
     from .protocols import Broker, Outgoing
     from .result import AsyncResult
+    from .signing import Keyring
 
 # the variant nibble of a version-4 UUID is 10xx: 8, 9, a or b
 _VARIANT: Final = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
@@ -39,8 +40,10 @@ def encode_batch(
     messages: Sequence[MessageOut],
     serializer: SerializerName | Sequence[SerializerName],
     max_bytes: int,
+    keyring: Keyring | None = None,
 ) -> list[Outgoing]:
-    """Encode every message (one serializer, or one per message) before any I/O.
+    """Encode every message (one serializer, or one per message) before any I/O; each
+    signed when a ``keyring`` is given.
 
     Raises:
         MessageTooLarge: a message is over ``max_bytes``; the error names its index.
@@ -49,6 +52,7 @@ def encode_batch(
 
     out: list[Outgoing] = []
     append = out.append
+    sign = keyring.sign if keyring is not None else None
     try:
         if isinstance(serializer, str):
             encode = encoder_of(serializer)
@@ -56,12 +60,16 @@ def encode_batch(
                 body = encode(m)
                 if len(body) > max_bytes:
                     raise _too_large(m, len(out), len(body), max_bytes)
+                if sign is not None:
+                    body = sign(body, eta=m.eta)
                 append(Outgoing(m.id, m.queue, body, m.priority, m.eta, m.exchange, m.routing_key))
             return out
         for m, fmt in zip(messages, serializer, strict=True):
             body = encoder_of(fmt)(m)
             if len(body) > max_bytes:
                 raise _too_large(m, len(out), len(body), max_bytes)
+            if sign is not None:
+                body = sign(body, eta=m.eta)
             append(Outgoing(m.id, m.queue, body, m.priority, m.eta, m.exchange, m.routing_key))
     except ENCODE_FAILURES as exc:
         m = messages[len(out)]

@@ -16,6 +16,7 @@ from .errors import ConfigurationError
 from .message import MAX_PRIORITY
 from .routing import EXCHANGE_TYPES, ROUTING_SETTINGS, check_queues, check_routes
 from .serialization import check_serializer
+from .signing import Keyring, check_key_id, parse_keys
 from .urls import redact
 
 _ENV_PREFIX = "AQUEUE_"
@@ -141,6 +142,16 @@ class Settings:
     #: put arguments and results in events (their reprs, cut at 1024 characters); off:
     #: events carry none, as logs carry none
     event_include_arguments: bool = False
+    #: key id -> secret: sign every message and result record with HMAC-SHA256 and verify
+    #: them (docs/security.md); in the environment ``kid:secret,kid2:secret2``. Empty: off
+    signing_keys: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: the id of the key that signs; ``None``: the first of ``signing_keys``
+    signing_key_id: str | None = None
+    #: with keys set, refuse what is not signed; False only while a fleet moves to signing
+    signing_required: bool = True
+    #: seconds after signing (or after its ETA) a message is refused as ``expired``;
+    #: ``None``: never. Keep it at most ``result_expires`` (docs/security.md, "Replays")
+    signing_max_age: float | None = 86400.0
 
     #: names set by the constructor, ``update()`` or the environment: a config object read
     #: later (``config_from_object``) does not override them
@@ -148,12 +159,17 @@ class Settings:
     #: not a setting: the compiled routing (:func:`aqueue.core.routing.router_of`), dropped
     #: whenever a routing setting changes
     router: Any = dataclasses.field(default=None, repr=False, compare=False)
+    #: not a setting: the keyring built from the signing settings (:func:`keyring_of`),
+    #: dropped whenever one of them changes
+    keyring: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def __setattr__(self, name: str, value: Any) -> None:
         # app.conf.task_routes = {...} (Celery's spelling) must recompile the routing too
         object.__setattr__(self, name, value)
         if name in ROUTING_SETTINGS:
             object.__setattr__(self, "router", None)
+        elif name in SIGNING_SETTINGS:
+            object.__setattr__(self, "keyring", None)
 
     def update(self, values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         """Set several settings, validating names and types."""
@@ -225,7 +241,8 @@ class Settings:
             try:
                 self._set(name, _from_text(name, raw))
             except ConfigurationError as exc:
-                raise ConfigurationError(f"{variable}={raw!r}: {exc}") from None
+                shown = "***" if name == "signing_keys" else repr(raw)  # secrets stay out
+                raise ConfigurationError(f"{variable}={shown}: {exc}") from None
             self.explicit.add(name)
 
     def as_dict(self) -> dict[str, Any]:
@@ -234,6 +251,7 @@ class Settings:
         for key in ("broker_url", "result_backend"):
             if out[key]:
                 out[key] = redact(out[key])
+        out["signing_keys"] = dict.fromkeys(self.signing_keys, "***")
         out["broker_options"] = {
             k: "***" if _SECRET_NAME.search(k) else v for k, v in self.broker_options.items()
         }
@@ -247,8 +265,35 @@ class Settings:
 _FIELDS: dict[str, Any] = {
     name: hint
     for name, hint in get_type_hints(Settings).items()
-    if name not in ("explicit", "router")
+    if name not in ("explicit", "router", "keyring")
 }
+SIGNING_SETTINGS = frozenset(
+    ("signing_keys", "signing_key_id", "signing_required", "signing_max_age")
+)
+
+
+def keyring_of(conf: Settings) -> Keyring | None:
+    """The keyring the signing settings describe (built once), or ``None``: signing off.
+
+    Raises:
+        ConfigurationError: a secret too short, ``signing_key_id`` not among the keys.
+    """
+    ring = conf.keyring
+    if ring is None:
+        ring = (
+            Keyring(
+                conf.signing_keys,
+                signing_key=conf.signing_key_id,
+                required=conf.signing_required,
+                max_age=conf.signing_max_age,
+            )
+            if conf.signing_keys
+            else False
+        )
+        object.__setattr__(conf, "keyring", ring)
+    return ring or None
+
+
 #: option names whose values are never printed
 _SECRET_NAME = re.compile(r"pass|secret|token|key|cert|credential", re.IGNORECASE)
 
@@ -283,6 +328,8 @@ def _from_text(name: str, raw: str) -> Any:
         raise ConfigurationError(f"setting {name} must be {_describe(hint)}") from None
     if hint == list[str]:
         return [part.strip() for part in raw.split(",") if part.strip()]
+    if name == "signing_keys":
+        return parse_keys(raw)
     if hint == dict[str, Any] or name == "task_queues":
         raise ConfigurationError(f"setting {name} cannot be set from the environment")
     if name == "task_routes":  # dotted paths to router functions
@@ -467,6 +514,8 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, str) or not all(isinstance(v, str) for v in value):
             raise bad
         return list(value)
+    elif name == "signing_keys":
+        return _check_signing_keys(value)
     elif hint == dict[str, Any]:
         if not isinstance(value, Mapping):
             raise bad
@@ -487,6 +536,8 @@ def _coerce(name: str, value: Any) -> Any:
         return _ROUTING_CHECKS[name](value)
     if name == "timezone" and value is not None:
         _check_zone(value)
+    if name == "signing_key_id" and value is not None:
+        check_key_id(value)
     if (
         name
         in (
@@ -509,6 +560,26 @@ def _coerce(name: str, value: Any) -> Any:
             "prefetch (Celery's 0); give a count with worker_prefetch instead"
         )
     return value
+
+
+def _check_signing_keys(value: Any) -> dict[str, Any]:
+    """``signing_keys``: a mapping of key id to secret (str or bytes), or its text form.
+
+    Errors never show a secret.
+    """
+    if isinstance(value, str):
+        return parse_keys(value)
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            "setting signing_keys must be a dict of key id -> secret, or 'kid:secret,...'"
+        )
+    keys: dict[str, Any] = {}
+    for kid, secret in value.items():
+        check_key_id(kid)
+        if not isinstance(secret, str | bytes) or not secret:
+            raise ConfigurationError(f"signing key {kid!r}: the secret must be str or bytes")
+        keys[kid] = secret
+    return keys
 
 
 def _check_zone(name: str) -> None:

@@ -20,6 +20,7 @@ import msgspec
 
 from . import states
 from .admission import rate_setting
+from .config import keyring_of
 from .deadletters import DeadLetters
 from .errors import ConfigurationError
 from .message import ErrorInfo, ResultOut
@@ -29,6 +30,7 @@ from .remote import (
     CONTROL_CAP,
     CONTROL_TOPIC,
     INSPECT_COMMANDS,
+    REQUEST_CONTEXT,
     ControlReply,
     ControlRequest,
     decode_reply,
@@ -152,6 +154,9 @@ class Control:
             expires=time.time() + max(timeout, 1.0) + _EXPIRY_MARGIN,
         )
         body = msgspec.json.encode(request)
+        keyring = keyring_of(self.app.conf)
+        if keyring is not None:
+            body = keyring.sign(body, context=REQUEST_CONTEXT)
         if reply_to is None:
             await topics.publish(CONTROL_TOPIC, [body], cap=CONTROL_CAP)
             return []
@@ -166,7 +171,7 @@ class Control:
                 if left <= 0:
                     break
                 for raw in await sub.get(left):
-                    answer = decode_reply(raw)
+                    answer = decode_reply(raw, keyring)
                     if answer is not None and answer.request == request_id:
                         replies.append(answer)
         finally:

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from .errors import AqueueError, ConfigurationError, DecodeError
+from .config import keyring_of
+from .errors import AqueueError, ConfigurationError, DecodeError, SignatureError
 from .message import INTERNAL_HEADER_PREFIX, decode_message, decode_result
 from .protocols import DeadLetter, Outgoing, ReplaysDeadLetters
 from .serialization import encode, format_of
@@ -124,8 +125,18 @@ class DeadLetters:
                 f"dead letter {letter.id} cannot be replayed: only the first {len(letter.body)} "
                 f"of its {letter.size} bytes were kept"
             )
+        keyring = keyring_of(self.app.conf)
+        body = letter.body
+        if keyring is not None:  # never sign again what nobody vouched for
+            try:
+                body = keyring.verify(body)
+            except SignatureError as exc:
+                raise DeadLetterError(
+                    f"dead letter {letter.id} cannot be replayed: its signature is not "
+                    f"trusted ({exc.reason}: {exc})"
+                ) from None
         try:
-            msg = decode_message(letter.body, self.app.conf.max_message_bytes)
+            msg = decode_message(body, self.app.conf.max_message_bytes)
         except DecodeError as exc:
             raise DeadLetterError(
                 f"dead letter {letter.id} cannot be replayed: not a task message ({exc})"
@@ -140,7 +151,9 @@ class DeadLetters:
         again = msgspec.structs.replace(
             msg, headers={**msg.headers, REPLAYED_HEADER: str(times)}, prior_attempts=prior
         )
-        body = encode(again, format_of(letter.body))
+        body = encode(again, format_of(body))
+        if keyring is not None:
+            body = keyring.sign(body, eta=msg.eta)
         message = Outgoing(id=msg.id, queue=letter.queue, body=body, priority=msg.priority)
         return message, stored
 

@@ -17,6 +17,8 @@
     │   ├── MessageTooLarge       payload over ``max_message_bytes``
     │   ├── ResultTooLarge        a result record over ``max_result_bytes`` (stored or read)
     │   ├── DecodeError           bytes that are not a valid aqueue message
+    │   ├── SignatureError        signing is on and a message or record is unsigned,
+    │   │                         signed with an unknown key, tampered with or too old
     │   └── EncodeError           a value (arguments, a result) the serializer cannot encode
     ├── ArgumentError             arguments that do not fit the task's signature
     ├── AsyncUsageError           a Celery idiom used without ``await`` (also a TypeError):
@@ -131,6 +133,18 @@ class MessageTooLarge(MessageError):
 
 class DecodeError(MessageError):
     """Bytes that are not a valid aqueue message."""
+
+
+class SignatureError(MessageError):
+    """A message or result record that fails signature verification (docs/security.md).
+
+    ``reason`` says why, as dead letters name it: ``unsigned``, ``unknown_key``,
+    ``bad_signature``, ``expired`` or ``malformed``.
+    """
+
+    def __init__(self, reason: str, text: str) -> None:
+        super().__init__(text)
+        self.reason = reason
 
 
 class EncodeError(MessageError):

@@ -26,6 +26,7 @@ import msgspec
 
 from . import context, limits, retry, signals, states
 from .admission import RATE_SLOT_HEADER, LocalThrottle, parse_rate
+from .config import keyring_of
 from .control import TERMINATE
 from .emitting import EventDispatcher
 from .errors import (
@@ -37,6 +38,7 @@ from .errors import (
     Replace,
     ResultTooLarge,
     Retry,
+    SignatureError,
 )
 from .message import (
     INTERNAL_HEADER_PREFIX,
@@ -53,6 +55,8 @@ from .middleware import chain_execute
 from .offload import ProcessPool
 from .protocols import Delivery, RoutesResults, SharedThrottle
 from .serialization import SerializerName, decode, encode, format_of
+from .signed_results import underlying
+from .signing import Keyring, is_signed
 from .task import call_hook
 
 if TYPE_CHECKING:
@@ -120,7 +124,9 @@ class Executor:
         self.counts: dict[str, int] = {}
         #: the jobs running now (admitted past rate and concurrency limits), by task id
         self.jobs: dict[str, Job] = {}
-        backend = app.backend
+        #: signs what this worker sends and verifies what it receives (None: signing off)
+        self._keyring = keyring_of(app.conf)
+        backend = underlying(app.backend)
         self._observe = backend.observe if isinstance(backend, RoutesResults) else None
         #: store each task's arguments in its records (``result_extended``)
         self._extended = app.conf.result_extended
@@ -141,15 +147,30 @@ class Executor:
             delivery: the claimed message.
             prior: the record stored for its task id when it was claimed, if any.
         """
+        body = delivery.body
+        keyring = self._keyring
+        if keyring is not None:  # nothing of a message is read before it is verified
+            try:
+                body = self._verified(keyring, body)
+            except SignatureError as exc:
+                await self._refuse_unverified(delivery, exc)
+                return
         try:
-            msg = decode_message(delivery.body, self.conf.max_message_bytes)
+            msg = decode_message(body, self.conf.max_message_bytes)
         except DecodeError as exc:
             await self._refuse_undecodable(delivery, "decode_error", str(exc))
             return
+        if keyring is not None:
+            if msg.id != delivery.id:
+                # published under another id, past the broker's de-duplication: the
+                # record of the task it names decides whether it was handled before
+                prior = await self._stored(msg.id)
+            if prior is not None:
+                prior = self._trusted_record(keyring, msg.id, prior)
         observe = self._observe
         if observe is not None:  # learn where this task's records are pushed
             observe(msg.id, msg.headers)
-        fmt = format_of(delivery.body)
+        fmt = format_of(body)
         attempt = msg.prior_attempts + delivery.delivery_count
         task = self.app.tasks.get(msg.task)
         if task is None:
@@ -209,7 +230,8 @@ class Executor:
             if not await self.throttle.acquire_slot(
                 key, holder, task.concurrency_limit, self.conf.lease_seconds
             ):
-                await delivery.requeue(delivery.body, eta=time.time() + _CONCURRENCY_BACKOFF)
+                due = time.time() + _CONCURRENCY_BACKOFF
+                await delivery.requeue(self._signed(body, due), eta=due)
                 return
             job.slot = key
             self.slots_held[msg.id] = (key, holder)
@@ -222,8 +244,63 @@ class Executor:
                 self.slots_held.pop(msg.id, None)
                 await self.throttle.release_slot(job.slot, msg.id)
 
+    @staticmethod
+    def _verified(keyring: Keyring, body: bytes) -> bytes:
+        """The message inside a signed frame, once its signature and date are good.
+
+        Raises:
+            SignatureError: why not (an unsigned message passes when signing is not
+                required).
+        """
+        if not keyring.required and not is_signed(body):
+            return body
+        frame = keyring.open(body)
+        keyring.check_age(frame, time.time())
+        return frame.body
+
+    def _signed(self, body: bytes, eta: float | None) -> bytes:
+        """``body`` (a message this worker sends again) signed when signing is on."""
+        keyring = self._keyring
+        return body if keyring is None else keyring.sign(body, eta=eta)
+
+    def _encode_message(self, msg: MessageIn, fmt: SerializerName) -> bytes:
+        return self._signed(encode(msg, fmt), msg.eta)
+
+    @staticmethod
+    def _trusted_record(keyring: Keyring, task_id: str, raw: bytes) -> bytes | None:
+        """A record read with a claim, verified (``None``, logged, when it is not)."""
+        try:
+            return keyring.verify(raw, task_id.encode())
+        except SignatureError as exc:
+            log.error("the stored record of %s is not trusted (%s): ignored", task_id, exc)
+            return None
+
+    async def _stored(self, task_id: str) -> bytes | None:
+        """The stored record of ``task_id`` as stored (best effort: ``None`` on errors)."""
+        backend = underlying(self.app.backend)
+        if backend is None:
+            return None
+        try:
+            return await backend.get(task_id)
+        except Exception as exc:
+            log.warning(
+                "could not read the record of %s (%s: %s)", task_id, type(exc).__name__, exc
+            )
+            return None
+
+    def _trusted_body(self, body: bytes) -> bytes | None:
+        """``body`` if signing is off or it verifies (date aside), else ``None``."""
+        keyring = self._keyring
+        if keyring is None:
+            return body
+        try:
+            return keyring.verify(body)
+        except SignatureError:
+            return None
+
     async def _settled_before(self, job: Job, prior: bytes) -> bool:
-        """Handle a task that was revoked, or already finished (a redelivered duplicate)."""
+        """Handle a task that was revoked, already finished (a redelivered duplicate), or
+        (with signing on) a message delivered again by someone who re-published it."""
         record = decode_result(prior)
         msg, task, delivery = job.msg, job.task, job.delivery
         if record.state == states.REVOKED:
@@ -237,10 +314,20 @@ class Executor:
                 self.events.revoked(msg.id, terminated=False, expired=False, reason="revoked")
             await signals.task_revoked.send(task, task_id=msg.id, terminated=False, expired=False)
             return True
-        if record.state not in (states.SUCCESS, states.FAILURE):
-            return False
         if msg.exchange and self.app.router().copies(msg.exchange, msg.routing_key):
             return False  # another queue's copy finished (a broadcast): this one runs too
+        if self._keyring is not None and record.attempt >= job.attempt:
+            # every delivery of an enqueue counts a new attempt, and a retry is a new
+            # message: a record this attempt or a later one wrote means these bytes were
+            # handled before and published again
+            text = (
+                f"attempt {job.attempt} of this task was already handled (stored: "
+                f"{record.state}, attempt {record.attempt}): the message was published again"
+            )
+            await self._dead_letter(delivery, "replayed", text, task=msg.task, recorded=True)
+            return True
+        if record.state not in (states.SUCCESS, states.FAILURE):
+            return False
         # it ran to the end before (its worker died before acking): do not run it again, but
         # finish what follows it (idempotent: fixed ids, an idempotent chord join)
         self.duplicates += 1
@@ -287,7 +374,7 @@ class Executor:
         delayed = msgspec.structs.replace(
             msg, headers={**msg.headers, RATE_SLOT_HEADER: f"{slot!r} {task.rate_limit}"}
         )
-        await job.delivery.requeue(encode(delayed, job.fmt), eta=slot)
+        await job.delivery.requeue(self._encode_message(delayed, job.fmt), eta=slot)
         return False
 
     # -- running ------------------------------------------------------------------------
@@ -492,7 +579,7 @@ class Executor:
             await signals.task_retry.send(
                 task, request=job.request, reason=exc, countdown=countdown
             )
-        if not await job.delivery.requeue(encode(again, job.fmt), eta=eta):
+        if not await job.delivery.requeue(self._encode_message(again, job.fmt), eta=eta):
             log.warning(
                 "Task %s[%s]: lease lost before the retry was queued; a newer attempt owns it",
                 msg.task,
@@ -553,11 +640,12 @@ class Executor:
             log.warning("Task %s terminated by revoke", delivery.id)
         else:
             log.info("Task %s revoked before it started: not run", delivery.id)
+        body = self._trusted_body(delivery.body)  # what follows an unverified one is not run
         try:
-            msg = decode_message(delivery.body, self.conf.max_message_bytes)
+            msg = decode_message(body, self.conf.max_message_bytes) if body is not None else None
         except DecodeError:
-            pass
-        else:
+            msg = None
+        if msg is not None:
             await self._continue_failure(
                 msg,
                 ErrorInfo(
@@ -614,9 +702,10 @@ class Executor:
         kept failing (``final``: see :meth:`give_up`). A task that already reached a final
         state keeps it.
         """
-        identity = peek_identity(delivery.body, self.conf.max_message_bytes)
+        body = self._trusted_body(delivery.body)  # no FAILURE for an id nobody vouched for
+        identity = peek_identity(body, self.conf.max_message_bytes) if body is not None else None
         recorded = False
-        if identity is not None:
+        if identity is not None and body is not None:
             error = ErrorInfo(type="DecodeError", message=text, reason=reason)
             if reason != "decode_error":
                 error = ErrorInfo(type="WorkerError", message=text, reason=reason)
@@ -624,7 +713,7 @@ class Executor:
                 identity.id,
                 identity.task_name,
                 identity.attempt(delivery.delivery_count),
-                format_of(delivery.body),
+                format_of(body),
                 error,
                 msg=None,
                 delivery=delivery,
@@ -637,6 +726,11 @@ class Executor:
             recorded=recorded,
             final=final,
         )
+
+    async def _refuse_unverified(self, delivery: Delivery, exc: SignatureError) -> None:
+        """Dead-letter a message that fails verification: nothing of it is decoded or
+        believed, so no FAILURE is stored (its id is whatever the sender wrote)."""
+        await self._dead_letter(delivery, f"signature:{exc.reason}", str(exc))
 
     async def give_up(self, delivery: Delivery, exc: BaseException) -> None:
         """Handling ``delivery`` raised on its last allowed delivery: fail it for good.

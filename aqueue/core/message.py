@@ -15,6 +15,7 @@ import msgspec
 from .errors import DecodeError, MessageTooLarge, ResultTooLarge
 from .nodes import Node
 from .serialization import SerializerName, decode, encode, format_of
+from .signing import Keyring, unframe
 
 PROTOCOL_VERSION: Final = 1
 
@@ -169,15 +170,18 @@ class ResultIn(_ResultBase, frozen=True, kw_only=True, omit_defaults=True):
     children: msgspec.Raw = msgspec.Raw(b"")
 
 
-def encode_message(msg: MessageOut, serializer: SerializerName, max_bytes: int) -> bytes:
-    """Encode a message, refusing one over ``max_bytes`` before any I/O happens."""
+def encode_message(
+    msg: MessageOut, serializer: SerializerName, max_bytes: int, keyring: Keyring | None = None
+) -> bytes:
+    """Encode a message, refusing one over ``max_bytes`` before any I/O happens; signed
+    when a ``keyring`` is given."""
     body = encode(msg, serializer)
     if len(body) > max_bytes:
         raise MessageTooLarge(
             f"message for {msg.task} is {len(body)} bytes; the limit is {max_bytes} "
             "(setting max_message_bytes)"
         )
-    return body
+    return body if keyring is None else keyring.sign(body, eta=msg.eta)
 
 
 def decode_message(body: bytes, max_bytes: int) -> MessageIn:
@@ -188,10 +192,14 @@ def decode_message(body: bytes, max_bytes: int) -> MessageIn:
     allocates it (a 10-byte body claiming a 4 GiB string fails as truncated). Nesting is
     bounded by the interpreter's recursion limit (msgspec raises ``RecursionError``).
 
+    A signed frame's body is decoded *unverified* (for ``inspect``, dead-letter listings):
+    the worker verifies a message (``signing.Keyring.verify``) before it decodes it.
+
     Raises:
         DecodeError: not a valid v1 message (or too large, too deeply nested, of another
             protocol version).
     """
+    body = unframe(body)
     if len(body) > max_bytes:
         raise DecodeError(f"message of {len(body)} bytes exceeds max_message_bytes={max_bytes}")
     try:
@@ -233,6 +241,7 @@ def peek_identity(body: bytes, max_bytes: int) -> Identity | None:
     Reads only the ``id``, ``task`` and ``prior_attempts`` fields (every other field may be
     of any type); ``None`` if the body is over ``max_bytes``, not a map, or has no usable id.
     """
+    body = unframe(body)
     if len(body) > max_bytes:
         return None
     try:
@@ -261,9 +270,12 @@ def encode_result(record: ResultOut, serializer: SerializerName, max_bytes: int)
 def decode_result(body: bytes, max_bytes: int | None = None) -> ResultIn:
     """Decode a stored result record, refusing one over ``max_bytes`` before decoding.
 
+    A signed record is decoded unverified (see ``App.verify_record``).
+
     Raises:
         DecodeError: not a valid record, or over ``max_bytes`` (``ResultTooLarge``).
     """
+    body = unframe(body)
     if max_bytes is not None and len(body) > max_bytes:
         raise ResultTooLarge(
             f"stored result record of {len(body)} bytes exceeds max_result_bytes={max_bytes}"

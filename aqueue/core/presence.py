@@ -37,6 +37,7 @@ from .protocols import (
     WorkerRegistry,
     WorkerSeen,
 )
+from .signed_results import underlying
 
 log = logging.getLogger("aqueue.worker")
 
@@ -53,6 +54,7 @@ def pick_registry(broker: Broker, backend: ResultBackend | None) -> WorkerRegist
     a lost worker's leases; a backend's lists workers and marks lost ones."""
     if isinstance(broker, KeepsWorkers):
         return broker.worker_registry
+    backend = underlying(backend)
     if not broker.capabilities.leases and isinstance(backend, KeepsWorkers):
         return backend.worker_registry
     return None

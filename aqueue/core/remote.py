@@ -16,6 +16,7 @@ arguments, and returns what the reply carries (JSON-ready). A bad argument is a
 from __future__ import annotations
 
 import asyncio
+import collections
 import fnmatch
 import logging
 import os
@@ -28,11 +29,13 @@ import msgspec
 
 from ..__about__ import __version__
 from .admission import rate_setting
-from .errors import AqueueError, ConfigurationError
+from .config import keyring_of
+from .errors import AqueueError, ConfigurationError, SignatureError
 from .protocols import Subscription, Topics
 from .urls import redact
 
 if TYPE_CHECKING:
+    from .signing import Keyring
     from .worker import Worker
 
 log = logging.getLogger("aqueue.worker")
@@ -48,6 +51,8 @@ MAX_BODY = 1 << 20
 #: seconds the mailbox waits per read (it is woken by any command before that)
 _READ_WAIT = 5.0
 _ERROR_BACKOFF = (0.1, 0.5, 1.0, 2.0, 5.0)
+#: signed request ids remembered, to ignore one published again (requests expire in seconds)
+_HANDLED_KEPT = 1000
 
 
 class ControlError(AqueueError):
@@ -84,10 +89,23 @@ _REQUEST = msgspec.json.Decoder(ControlRequest)
 _REPLY = msgspec.json.Decoder(ControlReply)
 
 
-def decode_reply(body: bytes) -> ControlReply | None:
-    """A reply, or ``None`` for a body that is none (logged at debug level)."""
+#: what a control request's and a reply's signature covers beside the body: neither can
+#: be passed off as the other, nor as a task message or a result record
+REQUEST_CONTEXT = b"aqueue-control-request"
+REPLY_CONTEXT = b"aqueue-control-reply"
+
+
+def decode_reply(body: bytes, keyring: Keyring | None = None) -> ControlReply | None:
+    """A reply (verified when a ``keyring`` is given), or ``None`` for a body that is none
+    (logged)."""
     if len(body) > MAX_BODY:
         return None
+    if keyring is not None:
+        try:
+            body = keyring.verify(body, REPLY_CONTEXT)
+        except SignatureError as exc:
+            log.warning("ignored a control reply that failed verification (%s)", exc.reason)
+            return None
     try:
         return _REPLY.decode(body)
     except msgspec.DecodeError:
@@ -114,6 +132,10 @@ class Mailbox:
         self.topics = topics
         self._sub: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
+        #: with signing on, requests are verified and replies signed
+        self._keyring = keyring_of(worker.app.conf)
+        #: ids of the signed requests handled lately: one published again is ignored
+        self._handled: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     async def start(self) -> None:
         """Subscribe (so no command sent from now on is missed) and start reading."""
@@ -166,6 +188,15 @@ class Mailbox:
         if len(body) > MAX_BODY:
             log.warning("ignored a control request of %d bytes", len(body))
             return
+        keyring = self._keyring
+        if keyring is not None:  # nothing of it is read before it is verified
+            try:
+                frame = keyring.open(body, REQUEST_CONTEXT)
+                keyring.check_age(frame, time.time())
+            except SignatureError as exc:
+                log.warning("ignored a control request that failed verification: %s", exc)
+                return
+            body = frame.body
         try:
             request = _REQUEST.decode(body)
         except msgspec.DecodeError as exc:
@@ -176,6 +207,13 @@ class Mailbox:
         if request.expires is not None and time.time() > request.expires:
             log.info("ignored control command %s: it expired", request.command)
             return
+        if keyring is not None:
+            if request.id in self._handled:
+                log.warning("ignored control command %s: published again", request.command)
+                return
+            self._handled[request.id] = None
+            if len(self._handled) > _HANDLED_KEPT:
+                self._handled.popitem(last=False)
         log.info("control command %s from the fleet", request.command)
         after: Callable[[], None] | None = None
         handler = COMMANDS.get(request.command)
@@ -195,9 +233,10 @@ class Mailbox:
             reply = self._reply(request, error=f"{type(exc).__name__}: {exc}")
         if request.reply_to is not None:
             try:
-                await self.topics.publish(
-                    request.reply_to, [msgspec.json.encode(reply)], cap=REPLY_CAP
-                )
+                answer = msgspec.json.encode(reply)
+                if keyring is not None:
+                    answer = keyring.sign(answer, context=REPLY_CONTEXT)
+                await self.topics.publish(request.reply_to, [answer], cap=REPLY_CAP)
             except Exception as exc:
                 log.warning("could not reply to %s (%s)", request.command, type(exc).__name__)
         if after is not None:

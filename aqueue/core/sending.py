@@ -18,6 +18,7 @@ import msgspec
 
 from .bulk import encode_batch, new_ids, publish_chunks
 from .canvas import Signature
+from .config import keyring_of
 from .context import current_request, record_child
 from .errors import ArgumentError, OptionError, PublishTimeout
 from .message import MessageOut, encode_message
@@ -106,7 +107,7 @@ def _outgoing(app: App, msg: MessageOut, fmt: SerializerName) -> Outgoing:
     if msg.exchange and not app.routes_by_exchange:  # (a middleware routed it)
         msg = resolved(app.router(), [msg], redact(app.broker_url))[0]
     # encoded once, and refused if oversized before any I/O
-    body = encode_message(msg, fmt, app.conf.max_message_bytes)
+    body = encode_message(msg, fmt, app.conf.max_message_bytes, keyring_of(app.conf))
     return Outgoing(msg.id, msg.queue, body, msg.priority, msg.eta, msg.exchange, msg.routing_key)
 
 
@@ -299,12 +300,12 @@ async def publish_many(
         )
         if not app.routes_by_exchange and any(m.exchange for m in sent):
             sent = resolved(app.router(), sent, redact(app.broker_url))
-        batch = encode_batch(sent, sent_fmt, app.conf.max_message_bytes)
+        batch = encode_batch(sent, sent_fmt, app.conf.max_message_bytes, keyring_of(app.conf))
         results = _results(app, tasks, ids, range(len(ids)), [m.queue for m in messages])
         handles = _results(app, tasks, [m.id for m in sent], origins, [m.queue for m in sent])
         messages = sent
     else:
-        batch = encode_batch(messages, fmt, app.conf.max_message_bytes)
+        batch = encode_batch(messages, fmt, app.conf.max_message_bytes, keyring_of(app.conf))
         queues = [m.queue for m in messages]
         results = _results(app, tasks, [m.id for m in messages], range(len(messages)), queues)
         handles = results

@@ -13,11 +13,13 @@ from typing import Any, Final, Literal
 import msgspec
 
 from .errors import ConfigurationError, EncodeError
+from .signing import MAGIC, unframe
 
 SerializerName = Literal["msgpack", "json"]
 SERIALIZERS: Final = ("msgpack", "json")
 
 _JSON_FIRST_BYTES: Final = (ord("{"), ord("["))
+_FRAME_FIRST_BYTE: Final = MAGIC[0]
 
 _msgpack_encoder = msgspec.msgpack.Encoder()
 _json_encoder = msgspec.json.Encoder()
@@ -87,9 +89,13 @@ def format_of(body: bytes | memoryview | msgspec.Raw) -> SerializerName:
     """The serializer of a top-level body (a message or a record, always a map).
 
     Only valid for whole bodies: a nested value's first byte says nothing (msgpack's 91 is
-    ``[``), so nested raw fields are decoded with their body's format.
+    ``[``), so nested raw fields are decoded with their body's format. A signed frame
+    (``signing.py``) has the format of the body it carries.
     """
-    return "json" if is_json(body) else "msgpack"
+    view = memoryview(body)
+    if len(view) > 0 and view[0] == _FRAME_FIRST_BYTE:
+        return "json" if is_json(unframe(bytes(view))) else "msgpack"
+    return "json" if is_json(view) else "msgpack"
 
 
 def decode(data: bytes | memoryview | msgspec.Raw, tp: Any, fmt: SerializerName) -> Any:

@@ -52,6 +52,7 @@ from .protocols import (
 from .remote import ControlError, Mailbox
 from .routing import router_of
 from .serialization import format_of
+from .signed_results import underlying
 from .urls import redact
 
 if TYPE_CHECKING:
@@ -249,7 +250,7 @@ class Worker:
             await broker.declare_queues(self.queues)  # bound (broadcasts kept) from now on
         throttle = broker if isinstance(broker, SharedThrottle) else None
         self._executor = Executor(self.app, self.hostname, self._pool, throttle, self._processes)
-        backend = self.app.backend
+        backend = underlying(self.app.backend)  # its records are verified as they are used
         self._records_inline = (
             backend is not None
             and isinstance(broker, ClaimsRecords)
@@ -655,8 +656,9 @@ class Worker:
 
     async def _prior_records(self, ids: list[str]) -> dict[str, bytes]:
         """Stored records of a claimed batch, in one round trip: revocations, and tasks that
-        already finished (a redelivered duplicate is not run again)."""
-        backend = self.app.backend
+        already finished (a redelivered duplicate is not run again). Read from the real
+        backend: with signing on, each is verified where it is used (executor)."""
+        backend = underlying(self.app.backend)
         if backend is None:
             return {}
         try:

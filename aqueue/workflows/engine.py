@@ -39,6 +39,7 @@ import msgspec
 
 from ..core import states
 from ..core.bulk import encode_batch
+from ..core.config import keyring_of
 from ..core.context import Request, record_child, trail_of
 from ..core.message import ErrorInfo, MessageIn, MessageOut, ResultOut, decode_result
 from ..core.nodes import (
@@ -327,7 +328,7 @@ class Engine:
                 return
         if not app.routes_by_exchange and any(m.exchange for m in messages):
             messages = resolved(app.router(), messages, redact(app.broker_url))
-        batch = encode_batch(messages, formats, app.conf.max_message_bytes)
+        batch = encode_batch(messages, formats, app.conf.max_message_bytes, keyring_of(app.conf))
         await broker.publish(batch)
         if app.conf.task_send_sent_event:  # monitoring events (aqueue/core/events.py)
             await app.sent_events.publish(messages)

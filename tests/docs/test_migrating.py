@@ -36,7 +36,7 @@ from aqueue.core.remote import COMMANDS, INSPECT_COMMANDS
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 DOC = DOCS / "migrating-from-celery.md"
 CELERY = json.loads((Path(__file__).with_name("celery_names.json")).read_text())
-SETTINGS = {f.name for f in dataclasses.fields(Settings)} - {"explicit", "router"}
+SETTINGS = {f.name for f in dataclasses.fields(Settings)} - {"explicit", "router", "keyring"}
 #: how a Settings row may begin: what Settings.update() does with Celery's name
 OUTCOMES = ("same", "renamed", "accepted, not needed", "refused", "not supported")
 
