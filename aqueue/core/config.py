@@ -7,7 +7,6 @@ import difflib
 import inspect
 import logging
 import os
-import re
 import zoneinfo
 from collections.abc import Callable, Mapping
 from typing import Any, get_type_hints
@@ -16,7 +15,7 @@ from .errors import ConfigurationError
 from .message import MAX_PRIORITY
 from .routing import EXCHANGE_TYPES, ROUTING_SETTINGS, check_queues, check_routes
 from .serialization import check_serializer
-from .urls import redact
+from .urls import redact, redact_options
 
 _ENV_PREFIX = "AQUEUE_"
 
@@ -231,9 +230,7 @@ class Settings:
         for key in ("broker_url", "result_backend"):
             if out[key]:
                 out[key] = redact(out[key])
-        out["broker_options"] = {
-            k: "***" if _SECRET_NAME.search(k) else v for k, v in self.broker_options.items()
-        }
+        out["broker_options"] = redact_options(self.broker_options)
         return out
 
     def __repr__(self) -> str:
@@ -246,8 +243,6 @@ _FIELDS: dict[str, Any] = {
     for name, hint in get_type_hints(Settings).items()
     if name not in ("explicit", "router")
 }
-#: option names whose values are never printed
-_SECRET_NAME = re.compile(r"pass|secret|token|key|cert|credential", re.IGNORECASE)
 
 
 def _copy(value: Any) -> Any:
