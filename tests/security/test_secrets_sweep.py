@@ -35,8 +35,8 @@ import pytest
 from typer.testing import CliRunner
 
 from aqueue import App
-from aqueue.core.errors import AqueueError
 from aqueue.cli import cli
+from aqueue.core.errors import AqueueError
 from aqueue.core.urls import make_backend, make_broker, redact
 
 from ..conftest import RABBIT_HOST, RABBIT_PORT, require_service
@@ -368,7 +368,7 @@ async def test_a_worker_on_a_redis_that_requires_a_password(
     assert spans
     sweep.add("spans", [(s.name, dict(s.attributes or {})) for s in spans])
     # a wrong password: refused, and neither password is shown
-    wrong = App("sweep", broker=redis_url(private_redis, password=ODD))
+    wrong = App("sweep", broker=redis_url(private_redis, password=ODD, retries="0"))
     with pytest.raises(AqueueError) as info:
         async with wrong:
             pass
@@ -396,7 +396,7 @@ def test_the_cli_on_a_redis_that_requires_a_password(
     ):
         _cli(sweep, *args, env=env)
     _cli(sweep, "inspect", "conf", "--json", env=env, code=None)  # no worker left: exit 1
-    wrong = {**env, "AQT_CLI_BROKER": redis_url(private_redis, password=ODD)}
+    wrong = {**env, "AQT_CLI_BROKER": redis_url(private_redis, password=ODD, retries="0")}
     said = _cli(sweep, "status", env=wrong, code=None)
     assert said.strip() and len(said.strip().splitlines()) <= 2, said
 
@@ -429,7 +429,9 @@ async def test_rabbitmq_with_a_redis_dedupe_store(
                 pass
         sweep.error("wrong amqp password", info.value)
     bad_store = App(
-        "sweep", broker=url, broker_options={"dedupe_url": redis_url(private_redis, password=ODD)}
+        "sweep",
+        broker=url,
+        broker_options={"dedupe_url": redis_url(private_redis, password=ODD, retries="0")},
     )
 
     @bad_store.task(name="sweep.add")
