@@ -7,7 +7,6 @@ import difflib
 import inspect
 import logging
 import os
-import re
 import zoneinfo
 from collections.abc import Callable, Mapping
 from typing import Any, get_type_hints
@@ -17,7 +16,7 @@ from .message import MAX_PRIORITY
 from .routing import EXCHANGE_TYPES, ROUTING_SETTINGS, check_queues, check_routes
 from .serialization import check_serializer
 from .signing import Keyring, check_key_id, parse_keys
-from .urls import redact
+from .urls import redact, redact_options
 
 _ENV_PREFIX = "AQUEUE_"
 
@@ -252,9 +251,7 @@ class Settings:
             if out[key]:
                 out[key] = redact(out[key])
         out["signing_keys"] = dict.fromkeys(self.signing_keys, "***")
-        out["broker_options"] = {
-            k: "***" if _SECRET_NAME.search(k) else v for k, v in self.broker_options.items()
-        }
+        out["broker_options"] = redact_options(self.broker_options)
         return out
 
     def __repr__(self) -> str:
@@ -292,10 +289,6 @@ def keyring_of(conf: Settings) -> Keyring | None:
         )
         object.__setattr__(conf, "keyring", ring)
     return ring or None
-
-
-#: option names whose values are never printed
-_SECRET_NAME = re.compile(r"pass|secret|token|key|cert|credential", re.IGNORECASE)
 
 
 def _copy(value: Any) -> Any:

@@ -15,10 +15,11 @@ A broker class is called as ``Class(url, **broker_options)``, a backend class as
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from .errors import ConfigurationError
 
@@ -61,22 +62,65 @@ BACKENDS: Final[dict[str, Implementation]] = {
 }
 
 
+#: names of options (in a URL's query, in broker_options) whose values are never printed
+SECRET_NAME: Final = re.compile(r"pass|secret|token|key|cert|credential", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    """The URL with any password replaced by ``***``: safe for logs, reprs and errors."""
+    """The URL with its secrets replaced by ``***``: safe for logs, reprs and errors.
+
+    Hidden: the password of the userinfo, the value of every query option whose name says
+    it is a secret (``password=``, ``ssl_password=``, ...), and the password of a URL given
+    as a query value (``?dedupe_url=redis://:pw@host``).
+    """
     try:
         parts = urlsplit(url)
+        port = parts.port
     except ValueError:
         return "<unparsable url>"
-    if parts.password is None:
+    netloc = parts.netloc
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{user}:***@{host}" + (f":{port}" if port is not None else "")
+    query = _redact_query(parts.query)
+    if netloc == parts.netloc and query == parts.query:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    # by hand, not urlunsplit: that drops the "//" of an empty netloc (unix:///path)
+    shown = f"{parts.scheme}://{netloc}{parts.path}" if parts.scheme else f"{netloc}{parts.path}"
+    shown += f"?{query}" if query else ""
+    return shown + (f"#{parts.fragment}" if parts.fragment else "")
+
+
+def _redact_query(query: str) -> str:
+    """``query`` with secret option values, and passwords of URLs given as values, hidden."""
+    if not query:
+        return query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    hidden = [
+        (name, "***" if SECRET_NAME.search(name) else redact(value) if "://" in value else value)
+        for name, value in pairs
+    ]
+    if hidden == pairs:
+        return query
+    return urlencode(hidden, safe="*:/@")
+
+
+def redact_options(options: Any) -> Any:
+    """``options`` (a dict, list or value, nested) with secret-named values and the
+    passwords of URLs hidden: safe to print."""
+    if isinstance(options, dict):
+        return {
+            k: "***" if isinstance(k, str) and SECRET_NAME.search(k) else redact_options(v)
+            for k, v in options.items()
+        }
+    if isinstance(options, list | tuple):
+        return type(options)(redact_options(v) for v in options)
+    if isinstance(options, str) and "://" in options:
+        return redact(options)
+    return options
 
 
 def scheme_of(url: str) -> str:
