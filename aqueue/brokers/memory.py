@@ -26,7 +26,7 @@ from ..core.protocols import (
     WorkerInfo,
     WorkerSeen,
 )
-from .memory_topics import MemoryTopics
+from .memory_topics import BrokerTopics, MemoryTopics
 from .wakeup import Wakeup
 
 
@@ -252,7 +252,7 @@ class MemoryBroker:
         #: its worker registry (:class:`~aqueue.core.protocols.KeepsWorkers`)
         self.worker_registry = _Registry(self._store)
         #: control, replies and events (:class:`~aqueue.core.protocols.KeepsTopics`)
-        self.topics = self._store.topics
+        self.topics = BrokerTopics(self._store.topics)
 
     def __repr__(self) -> str:
         return f"<MemoryBroker {self.url}>"
@@ -261,7 +261,7 @@ class MemoryBroker:
         return None
 
     async def close(self) -> None:
-        return None
+        await self.topics.close()
 
     async def publish(self, messages: Sequence[Outgoing]) -> list[bool]:
         store = self._store

@@ -11,8 +11,9 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from ..core.errors import SubscriptionClosed
 from ..core.protocols import REPLY_TOPIC_PREFIX
 from .wakeup import Wakeup
 
@@ -86,6 +87,8 @@ class MemorySubscription:
         self._topic = topic
         self._after = after
         self._closed = False
+        #: called once, by :meth:`close`
+        self.on_close: Callable[[MemorySubscription], None] | None = None
 
     async def get(self, timeout: float) -> list[bytes]:
         deadline = time.monotonic() + timeout
@@ -98,7 +101,36 @@ class MemorySubscription:
             if left <= 0:
                 return []
             await self._topic.wakeup.wait(left)
-        return []
+        raise SubscriptionClosed("the subscription is closed")
 
     async def close(self) -> None:
+        if self._closed:
+            return
         self._closed = True
+        self._topic.wakeup.notify()  # a get waiting on it says so now
+        if self.on_close is not None:
+            self.on_close(self)
+
+
+class BrokerTopics:
+    """One broker object's view of its store's topics: the same topics (every broker object
+    on a ``memory://`` name shares them), and the subscriptions this one made, closed with
+    it as a server broker's are."""
+
+    def __init__(self, topics: MemoryTopics) -> None:
+        self._topics = topics
+        self._open: set[MemorySubscription] = set()
+
+    async def publish(self, topic: str, bodies: Sequence[bytes], *, cap: int) -> None:
+        await self._topics.publish(topic, bodies, cap=cap)
+
+    async def subscribe(self, topic: str, *, since: float | None = None) -> MemorySubscription:
+        sub = await self._topics.subscribe(topic, since=since)
+        sub.on_close = self._open.discard
+        self._open.add(sub)
+        return sub
+
+    async def close(self) -> None:
+        """Close the subscriptions still open (the broker is closing)."""
+        for sub in list(self._open):
+            await sub.close()

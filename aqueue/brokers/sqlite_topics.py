@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
+from aqueue.core.errors import SubscriptionClosed
 from aqueue.core.protocols import REPLY_TOPIC_PREFIX
 from aqueue.transports.sqlite.store import SQLiteStore
 
@@ -146,7 +147,7 @@ class SQLiteSubscription:
             if left <= 0:
                 return []
             await self._wakeup.wait(min(left, self._poll))
-        return []
+        raise SubscriptionClosed(f"the subscription to topic {self._topic!r} is closed")
 
     async def close(self) -> None:
         """Stop reading (it holds nothing else); idempotent."""

@@ -85,6 +85,11 @@ class BrokerError(AqueueError):
     """The broker failed or could not be reached."""
 
 
+class SubscriptionClosed(BrokerError):
+    """A topic subscription was read after it was closed (by its reader, or by its broker
+    closing): nothing more will come from it."""
+
+
 class PublishTimeout(BrokerError):
     """A publish did not complete within its deadline; it may or may not have been stored."""
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, SubscriptionClosed
 from .protocols import KeepsTopics, Subscription, Topics
 
 if TYPE_CHECKING:
@@ -238,6 +238,9 @@ class EventStream:
         assert self._sub is not None
         try:
             bodies = await self._sub.get(timeout)
+        except SubscriptionClosed:  # the broker closed (the app did): the stream ends
+            await self.aclose()
+            return []
         except BaseException:
             await self.aclose()
             raise

@@ -414,7 +414,13 @@ class Subscription(Protocol):
     nothing published after that is missed (within the topic's cap)."""
 
     async def get(self, timeout: float) -> list[bytes]:
-        """The next messages, in publish order; ``[]`` after ``timeout`` seconds of none."""
+        """The next messages, in publish order; ``[]`` after ``timeout`` seconds of none.
+
+        Raises:
+            SubscriptionClosed: the subscription is closed, or closed while this waited
+                (its broker closing closes it): never ``[]`` at once, which a reader
+                looping until it is told to stop would spin on.
+        """
 
     async def close(self) -> None:
         """Stop reading and free what the subscription holds. Idempotent."""

@@ -30,7 +30,7 @@ import msgspec
 from ..__about__ import __version__
 from .admission import rate_setting
 from .config import keyring_of
-from .errors import AqueueError, ConfigurationError, SignatureError
+from .errors import AqueueError, ConfigurationError, SignatureError, SubscriptionClosed
 from .protocols import Subscription, Topics
 from .urls import redact
 
@@ -164,6 +164,9 @@ class Mailbox:
                 bodies = await sub.get(_READ_WAIT)
             except asyncio.CancelledError:
                 raise
+            except SubscriptionClosed:  # the broker closed under the worker: nothing to read
+                log.debug("the control subscription closed: no more commands")
+                return
             except Exception as exc:  # the broker is away: keep trying, never die
                 delay = _ERROR_BACKOFF[min(failures, len(_ERROR_BACKOFF) - 1)]
                 failures += 1

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from aqueue import App, SubscriptionClosed
 from aqueue.core.protocols import Broker, KeepsTopics, Subscription, Topics
 from aqueue.core.urls import broker_class
 
@@ -145,12 +146,46 @@ async def test_another_client_reaches_the_subscribers(topics: Topics, broker_url
         await other.close()
 
 
-async def test_a_closed_subscription_reads_nothing(topics: Topics) -> None:
+async def test_a_closed_subscription_says_so(topics: Topics) -> None:
+    """Read after its close, a subscription raises at once: it returned ``[]`` at once, and
+    a reader looping until told to stop (an event stream whose broker closed under it)
+    spun on that without ever yielding to the event loop."""
     sub = await topics.subscribe("control")
     await topics.publish("control", [b"m"], cap=100)
     await sub.close()
     async with asyncio.timeout(20):  # at once, not after its minute
-        assert await sub.get(60.0) == []
+        with pytest.raises(SubscriptionClosed):
+            await sub.get(60.0)
+
+
+async def test_a_get_waiting_when_its_subscription_closes_ends(topics: Topics) -> None:
+    sub = await topics.subscribe(name("reply"))
+    waiting = asyncio.create_task(sub.get(60.0))
+    await asyncio.sleep(0.2)  # let it start waiting (a close before it started says so too)
+    await sub.close()
+    async with asyncio.timeout(20):
+        with pytest.raises(SubscriptionClosed):
+            await waiting
+
+
+async def test_closing_the_broker_ends_an_event_stream(broker_url: str) -> None:
+    """``async for event in app.events()`` ends when the app closes. It spun: the closed
+    subscription answered ``[]`` at once, forever, and the loop never ran anything else (a
+    dashboard's metrics follower froze a test for two minutes)."""
+    app = App("t", broker=broker_url, backend="memory://")
+    await app.connect()
+    seen: list[object] = []
+
+    async def follow() -> None:
+        async for event in app.events():
+            seen.append(event)
+
+    follower = asyncio.create_task(follow())
+    await asyncio.sleep(0.3)  # subscribed and waiting
+    await app.close()
+    async with asyncio.timeout(20):
+        await follower  # ends without an error
+    assert seen == []
 
 
 async def test_since_skips_what_was_published_before_it(topics: Topics) -> None:

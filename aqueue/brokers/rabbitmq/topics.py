@@ -41,7 +41,7 @@ from typing import Any
 import aiormq
 from aiormq.abc import DeliveredMessage
 
-from aqueue.core.errors import AqueueError, BrokerError, ConfigurationError
+from aqueue.core.errors import AqueueError, BrokerError, ConfigurationError, SubscriptionClosed
 from aqueue.core.protocols import REPLY_TOPIC_PREFIX
 from aqueue.core.routing import Exchange
 from aqueue.transports.amqp import aiormq_hooks
@@ -353,7 +353,7 @@ class RabbitMQSubscription:
                     await self._arrived.wait()
             except TimeoutError:
                 pass
-        return []
+        raise SubscriptionClosed(f"the subscription to topic {self._topic!r} is closed")
 
     def _take(self) -> tuple[list[bytes], int | None]:
         """The buffered bodies, and the last delivery tag (to acknowledge up to)."""

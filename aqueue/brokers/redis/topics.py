@@ -23,7 +23,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from aqueue.core.errors import BrokerError
+from aqueue.core.errors import BrokerError, SubscriptionClosed
 from aqueue.core.protocols import REPLY_TOPIC_PREFIX
 from aqueue.transports.redis import redispy
 from aqueue.transports.redis.guard import guarded
@@ -168,11 +168,11 @@ class RedisSubscription:
                 bodies = await self._read(block)
             except BrokerError:
                 if self._closed:  # closed while reading: its connection went away
-                    return []
+                    break
                 raise
             if bodies or remaining <= 0:
                 return bodies
-        return []
+        raise SubscriptionClosed(f"the subscription to {self._key!r} is closed")
 
     async def _read(self, block: float) -> list[bytes]:
         args: list[str | int] = ["XREAD", "COUNT", _READ_COUNT]
