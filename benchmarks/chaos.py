@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import shutil
@@ -111,8 +112,10 @@ class Worker:
         self.slot = slot
         self._log = open(logs / f"worker{slot}-{gen}.log", "wb")  # noqa: SIM115 - closed in kill()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "aqueue.cli", "worker", "benchmarks.chaos_app:app"]
-            + ["-n", f"chaos{slot}-{gen}@%h", "-c", str(concurrency), "-l", "warning"],
+            [
+                *(sys.executable, "-m", "aqueue.cli", "worker", "benchmarks.chaos_app:app"),
+                *("-n", f"chaos{slot}-{gen}@%h", "-c", str(concurrency), "-l", "warning"),
+            ],
             env=env,
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
@@ -303,8 +306,11 @@ async def run_broker(kind: str, args: argparse.Namespace) -> Result:
     rng = random.Random(f"{seed}:{kind}")
     kinds = [k for k in args.kinds if kind != "sqlite" or k in WORKER_FAULTS]
     faults = schedule(rng, kinds, args.faults, args.seconds, args.workers) if kinds else []
-    print(f"\n== {kind}: {args.workers} workers x {args.concurrency}, {args.tasks} tasks over "
-          f"{args.seconds:.0f}s, seed {seed}; faults:", flush=True)
+    print(
+        f"\n== {kind}: {args.workers} workers x {args.concurrency}, {args.tasks} tasks over "
+        f"{args.seconds:.0f}s, seed {seed}; faults:",
+        flush=True,
+    )
     for f in faults:
         print(f"   {f.describe()}", flush=True)
 
@@ -318,6 +324,10 @@ async def run_broker(kind: str, args: argparse.Namespace) -> Result:
     unsent: list[int] = []
     send_errors: Counter[str] = Counter()
     run_id = uuid.uuid4().hex[:8]
+    # the producer's reconnect warnings go to the run's directory, not the console
+    log = logging.FileHandler(base / "producer.log")
+    log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(log)
     try:
         await server.start()
         url = server.url(chaos_dir)
@@ -328,9 +338,7 @@ async def run_broker(kind: str, args: argparse.Namespace) -> Result:
             # the first workers are up before sending starts (their replacements are not
             # waited for: a fault hits whatever is running)
             async with asyncio.timeout(120):
-                while len([w for w in await producer.control.workers() if not w.missing]) < len(
-                    workers
-                ):
+                while len(await producer.control.inspect(timeout=1).ping()) < len(workers):
                     await asyncio.sleep(0.2)
             t0 = time.time()
 
@@ -368,7 +376,9 @@ async def run_broker(kind: str, args: argparse.Namespace) -> Result:
                         f.pid = w.pid
                         await asyncio.to_thread(w.kill)
                         gens[f.target] += 1
-                        workers[f.target] = Worker(f.target, gens[f.target], env, args.concurrency, base)
+                        workers[f.target] = Worker(
+                            f.target, gens[f.target], env, args.concurrency, base
+                        )
                         f.ended = time.time()
                     elif f.kind == "stop":
                         w = workers[f.target]
@@ -390,8 +400,11 @@ async def run_broker(kind: str, args: argparse.Namespace) -> Result:
             lanes = 8
             await asyncio.gather(inject(), *(sender(k, lanes) for k in range(lanes)))
             sent_at = time.time()
-            print(f"   sent: {len(acked)} acknowledged, {len(unsent)} unsent, "
-                  f"{sum(send_errors.values())} send errors in {sent_at - t0:.1f}s", flush=True)
+            print(
+                f"   sent: {len(acked)} acknowledged, {len(unsent)} unsent, "
+                f"{sum(send_errors.values())} send errors in {sent_at - t0:.1f}s",
+                flush=True,
+            )
             deadline = time.monotonic() + args.drain_timeout
             drained = False
             while time.monotonic() < deadline:
@@ -411,10 +424,22 @@ async def run_broker(kind: str, args: argparse.Namespace) -> Result:
         duplicated = sum(max(0, len(runs.dones.get(i, [])) - 1) for i in acked)
         reruns = sum(max(0, len(runs.starts.get(i, [])) - 1) for i in acked)
         return Result(
-            kind, seed, args.tasks, len(acked), len(unsent), faults, lost, duplicated, reruns,
-            send_errors, wall, drained,
+            kind,
+            seed,
+            args.tasks,
+            len(acked),
+            len(unsent),
+            faults,
+            lost,
+            duplicated,
+            reruns,
+            send_errors,
+            wall,
+            drained,
         )
     finally:
+        logging.getLogger().removeHandler(log)
+        log.close()
         for w in workers:
             await asyncio.to_thread(w.stop_gracefully, 5.0)
         await server.close()
@@ -428,8 +453,7 @@ async def run_broker(kind: str, args: argparse.Namespace) -> Result:
 
 
 def table(results: list[Result]) -> str:
-    head = ("broker", "tasks", "faults", "lost", "duplicated", "re-runs", "max recovery",
-            "wall")
+    head = ("broker", "tasks", "faults", "lost", "duplicated", "re-runs", "max recovery", "wall")
     rows = [head]
     for r in results:
         by_kind = Counter(f.kind for f in r.faults)
@@ -437,8 +461,18 @@ def table(results: list[Result]) -> str:
         rec = r.recoveries()
         recov = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(rec.items())) or "-"
         tasks = f"{r.acked}/{r.tasks}" + (f" ({r.unsent} unsent)" if r.unsent else "")
-        rows.append((r.broker, tasks, faults, str(len(r.lost)), str(r.duplicated),
-                     str(r.reruns), recov, f"{r.wall:.1f}s"))
+        rows.append(
+            (
+                r.broker,
+                tasks,
+                faults,
+                str(len(r.lost)),
+                str(r.duplicated),
+                str(r.reruns),
+                recov,
+                f"{r.wall:.1f}s",
+            )
+        )
     widths = [max(len(row[c]) for row in rows) for c in range(len(head))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -446,27 +480,49 @@ def table(results: list[Result]) -> str:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.chaos", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.chaos",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--broker", default="all", choices=[*BROKERS, "all"])
     p.add_argument("--workers", type=int, default=3, help="worker processes (default 3)")
     p.add_argument("--concurrency", type=int, default=10, help="per worker (default 10)")
     p.add_argument("--tasks", type=int, default=5000, help="tasks sent (default 5000)")
-    p.add_argument("--seconds", type=float, default=60.0,
-                   help="the sending window; faults fall in its middle 80%% (default 60)")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=60.0,
+        help="the sending window; faults fall in its middle 80%% (default 60)",
+    )
     p.add_argument("--faults", type=int, default=12, help="faults injected (default 12)")
-    p.add_argument("--kinds", default=",".join(WORKER_FAULTS + SERVER_FAULTS),
-                   help="fault kinds to draw from (default kill,stop,restart,partition; "
-                   "SQLite uses only the worker ones)")
+    p.add_argument(
+        "--kinds",
+        default=",".join(WORKER_FAULTS + SERVER_FAULTS),
+        help="fault kinds to draw from (default kill,stop,restart,partition; "
+        "SQLite uses only the worker ones)",
+    )
     p.add_argument("--seed", type=int, default=None, help="the fault schedule's seed (printed)")
     p.add_argument("--task-seconds", type=float, default=0.05, help="each task sleeps this")
     p.add_argument("--publish-timeout", type=float, default=5.0)
-    p.add_argument("--send-deadline", type=float, default=120.0,
-                   help="give up re-sending one task after this many seconds (unsent)")
-    p.add_argument("--drain-timeout", type=float, default=180.0,
-                   help="after sending, wait this long for every acknowledged task")
-    p.add_argument("--settle", type=float, default=2.0,
-                   help="seconds to wait after the drain before counting duplicates")
+    p.add_argument(
+        "--send-deadline",
+        type=float,
+        default=120.0,
+        help="give up re-sending one task after this many seconds (unsent)",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=180.0,
+        help="after sending, wait this long for every acknowledged task",
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=2.0,
+        help="seconds to wait after the drain before counting duplicates",
+    )
     p.add_argument("--keep", action="store_true", help="keep the run's directory and logs")
     args = p.parse_args(argv)
     args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
