@@ -420,6 +420,9 @@ async def run_broker(kind: str, args: argparse.Namespace) -> Result:
         runs = Runs.read(chaos_dir)
         for f in faults:
             f.recovery = recovery(f, runs)
+            none = "no task in flight" if f.kind in WORKER_FAULTS else "no task started after"
+            shown = none if f.recovery is None else f"{f.recovery:.2f}s"
+            print(f"   recovery: {f.describe()}: {shown}", flush=True)
         lost = sorted(i for i in acked if not runs.done(i))
         duplicated = sum(max(0, len(runs.dones.get(i, [])) - 1) for i in acked)
         reruns = sum(max(0, len(runs.starts.get(i, [])) - 1) for i in acked)
