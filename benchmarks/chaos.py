@@ -82,6 +82,7 @@ class Fault:
     ended: float = 0.0  # unix time it was over (SIGCONT sent, server back, network healed)
     pid: int = 0  # the worker it hit
     recovery: float | None = None
+    overlapped: bool = False  # a server fault began before it had recovered: not counted
 
     def describe(self) -> str:
         what = f"worker {self.target}" if self.kind in WORKER_FAULTS else "server"
@@ -259,7 +260,7 @@ def recovery(fault: Fault, runs: Runs) -> float | None:
             i
             for i, starts in runs.starts.items()
             if any(pid == fault.pid and t <= fault.started for t, pid in starts)
-            and not any(pid == fault.pid and t <= fault.started for t, pid in runs.dones[i])
+            and not any(pid == fault.pid and t <= fault.started for t, pid in runs.dones.get(i, []))
         ]
         if not hit:
             return None
@@ -273,6 +274,20 @@ def recovery(fault: Fault, runs: Runs) -> float | None:
         if min(t for t, _ in starts) >= fault.ended and runs.dones.get(i)
     ]
     return min(after) - fault.ended if after else None
+
+
+def measure(faults: list[Fault], runs: Runs) -> None:
+    """Each fault's recovery; one still recovering when a server fault began is marked
+    overlapped (its figure would be the next fault's) and left out of the maxima."""
+    for f in faults:
+        f.recovery = recovery(f, runs)
+        if f.recovery is None:
+            continue
+        origin = f.started if f.kind in WORKER_FAULTS else f.ended
+        f.overlapped = any(
+            g is not f and g.kind in SERVER_FAULTS and f.started < g.started < origin + f.recovery
+            for g in faults
+        )
 
 
 # -- one broker ------------------------------------------------------------------------------
@@ -296,7 +311,7 @@ class Result:
     def recoveries(self) -> dict[str, float]:
         best: dict[str, float] = {}
         for f in self.faults:
-            if f.recovery is not None:
+            if f.recovery is not None and not f.overlapped:
                 best[f.kind] = max(best.get(f.kind, 0.0), f.recovery)
         return best
 
@@ -418,10 +433,12 @@ async def run_broker(kind: str, args: argparse.Namespace) -> Result:
             # within a lease; give them a moment so the count is honest
             await asyncio.sleep(args.settle)
         runs = Runs.read(chaos_dir)
+        measure(faults, runs)
         for f in faults:
-            f.recovery = recovery(f, runs)
             none = "no task in flight" if f.kind in WORKER_FAULTS else "no task started after"
             shown = none if f.recovery is None else f"{f.recovery:.2f}s"
+            if f.overlapped:
+                shown += " (a server fault began meanwhile: not counted)"
             print(f"   recovery: {f.describe()}: {shown}", flush=True)
         lost = sorted(i for i in acked if not runs.done(i))
         duplicated = sum(max(0, len(runs.dones.get(i, [])) - 1) for i in acked)
