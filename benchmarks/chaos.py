@@ -34,7 +34,8 @@ up after ``--send-deadline`` seconds: "unsent", not lost). Then:
 * duplicated: done more than once (at-least-once allows it: what a killed or frozen worker
   was running, or had finished but not yet acknowledged);
 * recovery, per fault: ``kill``/``stop``: from the signal until every task the worker had
-  started and not finished was done (by anyone); ``restart``/``partition``: from the server
+  started and not finished was going again (started by another worker, or finished by the
+  resumed one); ``restart``/``partition``: from the server
   being back (port open) / the network healed until the first task that *started* after
   that was done. A fault still recovering when a server fault began is marked overlapped
   and left out of the maxima (its figure would be the next fault's).
@@ -251,8 +252,11 @@ class Runs:
     def done(self, i: int) -> bool:
         return bool(self.dones.get(i))
 
-    def first_done_after(self, i: int, t: float) -> float | None:
-        later = [x for x, _ in self.dones.get(i, []) if x >= t]
+    def back_after(self, i: int, t: float, pid: int) -> float | None:
+        """When task ``i``, interrupted at ``t`` on ``pid``, was going again: started by
+        another process, or done by anyone (a frozen worker resumed it)."""
+        later = [x for x, p in self.starts.get(i, []) if x > t and p != pid]
+        later += [x for x, _ in self.dones.get(i, []) if x >= t]
         return min(later) if later else None
 
 
@@ -267,9 +271,9 @@ def recovery(fault: Fault, runs: Runs) -> float | None:
         ]
         if not hit:
             return None
-        ends = [runs.first_done_after(i, fault.started) for i in hit]
+        ends = [runs.back_after(i, fault.started, fault.pid) for i in hit]
         if any(e is None for e in ends):
-            return None  # never done: counted as lost
+            return None  # never ran again: counted as lost
         return max(e for e in ends if e is not None) - fault.started
     after = [
         min(t for t, _ in runs.dones[i])
@@ -378,20 +382,25 @@ async def run_broker(kind: str, args: argparse.Namespace) -> Result:
 
             async def sender(lane: int, lanes: int) -> None:
                 for i in range(lane, args.tasks, lanes):
-                    delay = t0 + i * args.seconds / args.tasks - time.time()
+                    delay = t0 + slip[0] + i * args.seconds / args.tasks - time.time()
                     if delay > 0:
                         await asyncio.sleep(delay)
                     await send(i)
+
+            # how late the faults run (a fault waits for the previous one and the gap): the
+            # sending pace slips as much, so that the faults still meet tasks to run
+            slip = [0.0]
 
             async def inject() -> None:
                 last_end = 0.0
                 for f in faults:
                     # at its time, but never before --gap seconds after the previous fault
                     # ended (a RabbitMQ node takes 10-20 s to boot: faults would pile up)
-                    delay = max(t0 + f.at, last_end + args.gap) - time.time()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
+                    due = max(t0 + f.at, last_end + args.gap)
+                    if due - time.time() > 0:
+                        await asyncio.sleep(due - time.time())
                     f.started = time.time()
+                    slip[0] = max(slip[0], due - (t0 + f.at))
                     if f.kind == "kill":
                         w = workers[f.target]
                         f.pid = w.pid
@@ -446,6 +455,9 @@ async def run_broker(kind: str, args: argparse.Namespace) -> Result:
             await asyncio.sleep(args.settle)
         runs = Runs.read(chaos_dir)
         measure(faults, runs)
+        (base / "faults.txt").write_text(
+            "".join(f"{f.started:.3f} {f.ended:.3f} {f.pid} {f.describe()}\n" for f in faults)
+        )
         for f in faults:
             none = "no task in flight" if f.kind in WORKER_FAULTS else "no task started after"
             shown = none if f.recovery is None else f"{f.recovery:.2f}s"
