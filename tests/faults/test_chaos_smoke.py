@@ -35,5 +35,7 @@ def test_chaos_on_sqlite_loses_nothing() -> None:
     print(done.stdout)
     assert done.returncode == 0, done.stdout + done.stderr
     [row] = [line for line in done.stdout.splitlines() if line.startswith("sqlite ")]
-    _, tasks, kills, _, lost = re.split(r"\s{2,}", row)[:5]
-    assert (tasks, kills, lost) == ("200/200", "2 kill", "0")
+    _, tasks, kills, lost = re.split(r"\s{2,}", row)[:4]
+    acked, sent = map(int, tasks.split("/"))
+    assert acked == sent >= 200  # more if the kills ran past the 3 s of sending
+    assert (kills, lost) == ("2 kill", "0")
