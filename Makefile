@@ -85,6 +85,17 @@ example-flask: venv
 	$(BIN)/python -m examples.flask_app
 
 ## make bench: the side-by-side benchmark (docs/benchmarks.md); peers live in .bench-venv
+## make chaos: the fault and load run (docs/reliability.md, "Repeat it: make chaos"): per
+## broker, workers drain tasks while workers are killed / frozen and private servers
+## restarted / partitioned; prints lost / duplicated / recovery, fails if anything was lost.
+## Not part of `make test`. make chaos BROKER=redis SEED=42 CHAOS_ARGS="--tasks 1000"
+BROKER ?= all
+SEED   ?=
+CHAOS_ARGS ?=
+.PHONY: chaos
+chaos: venv
+	$(BIN)/python -m benchmarks.chaos --broker $(BROKER) $(if $(SEED),--seed $(SEED)) $(CHAOS_ARGS)
+
 .PHONY: bench
 bench:
 	$(PYTHON) -m benchmarks setup

@@ -37,7 +37,8 @@ class RedisServer:
     Args:
         directory: its working directory (RDB/AOF files and the log go there).
         password: ``requirepass``; clients must use it.
-        appendonly: AOF on with ``appendfsync everysec`` (the durability variant).
+        appendonly: AOF on (the durability variant), with ``appendfsync`` (default
+            ``everysec``; ``always``: nothing acknowledged is lost to a crash).
         tls: ``(certificate, key)`` files: TLS on ``tls_port`` too; plaintext stays on
             ``port`` (for the test's own admin client).
         tls_ca: the CA file the server trusts client certificates from (default: the
@@ -52,6 +53,7 @@ class RedisServer:
         *,
         password: str | None = None,
         appendonly: bool = False,
+        appendfsync: str = "everysec",
         port: int | None = None,
         tls: tuple[Path, Path] | None = None,
         tls_ca: Path | None = None,
@@ -61,6 +63,7 @@ class RedisServer:
         self.directory = directory
         self.password = password
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self.port = port or free_port()
         self.tls = tls
         self.tls_port = free_port() if tls else None
@@ -114,7 +117,7 @@ class RedisServer:
             "local",
         ]
         if self.appendonly:
-            args += ["--appendonly", "yes", "--appendfsync", "everysec"]
+            args += ["--appendonly", "yes", "--appendfsync", self.appendfsync]
         else:
             args += ["--appendonly", "no"]
         if self.password:
