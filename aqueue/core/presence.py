@@ -146,6 +146,14 @@ class Presence:
                 timeout=2 * self.interval + _MIN_GAP,
             )
 
+    def listed(self, leases: list[Lease]) -> list[Lease]:
+        """Those of ``leases`` a beat has listed (and so renewed to the full lease): the
+        others are still short, and must stay so until a beat lists them, or a kill -9
+        before that leaves them neither listed (the reaper hands back only what the dead
+        worker's last beat listed) nor short. Any thread."""
+        renewed = self._renewed
+        return [lease for lease in leases if (lease.id, lease.token) in renewed]
+
     def stop(self) -> None:
         """Stop beating and leave the registry (a graceful stop). Blocking."""
         self._stop.set()
@@ -172,17 +180,23 @@ class Presence:
             self._reap()
 
     def _beat(self) -> None:
+        """Write the worker's info and held leases, then renew those listed for the first
+        time; an ``update()`` waiting for this info returns once both are done."""
         info = self.info
+        try:
+            self._list(info)
+        finally:
+            with self._beaten:
+                self._written = info
+                self._beaten.notify_all()
+
+    def _list(self, info: WorkerInfo) -> None:
         leases = self._held()
         try:
             self.registry.beat(info, leases, self._keep)
         except Exception as exc:
             log.warning("heartbeat failed (%s: %s)", type(exc).__name__, exc)
             return
-        finally:
-            with self._beaten:
-                self._written = info
-                self._beaten.notify_all()
         if self._renew is None:
             return
         held = {(lease.id, lease.token) for lease in leases}

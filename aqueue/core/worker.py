@@ -940,12 +940,20 @@ class Worker:
         with self._held_lock:
             return [d.lease for d in self._held.values()]
 
+    def _leases_to_renew(self) -> list[Lease]:
+        """The held leases the heartbeat thread renews: with short claim leases, only
+        those a presence beat has listed (the beat renews the others when it lists them)."""
+        leases = self._held_leases()
+        presence = self.presence
+        if self._claim_lease < self.lease_seconds and presence is not None:
+            return presence.listed(leases)
+        return leases
+
     def _renew_forever(self, broker: Broker) -> None:
         """Heartbeat thread: renew every held lease each third of the lease length."""
         interval = self.lease_seconds / 3
         while not self._heartbeat_stop.wait(interval):
-            with self._held_lock:
-                leases: list[Lease] = [d.lease for d in self._held.values()]
+            leases = self._leases_to_renew()
             if not leases:
                 continue
             executor = self._executor

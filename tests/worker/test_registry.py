@@ -158,3 +158,38 @@ async def test_a_changed_queue_list_is_listed_by_the_next_beat_not_the_one_after
         assert seen.info.queues == ("celery", "more")
     finally:
         await asyncio.to_thread(presence.stop)
+
+
+async def test_the_renewal_thread_leaves_a_lease_no_beat_listed_short(app: App) -> None:
+    """A claim's lease is short until a heartbeat lists it, so a kill -9 before that still
+    hands it back within seconds. The lease renewal thread renewed every held lease to the
+    full lease, listed or not: a kill right after it left the task neither listed (the
+    reaper passed it by) nor short, and it waited the whole lease (30 s; `make chaos`)."""
+    registry_or_skip(app)
+    app.conf.update(lease_seconds=30.0, **FAST)
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    @app.task(name="reg.hold")
+    async def hold() -> None:
+        started.set()
+        await release.wait()
+
+    worker = app.worker(hostname="renew@test", concurrency=1)
+    await worker.start()
+    try:
+        presence = worker.presence
+        assert presence is not None and worker._claim_lease < worker.lease_seconds
+        beat = presence._beat
+        presence._beat = lambda: None  # type: ignore[method-assign]  # no beat lists it yet
+        await hold.delay()
+        async with asyncio.timeout(10):
+            await started.wait()
+        [held] = worker._held_leases()
+        assert worker._leases_to_renew() == []  # short: the renewal thread leaves it
+        presence._beat = beat  # type: ignore[method-assign]
+        await asyncio.to_thread(presence.update, queues=("celery",), concurrency=1)
+        assert worker._leases_to_renew() == [held]  # listed (and renewed by that beat)
+    finally:
+        release.set()
+        await worker.stop()
