@@ -45,6 +45,7 @@ from .process import (
 )
 from .runner import WorkerOptions, can_exec, exec_worker, load_app, run_worker
 from .runner import run as _run
+from .supervisor import supervise
 from .workflows.engine import DEADLINE_ID_SUFFIX
 
 T = TypeVar("T")
@@ -306,6 +307,15 @@ def worker(
             rich_help_panel=_POOL,
         ),
     ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            "--processes",
+            min=1,
+            help="Run this many worker processes (each with -c), restarted if they die.",
+            rich_help_panel=_POOL,
+        ),
+    ] = None,
     max_memory_per_child: Annotated[
         int | None,
         typer.Option(
@@ -382,6 +392,7 @@ def worker(
     aqueue worker proj.tasks:app -l INFO
     aqueue worker -A proj -c 50 -Q celery,priority.high -n w1@%h
     aqueue -A proj worker --max-tasks-per-child 1000 -D --logfile w1.log --pidfile w1.pid
+    aqueue worker -A proj --processes 4 -c 50 -n w1@%h
     DJANGO_SETTINGS_MODULE=proj.settings aqueue worker proj.aqueue:app --django
     """
     if prefetch is not None and prefetch_multiplier is not None:
@@ -415,10 +426,11 @@ def worker(
         metrics_port=metrics_port,
         metrics_address=metrics_address,
         django=django,
+        processes=processes,
     )
     if _handover and can_exec():
         exec_worker(options)  # a fresh interpreter without the CLI stack (aqueue.runner)
-    status = run_worker(options)
+    status = supervise(options) if processes else run_worker(options)
     if status:
         raise typer.Exit(status)
 
