@@ -316,6 +316,14 @@ def worker(
             rich_help_panel=_POOL,
         ),
     ] = None,
+    autoscale: Annotated[
+        str | None,
+        typer.Option(
+            "--autoscale",
+            help="MAX,MIN: between MIN and MAX worker processes, as the queues' depth asks.",
+            rich_help_panel=_POOL,
+        ),
+    ] = None,
     max_memory_per_child: Annotated[
         int | None,
         typer.Option(
@@ -402,6 +410,7 @@ def worker(
         )
     with _errors():
         spec = _app_spec(ctx, app, app_option)
+        bounds = _autoscale_bounds(autoscale, processes)
     options = WorkerOptions(
         app=spec,
         queues=_comma_list(queues) or None,
@@ -427,15 +436,32 @@ def worker(
         metrics_address=metrics_address,
         django=django,
         processes=processes,
+        autoscale=bounds,
     )
     if _handover and can_exec():
         exec_worker(options)  # a fresh interpreter without the CLI stack (aqueue.runner)
-    status = supervise(options) if processes else run_worker(options)
+    status = supervise(options) if processes or bounds else run_worker(options)
     if status:
         raise typer.Exit(status)
 
 
 # -- sending and results ---------------------------------------------------------------
+
+
+def _autoscale_bounds(text: str | None, processes: int | None) -> list[int] | None:
+    """``--autoscale MAX,MIN`` as ``[MAX, MIN]`` (Celery's order; MIN 1 when left out)."""
+    if text is None:
+        return None
+    if processes is not None:
+        raise CLIError("give --processes (a fixed number) or --autoscale MAX,MIN, not both")
+    maximum, _, minimum = text.partition(",")
+    try:
+        bounds = [int(maximum), int(minimum or 1)]
+    except ValueError:
+        raise CLIError(f"bad --autoscale {text!r}: use MAX,MIN, e.g. 8,2") from None
+    if not 1 <= bounds[1] <= bounds[0]:
+        raise CLIError(f"bad --autoscale {text!r}: need 1 <= MIN <= MAX")
+    return bounds
 
 
 def _json_arg(text: str | None, kind: type, option: str) -> Any:

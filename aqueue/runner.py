@@ -104,6 +104,8 @@ class WorkerOptions(TypedDict):
     django: NotRequired[bool]
     #: run this many worker processes under a supervisor (``--processes``)
     processes: NotRequired[int | None]
+    #: or between [MAX, MIN] processes, as the queues' depth asks (``--autoscale``)
+    autoscale: NotRequired[list[int] | None]
     #: under a supervisor: this process's index (1..N) among how many, and its pid
     process_index: NotRequired[int]
     process_count: NotRequired[int]
@@ -495,7 +497,8 @@ def exec_worker(options: WorkerOptions, *, close_fds: bool = False) -> NoReturn:
     """
     sys.stdout.flush()
     sys.stderr.flush()
-    module = "aqueue.supervisor" if options.get("processes") else "aqueue.runner"
+    supervised = options.get("processes") or options.get("autoscale")
+    module = "aqueue.supervisor" if supervised else "aqueue.runner"
     argv = [sys.executable, *interpreter_flags(), "-m", module, json.dumps(options)]
     if close_fds:
         os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024)

@@ -33,6 +33,8 @@ import signal
 import sys
 import time
 
+from .core.app import App
+from .core.errors import AqueueError, ConfigurationError
 from .core.worker import expand_hostname
 from .process import (
     EXIT_ALREADY_RUNNING,
@@ -48,7 +50,14 @@ from .process import (
     node_format,
     parse_level,
 )
-from .runner import DETACHED_LOGFILE, DETACHED_PIDFILE, WorkerOptions, fail
+from .runner import (
+    DETACHED_LOGFILE,
+    DETACHED_PIDFILE,
+    WorkerOptions,
+    fail,
+    load_app,
+    setup_django,
+)
 
 __all__ = ["child_hostname", "supervise"]
 
@@ -92,12 +101,13 @@ def supervise(options: WorkerOptions) -> int:
         nodename = expand_hostname(options["hostname"] or "aqueue@%h")
         logfile = node_format(options["logfile"], nodename) if options["logfile"] else None
         configure_logging(level, logfile)
+        autoscale = _autoscaler(options)
         if options["pidfile"]:
             pidfile = PidFile(node_format(options["pidfile"], nodename))
             pidfile.check()
     except AlreadyRunning as exc:
         return fail(exc, EXIT_ALREADY_RUNNING)
-    except CLIError as exc:
+    except (CLIError, ConfigurationError) as exc:
         return fail(exc, EXIT_USAGE)
     if options["detach"]:
         detach()
@@ -112,38 +122,75 @@ def supervise(options: WorkerOptions) -> int:
         return fail(exc, EXIT_ERROR)
     try:
         # plain asyncio, not uvloop: it has no process_group for subprocesses
-        return asyncio.run(Supervisor(options, processes).run())
+        return asyncio.run(Supervisor(options, processes, autoscale).run())
     finally:
         if pidfile is not None:
             pidfile.release()
 
 
-class Supervisor:
-    """Keeps ``processes`` worker processes running (run :meth:`run` in an event loop)."""
+def _autoscaler(options: WorkerOptions) -> Autoscaler | None:
+    """The ``--autoscale`` controller, with the app loaded to read its queues' sizes."""
+    bounds = options.get("autoscale")
+    if not bounds:
+        return None
+    maximum, minimum = bounds
+    if options.get("django"):
+        setup_django()
+    the_app = load_app(options["app"])
+    try:  # the queues the worker processes consume, by the worker's own rule
+        queues = the_app.worker(
+            queues=options["queues"], exclude_queues=options["exclude_queues"]
+        ).queues
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    keepalive = os.environ.get("AQUEUE_AUTOSCALE_KEEPALIVE", "30")
+    try:
+        seconds = float(keepalive)
+    except ValueError:
+        raise CLIError(
+            f"AQUEUE_AUTOSCALE_KEEPALIVE={keepalive!r} is not a number of seconds"
+        ) from None
+    return Autoscaler(the_app, queues, maximum, minimum, keepalive=seconds)
 
-    def __init__(self, options: WorkerOptions, processes: int) -> None:
-        template = options["hostname"] or "aqueue@%h"
-        self.processes = processes
-        #: what each child runs with: no pid file (the supervisor's), never detached
-        self.options: list[WorkerOptions] = [
-            {
-                **options,
-                "hostname": child_hostname(template, index),
-                "detach": False,
-                "pidfile": None,
-                "restarts": 0,
-                "processes": None,
-                "process_index": index,
-                "process_count": processes,
-                "supervisor": os.getpid(),
-            }
-            for index in range(1, processes + 1)
-        ]
-        self.names = [expand_hostname(o["hostname"] or "") for o in self.options]
+
+class Supervisor:
+    """Keeps worker processes running (run :meth:`run` in an event loop): ``processes`` of
+    them, or between ``autoscale``'s minimum and maximum, as the queues' depth asks."""
+
+    def __init__(
+        self, options: WorkerOptions, processes: int, autoscale: Autoscaler | None = None
+    ) -> None:
+        self.template = options["hostname"] or "aqueue@%h"
+        self.base = options
+        self.autoscale = autoscale
+        self.processes = autoscale.minimum if autoscale is not None else processes
+        self.count = autoscale.maximum if autoscale is not None else processes
         self.children: dict[int, asyncio.subprocess.Process] = {}
+        #: the processes being kept (index -> its keeper), and those told to stop for good
+        self.keepers: dict[int, asyncio.Task[None]] = {}
+        self.retiring: set[int] = set()
         self.stopping = False
         self.status = EXIT_OK
         self._wake: asyncio.Event | None = None
+
+    def child_options(self, index: int) -> WorkerOptions:
+        """What worker process ``index`` runs with: no pid file (the supervisor's), never
+        detached, its own node name."""
+        return {
+            **self.base,
+            "hostname": child_hostname(self.template, index),
+            "detach": False,
+            "pidfile": None,
+            "restarts": 0,
+            "processes": None,
+            "autoscale": None,
+            "process_index": index,
+            "process_count": self.count,
+            "supervisor": os.getpid(),
+        }
+
+    def name(self, index: int) -> str:
+        return expand_hostname(child_hostname(self.template, index))
 
     async def run(self) -> int:
         """Start the children, keep them running, return once all have stopped."""
@@ -152,14 +199,44 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         log.info(
-            "supervisor (pid %d) starting %d worker processes: %s",
+            "supervisor (pid %d) starting %d worker processes: %s%s",
             os.getpid(),
             self.processes,
-            ", ".join(self.names),
+            ", ".join(self.name(i) for i in range(1, self.processes + 1)),
+            f" (autoscale up to {self.count})" if self.autoscale else "",
         )
-        await asyncio.gather(*(self._keep(index) for index in range(self.processes)))
+        for _ in range(self.processes):
+            self.grow()
+        scaler = None
+        if self.autoscale is not None:
+            scaler = loop.create_task(self.autoscale.run(self))
+        while self.keepers:
+            await asyncio.wait(list(self.keepers.values()))
+        if scaler is not None:
+            scaler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scaler
         log.info("supervisor (pid %d): every worker process has stopped", os.getpid())
         return self.status
+
+    @property
+    def active(self) -> int:
+        """Worker processes kept running (not stopping for good)."""
+        return len(self.keepers) - len(self.retiring)
+
+    def grow(self) -> None:
+        """Start one more worker process, with the lowest free index."""
+        index = next(i for i in range(1, len(self.keepers) + 2) if i not in self.keepers)
+        self.keepers[index] = asyncio.get_running_loop().create_task(self._keep(index))
+
+    def shrink(self) -> None:
+        """Stop the worker process with the highest index gracefully, for good."""
+        index = max(i for i in self.keepers if i not in self.retiring)
+        self.retiring.add(index)
+        child = self.children.get(index)
+        if child is not None and child.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGTERM)
 
     def stop(self) -> None:
         """Stop every child gracefully (SIGTERM); safe from a signal handler, repeatable."""
@@ -180,10 +257,17 @@ class Supervisor:
         self.stop()
 
     async def _keep(self, index: int) -> None:
+        try:
+            await self._keep_running(index)
+        finally:
+            del self.keepers[index]
+            self.retiring.discard(index)
+
+    async def _keep_running(self, index: int) -> None:
         """Keep child ``index`` running until the supervisor stops (or it exits 0)."""
-        name, crashes = self.names[index], 0
-        argv = [*interpreter_flags(), "-m", "aqueue.runner", json.dumps(self.options[index])]
-        while not self.stopping:
+        name, crashes = self.name(index), 0
+        argv = [*interpreter_flags(), "-m", "aqueue.runner", json.dumps(self.child_options(index))]
+        while not self.stopping and index not in self.retiring:
             started = time.monotonic()
             child = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -191,12 +275,15 @@ class Supervisor:
                 process_group=0,  # a terminal's Ctrl-C reaches it once: through us
             )
             self.children[index] = child
-            if self.stopping:  # stopped while it was being started
+            if self.stopping or index in self.retiring:  # stopped while it was starting
                 with contextlib.suppress(ProcessLookupError):
                     child.send_signal(signal.SIGTERM)
             status = await child.wait()
             del self.children[index]
             if self.stopping:
+                return
+            if index in self.retiring:
+                log.info("worker process %s (pid %d) stopped (autoscale)", name, child.pid)
                 return
             if status == EXIT_OK:
                 log.info("worker process %s (pid %d) exited: not replaced", name, child.pid)
@@ -224,6 +311,67 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
+
+
+class Autoscaler:
+    """``--autoscale MAX,MIN``: grows the worker processes up to ``maximum`` while messages
+    wait in the queues, and stops one (down to ``minimum``) after ``keepalive`` seconds
+    with none waiting.
+
+    The only broker connection of the supervisor: it reads queue sizes (ready messages),
+    every ``interval`` seconds. Messages waiting at two readings in a row mean every
+    process holds all it may (a process with room claims within milliseconds): one more
+    process starts, at most one per reading.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        queues: list[str],
+        maximum: int,
+        minimum: int,
+        *,
+        keepalive: float = 30.0,
+        interval: float = 1.0,
+    ) -> None:
+        self.app, self.queues = app, queues
+        self.maximum, self.minimum = maximum, minimum
+        self.keepalive, self.interval = keepalive, interval
+
+    async def run(self, supervisor: Supervisor) -> None:
+        """Adjust ``supervisor``'s processes until cancelled."""
+        waiting_before, idle_since, failing = False, time.monotonic(), False
+        async with self.app:
+            while True:
+                await asyncio.sleep(self.interval)
+                if supervisor.stopping:
+                    continue
+                try:
+                    backlog = sum([await self.app.broker.size(q) for q in self.queues])
+                except (AqueueError, OSError) as exc:
+                    if not failing:
+                        log.warning("autoscale: cannot read the queues' sizes: %s", exc)
+                    failing = True
+                    continue
+                failing = False
+                now = time.monotonic()
+                if backlog:
+                    idle_since = now
+                    if waiting_before and supervisor.active < self.maximum:
+                        log.info(
+                            "autoscale: %d message(s) waiting: starting worker process %d",
+                            backlog,
+                            supervisor.active + 1,
+                        )
+                        supervisor.grow()
+                elif now - idle_since >= self.keepalive and supervisor.active > self.minimum:
+                    log.info(
+                        "autoscale: no message waited for %.0fs: one process fewer",
+                        now - idle_since,
+                    )
+                    supervisor.shrink()
+                    idle_since = now
+                waiting_before = backlog > 0
 
 
 def _ended(status: int) -> str:

@@ -188,3 +188,36 @@ async def test_a_child_that_cannot_start_stops_the_supervisor_with_its_status(
     out = bad.communicate(timeout=30)[0].decode(errors="replace")
     assert "cannot import 'tests.worker.no_such_module'" in out
     assert "cannot start (status 2)" in out
+
+
+async def test_autoscale_grows_with_the_backlog_and_shrinks_when_idle(
+    app: App,  # noqa: F811
+    env: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "worker.log"
+    environ = {**env, "AQUEUE_AUTOSCALE_KEEPALIVE": "1"}
+    args = ("--autoscale", "3,1", "-n", "s@%h", "-c", "1", "--prefetch", "1")
+    supervisor = start(environ, log, *args)
+    names = [f"s-{i}@{HOST}" for i in (1, 2, 3)]
+    try:
+        await fleet_size(app, 1)
+        assert list(await live_workers(app)) == names[:1]
+        # six tasks that hold their process: three wait, so processes start up to three
+        handles = [await proc_tasks.hold.delay(f"h{i}") for i in range(6)]
+        await fleet_size(app, 3)
+        for i in range(6):
+            (tmp_path / f"release-h{i}").write_text("go")
+        assert [await h.wait(timeout=30) for h in handles] == [f"h{i}" for i in range(6)]
+        async with asyncio.timeout(30):  # idle: one process stops per keepalive, down to one
+            while len(await live_workers(app)) > 1:
+                await asyncio.sleep(0.05)
+        assert list(await live_workers(app)) == names[:1]
+        supervisor.send_signal(signal.SIGTERM)
+        assert await exits(supervisor) == 0
+    finally:
+        out = finish(supervisor, log)
+    assert "Traceback" not in out, out
+    assert "autoscale: " in out and "starting worker process 3" in out
+    assert "(pid" in out and "stopped (autoscale)" in out
+    assert "s-4@" not in out  # never more than MAX
