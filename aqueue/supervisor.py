@@ -295,8 +295,8 @@ class Supervisor:
             if crashes >= CRASH_LOOP:
                 self._give_up(
                     EXIT_ERROR,
-                    f"worker process {name} {_ended(status)} {crashes} times in a row "
-                    "right after starting: giving up",
+                    f"worker process {name} {_ended(status)} soon after starting, "
+                    f"{crashes} times in a row: giving up",
                 )
                 return
             delay = min(FIRST_BACKOFF * 2 ** (crashes - 1), MAX_BACKOFF)

@@ -221,3 +221,47 @@ async def test_autoscale_grows_with_the_backlog_and_shrinks_when_idle(
     assert "autoscale: " in out and "starting worker process 3" in out
     assert "(pid" in out and "stopped (autoscale)" in out
     assert "s-4@" not in out  # never more than MAX
+
+
+async def test_children_that_keep_crashing_at_start_make_it_give_up(
+    env: dict[str, str],  # noqa: F811
+) -> None:
+    if not env["AQUEUE_BROKER_URL"].startswith("sqlite"):
+        pytest.skip("one broker that cannot be reached is enough")
+    unreachable = {**env, "AQUEUE_BROKER_URL": "redis://127.0.0.1:1/0"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "aqueue.cli", "worker", APP, "--processes", "1"],
+        env=unreachable,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    # restarted with a growing delay: 0.5, 1, 2, 4 s, then given up
+    assert proc.stderr.count("exited with status 1: starting another in") == 4
+    assert "exited with status 1 soon after starting, 5 times in a row: giving up" in proc.stderr
+
+
+async def test_each_child_recycles_itself_with_the_same_pid(
+    app: App,  # noqa: F811
+    env: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "worker.log"
+    args = ("--processes", "2", "-n", "r@%h", "-c", "1", "--max-tasks-per-child", "3")
+    supervisor = start(env, log, *args)
+    try:
+        await fleet_size(app, 2)
+        pids = await live_workers(app)
+        handles = [await proc_tasks.add.delay(i, 1) for i in range(12)]
+        assert [await h.wait(timeout=30) for h in handles] == [i + 1 for i in range(12)]
+        await fleet_size(app, 2)
+        assert set((await live_workers(app)).values()) <= set(pids.values())
+        supervisor.send_signal(signal.SIGTERM)
+        assert await exits(supervisor) == 0
+    finally:
+        out = finish(supervisor, log)
+    assert "replaced itself (restart 1)" in out
+    assert "starting another" not in out  # the supervisor saw no child die
