@@ -211,7 +211,13 @@ class Supervisor:
         if self.autoscale is not None:
             scaler = loop.create_task(self.autoscale.run(self))
         while self.keepers:
-            await asyncio.wait(list(self.keepers.values()))
+            keepers = list(self.keepers.values())
+            done, _ = await asyncio.wait(keepers, return_when=asyncio.FIRST_COMPLETED)
+            for keeper in done:  # a child that cannot even be started (fork failed...)
+                if not keeper.cancelled() and keeper.exception() is not None:
+                    self._give_up(
+                        EXIT_ERROR, f"cannot start a worker process: {keeper.exception()!r}"
+                    )
         if scaler is not None:
             scaler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
