@@ -45,6 +45,7 @@ from .process import (
 )
 from .runner import WorkerOptions, can_exec, exec_worker, load_app, run_worker
 from .runner import run as _run
+from .supervisor import supervise
 from .workflows.engine import DEADLINE_ID_SUFFIX
 
 T = TypeVar("T")
@@ -306,6 +307,23 @@ def worker(
             rich_help_panel=_POOL,
         ),
     ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            "--processes",
+            min=1,
+            help="Run this many worker processes (each with -c), restarted if they die.",
+            rich_help_panel=_POOL,
+        ),
+    ] = None,
+    autoscale: Annotated[
+        str | None,
+        typer.Option(
+            "--autoscale",
+            help="MAX,MIN: between MIN and MAX worker processes, as the queues' depth asks.",
+            rich_help_panel=_POOL,
+        ),
+    ] = None,
     max_memory_per_child: Annotated[
         int | None,
         typer.Option(
@@ -382,6 +400,7 @@ def worker(
     aqueue worker proj.tasks:app -l INFO
     aqueue worker -A proj -c 50 -Q celery,priority.high -n w1@%h
     aqueue -A proj worker --max-tasks-per-child 1000 -D --logfile w1.log --pidfile w1.pid
+    aqueue worker -A proj --processes 4 -c 50 -n w1@%h
     DJANGO_SETTINGS_MODULE=proj.settings aqueue worker proj.aqueue:app --django
     """
     if prefetch is not None and prefetch_multiplier is not None:
@@ -391,6 +410,7 @@ def worker(
         )
     with _errors():
         spec = _app_spec(ctx, app, app_option)
+        bounds = _autoscale_bounds(autoscale, processes)
     options = WorkerOptions(
         app=spec,
         queues=_comma_list(queues) or None,
@@ -415,15 +435,33 @@ def worker(
         metrics_port=metrics_port,
         metrics_address=metrics_address,
         django=django,
+        processes=processes,
+        autoscale=bounds,
     )
     if _handover and can_exec():
         exec_worker(options)  # a fresh interpreter without the CLI stack (aqueue.runner)
-    status = run_worker(options)
+    status = supervise(options) if processes or bounds else run_worker(options)
     if status:
         raise typer.Exit(status)
 
 
 # -- sending and results ---------------------------------------------------------------
+
+
+def _autoscale_bounds(text: str | None, processes: int | None) -> list[int] | None:
+    """``--autoscale MAX,MIN`` as ``[MAX, MIN]`` (Celery's order; MIN 1 when left out)."""
+    if text is None:
+        return None
+    if processes is not None:
+        raise CLIError("give --processes (a fixed number) or --autoscale MAX,MIN, not both")
+    maximum, _, minimum = text.partition(",")
+    try:
+        bounds = [int(maximum), int(minimum or 1)]
+    except ValueError:
+        raise CLIError(f"bad --autoscale {text!r}: use MAX,MIN, e.g. 8,2") from None
+    if not 1 <= bounds[1] <= bounds[0]:
+        raise CLIError(f"bad --autoscale {text!r}: need 1 <= MIN <= MAX")
+    return bounds
 
 
 def _json_arg(text: str | None, kind: type, option: str) -> Any:

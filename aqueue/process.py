@@ -21,6 +21,7 @@ import errno
 import logging
 import os
 import socket
+import subprocess
 import sys
 from typing import TYPE_CHECKING, TextIO
 
@@ -43,6 +44,7 @@ __all__ = [
     "banner",
     "configure_logging",
     "detach",
+    "interpreter_flags",
     "node_format",
     "parse_level",
 ]
@@ -138,11 +140,19 @@ def stream_of(handler: logging.Handler) -> TextIO:
     return stream if stream is not None else sys.stderr
 
 
-def banner(worker: Worker, *, app_spec: str, level: int, logfile: str | None) -> str:
+def banner(
+    worker: Worker,
+    *,
+    app_spec: str,
+    level: int,
+    logfile: str | None,
+    processes: int | None = None,
+) -> str:
     """The start banner: what this worker is and does, secrets redacted.
 
     Built-in tasks (``aqueue.*``, the workflow engine's) are listed at DEBUG only, as
-    Celery lists its own.
+    Celery lists its own. ``processes``: the first of that many worker processes under a
+    supervisor (``--processes``) prints it for all of them.
     """
     app, conf = worker.app, worker.app.conf
     limits = []
@@ -161,6 +171,16 @@ def banner(worker: Worker, *, app_spec: str, level: int, logfile: str | None) ->
         ("results", redact(backend) if backend else "not stored"),
         ("queues", ", ".join(worker.queues)),
         ("concurrency", f"{worker.concurrency} (asyncio), prefetch {worker.prefetch}"),
+        *(
+            [
+                (
+                    "processes",
+                    f"{processes}, each with that concurrency (supervisor pid {os.getppid()})",
+                )
+            ]
+            if processes
+            else []
+        ),
         ("limits", "; ".join(limits) or "none"),
         ("log", f"{logging.getLevelName(level)} to {logfile or 'stderr'}"),
     ]
@@ -172,18 +192,20 @@ def banner(worker: Worker, *, app_spec: str, level: int, logfile: str | None) ->
     return "\n".join(lines) + "\n"
 
 
-def node_format(template: str, nodename: str) -> str:
+def node_format(template: str, nodename: str, index: int = 0) -> str:
     """Expand Celery's node-name formats in a file name, for node ``name@host.domain``.
 
     ``%n`` the name (``name``), ``%h`` the host (``host.domain``), ``%d`` the domain,
-    ``%p`` the whole node name, ``%i`` ``0`` and ``%I`` nothing (this process: aqueue's
-    worker is one process, Celery's main process expands them so), ``%%`` a ``%``.
+    ``%p`` the whole node name, ``%i`` the process index (``index``: 0 for a single worker
+    or the ``--processes`` supervisor, 1..N for its worker processes), ``%I`` ``-<index>``
+    for those (nothing for index 0), ``%%`` a ``%``.
     """
     name, at, host = nodename.partition("@")
     if not at:
         name, host = "aqueue", nodename
     host = host or socket.gethostname()
-    keys = {"n": name, "h": host, "d": host.partition(".")[2], "p": nodename, "i": "0", "I": ""}
+    keys = {"n": name, "h": host, "d": host.partition(".")[2], "p": nodename}
+    keys |= {"i": str(index), "I": f"-{index}" if index else ""}
     out: list[str] = []
     i = 0
     while i < len(template):
@@ -201,6 +223,13 @@ def node_format(template: str, nodename: str) -> str:
         out.append(char)
         i += 1
     return "".join(out)
+
+
+def interpreter_flags() -> list[str]:
+    """This interpreter's own flags (``-X``, ``-W``, ``-O``...), for a worker interpreter
+    started from it (the flags multiprocessing passes to its children)."""
+    flags: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+    return flags
 
 
 class PidFile:

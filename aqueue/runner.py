@@ -13,18 +13,22 @@ A worker that reached ``--max-tasks-per-child`` or ``--max-memory-per-child`` st
 it holds has run, or has been handed back) and this process re-executes itself: a
 fresh interpreter, every other file descriptor closed, the same pid, so a pid file, a
 supervisor and signals keep following it (docs/cli.md, "Recycling").
+
+Under ``aqueue worker --processes N`` (:mod:`aqueue.supervisor`) this runs in each of the
+N processes: the options name the process's index and its supervisor, whose death makes
+the worker stop (docs/cli.md, "Several processes").
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import importlib
 import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Callable, Coroutine
 from types import ModuleType
@@ -45,6 +49,7 @@ from .process import (
     banner,
     configure_logging,
     detach,
+    interpreter_flags,
     node_format,
     parse_level,
     stream_of,
@@ -97,6 +102,14 @@ class WorkerOptions(TypedDict):
     metrics_address: NotRequired[str]
     #: ``django.setup()`` before the app is imported (``--django``)
     django: NotRequired[bool]
+    #: run this many worker processes under a supervisor (``--processes``)
+    processes: NotRequired[int | None]
+    #: or between [MAX, MIN] processes, as the queues' depth asks (``--autoscale``)
+    autoscale: NotRequired[list[int] | None]
+    #: under a supervisor: this process's index (1..N) among how many, and its pid
+    process_index: NotRequired[int]
+    process_count: NotRequired[int]
+    supervisor: NotRequired[int]
 
 
 def load_app(spec: str) -> App:
@@ -240,11 +253,15 @@ def run_worker(options: WorkerOptions, *, reexec: bool = False) -> int:
 def _run_once(options: WorkerOptions) -> tuple[int, bool]:
     """One worker's life: (exit status, whether it retired to be replaced)."""
     first = options["restarts"] == 0
+    index = options.get("process_index", 0)
+    supervisor = options.get("supervisor")
+    if supervisor is not None and not follow_supervisor(supervisor, index):
+        return EXIT_OK, False  # it died before this process could watch it
     pidfile: PidFile | None = None
     try:
         level = parse_level(options["loglevel"])
         nodename = expand_hostname(options["hostname"] or "aqueue@%h")
-        logfile = node_format(options["logfile"], nodename) if options["logfile"] else None
+        logfile = node_format(options["logfile"], nodename, index) if options["logfile"] else None
         handler = configure_logging(level, logfile)
         # an error inside the user's modules shows its traceback (exit status 1); aqueue's
         # own complaints about the app, its settings or the options are one line
@@ -281,8 +298,13 @@ def _run_once(options: WorkerOptions) -> tuple[int, bool]:
     try:
         if first:
             stream = stream_of(handler)
-            stream.write(banner(w, app_spec=options["app"], level=level, logfile=logfile))
-            stream.flush()
+            if index <= 1:  # one banner for the processes of a supervisor
+                count = options.get("process_count")
+                text = banner(
+                    w, app_spec=options["app"], level=level, logfile=logfile, processes=count
+                )
+                stream.write(text)
+                stream.flush()
             if the_app.conf.broker_url is None:  # not chosen: say where the default store is
                 log.warning(
                     "no broker given: using the embedded SQLite store %s (set broker= for a "
@@ -291,7 +313,7 @@ def _run_once(options: WorkerOptions) -> tuple[int, bool]:
                 )
         else:
             log.info("worker %s replaced itself (restart %d)", w.hostname, options["restarts"])
-        status = _serve(the_app, w, scheduler)
+        status = _serve(the_app, w, scheduler, supervisor)
         retired = status == EXIT_OK and w.retired is not None
         return status, retired
     finally:
@@ -376,13 +398,19 @@ def _scheduler(the_app: App, options: WorkerOptions) -> BeatService | None:
         raise CLIError(str(exc)) from None
 
 
-def _serve(the_app: App, w: Worker, scheduler: BeatService | None) -> int:
-    """Run ``w`` (and ``scheduler``) on a fresh event loop until it stops; the exit status."""
+def _serve(
+    the_app: App, w: Worker, scheduler: BeatService | None, supervisor: int | None = None
+) -> int:
+    """Run ``w`` (and ``scheduler``) on a fresh event loop until it stops; the exit status.
+
+    ``supervisor``: the pid of the ``--processes`` supervisor; the worker stops if it dies.
+    """
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, w.request_stop)
+        watch = None if supervisor is None else loop.create_task(_orphaned(supervisor, w))
         try:
             if scheduler is None:
                 await w.run()
@@ -390,6 +418,8 @@ def _serve(the_app: App, w: Worker, scheduler: BeatService | None) -> int:
                 async with scheduler:
                     await w.run()
         finally:
+            if watch is not None:
+                watch.cancel()
             await the_app.close()
 
     tune_gc()
@@ -402,6 +432,38 @@ def _serve(the_app: App, w: Worker, scheduler: BeatService | None) -> int:
         log.error("%s", exc)
         return fail(exc, EXIT_ERROR)
     return EXIT_OK
+
+
+#: Linux's prctl(2) option: the signal this process gets when its parent dies
+_PR_SET_PDEATHSIG = 1
+
+
+def follow_supervisor(pid: int, index: int) -> bool:
+    """Make this worker process stop with its ``--processes`` supervisor ``pid``: on Linux
+    the kernel sends it SIGTERM when the supervisor dies (``PR_SET_PDEATHSIG``, kept across
+    a recycling ``exec``); elsewhere :func:`_orphaned` notices within a second. Names the
+    process ``Worker-<index>`` in the log (Celery's ``ForkPoolWorker-<index>``).
+
+    Returns ``False`` if the supervisor is already gone (the process should exit).
+    """
+    import multiprocessing  # the log's processName comes from it
+
+    multiprocessing.current_process().name = f"Worker-{index}"
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    return os.getppid() == pid
+
+
+async def _orphaned(supervisor: int, w: Worker) -> None:
+    """Stop ``w`` gracefully once its supervisor is gone (this process was re-parented)."""
+    while os.getppid() == supervisor:  # noqa: ASYNC110 (nothing signals a re-parenting)
+        await asyncio.sleep(1.0)
+    log.warning("worker %s: its supervisor (pid %d) is gone: stopping", w.hostname, supervisor)
+    w.request_stop()
 
 
 def tune_gc() -> None:
@@ -425,7 +487,8 @@ def can_exec() -> bool:
 
 
 def exec_worker(options: WorkerOptions, *, close_fds: bool = False) -> NoReturn:
-    """Replace this process with a fresh interpreter running :func:`run_worker`.
+    """Replace this process with a fresh interpreter running :func:`run_worker` (or, for
+    ``--processes``, the supervisor: :func:`aqueue.supervisor.supervise`).
 
     The interpreter's own flags (``-X``, ``-W``, ``-O``...) are passed on; stdio, the
     environment, the working directory and the process id stay the same. ``close_fds``
@@ -434,16 +497,12 @@ def exec_worker(options: WorkerOptions, *, close_fds: bool = False) -> NoReturn:
     """
     sys.stdout.flush()
     sys.stderr.flush()
-    argv = [sys.executable, *_interpreter_flags(), "-m", "aqueue.runner", json.dumps(options)]
+    supervised = options.get("processes") or options.get("autoscale")
+    module = "aqueue.supervisor" if supervised else "aqueue.runner"
+    argv = [sys.executable, *interpreter_flags(), "-m", module, json.dumps(options)]
     if close_fds:
         os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024)
     os.execv(sys.executable, argv)  # noqa: S606 (argv is ours, no shell involved)
-
-
-def _interpreter_flags() -> list[str]:
-    # the flags multiprocessing passes to its children: the same -X/-W/-O/... options
-    flags: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
-    return flags
 
 
 if __name__ == "__main__":

@@ -29,6 +29,13 @@ def test_version() -> None:
         (["worker"], "give the app", 2),
         (["worker", "-A", "aqueue:nope"], "has no attribute 'nope'", 2),
         (["worker", "tests.test_cli:bad_url_app"], "unsupported URL 'foo://", 2),
+        # several processes: a child that cannot start stops the supervisor with its status;
+        # --autoscale's supervisor loads the app itself
+        (["worker", "aqueue:nope", "--processes", "2"], "has no attribute 'nope'", 2),
+        (["worker", "aqueue:nope", "--autoscale", "2"], "has no attribute 'nope'", 2),
+        (["worker", "aqueue:nope", "--autoscale", "2,3"], "need 1 <= MIN <= MAX", 2),
+        (["worker", "aqueue:nope", "--autoscale", "many"], "bad --autoscale 'many'", 2),
+        (["worker", "aqueue:nope", "--autoscale", "4", "--processes", "2"], "not both", 2),
         # a broker that cannot be reached fails while running: status 1 (docs/cli.md)
         (["worker", "tests.test_cli:secret_app"], "***", 1),
     ],

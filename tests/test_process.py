@@ -22,6 +22,7 @@ from aqueue.process import (
     parse_level,
     use_formats,
 )
+from aqueue.supervisor import child_hostname
 
 
 @pytest.mark.parametrize(
@@ -56,6 +57,27 @@ def test_a_bad_log_level_names_the_choices() -> None:
 )
 def test_node_format(template: str, expected: str) -> None:
     assert node_format(template, "w1@host.example.com") == expected
+
+
+def test_node_format_of_a_supervised_process() -> None:
+    # process 2 of `--processes`: %i its index, %I "-2" (the supervisor is index 0)
+    assert node_format("/var/log/%h-%i.log", "w1-2@host", 2) == "/var/log/host-2.log"
+    assert node_format("app%I.log", "w1-2@host", 2) == "app-2.log"
+    assert node_format("%n.log", "w1-2@host", 2) == "w1-2.log"
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("w1@%h", "w1-3@%h"),
+        ("aqueue@%h", "aqueue-3@%h"),
+        ("w%i@%h", "w3@%h"),
+        ("%n%I@example", "%n-3@example"),
+        ("solo", "solo-3"),
+    ],
+)
+def test_child_hostname(template: str, expected: str) -> None:
+    assert child_hostname(template, 3) == expected
 
 
 def test_pid_file_is_written_refused_while_held_and_removed(tmp_path: Path) -> None:

@@ -66,3 +66,11 @@ async def hold(self: Task[[str], str], key: str) -> str:
     while not release.exists():
         await asyncio.sleep(0.02)
     return key
+
+
+@app.task(bind=True)
+async def slow_here(self: Task[[str, float], str], key: str, seconds: float) -> str:
+    """``slow``, marking which process runs it: ``<attempt> <pid>``."""
+    _mark(f"started-{key}", f"{self.request.attempt} {os.getpid()}")
+    await asyncio.sleep(seconds)
+    return f"{key}:{self.request.attempt}"
