@@ -179,10 +179,6 @@ class Mailbox:
                 await asyncio.sleep(delay)
                 continue
             failures = 0
-            if not bodies:
-                # a subscription that returns at once (closed under us: seen on RabbitMQ)
-                # must not starve the loop: a stop could never be delivered
-                await asyncio.sleep(0)
             for body in bodies:
                 await self.handle(body)
 
