@@ -18,7 +18,7 @@ import msgspec
 
 from .errors import ArgumentError
 from .message import raw_is_empty
-from .serialization import SerializerName, decode
+from .serialization import DECODE_ERRORS, SerializerName, decode
 
 log = logging.getLogger("aqueue.task")
 
@@ -121,7 +121,7 @@ class ArgumentSpec:
             named: dict[str, msgspec.Raw] = (
                 {} if raw_is_empty(raw_kwargs) else decode(raw_kwargs, _RAW_DICT, fmt)
             )
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             raise ArgumentError(f"arguments are not an array and a map: {exc}") from None
         args: list[Any] = []
         for i, item in enumerate(items):
@@ -153,5 +153,5 @@ class ArgumentSpec:
             where = name + (match.group(1) if match else "")
             text = _PATH.sub("", text)
             raise ArgumentError(f"argument {where!r}: {text}") from None
-        except (msgspec.DecodeError, RecursionError) as exc:
+        except DECODE_ERRORS as exc:
             raise ArgumentError(f"argument {name!r}: {exc}") from None

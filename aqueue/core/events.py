@@ -156,7 +156,7 @@ def unpack(body: bytes) -> list[Event]:
     that hold no events (skipped by readers)."""
     try:
         decoded = _decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return []
     return decoded if isinstance(decoded, list) else [decoded]
 

@@ -14,7 +14,7 @@ import msgspec
 
 from .errors import DecodeError, MessageTooLarge, ResultTooLarge
 from .nodes import Node
-from .serialization import SerializerName, decode, encode, format_of
+from .serialization import DECODE_ERRORS, SerializerName, decode, encode, format_of
 from .signing import Keyring, unframe
 
 PROTOCOL_VERSION: Final = 1
@@ -204,7 +204,7 @@ def decode_message(body: bytes, max_bytes: int) -> MessageIn:
         raise DecodeError(f"message of {len(body)} bytes exceeds max_message_bytes={max_bytes}")
     try:
         msg: MessageIn = decode(body, MessageIn, format_of(body))
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except DECODE_ERRORS as exc:
         raise DecodeError(str(exc)) from None
     if msg.version != PROTOCOL_VERSION:
         raise DecodeError(
@@ -246,7 +246,7 @@ def peek_identity(body: bytes, max_bytes: int) -> Identity | None:
         return None
     try:
         identity: Identity = decode(body, Identity, format_of(body))
-    except (msgspec.DecodeError, RecursionError):
+    except DECODE_ERRORS:
         return None
     return identity
 
@@ -282,7 +282,7 @@ def decode_result(body: bytes, max_bytes: int | None = None) -> ResultIn:
         )
     try:
         record: ResultIn = decode(body, ResultIn, format_of(body))
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except DECODE_ERRORS as exc:
         raise DecodeError(f"bad result record: {exc}") from None
     return record
 

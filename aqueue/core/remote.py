@@ -108,7 +108,7 @@ def decode_reply(body: bytes, keyring: Keyring | None = None) -> ControlReply | 
             return None
     try:
         return _REPLY.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         log.debug("ignored a malformed control reply")
         return None
 
@@ -202,8 +202,8 @@ class Mailbox:
             body = frame.body
         try:
             request = _REQUEST.decode(body)
-        except msgspec.DecodeError as exc:
-            log.warning("ignored a malformed control request (%s)", exc)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            log.warning("ignored a malformed control request (%s)", type(exc).__name__)
             return
         if not self._for_me(request):
             return

@@ -98,12 +98,21 @@ def format_of(body: bytes | memoryview | msgspec.Raw) -> SerializerName:
     return "json" if is_json(view) else "msgpack"
 
 
+#: what decoding bytes that are not a valid value of the expected form raises: msgspec's
+#: error and the interpreter's recursion limit (nesting)
+DECODE_ERRORS: Final = (msgspec.DecodeError, RecursionError)
+
+
 def decode(data: bytes | memoryview | msgspec.Raw, tp: Any, fmt: SerializerName) -> Any:
     """Decode ``data`` as ``tp`` in format ``fmt``.
 
     Raises:
         msgspec.DecodeError: invalid bytes (``msgspec.ValidationError`` for a type mismatch).
+        RecursionError: nested deeper than the interpreter's recursion limit.
     """
-    if fmt == "msgpack":
-        return msgpack_decoder(tp).decode(data)
-    return json_decoder(tp).decode(data)
+    try:
+        if fmt == "msgpack":
+            return msgpack_decoder(tp).decode(data)
+        return json_decoder(tp).decode(data)
+    except UnicodeDecodeError as exc:  # msgspec 0.18 lets it through for a msgpack str
+        raise msgspec.DecodeError(f"invalid UTF-8 in a string (byte {exc.start})") from None

@@ -399,3 +399,20 @@ async def test_add_consumer_follows_the_rules_of_a_starting_worker(fleet_app: Ap
         [reply] = await app.control.add_consumer("rc-undeclared", timeout=10, limit=1)
         assert "not in task_queues" in reply["w@rc"]["error"]
         assert worker.queues == ["celery"]
+
+
+async def test_a_control_request_nested_too_deep_is_ignored(fleet_app: App) -> None:
+    """A request whose arguments nest deeper than the recursion limit raised RecursionError
+    out of the mailbox (only DecodeError was caught): the worker took no command after it."""
+    from aqueue.core.protocols import KeepsTopics
+    from aqueue.core.remote import CONTROL_CAP, CONTROL_TOPIC
+
+    app = fleet_app
+    deep = b'{"id":"x","command":"ping","arguments":{"a":' + b"[" * 200_000
+    deep += b"]" * 200_000 + b"}}"
+    async with app.worker(hostname="w@rc"):
+        broker = app.broker
+        assert isinstance(broker, KeepsTopics)
+        await broker.topics.publish(CONTROL_TOPIC, [deep], cap=CONTROL_CAP)
+        replies = await app.control.inspect(timeout=10, limit=1).ping()
+        assert replies == {"w@rc": {"ok": "pong"}}
