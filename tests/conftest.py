@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -234,6 +235,14 @@ BROKER_KINDS = [
 EXTRA_BROKER_URL = os.environ.get("AQUEUE_TEST_BROKER_URL")
 if EXTRA_BROKER_URL:
     BROKER_KINDS.append(pytest.param("extra", id="extra"))
+
+
+def assert_none_before(claimed: Sequence[object], due: float, slack: float = 0.05) -> None:
+    """A claim made before a delayed message's ``due`` time found nothing, or, when a
+    loaded machine let the time pass before the claim returned, found it no earlier than
+    ``due``: "not early", without betting on how fast the claim comes back."""
+    if claimed:
+        assert time.time() >= due - slack, f"claimed {due - time.time():.3f} s early"
 
 
 def make_url(kind: str, tmp_path: Path) -> str:
