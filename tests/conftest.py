@@ -189,40 +189,6 @@ def _rabbit_prefixes() -> Iterator[list[str]]:
         _delete_rabbit_prefixes(sorted(set(_SESSION_RABBIT_PREFIXES)))
 
 
-#: `make test` runs the slow suite with `-n 2 --dist loadgroup`: the tests that measure or
-#: bound how fast something recovers (kills, faults, leases) run one at a time on one
-#: worker, as they always did; on the other go the test that mostly waits for a minute
-#: boundary (cron) and the slow tests that only check what happened, with timeouts as
-#: safety nets: real processes of the fleet, the dashboard, the examples, the packaging,
-#: the documentation site's build, TLS against private servers.
-BESIDE = {
-    "test_every_slot_runs_once_through_a_leader_kill",
-}
-BESIDE_FILES = (
-    "tests/worker/test_fleet_processes.py",
-    "tests/web/",
-    "tests/examples/",
-    "tests/test_packaging.py",
-    "tests/events/test_events_cli.py",
-    "tests/sync/",
-    "tests/observability/",
-    "tests/docs/test_site.py",
-    "tests/brokers/test_tls.py",
-    "tests/security/",
-)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    root = Path(__file__).resolve().parent.parent
-    for item in items:
-        if item.get_closest_marker("slow") is None:
-            continue
-        name = getattr(item, "originalname", item.name)
-        where = item.path.resolve().relative_to(root).as_posix()
-        beside = name in BESIDE or where.startswith(BESIDE_FILES)
-        item.add_marker(pytest.mark.xdist_group("beside" if beside else "one-at-a-time"))
-
-
 BROKER_KINDS = [
     pytest.param("memory", id="memory"),
     pytest.param("sqlite", id="sqlite"),
