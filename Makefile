@@ -102,6 +102,7 @@ bench:
 	.bench-venv/bin/python -m benchmarks run
 	.bench-venv/bin/python -m benchmarks.sync_send
 	.bench-venv/bin/python -m benchmarks.signing_cost
+	.bench-venv/bin/python -m benchmarks.scaling
 
 ## make bench-sync: only the blocking callers' send rates (docs/benchmarks.md, "Blocking callers")
 .PHONY: bench-sync
