@@ -121,6 +121,8 @@ async def test_publish_to_a_demoted_master_goes_to_the_new_one(
             admin.execute_command("REPLICAOF", HOST, str(new))
             ids = admin.execute_command("CLIENT", "LIST", "TYPE", "normal")
             assert ids.count(b"\n") >= 2  # the broker's connections are still there
+        # the new master has its replica back (publishes wait for one)
+        await asyncio.to_thread(sentinels.await_settled)
         with caplog.at_level(logging.DEBUG, logger="aqueue.broker.redis"):
             assert await broker.publish([Outgoing("b", "q", b"b")]) == [True]
         # it did reach the demoted master first, and was refused there unrun

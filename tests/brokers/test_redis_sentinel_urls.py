@@ -159,3 +159,17 @@ def test_schemes_build_redis_classes() -> None:
     assert isinstance(make_broker(url, {}), RedisBroker)
     assert isinstance(make_backend(url, url), RedisBackend)
     assert isinstance(make_backend("sentinel://h1?master_name=m", ""), RedisBackend)
+
+
+async def test_rabbitmq_dedupe_url_may_be_a_sentinel_url() -> None:
+    from aqueue.brokers.rabbitmq.dedupe import RedisDedupe
+
+    dedupe = RedisDedupe(f"redis+sentinel://:{PW}@h1:26379,h2/mymaster/1", "p", 1.0)
+    await dedupe.close()
+
+
+def test_beat_store_takes_a_sentinel_backend() -> None:
+    from aqueue.beat.store import store_for
+
+    app = App("b", broker="memory://", backend="redis+sentinel://h1:26379/mymaster/0")
+    assert type(store_for(app)).__name__ == "RedisBeatStore"

@@ -118,7 +118,9 @@ class SentinelSetup:
         self.directory = directory
         self.password = password
         self.sentinel_password = sentinel_password
-        auth = ("--masterauth", password) if password else ()
+        # no wait before a full sync (the default waits 5 s for more replicas to join)
+        auth = ("--repl-diskless-sync-delay", "0")
+        auth += ("--masterauth", password) if password else ()
         self.master = RedisServer(directory / "master", password=password, extra_args=auth)
         self.replicas = [
             RedisServer(

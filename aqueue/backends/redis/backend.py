@@ -197,7 +197,13 @@ class RedisBackend:
         calls: list[ScriptCall] = [(STORE, [], args)]
         client = await self._link.get()
         [reply] = await guarded(
-            self._settings, "store", lambda: run_scripts(client, calls), error=BackendError
+            self._settings,
+            "store",
+            # behind Sentinel, confirmed by a replica: a result must be on the master a
+            # failover promotes before the worker acks its task (the ack may reach the new
+            # master while this store went to the old one)
+            lambda: run_scripts(client, calls, confirm=self._settings.confirm),
+            error=BackendError,
         )
         return [flag == 1 for flag in reply]
 
@@ -260,7 +266,7 @@ class RedisBackend:
         [fired] = await guarded(
             self._settings,
             "chord_join",
-            lambda: run_scripts(client, [(CHORD_JOIN, keys, args)]),
+            lambda: run_scripts(client, [(CHORD_JOIN, keys, args)], confirm=self._settings.confirm),
             error=BackendError,
         )
         return int(fired) == 1

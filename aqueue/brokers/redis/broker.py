@@ -136,9 +136,8 @@ class RedisBroker:
         # a blocking wait never outlives the socket timeout, so a blocked read is never
         # mistaken for a dead connection
         self._max_block = max(0.05, min(5.0, self._settings.socket_timeout / 2))
-        # WAIT after each publish for this many replicas (0: none), within wait_timeout
-        replicas = self._settings.wait_replicas
-        self._confirm = (replicas, self._settings.wait_timeout) if replicas else None
+        # WAIT after each publish for this many replicas (None: none), within wait_timeout
+        self._confirm = self._settings.confirm
         #: control, replies and events (:class:`~aqueue.core.protocols.KeepsTopics`): one
         #: stream per topic, read on connections of their own (see :mod:`.topics`)
         self.topics = RedisTopics(self._settings, self._keys, self._link.get, self._max_block)

@@ -200,21 +200,47 @@ class ScriptBatch:
         return list({self._calls[i][0].sha: self._calls[i][0] for i in missing}.values())
 
 
-async def run_scripts(client: aioredis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+async def run_scripts(
+    client: aioredis.Redis, calls: Sequence[ScriptCall], *, confirm: Confirm = None
+) -> list[Any]:
     """Run script calls in one round trip (a pipeline when several), returning their replies.
 
     Raises the first error reply. Error text never includes the arguments (message bodies);
     redis-py's pipeline would add them, so errors are collected with ``raise_on_error=False``.
+
+    Args:
+        confirm: ``(replicas, timeout)``: ``WAIT`` for that many replicas to confirm the
+            writes, in the same pipeline; :class:`ReplicasMissing` if fewer did.
     """
     batch = ScriptBatch(calls)
-    while missing := batch.take(await _send(client, batch.pending())):
+    while True:
+        replies = await _send(client, batch.pending(), confirm)
+        confirmed: Any = replies.pop() if confirm is not None else None
+        missing = batch.take(replies)
+        if not missing:
+            break
         for script in missing:
             await command(client, "SCRIPT", "LOAD", script.source)
+    if confirm is not None:
+        _check_confirmed(confirmed, confirm)
     return batch.results
 
 
-async def _send(client: aioredis.Redis, calls: list[ScriptCall]) -> list[Any]:
-    if len(calls) == 1:  # no pipeline for one call: cheaper
+def _check_confirmed(confirmed: Any, confirm: tuple[int, float]) -> None:
+    """Raise unless ``confirmed`` (a ``WAIT`` reply) reaches ``confirm``'s replicas."""
+    if isinstance(confirmed, Exception):
+        raise confirmed
+    if int(confirmed) < confirm[0]:
+        raise ReplicasMissing(
+            f"written on the master, but {int(confirmed)} of the {confirm[0]} replica(s) "
+            f"asked for confirmed it within {confirm[1]:g}s (wait_replicas, wait_timeout)"
+        )
+
+
+async def _send(
+    client: aioredis.Redis, calls: list[ScriptCall], confirm: Confirm = None
+) -> list[Any]:
+    if len(calls) == 1 and confirm is None:  # no pipeline for one call: cheaper
         script, keys, args = calls[0]
         try:
             return [await command(client, "EVALSHA", script.sha, len(keys), *keys, *args)]
@@ -223,6 +249,8 @@ async def _send(client: aioredis.Redis, calls: list[ScriptCall]) -> list[Any]:
     pipe = client.pipeline(transaction=False)
     for script, keys, args in calls:
         command(pipe, "EVALSHA", script.sha, len(keys), *keys, *args)
+    if confirm is not None:  # on the writes' connection: WAIT counts what it wrote
+        command(pipe, "WAIT", confirm[0], _ms(confirm[1]))
     replies: list[Any] = await pipe.execute(raise_on_error=False)
     return replies
 
@@ -321,16 +349,13 @@ async def run_scripts_on(
             if isinstance(reply, Exception):
                 raise reply
     if confirm is not None:
-        if isinstance(confirmed, Exception):
-            raise confirmed
-        if int(confirmed) < confirm[0]:
+        try:
+            _check_confirmed(confirmed, confirm)
+        except ReplicasMissing:
             # reconnect before the next use: behind Sentinel this server may be a master
             # that was replaced (it has lost its replicas), and a connect asks again
             await redispy.drop(conn)
-            raise ReplicasMissing(
-                f"stored on the master, but {int(confirmed)} of the {confirm[0]} replica(s) "
-                f"asked for confirmed it within {confirm[1]:g}s (wait_replicas, wait_timeout)"
-            )
+            raise
     return batch.results
 
 

@@ -273,6 +273,12 @@ class RedisSettings:
         return redispy.unpooled_connection(self.url, **kwargs)
 
     @property
+    def confirm(self) -> tuple[int, float] | None:
+        """``(wait_replicas, wait_timeout)`` for writes that must outlive a failover
+        (publishes, result stores, chord joins); ``None`` when no replica is waited for."""
+        return (self.wait_replicas, self.wait_timeout) if self.wait_replicas else None
+
+    @property
     def database(self) -> int:
         """The database number."""
         if self.sentinel is not None:
