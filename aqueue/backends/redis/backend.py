@@ -70,7 +70,8 @@ class RedisBackend:
     """A :class:`~aqueue.core.protocols.ResultBackend` on Redis.
 
     Args:
-        url: ``redis://``, ``rediss://`` or ``unix://`` URL.
+        url: ``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://`` URL (or
+            Celery's ``sentinel://...;sentinel://...``).
         **options: ``prefix`` (default ``"aqueue"``) and the connection options of
             :func:`aqueue.transports.redis.settings.parse_settings`.
 

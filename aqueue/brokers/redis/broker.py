@@ -85,8 +85,11 @@ class RedisBroker:
     """A :class:`~aqueue.core.protocols.Broker` on Redis >= 6.2.
 
     Args:
-        url: ``redis://[:password@]host[:port][/db]``, ``rediss://...`` or
-            ``unix:///path/to/socket?db=N``; query parameters may carry the options below.
+        url: ``redis://[:password@]host[:port][/db]``, ``rediss://...``,
+            ``unix:///path/to/socket?db=N``, or a master behind Redis Sentinel:
+            ``redis+sentinel://[:password@]host1:26379,host2:26379/<master>[/db]`` (or
+            Celery's ``sentinel://host1:26379;sentinel://host2:26379`` with
+            ``master_name``); query parameters may carry the options below.
         **options: ``prefix`` (key prefix, default ``"aqueue"``), ``dedupe_ttl`` (seconds an
             enqueued id is refused again, default 86400; 0 disables), ``dead_letter_limit``
             (per queue, default 10000), ``socket_timeout``, ``socket_connect_timeout``,
