@@ -207,6 +207,7 @@ BESIDE_FILES = (
     "tests/observability/",
     "tests/docs/test_site.py",
     "tests/brokers/test_tls.py",
+    "tests/brokers/test_redis_sentinel.py",
     "tests/security/",
 )
 
