@@ -389,6 +389,7 @@ CELERY_RENAMED: dict[str, str] = {
 #: Celery's old uppercase setting names, read by ``config_from_object`` without a namespace
 CELERY_OLD_NAMES: dict[str, str] = {
     "BROKER_URL": "broker_url",
+    "BROKER_TRANSPORT_OPTIONS": "broker_transport_options",
     "CELERY_RESULT_BACKEND": "result_backend",
     "CELERY_TASK_SERIALIZER": "task_serializer",
     "CELERY_RESULT_SERIALIZER": "result_serializer",

@@ -82,6 +82,17 @@ def test_celery_spelling_through_app_settings() -> None:
     assert "mymaster" in repr(broker.settings.sentinel)
 
 
+def test_celery_config_object_spellings() -> None:
+    """A Celery config module's names, old and Django-namespaced, reach broker_options."""
+    options = {"master_name": "mymaster", "sentinel_kwargs": {"password": SPW}}
+    old = Settings()
+    old.update_from_object({"BROKER_TRANSPORT_OPTIONS": options})
+    django = Settings()
+    django.update_from_object({"CELERY_BROKER_TRANSPORT_OPTIONS": options}, namespace="CELERY")
+    assert old.broker_options == django.broker_options == options
+    assert SPW not in repr(old)
+
+
 def test_wait_options() -> None:
     assert parse("redis+sentinel://h/m?wait_replicas=0").wait_replicas == 0
     assert parse("redis+sentinel://h/m", wait_replicas=2, wait_timeout=0.5).wait_timeout == 0.5
