@@ -5,7 +5,8 @@ Covered: a task round trip with the broker and the result backend on aqueue's
 ``redis+sentinel://`` URL and on Celery's ``sentinel://...;sentinel://...`` spelling with
 ``broker_transport_options``; a wrong sentinel password or master name failing at connect
 with a message that holds no password; and a publish that reaches a master demoted to a
-replica (``READONLY``) being sent again to the new master instead of failing. The failover
+replica (``READONLY``) being sent again to the new master instead of failing, where the
+scripts are loaded again (``NOSCRIPT``). The failover
 during a drain is tests/faults/test_redis_sentinel_failover.py.
 """
 
@@ -121,8 +122,11 @@ async def test_publish_to_a_demoted_master_goes_to_the_new_one(
             admin.execute_command("REPLICAOF", HOST, str(new))
             ids = admin.execute_command("CLIENT", "LIST", "TYPE", "normal")
             assert ids.count(b"\n") >= 2  # the broker's connections are still there
-        # the new master has its replica back (publishes wait for one)
+        # the new master has its replica back (publishes wait for one), and none of the
+        # scripts: the broker's calls there are refused (NOSCRIPT) until it loads them
         await asyncio.to_thread(sentinels.await_settled)
+        with contextlib.closing(sentinels.server(new).admin()) as admin:
+            admin.script_flush()
         with caplog.at_level(logging.DEBUG, logger="aqueue.broker.redis"):
             assert await broker.publish([Outgoing("b", "q", b"b")]) == [True]
         # it did reach the demoted master first, and was refused there unrun
@@ -134,7 +138,11 @@ async def test_publish_to_a_demoted_master_goes_to_the_new_one(
         with contextlib.closing(sentinels.server(new).admin()) as admin:
             ready = admin.zrange(f"{prefix}:{{q:q}}:ready", 0, -1)
         assert {b"b", b"c", b"d"} <= set(ready)
-        assert await broker.size("q") >= 3
+        assert await broker.size("q") == 4  # "a" came along with the replication
+        claimed = await broker.claim(["q"], limit=10, lease_seconds=5, owner="t", timeout=1)
+        assert sorted(d.id for d in claimed) == ["a", "b", "c", "d"]
+        assert all([await d.ack() for d in claimed])
+        assert await broker.size("q") == 0
     finally:
         await broker.close()
         await asyncio.to_thread(sentinels.await_settled)
