@@ -12,6 +12,13 @@ give back connections only through the functions below. The TLS connection class
 do the handshake as a step of its own so that a failed one is never retried, are here too:
 they override redis-py methods that are not part of its API.
 
+Redis Sentinel: the clients come from redis-py's ``Sentinel.master_for`` (its documented
+API), on a pool class that also queues callers; a connection of its own (pub/sub, topics)
+is a ``SentinelManagedConnection`` given a small stand-in for its pool, which asks the
+sentinels for the master on every connect (the attributes it reads of its pool,
+``is_master``, ``check_connection`` and ``get_master_address``, are the same from
+redis-py 5.1 to 8). :func:`demoted` knows how a demoted master's ``READONLY`` reaches us.
+
 Version guard: :data:`REDIS_PY` is the installed version, checked against :data:`OLDEST`
 (pyproject.toml's floor) at import; where redis-py's internals differ between the versions
 allowed, the difference is handled here and nowhere else (``tests/brokers/test_redis.py``
