@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from aqueue.core.errors import ConfigurationError
-from aqueue.core.urls import redact, scheme_of
+from aqueue.core.urls import REDIS_SCHEMES, redact, scheme_of
 
 if TYPE_CHECKING:
     from aqueue.core.app import App
@@ -258,7 +258,7 @@ def store_for(app: App) -> BeatStore:
             "backend='redis://...' or 'sqlite:///...'"
         )
     scheme = scheme_of(url)
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in REDIS_SCHEMES:
         try:
             from .redis_store import RedisBeatStore
         except ImportError as exc:

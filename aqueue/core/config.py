@@ -379,11 +379,17 @@ def _attributes(source: Any, wanted: Callable[[str], str | None]) -> list[tuple[
 
 
 #: Celery settings with another name in aqueue
-CELERY_RENAMED: dict[str, str] = {"imports": "include"}
+CELERY_RENAMED: dict[str, str] = {
+    "imports": "include",
+    # kombu's transport options: what aqueue's broker accepts (master_name, sentinel_kwargs,
+    # ...) works as is; any other key is refused by the broker, naming the accepted ones
+    "broker_transport_options": "broker_options",
+}
 
 #: Celery's old uppercase setting names, read by ``config_from_object`` without a namespace
 CELERY_OLD_NAMES: dict[str, str] = {
     "BROKER_URL": "broker_url",
+    "BROKER_TRANSPORT_OPTIONS": "broker_transport_options",
     "CELERY_RESULT_BACKEND": "result_backend",
     "CELERY_TASK_SERIALIZER": "task_serializer",
     "CELERY_RESULT_SERIALIZER": "result_serializer",

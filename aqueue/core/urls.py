@@ -48,6 +48,8 @@ BROKERS: Final[dict[str, Implementation]] = {
     "redis": Implementation("aqueue.brokers.redis:RedisBroker", "redis"),
     "rediss": Implementation("aqueue.brokers.redis:RedisBroker", "redis"),
     "unix": Implementation("aqueue.brokers.redis:RedisBroker", "redis"),
+    "redis+sentinel": Implementation("aqueue.brokers.redis:RedisBroker", "redis"),
+    "sentinel": Implementation("aqueue.brokers.redis:RedisBroker", "redis"),
     "amqp": Implementation("aqueue.brokers.rabbitmq:RabbitMQBroker", "rabbitmq"),
     "amqps": Implementation("aqueue.brokers.rabbitmq:RabbitMQBroker", "rabbitmq"),
     "pyamqp": Implementation("aqueue.brokers.rabbitmq:RabbitMQBroker", "rabbitmq"),
@@ -58,9 +60,14 @@ BACKENDS: Final[dict[str, Implementation]] = {
     "redis": Implementation("aqueue.backends.redis:RedisBackend", "redis"),
     "rediss": Implementation("aqueue.backends.redis:RedisBackend", "redis"),
     "unix": Implementation("aqueue.backends.redis:RedisBackend", "redis"),
+    "redis+sentinel": Implementation("aqueue.backends.redis:RedisBackend", "redis"),
+    "sentinel": Implementation("aqueue.backends.redis:RedisBackend", "redis"),
     "rpc": Implementation("aqueue.backends.rpc:RPCBackend", "rabbitmq", needs_broker_url=True),
 }
 
+
+#: the schemes of a Redis URL (a server, or a master found through Redis Sentinel)
+REDIS_SCHEMES: Final = ("redis", "rediss", "unix", "redis+sentinel", "sentinel")
 
 #: names of options (in a URL's query, in broker_options) whose values are never printed
 SECRET_NAME: Final = re.compile(r"pass|secret|token|key|cert|credential", re.IGNORECASE)
@@ -71,15 +78,29 @@ def redact(url: str) -> str:
 
     Hidden: the password of the userinfo, the value of every query option whose name says
     it is a secret (``password=``, ``ssl_password=``, ...), and the password of a URL given
-    as a query value (``?dedupe_url=redis://:pw@host``).
+    as a query value (``?dedupe_url=redis://:pw@host``). Several URLs joined by ``;``
+    (Celery's Sentinel spelling) are redacted one by one, and a netloc of several hosts
+    (``redis+sentinel://:pw@h1:26379,h2:26379/mymaster``) keeps its hosts.
     """
+    joined = _JOINED.split(url)
+    if len(joined) > 1:
+        return ";".join(redact(part) for part in joined)
     try:
         parts = urlsplit(url)
-        port = parts.port
     except ValueError:
         return "<unparsable url>"
+    try:
+        port = parts.port
+    except ValueError:
+        if "," not in parts.netloc:
+            return "<unparsable url>"
+        port = None  # several hosts: kept as they are, only the password hidden
     netloc = parts.netloc
-    if parts.password is not None:
+    if "," in netloc and "@" in netloc:
+        userinfo, _, hosts = netloc.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        netloc = f"{user}:***@{hosts}" if colon else netloc
+    elif parts.password is not None:
         user = parts.username or ""
         host = parts.hostname or ""
         if ":" in host:
@@ -92,6 +113,10 @@ def redact(url: str) -> str:
     shown = f"{parts.scheme}://{netloc}{parts.path}" if parts.scheme else f"{netloc}{parts.path}"
     shown += f"?{query}" if query else ""
     return shown + (f"#{parts.fragment}" if parts.fragment else "")
+
+
+#: where URLs joined by ``;`` meet (a ``;`` followed by a scheme)
+_JOINED = re.compile(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 
 
 def _redact_query(query: str) -> str:

@@ -45,6 +45,7 @@ class RedisServer:
             certificate itself).
         tls_auth_clients: whether clients must show a certificate signed by ``tls_ca``.
         unix_socket: listen on ``socket_path`` too.
+        extra_args: more ``redis-server`` arguments (``--replicaof``, ``--masterauth``).
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class RedisServer:
         tls_ca: Path | None = None,
         tls_auth_clients: bool = False,
         unix_socket: bool = False,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.directory = directory
         self.password = password
@@ -70,6 +72,7 @@ class RedisServer:
         self.tls_ca = tls_ca
         self.tls_auth_clients = tls_auth_clients
         self.socket_path = directory / "redis.sock" if unix_socket else None
+        self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -129,6 +132,7 @@ class RedisServer:
             args += ["--tls-auth-clients", "yes" if self.tls_auth_clients else "no"]
         if self.socket_path is not None:
             args += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
+        args += self.extra_args
         self.proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

@@ -131,9 +131,15 @@ BROKER_FORMS = [
     f"pyamqp://user:{TOKEN}@127.0.0.1:{CLOSED}//",
     # a bad port: the URL cannot be parsed, so nothing of it is shown
     f"redis://user:{TOKEN}@127.0.0.1:notaport/0",
+    # Redis Sentinel: the master's password in the userinfo, the sentinels' in the query;
+    # nobody listens on the sentinels' port, so connect fails naming each of them
+    f"redis+sentinel://:{TOKEN}@127.0.0.1:{CLOSED},127.0.0.1:{CLOSED}/mymaster/0",
+    f"redis+sentinel://user:{ENCODED}@127.0.0.1:{CLOSED}/mymaster/0?sentinel_password={TOKEN}",
+    f"sentinel://:{TOKEN}@127.0.0.1:{CLOSED}/0;sentinel://:{TOKEN}@127.0.0.1:{CLOSED}/0"
+    "?master_name=mymaster",
+    # a bad sentinel port: refused, naming the port, never the password
+    f"redis+sentinel://:{TOKEN}@127.0.0.1:{CLOSED},127.0.0.1:notaport/mymaster/0",
 ]
-# Redis Sentinel: no sentinel:// scheme is accepted (aqueue has no Sentinel support), so
-# there is no such form to sweep.
 # signing_keys: message signing is not on this branch; its setting is added to the sweep
 # when it lands.
 OPTION_FORMS: list[tuple[str, dict[str, Any]]] = [
@@ -148,11 +154,20 @@ OPTION_FORMS: list[tuple[str, dict[str, Any]]] = [
         + quote(f"redis://:{ODD}@127.0.0.1:{CLOSED}/0", safe=""),
         {},
     ),
+    # Celery's Sentinel spelling with broker_transport_options' keys
+    (
+        f"sentinel://127.0.0.1:{CLOSED};sentinel://127.0.0.1:{CLOSED}",
+        {"master_name": "mymaster", "sentinel_kwargs": {"password": TOKEN}, "password": ODD},
+    ),
 ]
 BACKEND_FORMS = [
     (f"redis://:{TOKEN}@127.0.0.1:{CLOSED}/0", f"memory://b{uuid.uuid4().hex[:8]}"),
     (f"rpc://user:{TOKEN}@127.0.0.1:{CLOSED}/%2F", "memory://x"),
     ("rpc://", f"amqp://user:{ENCODED}@127.0.0.1:{CLOSED}/%2F"),
+    (
+        f"redis+sentinel://:{TOKEN}@127.0.0.1:{CLOSED}/mymaster/0?sentinel_password={ENCODED}",
+        "memory://s",
+    ),
 ]
 #: connect quickly and give up at once
 FAST = {"redis": "socket_connect_timeout=0.5&retries=0", "amqp": "connect_timeout=0.5"}
@@ -483,3 +498,30 @@ async def test_signing_keys_are_never_shown(sweep: Sweep, monkeypatch: pytest.Mo
         sweep.check()
         NEEDLES.remove(SIGNING_SECRET)
         NEEDLES.remove(SHORT_SECRET)
+
+
+@pytest.mark.slow
+async def test_a_worker_through_a_sentinel_failover(tmp_path: Path, sweep: Sweep) -> None:
+    """Behind Redis Sentinel, with a password for the master and another for the sentinels:
+    a round trip, a crash of the master under the worker (every client reconnects through
+    the sentinels, logging as it goes), and a round trip on the new master."""
+    from ..faults.redis_sentinel import running_sentinels
+
+    with running_sentinels(
+        tmp_path / "sentinel", replicas=2, password=TOKEN, sentinel_password=ODD
+    ) as setup:
+        url = setup.url(prefix=f"sw-{uuid.uuid4().hex[:8]}", sentinel_password=ENCODED)
+        async with live_app(url) as app, app.worker(hostname=WORKER, concurrency=2):
+            sweep.add("repr(broker)", repr(app.broker)) + sweep.add(
+                "repr(backend)", repr(app.backend)
+            )
+            assert await (await app.send_task("sweep.add", args=(2, 3))).wait(15) == 5
+            await asyncio.to_thread(setup.crash_master)
+            async with asyncio.timeout(60):
+                while True:
+                    try:
+                        again = await app.send_task("sweep.add", args=(1, 1))
+                        break
+                    except AqueueError as exc:
+                        sweep.error("publish during the failover", exc)
+                assert await again.wait(timeout=60) == 2

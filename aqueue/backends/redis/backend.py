@@ -70,7 +70,8 @@ class RedisBackend:
     """A :class:`~aqueue.core.protocols.ResultBackend` on Redis.
 
     Args:
-        url: ``redis://``, ``rediss://`` or ``unix://`` URL.
+        url: ``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://`` URL (or
+            Celery's ``sentinel://...;sentinel://...``).
         **options: ``prefix`` (default ``"aqueue"``) and the connection options of
             :func:`aqueue.transports.redis.settings.parse_settings`.
 
@@ -197,7 +198,13 @@ class RedisBackend:
         calls: list[ScriptCall] = [(STORE, [], args)]
         client = await self._link.get()
         [reply] = await guarded(
-            self._settings, "store", lambda: run_scripts(client, calls), error=BackendError
+            self._settings,
+            "store",
+            # behind Sentinel, confirmed by a replica: a result must be on the master a
+            # failover promotes before the worker acks its task (the ack may reach the new
+            # master while this store went to the old one)
+            lambda: run_scripts(client, calls, confirm=self._settings.confirm),
+            error=BackendError,
         )
         return [flag == 1 for flag in reply]
 
@@ -260,7 +267,7 @@ class RedisBackend:
         [fired] = await guarded(
             self._settings,
             "chord_join",
-            lambda: run_scripts(client, [(CHORD_JOIN, keys, args)]),
+            lambda: run_scripts(client, [(CHORD_JOIN, keys, args)], confirm=self._settings.confirm),
             error=BackendError,
         )
         return int(fired) == 1

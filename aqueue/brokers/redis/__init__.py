@@ -1,4 +1,5 @@
-"""The Redis broker (``redis://``, ``rediss://``, ``unix://``): see docs/brokers/redis.md.
+"""The Redis broker (``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``): see
+docs/brokers/redis.md.
 
 ``broker`` (RedisBroker: publish, claim, renew, inspection), ``delivery`` (a claimed
 message and its batched settlement), ``wait`` (the blocking claim), ``throttle`` (limits

@@ -34,6 +34,8 @@ from aqueue.transports.redis.guard import guarded
 from aqueue.transports.redis.keys import KeySpace, StoresRecords
 from aqueue.transports.redis.registry import Listed, RedisRegistry
 from aqueue.transports.redis.scripts import (
+    NotSent,
+    ReplicasMissing,
     ScriptCall,
     command,
     pack_fields,
@@ -83,8 +85,11 @@ class RedisBroker:
     """A :class:`~aqueue.core.protocols.Broker` on Redis >= 6.2.
 
     Args:
-        url: ``redis://[:password@]host[:port][/db]``, ``rediss://...`` or
-            ``unix:///path/to/socket?db=N``; query parameters may carry the options below.
+        url: ``redis://[:password@]host[:port][/db]``, ``rediss://...``,
+            ``unix:///path/to/socket?db=N``, or a master behind Redis Sentinel:
+            ``redis+sentinel://[:password@]host1:26379,host2:26379/<master>[/db]`` (or
+            Celery's ``sentinel://host1:26379;sentinel://host2:26379`` with
+            ``master_name``); query parameters may carry the options below.
         **options: ``prefix`` (key prefix, default ``"aqueue"``), ``dedupe_ttl`` (seconds an
             enqueued id is refused again, default 86400; 0 disables), ``dead_letter_limit``
             (per queue, default 10000), ``socket_timeout``, ``socket_connect_timeout``,
@@ -134,6 +139,8 @@ class RedisBroker:
         # a blocking wait never outlives the socket timeout, so a blocked read is never
         # mistaken for a dead connection
         self._max_block = max(0.05, min(5.0, self._settings.socket_timeout / 2))
+        # WAIT after each publish for this many replicas (None: none), within wait_timeout
+        self._confirm = self._settings.confirm
         #: control, replies and events (:class:`~aqueue.core.protocols.KeepsTopics`): one
         #: stream per topic, read on connections of their own (see :mod:`.topics`)
         self.topics = RedisTopics(self._settings, self._keys, self._link.get, self._max_block)
@@ -212,7 +219,9 @@ class RedisBroker:
             if self._lone is None:
                 self._lone = redispy.new_connection(client)
             conn = self._lone
-            replies = await self._guard_publish(lambda: run_scripts_on(conn, calls))
+            replies = await self._guard_publish(
+                lambda: run_scripts_on(conn, calls, confirm=self._confirm)
+            )
         finally:
             self._lone_busy = False
         return [replies[0][0] == 1]
@@ -220,16 +229,34 @@ class RedisBroker:
     async def _flush_publishes(self, messages: list[Outgoing]) -> list[bool]:
         calls, spans = publish_calls(messages, self._queue_keys, self._settings.dedupe_ttl)
         client = await self._link.get()
-        replies = await self._guard_publish(lambda: run_scripts_once(client, calls))
+        replies = await self._guard_publish(
+            lambda: run_scripts_once(client, calls, confirm=self._confirm)
+        )
         return flags(spans, replies, len(messages))
 
     async def _guard_publish(self, call: Callable[[], Awaitable[T]]) -> T:
         # Never re-sent automatically: a reply lost to a broken connection leaves the outcome
         # unknown (IndeterminatePublish), and only the caller may decide to send again.
+        # Behind Sentinel, a publish that certainly did not run (no master reachable yet,
+        # or the server it reached is a replica now) is sent again until the deadline: a
+        # failover takes seconds, and the master it ends with takes the publish.
+        settings = self._settings
+        once = partial(_until_sent, call) if settings.sentinel is not None else call
+
+        async def confirmed() -> T:
+            try:
+                return await once()
+            except ReplicasMissing as exc:
+                # stored, maybe run, but a failover now could lose it: the outcome is not
+                # known for sure, and re-sending is safe (dedupe)
+                raise IndeterminatePublish(
+                    f"publish on {settings.redacted}: {settings.describe(exc)}"
+                ) from None
+
         return await guarded(
-            self._settings,
+            settings,
             "publish",
-            call,
+            confirmed,
             error=BrokerError,
             timeout_error=PublishTimeout,
             connection_error=IndeterminatePublish,
@@ -705,3 +732,16 @@ class RedisBroker:
 def _log_failure(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("handing back a cancelled claim failed: %s", task.exception())
+
+
+async def _until_sent(call: Callable[[], Awaitable[T]]) -> T:
+    """``call()``, made again after a short pause for as long as it raises ``NotSent`` (it
+    did not run); the caller's deadline ends it."""
+    pause = 0.05
+    while True:
+        try:
+            return await call()
+        except NotSent:
+            log.debug("publish not sent (failover in progress?): trying again")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)

@@ -12,6 +12,13 @@ give back connections only through the functions below. The TLS connection class
 do the handshake as a step of its own so that a failed one is never retried, are here too:
 they override redis-py methods that are not part of its API.
 
+Redis Sentinel: the clients come from redis-py's ``Sentinel.master_for`` (its documented
+API), on a pool class that also queues callers; a connection of its own (pub/sub, topics)
+is a ``SentinelManagedConnection`` given a small stand-in for its pool, which asks the
+sentinels for the master on every connect (the attributes it reads of its pool,
+``is_master``, ``check_connection`` and ``get_master_address``, are the same from
+redis-py 5.1 to 8). :func:`demoted` knows how a demoted master's ``READONLY`` reaches us.
+
 Version guard: :data:`REDIS_PY` is the installed version, checked against :data:`OLDEST`
 (pyproject.toml's floor) at import; where redis-py's internals differ between the versions
 allowed, the difference is handled here and nowhere else (``tests/brokers/test_redis.py``
@@ -32,13 +39,20 @@ from typing import Any, Final, cast
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelPool
+from redis.asyncio.sentinel import SentinelManagedConnection
 from redis.backoff import FullJitterBackoff, NoBackoff
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 from redis.retry import Retry as SyncRetry
+from redis.sentinel import Sentinel as SyncSentinel
 
 from aqueue.core.errors import ConfigurationError
 from aqueue.transports import tls as tls_errors
+
+from .sentinel import SentinelTarget
 
 __all__ = [
     "OLDEST",
@@ -51,6 +65,7 @@ __all__ = [
     "async_retry",
     "connect",
     "connection_keywords",
+    "demoted",
     "drop",
     "frame",
     "give_back",
@@ -60,6 +75,9 @@ __all__ = [
     "read_message",
     "read_reply",
     "send",
+    "sentinel_async_client",
+    "sentinel_sync_client",
+    "sentinel_unpooled_connection",
     "sync_client",
     "sync_retry",
     "take",
@@ -212,6 +230,118 @@ def sync_client(url: str, **options: Any) -> redis.Redis:
     """A blocking client on its own pool (thread-safe), closed with the client."""
     pool = _pool(redis.ConnectionPool, redis.connection.parse_url, url, options)
     return redis.Redis.from_pool(pool)
+
+
+# -- Redis Sentinel ------------------------------------------------------------------------
+# The master's address comes from redis-py's Sentinel client (``Sentinel.master_for``): its
+# SentinelManagedConnection asks the sentinels on every connect, and turns a READONLY reply
+# (the server it is on was demoted) into a ConnectionError after disconnecting, so the
+# next connect finds the new master.
+
+
+class _BlockingSentinelPool(AsyncSentinelPool, aioredis.BlockingConnectionPool):
+    """redis-py's Sentinel pool, queueing callers when full like :func:`async_client`'s."""
+
+
+class _SentinelRedis(aioredis.Redis):
+    """A master's client that also closes its connections to the sentinels."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        pool: Any = self.connection_pool
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            for client in pool.sentinel_manager.sentinels:
+                await client.aclose()
+
+
+class _SyncSentinelRedis(redis.Redis):
+    """The blocking twin of :class:`_SentinelRedis`."""
+
+    def close(self) -> None:
+        pool: Any = self.connection_pool
+        try:
+            super().close()
+        finally:
+            for client in pool.sentinel_manager.sentinels:
+                client.close()
+
+
+def sentinel_async_client(
+    target: SentinelTarget, sentinel_options: dict[str, Any], **options: Any
+) -> aioredis.Redis:
+    """A client of ``target``'s master on a bounded pool that queues callers, as
+    :func:`async_client`; ``sentinel_options`` are the connections to the sentinels'."""
+    manager = AsyncSentinel(list(target.nodes), sentinel_kwargs=sentinel_options)
+    client: aioredis.Redis = manager.master_for(
+        target.master,
+        redis_class=_SentinelRedis,
+        connection_pool_class=_BlockingSentinelPool,
+        **options,
+    )
+    return client
+
+
+def sentinel_sync_client(
+    target: SentinelTarget, sentinel_options: dict[str, Any], **options: Any
+) -> redis.Redis:
+    """A blocking client of ``target``'s master (thread-safe), as :func:`sync_client`."""
+    manager = SyncSentinel(list(target.nodes), sentinel_kwargs=sentinel_options)
+    client: redis.Redis = manager.master_for(
+        target.master, redis_class=_SyncSentinelRedis, **options
+    )
+    return client
+
+
+class _Discovery:
+    """What a SentinelManagedConnection asks its pool (the master's address), for a
+    connection that belongs to no pool: each connect asks the sentinels afresh, on
+    connections closed at once."""
+
+    is_master = True
+    check_connection = False
+
+    def __init__(self, target: SentinelTarget, sentinel_options: dict[str, Any]) -> None:
+        self._target = target
+        self._options = sentinel_options
+
+    async def get_master_address(self) -> tuple[str, int]:
+        manager = AsyncSentinel(list(self._target.nodes), sentinel_kwargs=self._options)
+        try:
+            address: tuple[str, int] = await manager.discover_master(self._target.master)
+            return address
+        finally:
+            for client in manager.sentinels:
+                await client.aclose()
+
+
+def sentinel_unpooled_connection(
+    target: SentinelTarget, sentinel_options: dict[str, Any], **options: Any
+) -> Connection:
+    """One connection to ``target``'s master, belonging to no pool (as
+    :func:`unpooled_connection`); every (re)connect asks the sentinels where it is."""
+    discovery: Any = _Discovery(target, sentinel_options)
+    managed: Any = SentinelManagedConnection
+    conn: Connection = managed(connection_pool=discovery, **options)
+    return conn
+
+
+def demoted(exc: BaseException) -> bool:
+    """Whether ``exc`` says the server was a replica, not the master, when it read the
+    command: a failover moved the master away, and the command did not run.
+
+    redis-py's Sentinel connection raises ``READONLY`` (and a blocked command's
+    ``UNBLOCKED``) as a ConnectionError, after disconnecting; a plain connection returns
+    the ``ReadOnlyError`` itself.
+    """
+    if isinstance(exc, ReadOnlyError):
+        return True
+    if isinstance(exc, RedisConnectionError):
+        cause = exc.__cause__ or exc.__context__
+        return isinstance(cause, ReadOnlyError) or (
+            isinstance(cause, ResponseError) and str(cause).startswith("UNBLOCKED")
+        )
+    return False
 
 
 def _pool(cls: Any, parse_url: Any, url: str, options: dict[str, Any]) -> Any:

@@ -35,6 +35,7 @@ from . import redispy
 __all__ = [
     "HELPERS",
     "NotSent",
+    "ReplicasMissing",
     "Script",
     "ScriptBatch",
     "ScriptCall",
@@ -199,21 +200,47 @@ class ScriptBatch:
         return list({self._calls[i][0].sha: self._calls[i][0] for i in missing}.values())
 
 
-async def run_scripts(client: aioredis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+async def run_scripts(
+    client: aioredis.Redis, calls: Sequence[ScriptCall], *, confirm: Confirm = None
+) -> list[Any]:
     """Run script calls in one round trip (a pipeline when several), returning their replies.
 
     Raises the first error reply. Error text never includes the arguments (message bodies);
     redis-py's pipeline would add them, so errors are collected with ``raise_on_error=False``.
+
+    Args:
+        confirm: ``(replicas, timeout)``: ``WAIT`` for that many replicas to confirm the
+            writes, in the same pipeline; :class:`ReplicasMissing` if fewer did.
     """
     batch = ScriptBatch(calls)
-    while missing := batch.take(await _send(client, batch.pending())):
+    while True:
+        replies = await _send(client, batch.pending(), confirm)
+        confirmed: Any = replies.pop() if confirm is not None else None
+        missing = batch.take(replies)
+        if not missing:
+            break
         for script in missing:
             await command(client, "SCRIPT", "LOAD", script.source)
+    if confirm is not None:
+        _check_confirmed(confirmed, confirm)
     return batch.results
 
 
-async def _send(client: aioredis.Redis, calls: list[ScriptCall]) -> list[Any]:
-    if len(calls) == 1:  # no pipeline for one call: cheaper
+def _check_confirmed(confirmed: Any, confirm: tuple[int, float]) -> None:
+    """Raise unless ``confirmed`` (a ``WAIT`` reply) reaches ``confirm``'s replicas."""
+    if isinstance(confirmed, Exception):
+        raise confirmed
+    if int(confirmed) < confirm[0]:
+        raise ReplicasMissing(
+            f"written on the master, but {int(confirmed)} of the {confirm[0]} replica(s) "
+            f"asked for confirmed it within {confirm[1]:g}s (wait_replicas, wait_timeout)"
+        )
+
+
+async def _send(
+    client: aioredis.Redis, calls: list[ScriptCall], confirm: Confirm = None
+) -> list[Any]:
+    if len(calls) == 1 and confirm is None:  # no pipeline for one call: cheaper
         script, keys, args = calls[0]
         try:
             return [await command(client, "EVALSHA", script.sha, len(keys), *keys, *args)]
@@ -222,6 +249,8 @@ async def _send(client: aioredis.Redis, calls: list[ScriptCall]) -> list[Any]:
     pipe = client.pipeline(transaction=False)
     for script, keys, args in calls:
         command(pipe, "EVALSHA", script.sha, len(keys), *keys, *args)
+    if confirm is not None:  # on the writes' connection: WAIT counts what it wrote
+        command(pipe, "WAIT", confirm[0], _ms(confirm[1]))
     replies: list[Any] = await pipe.execute(raise_on_error=False)
     return replies
 
@@ -243,10 +272,22 @@ def _pipeline(client: redis.Redis, calls: list[ScriptCall]) -> Any:
 
 
 class NotSent(RedisError):
-    """No connection could be made for a call: nothing of it was sent, so it did not run."""
+    """No connection could be made for a call, or the server refused it unrun because it is
+    a replica now (a failover): nothing of it ran."""
 
 
-async def run_scripts_once(client: aioredis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+class ReplicasMissing(RedisError):
+    """Calls ran on the master, but fewer replicas than asked confirmed them in time
+    (``WAIT``): a failover now could lose them."""
+
+
+#: ``(replicas, timeout in seconds)``: a ``WAIT`` sent after the calls; ``None``: no wait
+Confirm = tuple[int, float] | None
+
+
+async def run_scripts_once(
+    client: aioredis.Redis, calls: Sequence[ScriptCall], *, confirm: Confirm = None
+) -> list[Any]:
     """:func:`run_scripts` for calls that must never be sent twice (publishes).
 
     redis-py's retry re-sends a command whose connection failed, whether or not the server
@@ -257,7 +298,9 @@ async def run_scripts_once(client: aioredis.Redis, calls: Sequence[ScriptCall]) 
     error after that propagates, and the caller reports the outcome as unknown.
 
     Raises:
-        NotSent: no usable connection could be made; the calls certainly did not run.
+        NotSent: no usable connection could be made (or the server turned out to be a
+            replica); the calls certainly did not run.
+        ReplicasMissing: ``confirm`` was given and fewer replicas confirmed the calls.
         redis.exceptions.ConnectionError: the connection failed after the calls were
             (maybe partly) written: they may or may not have run.
     """
@@ -266,37 +309,81 @@ async def run_scripts_once(client: aioredis.Redis, calls: Sequence[ScriptCall]) 
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise NotSent(f"could not connect, nothing was sent ({exc})") from exc
     try:
-        return await run_scripts_on(conn, calls)
+        return await run_scripts_on(conn, calls, confirm=confirm)
     finally:
         await redispy.give_back(client, conn)
 
 
-async def run_scripts_on(conn: redispy.Connection, calls: Sequence[ScriptCall]) -> list[Any]:
+async def run_scripts_on(
+    conn: redispy.Connection, calls: Sequence[ScriptCall], *, confirm: Confirm = None
+) -> list[Any]:
     """Write script calls once on a connection the caller holds and read every reply.
 
     The connection is (re)connected and health-checked first. For calls that must not be
     re-sent (see :func:`run_scripts_once`): nothing here retries after the write, except a
     call the server refused unrun (``NOSCRIPT``).
 
+    Args:
+        confirm: ``(replicas, timeout)``: ``WAIT`` for that many replicas to confirm the
+            connection's writes, written in the same round trip as the calls.
+
     Raises:
-        NotSent: the connection could not be made usable; nothing was written.
+        NotSent: the connection could not be made usable, or the server refused the first
+            call as a replica (``READONLY``: a failover); nothing ran.
+        ReplicasMissing: fewer than ``confirm``'s replicas confirmed within its timeout.
     """
     try:
         await redispy.make_usable(conn)  # a PING if it sat idle too long: still ours unsent
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise NotSent(f"connection unusable, nothing was sent ({exc})") from exc
     batch = ScriptBatch(calls)
-    while missing := batch.take(await _exchange(conn, map(pack_script_call, batch.pending()))):
+    wait = [] if confirm is None else [redispy.pack_command("WAIT", confirm[0], _ms(confirm[1]))]
+    while True:
+        replies = await _exchange(conn, [*map(pack_script_call, batch.pending()), *wait])
+        confirmed: Any = replies.pop() if wait else None
+        missing = batch.take(replies)
+        if not missing:
+            break
         loading = (redispy.pack_command("SCRIPT", "LOAD", script.source) for script in missing)
         for reply in await _exchange(conn, loading):
             if isinstance(reply, Exception):
                 raise reply
+    if confirm is not None:
+        try:
+            _check_confirmed(confirmed, confirm)
+        except ReplicasMissing:
+            # reconnect before the next use: behind Sentinel this server may be a master
+            # that was replaced (it has lost its replicas), and a connect asks again
+            await redispy.drop(conn)
+            raise
     return batch.results
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))  # WAIT's 0 would wait forever
 
 
 async def _exchange(conn: redispy.Connection, commands: Iterable[bytes]) -> list[Any]:
     """Write framed commands at once, then read one reply per command (errors as values,
-    so the connection stays in step)."""
+    so the connection stays in step).
+
+    Raises:
+        NotSent: the first command was refused by a server that is a replica now (a
+            failover): it did not run, nor did any after it (a replica stays one).
+    """
     packed = list(commands)
     await redispy.send(conn, packed)
-    return [await redispy.read_reply(conn) for _ in packed]
+    replies: list[Any] = []
+    for _ in packed:
+        try:
+            reply = await redispy.read_reply(conn)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            if not replies and redispy.demoted(exc):
+                raise NotSent("the server is a replica now (a failover): nothing ran") from exc
+            raise
+        if not replies and redispy.demoted(reply):
+            # a plain connection hands READONLY back as a reply: nothing of it ran either
+            await redispy.drop(conn)
+            raise NotSent("the server is a replica now (a failover): nothing ran")
+        replies.append(reply)
+    return replies

@@ -9,6 +9,10 @@ mistyped database silently meant database 0). What is accepted:
   empty, ``/`` or ``/<db>`` with ``<db>`` a non-negative decimal number, nothing else;
 * ``unix://[[user]:password@]/path/to/socket``: the path is the socket, the database goes
   in ``?db=``;
+* ``redis+sentinel://[[user]:password@]host1[:port],host2[:port]/<master>[/<db>]`` and
+  Celery's ``sentinel://host1:port;sentinel://host2:port[/<db>]`` with the ``master_name``
+  option: a master found through Redis Sentinel (:mod:`.sentinel`); the clients ask the
+  sentinels for the master on every new connection, so they follow a failover;
 * ``?db=<db>`` (any scheme) and a ``db`` keyword option: the same number as the path if
   both are given;
 * query options and keyword options: aqueue's own (``OWN_OPTIONS``) and the redis-py
@@ -33,7 +37,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import redis
 import redis.asyncio as aioredis
@@ -42,6 +46,7 @@ from aqueue.core.errors import ConfigurationError
 from aqueue.core.urls import redact
 
 from . import redispy
+from .sentinel import SENTINEL_SCHEMES, SentinelTarget, SentinelURL, split_url
 
 __all__ = [
     "OWN_OPTIONS",
@@ -52,7 +57,7 @@ __all__ = [
     "parse_settings",
 ]
 
-_SCHEMES = ("redis", "rediss", "unix")
+_SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES)
 
 # aqueue's own options: read from keyword options first, then from the URL query string,
 # and never passed on to redis-py.
@@ -62,10 +67,21 @@ _FLOAT_OPTIONS = {
     "health_check_interval": 15.0,
     "operation_timeout": 10.0,
     "dedupe_ttl": 86400.0,
+    "wait_timeout": 1.0,
 }
-_INT_OPTIONS = {"retries": 3, "dead_letter_limit": 10000, "protocol": 2, "max_connections": 64}
+_INT_OPTIONS = {
+    "retries": 3,
+    "dead_letter_limit": 10000,
+    "protocol": 2,
+    "max_connections": 64,
+    "wait_replicas": -1,  # -1: 1 behind Sentinel, 0 otherwise
+}
 #: aqueue's own options
 OWN_OPTIONS = ("prefix", *_FLOAT_OPTIONS, *_INT_OPTIONS)
+#: aqueue's own options of a Sentinel URL (``sentinel_kwargs``: keyword option only)
+SENTINEL_OPTIONS = ("master_name", "sentinel_username", "sentinel_password")
+#: the keys Celery's ``sentinel_kwargs`` may hold, and the option each one is
+_SENTINEL_KWARGS = {"password": "sentinel_password", "username": "sentinel_username"}
 
 #: redis-py connection options passed on to it, in a URL query (redis-py parses their text,
 #: ``redis.connection.parse_url``) or as keyword options. Left out on purpose: what aqueue
@@ -104,7 +120,7 @@ _PARSED_HERE: dict[str, Callable[[str], Any]] = {"socket_read_size": int}
 #: redis-py options that are Python objects: keyword options only
 _KEYWORD_ONLY = ("credential_provider",)
 #: options whose values are secrets: never shown, scrubbed from every message
-_SECRET_OPTIONS = ("password", "ssl_password")
+_SECRET_OPTIONS = ("password", "ssl_password", "sentinel_password")
 
 _DB_PATH = re.compile(r"/([0-9]+)\Z")
 _DIGITS = re.compile(r"[0-9]+\Z")
@@ -119,7 +135,7 @@ class RedisSettings:
             path and ``?db=`` for ``unix://``) with aqueue's own options removed. It may
             hold a password, so it is never printed; use ``redacted``.
         redacted: the URL as given, with any password replaced by ``***``.
-        scheme: ``redis``, ``rediss`` or ``unix``.
+        scheme: ``redis``, ``rediss``, ``unix``, ``redis+sentinel`` or ``sentinel``.
         prefix: first component of every key.
         socket_timeout: seconds a single read or write of the blocking client (lease
             renewal) may take; also caps how long one blocking wait of a claim lasts.
@@ -134,7 +150,11 @@ class RedisSettings:
         protocol: RESP version for command connections (pub/sub always uses RESP2).
         max_connections: asyncio connections per client; further callers wait for one
             (within their deadline) instead of failing.
+        wait_replicas: replicas that must confirm a publish (``WAIT``) before it returns;
+            0: none asked (1 by default behind Sentinel).
+        wait_timeout: seconds a publish waits for those confirmations.
         extra: redis-py options given as keywords, passed to it unchanged.
+        sentinel: the master's name and its sentinels, for a Sentinel URL; else ``None``.
     """
 
     url: str = field(repr=False)
@@ -150,8 +170,11 @@ class RedisSettings:
     dead_letter_limit: int
     protocol: int
     max_connections: int
+    wait_replicas: int = 0
+    wait_timeout: float = 1.0
     extra: dict[str, Any] = field(repr=False, default_factory=dict)
     secrets: tuple[str, ...] = field(repr=False, default=())
+    sentinel: SentinelTarget | None = None
 
     def scrub(self, text: str) -> str:
         """``text`` with every occurrence of the password removed."""
@@ -185,7 +208,12 @@ class RedisSettings:
         }
         if self.scheme != "unix":  # a Unix socket has no TCP keepalive to set
             kwargs["socket_keepalive"] = True
-        if self.scheme == "rediss":
+        if self.sentinel is not None:
+            # the master's connections are redis-py's SentinelManagedConnection (it asks
+            # the sentinels for the master's address on every connect); the database and
+            # credentials are keywords, there being no single-server URL to carry them
+            kwargs["db"] = self.database
+        elif self.scheme == "rediss":
             kwargs["connection_class"] = (
                 redispy.AsyncTLSConnection if asyncio_client else redispy.TLSConnection
             )
@@ -202,6 +230,15 @@ class RedisSettings:
         kwargs = self._client_kwargs(asyncio_client=True)
         # a bounded pool that queues callers (the default pool raises when full, which a
         # burst of concurrent wait() calls would hit)
+        if self.sentinel is not None:
+            return redispy.sentinel_async_client(
+                self.sentinel,
+                self._sentinel_kwargs(),
+                max_connections=self.max_connections,
+                timeout=None,
+                retry=retry,
+                **kwargs,
+            )
         return redispy.async_client(
             self.url, max_connections=self.max_connections, timeout=None, retry=retry, **kwargs
         )
@@ -210,6 +247,10 @@ class RedisSettings:
         """A pooled blocking client (thread-safe), used where the event loop cannot be."""
         retry = redispy.sync_retry(self.retries)
         kwargs = self._client_kwargs(asyncio_client=False)
+        if self.sentinel is not None:
+            return redispy.sentinel_sync_client(
+                self.sentinel, self._sentinel_kwargs(), retry=retry, **kwargs
+            )
         return redispy.sync_client(self.url, retry=retry, **kwargs)
 
     def pubsub_connection(self, client_name: str) -> redispy.Connection:
@@ -225,7 +266,43 @@ class RedisSettings:
             retry=redispy.async_retry(0),
             client_name=client_name,
         )
+        if self.sentinel is not None:
+            return redispy.sentinel_unpooled_connection(
+                self.sentinel, self._sentinel_kwargs(), **kwargs
+            )
         return redispy.unpooled_connection(self.url, **kwargs)
+
+    @property
+    def confirm(self) -> tuple[int, float] | None:
+        """``(wait_replicas, wait_timeout)`` for writes that must outlive a failover
+        (publishes, result stores, chord joins); ``None`` when no replica is waited for."""
+        return (self.wait_replicas, self.wait_timeout) if self.wait_replicas else None
+
+    @property
+    def database(self) -> int:
+        """The database number."""
+        if self.sentinel is not None:
+            return int(self.url.rsplit("/", 1)[1])
+        if self.scheme == "unix":
+            return int(dict(parse_qsl(urlsplit(self.url).query)).get("db", "0"))
+        return int(urlsplit(self.url).path.strip("/") or "0")
+
+    def _sentinel_kwargs(self) -> dict[str, Any]:
+        """The options of the connections to the sentinels themselves."""
+        target = self.sentinel
+        assert target is not None
+        kwargs: dict[str, Any] = {
+            # a sentinel that stops answering must not hold up the search for the master
+            "socket_timeout": self.socket_connect_timeout,
+            "socket_connect_timeout": self.socket_connect_timeout,
+        }
+        if self.scheme != "unix":
+            kwargs["socket_keepalive"] = True
+        if target.username is not None:
+            kwargs["username"] = target.username
+        if target.password is not None:
+            kwargs["password"] = target.password
+        return kwargs
 
 
 def parse_settings(url: str, options: Mapping[str, Any], *, what: str) -> RedisSettings:
@@ -238,19 +315,35 @@ def parse_settings(url: str, options: Mapping[str, Any], *, what: str) -> RedisS
         ConfigurationError: an unsupported scheme, a malformed port or database, an option
             that is unknown, given twice or has a bad value; the message names the part.
     """
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
-    except ValueError as exc:
-        # not even the redacted URL: redacting needs the URL to parse
-        raise ConfigurationError(f"{what}: bad Redis URL: {exc}") from None
-    redacted = redact(url)
-    scheme = parts.scheme.lower()
-    if scheme not in _SCHEMES or not url.lower().startswith(f"{scheme}://"):
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    target: SentinelURL | None = None
+    if scheme == "rediss+sentinel":
         raise ConfigurationError(
-            f"{what}: unsupported URL {redacted!r}; use redis://, rediss:// or unix://"
+            f"{what}: {redact(url)!r}: TLS behind Redis Sentinel is not supported yet; "
+            "use redis+sentinel:// on a trusted network"
         )
-    query = parse_qsl(parts.query, keep_blank_values=True)
+    if scheme in SENTINEL_SCHEMES:
+        redacted = redact(url)
+        target = split_url(url, what, redacted)
+        queries = target.query
+        path, username, password, netloc = target.path, target.username, target.password, ""
+    else:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+        except ValueError as exc:
+            # not even the redacted URL: redacting needs the URL to parse
+            raise ConfigurationError(f"{what}: bad Redis URL: {exc}") from None
+        redacted = redact(url)
+        scheme = parts.scheme.lower()
+        if scheme not in _SCHEMES or not url.lower().startswith(f"{scheme}://"):
+            raise ConfigurationError(
+                f"{what}: unsupported URL {redacted!r}; use redis://, rediss://, unix:// "
+                "or redis+sentinel://"
+            )
+        queries = (parts.query,)
+        path, username, password, netloc = parts.path, parts.username, parts.password, parts.netloc
+    query = [pair for text in queries for pair in parse_qsl(text, keep_blank_values=True)]
     seen: dict[str, None] = {}  # in order
     for name, _ in query:
         if name in seen:
@@ -284,11 +377,17 @@ def parse_settings(url: str, options: Mapping[str, Any], *, what: str) -> RedisS
         raise ConfigurationError(f"{what}: the key prefix must not contain braces")
     if values["socket_timeout"] <= 0 or values["operation_timeout"] <= 0:
         raise ConfigurationError(f"{what}: timeouts must be positive")
+    if merged.get("wait_replicas") not in (None, "") and values["wait_replicas"] < 0:
+        raise ConfigurationError(f"{what}: wait_replicas must be 0 or more")
+    if values["wait_replicas"] < 0:
+        values["wait_replicas"] = 1 if target is not None else 0
+    if values["wait_timeout"] <= 0:
+        raise ConfigurationError(f"{what}: wait_timeout must be positive")
 
-    db = _database(scheme, parts.path, given.get("db"), options.get("db"), what, redacted)
+    db = _database(scheme, path, given.get("db"), options.get("db"), what, redacted)
     # redis-py options: the query's stay in the URL (redis-py parses them; their text is
     # checked here first) unless a keyword option replaces them; keyword ones are passed on
-    own = set(OWN_OPTIONS)
+    own = {*OWN_OPTIONS, *SENTINEL_OPTIONS, "sentinel_kwargs"}
     rest: list[tuple[str, str]] = []
     parsed: dict[str, Any] = {}
     for name, value in given.items():
@@ -303,24 +402,38 @@ def parse_settings(url: str, options: Mapping[str, Any], *, what: str) -> RedisS
                 raise ConfigurationError(
                     f"{what}: bad value for {name!r} in {redacted!r}"
                 ) from None
-            if ours is not None:
+            if ours is not None or target is not None:
                 parsed[name] = typed
                 continue
+        if target is not None:  # no single-server URL to carry it: a keyword
+            parsed[name] = value
+            continue
         rest.append((name, value))
     extra = {k: v for k, v in options.items() if k not in own and k != "db"} | parsed
-    if scheme == "unix":
-        if not parts.path:
+    sentinel: SentinelTarget | None = None
+    if target is not None:
+        sentinel = _sentinel_target(target, merged, what, redacted)
+        for key, credential in (("username", username), ("password", password)):
+            if credential is not None:
+                extra.setdefault(key, credential)
+        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in sentinel.nodes)
+        # canonical, so both spellings of one master compare equal (``bind_records``)
+        clean = f"redis+sentinel://{hosts}/{quote(sentinel.master, safe='')}/{db}"
+    elif scheme == "unix":
+        if not path:
             raise ConfigurationError(f"{what}: {redacted!r} names no socket path")
         rest.append(("db", str(db)))
-        clean = f"unix://{parts.netloc}{parts.path}"
+        clean = f"unix://{netloc}{path}"
     else:
-        clean = f"{scheme}://{parts.netloc}/{db}"
+        clean = f"{scheme}://{netloc}/{db}"
     if rest:
         clean += "?" + urlencode(rest)
 
-    candidates = {parts.password, unquote(parts.password or "")}
+    candidates = {password, unquote(password or "")}
     candidates |= {given.get(name) for name in _SECRET_OPTIONS}
     candidates |= {v for k, v in options.items() if k in _SECRET_OPTIONS and isinstance(v, str)}
+    if sentinel is not None:
+        candidates.add(sentinel.password)
     secrets = tuple(sorted((s for s in candidates if s), key=len, reverse=True))
     return RedisSettings(
         url=clean,
@@ -329,27 +442,87 @@ def parse_settings(url: str, options: Mapping[str, Any], *, what: str) -> RedisS
         prefix=prefix,
         extra=extra,
         secrets=secrets,
+        sentinel=sentinel,
         **values,
+    )
+
+
+def _sentinel_target(
+    target: SentinelURL, merged: Mapping[str, Any], what: str, redacted: str
+) -> SentinelTarget:
+    """The master's name (the path, or ``master_name``) and the sentinels' credentials
+    (``sentinel_username`` / ``sentinel_password``, or Celery's ``sentinel_kwargs``)."""
+    named = merged.get("master_name")
+    if named is not None and not isinstance(named, str):
+        raise ConfigurationError(f"{what}: master_name must be a string, not {named!r}")
+    if named and target.master and named != target.master:
+        raise ConfigurationError(
+            f"{what}: {redacted!r} names master {target.master!r} but master_name is {named!r}"
+        )
+    master = target.master or named
+    if not master:
+        raise ConfigurationError(
+            f"{what}: {redacted!r} names no master: give its name in the path "
+            "(redis+sentinel://host:26379/mymaster/0) or the master_name option "
+            "(Celery's broker_transport_options={'master_name': 'mymaster'}, or "
+            "?master_name=mymaster)"
+        )
+    credentials = {name: merged.get(name) for name in ("sentinel_username", "sentinel_password")}
+    celery = merged.get("sentinel_kwargs")
+    if celery is not None:
+        if not isinstance(celery, Mapping):
+            raise ConfigurationError(f"{what}: sentinel_kwargs must be a dict")
+        for key, value in celery.items():
+            name = _SENTINEL_KWARGS.get(key)
+            if name is None:
+                raise ConfigurationError(
+                    f"{what}: sentinel_kwargs key {key!r} is not supported; accepted are "
+                    f"{', '.join(_SENTINEL_KWARGS)} (aqueue sets the sentinels' timeouts "
+                    "from its own socket_connect_timeout)"
+                )
+            if credentials[name] is not None and credentials[name] != value:
+                raise ConfigurationError(f"{what}: sentinel_kwargs[{key!r}] and {name} differ")
+            credentials[name] = value
+    for name, value in credentials.items():
+        if value is not None and not isinstance(value, str):
+            raise ConfigurationError(f"{what}: {name} must be a string")
+    return SentinelTarget(
+        master=master,
+        nodes=target.nodes,
+        username=credentials["sentinel_username"] or None,
+        password=credentials["sentinel_password"] or None,
     )
 
 
 def accepted_options(scheme: str, *, keyword: bool) -> tuple[str, ...]:
     """The options accepted for ``scheme`` in a URL query (or as keyword options)."""
-    installed = redispy.connection_keywords(scheme)
+    sentinel = scheme in SENTINEL_SCHEMES
+    installed = redispy.connection_keywords("redis" if sentinel else scheme)
     names = list(REDIS_PY_OPTIONS)
     if scheme == "rediss":
         names += TLS_OPTIONS
     if keyword:
         names += _KEYWORD_ONLY
-    return (*OWN_OPTIONS, *(n for n in names if n in installed))
+    ours: tuple[str, ...] = OWN_OPTIONS
+    if sentinel:
+        ours += SENTINEL_OPTIONS + (("sentinel_kwargs",) if keyword else ())
+    return (*ours, *(n for n in names if n in installed))
 
 
 def _unknown(what: str, name: str, scheme: str, accepted: tuple[str, ...], *, where: str) -> str:
     """The message for an option ``name`` that is not accepted."""
+    if name in TLS_OPTIONS and scheme in SENTINEL_SCHEMES:
+        return f"{what}: {name!r} in {where}: TLS behind Redis Sentinel is not supported yet"
     if name in TLS_OPTIONS and scheme != "rediss":
         return f"{what}: {name!r} in {where} is a TLS option: use a rediss:// URL"
-    ours = [n for n in accepted if n in OWN_OPTIONS]
-    theirs = [n for n in accepted if n not in OWN_OPTIONS]
+    if name in (*SENTINEL_OPTIONS, "sentinel_kwargs") and scheme not in SENTINEL_SCHEMES:
+        return (
+            f"{what}: {name!r} in {where} is a Redis Sentinel option: use a "
+            "redis+sentinel:// URL (or Celery's sentinel://)"
+        )
+    own = {*OWN_OPTIONS, *SENTINEL_OPTIONS, "sentinel_kwargs"}
+    ours = [n for n in accepted if n in own]
+    theirs = [n for n in accepted if n not in own]
     hint = difflib.get_close_matches(name, accepted, n=1)
     guess = f" (did you mean {hint[0]!r}?)" if hint else ""
     return (
