@@ -208,6 +208,7 @@ BESIDE_FILES = (
     "tests/docs/test_site.py",
     "tests/brokers/test_tls.py",
     "tests/security/",
+    "tests/compat/test_celery_interop.py",
 )
 
 
