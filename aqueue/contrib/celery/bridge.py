@@ -38,7 +38,7 @@ from aqueue.core.errors import (
 from aqueue.core.options import CallOptions
 from aqueue.core.protocols import Outgoing
 
-from .kombu_redis import RESULT_EXPIRES, VISIBILITY_TIMEOUT, KombuRedis
+from .kombu_redis import RESULT_EXPIRES, VISIBILITY_TIMEOUT, KombuRedis, Waiter
 from .protocol import (
     CELERY_HEADER,
     CeleryTask,
@@ -56,6 +56,8 @@ log = logging.getLogger("aqueue.celery")
 
 #: the aqueue queue refused Celery messages pass through on their way to the dead letters
 REFUSED_QUEUE: Final = "celery.refused"
+#: seconds a stopping worker gives its relays to end (each wait lasts a second at most)
+_STOP_WITHIN: Final = 10.0
 #: the most of a refused message's envelope kept in its dead letter
 _REFUSED_KEEP: Final = 64 * 1024
 
@@ -147,51 +149,76 @@ class CeleryBridge:
         #: messages relayed from Celery into aqueue, and refused (dead-lettered)
         self.relayed = 0
         self.refused = 0
+        self._workers = 0
+        self._waiters: set[Waiter] = set()
         app.lifespan(self._lifespan)
 
     # -- the worker's side ------------------------------------------------------------------
 
     async def _lifespan(self, app: App) -> AsyncIterator[None]:
-        signals.task_success.connect(self._on_success)
-        signals.task_failure.connect(self._on_failure)
-        signals.task_retry.connect(self._on_retry)
-        relays = [asyncio.create_task(self.relay(queue)) for queue in self.queues]
+        # the receivers are connected while a worker of the app runs (several may, in one
+        # process): without a running bridge no signal has a receiver and costs nothing
+        self._workers += 1
+        if self._workers == 1:
+            signals.task_success.connect(self._on_success)
+            signals.task_failure.connect(self._on_failure)
+            signals.task_retry.connect(self._on_retry)
+        # stopped by an event and CLIENT UNBLOCK, not cancelled: a cancellation landing in
+        # redis-py's blocking read could be lost there (the relay then waited for a reply to
+        # a command never sent)
+        stop = asyncio.Event()
+        relays = [asyncio.create_task(self.relay(queue, stop=stop)) for queue in self.queues]
         try:
             yield
         finally:
-            for relay in relays:
-                relay.cancel()
+            stop.set()
+            for waiter in list(self._waiters):
+                await waiter.interrupt(self.kombu.client())
+            if relays:
+                _, pending = await asyncio.wait(relays, timeout=_STOP_WITHIN)
+                for relay in pending:  # a safety net
+                    relay.cancel()
             await asyncio.gather(*relays, return_exceptions=True)
-            signals.task_success.disconnect(self._on_success)
-            signals.task_failure.disconnect(self._on_failure)
-            signals.task_retry.disconnect(self._on_retry)
-            await self.kombu.close()
+            self._workers -= 1
+            if self._workers == 0:
+                signals.task_success.disconnect(self._on_success)
+                signals.task_failure.disconnect(self._on_failure)
+                signals.task_retry.disconnect(self._on_retry)
+                await self.kombu.close()
 
-    async def relay(self, queue: str, *, wait: float = 1.0) -> None:
-        """Relay ``queue`` from Celery into aqueue until cancelled (the worker runs this).
+    async def relay(
+        self, queue: str, *, wait: float = 1.0, stop: asyncio.Event | None = None
+    ) -> None:
+        """Relay ``queue`` from Celery into aqueue until ``stop`` is set (within ``wait``
+        seconds: the worker's lifespan sets it), or until cancelled.
 
         Messages a dead relay left unacked are pushed back once the visibility timeout has
         passed, by this loop as by Celery's workers.
         """
+        waiter = self.kombu.waiter()
+        self._waiters.add(waiter)
         failures = 0
         swept = 0.0
-        while True:
-            try:
-                if time.monotonic() - swept > 60.0:
-                    swept = time.monotonic()
-                    await self.kombu.restore_stale([queue])
-                taken = await self.kombu.claim(queue, self.batch)
-                if not taken:
-                    await self.kombu.wait(queue, wait)
-                    continue
-                await self._hand_over(queue, taken)
-                failures = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                failures += 1
-                log.exception("relaying Celery queue %s failed; retrying", queue)
-                await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+        stop = stop or asyncio.Event()
+        try:
+            while not stop.is_set():
+                try:
+                    if time.monotonic() - swept > 60.0:
+                        swept = time.monotonic()
+                        await self.kombu.restore_stale([queue])
+                    taken = await self.kombu.claim(queue, self.batch)
+                    if not taken:
+                        await waiter.wait(queue, wait)
+                        continue
+                    await self._hand_over(queue, taken)
+                    failures = 0
+                except Exception:
+                    failures += 1
+                    log.exception("relaying Celery queue %s failed; retrying", queue)
+                    await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+        finally:
+            self._waiters.discard(waiter)
+            await waiter.close()
 
     async def _hand_over(self, queue: str, taken: list[tuple[bytes, str]]) -> None:
         done = 0

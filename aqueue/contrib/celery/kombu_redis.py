@@ -14,6 +14,7 @@ backend lay it out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from importlib import resources
@@ -21,7 +22,9 @@ from typing import Any, Final
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
+from aqueue.transports.redis import redispy
 from aqueue.transports.redis.redispy import async_client
 from aqueue.transports.redis.scripts import command
 
@@ -87,13 +90,9 @@ class KombuRedis:
         flat = await self._claim(keys=keys, args=[time.time(), limit])
         return [(flat[i], flat[i + 1].decode()) for i in range(0, len(flat), 2)]
 
-    async def wait(self, queue: str, timeout: float) -> None:
-        """Return when ``queue``'s list has a message, or after ``timeout`` seconds.
-
-        ``BLMOVE`` from the list's right end to its right end: a blocking peek that takes
-        nothing (a message on a priority step's list is seen at the next claim).
-        """
-        await command(self.client(), "BLMOVE", queue, queue, "RIGHT", "RIGHT", timeout)
+    def waiter(self) -> Waiter:
+        """A blocking wait on a connection of its own (one per relay; close it after)."""
+        return Waiter(self.url)
 
     async def ack(self, tags: Sequence[str]) -> None:
         """Forget handed-over messages (kombu's ack)."""
@@ -179,3 +178,43 @@ class KombuRedis:
                 return meta
         finally:
             await pubsub.aclose()
+
+
+class Waiter:
+    """Waits for a Celery queue to have a message, on a connection of its own (outside the
+    pool and its retries), which :meth:`interrupt` can end early from another one."""
+
+    def __init__(self, url: str) -> None:
+        self._conn = redispy.unpooled_connection(url)
+        # the server's id for the connection (``CLIENT ID``), for ``CLIENT UNBLOCK``
+        self._id: int | None = None
+
+    async def wait(self, queue: str, timeout: float) -> None:
+        """Return when ``queue``'s list has a message, after ``timeout`` seconds, or when
+        interrupted.
+
+        ``BLMOVE`` from the list's right end to its right end: a blocking peek that takes
+        nothing (a message on a priority step's list is seen at the next claim).
+        """
+        await redispy.make_usable(self._conn)
+        commands = [redispy.pack_command("CLIENT", "ID")]
+        commands.append(
+            redispy.pack_command("BLMOVE", queue, queue, "RIGHT", "RIGHT", f"{timeout:.3f}")
+        )
+        await redispy.send(self._conn, commands)
+        client_id = await redispy.read_reply(self._conn)
+        self._id = client_id if isinstance(client_id, int) else None  # an ACL may refuse it
+        reply = await redispy.read_reply(self._conn)
+        self._id = None
+        if isinstance(reply, Exception):
+            raise reply
+
+    async def interrupt(self, client: aioredis.Redis) -> None:
+        """End a wait in progress now (else it ends by its timeout)."""
+        if self._id is not None:
+            with contextlib.suppress(RedisError):
+                await command(client, "CLIENT", "UNBLOCK", self._id)
+
+    async def close(self) -> None:
+        """Drop the connection."""
+        await redispy.drop(self._conn)
