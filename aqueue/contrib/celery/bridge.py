@@ -24,11 +24,13 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Final
 
 import msgspec
+from aio_pika.abc import AbstractIncomingMessage
 
 from aqueue.core import sending, signals
 from aqueue.core.app import App
 from aqueue.core.context import Request, current_request
 from aqueue.core.errors import (
+    ConfigurationError,
     EncodeError,
     MessageTooLarge,
     OptionError,
@@ -38,6 +40,7 @@ from aqueue.core.errors import (
 from aqueue.core.options import CallOptions
 from aqueue.core.protocols import Outgoing
 
+from .celery_amqp import CeleryAmqp, message_parts
 from .kombu_redis import RESULT_EXPIRES, VISIBILITY_TIMEOUT, KombuRedis, Waiter
 from .protocol import (
     CELERY_HEADER,
@@ -45,10 +48,12 @@ from .protocol import (
     Meta,
     Refused,
     applied,
+    check_content_type,
     envelope,
     failure_meta,
     read_envelope,
     read_followers,
+    read_message,
     success_meta,
 )
 
@@ -58,6 +63,8 @@ log = logging.getLogger("aqueue.celery")
 REFUSED_QUEUE: Final = "celery.refused"
 #: seconds a stopping worker gives its relays to end (each wait lasts a second at most)
 _STOP_WITHIN: Final = 10.0
+#: the headers of a refused RabbitMQ message its dead letter keeps
+_KEPT_HEADERS: Final = frozenset({"task", "id", "root_id", "parent_id", "group", "retries"})
 #: the most of a refused message's envelope kept in its dead letter
 _REFUSED_KEEP: Final = 64 * 1024
 
@@ -74,7 +81,7 @@ class CeleryResult:
 
     async def state(self) -> str:
         """Celery's state of the task (``PENDING`` until something is stored)."""
-        meta = await self.bridge.kombu.get_meta(self.id)
+        meta = await self.bridge.result_store().get_meta(self.id)
         return "PENDING" if meta is None else meta.status
 
     async def wait(self, timeout: float | None = None) -> Any:
@@ -85,7 +92,7 @@ class CeleryResult:
             TaskRevoked: revoked or expired.
             TimeoutError: not done within ``timeout`` seconds.
         """
-        meta = await self.bridge.kombu.wait_meta(self.id, timeout)
+        meta = await self.bridge.result_store().wait_meta(self.id, timeout)
         return outcome(meta)
 
 
@@ -100,24 +107,26 @@ def outcome(meta: Meta) -> Any:
 
 
 class CeleryBridge:
-    """Run Celery's tasks in aqueue's workers, and send tasks to Celery's, on one Redis.
+    """Run Celery's tasks in aqueue's workers, and send tasks to Celery's, on one broker.
 
     Creating it is the opt-in: every worker of ``app`` then relays ``queues`` from Celery,
     and writes Celery's results for the tasks it relayed.
 
     Args:
         app: the aqueue app whose workers run the relayed tasks.
-        broker: Celery's broker URL (``redis://``; Celery's result backend must be Redis on
-            the same URL unless ``result_backend`` says where).
+        broker: Celery's broker URL: ``redis://`` (kombu's lists) or ``amqp://``
+            (RabbitMQ, Celery's queue declarations).
         queues: Celery queues aqueue workers take messages from (``[]``: send only).
-        result_backend: where Celery's result backend is (``redis://`` URL).
+        result_backend: Celery's result backend: a ``redis://`` URL (``celery-task-meta-``
+            keys), or ``rpc://`` (replies to the caller's queue; RabbitMQ only). Default:
+            the broker's URL on Redis, ``rpc://`` on RabbitMQ.
         task_routes: task name -> Celery queue, for what the bridge sends (a chain's next
             step, a callback) when the signature names no queue.
         default_queue: the Celery queue for everything else (Celery's ``task_default_queue``).
-        visibility_timeout: kombu's, as configured on the Celery side (restores of messages
-            a dead worker held wait this long).
+        visibility_timeout: kombu's on Redis, as configured on the Celery side (restores of
+            messages a dead worker held wait this long).
         result_expires: seconds Celery results are kept (Celery's ``result_expires``).
-        batch: messages taken off a Celery queue per round trip.
+        batch: messages taken off a Celery queue per round trip (the prefetch on RabbitMQ).
     """
 
     def __init__(
@@ -133,18 +142,37 @@ class CeleryBridge:
         result_expires: int = RESULT_EXPIRES,
         batch: int = 16,
     ) -> None:
-        if not broker.startswith(("redis://", "rediss://")):
-            raise ValueError("the Celery bridge reads Celery's Redis broker (redis:// URL)")
-        if result_backend is not None and result_backend != broker:
-            raise ValueError("the Celery bridge needs Celery's result backend on its broker URL")
+        redis_schemes = ("redis://", "rediss://")
+        self.kombu: KombuRedis | None = None
+        self.amqp: CeleryAmqp | None = None
+        if broker.startswith(redis_schemes):
+            self.kombu = KombuRedis(
+                broker, visibility_timeout=visibility_timeout, result_expires=result_expires
+            )
+            result_backend = result_backend or broker
+        elif broker.startswith(("amqp://", "amqps://")):
+            self.amqp = CeleryAmqp(broker)
+            result_backend = result_backend or "rpc://"
+        else:
+            raise ConfigurationError(
+                "the Celery bridge reads Celery's broker at a redis:// or amqp:// URL"
+            )
+        #: where Celery's results are read and written (``None``: ``rpc://`` replies)
+        self.results: KombuRedis | None = None
+        if result_backend == broker and self.kombu is not None:
+            self.results = self.kombu
+        elif result_backend.startswith(redis_schemes):
+            self.results = KombuRedis(result_backend, result_expires=result_expires)
+        elif result_backend != "rpc://" or self.amqp is None:
+            raise ConfigurationError(
+                "the Celery bridge writes Celery's results to a redis:// result backend, "
+                "or to rpc:// replies with a RabbitMQ broker"
+            )
         self.app = app
         self.queues = tuple(queues)
         self.task_routes = dict(task_routes or {})
         self.default_queue = default_queue
         self.batch = batch
-        self.kombu = KombuRedis(
-            broker, visibility_timeout=visibility_timeout, result_expires=result_expires
-        )
         self.origin = f"aqueue@{socket.gethostname()}"
         #: messages relayed from Celery into aqueue, and refused (dead-lettered)
         self.relayed = 0
@@ -152,6 +180,19 @@ class CeleryBridge:
         self._workers = 0
         self._waiters: set[Waiter] = set()
         app.lifespan(self._lifespan)
+
+    def result_store(self) -> KombuRedis:
+        """Celery's Redis result backend, where a :class:`CeleryResult` reads.
+
+        Raises:
+            ConfigurationError: results go to ``rpc://`` replies, which this side cannot read.
+        """
+        if self.results is None:
+            raise ConfigurationError(
+                "waiting on a Celery result needs Celery's redis:// result backend "
+                "(result_backend=...); rpc:// replies go to the Celery caller only"
+            )
+        return self.results
 
     # -- the worker's side ------------------------------------------------------------------
 
@@ -172,8 +213,9 @@ class CeleryBridge:
             yield
         finally:
             stop.set()
-            for waiter in list(self._waiters):
-                await waiter.interrupt(self.kombu.client())
+            if self.kombu is not None:
+                for waiter in list(self._waiters):
+                    await waiter.interrupt(self.kombu.client())
             if relays:
                 _, pending = await asyncio.wait(relays, timeout=_STOP_WITHIN)
                 for relay in pending:  # a safety net
@@ -184,33 +226,40 @@ class CeleryBridge:
                 signals.task_success.disconnect(self._on_success)
                 signals.task_failure.disconnect(self._on_failure)
                 signals.task_retry.disconnect(self._on_retry)
-                await self.kombu.close()
+                await self.close()
 
     async def relay(
         self, queue: str, *, wait: float = 1.0, stop: asyncio.Event | None = None
     ) -> None:
-        """Relay ``queue`` from Celery into aqueue until ``stop`` is set (within ``wait``
-        seconds: the worker's lifespan sets it), or until cancelled.
+        """Relay ``queue`` from Celery into aqueue until ``stop`` is set (the worker's
+        lifespan sets it), or until cancelled.
 
-        Messages a dead relay left unacked are pushed back once the visibility timeout has
-        passed, by this loop as by Celery's workers.
+        On Redis, messages a dead relay left unacked are pushed back once the visibility
+        timeout has passed, by this loop as by Celery's workers; each wait lasts ``wait``
+        seconds at most. On RabbitMQ, the connection is the lease: what a lost relay held
+        goes back to the queue.
         """
-        waiter = self.kombu.waiter()
+        stop = stop or asyncio.Event()
+        if self.amqp is not None:
+            await self._relay_amqp(self.amqp, queue, stop)
+            return
+        assert self.kombu is not None
+        kombu = self.kombu
+        waiter = kombu.waiter()
         self._waiters.add(waiter)
         failures = 0
         swept = 0.0
-        stop = stop or asyncio.Event()
         try:
             while not stop.is_set():
                 try:
                     if time.monotonic() - swept > 60.0:
                         swept = time.monotonic()
-                        await self.kombu.restore_stale([queue])
-                    taken = await self.kombu.claim(queue, self.batch)
+                        await kombu.restore_stale([queue])
+                    taken = await kombu.claim(queue, self.batch)
                     if not taken:
                         await waiter.wait(queue, wait)
                         continue
-                    await self._hand_over(queue, taken)
+                    await self._hand_over(kombu, queue, taken)
                     failures = 0
                 except Exception:
                     failures += 1
@@ -220,29 +269,81 @@ class CeleryBridge:
             self._waiters.discard(waiter)
             await waiter.close()
 
-    async def _hand_over(self, queue: str, taken: list[tuple[bytes, str]]) -> None:
+    async def _hand_over(
+        self, kombu: KombuRedis, queue: str, taken: list[tuple[bytes, str]]
+    ) -> None:
         done = 0
         try:
             for payload, tag in taken:
-                await self._relay_one(queue, payload)
-                await self.kombu.ack([tag])
+                try:
+                    task, _tag = read_envelope(payload, self.app.conf.max_message_bytes)
+                except Refused as refusal:
+                    await self._refuse(queue, payload, refusal, "")
+                else:
+                    await self._relay(queue, task, payload)
+                await kombu.ack([tag])
                 done += 1
         except BaseException:
             # stopping (or the broker failed): what was not handed over goes back on
             # Celery's list now, not after the visibility timeout
             rest = [tag for _, tag in taken[done:] if tag]
-            await asyncio.shield(self.kombu.restore(rest, [queue]))
+            await asyncio.shield(kombu.restore(rest, [queue]))
             raise
 
-    async def _relay_one(self, queue: str, payload: bytes) -> None:
+    async def _relay_amqp(self, amqp: CeleryAmqp, queue: str, stop: asyncio.Event) -> None:
+        failures = 0
+
+        async def handle(message: AbstractIncomingMessage) -> None:
+            await self._relay_amqp_message(queue, message)
+
+        while not stop.is_set():
+            try:
+                await amqp.consume(queue, self.batch, handle, stop)
+            except Exception:
+                failures += 1
+                log.exception("relaying Celery queue %s failed; retrying", queue)
+                await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+
+    async def _relay_amqp_message(self, queue: str, message: AbstractIncomingMessage) -> None:
+        content_type, headers, properties = message_parts(message)
+        body = message.body
+        task_id = headers.get("id") or properties.get("correlation_id")
+        reply_to = str(properties.get("reply_to") or "")
+        # what a dead letter keeps: the headers that say what it was, and the body
+        kept = msgspec.json.encode(
+            {
+                "content-type": content_type,
+                "headers": {k: str(v) for k, v in headers.items() if k in _KEPT_HEADERS},
+                "body": body[:_REFUSED_KEEP].decode(errors="replace"),
+            }
+        )
+        try:
+            if len(body) > self.app.conf.max_message_bytes:
+                raise Refused("celery:too-large", f"{len(body)} bytes", task_id)
+            check_content_type(content_type, task_id)
+            task = read_message(headers, properties, body)
+        except Refused as refusal:
+            await self._refuse(queue, kept, refusal, reply_to)
+            await message.ack()
+            return
+        try:
+            await self._relay(queue, task, kept)
+        except Exception:
+            log.exception("Celery task %s[%s] not relayed; requeued", task.task, task.id)
+            await asyncio.sleep(1.0)  # not a hot loop while aqueue's broker is down
+            await message.nack(requeue=True)
+            return
+        await message.ack()
+
+    async def _relay(self, queue: str, task: CeleryTask, raw: bytes) -> None:
+        """Publish a Celery task to aqueue under its id (or dead-letter it, with why)."""
         app = self.app
         try:
-            task, _tag = read_envelope(payload, app.conf.max_message_bytes)
             if task.task not in app.tasks:
                 raise Refused("celery:unknown-task", task.task, task.id)
             headers = {CELERY_HEADER: task.embed_header()}
         except Refused as refusal:
-            await self._refuse(queue, payload, refusal)
+            await self._refuse(queue, raw, refusal, task.reply_to)
             return
         options: CallOptions = {"task_id": task.id, "headers": headers}
         if task.eta is not None:
@@ -267,12 +368,13 @@ class CeleryBridge:
                 msg = msgspec.structs.replace(msg, retries=task.retries)
             await sending.publish(app, msg, fmt)
         except (OptionError, MessageTooLarge, EncodeError) as exc:
-            await self._refuse(queue, payload, Refused("celery:bad-message", str(exc), task.id))
+            bad = Refused("celery:bad-message", str(exc), task.id)
+            await self._refuse(queue, raw, bad, task.reply_to)
             return
         self.relayed += 1
         log.info("Celery task %s[%s] relayed from queue %s", task.task, task.id, queue)
 
-    async def _refuse(self, queue: str, payload: bytes, refusal: Refused) -> None:
+    async def _refuse(self, queue: str, payload: bytes, refusal: Refused, reply_to: str) -> None:
         """Dead-letter a Celery message in aqueue, with the reason, and fail its Celery
         result (a ``get()`` raises instead of waiting forever)."""
         self.refused += 1
@@ -299,7 +401,7 @@ class CeleryBridge:
             await delivery.dead_letter(str(reason))
         if refusal.task_id is not None:
             meta = failure_meta(refusal.task_id, "Refused", refusal.reason, None)
-            await self.kombu.store_meta(refusal.task_id, meta)
+            await self._store(refusal.task_id, meta, reply_to)
 
     def _celery_request(self, sender: Any, request: Request | None) -> str | None:
         """The Celery header of a request relayed by this bridge, else ``None``."""
@@ -317,8 +419,8 @@ class CeleryBridge:
             )
         except (msgspec.EncodeError, TypeError) as exc:
             meta = failure_meta(request.id, "EncodeError", str(exc), None)
-        await self.kombu.store_meta(request.id, meta)
         followers = read_followers(header)
+        await self._store(request.id, meta, followers.reply_to)
         root = request.root_id or request.id
         for sig in followers.callbacks:
             await self._apply(sig, (result,), parent_id=request.id, root_id=root)
@@ -343,15 +445,15 @@ class CeleryBridge:
         module = exc_type.__module__ if exc_type.__module__ == "builtins" else None
         name, message = exc_type.__qualname__, str(exception)
         meta = failure_meta(task_id, name, message, traceback, exc_module=module)
-        await self.kombu.store_meta(task_id, meta)
         followers = read_followers(header)
+        await self._store(task_id, meta, followers.reply_to)
         # as Celery does: the chain's later steps fail with it (their get() raises), and
         # errbacks are sent the failed task's id
         for sig in followers.chain:
             step_id = (sig.get("options") or {}).get("task_id")
             if isinstance(step_id, str) and step_id:
                 step_meta = failure_meta(step_id, name, message, traceback, exc_module=module)
-                await self.kombu.store_meta(step_id, step_meta)
+                await self._store(step_id, step_meta, followers.reply_to)
         root = request.root_id or request.id
         for sig in followers.errbacks:
             await self._apply(sig, (task_id,), parent_id=task_id, root_id=root)
@@ -359,10 +461,19 @@ class CeleryBridge:
     async def _on_retry(
         self, sender: Any, *, request: Request, reason: BaseException, **_: Any
     ) -> None:
-        if self._celery_request(sender, request) is None:
+        header = self._celery_request(sender, request)
+        if header is None:
             return
         meta = failure_meta(request.id, type(reason).__qualname__, str(reason), None, state="RETRY")
-        await self.kombu.store_meta(request.id, meta)
+        await self._store(request.id, meta, read_followers(header).reply_to)
+
+    async def _store(self, task_id: str, meta: bytes, reply_to: str) -> None:
+        """Store a result meta where Celery's caller reads it: the Redis backend's key, or
+        an ``rpc://`` reply to the caller's queue (none without ``reply_to``)."""
+        if self.results is not None:
+            await self.results.store_meta(task_id, meta)
+        elif self.amqp is not None and reply_to:
+            await self.amqp.reply(reply_to, task_id, meta)
 
     async def _apply(
         self,
@@ -394,8 +505,12 @@ class CeleryBridge:
 
     async def _push(self, task: CeleryTask, queue: Any, priority: int) -> None:
         target = queue if isinstance(queue, str) and queue else self.route(task.task)
-        payload = envelope(task, queue=target, priority=priority, origin=self.origin)
-        await self.kombu.push(target, priority, payload)
+        if self.amqp is not None:
+            await self.amqp.push(task, target, priority, self.origin)
+        else:
+            assert self.kombu is not None
+            payload = envelope(task, queue=target, priority=priority, origin=self.origin)
+            await self.kombu.push(target, priority, payload)
         log.info("Celery task %s[%s] sent to queue %s", task.task, task.id, target)
 
     def route(self, name: str) -> str:
@@ -454,6 +569,12 @@ class CeleryBridge:
         )
         await self._push(task, queue, priority)
         return CeleryResult(self, task_id)
+
+    async def close(self) -> None:
+        """Close the connections to Celery's side (a later use opens them again)."""
+        for side in (self.kombu, self.results, self.amqp):
+            if side is not None:
+                await side.close()
 
     def AsyncResult(self, task_id: str) -> CeleryResult:
         """A handle on a Celery task's result by id."""

@@ -99,6 +99,8 @@ class CeleryTask:
             embed["errbacks"] = self.errbacks
         if self.chain:
             embed["chain"] = self.chain
+        if self.reply_to:
+            embed["reply_to"] = self.reply_to
         text = msgspec.json.encode(embed).decode()
         if len(text) > _MAX_EMBED_CHARS:
             raise Refused(
@@ -116,6 +118,8 @@ class Followers:
     callbacks: tuple[dict[str, Any], ...] = ()
     errbacks: tuple[dict[str, Any], ...] = ()
     chain: tuple[dict[str, Any], ...] = ()
+    #: where an ``rpc://`` result goes (the caller's reply queue)
+    reply_to: str = ""
 
 
 def read_followers(header: str) -> Followers:
@@ -127,6 +131,7 @@ def read_followers(header: str) -> Followers:
         callbacks=tuple(embed.get("callbacks") or ()),
         errbacks=tuple(embed.get("errbacks") or ()),
         chain=tuple(embed.get("chain") or ()),
+        reply_to=str(embed.get("reply_to") or ""),
     )
 
 
@@ -150,10 +155,7 @@ def read_envelope(payload: bytes, max_bytes: int) -> tuple[CeleryTask, str]:
     headers = envelope.get("headers")
     headers = headers if isinstance(headers, dict) else {}
     task_id = _text(headers.get("id")) or _text(properties.get("correlation_id"))
-    content_type = envelope.get("content-type")
-    if content_type != JSON_CONTENT_TYPE:
-        name = _SERIALIZER_NAMES.get(str(content_type), f"custom ({str(content_type)[:80]})")
-        raise Refused("celery:unsupported-content-type", name, task_id)
+    check_content_type(envelope.get("content-type"), task_id)
     body = envelope.get("body")
     if not isinstance(body, str):
         raise Refused("celery:bad-envelope", "no body", task_id)
@@ -166,6 +168,17 @@ def read_envelope(payload: bytes, max_bytes: int) -> tuple[CeleryTask, str]:
         raw = body.encode()
     task = read_message(headers, properties, raw)
     return task, _text(properties.get("delivery_tag")) or ""
+
+
+def check_content_type(content_type: Any, task_id: str | None) -> None:
+    """Refuse anything but JSON, naming Celery's serializer behind the content type.
+
+    Raises:
+        Refused: ``celery:unsupported-content-type pickle`` (yaml, msgpack, custom (...)).
+    """
+    if content_type != JSON_CONTENT_TYPE:
+        name = _SERIALIZER_NAMES.get(str(content_type), f"custom ({str(content_type)[:80]})")
+        raise Refused("celery:unsupported-content-type", name, task_id)
 
 
 def read_message(
