@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -25,11 +24,15 @@ from typing import Any
 
 import redis
 
+from tests.conftest import _delete_rabbit_queues as delete_rabbit_queues
+
 #: what the virtualenv holds (a change rebuilds it)
 CELERY_REQUIREMENT = "celery[redis]>=5.3,<6"
 #: the Redis database the Celery side uses in these tests (aqueue's keys stay in 0)
 CELERY_DB = 11
 CELERY_URL = f"redis://127.0.0.1:6379/{CELERY_DB}"
+#: Celery's RabbitMQ (its queues are unique to each test, and deleted after it)
+CELERY_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
 
 def _cache_dir() -> Path:
@@ -83,8 +86,7 @@ CELERY_PROJECT = textwrap.dedent(
     import os
     from celery import Celery
 
-    url = os.environ["MIG_CELERY_URL"]
-    app = Celery("mig", broker=url, backend=url)
+    app = Celery("mig", broker=os.environ["MIG_CELERY_URL"], backend=os.environ["MIG_BACKEND"])
     app.conf.update(
         task_default_queue=os.environ["MIG_CELERY_QUEUE"],
         task_routes={"mig.aq_*": {"queue": os.environ["MIG_AQUEUE_QUEUE"]}},
@@ -137,12 +139,16 @@ class CeleryProject:
     root: Path
     celery_queue: str
     aqueue_queue: str
+    #: Celery's broker and result backend
+    broker: str = CELERY_URL
+    backend: str = CELERY_URL
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_")}
         env.update(
             PYTHONPATH=str(self.root),
-            MIG_CELERY_URL=CELERY_URL,
+            MIG_CELERY_URL=self.broker,
+            MIG_BACKEND=self.backend,
             MIG_CELERY_QUEUE=self.celery_queue,
             MIG_AQUEUE_QUEUE=self.aqueue_queue,
         )
@@ -212,13 +218,10 @@ class CeleryProject:
             yield
         finally:
             if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    async with asyncio.timeout(20):
-                        await proc.wait()
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+                # nothing of the test is left for it to finish (a warm shutdown on RabbitMQ
+                # takes ten seconds)
+                proc.kill()
+                await proc.wait()
             with contextlib.suppress(NameError):
                 drain.cancel()
 
@@ -228,20 +231,26 @@ async def _drain(stream: asyncio.StreamReader, seen: list[str]) -> None:
         seen.append(line.decode())
 
 
-def make_project(python: Path, root: Path) -> CeleryProject:
+def make_project(
+    python: Path, root: Path, broker: str = CELERY_URL, backend: str = CELERY_URL
+) -> CeleryProject:
     unique = uuid.uuid4().hex[:10]
     root.mkdir(parents=True, exist_ok=True)
     (root / "mig.py").write_text(CELERY_PROJECT)
     (root / "producer.py").write_text(CELERY_PRODUCER)
-    return CeleryProject(python, root, f"mig-c-{unique}", f"mig-aq-{unique}")
+    return CeleryProject(python, root, f"mig-c-{unique}", f"mig-aq-{unique}", broker, backend)
 
 
 @contextlib.contextmanager
 def celery_keys_deleted(project: CeleryProject) -> Iterator[None]:
-    """Delete this test's Celery-side keys afterwards (its lists, their bindings)."""
+    """Delete this test's Celery-side keys afterwards (its lists, their bindings), and its
+    RabbitMQ queues and exchanges."""
     try:
         yield
     finally:
+        if project.broker.startswith("amqp://"):
+            names = [project.celery_queue, project.aqueue_queue]
+            delete_rabbit_queues(names, names)
         client = redis.Redis(host="127.0.0.1", port=6379, db=CELERY_DB)
         try:
             for queue in (project.celery_queue, project.aqueue_queue):

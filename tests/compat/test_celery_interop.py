@@ -15,7 +15,10 @@ import pytest
 
 from aqueue import App
 from aqueue.contrib.celery import REFUSED_QUEUE, CeleryBridge, signature
+from aqueue.core.errors import ConfigurationError
 from tests.conftest import (
+    RABBIT_HOST,
+    RABBIT_PORT,
     REDIS_HOST,
     REDIS_PORT,
     delete_redis_prefix,
@@ -24,7 +27,14 @@ from tests.conftest import (
     require_service,
 )
 
-from .celery_env import CELERY_URL, CeleryProject, celery_keys_deleted, celery_python, make_project
+from .celery_env import (
+    CELERY_AMQP_URL,
+    CELERY_URL,
+    CeleryProject,
+    celery_keys_deleted,
+    celery_python,
+    make_project,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
@@ -34,10 +44,29 @@ def python() -> Path:
     return celery_python()
 
 
-@pytest.fixture
-def project(python: Path, tmp_path: Path) -> Iterator[CeleryProject]:
+@pytest.fixture(
+    params=[
+        pytest.param("redis", id="redis"),
+        pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
+    ]
+)
+def kind(request: pytest.FixtureRequest) -> str:
     require_service("Redis", REDIS_HOST, REDIS_PORT)
-    made = make_project(python, tmp_path / "celery")
+    if request.param == "rabbitmq":
+        require_service("RabbitMQ", RABBIT_HOST, RABBIT_PORT)
+    return str(request.param)
+
+
+@pytest.fixture
+def backend(kind: str) -> str:
+    """Celery's result backend: Redis beside either broker (a test may ask for rpc://)."""
+    return CELERY_URL
+
+
+@pytest.fixture
+def project(python: Path, tmp_path: Path, kind: str, backend: str) -> Iterator[CeleryProject]:
+    broker = CELERY_URL if kind == "redis" else CELERY_AMQP_URL
+    made = make_project(python, tmp_path / "celery", broker, backend)
     with celery_keys_deleted(made):
         yield made
 
@@ -58,30 +87,44 @@ async def app(project: CeleryProject, tmp_path: Path) -> AsyncIterator[App]:
         delete_redis_prefix(prefix_of(url))
 
 
-def bridge_of(app: App, project: CeleryProject) -> CeleryBridge:
-    return CeleryBridge(
+@pytest.fixture
+async def bridge(app: App, project: CeleryProject) -> AsyncIterator[CeleryBridge]:
+    made = CeleryBridge(
         app,
-        CELERY_URL,
+        project.broker,
+        result_backend=project.backend,
         queues=[project.aqueue_queue],
         default_queue=project.celery_queue,
         result_expires=600,
     )
+    yield made
+    await made.close()
 
 
 async def test_a_celery_delay_runs_on_aqueue_and_celery_gets_the_result(
-    app: App, project: CeleryProject
+    app: App, project: CeleryProject, bridge: CeleryBridge
 ) -> None:
-    bridge = bridge_of(app, project)
     async with app.worker(concurrency=4):
         lines = await project.produce("delay")
     assert lines[-1].get("value") == 42, lines
     assert bridge.relayed == 1 and bridge.refused == 0
 
 
-async def test_aqueue_sends_to_a_celery_worker_and_waits_for_its_result(
-    app: App, project: CeleryProject
+@pytest.mark.rabbitmq
+@pytest.mark.parametrize(("kind", "backend"), [("rabbitmq", "rpc://")])
+async def test_a_celery_delay_over_rabbitmq_gets_an_rpc_reply(
+    app: App, project: CeleryProject, bridge: CeleryBridge
 ) -> None:
-    bridge = bridge_of(app, project)
+    async with app.worker(concurrency=4):
+        lines = await project.produce("delay")
+    assert lines[-1].get("value") == 42, lines
+    with pytest.raises(ConfigurationError, match="redis:// result backend"):
+        await bridge.AsyncResult(lines[0]["id"]).state()  # rpc:// replies are the caller's
+
+
+async def test_aqueue_sends_to_a_celery_worker_and_waits_for_its_result(
+    app: App, project: CeleryProject, bridge: CeleryBridge
+) -> None:
     async with project.worker():
         result = await bridge.send_task("mig.c_add", (2, 3))
         assert await result.wait(timeout=60) == 5
@@ -89,9 +132,8 @@ async def test_aqueue_sends_to_a_celery_worker_and_waits_for_its_result(
 
 
 async def test_a_chain_alternating_celery_and_aqueue_steps_completes_both_ways(
-    app: App, project: CeleryProject
+    app: App, project: CeleryProject, bridge: CeleryBridge
 ) -> None:
-    bridge = bridge_of(app, project)
     async with project.worker(), app.worker(concurrency=4):
         # started by Celery: c_add (Celery) -> aq_mul (aqueue) -> c_add (Celery)
         lines = await project.produce("chain")
@@ -109,9 +151,8 @@ async def test_a_chain_alternating_celery_and_aqueue_steps_completes_both_ways(
 
 
 async def test_a_pickled_celery_message_is_dead_lettered_with_a_reason(
-    app: App, project: CeleryProject
+    app: App, project: CeleryProject, bridge: CeleryBridge
 ) -> None:
-    bridge = bridge_of(app, project)
     async with app.worker(concurrency=4):
         lines = await project.produce("pickle")
     sent_id = lines[0]["id"]
