@@ -13,6 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,8 +24,16 @@ from aqueue.contrib.celery import REFUSED_QUEUE, CeleryBridge, signature
 from aqueue.contrib.celery.kombu_redis import UNACKED, UNACKED_INDEX, KombuRedis
 from aqueue.contrib.celery.protocol import CeleryTask, envelope
 from aqueue.core import signals
-from aqueue.core.errors import TaskFailed
-from tests.conftest import REDIS_HOST, REDIS_PORT, require_service
+from aqueue.core.errors import TaskFailed, TaskRevoked
+from tests.conftest import (
+    BROKER_KINDS,
+    REDIS_HOST,
+    REDIS_PORT,
+    delete_redis_prefix,
+    make_url,
+    prefix_of,
+    require_service,
+)
 
 from .celery_env import CELERY_DB, CELERY_URL
 from .test_celery_protocol import celery_envelope
@@ -267,3 +276,41 @@ async def test_stopping_mid_hand_over_puts_what_is_left_back(
     for entry in await client.hvals(UNACKED):
         assert json.loads(entry)[0]["headers"]["id"] not in ids
     await bridge.kombu.close()
+
+
+async def test_an_expired_message_is_not_run_and_shows_revoked(app: App, queue: str) -> None:
+    bridge = CeleryBridge(app, CELERY_URL, queues=[queue])
+    task = celery_task("mig.aq_mul", (1, 2), expires=time.time() - 1.0)
+    async with app.worker():
+        await push(bridge.kombu, queue, task)
+        with pytest.raises(TaskRevoked):
+            await bridge.AsyncResult(task.id).wait(timeout=10)
+    assert bridge.relayed == 0
+
+
+@pytest.fixture(params=BROKER_KINDS)
+def any_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """aqueue's own broker, of every kind (results in memory:// beside it)."""
+    url = make_url(request.param, tmp_path)
+    if request.param == "rabbitmq":
+        request.getfixturevalue("_rabbit_prefixes").append(prefix_of(url))
+    yield url
+    if request.param == "redis":
+        delete_redis_prefix(prefix_of(url))
+
+
+async def test_refusals_reach_the_dead_letters_on_every_aqueue_broker(
+    any_broker: str, queue: str
+) -> None:
+    the_app = App("mig", broker=any_broker, backend=f"memory://r{uuid.uuid4().hex[:12]}")
+    bridge = CeleryBridge(the_app, CELERY_URL, queues=[queue])
+    tasks = [celery_task("proj.only_on_celery") for _ in range(3)]
+    async with the_app, the_app.worker():
+        for task in tasks:
+            await push(bridge.kombu, queue, task)
+        for task in tasks:
+            with pytest.raises(TaskFailed, match="celery:unknown-task"):
+                await bridge.AsyncResult(task.id).wait(timeout=10)
+        letters = await the_app.control.dead_letters.list(REFUSED_QUEUE)
+    assert sorted(d.id for d in letters) == sorted(t.id for t in tasks)
+    assert {d.reason for d in letters} == {"celery:unknown-task proj.only_on_celery"}

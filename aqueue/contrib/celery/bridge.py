@@ -54,6 +54,7 @@ from .protocol import (
     read_envelope,
     read_followers,
     read_message,
+    revoked_meta,
     success_meta,
 )
 
@@ -65,6 +66,9 @@ REFUSED_QUEUE: Final = "celery.refused"
 _STOP_WITHIN: Final = 10.0
 #: the headers of a refused RabbitMQ message its dead letter keeps
 _KEPT_HEADERS: Final = frozenset({"task", "id", "root_id", "parent_id", "group", "retries"})
+#: seconds a refusal waits to see its message in the refused queue (then another relay's
+#: next refusal, or a later one of this relay, dead-letters it)
+_REFUSE_WITHIN: Final = 5.0
 #: the most of a refused message's envelope kept in its dead letter
 _REFUSED_KEEP: Final = 64 * 1024
 
@@ -338,6 +342,11 @@ class CeleryBridge:
     async def _relay(self, queue: str, task: CeleryTask, raw: bytes) -> None:
         """Publish a Celery task to aqueue under its id (or dead-letter it, with why)."""
         app = self.app
+        if task.expires is not None and task.expires <= time.time():
+            # as a Celery worker does: not run, and REVOKED for the caller
+            await self._store(task.id, revoked_meta(task.id, "expired"), task.reply_to)
+            log.info("Celery task %s[%s] expired before it was relayed", task.task, task.id)
+            return
         try:
             if task.task not in app.tasks:
                 raise Refused("celery:unknown-task", task.task, task.id)
@@ -388,17 +397,24 @@ class CeleryBridge:
             }
         )
         broker = await self.app.connected_broker()
-        await broker.publish([Outgoing(letter_id, REFUSED_QUEUE, body)])
+        [queued] = await broker.publish([Outgoing(letter_id, REFUSED_QUEUE, body)])
         # whoever claims from the refused queue dead-letters what it finds there with the
-        # reason the body carries (any number of relays, no message left behind)
-        for delivery in await broker.claim(
-            [REFUSED_QUEUE], limit=16, lease_seconds=30.0, owner=self.origin, timeout=0.0
-        ):
-            try:
-                reason = msgspec.json.decode(delivery.body)["reason"]
-            except (msgspec.DecodeError, KeyError, TypeError):
-                reason = "celery:refused"
-            await delivery.dead_letter(str(reason))
+        # reason the body carries (any number of relays, no message left behind); until
+        # this one is among them, as a claim may not see it at once (RabbitMQ's consumer)
+        deadline = time.monotonic() + _REFUSE_WITHIN
+        while True:
+            deliveries = await broker.claim(
+                [REFUSED_QUEUE], limit=16, lease_seconds=30.0, owner=self.origin, timeout=0.5
+            )
+            for delivery in deliveries:
+                try:
+                    reason = msgspec.json.decode(delivery.body)["reason"]
+                except (msgspec.DecodeError, KeyError, TypeError):
+                    reason = "celery:refused"
+                await delivery.dead_letter(str(reason))
+            seen = any(delivery.id == letter_id for delivery in deliveries)
+            if seen or not queued or time.monotonic() > deadline:
+                break
         if refusal.task_id is not None:
             meta = failure_meta(refusal.task_id, "Refused", refusal.reason, None)
             await self._store(refusal.task_id, meta, reply_to)

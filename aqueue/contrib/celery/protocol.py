@@ -440,6 +440,17 @@ def failure_meta(
     return _meta(task_id, state, error, traceback, group_id=group_id, parent_id=parent_id)
 
 
+def revoked_meta(task_id: str, reason: str) -> bytes:
+    """The meta of a task that was not run (``reason``: "expired", "revoked"), as Celery
+    stores it: ``get()`` raises its ``TaskRevokedError``."""
+    error = {
+        "exc_type": "TaskRevokedError",
+        "exc_message": [reason],
+        "exc_module": "celery.exceptions",
+    }
+    return _meta(task_id, "REVOKED", error, None, group_id=None, parent_id=None)
+
+
 def _meta(
     task_id: str,
     state: str,
