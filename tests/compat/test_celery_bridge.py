@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -314,3 +316,14 @@ async def test_refusals_reach_the_dead_letters_on_every_aqueue_broker(
         letters = await the_app.control.dead_letters.list(REFUSED_QUEUE)
     assert sorted(d.id for d in letters) == sorted(t.id for t in tasks)
     assert {d.reason for d in letters} == {"celery:unknown-task proj.only_on_celery"}
+
+
+def test_a_bridge_imports_only_its_brokers_client() -> None:
+    code = (
+        "import sys, aqueue.contrib.celery as c\n"
+        "from aqueue import App\n"
+        "assert not {'redis', 'aio_pika'} & set(sys.modules)\n"
+        "c.CeleryBridge(App('x', broker='memory://x'), 'redis://127.0.0.1:6379/11', queues=[])\n"
+        "assert 'redis' in sys.modules and 'aio_pika' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -21,10 +21,9 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
-from aio_pika.abc import AbstractIncomingMessage
 
 from aqueue.core import sending, signals
 from aqueue.core.app import App
@@ -40,8 +39,6 @@ from aqueue.core.errors import (
 from aqueue.core.options import CallOptions
 from aqueue.core.protocols import Outgoing
 
-from .celery_amqp import CeleryAmqp, message_parts
-from .kombu_redis import RESULT_EXPIRES, VISIBILITY_TIMEOUT, KombuRedis, Waiter
 from .protocol import (
     CELERY_HEADER,
     CeleryTask,
@@ -58,7 +55,18 @@ from .protocol import (
     success_meta,
 )
 
+if TYPE_CHECKING:  # each technology's module is imported when a bridge uses it
+    from aio_pika.abc import AbstractIncomingMessage
+
+    from .celery_amqp import CeleryAmqp
+    from .kombu_redis import KombuRedis, Waiter
+
 log = logging.getLogger("aqueue.celery")
+
+#: kombu's default ``visibility_timeout`` on Redis
+VISIBILITY_TIMEOUT: Final = 3600.0
+#: Celery's default ``result_expires`` (one day)
+RESULT_EXPIRES: Final = 86400
 
 #: the aqueue queue refused Celery messages pass through on their way to the dead letters
 REFUSED_QUEUE: Final = "celery.refused"
@@ -150,12 +158,12 @@ class CeleryBridge:
         self.kombu: KombuRedis | None = None
         self.amqp: CeleryAmqp | None = None
         if broker.startswith(redis_schemes):
-            self.kombu = KombuRedis(
+            self.kombu = _kombu_redis().KombuRedis(
                 broker, visibility_timeout=visibility_timeout, result_expires=result_expires
             )
             result_backend = result_backend or broker
         elif broker.startswith(("amqp://", "amqps://")):
-            self.amqp = CeleryAmqp(broker)
+            self.amqp = _celery_amqp().CeleryAmqp(broker)
             result_backend = result_backend or "rpc://"
         else:
             raise ConfigurationError(
@@ -166,7 +174,7 @@ class CeleryBridge:
         if result_backend == broker and self.kombu is not None:
             self.results = self.kombu
         elif result_backend.startswith(redis_schemes):
-            self.results = KombuRedis(result_backend, result_expires=result_expires)
+            self.results = _kombu_redis().KombuRedis(result_backend, result_expires=result_expires)
         elif result_backend != "rpc://" or self.amqp is None:
             raise ConfigurationError(
                 "the Celery bridge writes Celery's results to a redis:// result backend, "
@@ -309,7 +317,7 @@ class CeleryBridge:
                 await asyncio.sleep(min(0.1 * 2**failures, 5.0))
 
     async def _relay_amqp_message(self, queue: str, message: AbstractIncomingMessage) -> None:
-        content_type, headers, properties = message_parts(message)
+        content_type, headers, properties = _celery_amqp().message_parts(message)
         body = message.body
         task_id = headers.get("id") or properties.get("correlation_id")
         reply_to = str(properties.get("reply_to") or "")
@@ -595,3 +603,25 @@ class CeleryBridge:
     def AsyncResult(self, task_id: str) -> CeleryResult:
         """A handle on a Celery task's result by id."""
         return CeleryResult(self, task_id)
+
+
+def _kombu_redis() -> Any:
+    """``kombu_redis``, imported on first use (it needs redis-py)."""
+    try:
+        from . import kombu_redis
+    except ImportError as exc:
+        raise ConfigurationError(
+            f'the Celery bridge on Redis needs redis-py: pip install "aqueue[redis]" ({exc})'
+        ) from None
+    return kombu_redis
+
+
+def _celery_amqp() -> Any:
+    """``celery_amqp``, imported on first use (it needs aio-pika)."""
+    try:
+        from . import celery_amqp
+    except ImportError as exc:
+        raise ConfigurationError(
+            f'the Celery bridge on RabbitMQ needs aio-pika: pip install "aqueue[rabbitmq]" ({exc})'
+        ) from None
+    return celery_amqp

@@ -33,9 +33,8 @@ from .protocol import PRIORITY_STEPS, Meta, meta_key, queue_list, read_meta
 #: kombu's key names (``Channel.unacked_key`` / ``unacked_index_key``)
 UNACKED: Final = "unacked"
 UNACKED_INDEX: Final = "unacked_index"
-#: kombu's default ``visibility_timeout``
+#: kombu's default ``visibility_timeout``, Celery's default ``result_expires`` (one day)
 VISIBILITY_TIMEOUT: Final = 3600.0
-#: Celery's default ``result_expires`` (one day)
 RESULT_EXPIRES: Final = 86400
 
 
