@@ -146,6 +146,29 @@ async def test_a_stale_unacked_message_of_its_queues_goes_back_on_the_list(queue
         await kombu.close()
 
 
+async def test_a_stale_message_routed_by_an_exchange_binding_goes_back_to_its_queue(
+    queue: str,
+) -> None:
+    kombu = KombuRedis(CELERY_URL, visibility_timeout=0.0)
+    client = kombu.client()
+    exchange = f"{queue}-x"
+    # what a Celery producer leaves for a route to exchange "x", key "img.resize"
+    raw = json.loads(celery_envelope())
+    raw["properties"]["delivery_info"] = {"exchange": exchange, "routing_key": "img.resize"}
+    raw["properties"]["delivery_tag"] = tag = str(uuid.uuid4())
+    await client.sadd(f"_kombu.binding.{exchange}", f"img.resize\x06\x16\x06\x16{queue}")
+    try:
+        await client.lpush(queue, json.dumps(raw))
+        assert [t for _, t in await kombu.claim(queue, 16)] == [tag]
+        assert await kombu.restore_stale([queue], limit=100_000) == 1
+        [back] = await client.lrange(queue, 0, -1)
+        assert json.loads(back)["properties"]["delivery_tag"] == tag
+    finally:
+        await client.delete(f"_kombu.binding.{exchange}")
+        await kombu.ack([tag])
+        await kombu.close()
+
+
 async def test_priority_lists_are_claimed_before_the_bare_list(queue: str) -> None:
     kombu = KombuRedis(CELERY_URL)
     first, later = celery_task("a"), celery_task("b")

@@ -28,11 +28,13 @@ from aqueue.transports.redis import redispy
 from aqueue.transports.redis.redispy import async_client
 from aqueue.transports.redis.scripts import command
 
-from .protocol import PRIORITY_STEPS, Meta, meta_key, queue_list, read_meta
+from .protocol import PRIORITY_SEPARATOR, PRIORITY_STEPS, Meta, meta_key, queue_list, read_meta
 
 #: kombu's key names (``Channel.unacked_key`` / ``unacked_index_key``)
 UNACKED: Final = "unacked"
 UNACKED_INDEX: Final = "unacked_index"
+#: kombu's table of an exchange's bindings (``Channel.keyprefix_queue``)
+BINDING_PREFIX: Final = "_kombu.binding."
 #: kombu's default ``visibility_timeout``, Celery's default ``result_expires`` (one day)
 VISIBILITY_TIMEOUT: Final = 3600.0
 RESULT_EXPIRES: Final = 86400
@@ -103,8 +105,8 @@ class KombuRedis:
             await pipe.execute()
 
     async def restore(self, tags: Sequence[str], queues: Sequence[str]) -> int:
-        """Push unacked messages back on their lists (kombu's ``restore_by_tag``), when their
-        routing key names one of ``queues`` (another consumer's are left to it)."""
+        """Push unacked messages back on their lists (kombu's ``restore_by_tag``), when they
+        were routed to one of ``queues`` (another consumer's are left to it)."""
         client = self.client()
         restored = 0
         for tag in tags:
@@ -112,19 +114,39 @@ class KombuRedis:
             if entry is None:
                 continue
             try:
-                payload, _exchange, routing_key = msgspec.json.decode(entry)
+                payload, exchange, routing_key = msgspec.json.decode(entry)
             except (msgspec.DecodeError, ValueError, TypeError):
                 continue
-            if routing_key not in queues or not isinstance(payload, dict):
+            if not isinstance(payload, dict) or not isinstance(routing_key, str):
+                continue
+            routed = await self.routed(str(exchange or ""), routing_key)
+            if routed is None or routed not in queues:
                 continue
             payload.setdefault("headers", {})["redelivered"] = True
             properties = payload.get("properties") or {}
             priority = properties.get("priority")
-            key = queue_list(routing_key, priority if isinstance(priority, int) else 0)
+            key = queue_list(routed, priority if isinstance(priority, int) else 0)
             restored += await self._restore(
                 keys=[UNACKED, UNACKED_INDEX, key], args=[tag, entry, msgspec.json.encode(payload)]
             )
         return restored
+
+    async def routed(self, exchange: str, routing_key: str) -> str | None:
+        """The queue a direct route leads to (kombu's ``_lookup``): the routing key itself on
+        the default exchange, else the first queue bound with that key in kombu's binding
+        table (``_kombu.binding.<exchange>``, members ``key\\x06\\x16pattern\\x06\\x16queue``).
+
+        A member of another shape is skipped.
+        """
+        if not exchange:
+            return routing_key
+        members = await command(self.client(), "SMEMBERS", BINDING_PREFIX + exchange)
+        for member in members:
+            text: str = member.decode(errors="replace")
+            parts = text.split(PRIORITY_SEPARATOR)
+            if len(parts) == 3 and parts[0] == routing_key:
+                return parts[2]
+        return None
 
     async def restore_stale(self, queues: Sequence[str], limit: int = 100) -> int:
         """Restore what has been unacked longer than the visibility timeout (kombu's
