@@ -150,6 +150,17 @@ async def test_a_chain_alternating_celery_and_aqueue_steps_completes_both_ways(
     assert bridge.relayed == 2
 
 
+@pytest.mark.rabbitmq
+@pytest.mark.parametrize(("kind", "backend"), [("rabbitmq", "rpc://")])
+async def test_a_mixed_chain_over_rabbitmq_answers_its_rpc_caller(
+    app: App, project: CeleryProject, bridge: CeleryBridge
+) -> None:
+    async with project.worker(), app.worker(concurrency=4):
+        lines = await project.produce("chain")
+    assert lines[-1].get("value") == 35, lines
+    assert bridge.relayed == 1
+
+
 async def test_a_pickled_celery_message_is_dead_lettered_with_a_reason(
     app: App, project: CeleryProject, bridge: CeleryBridge
 ) -> None:

@@ -1,8 +1,9 @@
 """Celery protocol 2 read and written, and Celery's result meta: no Celery, no server.
 
-``CELERY_ENVELOPE`` is what Celery 5.7 (kombu 5.7, JSON, Redis) pushed for
-``add.apply_async((2, 3), {"z": 1}, countdown=60, expires=3600, time_limit=30,
-soft_time_limit=20, link=..., )`` as a step of a chain, captured from a real producer.
+``CAPTURED`` is what Celery 5.7 (kombu 5.7, JSON, Redis) pushed for the chain
+``add.s(2, 3, z=1).set(countdown=60, expires=3600, time_limit=30, soft_time_limit=20) |
+next.s(10) | last.s()``, taken off the list before any worker saw it; the other cases are
+built in the same form by :func:`celery_envelope`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,28 @@ from aqueue.contrib.celery.protocol import (
 )
 
 MAX = 1 << 20
+
+CAPTURED = (
+    '{"body": "W1syLCAzXSwgeyJ6IjogMX0sIHsiY2FsbGJhY2tzIjogbnVsbCwgImVycmJhY2tzIjogbnVsbC'
+    "wgImNoYWluIjogW3sidGFzayI6ICJwcm9qLmxhc3QiLCAiYXJncyI6IFtdLCAia3dhcmdzIjoge30sICJvcH"
+    "Rpb25zIjogeyJ0YXNrX2lkIjogIjUxMzRlNjIyLTg3ZjEtNGIwOS1iNDk1LTYwMDQ5YWFjOGNlYSIsICJyZX"
+    "BseV90byI6ICIyYTlhMzIwMy02NWYyLTNiOGQtOTg3Ni0wNWZlZTk5NWEwN2QifSwgInN1YnRhc2tfdHlwZS"
+    "I6IG51bGwsICJpbW11dGFibGUiOiBmYWxzZX0sIHsidGFzayI6ICJwcm9qLm5leHQiLCAiYXJncyI6IFsxMF"
+    "0sICJrd2FyZ3MiOiB7fSwgIm9wdGlvbnMiOiB7InRhc2tfaWQiOiAiOTgzYmUwNDgtMjRmOC00OGRmLTgyYj"
+    "MtNDEwMGJjYTJjNzdjIiwgInJlcGx5X3RvIjogIjJhOWEzMjAzLTY1ZjItM2I4ZC05ODc2LTA1ZmVlOTk1YT"
+    "A3ZCJ9LCAic3VidGFza190eXBlIjogbnVsbCwgImltbXV0YWJsZSI6IGZhbHNlfV0sICJjaG9yZCI6IG51bG"
+    'x9XQ==", "content-encoding": "utf-8", "content-type": "application/json", "headers":'
+    ' {"lang": "py", "task": "proj.add", "id": "01045328-89b8-4fc9-b7bd-1bc7b4c5faa4", "s'
+    'hadow": null, "eta": "2026-12-07T12:44:31.813712+00:00", "expires": "2026-12-07T13:4'
+    '3:31.813712+00:00", "group": null, "group_index": null, "retries": 0, "timelimit": ['
+    '30, 20], "root_id": "01045328-89b8-4fc9-b7bd-1bc7b4c5faa4", "parent_id": null, "args'
+    'repr": "(2, 3)", "kwargsrepr": "{\'z\': 1}", "origin": "gen1958@vm", "ignore_result": '
+    'false, "replaced_task_nesting": 0, "stamped_headers": null, "stamps": {}}, "properti'
+    'es": {"correlation_id": "01045328-89b8-4fc9-b7bd-1bc7b4c5faa4", "reply_to": "2a9a320'
+    '3-65f2-3b8d-9876-05fee995a07d", "delivery_mode": 2, "expiration": "3600000", "delive'
+    'ry_info": {"exchange": "", "routing_key": "capture-q-1f2e"}, "priority": 0, "body_en'
+    'coding": "base64", "delivery_tag": "1543b078-900b-4ce5-96f8-50ebf670b129"}}'
+)
 
 
 def celery_envelope(
@@ -91,6 +114,30 @@ def celery_envelope(
             },
         }
     ).encode()
+
+
+def test_a_captured_celery_envelope_reads() -> None:
+    task, tag = read_envelope(CAPTURED.encode(), MAX)
+    assert tag == "1543b078-900b-4ce5-96f8-50ebf670b129"
+    assert (task.id, task.task, task.args, task.kwargs) == (
+        "01045328-89b8-4fc9-b7bd-1bc7b4c5faa4",
+        "proj.add",
+        (2, 3),
+        {"z": 1},
+    )
+    assert task.root_id == task.id and task.parent_id is None and task.group_id is None
+    assert task.eta == dt.datetime.fromisoformat("2026-12-07T12:44:31.813712+00:00").timestamp()
+    assert task.expires is not None and task.expires - task.eta == 3540.0
+    assert (task.time_limit, task.soft_time_limit) == (30.0, 20.0)
+    assert [s["task"] for s in task.chain] == ["proj.last", "proj.next"]  # the next one last
+    assert task.reply_to == "2a9a3203-65f2-3b8d-9876-05fee995a07d"
+    step = applied(task.chain[-1], (5,))
+    assert (step.name, step.args, step.task_id) == (
+        "proj.next",
+        (5, 10),
+        "983be048-24f8-48df-82b3-4100bca2c77c",
+    )
+    assert step.options["reply_to"] == task.reply_to
 
 
 def test_headers_and_embed_map_onto_the_request() -> None:

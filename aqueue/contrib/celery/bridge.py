@@ -523,6 +523,8 @@ class CeleryBridge:
             callbacks=tuple(link) if isinstance(link, list) else (),
             errbacks=tuple(link_error) if isinstance(link_error, list) else (),
             chain=tuple(chain),
+            # rpc:// results of a Celery chain go where its producer waits
+            reply_to=str(options.get("reply_to") or ""),
         )
         priority = options.get("priority")
         await self._push(task, options.get("queue"), priority if isinstance(priority, int) else 0)
