@@ -1,9 +1,11 @@
 """The Celery bridge: aqueue workers run tasks Celery sent, and aqueue sends tasks to Celery
-workers, on the same Redis (docs/migrating-from-celery.md, "Migrating one task at a time").
+workers, on the same Redis or RabbitMQ (docs/migrating-from-celery.md, "Migrating one task
+at a time").
 
 Inbound, every worker of the app relays Celery's queues into aqueue: a message is taken off
-kombu's list into kombu's ``unacked`` records in one atomic step, published to aqueue under
-the Celery task id (aqueue's own routing picks the queue), then acked on Celery's side. From
+kombu's list into kombu's ``unacked`` records in one atomic step (on RabbitMQ: delivered
+with manual acks), published to aqueue under the Celery task id (aqueue's own routing picks
+the queue), then acked on Celery's side. From
 there aqueue's guarantees hold (leases, redelivery of a dead worker's task, fencing). When the
 task ends, the worker writes Celery's result meta where ``AsyncResult(id).get()`` reads it and
 sends what Celery's message asked to follow (its chain's next step, its callbacks, its
@@ -319,7 +321,8 @@ class CeleryBridge:
     async def _relay_amqp_message(self, queue: str, message: AbstractIncomingMessage) -> None:
         content_type, headers, properties = _celery_amqp().message_parts(message)
         body = message.body
-        task_id = headers.get("id") or properties.get("correlation_id")
+        named = headers.get("id") or properties.get("correlation_id")
+        task_id = named if isinstance(named, str) and named else None
         reply_to = str(properties.get("reply_to") or "")
         # what a dead letter keeps: the headers that say what it was, and the body
         kept = msgspec.json.encode(
