@@ -26,7 +26,7 @@ from aqueue.contrib.celery import REFUSED_QUEUE, CeleryBridge, signature
 from aqueue.contrib.celery.kombu_redis import UNACKED, UNACKED_INDEX, KombuRedis
 from aqueue.contrib.celery.protocol import CeleryTask, envelope
 from aqueue.core import signals
-from aqueue.core.errors import TaskFailed, TaskRevoked
+from aqueue.core.errors import ConfigurationError, TaskFailed, TaskRevoked
 from tests.conftest import (
     BROKER_KINDS,
     REDIS_HOST,
@@ -350,3 +350,13 @@ def test_a_bridge_imports_only_its_brokers_client() -> None:
         "assert 'redis' in sys.modules and 'aio_pika' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_bridge_names_what_it_cannot_do() -> None:
+    app = App("x", broker="memory://x")
+    with pytest.raises(ConfigurationError, match=r"redis:// or amqp://"):
+        CeleryBridge(app, "sqs://queue", queues=[])
+    with pytest.raises(ConfigurationError, match=r"rpc:// replies with a RabbitMQ broker"):
+        CeleryBridge(app, CELERY_URL, result_backend="rpc://", queues=[])
+    with pytest.raises(ConfigurationError, match=r"redis:// result backend"):
+        CeleryBridge(app, "amqp://guest:guest@127.0.0.1//", queues=[]).result_store()
