@@ -183,7 +183,7 @@ async def test_priority_lists_are_claimed_before_the_bare_list(queue: str) -> No
 
 
 async def test_headers_reach_the_request(app: App, queue: str) -> None:
-    bridge = CeleryBridge(app, CELERY_URL, queues=[queue])
+    bridge = CeleryBridge(app, CELERY_URL, queues=[queue], result_expires=600)
     task = celery_task(
         "mig.aq_request",
         retries=2,
@@ -211,7 +211,9 @@ async def test_headers_reach_the_request(app: App, queue: str) -> None:
 async def test_a_failure_fails_the_rest_of_the_chain_and_sends_errbacks_to_celery(
     app: App, queue: str
 ) -> None:
-    bridge = CeleryBridge(app, CELERY_URL, queues=[queue], default_queue=f"{queue}-celery")
+    bridge = CeleryBridge(
+        app, CELERY_URL, queues=[queue], default_queue=f"{queue}-celery", result_expires=600
+    )
     step = signature("mig.aq_mul", (2,))
     task = celery_task("mig.aq_fail", (7,), chain=(step,), errbacks=(signature("proj.on_error"),))
     async with app.worker():
@@ -231,7 +233,7 @@ async def test_a_failure_fails_the_rest_of_the_chain_and_sends_errbacks_to_celer
 
 
 async def test_a_retry_shows_as_retry_then_success(app: App, queue: str) -> None:
-    bridge = CeleryBridge(app, CELERY_URL, queues=[queue])
+    bridge = CeleryBridge(app, CELERY_URL, queues=[queue], result_expires=600)
     task = celery_task("mig.aq_flaky", (10,))
     states: list[str] = []
 
@@ -251,7 +253,7 @@ async def test_a_retry_shows_as_retry_then_success(app: App, queue: str) -> None
 async def test_unknown_tasks_are_refused_and_their_celery_result_fails(
     app: App, queue: str
 ) -> None:
-    bridge = CeleryBridge(app, CELERY_URL, queues=[queue])
+    bridge = CeleryBridge(app, CELERY_URL, queues=[queue], result_expires=600)
     task = celery_task("proj.only_on_celery")
     async with app.worker():
         await push(bridge.kombu, queue, task)
@@ -265,7 +267,7 @@ async def test_unknown_tasks_are_refused_and_their_celery_result_fails(
 
 
 async def test_the_receivers_are_connected_only_while_a_worker_runs(app: App, queue: str) -> None:
-    bridge = CeleryBridge(app, CELERY_URL, queues=[queue])
+    bridge = CeleryBridge(app, CELERY_URL, queues=[queue], result_expires=600)
     before = len(signals.task_success.receivers)
     async with app.worker(), app.worker():
         assert len(signals.task_success.receivers) == before + 1
@@ -276,7 +278,7 @@ async def test_the_receivers_are_connected_only_while_a_worker_runs(app: App, qu
 async def test_stopping_mid_hand_over_puts_what_is_left_back(
     app: App, queue: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bridge = CeleryBridge(app, CELERY_URL, queues=[])
+    bridge = CeleryBridge(app, CELERY_URL, queues=[], result_expires=600)
     tasks = [celery_task("mig.aq_mul", (i, 2)) for i in range(3)]
     for task in tasks:
         await push(bridge.kombu, queue, task)
@@ -304,7 +306,7 @@ async def test_stopping_mid_hand_over_puts_what_is_left_back(
 
 
 async def test_an_expired_message_is_not_run_and_shows_revoked(app: App, queue: str) -> None:
-    bridge = CeleryBridge(app, CELERY_URL, queues=[queue])
+    bridge = CeleryBridge(app, CELERY_URL, queues=[queue], result_expires=600)
     task = celery_task("mig.aq_mul", (1, 2), expires=time.time() - 1.0)
     async with app.worker():
         await push(bridge.kombu, queue, task)
@@ -328,7 +330,7 @@ async def test_refusals_reach_the_dead_letters_on_every_aqueue_broker(
     any_broker: str, queue: str
 ) -> None:
     the_app = App("mig", broker=any_broker, backend=f"memory://r{uuid.uuid4().hex[:12]}")
-    bridge = CeleryBridge(the_app, CELERY_URL, queues=[queue])
+    bridge = CeleryBridge(the_app, CELERY_URL, queues=[queue], result_expires=600)
     tasks = [celery_task("proj.only_on_celery") for _ in range(3)]
     async with the_app, the_app.worker():
         for task in tasks:
@@ -357,6 +359,6 @@ def test_a_bridge_names_what_it_cannot_do() -> None:
     with pytest.raises(ConfigurationError, match=r"redis:// or amqp://"):
         CeleryBridge(app, "sqs://queue", queues=[])
     with pytest.raises(ConfigurationError, match=r"rpc:// replies with a RabbitMQ broker"):
-        CeleryBridge(app, CELERY_URL, result_backend="rpc://", queues=[])
+        CeleryBridge(app, CELERY_URL, result_backend="rpc://", queues=[], result_expires=600)
     with pytest.raises(ConfigurationError, match=r"redis:// result backend"):
         CeleryBridge(app, "amqp://guest:guest@127.0.0.1//", queues=[]).result_store()
