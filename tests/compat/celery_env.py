@@ -253,7 +253,13 @@ def celery_keys_deleted(project: CeleryProject) -> Iterator[None]:
             delete_rabbit_queues(names, names)
         client = redis.Redis(host="127.0.0.1", port=6379, db=CELERY_DB)
         try:
-            for queue in (project.celery_queue, project.aqueue_queue):
+            queues = (project.celery_queue, project.aqueue_queue)
+            # what a killed Celery worker still held (it would be restored in an hour)
+            for tag, entry in client.hscan_iter("unacked"):
+                if json.loads(entry)[2] in queues:
+                    client.hdel("unacked", tag)
+                    client.zrem("unacked_index", tag)
+            for queue in queues:
                 client.delete(queue, *(f"{queue}\x06\x16{p}" for p in (3, 6, 9)))
                 for key in client.scan_iter(match="_kombu.binding*"):
                     if key.decode().endswith(queue):
