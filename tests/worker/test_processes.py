@@ -170,15 +170,16 @@ async def test_four_processes_survive_kill_9_of_children_and_of_the_supervisor(
     tmp_path: Path,
 ) -> None:
     # issue 20's done-when: `--processes 4`, two children and then the supervisor killed
-    # with SIGKILL mid-drain; a new supervisor runs what was left: nothing lost
+    # with SIGKILL while they hold tasks (each holds until the test opens the gate); a new
+    # supervisor runs everything once the gate is open: nothing lost
     n = 60
-    handles = [await proc_tasks.slow.delay(f"f{i}", 0.1) for i in range(n)]
+    handles = [await proc_tasks.hold.delay("gate") for _ in range(n)]
     log = tmp_path / "worker.log"
-    first = start(env, log, "--processes", "4", "-n", "f@%h", "-c", "2", "--shutdown-timeout", "5")
+    first = start(env, log, "--processes", "4", "-n", "f@%h", "-c", "2", "--shutdown-timeout", "1")
     try:
         await fleet_size(app, 4)
         children = await live_workers(app)
-        await wait_for_file(tmp_path / "started-f0")
+        await wait_for_file(tmp_path / "started-gate")
         killed = sorted(children)[:2]
         for name in killed:
             os.kill(children[name], signal.SIGKILL)
@@ -191,13 +192,15 @@ async def test_four_processes_survive_kill_9_of_children_and_of_the_supervisor(
         survivors = list((await live_workers(app)).values())
         first.send_signal(signal.SIGKILL)
         await exits(first)
-        async with asyncio.timeout(15):  # each child stops once its supervisor is gone
+        async with asyncio.timeout(20):  # each child stops once its supervisor is gone
             while any(running(pid) for pid in survivors):
                 await asyncio.sleep(0.05)
     finally:
         out = finish(first, log)
     for name in killed:
         assert f"worker process {name} (pid {children[name]}) was killed by SIGKILL" in out, out
+    assert not [h for h in handles if await h.ready()]  # the gate was shut: all still to do
+    (tmp_path / "release-gate").touch()
     second = start(env, log, "--processes", "4", "-n", "g@%h", "-c", "2")
     try:
         results = [await h.wait(timeout=60) for h in handles]
@@ -205,10 +208,11 @@ async def test_four_processes_survive_kill_9_of_children_and_of_the_supervisor(
         assert await exits(second) == 0
     finally:
         out = finish(second, log)
-    assert [r.split(":")[0] for r in results] == [f"f{i}" for i in range(n)]  # lost 0
+    assert results == ["gate"] * n  # lost 0
     assert "Traceback" not in out, out
-    again = [r for r in results if not r.endswith(":1")]
-    print(f"\n--processes 4, 2 children + supervisor killed: lost 0/{n}, {len(again)} ran again")
+    starts = (tmp_path / "started-gate").read_text().split()
+    assert set(starts) == {h.id for h in handles}
+    print(f"\n--processes 4, 2 children + supervisor killed: lost 0/{n}, {len(starts) - n} re-runs")
 
 
 async def test_a_child_that_cannot_start_stops_the_supervisor_with_its_status(
