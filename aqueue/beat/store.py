@@ -258,7 +258,7 @@ def store_for(app: App) -> BeatStore:
             "backend='redis://...' or 'sqlite:///...'"
         )
     scheme = scheme_of(url)
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "redis+cluster"):
         try:
             from .redis_store import RedisBeatStore
         except ImportError as exc:

@@ -48,6 +48,7 @@ BROKERS: Final[dict[str, Implementation]] = {
     "redis": Implementation("aqueue.brokers.redis:RedisBroker", "redis"),
     "rediss": Implementation("aqueue.brokers.redis:RedisBroker", "redis"),
     "unix": Implementation("aqueue.brokers.redis:RedisBroker", "redis"),
+    "redis+cluster": Implementation("aqueue.brokers.redis:RedisClusterBroker", "redis"),
     "amqp": Implementation("aqueue.brokers.rabbitmq:RabbitMQBroker", "rabbitmq"),
     "amqps": Implementation("aqueue.brokers.rabbitmq:RabbitMQBroker", "rabbitmq"),
     "pyamqp": Implementation("aqueue.brokers.rabbitmq:RabbitMQBroker", "rabbitmq"),
@@ -58,6 +59,7 @@ BACKENDS: Final[dict[str, Implementation]] = {
     "redis": Implementation("aqueue.backends.redis:RedisBackend", "redis"),
     "rediss": Implementation("aqueue.backends.redis:RedisBackend", "redis"),
     "unix": Implementation("aqueue.backends.redis:RedisBackend", "redis"),
+    "redis+cluster": Implementation("aqueue.backends.redis:RedisClusterBackend", "redis"),
     "rpc": Implementation("aqueue.backends.rpc:RPCBackend", "rabbitmq", needs_broker_url=True),
 }
 
@@ -75,11 +77,15 @@ def redact(url: str) -> str:
     """
     try:
         parts = urlsplit(url)
-        port = parts.port
+        # a cluster URL lists several host:port pairs: no single port to check
+        several = "," in parts.netloc
+        port = None if several else parts.port
     except ValueError:
         return "<unparsable url>"
     netloc = parts.netloc
-    if parts.password is not None:
+    if parts.password is not None and several:
+        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+    elif parts.password is not None:
         user = parts.username or ""
         host = parts.hostname or ""
         if ":" in host:

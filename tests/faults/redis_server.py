@@ -45,6 +45,8 @@ class RedisServer:
             certificate itself).
         tls_auth_clients: whether clients must show a certificate signed by ``tls_ca``.
         unix_socket: listen on ``socket_path`` too.
+        cluster: a Redis Cluster node (``cluster-enabled``), failed over by its peers
+            after ``cluster_node_timeout`` ms of silence (see :mod:`.redis_cluster`).
     """
 
     def __init__(
@@ -59,6 +61,8 @@ class RedisServer:
         tls_ca: Path | None = None,
         tls_auth_clients: bool = False,
         unix_socket: bool = False,
+        cluster: bool = False,
+        cluster_node_timeout: int = 2000,
     ) -> None:
         self.directory = directory
         self.password = password
@@ -70,6 +74,8 @@ class RedisServer:
         self.tls_ca = tls_ca
         self.tls_auth_clients = tls_auth_clients
         self.socket_path = directory / "redis.sock" if unix_socket else None
+        self.cluster = cluster
+        self.cluster_node_timeout = cluster_node_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -129,6 +135,10 @@ class RedisServer:
             args += ["--tls-auth-clients", "yes" if self.tls_auth_clients else "no"]
         if self.socket_path is not None:
             args += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
+        if self.cluster:
+            args += ["--cluster-enabled", "yes"]
+            args += ["--cluster-config-file", str(self.directory / f"nodes-{self.port}.conf")]
+            args += ["--cluster-node-timeout", str(self.cluster_node_timeout)]
         self.proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

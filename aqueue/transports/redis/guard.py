@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aqueue.core.errors import AqueueError
@@ -61,7 +61,8 @@ async def guarded(
         # a failed TLS handshake sent nothing: it is never "outcome unknown"
         cls = error if tls_failure(exc) else connection_error or error
         raise cls(f"{what} on {settings.redacted} failed: {settings.describe(exc)}") from None
-    except RedisError as exc:
+    except (RedisError, RedisClusterException) as exc:
+        # RedisClusterException: a cluster with no reachable node, or a slot nobody serves
         raise error(f"{what} on {settings.redacted} failed: {settings.describe(exc)}") from None
     except OSError as exc:
         raise error(f"{what} on {settings.redacted} failed: {settings.describe(exc)}") from None

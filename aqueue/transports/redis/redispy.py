@@ -31,6 +31,8 @@ from typing import Any, Final, cast
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
+import redis.cluster as synccluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import FullJitterBackoff, NoBackoff
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS
@@ -43,11 +45,16 @@ from aqueue.transports import tls as tls_errors
 __all__ = [
     "OLDEST",
     "REDIS_PY",
+    "AsyncClient",
+    "AsyncRedisCluster",
     "AsyncTLSConnection",
     "Connection",
+    "SyncClient",
+    "SyncRedisCluster",
     "TLSConnection",
     "TLSHandshakeFailed",
     "async_client",
+    "async_cluster_client",
     "async_retry",
     "connect",
     "connection_keywords",
@@ -61,6 +68,7 @@ __all__ = [
     "read_reply",
     "send",
     "sync_client",
+    "sync_cluster_client",
     "sync_retry",
     "take",
     "tls_failure",
@@ -70,6 +78,13 @@ __all__ = [
 
 #: redis-py's asyncio connection class, the type of every connection handed out here
 Connection = aioredis.Connection
+#: redis-py's Redis Cluster clients
+AsyncRedisCluster = aiocluster.RedisCluster
+SyncRedisCluster = synccluster.RedisCluster
+#: what a broker or backend sends commands through: one server, or a cluster
+AsyncClient = aioredis.Redis | aiocluster.RedisCluster
+#: the blocking twin of :data:`AsyncClient`
+SyncClient = redis.Redis | synccluster.RedisCluster
 
 
 def _version(text: str) -> tuple[int, int]:
@@ -166,29 +181,29 @@ def url_parser(name: str) -> Callable[[str], Any] | None:
 # redis-py's pools and connections are unannotated: typed Any inside these functions only.
 
 
-async def take(client: aioredis.Redis) -> Connection:
+async def take(client: AsyncClient) -> Connection:
     """Check a connection out of ``client``'s pool, connected and health-checked.
 
     Raises:
         redis.exceptions.ConnectionError, TimeoutError, OSError: none could be made usable;
             nothing was sent on it.
     """
-    pool: Any = client.connection_pool
+    pool: Any = cast(Any, client).connection_pool  # one server's client (not a cluster's)
     conn: Connection = await pool.get_connection(*_CHECKOUT_ARGS)
     return conn
 
 
-async def give_back(client: aioredis.Redis, conn: Connection) -> None:
+async def give_back(client: AsyncClient, conn: Connection) -> None:
     """Return a connection from :func:`take`. One whose call failed or was cancelled was
     disconnected by redis-py; the pool reconnects it before its next use."""
-    pool: Any = client.connection_pool
+    pool: Any = cast(Any, client).connection_pool  # one server's client (not a cluster's)
     await pool.release(conn)
 
 
-def new_connection(client: aioredis.Redis) -> Connection:
+def new_connection(client: AsyncClient) -> Connection:
     """A connection of its own, configured like ``client``'s, outside its pool (not
     connected yet: see :func:`make_usable`); its owner disconnects it."""
-    pool: Any = client.connection_pool
+    pool: Any = cast(Any, client).connection_pool  # one server's client (not a cluster's)
     conn: Connection = pool.make_connection()
     return conn
 
@@ -212,6 +227,28 @@ def sync_client(url: str, **options: Any) -> redis.Redis:
     """A blocking client on its own pool (thread-safe), closed with the client."""
     pool = _pool(redis.ConnectionPool, redis.connection.parse_url, url, options)
     return redis.Redis.from_pool(pool)
+
+
+def async_cluster_client(
+    nodes: Sequence[tuple[str, int]], **options: Any
+) -> aiocluster.RedisCluster:
+    """A Redis Cluster client that discovers the cluster from ``nodes`` (``(host, port)``).
+
+    ``max_connections`` in ``options`` is per node. redis-py routes each command by its
+    keys' slot (a script by its ``KEYS``, which must share one slot), follows ``MOVED`` and
+    ``ASK`` and refreshes its slot map after a failover, within ``retry``.
+    """
+    startup = [aiocluster.ClusterNode(host, port) for host, port in nodes]
+    return aiocluster.RedisCluster(startup_nodes=startup, **options)
+
+
+def sync_cluster_client(
+    nodes: Sequence[tuple[str, int]], **options: Any
+) -> synccluster.RedisCluster:
+    """The blocking twin of :func:`async_cluster_client` (thread-safe)."""
+    node: Any = synccluster.ClusterNode  # unannotated in redis-py
+    startup = [node(host, port) for host, port in nodes]
+    return synccluster.RedisCluster(startup_nodes=startup, **options)
 
 
 def _pool(cls: Any, parse_url: Any, url: str, options: dict[str, Any]) -> Any:

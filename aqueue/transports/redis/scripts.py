@@ -24,8 +24,6 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 from typing import Any
 
-import redis
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -199,7 +197,7 @@ class ScriptBatch:
         return list({self._calls[i][0].sha: self._calls[i][0] for i in missing}.values())
 
 
-async def run_scripts(client: aioredis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+async def run_scripts(client: redispy.AsyncClient, calls: Sequence[ScriptCall]) -> list[Any]:
     """Run script calls in one round trip (a pipeline when several), returning their replies.
 
     Raises the first error reply. Error text never includes the arguments (message bodies);
@@ -212,7 +210,7 @@ async def run_scripts(client: aioredis.Redis, calls: Sequence[ScriptCall]) -> li
     return batch.results
 
 
-async def _send(client: aioredis.Redis, calls: list[ScriptCall]) -> list[Any]:
+async def _send(client: redispy.AsyncClient, calls: list[ScriptCall]) -> list[Any]:
     if len(calls) == 1:  # no pipeline for one call: cheaper
         script, keys, args = calls[0]
         try:
@@ -226,7 +224,7 @@ async def _send(client: aioredis.Redis, calls: list[ScriptCall]) -> list[Any]:
     return replies
 
 
-def run_scripts_sync(client: redis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+def run_scripts_sync(client: redispy.SyncClient, calls: Sequence[ScriptCall]) -> list[Any]:
     """The blocking twin of :func:`run_scripts` (always a pipeline)."""
     batch = ScriptBatch(calls)
     while missing := batch.take(_pipeline(client, batch.pending()).execute(raise_on_error=False)):
@@ -235,7 +233,7 @@ def run_scripts_sync(client: redis.Redis, calls: Sequence[ScriptCall]) -> list[A
     return batch.results
 
 
-def _pipeline(client: redis.Redis, calls: list[ScriptCall]) -> Any:
+def _pipeline(client: redispy.SyncClient, calls: list[ScriptCall]) -> Any:
     pipe = client.pipeline(transaction=False)
     for script, keys, args in calls:
         command(pipe, "EVALSHA", script.sha, len(keys), *keys, *args)
@@ -246,7 +244,7 @@ class NotSent(RedisError):
     """No connection could be made for a call: nothing of it was sent, so it did not run."""
 
 
-async def run_scripts_once(client: aioredis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+async def run_scripts_once(client: redispy.AsyncClient, calls: Sequence[ScriptCall]) -> list[Any]:
     """:func:`run_scripts` for calls that must never be sent twice (publishes).
 
     redis-py's retry re-sends a command whose connection failed, whether or not the server

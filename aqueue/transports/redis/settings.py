@@ -9,6 +9,8 @@ mistyped database silently meant database 0). What is accepted:
   empty, ``/`` or ``/<db>`` with ``<db>`` a non-negative decimal number, nothing else;
 * ``unix://[[user]:password@]/path/to/socket``: the path is the socket, the database goes
   in ``?db=``;
+* ``redis+cluster://[[user]:password@]host:port[,host:port...][/0]``: a Redis Cluster,
+  found from any of the nodes listed (each with its port); a cluster has database 0 only;
 * ``?db=<db>`` (any scheme) and a ``db`` keyword option: the same number as the path if
   both are given;
 * query options and keyword options: aqueue's own (``OWN_OPTIONS``) and the redis-py
@@ -31,7 +33,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
@@ -44,6 +46,7 @@ from aqueue.core.urls import redact
 from . import redispy
 
 __all__ = [
+    "CLUSTER_SCHEME",
     "OWN_OPTIONS",
     "REDIS_PY_OPTIONS",
     "TLS_OPTIONS",
@@ -52,7 +55,15 @@ __all__ = [
     "parse_settings",
 ]
 
-_SCHEMES = ("redis", "rediss", "unix")
+_SCHEMES = ("redis", "rediss", "unix", "redis+cluster")
+#: the scheme of a Redis Cluster URL
+CLUSTER_SCHEME = "redis+cluster"
+#: spellings of a cluster URL that are refused with a hint (no TLS to a cluster yet)
+_CLUSTER_REFUSED = {
+    "rediss+cluster": "TLS to a Redis Cluster is not supported yet; use redis+cluster://",
+    "redis-cluster": "a Redis Cluster URL is spelled redis+cluster://host:port[,host:port...]",
+    "rediscluster": "a Redis Cluster URL is spelled redis+cluster://host:port[,host:port...]",
+}
 
 # aqueue's own options: read from keyword options first, then from the URL query string,
 # and never passed on to redis-py.
@@ -119,7 +130,7 @@ class RedisSettings:
             path and ``?db=`` for ``unix://``) with aqueue's own options removed. It may
             hold a password, so it is never printed; use ``redacted``.
         redacted: the URL as given, with any password replaced by ``***``.
-        scheme: ``redis``, ``rediss`` or ``unix``.
+        scheme: ``redis``, ``rediss``, ``unix`` or ``redis+cluster``.
         prefix: first component of every key.
         socket_timeout: seconds a single read or write of the blocking client (lease
             renewal) may take; also caps how long one blocking wait of a claim lasts.
@@ -135,6 +146,7 @@ class RedisSettings:
         max_connections: asyncio connections per client; further callers wait for one
             (within their deadline) instead of failing.
         extra: redis-py options given as keywords, passed to it unchanged.
+        nodes: a cluster's startup nodes as ``(host, port)`` (empty: not a cluster).
     """
 
     url: str = field(repr=False)
@@ -152,6 +164,12 @@ class RedisSettings:
     max_connections: int
     extra: dict[str, Any] = field(repr=False, default_factory=dict)
     secrets: tuple[str, ...] = field(repr=False, default=())
+    nodes: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def cluster(self) -> bool:
+        """Whether the URL names a Redis Cluster (``redis+cluster://``)."""
+        return bool(self.nodes)
 
     def scrub(self, text: str) -> str:
         """``text`` with every occurrence of the password removed."""
@@ -198,6 +216,8 @@ class RedisSettings:
         reply (``read_response`` closes it on any ``BaseException``), so a cancelled or
         timed-out call never leaves a half-read reply for the next user of the pool.
         """
+        if self.nodes:
+            raise ConfigurationError(f"{self.redacted} is a Redis Cluster: no single-node client")
         retry = redispy.async_retry(self.retries)
         kwargs = self._client_kwargs(asyncio_client=True)
         # a bounded pool that queues callers (the default pool raises when full, which a
@@ -208,15 +228,35 @@ class RedisSettings:
 
     def sync_client(self) -> redis.Redis:
         """A pooled blocking client (thread-safe), used where the event loop cannot be."""
+        if self.nodes:
+            raise ConfigurationError(f"{self.redacted} is a Redis Cluster: no single-node client")
         retry = redispy.sync_retry(self.retries)
         kwargs = self._client_kwargs(asyncio_client=False)
         return redispy.sync_client(self.url, retry=retry, **kwargs)
 
-    def pubsub_connection(self, client_name: str) -> redispy.Connection:
+    def async_cluster_client(self) -> redispy.AsyncRedisCluster:
+        """The asyncio client of a Redis Cluster (``redis+cluster://``): commands go to the
+        node that holds their keys' slot, redirections and failovers are followed, with
+        ``retries`` attempts; at most ``max_connections`` connections per node."""
+        kwargs = self._client_kwargs(asyncio_client=True)
+        retry = redispy.async_retry(self.retries)
+        return redispy.async_cluster_client(
+            self.nodes, max_connections=self.max_connections, retry=retry, **kwargs
+        )
+
+    def sync_cluster_client(self) -> redispy.SyncRedisCluster:
+        """The blocking twin of :meth:`async_cluster_client` (thread-safe)."""
+        kwargs = self._client_kwargs(asyncio_client=False)
+        retry = redispy.sync_retry(self.retries)
+        return redispy.sync_cluster_client(self.nodes, retry=retry, **kwargs)
+
+    def pubsub_connection(self, client_name: str, node: int = 0) -> redispy.Connection:
         """One unpooled RESP2 connection for pub/sub, reconnected by its owner, not redis-py.
 
         Args:
             client_name: shown by ``CLIENT LIST``, so operators can tell it apart.
+            node: on a cluster, which of its startup nodes (modulo their number): a
+                reconnect tries the next one, since any node hears every ``PUBLISH``.
         """
         kwargs = self._client_kwargs(asyncio_client=True)
         kwargs.update(
@@ -225,7 +265,11 @@ class RedisSettings:
             retry=redispy.async_retry(0),
             client_name=client_name,
         )
-        return redispy.unpooled_connection(self.url, **kwargs)
+        url = self.url
+        if self.nodes:
+            host, port = self.nodes[node % len(self.nodes)]
+            url = f"redis://{_bracketed(host)}:{port}/0"
+        return redispy.unpooled_connection(url, **kwargs)
 
 
 def parse_settings(url: str, options: Mapping[str, Any], *, what: str) -> RedisSettings:
@@ -238,6 +282,11 @@ def parse_settings(url: str, options: Mapping[str, Any], *, what: str) -> RedisS
         ConfigurationError: an unsupported scheme, a malformed port or database, an option
             that is unknown, given twice or has a bad value; the message names the part.
     """
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in _CLUSTER_REFUSED:
+        raise ConfigurationError(f"{what}: {redact(url)!r}: {_CLUSTER_REFUSED[scheme]}")
+    if scheme == CLUSTER_SCHEME:
+        return _parse_cluster(url, options, what=what)
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
@@ -248,7 +297,8 @@ def parse_settings(url: str, options: Mapping[str, Any], *, what: str) -> RedisS
     scheme = parts.scheme.lower()
     if scheme not in _SCHEMES or not url.lower().startswith(f"{scheme}://"):
         raise ConfigurationError(
-            f"{what}: unsupported URL {redacted!r}; use redis://, rediss:// or unix://"
+            f"{what}: unsupported URL {redacted!r}; use redis://, rediss://, unix:// or "
+            "redis+cluster://"
         )
     query = parse_qsl(parts.query, keep_blank_values=True)
     seen: dict[str, None] = {}  # in order
@@ -400,3 +450,65 @@ def _redact_query(redacted: str) -> str:
         return redacted
     hidden = [(n, "***" if n in _SECRET_OPTIONS else v) for n, v in pairs]
     return parts._replace(query=urlencode(hidden, safe="*")).geturl()
+
+
+def _bracketed(host: str) -> str:
+    """``host`` as written in a URL (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
+def _cluster_nodes(hosts: str, what: str, redacted: str) -> tuple[tuple[str, int], ...]:
+    """The ``host:port`` pairs of a cluster URL's netloc (after any ``user:password@``)."""
+    nodes: list[tuple[str, int]] = []
+    for part in hosts.split(","):
+        spec = part.strip()
+        host, sep, port = spec.rpartition(":")
+        if spec.startswith("[") and "]" in spec:  # [IPv6]:port
+            host, sep, port = spec[1:].partition("]:")
+        if not sep or not host or not _DIGITS.match(port) or not 0 < int(port) < 65536:
+            raise ConfigurationError(
+                f"{what}: {redacted!r}: each cluster node is host:port, not {spec!r} "
+                "(redis+cluster://host:port[,host:port...])"
+            )
+        nodes.append((host, int(port)))
+    return tuple(dict.fromkeys(nodes))
+
+
+def _parse_cluster(url: str, options: Mapping[str, Any], *, what: str) -> RedisSettings:
+    """:func:`parse_settings` for ``redis+cluster://``: the options are checked as for
+    ``redis://`` (on the first node), then the nodes are listed and the database checked."""
+    redacted = redact(url)
+    rest = url.split("://", 1)[1]
+    netloc, slash, tail = rest.partition("/")
+    if not slash:
+        netloc, mark, query = netloc.partition("?")
+        tail = f"?{query}" if mark else ""
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not hosts:
+        raise ConfigurationError(f"{what}: {redacted!r} names no cluster node")
+    nodes = _cluster_nodes(hosts, what, redacted)
+    first = f"{_bracketed(nodes[0][0])}:{nodes[0][1]}"
+    single = parse_settings(f"redis://{userinfo}{at}{first}/{tail}", options, what=what)
+    path = single.url.split("?", 1)[0]
+    if not path.endswith("/0"):
+        db = path.rsplit("/", 1)[1]
+        raise ConfigurationError(
+            f"{what}: {redacted!r}: a Redis Cluster has database 0 only, not {db}"
+        )
+    if any(name in single.extra for name in ("lib_name", "lib_version")):
+        raise ConfigurationError(f"{what}: lib_name and lib_version are not taken for a cluster")
+    parts = urlsplit(f"redis://{userinfo}{at}{first}")
+    extra = dict(single.extra)
+    # redis-py options left in the URL query for redis-py to parse
+    for name, value in parse_qsl(urlsplit(single.url).query):
+        parser = redispy.url_parser(name)
+        extra.setdefault(name, parser(value) if parser is not None else value)
+    if parts.username:
+        extra.setdefault("username", unquote(parts.username))
+    if parts.password is not None:
+        extra.setdefault("password", unquote(parts.password))
+    shown = ",".join(f"{_bracketed(h)}:{p}" for h, p in nodes)
+    clean = f"{CLUSTER_SCHEME}://{userinfo}{at}{shown}/0"
+    return replace(
+        single, url=clean, redacted=redacted, scheme=CLUSTER_SCHEME, extra=extra, nodes=nodes
+    )

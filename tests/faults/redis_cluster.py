@@ -1,0 +1,170 @@
+"""A private Redis Cluster for the tests: masters (and replicas) on free loopback ports.
+
+Each node is a :class:`~.redis_server.RedisServer` child process with ``cluster-enabled``
+in a directory of its own, joined by ``redis-cli --cluster create``; the cluster is ready
+once every node reports ``cluster_state:ok`` and agrees on who serves every slot. Nodes
+are stopped by PID. The shared Redis on 6379 is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis
+
+from .redis_server import HOST, RedisServer
+
+REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+#: a node's cluster bus listens on its port + 10000
+_BUS_OFFSET = 10000
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_cluster_port(taken: set[int]) -> int:
+    """A loopback port free for a cluster node: itself and its bus port (+10000), both
+    below 65536 and outside the kernel's ephemeral range (where clients' ports come from)."""
+    for _ in range(1000):
+        port = random.randrange(20000, 30000)
+        if port in taken or port + _BUS_OFFSET in taken:
+            continue
+        if _bindable(port) and _bindable(port + _BUS_OFFSET):
+            taken.add(port)
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class PrivateCluster:
+    """``masters`` masters, each with ``replicas`` replicas, on free loopback ports.
+
+    Args:
+        directory: a directory per node goes below it.
+        appendonly: AOF on every node, with ``appendfsync`` (``always``: a restarted
+            master has everything it acknowledged).
+        node_timeout: ms of silence after which a master is failed over to its replica.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        masters: int = 3,
+        replicas: int = 0,
+        appendonly: bool = False,
+        appendfsync: str = "everysec",
+        node_timeout: int = 2000,
+    ) -> None:
+        self.directory = directory
+        self.replicas = replicas
+        taken: set[int] = set()
+        self.nodes = [
+            RedisServer(
+                directory / f"node{i}",
+                port=free_cluster_port(taken),
+                cluster=True,
+                cluster_node_timeout=node_timeout,
+                appendonly=appendonly,
+                appendfsync=appendfsync,
+            )
+            for i in range(masters * (1 + replicas))
+        ]
+
+    def url(self, **query: object) -> str:
+        """A ``redis+cluster://`` URL listing every node."""
+        hosts = ",".join(f"{HOST}:{node.port}" for node in self.nodes)
+        tail = "&".join(f"{k}={v}" for k, v in query.items())
+        return f"redis+cluster://{hosts}/0" + (f"?{tail}" if tail else "")
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start every node, create the cluster and wait until it serves every slot."""
+        for node in self.nodes:
+            node.start()
+        create = [REDIS_CLI, "--cluster", "create"]
+        create += [f"{HOST}:{node.port}" for node in self.nodes]
+        create += ["--cluster-replicas", str(self.replicas), "--cluster-yes"]
+        done = subprocess.run(create, capture_output=True, text=True, timeout=60, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {done.stdout}{done.stderr}")
+        self.wait_ok(timeout)
+
+    def live(self) -> list[RedisServer]:
+        """The nodes whose process is running."""
+        return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Block until every running node says ``cluster_state:ok`` and they all agree on
+        the master of every slot (a failover or a rejoin has settled)."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            views: list[object] = []
+            for node in self.live():
+                client = node.admin(timeout=2.0)
+                try:
+                    info = client.execute_command("CLUSTER", "INFO")
+                    text = info.decode() if isinstance(info, bytes) else str(info)
+                    if "cluster_state:ok" not in text:
+                        last = f"node {node.port}: {text.splitlines()[0]}"
+                        break
+                    slots = client.execute_command("CLUSTER", "SLOTS")
+                    views.append(sorted((s[0], s[1], s[2][1]) for s in slots))
+                except redis.exceptions.RedisError as exc:
+                    last = f"node {node.port}: {exc}"
+                    break
+                finally:
+                    client.close()
+            else:
+                if views and all(v == views[0] for v in views):
+                    covered = sum(end - start + 1 for start, end, _ in views[0])  # type: ignore[misc]
+                    if covered == 16384:
+                        return
+                last = "nodes disagree on the slot map"
+            time.sleep(0.05)
+        raise TimeoutError(f"the private cluster is not ok: {last}")
+
+    def master_of(self, key: str) -> RedisServer:
+        """The node that serves ``key``'s slot now."""
+        for node in self.live():
+            client = node.admin(timeout=2.0)
+            try:
+                slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
+                for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                    if start <= slot <= end:
+                        port = int(master[1])
+                        return next(n for n in self.nodes if n.port == port)
+            finally:
+                client.close()
+        raise LookupError(key)
+
+    def stop(self) -> None:
+        """Stop every node by PID."""
+        for node in self.nodes:
+            node.stop(kill=True)
+
+
+@contextlib.contextmanager
+def running_cluster(directory: Path, **options: object) -> Iterator[PrivateCluster]:
+    """A started :class:`PrivateCluster`, stopped (its directory removed) afterwards."""
+    cluster = PrivateCluster(directory, **options)  # type: ignore[arg-type]
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        if os.environ.get("AQUEUE_KEEP_REDIS_DIRS") is None:
+            shutil.rmtree(directory, ignore_errors=True)
