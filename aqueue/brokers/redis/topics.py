@@ -265,15 +265,15 @@ class RedisClusterSubscription(RedisSubscription):
             for key, entries in streams
         ]
 
+    async def _disconnect(self) -> None:
+        """Nothing of its own to close: its reads borrow the pool's connections."""
+
 
 def _flat(fields: Any) -> list[Any]:
     """A stream entry's fields as the raw reply lists them (name, value, ...)."""
     if isinstance(fields, dict):
         return [item for pair in fields.items() for item in pair]
     return list(fields or ())
-
-    async def _disconnect(self) -> None:
-        """Nothing of its own to close: its reads borrow the pool's connections."""
 
 
 #: the connection of a subscription that has none of its own (a cluster's)
