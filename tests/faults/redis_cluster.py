@@ -70,6 +70,7 @@ class PrivateCluster:
         node_timeout: int = 2000,
     ) -> None:
         self.directory = directory
+        self.masters = masters
         self.replicas = replicas
         taken: set[int] = set()
         self.nodes = [
@@ -100,42 +101,58 @@ class PrivateCluster:
         done = subprocess.run(create, capture_output=True, text=True, timeout=60, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {done.stdout}{done.stderr}")
-        self.wait_ok(timeout)
+        self.wait_ok(timeout, replicas=self.masters * self.replicas)
 
     def live(self) -> list[RedisServer]:
         """The nodes whose process is running."""
         return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
 
-    def wait_ok(self, timeout: float = 30.0) -> None:
-        """Block until every running node says ``cluster_state:ok`` and they all agree on
-        the master of every slot (a failover or a rejoin has settled)."""
+    def wait_ok(self, timeout: float = 30.0, *, replicas: int | None = None) -> None:
+        """Block until the cluster has settled: every running node says
+        ``cluster_state:ok`` and they agree on the master of every slot, each such master
+        is running (a killed one has been failed over), and every running replica's link
+        to its master is up; with ``replicas``, that many replicas are running."""
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
-            views: list[object] = []
-            for node in self.live():
-                client = node.admin(timeout=2.0)
-                try:
-                    info = client.execute_command("CLUSTER", "INFO")
-                    text = info.decode() if isinstance(info, bytes) else str(info)
-                    if "cluster_state:ok" not in text:
-                        last = f"node {node.port}: {text.splitlines()[0]}"
-                        break
-                    slots = client.execute_command("CLUSTER", "SLOTS")
-                    views.append(sorted((s[0], s[1], s[2][1]) for s in slots))
-                except redis.exceptions.RedisError as exc:
-                    last = f"node {node.port}: {exc}"
-                    break
-                finally:
-                    client.close()
-            else:
-                if views and all(v == views[0] for v in views):
-                    covered = sum(end - start + 1 for start, end, _ in views[0])  # type: ignore[misc]
-                    if covered == 16384:
-                        return
-                last = "nodes disagree on the slot map"
+            last = self._unsettled(replicas)
+            if not last:
+                return
             time.sleep(0.05)
         raise TimeoutError(f"the private cluster is not ok: {last}")
+
+    def _unsettled(self, replicas: int | None) -> str:
+        """Why the cluster has not settled yet ("" once it has)."""
+        views: list[list[tuple[int, int, int]]] = []
+        live = {node.port for node in self.live()}
+        linked = 0
+        for node in self.live():
+            client = node.admin(timeout=2.0)
+            try:
+                info = client.execute_command("CLUSTER", "INFO")
+                text = info.decode() if isinstance(info, bytes) else str(info)
+                if "cluster_state:ok" not in text:
+                    return f"node {node.port}: {text.splitlines()[0]}"
+                slots = client.execute_command("CLUSTER", "SLOTS")
+                views.append(sorted((s[0], s[1], int(s[2][1])) for s in slots))
+                role = client.info("replication")
+                if role.get("role") == "slave":
+                    if role.get("master_link_status") != "up":
+                        return f"replica {node.port}: link to its master is down"
+                    linked += 1
+            except redis.exceptions.RedisError as exc:
+                return f"node {node.port}: {exc}"
+            finally:
+                client.close()
+        if not views or any(v != views[0] for v in views):
+            return "nodes disagree on the slot map"
+        if sum(end - start + 1 for start, end, _ in views[0]) != 16384:
+            return "not every slot is served"
+        if any(port not in live for _, _, port in views[0]):
+            return "a stopped master still serves slots"
+        if replicas is not None and linked != replicas:
+            return f"{linked} of {replicas} replicas are linked"
+        return ""
 
     def master_of(self, key: str) -> RedisServer:
         """The node that serves ``key``'s slot now."""

@@ -188,7 +188,7 @@ async def take(client: AsyncClient) -> Connection:
         redis.exceptions.ConnectionError, TimeoutError, OSError: none could be made usable;
             nothing was sent on it.
     """
-    pool: Any = cast(Any, client).connection_pool  # one server's client (not a cluster's)
+    pool: Any = client.connection_pool  # type: ignore[union-attr]  # one server's client
     conn: Connection = await pool.get_connection(*_CHECKOUT_ARGS)
     return conn
 
@@ -196,14 +196,14 @@ async def take(client: AsyncClient) -> Connection:
 async def give_back(client: AsyncClient, conn: Connection) -> None:
     """Return a connection from :func:`take`. One whose call failed or was cancelled was
     disconnected by redis-py; the pool reconnects it before its next use."""
-    pool: Any = cast(Any, client).connection_pool  # one server's client (not a cluster's)
+    pool: Any = client.connection_pool  # type: ignore[union-attr]  # one server's client
     await pool.release(conn)
 
 
 def new_connection(client: AsyncClient) -> Connection:
     """A connection of its own, configured like ``client``'s, outside its pool (not
     connected yet: see :func:`make_usable`); its owner disconnects it."""
-    pool: Any = cast(Any, client).connection_pool  # one server's client (not a cluster's)
+    pool: Any = client.connection_pool  # type: ignore[union-attr]  # one server's client
     conn: Connection = pool.make_connection()
     return conn
 
