@@ -195,7 +195,8 @@ def _rabbit_prefixes() -> Iterator[list[str]]:
 #: worker, as they always did; on the other go the test that mostly waits for a minute
 #: boundary (cron) and the slow tests that only check what happened, with timeouts as
 #: safety nets: real processes of the fleet, the dashboard, the examples, the packaging,
-#: the documentation site's build, TLS against private servers.
+#: the documentation site's build, TLS against private servers, a private Redis Cluster's
+#: node restart and failover (nothing lost; their times are reported, not bounded).
 BESIDE = {
     "test_every_slot_runs_once_through_a_leader_kill",
 }
@@ -209,6 +210,7 @@ BESIDE_FILES = (
     "tests/observability/",
     "tests/docs/test_site.py",
     "tests/brokers/test_tls.py",
+    "tests/faults/test_redis_cluster_faults.py",
     "tests/security/",
 )
 
