@@ -13,6 +13,7 @@ import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -304,7 +305,9 @@ async def test_a_chord_and_a_group_on_the_cluster(url: str) -> None:
         assert await g.wait(timeout=60) == [i * i for i in range(10)]
 
 
-async def test_topics_live_on_the_node_of_their_slot(broker: RedisClusterBroker) -> None:
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_topics_live_on_the_node_of_their_slot(url: str, protocol: int) -> None:
+    broker = RedisClusterBroker(url, protocol=protocol)
     topics = broker.topics
     subs: list[Any] = [await topics.subscribe(name) for name in ("events", "control")]
     await topics.publish("events", [b"e1", b"e2"], cap=100)
@@ -314,3 +317,51 @@ async def test_topics_live_on_the_node_of_their_slot(broker: RedisClusterBroker)
     assert await subs[0].get(0.05) == []
     for sub in subs:
         await sub.close()
+    await broker.close()
+
+
+# -- every script within one slot -------------------------------------------------------------
+
+#: a key argument of ``redis.call`` built in the script (PUBLISH takes a channel, not a key)
+_BUILT_KEY = re.compile(r"redis\.call\('(?!PUBLISH')\w+',\s*([^,)]*\.\.[^,)]*)[,)]")
+_BUILT_LOCAL = re.compile(r"local\s+\w*key\w*\s*=.*\.\.")
+#: the keys built in a script, each on the one-server path only (file, line), and why the
+#: cluster's never does it
+_ONE_SERVER_ONLY = {
+    # the claimed tasks' records: only when a backend is bound, which a cluster never is
+    ("brokers/redis/lua/claim.lua", "redis.call('HGET', head .. id .. tail, RECORD_FIELD)"),
+    # RedisClusterBackend.get_many sends an HGET per task instead
+    (
+        "backends/redis/lua/get_many.lua",
+        "redis.call('HGET', ARGV[1] .. ARGV[i] .. ARGV[2], RECORD_FIELD)",
+    ),
+    # RedisClusterBackend passes each record's key in KEYS
+    ("backends/redis/lua/store.lua", "local key = KEYS[i] or (ARGV[1] .. id .. ARGV[2])"),
+}
+
+
+def test_no_script_builds_a_key_on_the_cluster_path() -> None:
+    """Every Lua script names the keys it touches in KEYS (redis-py sends a script to the
+    node of its KEYS' one slot, and refuses KEYS in several); the few that build a key
+    from ARGV do it only on the one-server path, which the cluster classes never take."""
+    import aqueue
+
+    root = Path(aqueue.__file__).parent
+    built: set[tuple[str, str]] = set()
+    for path in sorted(root.rglob("*.lua")):
+        for line in path.read_text().splitlines():
+            code = line.split("--", 1)[0]
+            if _BUILT_KEY.search(code) or _BUILT_LOCAL.search(code):
+                where = path.relative_to(root).as_posix()
+                text = code.strip()
+                found = next((s for f, s in _ONE_SERVER_ONLY if f == where and s in text), text)
+                built.add((where, found))
+    assert built == _ONE_SERVER_ONLY
+    assert (
+        RedisClusterBroker("redis+cluster://h:1").bind_records(
+            RedisClusterBackend("redis+cluster://h:1")
+        )
+        is False
+    )
+    assert RedisClusterBackend.get_many is not RedisBackend.get_many
+    assert RedisClusterBackend._flush_stores is not RedisBackend._flush_stores

@@ -257,9 +257,16 @@ class RedisClusterSubscription(RedisSubscription):
         reply = await command(self._client, *args)
         if not reply:
             return reply
-        # redis-py's client parses XREAD's reply (each entry's fields as a dict, RESP3 a
-        # dict of streams): back to the raw shape that _read takes
-        streams = reply.items() if isinstance(reply, dict) else reply
+        # redis-py's client parses XREAD's reply (each entry's fields as a dict; on RESP3
+        # a dict of streams, each one's entries wrapped in a list): back to the raw shape
+        # that _read takes
+        if isinstance(reply, dict):
+            streams = [
+                (key, value[0] if value and isinstance(value[0], list) else value)
+                for key, value in reply.items()
+            ]
+        else:
+            streams = reply
         return [
             (key, [(entry_id, _flat(fields)) for entry_id, fields in entries])
             for key, entries in streams
