@@ -169,6 +169,35 @@ async def test_an_idle_claim_on_several_masters_wakes_on_a_publish_to_any(
     await _blocked_clients(0)  # the cancelled waits ended on the server too
 
 
+def _connections_received() -> list[int]:
+    """Connections each master has accepted so far (this reading's own included)."""
+    counts = []
+    for node in private_cluster().live():
+        client = node.admin()
+        try:
+            counts.append(int(client.info("stats")["total_connections_received"]))
+        finally:
+            client.close()
+    return counts
+
+
+async def test_idle_rounds_on_several_masters_reuse_their_connections(
+    url: str, prefix: str
+) -> None:
+    """A round that ends by its timeout lets every queue's wait end by itself (same
+    timeout), so an idle worker's rounds open no new connections."""
+    queues = spread_queues(prefix)
+    broker = RedisClusterBroker(url, socket_timeout=0.4)  # rounds of 0.2 s
+    try:
+        assert await broker.claim(queues, limit=1, lease_seconds=30, owner="t", timeout=0.5) == []
+        before = _connections_received()
+        assert await broker.claim(queues, limit=1, lease_seconds=30, owner="t", timeout=1.0) == []
+        after = _connections_received()
+    finally:
+        await broker.close()
+    assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1]  # the readings
+
+
 async def test_a_cancelled_idle_claim_ends_every_wait(
     broker: RedisClusterBroker, prefix: str
 ) -> None:

@@ -49,6 +49,10 @@ WAKE = Script("wake", HELPERS + WAKE_SOURCE + "wake(KEYS[1])\nreturn 1\n")
 
 log = logging.getLogger("aqueue.broker.redis")
 
+#: seconds the other waits of an idle round are given to end by themselves once the first
+#: ran out of time (a cancelled one costs its connection: redis-py closes it)
+_SETTLE = 0.25
+
 
 class RedisClusterBroker(RedisBroker):
     """A :class:`~aqueue.core.protocols.Broker` on a Redis Cluster (Redis >= 6.2).
@@ -191,11 +195,15 @@ class RedisClusterBroker(RedisBroker):
             for q in queues
         }
         try:
-            await asyncio.wait(
+            done, pending = await asyncio.wait(
                 waits,
                 timeout=self._settings.operation_timeout + block,
                 return_when=asyncio.FIRST_COMPLETED,
             )
+            if pending and not any(w.exception() or w.result() for w in done):
+                # the first wait ran out of time: the others end within moments (the same
+                # timeout), and a wait that ends by itself keeps its connection open
+                await asyncio.wait(pending, timeout=_SETTLE)
         finally:
             for wait in waits:
                 wait.cancel()
