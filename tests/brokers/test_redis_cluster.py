@@ -10,6 +10,7 @@ registry across nodes. Everything runs on this process's private 3-master cluste
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,7 +22,7 @@ import pytest
 from aqueue import App, chord, group
 from aqueue.backends.redis import RedisBackend, RedisClusterBackend
 from aqueue.brokers.redis import RedisBroker, RedisClusterBroker
-from aqueue.core.errors import ConfigurationError
+from aqueue.core.errors import BrokerError, ConfigurationError
 from aqueue.core.protocols import Lease, Outgoing, WorkerInfo
 from aqueue.core.urls import make_backend, make_broker
 from aqueue.transports.redis.keys import KeySpace
@@ -394,3 +395,41 @@ def test_no_script_builds_a_key_on_the_cluster_path() -> None:
     )
     assert RedisClusterBackend.get_many is not RedisBackend.get_many
     assert RedisClusterBackend._flush_stores is not RedisBackend._flush_stores
+
+
+# -- a password ------------------------------------------------------------------------------
+
+PASSWORD = "cl-s3cret-pw"
+
+
+@pytest.fixture(scope="module")
+def password_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.faults.redis_cluster import running_cluster
+
+    with running_cluster(tmp_path_factory.mktemp("pwcluster"), password=PASSWORD) as c:
+        yield c
+
+
+async def test_a_cluster_with_a_password_never_shows_it(
+    password_cluster: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="aqueue")
+    url = password_cluster.url(prefix="pw")
+    app = App("pw", broker=url, backend=url, lease_seconds=5.0)
+
+    @app.task
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    async with app, app.worker(concurrency=5):
+        handles = [await add.delay(i, 1) for i in range(20)]
+        assert [await h.wait(timeout=30) for h in handles] == [i + 1 for i in range(20)]
+        texts = [repr(app.broker), repr(app.backend), repr(app.conf)]
+    wrong = password_cluster.url(prefix="pw").replace(PASSWORD, "not-the-pw-42")
+    broker = RedisClusterBroker(wrong, retries=0)
+    with pytest.raises(BrokerError) as refused:
+        await broker.connect()
+    await broker.close()
+    texts += [str(refused.value), repr(refused.value)]
+    texts += [record.getMessage() for record in caplog.records]
+    assert not [t for t in texts if PASSWORD in t or "not-the-pw-42" in t]

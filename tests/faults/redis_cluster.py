@@ -57,6 +57,7 @@ class PrivateCluster:
         appendonly: AOF on every node, with ``appendfsync`` (``always``: a restarted
             master has everything it acknowledged).
         node_timeout: ms of silence after which a master is failed over to its replica.
+        password: ``requirepass`` (and ``masterauth``) of every node.
     """
 
     def __init__(
@@ -68,8 +69,10 @@ class PrivateCluster:
         appendonly: bool = False,
         appendfsync: str = "everysec",
         node_timeout: int = 2000,
+        password: str | None = None,
     ) -> None:
         self.directory = directory
+        self.password = password
         self.masters = masters
         self.replicas = replicas
         taken: set[int] = set()
@@ -81,6 +84,7 @@ class PrivateCluster:
                 cluster_node_timeout=node_timeout,
                 appendonly=appendonly,
                 appendfsync=appendfsync,
+                password=password,
             )
             for i in range(masters * (1 + replicas))
         ]
@@ -89,13 +93,16 @@ class PrivateCluster:
         """A ``redis+cluster://`` URL listing every node."""
         hosts = ",".join(f"{HOST}:{node.port}" for node in self.nodes)
         tail = "&".join(f"{k}={v}" for k, v in query.items())
-        return f"redis+cluster://{hosts}/0" + (f"?{tail}" if tail else "")
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis+cluster://{auth}{hosts}/0" + (f"?{tail}" if tail else "")
 
     def start(self, timeout: float = 30.0) -> None:
         """Start every node, create the cluster and wait until it serves every slot."""
         for node in self.nodes:
             node.start()
-        create = [REDIS_CLI, "--cluster", "create"]
+        create = [REDIS_CLI, "--no-auth-warning", "--cluster", "create"]
+        if self.password:
+            create += ["-a", self.password]
         create += [f"{HOST}:{node.port}" for node in self.nodes]
         create += ["--cluster-replicas", str(self.replicas), "--cluster-yes"]
         done = subprocess.run(create, capture_output=True, text=True, timeout=60, check=False)

@@ -128,6 +128,8 @@ class RedisServer:
             args += ["--appendonly", "no"]
         if self.password:
             args += ["--requirepass", self.password]
+            if self.cluster:  # a replica authenticates to its master
+                args += ["--masterauth", self.password]
         if self.tls is not None:
             cert, key = self.tls
             args += ["--tls-port", str(self.tls_port), "--tls-cert-file", str(cert)]
