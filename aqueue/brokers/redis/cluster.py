@@ -182,13 +182,16 @@ class RedisClusterBroker(RedisBroker):
             asyncio.gather(*(d.release(executed=False) for d in deliveries))
         )
         self._track(task)
+        task.add_done_callback(_log_release_failure)
 
     async def _wait_any(
         self, client: redispy.AsyncClient, queues: list[str], block: float
     ) -> list[str]:
         """Wait up to ``block`` seconds for a wake-up token on any of ``queues`` (one
         ``BLPOP`` each: their keys are in different slots); the queues whose wait took a
-        token. The other waits are cancelled as soon as one ends."""
+        token. When one takes a token the others are cancelled at once; when the first
+        runs out of time the others (same timeout) are given a moment to end by
+        themselves, so an idle round keeps its connections."""
         timeout = f"{block:.3f}"
         waits = {
             asyncio.ensure_future(command(client, "BLPOP", self._queue_keys(q).notify, timeout)): q
@@ -235,3 +238,8 @@ class RedisClusterBroker(RedisBroker):
             await run_scripts(client, calls)
         except Exception as exc:  # a sleeping claimer then wakes at its next round
             log.debug("passing a wake-up on failed: %s", self._settings.describe(exc))
+
+
+def _log_release_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("handing back a cancelled claim failed: %s", task.exception())
