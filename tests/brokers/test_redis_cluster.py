@@ -433,3 +433,77 @@ async def test_a_cluster_with_a_password_never_shows_it(
     texts += [str(refused.value), repr(refused.value)]
     texts += [record.getMessage() for record in caplog.records]
     assert not [t for t in texts if PASSWORD in t or "not-the-pw-42" in t]
+
+
+# -- a hot queue spread over several slots --------------------------------------------------
+
+
+async def test_a_sharded_queue_spreads_over_slots_and_is_claimed_in_turn(
+    prefix: str,
+) -> None:
+    url = private_cluster().url(prefix=prefix, shards="hot:4")
+    broker = RedisClusterBroker(url)
+    try:
+        shards = broker.shards_of("hot")
+        assert shards == ["hot#0", "hot#1", "hot#2", "hot#3"]
+        assert broker.shards_of("cold") == ["cold"]
+        keys = KeySpace(prefix)
+        ports = {private_cluster().master_of(keys.queue(s) + "ready").port for s in shards}
+        assert len(ports) > 1  # several slots, on more than one master
+        messages = [msg("hot") for _ in range(40)]
+        assert await broker.publish(messages) == [True] * 40
+        # an id goes to one shard, by its id: sent again, its first copy refuses it
+        assert await broker.publish([messages[0]]) == [False]
+        per_shard = [await RedisBroker.size(broker, s) for s in shards]
+        assert sum(per_shard) == 40 and all(per_shard)
+        assert await broker.size("hot") == 40
+        # each claim starts at the next shard
+        first = [
+            (await broker.claim(["hot"], limit=1, lease_seconds=30, owner="t", timeout=0))[0]
+            for _ in range(4)
+        ]
+        assert sorted(d.queue for d in first) == shards
+        rest = await broker.claim(["hot"], limit=100, lease_seconds=30, owner="t", timeout=0)
+        assert sorted(d.id for d in [*first, *rest]) == sorted(m.id for m in messages)
+        await first[0].dead_letter("test")
+        assert [letter.queue for letter in await broker.dead_letters("hot")] == [first[0].queue]
+        assert all(await asyncio.gather(*(d.ack() for d in [*first[1:], *rest])))
+        assert await broker.size("hot") == 0
+        assert await broker.purge_dead_letters("hot") == 1
+    finally:
+        await broker.close()
+
+
+async def test_a_worker_drains_a_sharded_queue(prefix: str) -> None:
+    url = private_cluster().url(prefix=prefix, shards="hot:4")
+    app = App("clh", broker=url, backend=url, lease_seconds=5.0)
+
+    @app.task(queue="hot")
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    async with app, app.worker(queues=["hot"], concurrency=20):
+        handles = [await add.delay(i, i) for i in range(200)]
+        handles += await add.delay_many([(i, 1) for i in range(100)])
+        results = await asyncio.gather(*(h.wait(timeout=60) for h in handles))
+    assert results == [2 * i for i in range(200)] + [i + 1 for i in range(100)]
+    check = RedisClusterBroker(url)
+    try:
+        assert await check.size("hot") == 0
+    finally:
+        await check.close()
+
+
+def test_shards_are_checked() -> None:
+    assert parse_settings("redis+cluster://h:1?shards=hot:8,bulk:2", {}, what="t").shards == (
+        ("hot", 8),
+        ("bulk", 2),
+    )
+    assert parse_settings("redis+cluster://h:1", {"shards": {"hot": 3}}, what="t").shards == (
+        ("hot", 3),
+    )
+    for bad in ("hot", "hot:0", "hot:x", "h{x}:2", "a#b:2", "hot:100000"):
+        with pytest.raises(ConfigurationError, match="shards"):
+            parse_settings(f"redis+cluster://h:1?shards={bad}", {}, what="t")
+    with pytest.raises(ConfigurationError, match="unknown option 'shards'"):
+        parse_settings("redis://h/0?shards=hot:2", {}, what="t")

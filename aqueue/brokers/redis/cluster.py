@@ -21,6 +21,10 @@ groups a pipeline's calls per node. What differs from one server (:class:`RedisB
   that the id is not queued) refuses the second copy, so it cannot enqueue twice.
 * **topics** read ``XREAD BLOCK`` through the cluster client (the node serving the
   topic's slot), not on a connection of their own.
+* **a hot queue may be sharded** over several slots (the ``shards`` option:
+  ``?shards=hot:8``): queue ``hot`` is kept as ``hot#0`` ... ``hot#7``; a message goes to
+  the shard of its id's CRC-32, a claim visits the shards starting one further each time,
+  and inspection adds them up. A claimed message names its shard.
 
 Everything else (settlements, renewals, inspection, dead letters, limits, the worker
 registry) is :class:`RedisBroker`'s: single-slot scripts and commands, pipelined.
@@ -30,11 +34,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
+
 from aqueue.core.errors import BrokerError, ConfigurationError
-from aqueue.core.protocols import Delivery, Outgoing
+from aqueue.core.protocols import DeadLetter, Delivery, Outgoing
 from aqueue.transports.redis import redispy
 from aqueue.transports.redis.scripts import HELPERS, Script, ScriptCall, command, run_scripts
 
@@ -79,6 +86,37 @@ class RedisClusterBroker(RedisBroker):
         self.topics = RedisTopics(
             self._settings, self._keys, self._link.get, self._max_block, cluster=True
         )
+        self._shards = dict(self._settings.shards)
+        # where the next claim of a sharded queue starts (round-robin over its shards)
+        self._turn = 0
+
+    def shards_of(self, queue: str) -> list[str]:
+        """The queues that hold ``queue``'s messages: ``[queue]``, or its shards
+        ``queue#0`` ... ``queue#<n-1>`` when the ``shards`` option spreads it."""
+        count = self._shards.get(queue)
+        return [queue] if count is None else [f"{queue}#{i}" for i in range(count)]
+
+    def _sharded(self, message: Outgoing) -> Outgoing:
+        """``message`` addressed to its shard: by its id, so a re-sent id meets its first
+        copy (the dedupe window is per shard)."""
+        count = self._shards.get(message.queue)
+        if count is None:
+            return message
+        shard = zlib.crc32(message.id.encode()) % count
+        return msgspec.structs.replace(message, queue=f"{message.queue}#{shard}")
+
+    def _in_turn(self, queues: list[str]) -> list[str]:
+        """``queues`` with each sharded one replaced by its shards, starting one further
+        at each claim (so claimers take from every shard in turn)."""
+        out: list[str] = []
+        for queue in queues:
+            shards = self.shards_of(queue)
+            if len(shards) > 1:
+                start = self._turn % len(shards)
+                self._turn += 1
+                shards = shards[start:] + shards[:start]
+            out += shards
+        return list(dict.fromkeys(out))
 
     def __repr__(self) -> str:
         return f"<RedisClusterBroker {self._settings.redacted} prefix={self._settings.prefix!r}>"
@@ -98,10 +136,63 @@ class RedisClusterBroker(RedisBroker):
         return stored
 
     async def _flush_publishes(self, messages: list[Outgoing]) -> list[bool]:
+        if self._shards:
+            messages = [self._sharded(m) for m in messages]
         calls, spans = publish_calls(messages, self._queue_keys, self._settings.dedupe_ttl)
         client = await self._link.get()
         replies = await self._guard_publish(lambda: run_scripts(client, calls))
         return flags(spans, replies, len(messages))
+
+    # -- sharded queues: inspection adds up the shards -----------------------------------
+
+    async def size(self, queue: str) -> int:
+        """Messages in ``queue`` (every shard of a sharded one): ready, delayed, in flight."""
+        base = super().size
+        return sum([await base(q) for q in self.shards_of(queue)])
+
+    async def purge(self, queue: str) -> int:
+        """Delete the ready and delayed messages of ``queue`` (of each of its shards)."""
+        base = super().purge
+        return sum([await base(q) for q in self.shards_of(queue)])
+
+    async def count_ids(self, queue: str, suffix: str) -> int:
+        """Messages of ``queue`` (of each of its shards) whose id ends with ``suffix``."""
+        base = super().count_ids
+        return sum([await base(q, suffix) for q in self.shards_of(queue)])
+
+    async def peek_head(self, queue: str) -> bytes | None:
+        """The ready message at the head of ``queue``: of its first shard that has one, in
+        the order the next claim visits them."""
+        for shard in self._in_turn([queue]) if queue in self._shards else [queue]:
+            head = await super().peek_head(shard)
+            if head is not None:
+                return head
+        return None
+
+    async def scheduled(self, queue: str, limit: int) -> list[tuple[float, bytes]]:
+        """Messages of ``queue`` (all its shards) waiting for their ETA, soonest first."""
+        found: list[tuple[float, bytes]] = []
+        for shard in self.shards_of(queue):
+            found += await super().scheduled(shard, limit)
+        return sorted(found, key=lambda item: item[0])[:limit]
+
+    async def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """The most recent dead letters, newest first; a sharded queue's come from every
+        shard (each letter names its shard, ``queue#i``, which ``replay`` goes back to)."""
+        if queue is None or queue not in self._shards:
+            return await super().dead_letters(queue, limit)
+        letters: list[DeadLetter] = []
+        for shard in self.shards_of(queue):
+            letters += await super().dead_letters(shard, limit)
+        letters.sort(key=lambda letter: letter.at, reverse=True)
+        return letters[:limit]
+
+    async def purge_dead_letters(self, queue: str | None = None) -> int:
+        """Delete the dead letters of ``queue`` (every shard of a sharded one), or of all."""
+        if queue is None:
+            return await super().purge_dead_letters(None)
+        base = super().purge_dead_letters
+        return sum([await base(q) for q in self.shards_of(queue)])
 
     # -- claim --------------------------------------------------------------------------
 
@@ -124,7 +215,7 @@ class RedisClusterBroker(RedisBroker):
         if limit <= 0 or not queues:
             return []
         limit = min(limit, MAX_BATCH)
-        queues = list(dict.fromkeys(queues))
+        queues = self._in_turn(list(queues)) if self._shards else list(dict.fromkeys(queues))
         lease = repr(float(lease_seconds))
         client = await self._link.get()
         loop = asyncio.get_running_loop()

@@ -147,6 +147,7 @@ class RedisSettings:
             (within their deadline) instead of failing.
         extra: redis-py options given as keywords, passed to it unchanged.
         nodes: a cluster's startup nodes as ``(host, port)`` (empty: not a cluster).
+        shards: on a cluster, the queues spread over several slots, as ``(queue, count)``.
     """
 
     url: str = field(repr=False)
@@ -165,6 +166,7 @@ class RedisSettings:
     extra: dict[str, Any] = field(repr=False, default_factory=dict)
     secrets: tuple[str, ...] = field(repr=False, default=())
     nodes: tuple[tuple[str, int], ...] = ()
+    shards: tuple[tuple[str, int], ...] = ()
 
     @property
     def cluster(self) -> bool:
@@ -487,6 +489,17 @@ def _parse_cluster(url: str, options: Mapping[str, Any], *, what: str) -> RedisS
     if not hosts:
         raise ConfigurationError(f"{what}: {redacted!r} names no cluster node")
     nodes = _cluster_nodes(hosts, what, redacted)
+    # ``shards`` is the cluster's own option: taken out before the rest is checked
+    path, mark, query = tail.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    in_url = [value for name, value in pairs if name == "shards"]
+    if len(in_url) > 1:
+        raise ConfigurationError(f"{what}: option 'shards' is given twice in {redacted!r}")
+    kept = [(name, value) for name, value in pairs if name != "shards"]
+    tail = path + (f"?{urlencode(kept)}" if kept else "")
+    options = dict(options)
+    given = options.pop("shards", None)
+    shards = _shards(in_url[0] if given is None and in_url else given, what)
     first = f"{_bracketed(nodes[0][0])}:{nodes[0][1]}"
     single = parse_settings(f"redis://{userinfo}{at}{first}/{tail}", options, what=what)
     path = single.url.split("?", 1)[0]
@@ -510,5 +523,49 @@ def _parse_cluster(url: str, options: Mapping[str, Any], *, what: str) -> RedisS
     shown = ",".join(f"{_bracketed(h)}:{p}" for h, p in nodes)
     clean = f"{CLUSTER_SCHEME}://{userinfo}{at}{shown}/0"
     return replace(
-        single, url=clean, redacted=redacted, scheme=CLUSTER_SCHEME, extra=extra, nodes=nodes
+        single,
+        url=clean,
+        redacted=redacted,
+        scheme=CLUSTER_SCHEME,
+        extra=extra,
+        nodes=nodes,
+        shards=shards,
     )
+
+
+#: most slots one queue may be spread over
+MAX_SHARDS = 1024
+_SHARD_SPEC = re.compile(r"([^:,{}#\s]+):([0-9]+)\Z")
+
+
+def _shards(raw: Any, what: str) -> tuple[tuple[str, int], ...]:
+    """The ``shards`` option: ``"hot:8,bulk:4"`` (a URL's query) or ``{"hot": 8}``."""
+    if raw is None or raw == "":
+        return ()
+    pairs: list[tuple[str, Any]]
+    if isinstance(raw, str):
+        pairs = []
+        for part in raw.split(","):
+            match = _SHARD_SPEC.match(part.strip())
+            if match is None:
+                raise ConfigurationError(
+                    f"{what}: shards={raw!r}: each entry is queue:count (hot:8,bulk:4)"
+                )
+            pairs.append((match[1], int(match[2])))
+    elif isinstance(raw, Mapping):
+        pairs = list(raw.items())
+    else:
+        raise ConfigurationError(f"{what}: shards must map queue names to counts, not {raw!r}")
+    out: dict[str, int] = {}
+    for name, count in pairs:
+        if not isinstance(name, str) or not name or any(c in name for c in "{}#"):
+            raise ConfigurationError(
+                f"{what}: shards: {name!r} is not a queue name (no braces, no '#')"
+            )
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_SHARDS:
+            raise ConfigurationError(
+                f"{what}: shards: {name!r} needs a count from 1 to {MAX_SHARDS}, not {count!r}"
+            )
+        if count > 1:
+            out[name] = count
+    return tuple(out.items())
