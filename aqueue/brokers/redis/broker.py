@@ -52,6 +52,7 @@ from .scripts import (
     CLAIM,
     MAX_BATCH,
     PURGE,
+    PURGE_DEAD,
     RENEW,
     REPLAY,
     SETTLE,
@@ -673,15 +674,12 @@ class RedisBroker:
                 names = [m.decode() for m in members]
             else:
                 names = [queue]
-            total = 0
-            for name in names:
-                dead = self._queue_keys(name).dead
-                pipe = client.pipeline(transaction=True)
-                command(pipe, "LLEN", dead)
-                command(pipe, "DEL", dead)
-                count, _ = await pipe.execute()
-                total += int(count)
-            return total
+            # one script per queue: counted and deleted at once (no MULTI, which redis-py's
+            # cluster client refuses before 8)
+            calls: list[ScriptCall] = [
+                (PURGE_DEAD, [self._queue_keys(name).dead], []) for name in names
+            ]
+            return sum(int(n) for n in await run_scripts(client, calls)) if calls else 0
 
         return await guarded(self._settings, "purge_dead_letters", purge, error=BrokerError)
 

@@ -209,6 +209,7 @@ SETTLE = Script.load(
 RENEW = Script.load(_LUA / "renew.lua", uses=(HELPERS,))
 SIZE = Script.load(_LUA / "size.lua")
 PURGE = Script.load(_LUA / "purge.lua")
+PURGE_DEAD = Script.load(_LUA / "purge_dead.lua")
 REPLAY = Script.load(
     _LUA / "replay.lua", uses=(HELPERS, WAKE_SOURCE), constants={"PRIORITY_WEIGHT": PRIORITY_WEIGHT}
 )

@@ -124,7 +124,9 @@ class RedisRegistry:
     def leave(self, worker_id: str) -> None:
         """Remove the entry."""
         try:
-            pipe = self._sync().pipeline(transaction=True)
+            # two removals, each enough on its own (a reap drops an id whose entry is
+            # gone): no MULTI, which redis-py's cluster client refuses before 8
+            pipe = self._sync().pipeline(transaction=False)
             command(pipe, "ZREM", self._seen, worker_id)
             command(pipe, "DEL", self._entry(worker_id))
             pipe.execute()

@@ -129,6 +129,11 @@ class Script:
         return f"<Script {self.name} {self.sha[:8]}>"
 
 
+#: the command that loads a script, as one name: a Redis Cluster client routes it to every
+#: master by that name (redis-py < 8 looks up only the first word), and redis-py splits it
+#: into its two words when it frames it
+_SCRIPT_LOAD = "SCRIPT LOAD"
+
 #: one script invocation: (script, keys, args)
 ScriptCall = tuple[Script, Sequence[str | bytes], Sequence[str | bytes | int | float]]
 
@@ -206,7 +211,7 @@ async def run_scripts(client: redispy.AsyncClient, calls: Sequence[ScriptCall]) 
     batch = ScriptBatch(calls)
     while missing := batch.take(await _send(client, batch.pending())):
         for script in missing:
-            await command(client, "SCRIPT", "LOAD", script.source)
+            await command(client, _SCRIPT_LOAD, script.source)
     return batch.results
 
 
@@ -229,7 +234,7 @@ def run_scripts_sync(client: redispy.SyncClient, calls: Sequence[ScriptCall]) ->
     batch = ScriptBatch(calls)
     while missing := batch.take(_pipeline(client, batch.pending()).execute(raise_on_error=False)):
         for script in missing:
-            command(client, "SCRIPT", "LOAD", script.source)
+            command(client, _SCRIPT_LOAD, script.source)
     return batch.results
 
 
