@@ -100,6 +100,55 @@ class PrivateCluster:
         """Start every node, create the cluster and wait until it serves every slot."""
         for node in self.nodes:
             node.start()
+        if self.masters < 3:  # redis-cli creates clusters of 3 masters or more
+            self._assign_slots()
+        else:
+            self._create()
+        self.wait_ok(timeout, replicas=self.masters * self.replicas)
+
+    def _assign_slots(self) -> None:
+        """Make a cluster of 1 or 2 masters (and their replicas) by hand: slots split
+        evenly, every node introduced to the first."""
+        assert len(self.nodes) == self.masters * (1 + self.replicas)
+        first = self.nodes[0]
+        masters = self.nodes[: self.masters]
+        for i, node in enumerate(masters):
+            low, high = i * 16384 // self.masters, (i + 1) * 16384 // self.masters - 1
+            client = node.admin()
+            try:
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", low, high)
+                if node is not first:
+                    client.execute_command("CLUSTER", "MEET", HOST, first.port)
+            finally:
+                client.close()
+        for i, node in enumerate(self.nodes[self.masters :]):
+            master = masters[i % self.masters]
+            client = node.admin()
+            try:
+                client.execute_command("CLUSTER", "MEET", HOST, first.port)
+                deadline = time.monotonic() + 10
+                while True:  # the replica must know its master's id first
+                    try:
+                        master_id = self._node_id(master)
+                        client.execute_command("CLUSTER", "REPLICATE", master_id)
+                        break
+                    except redis.exceptions.ResponseError:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.05)
+            finally:
+                client.close()
+
+    @staticmethod
+    def _node_id(node: RedisServer) -> str:
+        client = node.admin()
+        try:
+            raw = client.execute_command("CLUSTER", "MYID")
+            return raw.decode() if isinstance(raw, bytes) else str(raw)
+        finally:
+            client.close()
+
+    def _create(self) -> None:
         create = [REDIS_CLI, "--no-auth-warning", "--cluster", "create"]
         if self.password:
             create += ["-a", self.password]
@@ -108,7 +157,6 @@ class PrivateCluster:
         done = subprocess.run(create, capture_output=True, text=True, timeout=60, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {done.stdout}{done.stderr}")
-        self.wait_ok(timeout, replicas=self.masters * self.replicas)
 
     def live(self) -> list[RedisServer]:
         """The nodes whose process is running."""
