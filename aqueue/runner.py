@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, NotRequired, TypedDict, TypeVar
 from .core.app import App
 from .core.errors import AqueueError, ConfigurationError
 from .core.protocols import BeatService
+from .core.stopping import stop_on_signals
 from .core.worker import Worker, expand_hostname
 from .process import (
     EXIT_ALREADY_RUNNING,
@@ -408,15 +409,14 @@ def _serve(
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, w.request_stop)
         watch = None if supervisor is None else loop.create_task(_orphaned(supervisor, w))
         try:
-            if scheduler is None:
-                await w.run()
-            else:
-                async with scheduler:
+            with stop_on_signals(w.request_stop):
+                if scheduler is None:
                     await w.run()
+                else:
+                    async with scheduler:
+                        await w.run()
         finally:
             if watch is not None:
                 watch.cancel()

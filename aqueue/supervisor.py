@@ -35,6 +35,7 @@ import time
 
 from .core.app import App
 from .core.errors import AqueueError, ConfigurationError
+from .core.stopping import stop_on_signals
 from .core.worker import expand_hostname
 from .process import (
     EXIT_ALREADY_RUNNING,
@@ -195,9 +196,11 @@ class Supervisor:
     async def run(self) -> int:
         """Start the children, keep them running, return once all have stopped."""
         self._wake = asyncio.Event()
+        with stop_on_signals(self.stop):
+            return await self._supervise()
+
+    async def _supervise(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop)
         log.info(
             "supervisor (pid %d) starting %d worker processes: %s%s",
             os.getpid(),

@@ -36,10 +36,30 @@ ROWS = [
     Row("cpu", "drain", "cpu_us", "worker CPU per task (drain)", "µs", False),
     Row("cmds", "drain", "redis_cmds", "Redis commands per task (drain)", "cmds", False),
     Row("redis-cpu", "drain", "redis_cpu_us", "Redis CPU per task (drain)", "µs", False),
+    Row(
+        "redis-net", "drain", "redis_net_bytes", "Redis network bytes per task (drain)", "B", False
+    ),
     Row("rabbit-cpu", "drain", "rabbit_cpu_us", "RabbitMQ CPU per task (drain)", "µs", False),
     Row("scale-1", "scale-1", "rate", "drain, 1 worker process", "tasks/s", True),
     Row("scale-2", "scale-2", "rate", "drain, 2 worker processes", "tasks/s", True),
     Row("scale-4", "scale-4", "rate", "drain, 4 worker processes", "tasks/s", True),
+    *(
+        Row(
+            f"scale-{n}-{metric}",
+            f"scale-{n}",
+            metric,
+            f"{label}, {n} process{'es' * (n > 1)}",
+            unit,
+            False,
+        )
+        for n in (1, 2, 4)
+        for metric, label, unit in (
+            ("cpu_us", "worker CPU per task", "µs"),
+            ("redis_cpu_us", "Redis CPU per task", "µs"),
+            ("redis_busy_pct", "Redis busy (100 = one core)", "%"),
+            ("machine_busy_pct", "machine busy (both cores)", "%"),
+        )
+    ),
 ]
 
 

@@ -55,6 +55,8 @@ class Snapshot:
     cmds: dict[str, int] = field(default_factory=dict)
     steal: tuple[int, int] = (0, 0)  # (steal, total) jiffies from /proc/stat
     rabbit_cpu: float | None = None  # the RabbitMQ server's user + system seconds
+    busy: tuple[int, int] = (0, 0)  # (busy, total) jiffies of the whole machine
+    redis_net: int = 0  # bytes Redis received + sent (its clients' traffic, the harness's too)
 
 
 def _steal() -> tuple[int, int]:
@@ -65,6 +67,18 @@ def _steal() -> tuple[int, int]:
     except (OSError, ValueError):
         return (0, 0)
     return (fields[7] if len(fields) > 7 else 0, sum(fields[:8]))
+
+
+def _busy() -> tuple[int, int]:
+    """(busy, total) jiffies of every core since boot: where the machine's CPU went."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return (0, 0)
+    total = sum(fields[:8])
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (total - idle, total)
 
 
 def rabbitmq_server(url: str) -> psutil.Process | None:
@@ -179,6 +193,7 @@ class Bench:
                     t = p.cpu_times()
                     cpu += t.user + t.system
         info = self.r.info("cpu")
+        net = self.r.info("stats")
         stats = self.r.info("commandstats")
         cmds = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
         rabbit_cpu = None
@@ -193,6 +208,8 @@ class Bench:
             cmds,
             _steal(),
             rabbit_cpu,
+            _busy(),
+            int(net["total_net_input_bytes"]) + int(net["total_net_output_bytes"]),
         )
 
     @staticmethod
@@ -271,9 +288,17 @@ class Bench:
             }
             if "amqp" in system.name and before.rabbit_cpu is not None and after.rabbit_cpu:
                 out["rabbit_cpu_us"] = (after.rabbit_cpu - before.rabbit_cpu) / n * 1e6
+            window = max(after.t - before.t, 1e-9)
+            # where the limit is: how busy each part was during the drain (100 = one core)
+            out["worker_busy_pct"] = 100 * (after.cpu - before.cpu) / window
+            out["machine_busy_pct"] = (
+                100 * (after.busy[0] - before.busy[0]) / max(1, after.busy[1] - before.busy[1])
+            )
             if system.name not in NON_REDIS:
                 out["redis_cmds"] = total_cmds / n
                 out["redis_cpu_us"] = (after.redis_cpu - before.redis_cpu) / n * 1e6
+                out["redis_busy_pct"] = 100 * (after.redis_cpu - before.redis_cpu) / window
+                out["redis_net_bytes"] = (after.redis_net - before.redis_net) / n
                 out["cmd_breakdown"] = {
                     k: round(v / n, 3)
                     for k, v in sorted(cmds.items(), key=lambda kv: -kv[1])

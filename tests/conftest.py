@@ -10,6 +10,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -190,42 +191,6 @@ def _rabbit_prefixes() -> Iterator[list[str]]:
         _delete_rabbit_prefixes(sorted(set(_SESSION_RABBIT_PREFIXES)))
 
 
-#: `make test` runs the slow suite with `-n 2 --dist loadgroup`: the tests that measure or
-#: bound how fast something recovers (kills, faults, leases) run one at a time on one
-#: worker, as they always did; on the other go the test that mostly waits for a minute
-#: boundary (cron) and the slow tests that only check what happened, with timeouts as
-#: safety nets: real processes of the fleet, the dashboard, the examples, the packaging,
-#: the documentation site's build, TLS against private servers, a private Redis Cluster's
-#: node restart and failover (nothing lost; their times are reported, not bounded).
-BESIDE = {
-    "test_every_slot_runs_once_through_a_leader_kill",
-}
-BESIDE_FILES = (
-    "tests/worker/test_fleet_processes.py",
-    "tests/web/",
-    "tests/examples/",
-    "tests/test_packaging.py",
-    "tests/events/test_events_cli.py",
-    "tests/sync/",
-    "tests/observability/",
-    "tests/docs/test_site.py",
-    "tests/brokers/test_tls.py",
-    "tests/faults/test_redis_cluster_faults.py",
-    "tests/security/",
-)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    root = Path(__file__).resolve().parent.parent
-    for item in items:
-        if item.get_closest_marker("slow") is None:
-            continue
-        name = getattr(item, "originalname", item.name)
-        where = item.path.resolve().relative_to(root).as_posix()
-        beside = name in BESIDE or where.startswith(BESIDE_FILES)
-        item.add_marker(pytest.mark.xdist_group("beside" if beside else "one-at-a-time"))
-
-
 BROKER_KINDS = [
     pytest.param("memory", id="memory"),
     pytest.param("sqlite", id="sqlite"),
@@ -241,6 +206,14 @@ CLUSTER_KIND = pytest.param("redis-cluster", id="redis-cluster", marks=pytest.ma
 EXTRA_BROKER_URL = os.environ.get("AQUEUE_TEST_BROKER_URL")
 if EXTRA_BROKER_URL:
     BROKER_KINDS.append(pytest.param("extra", id="extra"))
+
+
+def assert_none_before(claimed: Sequence[object], due: float, slack: float = 0.05) -> None:
+    """A claim made before a delayed message's ``due`` time found nothing, or, when a
+    loaded machine let the time pass before the claim returned, found it no earlier than
+    ``due``: "not early", without betting on how fast the claim comes back."""
+    if claimed:
+        assert time.time() >= due - slack, f"claimed {due - time.time():.3f} s early"
 
 
 def make_url(kind: str, tmp_path: Path) -> str:

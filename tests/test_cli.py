@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 
 from aqueue import App, __version__
 from aqueue.cli import cli
+from aqueue.core.stopping import stop_on_signals
 
 runner = CliRunner()
 
@@ -57,3 +59,27 @@ def test_worker_errors_are_one_line(args: list[str], needle: str, status: int) -
 # apps the CLI tests load by module:attribute
 bad_url_app = App("bad", broker="foo://user:hunter2@localhost/")
 secret_app = App("secret", broker="redis://user:hunter2@127.0.0.1:1/0")
+
+
+def test_a_worker_run_in_process_gives_the_stop_signals_back(tmp_path: Path) -> None:
+    # an embedding program (here: the test process) must still answer Ctrl-C afterwards;
+    # uvloop left SIGINT and SIGTERM pointing at the worker's closed loop
+    before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    env = {"AQT_CLI_BROKER": f"sqlite:///{tmp_path / 'q.db'}"}
+    result = runner.invoke(cli, ["worker", "tests.cli_project:make_app", "--burst"], env=env)
+    assert result.exit_code == 0, result.output
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+async def test_stop_on_signals_restores_a_handler_of_the_program() -> None:
+    def mine(signum: int, frame: object) -> None:
+        raise AssertionError("not called here")
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        stopped: list[bool] = []
+        with stop_on_signals(lambda: stopped.append(True)):
+            assert signal.getsignal(signal.SIGTERM) is not mine
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -11,10 +11,8 @@ loads an app, configures logging and runs a coroutine. ``aqueue.cli`` hands over
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
-import signal
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -23,6 +21,7 @@ import typer
 from typer.core import TyperGroup
 
 from aqueue.core.errors import AqueueError
+from aqueue.core.stopping import stop_on_signals
 
 from .admin import BeatSchedule, EntryInfo
 from .service import Beat
@@ -131,11 +130,9 @@ def commands(runtime: Runtime) -> typer.Typer:
             raise fail(exc) from None
 
         async def main() -> None:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, scheduler.request_stop)
             try:
-                await scheduler.run()
+                with stop_on_signals(scheduler.request_stop):
+                    await scheduler.run()
             finally:
                 await the_app.close()
 

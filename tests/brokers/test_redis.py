@@ -47,6 +47,7 @@ from aqueue.transports.redis.settings import (
     accepted_options,
     parse_settings,
 )
+from tests.conftest import assert_none_before
 
 pytestmark = pytest.mark.redis
 
@@ -232,9 +233,11 @@ async def test_delayed_not_early_then_on_time_without_publish(broker: RedisBroke
     due = time.time() + 0.4
     m = msg(eta=due)
     assert await broker.publish([m]) == [True]
-    assert await claim(broker, timeout=0.1) == []
-    async with asyncio.timeout(5):
-        got = await claim(broker, timeout=3.0)
+    got = await claim(broker, timeout=0.1)
+    assert_none_before(got, due)
+    if not got:
+        async with asyncio.timeout(5):
+            got = await claim(broker, timeout=3.0)
     assert [d.id for d in got] == [m.id]
     # server time decides; allow Redis's 100 ms timer granularity and clock rounding
     assert time.time() >= due - 0.05
@@ -303,10 +306,12 @@ async def test_requeue_replaces_body_resets_count_and_fences_old_holders(
     async with asyncio.timeout(5):
         [holder] = await claim(broker, timeout=3.0)
     assert holder.delivery_count == 2
-    assert await holder.requeue(b"v2", eta=time.time() + 0.2)
-    assert await claim(broker) == []  # delayed
+    due = time.time() + 0.2
+    assert await holder.requeue(b"v2", eta=due)
+    got = await claim(broker)  # delayed
+    assert_none_before(got, due)
     async with asyncio.timeout(5):
-        [again] = await claim(broker, timeout=3.0)
+        [again] = got or await claim(broker, timeout=3.0)
     assert (again.body, again.delivery_count) == (b"v2", 1)
     # the first holder's token equalled count 1 once; tokens are never reused
     assert await stale.ack() is False

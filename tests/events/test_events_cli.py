@@ -4,6 +4,7 @@ watching a real `aqueue worker -E` process print a chain's lifecycle live (docs/
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -164,12 +165,18 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> tuple[int,
     """Stop a process we started (by its pid) and collect its output."""
     if proc.poll() is None:
         proc.send_signal(sig)
+    stuck = ""
     try:
         out, err = proc.communicate(timeout=30)
     except subprocess.TimeoutExpired:
+        # say why it did not stop: its signal dispositions (ignored / blocked / caught)
+        with contextlib.suppress(OSError):
+            status = Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+            stuck = "did not stop: " + " ".join(s for s in status if s.startswith("Sig"))
         proc.kill()
         out, err = proc.communicate(timeout=10)
-    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+    said = err.decode(errors="replace") + (f"\n{stuck}" if stuck else "")
+    return proc.returncode, out.decode(errors="replace"), said
 
 
 @pytest.mark.slow

@@ -164,6 +164,53 @@ async def test_supervisor_killed_its_children_stop_and_a_new_one_runs_the_rest(
     print(f"\nsupervisor killed: lost 0/30, {len(again)} ran again")
 
 
+async def test_four_processes_survive_kill_9_of_children_and_of_the_supervisor(
+    app: App,  # noqa: F811
+    env: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    # issue 20's done-when: `--processes 4`, two children and then the supervisor killed
+    # with SIGKILL mid-drain; a new supervisor runs what was left: nothing lost
+    n = 60
+    handles = [await proc_tasks.slow.delay(f"f{i}", 0.1) for i in range(n)]
+    log = tmp_path / "worker.log"
+    first = start(env, log, "--processes", "4", "-n", "f@%h", "-c", "2", "--shutdown-timeout", "5")
+    try:
+        await fleet_size(app, 4)
+        children = await live_workers(app)
+        await wait_for_file(tmp_path / "started-f0")
+        killed = sorted(children)[:2]
+        for name in killed:
+            os.kill(children[name], signal.SIGKILL)
+        async with asyncio.timeout(30):  # both replaced, under their names, by new pids
+            while True:
+                now = await live_workers(app)
+                if all(now.get(name) not in (None, children[name]) for name in killed):
+                    break
+                await asyncio.sleep(0.05)
+        survivors = list((await live_workers(app)).values())
+        first.send_signal(signal.SIGKILL)
+        await exits(first)
+        async with asyncio.timeout(15):  # each child stops once its supervisor is gone
+            while any(running(pid) for pid in survivors):
+                await asyncio.sleep(0.05)
+    finally:
+        out = finish(first, log)
+    for name in killed:
+        assert f"worker process {name} (pid {children[name]}) was killed by SIGKILL" in out, out
+    second = start(env, log, "--processes", "4", "-n", "g@%h", "-c", "2")
+    try:
+        results = [await h.wait(timeout=60) for h in handles]
+        second.send_signal(signal.SIGTERM)
+        assert await exits(second) == 0
+    finally:
+        out = finish(second, log)
+    assert [r.split(":")[0] for r in results] == [f"f{i}" for i in range(n)]  # lost 0
+    assert "Traceback" not in out, out
+    again = [r for r in results if not r.endswith(":1")]
+    print(f"\n--processes 4, 2 children + supervisor killed: lost 0/{n}, {len(again)} ran again")
+
+
 async def test_a_child_that_cannot_start_stops_the_supervisor_with_its_status(
     env: dict[str, str],  # noqa: F811
 ) -> None:
