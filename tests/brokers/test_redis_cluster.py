@@ -276,6 +276,24 @@ async def test_a_lost_workers_leases_are_handed_back(
     assert [await d.ack() for d in got] == [False] * 3  # fenced: the old holder's tokens
 
 
+async def test_shared_limits_on_the_cluster(broker: RedisClusterBroker) -> None:
+    """Each limit key has its own tag ({throttle:<key>}): rate slots and leased
+    concurrency slots of several keys live on several nodes."""
+    keys = [f"k{i}" for i in range(6)]
+    for key in keys:
+        first = await broker.reserve_rate(key, 2, 1.0)
+        await broker.reserve_rate(key, 2, 1.0)  # a burst of 2 ...
+        third = await broker.reserve_rate(key, 2, 1.0)
+        assert third - first > 0.3  # ... then one per 0.5 s (on the server's clock)
+        await broker.reset_rate(key)
+        assert await broker.acquire_slot(key, "a", 1, 30)
+        assert not await broker.acquire_slot(key, "b", 1, 30)
+    await asyncio.to_thread(broker.renew_slots, [(key, "a") for key in keys], 30)
+    for key in keys:
+        await broker.release_slot(key, "a")
+        assert await broker.acquire_slot(key, "b", 1, 30)
+
+
 # -- the backend ---------------------------------------------------------------------------
 
 
