@@ -484,9 +484,16 @@ async def test_a_sharded_queue_spreads_over_slots_and_is_claimed_in_turn(
         rest = await broker.claim(["hot"], limit=100, lease_seconds=30, owner="t", timeout=0)
         assert sorted(d.id for d in [*first, *rest]) == sorted(m.id for m in messages)
         await first[0].dead_letter("test")
-        assert [letter.queue for letter in await broker.dead_letters("hot")] == [first[0].queue]
+        [letter] = await broker.dead_letters("hot")
+        assert letter.queue == first[0].queue  # its shard
         assert all(await asyncio.gather(*(d.ack() for d in [*first[1:], *rest])))
         assert await broker.size("hot") == 0
+        # replayed into its shard, claimed again from the queue
+        again = Outgoing(id=letter.id, queue="hot", body=letter.body)
+        assert await broker.replay_dead_letter(letter, again)
+        [back] = await broker.claim(["hot"], limit=5, lease_seconds=30, owner="t", timeout=0)
+        assert (back.id, back.queue) == (letter.id, letter.queue)
+        await back.dead_letter("again")
         assert await broker.purge_dead_letters("hot") == 1
     finally:
         await broker.close()
