@@ -56,6 +56,8 @@ WAKE = Script("wake", HELPERS + WAKE_SOURCE + "wake(KEYS[1])\nreturn 1\n")
 
 log = logging.getLogger("aqueue.broker.redis")
 
+#: seconds a queue whose claim failed (its node down) is left out of claims
+_RETRY_FAILING = 1.0
 #: seconds the other waits of an idle round are given to end by themselves once the first
 #: ran out of time (a cancelled one costs its connection: redis-py closes it)
 _SETTLE = 0.25
@@ -87,6 +89,9 @@ class RedisClusterBroker(RedisBroker):
             self._settings, self._keys, self._link.get, self._max_block, cluster=True
         )
         self._shards = dict(self._settings.shards)
+        # queues whose last claim failed (their node down), with when: the others are
+        # claimed from meanwhile
+        self._failing: dict[str, float] = {}
         # where the next claim of a sharded queue starts (round-robin over its shards)
         self._turn = 0
 
@@ -235,7 +240,9 @@ class RedisClusterBroker(RedisBroker):
             block = min(remaining, self._max_block)
             if wake_ms >= 0:
                 block = min(block, wake_ms / 1000)
-            woken = await self._wait_any(client, queues, max(block, 0.001))
+            # a queue whose claim just failed is not waited on: its node is down
+            waiting = [q for q in queues if q not in self._failing] or queues
+            woken = await self._wait_any(client, waiting, max(block, 0.001))
             if self._link.client is not client:
                 raise BrokerError(f"the broker on {self._settings.redacted} was closed")
 
@@ -247,6 +254,9 @@ class RedisClusterBroker(RedisBroker):
         got: list[Delivery] = []
         wake_ms = -1
         reached: set[str] = set()
+        failed: BrokerError | None = None
+        if self._failing:
+            queues = self._healthy_first(queues)
         try:
             for queue in queues:
                 if len(got) >= limit:
@@ -254,7 +264,14 @@ class RedisClusterBroker(RedisBroker):
                 reached.add(queue)
                 keys = list(self._queue_keys(queue).claim)
                 args: list[str | bytes | int | float] = [limit - len(got), lease, MOVE_BATCH]
-                reply = await self._claim_once(client, [queue], keys, args)
+                try:
+                    reply = await self._claim_once(client, [queue], keys, args)
+                except BrokerError as exc:
+                    # its node is down (or failing over): the other queues' nodes go on
+                    failed = failed or exc
+                    self._note_failure(queue, exc)
+                    continue
+                self._note_recovery(queue)
                 if reply.claimed:
                     got += self._deliveries([queue], reply.claimed)
                 elif reply.wake_ms >= 0 and (wake_ms < 0 or reply.wake_ms < wake_ms):
@@ -264,7 +281,29 @@ class RedisClusterBroker(RedisBroker):
             # claim is handed back by _claim_once)
             self._release_unsent(got)
             raise
+        if failed is not None and not got and reached <= self._failing.keys():
+            raise failed  # no queue could be claimed from
         return got, (0 if got else wake_ms), reached
+
+    def _healthy_first(self, queues: list[str]) -> list[str]:
+        """``queues`` with those whose claim failed lately moved to the end, and left out
+        until ``_RETRY_FAILING`` seconds after their last failure (unless every queue is
+        failing): a node that is down must not hold up the claims of the others."""
+        now = asyncio.get_running_loop().time()
+        failing = self._failing
+        healthy = [q for q in queues if q not in failing]
+        due = [q for q in queues if q in failing and now - failing[q] >= _RETRY_FAILING]
+        return healthy + due if healthy else [q for q in queues if q in failing]
+
+    def _note_failure(self, queue: str, exc: BrokerError) -> None:
+        if queue not in self._failing:
+            # the text, not the error: a record must not keep its traceback (and connections)
+            log.warning("claiming from queue %r failed, the others go on: %s", queue, str(exc))
+        self._failing[queue] = asyncio.get_running_loop().time()
+
+    def _note_recovery(self, queue: str) -> None:
+        if self._failing and self._failing.pop(queue, None) is not None:
+            log.info("claiming from queue %r works again", queue)
 
     def _release_unsent(self, deliveries: list[Delivery]) -> None:
         if not deliveries:
@@ -288,13 +327,19 @@ class RedisClusterBroker(RedisBroker):
             asyncio.ensure_future(command(client, "BLPOP", self._queue_keys(q).notify, timeout)): q
             for q in queues
         }
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self._settings.operation_timeout + block
         try:
-            done, pending = await asyncio.wait(
-                waits,
-                timeout=self._settings.operation_timeout + block,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            if pending and not any(w.exception() or w.result() for w in done):
+            pending: set[asyncio.Future[Any]] = set(waits)
+            while pending:
+                done, pending = await asyncio.wait(
+                    pending, timeout=until - loop.time(), return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done or not all(w.exception() for w in done):
+                    break
+                # only failures so far (a node down): the other queues' waits go on
+            took = any(w.done() and not w.exception() and w.result() for w in waits)
+            if pending and not took:
                 # the first wait ran out of time: the others end within moments (the same
                 # timeout), and a wait that ends by itself keeps its connection open
                 await asyncio.wait(pending, timeout=_SETTLE)

@@ -210,9 +210,35 @@ async def run_scripts(client: redispy.AsyncClient, calls: Sequence[ScriptCall]) 
     """
     batch = ScriptBatch(calls)
     while missing := batch.take(await _send(client, batch.pending())):
-        for script in missing:
-            await command(client, _SCRIPT_LOAD, script.source)
+        for script, node in _loads(client, missing, batch.pending()):
+            if node is None:
+                await command(client, _SCRIPT_LOAD, script.source)
+            else:
+                await _load_on(client, script, node)
     return batch.results
+
+
+def _load_on(client: Any, script: Script, node: Any) -> Any:
+    """``SCRIPT LOAD`` on one node of a cluster (awaitable for the asyncio client)."""
+    return client.execute_command(_SCRIPT_LOAD, script.source, target_nodes=node)
+
+
+def _loads(
+    client: redispy.AsyncClient | redispy.SyncClient,
+    missing: Sequence[Script],
+    refused: Sequence[ScriptCall],
+) -> list[tuple[Script, Any]]:
+    """What to load where: each missing script on one server (node ``None``); on a Redis
+    Cluster, on the node of each refused call's keys only (a restarted or promoted master
+    lacks the scripts; loading on every master would fail while another one is down)."""
+    if not isinstance(client, redispy.AsyncRedisCluster | redispy.SyncRedisCluster):
+        return [(script, None) for script in missing]
+    by_name: dict[tuple[str, str], tuple[Script, Any]] = {}
+    for script, keys, _ in refused:
+        cluster: Any = client  # get_node_from_key takes str only in redis-py's annotations
+        node: Any = cluster.get_node_from_key(keys[0]) if keys else cluster.get_random_node()
+        by_name.setdefault((script.sha, str(node.name)), (script, node))
+    return list(by_name.values())
 
 
 async def _send(client: redispy.AsyncClient, calls: list[ScriptCall]) -> list[Any]:
@@ -233,8 +259,11 @@ def run_scripts_sync(client: redispy.SyncClient, calls: Sequence[ScriptCall]) ->
     """The blocking twin of :func:`run_scripts` (always a pipeline)."""
     batch = ScriptBatch(calls)
     while missing := batch.take(_pipeline(client, batch.pending()).execute(raise_on_error=False)):
-        for script in missing:
-            command(client, _SCRIPT_LOAD, script.source)
+        for script, node in _loads(client, missing, batch.pending()):
+            if node is None:
+                command(client, _SCRIPT_LOAD, script.source)
+            else:
+                _load_on(client, script, node)
     return batch.results
 
 
