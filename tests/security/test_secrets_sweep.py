@@ -131,6 +131,11 @@ BROKER_FORMS = [
     f"pyamqp://user:{TOKEN}@127.0.0.1:{CLOSED}//",
     # a bad port: the URL cannot be parsed, so nothing of it is shown
     f"redis://user:{TOKEN}@127.0.0.1:notaport/0",
+    # a Redis Cluster: several nodes, the password in the userinfo or the query
+    f"redis+cluster://:{TOKEN}@127.0.0.1:{CLOSED},127.0.0.2:{CLOSED}/0",
+    f"redis+cluster://user:{ENCODED}@127.0.0.1:{CLOSED},127.0.0.2:{CLOSED}/0",
+    f"redis+cluster://:{ODD}@127.0.0.1:{CLOSED},127.0.0.2:{CLOSED}/0",
+    f"redis+cluster://127.0.0.1:{CLOSED}/0?password={TOKEN}",
 ]
 # Redis Sentinel: no sentinel:// scheme is accepted (aqueue has no Sentinel support), so
 # there is no such form to sweep.
@@ -139,6 +144,7 @@ BROKER_FORMS = [
 OPTION_FORMS: list[tuple[str, dict[str, Any]]] = [
     (f"redis://127.0.0.1:{CLOSED}/0", {"password": TOKEN}),
     (f"rediss://127.0.0.1:{CLOSED}/0", {"password": ODD, "ssl_cert_reqs": "none"}),
+    (f"redis+cluster://127.0.0.1:{CLOSED}/0", {"password": TOKEN}),
     (
         f"amqp://guest:guest@127.0.0.1:{CLOSED}/%2F",
         {"dedupe_url": f"redis://:{TOKEN}@127.0.0.1:{CLOSED}/0"},
