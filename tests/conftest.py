@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -195,6 +197,9 @@ BROKER_KINDS = [
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
     pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
 ]
+#: the conformance suite runs on a Redis Cluster too: a private one per test process
+#: (xdist worker), started on first use (about 2 s) and stopped at the session's end
+CLUSTER_KIND = pytest.param("redis-cluster", id="redis-cluster", marks=pytest.mark.redis_cluster)
 #: a broker of your own, through the whole suite (docs/extending.md): its URL, in which
 #: ``{unique}`` becomes a fresh name per test (each test needs its own queues and records);
 #: the scheme must be registered (entry points) or be one of aqueue's
@@ -225,13 +230,59 @@ def make_url(kind: str, tmp_path: Path) -> str:
         require_service("RabbitMQ", RABBIT_HOST, RABBIT_PORT)
         _SESSION_RABBIT_PREFIXES.append(f"aqt-{unique}")
         return rabbit_url(f"aqt-{unique}")
+    if kind == "redis-cluster":
+        return private_cluster().url(prefix=f"aqt-{unique}")
     if kind == "extra" and EXTRA_BROKER_URL:
         return EXTRA_BROKER_URL.replace("{unique}", f"aqt-{unique}")
     raise AssertionError(kind)
 
 
-@pytest.fixture(params=BROKER_KINDS)
-def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+#: this process's private Redis Cluster (:func:`private_cluster`), once started
+_PRIVATE_CLUSTER: list[Any] = []
+
+
+def private_cluster() -> Any:
+    """This test process's private 3-master Redis Cluster (``tests/faults/redis_cluster``),
+    started on first use on free loopback ports and stopped by PID when the session ends."""
+    if not _PRIVATE_CLUSTER:
+        from tests.faults.redis_cluster import PrivateCluster
+
+        cluster = PrivateCluster(Path(tempfile.mkdtemp(prefix="aqueue-cluster-")))
+        try:
+            cluster.start()
+        except BaseException:
+            cluster.stop()
+            shutil.rmtree(cluster.directory, ignore_errors=True)
+            raise
+        _PRIVATE_CLUSTER.append(cluster)
+    return _PRIVATE_CLUSTER[0]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_private_cluster() -> Iterator[None]:
+    yield
+    while _PRIVATE_CLUSTER:
+        cluster = _PRIVATE_CLUSTER.pop()
+        cluster.stop()
+        shutil.rmtree(cluster.directory, ignore_errors=True)
+
+
+def delete_cluster_prefix(prefix: str) -> None:
+    """Delete a test's keys from every master of the private cluster (one key per DEL:
+    they are in different slots)."""
+    for node in private_cluster().live():
+        client = node.admin()
+        try:
+            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.execute_command("UNLINK", key)
+            pipe.execute(raise_on_error=False)  # a replica answers MOVED: its master deletes
+        finally:
+            client.close()
+
+
+def _broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "rabbitmq" and not {"app", "broker", "topics"} & set(request.fixturenames):
         # amqp:// has no result store (rpc:// serves only the caller); the `app` fixture
         # pairs it with a memory:// store, but a test building its own from broker_url cannot
@@ -243,6 +294,13 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield url
     if request.param == "redis":
         delete_redis_prefix(prefix_of(url))
+    elif request.param == "redis-cluster":
+        delete_cluster_prefix(prefix_of(url))
+
+
+@pytest.fixture(params=BROKER_KINDS)
+def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield from _broker_url(request, tmp_path)
 
 
 @contextlib.asynccontextmanager

@@ -50,6 +50,7 @@ BROKERS: Final[dict[str, Implementation]] = {
     "unix": Implementation("aqueue.brokers.redis:RedisBroker", "redis"),
     "redis+sentinel": Implementation("aqueue.brokers.redis:RedisBroker", "redis"),
     "sentinel": Implementation("aqueue.brokers.redis:RedisBroker", "redis"),
+    "redis+cluster": Implementation("aqueue.brokers.redis:RedisClusterBroker", "redis"),
     "amqp": Implementation("aqueue.brokers.rabbitmq:RabbitMQBroker", "rabbitmq"),
     "amqps": Implementation("aqueue.brokers.rabbitmq:RabbitMQBroker", "rabbitmq"),
     "pyamqp": Implementation("aqueue.brokers.rabbitmq:RabbitMQBroker", "rabbitmq"),
@@ -62,12 +63,13 @@ BACKENDS: Final[dict[str, Implementation]] = {
     "unix": Implementation("aqueue.backends.redis:RedisBackend", "redis"),
     "redis+sentinel": Implementation("aqueue.backends.redis:RedisBackend", "redis"),
     "sentinel": Implementation("aqueue.backends.redis:RedisBackend", "redis"),
+    "redis+cluster": Implementation("aqueue.backends.redis:RedisClusterBackend", "redis"),
     "rpc": Implementation("aqueue.backends.rpc:RPCBackend", "rabbitmq", needs_broker_url=True),
 }
 
 
 #: the schemes of a Redis URL (a server, or a master found through Redis Sentinel)
-REDIS_SCHEMES: Final = ("redis", "rediss", "unix", "redis+sentinel", "sentinel")
+REDIS_SCHEMES: Final = ("redis", "rediss", "unix", "redis+sentinel", "sentinel", "redis+cluster")
 
 #: names of options (in a URL's query, in broker_options) whose values are never printed
 SECRET_NAME: Final = re.compile(r"pass|secret|token|key|cert|credential", re.IGNORECASE)

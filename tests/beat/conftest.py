@@ -10,12 +10,13 @@ import pytest
 from aqueue import App
 from aqueue.core.message import MessageIn, decode_message
 
-from ..conftest import delete_redis_prefix, make_url, prefix_of
+from ..conftest import CLUSTER_KIND, delete_cluster_prefix, delete_redis_prefix, make_url, prefix_of
 
 STORE_KINDS = [
     pytest.param("memory", id="memory"),
     pytest.param("sqlite", id="sqlite"),
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    CLUSTER_KIND,
 ]
 
 
@@ -26,6 +27,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield url
     if request.param == "redis":
         delete_redis_prefix(prefix_of(url))
+    elif request.param == "redis-cluster":
+        delete_cluster_prefix(prefix_of(url))
 
 
 async def published(app: App, queue: str = "celery") -> list[MessageIn]:

@@ -108,7 +108,7 @@ MIB = 1024 * 1024
 #: columns, which makes SQLite rewrite the whole record, body included, and its RETURNING
 #: clause keeps another copy: 603 MiB measured for 100 MB (6, bound 7); keeping bodies in a
 #: table of their own would avoid it (not done: it changes the file's schema).
-_COPIES = {"memory": 0, "redis": 3, "rabbitmq": 2, "sqlite": 7}
+_COPIES = {"memory": 0, "redis": 3, "redis-cluster": 3, "rabbitmq": 2, "sqlite": 7}
 
 
 def _status_kib(field: str) -> int:

@@ -46,6 +46,8 @@ class RedisServer:
         tls_auth_clients: whether clients must show a certificate signed by ``tls_ca``.
         unix_socket: listen on ``socket_path`` too.
         extra_args: more ``redis-server`` arguments (``--replicaof``, ``--masterauth``).
+        cluster: a Redis Cluster node (``cluster-enabled``), failed over by its peers
+            after ``cluster_node_timeout`` ms of silence (see :mod:`.redis_cluster`).
     """
 
     def __init__(
@@ -61,6 +63,8 @@ class RedisServer:
         tls_auth_clients: bool = False,
         unix_socket: bool = False,
         extra_args: tuple[str, ...] = (),
+        cluster: bool = False,
+        cluster_node_timeout: int = 2000,
     ) -> None:
         self.directory = directory
         self.password = password
@@ -73,6 +77,8 @@ class RedisServer:
         self.tls_auth_clients = tls_auth_clients
         self.socket_path = directory / "redis.sock" if unix_socket else None
         self.extra_args = extra_args
+        self.cluster = cluster
+        self.cluster_node_timeout = cluster_node_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -125,6 +131,8 @@ class RedisServer:
             args += ["--appendonly", "no"]
         if self.password:
             args += ["--requirepass", self.password]
+            if self.cluster:  # a replica authenticates to its master
+                args += ["--masterauth", self.password]
         if self.tls is not None:
             cert, key = self.tls
             args += ["--tls-port", str(self.tls_port), "--tls-cert-file", str(cert)]
@@ -133,6 +141,10 @@ class RedisServer:
         if self.socket_path is not None:
             args += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
         args += self.extra_args
+        if self.cluster:
+            args += ["--cluster-enabled", "yes"]
+            args += ["--cluster-config-file", str(self.directory / f"nodes-{self.port}.conf")]
+            args += ["--cluster-node-timeout", str(self.cluster_node_timeout)]
         self.proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

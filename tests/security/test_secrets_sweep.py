@@ -139,12 +139,18 @@ BROKER_FORMS = [
     "?master_name=mymaster",
     # a bad sentinel port: refused, naming the port, never the password
     f"redis+sentinel://:{TOKEN}@127.0.0.1:{CLOSED},127.0.0.1:notaport/mymaster/0",
+    # a Redis Cluster: several nodes, the password in the userinfo or the query
+    f"redis+cluster://:{TOKEN}@127.0.0.1:{CLOSED},127.0.0.2:{CLOSED}/0",
+    f"redis+cluster://user:{ENCODED}@127.0.0.1:{CLOSED},127.0.0.2:{CLOSED}/0",
+    f"redis+cluster://:{ODD}@127.0.0.1:{CLOSED},127.0.0.2:{CLOSED}/0",
+    f"redis+cluster://127.0.0.1:{CLOSED}/0?password={TOKEN}",
 ]
 # signing_keys: message signing is not on this branch; its setting is added to the sweep
 # when it lands.
 OPTION_FORMS: list[tuple[str, dict[str, Any]]] = [
     (f"redis://127.0.0.1:{CLOSED}/0", {"password": TOKEN}),
     (f"rediss://127.0.0.1:{CLOSED}/0", {"password": ODD, "ssl_cert_reqs": "none"}),
+    (f"redis+cluster://127.0.0.1:{CLOSED}/0", {"password": TOKEN}),
     (
         f"amqp://guest:guest@127.0.0.1:{CLOSED}/%2F",
         {"dedupe_url": f"redis://:{TOKEN}@127.0.0.1:{CLOSED}/0"},

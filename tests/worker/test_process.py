@@ -18,7 +18,7 @@ import pytest
 
 from aqueue import App, TaskFailed, states
 
-from ..conftest import delete_redis_prefix, make_url
+from ..conftest import CLUSTER_KIND, delete_cluster_prefix, delete_redis_prefix, make_url
 from . import proc_tasks
 
 pytestmark = pytest.mark.slow
@@ -26,13 +26,14 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("redis", marks=pytest.mark.redis),
-        pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
-    ]
-)
+PROCESS_KINDS = [
+    "sqlite",
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+]
+
+
+@pytest.fixture(params=PROCESS_KINDS)
 def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
     url = make_url(request.param, tmp_path)
     environ = {k: v for k, v in os.environ.items() if k != "AQUEUE_RESULT_BACKEND"}
@@ -50,6 +51,8 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, st
     }
     if request.param == "redis":
         delete_redis_prefix(url.rsplit("prefix=", 1)[1])
+    elif request.param == "redis-cluster":
+        delete_cluster_prefix(url.rsplit("prefix=", 1)[1])
 
 
 @pytest.fixture
@@ -378,6 +381,7 @@ def wait_ready(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     raise AssertionError("the worker was not ready in time")
 
 
+@pytest.mark.parametrize("env", [*PROCESS_KINDS, CLUSTER_KIND], indirect=True)
 async def test_sigkill_runs_again_within_seconds_whatever_the_lease(
     app: App, env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -23,7 +23,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from importlib.resources import files
 from typing import Any
 
-from aqueue.core.errors import BackendError
+from aqueue.core.errors import BackendError, ConfigurationError
 from aqueue.core.states import READY_STATES
 from aqueue.transports.redis.clients import LazySyncClient, Link
 from aqueue.transports.redis.coalesce import Coalescer
@@ -42,7 +42,7 @@ from aqueue.transports.redis.settings import RedisSettings, parse_settings
 
 from .pubsub import CLOSED, RESYNC, SUBSCRIBED, Hub
 
-__all__ = ["RedisBackend"]
+__all__ = ["RedisBackend", "RedisClusterBackend"]
 
 log = logging.getLogger("aqueue.backend.redis")
 
@@ -80,8 +80,16 @@ class RedisBackend:
             before any connection).
     """
 
+    #: whether it speaks to a Redis Cluster (:class:`RedisClusterBackend`)
+    on_cluster = False
+
     def __init__(self, url: str, **options: Any) -> None:
         self._settings = parse_settings(url, options, what="redis backend")
+        if self._settings.cluster and not self.on_cluster:
+            raise ConfigurationError(
+                f"redis backend: {self._settings.redacted!r} is a Redis Cluster: use "
+                "RedisClusterBackend (make_backend and App pick it for redis+cluster://)"
+            )
         self._link = Link(self._settings, BackendError)
         self._keys = KeySpace(self._settings.prefix)
         self._records = self._keys.records(self._settings.url)
@@ -327,3 +335,59 @@ class RedisBackend:
         finally:
             hub.remove(key, inbox)
             hub.unlisten(task_id, inbox)
+
+
+class RedisClusterBackend(RedisBackend):
+    """The Redis result backend on a Redis Cluster (``redis+cluster://host:port[,...]``).
+
+    A task's record is in its own slot (``{t:<task id>}``), so what one server does in one
+    script call per batch is one call per task here, pipelined (redis-py's cluster client
+    groups a pipeline per node and sends to the nodes concurrently): stores (STORE naming
+    its one key) and ``get_many`` (an ``HGET`` each). A chord's completion keeps its own
+    tag (``{c:<chord id>}``) and touches no member's record, so ``chord_join`` is one
+    script as on one server. Watching subscribes on one node (any node hears every
+    ``PUBLISH`` of the cluster) and moves to the next listed node when it loses it.
+    """
+
+    on_cluster = True
+
+    def __init__(self, url: str, **options: Any) -> None:
+        super().__init__(url, **options)
+        if not self._settings.cluster:
+            raise ConfigurationError(
+                f"redis backend: {self._settings.redacted!r} is one server, not a cluster: "
+                "RedisClusterBackend takes redis+cluster://host:port[,host:port...]"
+            )
+
+    def __repr__(self) -> str:
+        return f"<RedisClusterBackend {self._settings.redacted} prefix={self._settings.prefix!r}>"
+
+    async def _flush_stores(self, items: list[_Store]) -> list[bool]:
+        records = self._records
+        calls: list[ScriptCall] = []
+        for task_id, record, state, attempt, ttl, reply in items:
+            ttl_ms = -1 if ttl is None else max(1, int(ttl * 1000))
+            fields = (task_id, record, state, str(int(attempt)), str(ttl_ms), reply)
+            args: list[str | bytes | int | float] = [records.head, records.tail]
+            args += pack_fields(fields)
+            calls.append((STORE, [self._key(task_id)], args))
+        client = await self._link.get()
+        replies = await guarded(
+            self._settings, "store", lambda: run_scripts(client, calls), error=BackendError
+        )
+        return [reply[0] == 1 for reply in replies]
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[bytes | None]:
+        """The stored records of several tasks: one ``HGET`` each, pipelined per node."""
+        if not task_ids:
+            return []
+        client = await self._link.get()
+        keys = [self._key(task_id) for task_id in task_ids]
+
+        async def read() -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                command(pipe, "HGET", key, RECORD_FIELD)
+            return list(await pipe.execute())
+
+        return await guarded(self._settings, "get_many", read, error=BackendError)

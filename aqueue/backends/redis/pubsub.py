@@ -71,8 +71,11 @@ class Hub:
         #: whether the reply channel's subscription is confirmed on the live connection
         self.reply_live = False
         self._listeners: dict[bytes, set[asyncio.Queue[bytes]]] = {}
-        name = re.sub(r"[^\w:.-]", "_", f"{settings.prefix}:results")
-        self._conn = settings.pubsub_connection(name)
+        self._name = re.sub(r"[^\w:.-]", "_", f"{settings.prefix}:results")
+        self._conn = settings.pubsub_connection(self._name)
+        # reconnects so far: on a cluster each tries the next node (any node hears every
+        # PUBLISH of the cluster), so a failed node is not waited for
+        self._reconnects = 0
         self._channels: dict[str, Channel] = {}
         self._outbox: asyncio.Queue[tuple[int, tuple[str, ...]]] = asyncio.Queue()
         # commands requested for an earlier connection are dropped, not sent on the new one
@@ -167,6 +170,9 @@ class Hub:
                 self._generation += 1
                 with contextlib.suppress(RedisError, OSError):
                     await redispy.drop(self._conn)
+                if self._settings.cluster:
+                    self._reconnects += 1
+                    self._conn = self._settings.pubsub_connection(self._name, self._reconnects)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
         finally:

@@ -17,9 +17,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
-
-from aqueue.core.errors import BrokerError, IndeterminatePublish, PublishTimeout
+from aqueue.core.errors import (
+    BrokerError,
+    ConfigurationError,
+    IndeterminatePublish,
+    PublishTimeout,
+)
 from aqueue.core.protocols import (
     Capabilities,
     DeadLetter,
@@ -51,6 +54,7 @@ from .scripts import (
     CLAIM,
     MAX_BATCH,
     PURGE,
+    PURGE_DEAD,
     RENEW,
     REPLAY,
     SETTLE,
@@ -74,9 +78,9 @@ T = TypeVar("T")
 log = logging.getLogger("aqueue.broker.redis")
 
 #: messages per publish flush (several chunks, one pipeline)
-_PUBLISH_BATCH = 5000
+PUBLISH_BATCH = 5000
 #: delayed / expired messages moved back to ready per queue per claim
-_MOVE_BATCH = 1000
+MOVE_BATCH = 1000
 #: messages purged per PURGE call
 _PURGE_BATCH = MAX_BATCH
 
@@ -105,17 +109,22 @@ class RedisBroker:
     capabilities = Capabilities(
         delayed_delivery=True, priorities=True, dead_letters=True, shared=True, leases=True
     )
+    #: whether it speaks to a Redis Cluster (:class:`~.cluster.RedisClusterBroker`)
+    on_cluster = False
 
     def __init__(self, url: str, **options: Any) -> None:
         self._settings = parse_settings(url, options, what="redis broker")
+        if self._settings.cluster and not self.on_cluster:
+            raise ConfigurationError(
+                f"redis broker: {self._settings.redacted!r} is a Redis Cluster: use "
+                "RedisClusterBroker (make_broker and App pick it for redis+cluster://)"
+            )
         self._link = Link(self._settings, BrokerError)
         self._sync = LazySyncClient(self._settings)
         self._keys = KeySpace(self._settings.prefix)
         self._queues: dict[str, QueueKeys] = {}
         self._settler = Settler(self._settings, self._link, self._queue_keys, self._keys)
-        self._publisher: Coalescer[Outgoing, bool] = Coalescer(
-            self._flush_publishes, _PUBLISH_BATCH
-        )
+        self._publisher: Coalescer[Outgoing, bool] = Coalescer(self._flush_publishes, PUBLISH_BATCH)
         self._throttle = RedisThrottle(self._settings, self._link.get, self._sync)
         #: its worker registry (:class:`~aqueue.core.protocols.KeepsWorkers`)
         self.worker_registry = RedisRegistry(
@@ -201,12 +210,10 @@ class RedisBroker:
             # nothing else in flight: send it now, on a connection of its own
             return await self._publish_lone(messages[0])
         if len(messages) > 1:
-            # a batch already (delay_many, a group): one pipeline per _PUBLISH_BATCH
+            # a batch already (delay_many, a group): one pipeline per PUBLISH_BATCH
             stored: list[bool] = []
-            for start in range(0, len(messages), _PUBLISH_BATCH):
-                stored += await self._flush_publishes(
-                    list(messages[start : start + _PUBLISH_BATCH])
-                )
+            for start in range(0, len(messages), PUBLISH_BATCH):
+                stored += await self._flush_publishes(list(messages[start : start + PUBLISH_BATCH]))
             return stored
         # Concurrent publishes (many delay() calls at once) share one round trip.
         return [await self._publisher.submit(messages[0]) is True]
@@ -313,7 +320,7 @@ class RedisBroker:
         args: list[str | bytes | int | float] = [
             limit,
             repr(float(lease_seconds)),
-            _MOVE_BATCH,
+            MOVE_BATCH,
             *self._record_keys,
         ]
         client = await self._link.get()
@@ -338,7 +345,7 @@ class RedisBroker:
 
     async def _claim_once(
         self,
-        client: aioredis.Redis,
+        client: redispy.AsyncClient,
         queues: list[str],
         keys: list[str],
         args: list[str | bytes | int | float],
@@ -364,7 +371,7 @@ class RedisBroker:
 
     async def _wait_and_claim(
         self,
-        client: aioredis.Redis,
+        client: redispy.AsyncClient,
         queues: list[str],
         notify: list[str],
         block: float,
@@ -411,7 +418,7 @@ class RedisBroker:
         self,
         call: asyncio.Future[list[Any] | None],
         exchange: BlockingClaim,
-        client: aioredis.Redis,
+        client: redispy.AsyncClient,
         queues: list[str],
         keys: list[str],
         args: list[str | bytes | int | float],
@@ -694,15 +701,12 @@ class RedisBroker:
                 names = [m.decode() for m in members]
             else:
                 names = [queue]
-            total = 0
-            for name in names:
-                dead = self._queue_keys(name).dead
-                pipe = client.pipeline(transaction=True)
-                command(pipe, "LLEN", dead)
-                command(pipe, "DEL", dead)
-                count, _ = await pipe.execute()
-                total += int(count)
-            return total
+            # one script per queue: counted and deleted at once (no MULTI, which redis-py's
+            # cluster client refuses before 8)
+            calls: list[ScriptCall] = [
+                (PURGE_DEAD, [self._queue_keys(name).dead], []) for name in names
+            ]
+            return sum(int(n) for n in await run_scripts(client, calls)) if calls else 0
 
         return await guarded(self._settings, "purge_dead_letters", purge, error=BrokerError)
 

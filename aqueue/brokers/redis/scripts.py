@@ -186,19 +186,21 @@ class ClaimReply(NamedTuple):
 
 
 _LUA = files(__package__) / "lua"
-_WAKE = lua_source(_LUA / "wake.lua")
+WAKE_SOURCE = lua_source(_LUA / "wake.lua")
 
 PUBLISH = Script.load(
-    _LUA / "publish.lua", uses=(HELPERS, _WAKE), constants={"PRIORITY_WEIGHT": PRIORITY_WEIGHT}
+    _LUA / "publish.lua",
+    uses=(HELPERS, WAKE_SOURCE),
+    constants={"PRIORITY_WEIGHT": PRIORITY_WEIGHT},
 )
 CLAIM = Script.load(
     _LUA / "claim.lua",
-    uses=(HELPERS, _WAKE),
+    uses=(HELPERS, WAKE_SOURCE),
     constants={"KEYS_PER_QUEUE": KEYS_PER_QUEUE, "RECORD_FIELD": RECORD_FIELD},
 )
 SETTLE = Script.load(
     _LUA / "settle.lua",
-    uses=(HELPERS, _WAKE),
+    uses=(HELPERS, WAKE_SOURCE),
     constants={
         **{op.name: op.value for op in SettleOp},
         "DEAD_LETTER_BODY_LIMIT": DEAD_LETTER_BODY_LIMIT,
@@ -207,8 +209,9 @@ SETTLE = Script.load(
 RENEW = Script.load(_LUA / "renew.lua", uses=(HELPERS,))
 SIZE = Script.load(_LUA / "size.lua")
 PURGE = Script.load(_LUA / "purge.lua")
+PURGE_DEAD = Script.load(_LUA / "purge_dead.lua")
 REPLAY = Script.load(
-    _LUA / "replay.lua", uses=(HELPERS, _WAKE), constants={"PRIORITY_WEIGHT": PRIORITY_WEIGHT}
+    _LUA / "replay.lua", uses=(HELPERS, WAKE_SOURCE), constants={"PRIORITY_WEIGHT": PRIORITY_WEIGHT}
 )
 
 

@@ -17,9 +17,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from importlib.resources import files
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from aqueue.core.errors import BrokerError
+from aqueue.transports.redis import redispy
 from aqueue.transports.redis.clients import LazySyncClient
 from aqueue.transports.redis.guard import guarded
 from aqueue.transports.redis.keys import KeySpace
@@ -45,7 +44,7 @@ class RedisThrottle:
     def __init__(
         self,
         settings: RedisSettings,
-        client: Callable[[], Awaitable[aioredis.Redis]],
+        client: Callable[[], Awaitable[redispy.AsyncClient]],
         sync: LazySyncClient,
     ) -> None:
         self._settings = settings

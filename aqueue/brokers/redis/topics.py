@@ -20,7 +20,6 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from aqueue.core.errors import BrokerError, SubscriptionClosed
@@ -31,7 +30,7 @@ from aqueue.transports.redis.keys import KeySpace
 from aqueue.transports.redis.scripts import command
 from aqueue.transports.redis.settings import RedisSettings
 
-__all__ = ["REPLY_TTL", "RedisSubscription", "RedisTopics"]
+__all__ = ["REPLY_TTL", "RedisClusterSubscription", "RedisSubscription", "RedisTopics"]
 
 #: seconds a reply topic is kept after its last message
 REPLY_TTL = 60
@@ -62,19 +61,25 @@ class RedisTopics:
         client: the broker's pooled client, connected if needed (for publishes).
         max_block: the longest single ``XREAD BLOCK``: below the socket timeout, so a
             blocked read is never taken for a dead connection.
+        cluster: on a Redis Cluster a subscription reads through the pooled cluster
+            client, which finds the node that serves the topic's slot (and follows it
+            through a failover), instead of on a connection of its own.
     """
 
     def __init__(
         self,
         settings: RedisSettings,
         keys: KeySpace,
-        client: Callable[[], Awaitable[aioredis.Redis]],
+        client: Callable[[], Awaitable[redispy.AsyncClient]],
         max_block: float,
+        *,
+        cluster: bool = False,
     ) -> None:
         self._settings = settings
         self._keys = keys
         self._client = client
         self._max_block = max_block
+        self._cluster = cluster
         self._open: set[RedisSubscription] = set()
 
     async def publish(self, topic: str, bodies: Sequence[bytes], *, cap: int) -> None:
@@ -111,15 +116,20 @@ class RedisTopics:
         if since is not None:
             ms = int(since * 1000)
             after = min(after, (ms - 1, _MAX_SEQ) if ms > 0 else (0, 0))
-        name = re.sub(r"[^\w:.-]", "_", f"{self._settings.prefix}:topic:{topic}")
-        sub = RedisSubscription(
-            self._settings,
-            key,
-            after,
-            self._settings.pubsub_connection(name),
-            self._max_block,
-            self._open.discard,
-        )
+        if self._cluster:
+            sub: RedisSubscription = RedisClusterSubscription(
+                self._settings, key, after, client, self._max_block, self._open.discard
+            )
+        else:
+            name = re.sub(r"[^\w:.-]", "_", f"{self._settings.prefix}:topic:{topic}")
+            sub = RedisSubscription(
+                self._settings,
+                key,
+                after,
+                self._settings.pubsub_connection(name),
+                self._max_block,
+                self._open.discard,
+            )
         self._open.add(sub)
         return sub
 
@@ -180,25 +190,10 @@ class RedisSubscription:
             # BLOCK's resolution is a millisecond, and BLOCK 0 would wait forever
             args += ["BLOCK", max(1, round(block * 1000))]
         args += ["STREAMS", self._key, f"{self._after[0]}-{self._after[1]}"]
-        packed = redispy.pack_command(*args)
-        conn = self._conn
-
-        async def exchange() -> Any:
-            if self._unsure:
-                await redispy.drop(conn)
-            self._unsure = True
-            await redispy.make_usable(conn)
-            await redispy.send(conn, packed)
-            reply = await redispy.read_reply(conn)
-            self._unsure = False
-            if isinstance(reply, ResponseError):
-                raise reply
-            return reply
-
         reply = await guarded(
             self._settings,
             "topic read",
-            exchange,
+            lambda: self._exchange(args),
             error=BrokerError,
             deadline=self._settings.operation_timeout + max(block, 0.0),
         )
@@ -214,10 +209,79 @@ class RedisSubscription:
                     bodies.append(body)
         return bodies
 
+    async def _exchange(self, args: list[str | int]) -> Any:
+        """Send ``XREAD`` on the subscription's connection and read its reply."""
+        conn = self._conn
+        if self._unsure:
+            await redispy.drop(conn)
+        self._unsure = True
+        await redispy.make_usable(conn)
+        await redispy.send(conn, redispy.pack_command(*args))
+        reply = await redispy.read_reply(conn)
+        self._unsure = False
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
+
     async def close(self) -> None:
         """Disconnect its connection; idempotent."""
         if self._closed:
             return
         self._closed = True
         self._on_close(self)
+        await self._disconnect()
+
+    async def _disconnect(self) -> None:
         await redispy.disconnect(self._conn)
+
+
+class RedisClusterSubscription(RedisSubscription):
+    """A reader of one topic's stream on a Redis Cluster: each ``XREAD BLOCK`` borrows a
+    connection of the cluster client's pool for the node that serves the stream's slot,
+    so a failover or a moved slot is followed by the client. A read cancelled mid-way
+    closes the connection it borrowed (redis-py does so on any interrupted read)."""
+
+    def __init__(
+        self,
+        settings: RedisSettings,
+        key: str,
+        after: StreamId,
+        client: redispy.AsyncClient,
+        max_block: float,
+        on_close: Callable[[RedisSubscription], None],
+    ) -> None:
+        super().__init__(settings, key, after, _NO_CONNECTION, max_block, on_close)
+        self._client = client
+
+    async def _exchange(self, args: list[str | int]) -> Any:
+        reply = await command(self._client, *args)
+        if not reply:
+            return reply
+        # redis-py's client parses XREAD's reply (each entry's fields as a dict; on RESP3
+        # a dict of streams, each one's entries wrapped in a list): back to the raw shape
+        # that _read takes
+        if isinstance(reply, dict):
+            streams = [
+                (key, value[0] if value and isinstance(value[0], list) else value)
+                for key, value in reply.items()
+            ]
+        else:
+            streams = reply
+        return [
+            (key, [(entry_id, _flat(fields)) for entry_id, fields in entries])
+            for key, entries in streams
+        ]
+
+    async def _disconnect(self) -> None:
+        """Nothing of its own to close: its reads borrow the pool's connections."""
+
+
+def _flat(fields: Any) -> list[Any]:
+    """A stream entry's fields as the raw reply lists them (name, value, ...)."""
+    if isinstance(fields, dict):
+        return [item for pair in fields.items() for item in pair]
+    return list(fields or ())
+
+
+#: the connection of a subscription that has none of its own (a cluster's)
+_NO_CONNECTION: Any = None

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
 from aqueue.transports.redis import redispy
@@ -28,7 +27,7 @@ class BlockingClaim:
     def __init__(
         self,
         settings: RedisSettings,
-        client: aioredis.Redis,
+        client: redispy.AsyncClient,
         notify: list[str],
         block: float,
         keys: list[str],

@@ -1,16 +1,15 @@
 """The clients a Redis broker or backend holds: the asyncio one, connected once (the one
-``connect`` both roles use), and a blocking one for calls made off the event loop."""
+``connect`` both roles use), and a blocking one for calls made off the event loop. For a
+``redis+cluster://`` URL both are redis-py's Redis Cluster clients."""
 
 from __future__ import annotations
 
 import threading
 
-import redis
-import redis.asyncio as aioredis
-
 from aqueue.core.errors import AqueueError
 
 from .guard import guarded
+from .redispy import AsyncClient, SyncClient
 from .scripts import command
 from .settings import RedisSettings
 
@@ -30,10 +29,10 @@ class Link:
     def __init__(self, settings: RedisSettings, error: type[AqueueError]) -> None:
         self._settings = settings
         self._error = error
-        self._client: aioredis.Redis | None = None
+        self._client: AsyncClient | None = None
 
     @property
-    def client(self) -> aioredis.Redis | None:
+    def client(self) -> AsyncClient | None:
         """The client while connected; ``None`` before :meth:`connect` and after :meth:`close`."""
         return self._client
 
@@ -41,7 +40,8 @@ class Link:
         """Create the connection pool and check the server answers; idempotent."""
         if self._client is not None:
             return
-        client = self._settings.async_client()
+        settings = self._settings
+        client = settings.async_cluster_client() if settings.cluster else settings.async_client()
         try:
             await guarded(
                 self._settings, "connect", lambda: command(client, "PING"), error=self._error
@@ -54,7 +54,7 @@ class Link:
         else:  # a concurrent connect() won
             await client.aclose()
 
-    async def get(self) -> aioredis.Redis:
+    async def get(self) -> AsyncClient:
         """The client, connecting first if needed."""
         client = self._client
         if client is None:
@@ -76,13 +76,15 @@ class LazySyncClient:
     def __init__(self, settings: RedisSettings) -> None:
         self._settings = settings
         self._lock = threading.Lock()
-        self._client: redis.Redis | None = None
+        self._client: SyncClient | None = None
 
-    def get(self) -> redis.Redis:
+    def get(self) -> SyncClient:
         """The client, created under a lock the first time."""
         with self._lock:
             if self._client is None:
-                self._client = self._settings.sync_client()
+                settings = self._settings
+                cluster = settings.cluster
+                self._client = settings.sync_cluster_client() if cluster else settings.sync_client()
             return self._client
 
     def close(self) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import MaxConnectionsError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aqueue.core.errors import AqueueError
@@ -22,6 +22,9 @@ from .settings import RedisSettings
 __all__ = ["guarded"]
 
 T = TypeVar("T")
+
+#: seconds between tries when a cluster node's connections are all in use
+_BUSY_WAIT = 0.002
 
 
 async def guarded(
@@ -53,7 +56,14 @@ async def guarded(
     limit = settings.operation_timeout if deadline is None else deadline
     try:
         async with asyncio.timeout(limit):
-            return await call()
+            while True:
+                try:
+                    return await call()
+                except MaxConnectionsError:
+                    # every connection of a cluster node is in use (redis-py's cluster
+                    # client refuses instead of queueing, unlike one server's pool): no
+                    # command was sent, so wait for one to come back, within the deadline
+                    await asyncio.sleep(_BUSY_WAIT)
     except TimeoutError:
         cls = timeout_error or error
         raise cls(f"{what} on {settings.redacted} did not complete within {limit:g}s") from None
@@ -61,7 +71,8 @@ async def guarded(
         # a failed TLS handshake sent nothing: it is never "outcome unknown"
         cls = error if tls_failure(exc) else connection_error or error
         raise cls(f"{what} on {settings.redacted} failed: {settings.describe(exc)}") from None
-    except RedisError as exc:
+    except (RedisError, RedisClusterException) as exc:
+        # RedisClusterException: a cluster with no reachable node, or a slot nobody serves
         raise error(f"{what} on {settings.redacted} failed: {settings.describe(exc)}") from None
     except OSError as exc:
         raise error(f"{what} on {settings.redacted} failed: {settings.describe(exc)}") from None

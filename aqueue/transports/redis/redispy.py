@@ -38,6 +38,8 @@ from typing import Any, Final, cast
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
+import redis.cluster as synccluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelPool
@@ -57,11 +59,16 @@ from .sentinel import SentinelTarget
 __all__ = [
     "OLDEST",
     "REDIS_PY",
+    "AsyncClient",
+    "AsyncRedisCluster",
     "AsyncTLSConnection",
     "Connection",
+    "SyncClient",
+    "SyncRedisCluster",
     "TLSConnection",
     "TLSHandshakeFailed",
     "async_client",
+    "async_cluster_client",
     "async_retry",
     "connect",
     "connection_keywords",
@@ -79,6 +86,7 @@ __all__ = [
     "sentinel_sync_client",
     "sentinel_unpooled_connection",
     "sync_client",
+    "sync_cluster_client",
     "sync_retry",
     "take",
     "tls_failure",
@@ -88,6 +96,13 @@ __all__ = [
 
 #: redis-py's asyncio connection class, the type of every connection handed out here
 Connection = aioredis.Connection
+#: redis-py's Redis Cluster clients
+AsyncRedisCluster = aiocluster.RedisCluster
+SyncRedisCluster = synccluster.RedisCluster
+#: what a broker or backend sends commands through: one server, or a cluster
+AsyncClient = aioredis.Redis | aiocluster.RedisCluster
+#: the blocking twin of :data:`AsyncClient`
+SyncClient = redis.Redis | synccluster.RedisCluster
 
 
 def _version(text: str) -> tuple[int, int]:
@@ -184,29 +199,29 @@ def url_parser(name: str) -> Callable[[str], Any] | None:
 # redis-py's pools and connections are unannotated: typed Any inside these functions only.
 
 
-async def take(client: aioredis.Redis) -> Connection:
+async def take(client: AsyncClient) -> Connection:
     """Check a connection out of ``client``'s pool, connected and health-checked.
 
     Raises:
         redis.exceptions.ConnectionError, TimeoutError, OSError: none could be made usable;
             nothing was sent on it.
     """
-    pool: Any = client.connection_pool
+    pool: Any = client.connection_pool  # type: ignore[union-attr]  # one server's client
     conn: Connection = await pool.get_connection(*_CHECKOUT_ARGS)
     return conn
 
 
-async def give_back(client: aioredis.Redis, conn: Connection) -> None:
+async def give_back(client: AsyncClient, conn: Connection) -> None:
     """Return a connection from :func:`take`. One whose call failed or was cancelled was
     disconnected by redis-py; the pool reconnects it before its next use."""
-    pool: Any = client.connection_pool
+    pool: Any = client.connection_pool  # type: ignore[union-attr]  # one server's client
     await pool.release(conn)
 
 
-def new_connection(client: aioredis.Redis) -> Connection:
+def new_connection(client: AsyncClient) -> Connection:
     """A connection of its own, configured like ``client``'s, outside its pool (not
     connected yet: see :func:`make_usable`); its owner disconnects it."""
-    pool: Any = client.connection_pool
+    pool: Any = client.connection_pool  # type: ignore[union-attr]  # one server's client
     conn: Connection = pool.make_connection()
     return conn
 
@@ -342,6 +357,31 @@ def demoted(exc: BaseException) -> bool:
             isinstance(cause, ResponseError) and str(cause).startswith("UNBLOCKED")
         )
     return False
+
+
+# -- Redis Cluster -------------------------------------------------------------------------
+
+
+def async_cluster_client(
+    nodes: Sequence[tuple[str, int]], **options: Any
+) -> aiocluster.RedisCluster:
+    """A Redis Cluster client that discovers the cluster from ``nodes`` (``(host, port)``).
+
+    ``max_connections`` in ``options`` is per node. redis-py routes each command by its
+    keys' slot (a script by its ``KEYS``, which must share one slot), follows ``MOVED`` and
+    ``ASK`` and refreshes its slot map after a failover, within ``retry``.
+    """
+    startup = [aiocluster.ClusterNode(host, port) for host, port in nodes]
+    return aiocluster.RedisCluster(startup_nodes=startup, **options)
+
+
+def sync_cluster_client(
+    nodes: Sequence[tuple[str, int]], **options: Any
+) -> synccluster.RedisCluster:
+    """The blocking twin of :func:`async_cluster_client` (thread-safe)."""
+    node: Any = synccluster.ClusterNode  # unannotated in redis-py
+    startup = [node(host, port) for host, port in nodes]
+    return synccluster.RedisCluster(startup_nodes=startup, **options)
 
 
 def _pool(cls: Any, parse_url: Any, url: str, options: dict[str, Any]) -> Any:

@@ -22,14 +22,13 @@ from importlib.resources import files
 from typing import Any
 
 import msgspec
-import redis
-import redis.asyncio as aioredis
 
 from aqueue.core.errors import AqueueError
 from aqueue.core.protocols import Lease, WorkerInfo, WorkerSeen
 
 from .guard import guarded
 from .keys import KeySpace
+from .redispy import AsyncClient, SyncClient
 from .scripts import HELPERS, Script, ScriptCall, command, run_scripts_sync
 from .settings import RedisSettings
 
@@ -37,7 +36,10 @@ log = logging.getLogger("aqueue.redis.registry")
 
 _LUA = files(__package__) / "lua"
 BEAT = Script.load(_LUA / "beat.lua", uses=(HELPERS,))
+LAPSED = Script.load(_LUA / "lapsed.lua", uses=(HELPERS,))
 REAP = Script.load(_LUA / "reap.lua", uses=(HELPERS,))
+#: workers reaped per call at most (each one's entry is a key of the REAP call)
+_REAP_BATCH = 1000
 
 #: a lost worker's listed leases as (queue, id, token)
 Listed = list[tuple[str, str, int]]
@@ -62,8 +64,8 @@ class RedisRegistry:
         self,
         settings: RedisSettings,
         keys: KeySpace,
-        sync: Callable[[], redis.Redis],
-        link_get: Callable[[], Awaitable[aioredis.Redis]],
+        sync: Callable[[], SyncClient],
+        link_get: Callable[[], Awaitable[AsyncClient]],
         error: type[AqueueError],
         release: Callable[[Listed], int] | None = None,
     ) -> None:
@@ -100,9 +102,14 @@ class RedisRegistry:
 
     def reap(self, lost_after: float) -> list[str]:
         """Mark workers silent for ``lost_after`` seconds lost; hand back what they listed."""
-        [reply] = self._blocking(
-            "reap", [(REAP, (self._seen,), [repr(float(lost_after)), self._base + "w:"])]
-        )
+        after = repr(float(lost_after))
+        [lapsed] = self._blocking("reap", [(LAPSED, (self._seen,), [after, _REAP_BATCH])])
+        if not lapsed:
+            return []
+        # a second call names each entry in KEYS (a script builds no key: Redis Cluster)
+        ids = [raw.decode() for raw in lapsed]
+        keys = (self._seen, *map(self._entry, ids))
+        [reply] = self._blocking("reap", [(REAP, keys, [after, *ids])])
         if not reply:
             return []
         lost: list[str] = []
@@ -117,7 +124,9 @@ class RedisRegistry:
     def leave(self, worker_id: str) -> None:
         """Remove the entry."""
         try:
-            pipe = self._sync().pipeline(transaction=True)
+            # two removals, each enough on its own (a reap drops an id whose entry is
+            # gone): no MULTI, which redis-py's cluster client refuses before 8
+            pipe = self._sync().pipeline(transaction=False)
             command(pipe, "ZREM", self._seen, worker_id)
             command(pipe, "DEL", self._entry(worker_id))
             pipe.execute()

@@ -24,8 +24,6 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 from typing import Any
 
-import redis
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -132,6 +130,11 @@ class Script:
         return f"<Script {self.name} {self.sha[:8]}>"
 
 
+#: the command that loads a script, as one name: a Redis Cluster client routes it to every
+#: master by that name (redis-py < 8 looks up only the first word), and redis-py splits it
+#: into its two words when it frames it
+_SCRIPT_LOAD = "SCRIPT LOAD"
+
 #: one script invocation: (script, keys, args)
 ScriptCall = tuple[Script, Sequence[str | bytes], Sequence[str | bytes | int | float]]
 
@@ -201,7 +204,7 @@ class ScriptBatch:
 
 
 async def run_scripts(
-    client: aioredis.Redis, calls: Sequence[ScriptCall], *, confirm: Confirm = None
+    client: redispy.AsyncClient, calls: Sequence[ScriptCall], *, confirm: Confirm = None
 ) -> list[Any]:
     """Run script calls in one round trip (a pipeline when several), returning their replies.
 
@@ -219,8 +222,11 @@ async def run_scripts(
         missing = batch.take(replies)
         if not missing:
             break
-        for script in missing:
-            await command(client, "SCRIPT", "LOAD", script.source)
+        for script, node in _loads(client, missing, batch.pending()):
+            if node is None:
+                await command(client, _SCRIPT_LOAD, script.source)
+            else:
+                await _load_on(client, script, node)
     if confirm is not None:
         _check_confirmed(confirmed, confirm)
     return batch.results
@@ -237,8 +243,31 @@ def _check_confirmed(confirmed: Any, confirm: tuple[int, float]) -> None:
         )
 
 
+def _load_on(client: Any, script: Script, node: Any) -> Any:
+    """``SCRIPT LOAD`` on one node of a cluster (awaitable for the asyncio client)."""
+    return client.execute_command(_SCRIPT_LOAD, script.source, target_nodes=node)
+
+
+def _loads(
+    client: redispy.AsyncClient | redispy.SyncClient,
+    missing: Sequence[Script],
+    refused: Sequence[ScriptCall],
+) -> list[tuple[Script, Any]]:
+    """What to load where: each missing script on one server (node ``None``); on a Redis
+    Cluster, on the node of each refused call's keys only (a restarted or promoted master
+    lacks the scripts; loading on every master would fail while another one is down)."""
+    if not isinstance(client, redispy.AsyncRedisCluster | redispy.SyncRedisCluster):
+        return [(script, None) for script in missing]
+    by_name: dict[tuple[str, str], tuple[Script, Any]] = {}
+    for script, keys, _ in refused:
+        cluster: Any = client  # get_node_from_key takes str only in redis-py's annotations
+        node: Any = cluster.get_node_from_key(keys[0]) if keys else cluster.get_random_node()
+        by_name.setdefault((script.sha, str(node.name)), (script, node))
+    return list(by_name.values())
+
+
 async def _send(
-    client: aioredis.Redis, calls: list[ScriptCall], confirm: Confirm = None
+    client: redispy.AsyncClient, calls: list[ScriptCall], confirm: Confirm = None
 ) -> list[Any]:
     if len(calls) == 1 and confirm is None:  # no pipeline for one call: cheaper
         script, keys, args = calls[0]
@@ -255,16 +284,19 @@ async def _send(
     return replies
 
 
-def run_scripts_sync(client: redis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+def run_scripts_sync(client: redispy.SyncClient, calls: Sequence[ScriptCall]) -> list[Any]:
     """The blocking twin of :func:`run_scripts` (always a pipeline)."""
     batch = ScriptBatch(calls)
     while missing := batch.take(_pipeline(client, batch.pending()).execute(raise_on_error=False)):
-        for script in missing:
-            command(client, "SCRIPT", "LOAD", script.source)
+        for script, node in _loads(client, missing, batch.pending()):
+            if node is None:
+                command(client, _SCRIPT_LOAD, script.source)
+            else:
+                _load_on(client, script, node)
     return batch.results
 
 
-def _pipeline(client: redis.Redis, calls: list[ScriptCall]) -> Any:
+def _pipeline(client: redispy.SyncClient, calls: list[ScriptCall]) -> Any:
     pipe = client.pipeline(transaction=False)
     for script, keys, args in calls:
         command(pipe, "EVALSHA", script.sha, len(keys), *keys, *args)
@@ -286,7 +318,7 @@ Confirm = tuple[int, float] | None
 
 
 async def run_scripts_once(
-    client: aioredis.Redis, calls: Sequence[ScriptCall], *, confirm: Confirm = None
+    client: redispy.AsyncClient, calls: Sequence[ScriptCall], *, confirm: Confirm = None
 ) -> list[Any]:
     """:func:`run_scripts` for calls that must never be sent twice (publishes).
 

@@ -13,6 +13,8 @@ mistyped database silently meant database 0). What is accepted:
   Celery's ``sentinel://host1:port;sentinel://host2:port[/<db>]`` with the ``master_name``
   option: a master found through Redis Sentinel (:mod:`.sentinel`); the clients ask the
   sentinels for the master on every new connection, so they follow a failover;
+* ``redis+cluster://[[user]:password@]host:port[,host:port...][/0]``: a Redis Cluster,
+  found from any of the nodes listed (each with its port); a cluster has database 0 only;
 * ``?db=<db>`` (any scheme) and a ``db`` keyword option: the same number as the path if
   both are given;
 * query options and keyword options: aqueue's own (``OWN_OPTIONS``) and the redis-py
@@ -35,7 +37,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
@@ -49,6 +51,7 @@ from . import redispy
 from .sentinel import SENTINEL_SCHEMES, SentinelTarget, SentinelURL, split_url
 
 __all__ = [
+    "CLUSTER_SCHEME",
     "OWN_OPTIONS",
     "REDIS_PY_OPTIONS",
     "TLS_OPTIONS",
@@ -57,7 +60,15 @@ __all__ = [
     "parse_settings",
 ]
 
-_SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES)
+_SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES, "redis+cluster")
+#: the scheme of a Redis Cluster URL
+CLUSTER_SCHEME = "redis+cluster"
+#: spellings of a cluster URL that are refused with a hint (no TLS to a cluster yet)
+_CLUSTER_REFUSED = {
+    "rediss+cluster": "TLS to a Redis Cluster is not supported yet; use redis+cluster://",
+    "redis-cluster": "a Redis Cluster URL is spelled redis+cluster://host:port[,host:port...]",
+    "rediscluster": "a Redis Cluster URL is spelled redis+cluster://host:port[,host:port...]",
+}
 
 # aqueue's own options: read from keyword options first, then from the URL query string,
 # and never passed on to redis-py.
@@ -135,7 +146,8 @@ class RedisSettings:
             path and ``?db=`` for ``unix://``) with aqueue's own options removed. It may
             hold a password, so it is never printed; use ``redacted``.
         redacted: the URL as given, with any password replaced by ``***``.
-        scheme: ``redis``, ``rediss``, ``unix``, ``redis+sentinel`` or ``sentinel``.
+        scheme: ``redis``, ``rediss``, ``unix``, ``redis+sentinel``, ``sentinel`` or
+            ``redis+cluster``.
         prefix: first component of every key.
         socket_timeout: seconds a single read or write of the blocking client (lease
             renewal) may take; also caps how long one blocking wait of a claim lasts.
@@ -155,6 +167,8 @@ class RedisSettings:
         wait_timeout: seconds a publish waits for those confirmations.
         extra: redis-py options given as keywords, passed to it unchanged.
         sentinel: the master's name and its sentinels, for a Sentinel URL; else ``None``.
+        nodes: a cluster's startup nodes as ``(host, port)`` (empty: not a cluster).
+        shards: on a cluster, the queues spread over several slots, as ``(queue, count)``.
     """
 
     url: str = field(repr=False)
@@ -175,6 +189,13 @@ class RedisSettings:
     extra: dict[str, Any] = field(repr=False, default_factory=dict)
     secrets: tuple[str, ...] = field(repr=False, default=())
     sentinel: SentinelTarget | None = None
+    nodes: tuple[tuple[str, int], ...] = ()
+    shards: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def cluster(self) -> bool:
+        """Whether the URL names a Redis Cluster (``redis+cluster://``)."""
+        return bool(self.nodes)
 
     def scrub(self, text: str) -> str:
         """``text`` with every occurrence of the password removed."""
@@ -226,6 +247,8 @@ class RedisSettings:
         reply (``read_response`` closes it on any ``BaseException``), so a cancelled or
         timed-out call never leaves a half-read reply for the next user of the pool.
         """
+        if self.nodes:
+            raise ConfigurationError(f"{self.redacted} is a Redis Cluster: no single-node client")
         retry = redispy.async_retry(self.retries)
         kwargs = self._client_kwargs(asyncio_client=True)
         # a bounded pool that queues callers (the default pool raises when full, which a
@@ -245,6 +268,8 @@ class RedisSettings:
 
     def sync_client(self) -> redis.Redis:
         """A pooled blocking client (thread-safe), used where the event loop cannot be."""
+        if self.nodes:
+            raise ConfigurationError(f"{self.redacted} is a Redis Cluster: no single-node client")
         retry = redispy.sync_retry(self.retries)
         kwargs = self._client_kwargs(asyncio_client=False)
         if self.sentinel is not None:
@@ -253,11 +278,29 @@ class RedisSettings:
             )
         return redispy.sync_client(self.url, retry=retry, **kwargs)
 
-    def pubsub_connection(self, client_name: str) -> redispy.Connection:
+    def async_cluster_client(self) -> redispy.AsyncRedisCluster:
+        """The asyncio client of a Redis Cluster (``redis+cluster://``): commands go to the
+        node that holds their keys' slot, redirections and failovers are followed, with
+        ``retries`` attempts; at most ``max_connections`` connections per node."""
+        kwargs = self._client_kwargs(asyncio_client=True)
+        retry = redispy.async_retry(self.retries)
+        return redispy.async_cluster_client(
+            self.nodes, max_connections=self.max_connections, retry=retry, **kwargs
+        )
+
+    def sync_cluster_client(self) -> redispy.SyncRedisCluster:
+        """The blocking twin of :meth:`async_cluster_client` (thread-safe)."""
+        kwargs = self._client_kwargs(asyncio_client=False)
+        retry = redispy.sync_retry(self.retries)
+        return redispy.sync_cluster_client(self.nodes, retry=retry, **kwargs)
+
+    def pubsub_connection(self, client_name: str, node: int = 0) -> redispy.Connection:
         """One unpooled RESP2 connection for pub/sub, reconnected by its owner, not redis-py.
 
         Args:
             client_name: shown by ``CLIENT LIST``, so operators can tell it apart.
+            node: on a cluster, which of its startup nodes (modulo their number): a
+                reconnect tries the next one, since any node hears every ``PUBLISH``.
         """
         kwargs = self._client_kwargs(asyncio_client=True)
         kwargs.update(
@@ -270,7 +313,11 @@ class RedisSettings:
             return redispy.sentinel_unpooled_connection(
                 self.sentinel, self._sentinel_kwargs(), **kwargs
             )
-        return redispy.unpooled_connection(self.url, **kwargs)
+        url = self.url
+        if self.nodes:
+            host, port = self.nodes[node % len(self.nodes)]
+            url = f"redis://{_bracketed(host)}:{port}/0"
+        return redispy.unpooled_connection(url, **kwargs)
 
     @property
     def confirm(self) -> tuple[int, float] | None:
@@ -317,6 +364,10 @@ def parse_settings(url: str, options: Mapping[str, Any], *, what: str) -> RedisS
     """
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     target: SentinelURL | None = None
+    if scheme in _CLUSTER_REFUSED:
+        raise ConfigurationError(f"{what}: {redact(url)!r}: {_CLUSTER_REFUSED[scheme]}")
+    if scheme == CLUSTER_SCHEME:
+        return _parse_cluster(url, options, what=what)
     if scheme == "rediss+sentinel":
         raise ConfigurationError(
             f"{what}: {redact(url)!r}: TLS behind Redis Sentinel is not supported yet; "
@@ -338,8 +389,8 @@ def parse_settings(url: str, options: Mapping[str, Any], *, what: str) -> RedisS
         scheme = parts.scheme.lower()
         if scheme not in _SCHEMES or not url.lower().startswith(f"{scheme}://"):
             raise ConfigurationError(
-                f"{what}: unsupported URL {redacted!r}; use redis://, rediss://, unix:// "
-                "or redis+sentinel://"
+                f"{what}: unsupported URL {redacted!r}; use redis://, rediss://, unix://, "
+                "redis+sentinel:// or redis+cluster://"
             )
         queries = (parts.query,)
         path, username, password, netloc = parts.path, parts.username, parts.password, parts.netloc
@@ -573,3 +624,120 @@ def _redact_query(redacted: str) -> str:
         return redacted
     hidden = [(n, "***" if n in _SECRET_OPTIONS else v) for n, v in pairs]
     return parts._replace(query=urlencode(hidden, safe="*")).geturl()
+
+
+def _bracketed(host: str) -> str:
+    """``host`` as written in a URL (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
+def _cluster_nodes(hosts: str, what: str, redacted: str) -> tuple[tuple[str, int], ...]:
+    """The ``host:port`` pairs of a cluster URL's netloc (after any ``user:password@``)."""
+    nodes: list[tuple[str, int]] = []
+    for part in hosts.split(","):
+        spec = part.strip()
+        host, sep, port = spec.rpartition(":")
+        if spec.startswith("[") and "]" in spec:  # [IPv6]:port
+            host, sep, port = spec[1:].partition("]:")
+        if not sep or not host or not _DIGITS.match(port) or not 0 < int(port) < 65536:
+            raise ConfigurationError(
+                f"{what}: {redacted!r}: each cluster node is host:port, not {spec!r} "
+                "(redis+cluster://host:port[,host:port...])"
+            )
+        nodes.append((host, int(port)))
+    return tuple(dict.fromkeys(nodes))
+
+
+def _parse_cluster(url: str, options: Mapping[str, Any], *, what: str) -> RedisSettings:
+    """:func:`parse_settings` for ``redis+cluster://``: the options are checked as for
+    ``redis://`` (on the first node), then the nodes are listed and the database checked."""
+    redacted = redact(url)
+    rest = url.split("://", 1)[1]
+    netloc, slash, tail = rest.partition("/")
+    if not slash:
+        netloc, mark, query = netloc.partition("?")
+        tail = f"?{query}" if mark else ""
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not hosts:
+        raise ConfigurationError(f"{what}: {redacted!r} names no cluster node")
+    nodes = _cluster_nodes(hosts, what, redacted)
+    # ``shards`` is the cluster's own option: taken out before the rest is checked
+    path, mark, query = tail.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    in_url = [value for name, value in pairs if name == "shards"]
+    if len(in_url) > 1:
+        raise ConfigurationError(f"{what}: option 'shards' is given twice in {redacted!r}")
+    kept = [(name, value) for name, value in pairs if name != "shards"]
+    tail = path + (f"?{urlencode(kept)}" if kept else "")
+    options = dict(options)
+    given = options.pop("shards", None)
+    shards = _shards(in_url[0] if given is None and in_url else given, what)
+    first = f"{_bracketed(nodes[0][0])}:{nodes[0][1]}"
+    single = parse_settings(f"redis://{userinfo}{at}{first}/{tail}", options, what=what)
+    path = single.url.split("?", 1)[0]
+    if not path.endswith("/0"):
+        db = path.rsplit("/", 1)[1]
+        raise ConfigurationError(
+            f"{what}: {redacted!r}: a Redis Cluster has database 0 only, not {db}"
+        )
+    if any(name in single.extra for name in ("lib_name", "lib_version")):
+        raise ConfigurationError(f"{what}: lib_name and lib_version are not taken for a cluster")
+    parts = urlsplit(f"redis://{userinfo}{at}{first}")
+    extra = dict(single.extra)
+    # redis-py options left in the URL query for redis-py to parse
+    for name, value in parse_qsl(urlsplit(single.url).query):
+        parser = redispy.url_parser(name)
+        extra.setdefault(name, parser(value) if parser is not None else value)
+    if parts.username:
+        extra.setdefault("username", unquote(parts.username))
+    if parts.password is not None:
+        extra.setdefault("password", unquote(parts.password))
+    shown = ",".join(f"{_bracketed(h)}:{p}" for h, p in nodes)
+    clean = f"{CLUSTER_SCHEME}://{userinfo}{at}{shown}/0"
+    return replace(
+        single,
+        url=clean,
+        redacted=redacted,
+        scheme=CLUSTER_SCHEME,
+        extra=extra,
+        nodes=nodes,
+        shards=shards,
+    )
+
+
+#: most slots one queue may be spread over
+MAX_SHARDS = 1024
+_SHARD_SPEC = re.compile(r"([^:,{}#\s]+):([0-9]+)\Z")
+
+
+def _shards(raw: Any, what: str) -> tuple[tuple[str, int], ...]:
+    """The ``shards`` option: ``"hot:8,bulk:4"`` (a URL's query) or ``{"hot": 8}``."""
+    if raw is None or raw == "":
+        return ()
+    pairs: list[tuple[str, Any]]
+    if isinstance(raw, str):
+        pairs = []
+        for part in raw.split(","):
+            match = _SHARD_SPEC.match(part.strip())
+            if match is None:
+                raise ConfigurationError(
+                    f"{what}: shards={raw!r}: each entry is queue:count (hot:8,bulk:4)"
+                )
+            pairs.append((match[1], int(match[2])))
+    elif isinstance(raw, Mapping):
+        pairs = list(raw.items())
+    else:
+        raise ConfigurationError(f"{what}: shards must map queue names to counts, not {raw!r}")
+    out: dict[str, int] = {}
+    for name, count in pairs:
+        if not isinstance(name, str) or not name or any(c in name for c in "{}#"):
+            raise ConfigurationError(
+                f"{what}: shards: {name!r} is not a queue name (no braces, no '#')"
+            )
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_SHARDS:
+            raise ConfigurationError(
+                f"{what}: shards: {name!r} needs a count from 1 to {MAX_SHARDS}, not {count!r}"
+            )
+        if count > 1:
+            out[name] = count
+    return tuple(out.items())
