@@ -66,6 +66,12 @@ R = TypeVar("R")
 
 DEFAULT_BROKER_URL = "sqlite:///aqueue.db"
 
+#: what publishes a task in another protocol (:meth:`App.register_protocol`): called with
+#: the task's name, arguments, keyword arguments and call options, it returns the handle
+ProtocolSender = Callable[
+    [str, tuple[Any, ...], dict[str, Any], CallOptions], Coroutine[Any, Any, "AsyncResult[Any]"]
+]
+
 
 class TaskDecorator(Protocol):
     """What ``@app.task(...)`` returns for an unbound function."""
@@ -175,6 +181,9 @@ class App:
         self._routed: Router | None = None
         #: ``task-sent`` events of what this app sends (``task_send_sent_event``)
         self.sent_events = SentEvents(self)
+        #: other task protocols ``send_task(..., protocol=name)`` can publish in, by name
+        #: (:meth:`register_protocol`; ``aqueue.contrib.celery.CeleryBridge`` adds ``celery``)
+        self._protocols: dict[str, ProtocolSender] = {}
 
     def __repr__(self) -> str:
         return f"<App {self.name} broker={redact(self.broker_url)}>"
@@ -606,12 +615,32 @@ class App:
         name: str,
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
+        *,
+        protocol: str = "aqueue",
         **options: Unpack[CallOptions],
     ) -> Awaiting[AsyncResult[Any]]:
         """Send a task by name; it need not be registered in this process.
 
         Arguments are not checked here (as in Celery): the worker validates them.
+        ``protocol="celery"`` sends it as a Celery message for Celery's workers, through
+        the app's :class:`~aqueue.contrib.celery.CeleryBridge` (see :meth:`register_protocol`);
+        the handle then reads Celery's result.
         """
+        if protocol != "aqueue":
+            sender = self._protocols.get(protocol)
+            if sender is None:
+                hint = (
+                    ": create aqueue.contrib.celery.CeleryBridge(app, broker_url) first"
+                    if protocol == "celery"
+                    else ""
+                )
+                raise ConfigurationError(
+                    f"send_task(protocol={protocol!r}): this app has no sender for that "
+                    f"protocol{hint}"
+                )
+            return Awaiting(
+                sender(name, tuple(args or ()), dict(kwargs or {}), options), self, "send_task"
+            )
         return Awaiting(
             sending.send(
                 self,
@@ -625,6 +654,15 @@ class App:
             self,
             "send_task",
         )
+
+    def register_protocol(self, name: str, sender: ProtocolSender) -> None:
+        """Make ``send_task(..., protocol=name)`` publish through ``sender``: called with
+        the task's name, arguments, keyword arguments and call options, it returns the
+        task's result handle. ``"aqueue"`` is this app's own protocol and cannot be
+        replaced."""
+        if name == "aqueue":
+            raise ConfigurationError("the aqueue protocol is the app's own: it cannot be replaced")
+        self._protocols[name] = sender
 
     async def send_many(self, signatures: Iterable[Signature[Any]]) -> list[AsyncResult[Any]]:
         """Publish many task signatures (possibly of different tasks) in one bulk publish.

@@ -498,13 +498,17 @@ class SyncApp:
         name: str,
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
+        *,
+        protocol: str = "aqueue",
         **options: Unpack[CallOptions],
     ) -> SyncResult[Any]:
-        """Send a task by name (it need not be registered in this process)."""
+        """Send a task by name (it need not be registered in this process); ``protocol``
+        as :meth:`App.send_task`'s."""
         app = self._app
         return SyncResult(
             self._run(
-                "await app.send_task(...)", lambda: app.send_task(name, args, kwargs, **options)
+                "await app.send_task(...)",
+                lambda: app.send_task(name, args, kwargs, protocol=protocol, **options),
             )
         )
 

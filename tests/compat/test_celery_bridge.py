@@ -362,3 +362,47 @@ def test_a_bridge_names_what_it_cannot_do() -> None:
         CeleryBridge(app, CELERY_URL, result_backend="rpc://", queues=[], result_expires=600)
     with pytest.raises(ConfigurationError, match=r"redis:// result backend"):
         CeleryBridge(app, "amqp://guest:guest@127.0.0.1//", queues=[]).result_store()
+
+
+async def test_send_task_in_another_protocol_needs_its_sender() -> None:
+    app = App("proto", broker="memory://proto")
+    with pytest.raises(ConfigurationError, match="CeleryBridge"):
+        await app.send_task("legacy.report", (1,), protocol="celery")
+    with pytest.raises(ConfigurationError, match="no sender"):
+        await app.send_task("legacy.report", protocol="carrier-pigeon")
+    with pytest.raises(ConfigurationError, match="cannot be replaced"):
+        app.register_protocol("aqueue", lambda *a: None)  # type: ignore[arg-type,return-value]
+
+
+async def test_send_task_to_celery_refuses_options_a_celery_message_cannot_carry() -> None:
+    app = App("proto", broker="memory://proto-options")
+    bridge = CeleryBridge(app, CELERY_URL)
+    try:
+        with pytest.raises(ConfigurationError, match="link, serializer cannot be carried"):
+            await app.send_task("legacy.report", protocol="celery", serializer="json", link=[])
+    finally:
+        await bridge.close()
+
+
+def test_blocking_code_sends_to_celery_through_the_app(queue: str) -> None:
+    # a Flask view or a script: app.sync.send_task(..., protocol="celery") puts a Celery
+    # protocol 2 message on Celery's list, options carried in its headers
+    app = App("mig", broker=f"memory://s{uuid.uuid4().hex[:12]}")
+    bridge = CeleryBridge(app, CELERY_URL, default_queue=queue)
+    try:
+        handle = app.sync.send_task(
+            "proj.report", (7,), {"team": "a"}, protocol="celery", countdown=30, priority=0
+        )
+        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=CELERY_DB)
+        try:
+            [raw] = client.lrange(queue, 0, -1)
+        finally:
+            client.close()
+        sent = json.loads(raw)
+        headers = sent["headers"]
+        assert (headers["task"], headers["id"]) == ("proj.report", handle.id)
+        assert headers["eta"] is not None and sent["content-type"] == "application/json"
+        assert handle.state == "PENDING"  # nothing ran it: Celery's result is not there
+    finally:
+        app.sync.call(bridge.close)  # its clients live on the blocking API's loop
+        app.sync.close()

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from aqueue import App
-from aqueue.contrib.celery import REFUSED_QUEUE, CeleryBridge, signature
-from aqueue.core.errors import ConfigurationError
+from aqueue.contrib.celery import REFUSED_QUEUE, CeleryBridge, CeleryResult, signature
+from aqueue.core.errors import ConfigurationError, TaskFailed
 from tests.conftest import (
     RABBIT_HOST,
     RABBIT_PORT,
@@ -129,6 +129,23 @@ async def test_aqueue_sends_to_a_celery_worker_and_waits_for_its_result(
         result = await bridge.send_task("mig.c_add", (2, 3))
         assert await result.wait(timeout=60) == 5
         assert await result.state() == "SUCCESS"
+
+
+async def test_app_send_task_with_protocol_celery_is_run_by_a_celery_worker(
+    app: App, project: CeleryProject, bridge: CeleryBridge
+) -> None:
+    # the spelling: app.send_task(name, ..., protocol="celery"); the handle is an
+    # AsyncResult reading Celery's result, failures included
+    async with project.worker():
+        result = await app.send_task("mig.c_add", (4, 5), protocol="celery")
+        assert isinstance(result, CeleryResult)
+        assert await result.wait(timeout=60) == 9
+        assert await result.successful()
+        failing = await app.send_task("mig.c_add", ("a", 1), protocol="celery", countdown=0.1)
+        with pytest.raises(TaskFailed) as failed:
+            await failing.wait(timeout=60)
+        assert failed.value.exc_type == "TypeError" and failed.value.task_id == failing.id
+        assert await failing.state() == "FAILURE"
 
 
 async def test_a_chain_alternating_celery_and_aqueue_steps_completes_both_ways(

@@ -29,17 +29,18 @@ import msgspec
 
 from aqueue.core import sending, signals
 from aqueue.core.app import App
+from aqueue.core.awaiting import query
 from aqueue.core.context import Request, current_request
 from aqueue.core.errors import (
     ConfigurationError,
     EncodeError,
     MessageTooLarge,
     OptionError,
-    TaskFailed,
-    TaskRevoked,
 )
+from aqueue.core.message import ErrorInfo, ResultIn
 from aqueue.core.options import CallOptions
 from aqueue.core.protocols import Outgoing
+from aqueue.core.result import AsyncResult
 
 from .protocol import (
     CELERY_HEADER,
@@ -81,43 +82,62 @@ _KEPT_HEADERS: Final = frozenset({"task", "id", "root_id", "parent_id", "group",
 _REFUSE_WITHIN: Final = 5.0
 #: the most of a refused message's envelope kept in its dead letter
 _REFUSED_KEEP: Final = 64 * 1024
+#: aqueue's call options that ``send_task(..., protocol="celery")`` carries to Celery
+_CELERY_CALL_OPTIONS: Final = frozenset(
+    {"queue", "task_id", "countdown", "eta", "expires", "priority", "time_limit", "soft_time_limit"}
+)
 
 
-class CeleryResult:
-    """A handle on a task sent to Celery: its result is Celery's meta, read as Celery would."""
+class CeleryResult(AsyncResult[Any]):
+    """A handle on a task sent to Celery: an :class:`~aqueue.AsyncResult` whose state and
+    result are Celery's meta (``celery-task-meta-<id>``), read as Celery would.
+
+    ``state()``, ``ready()``, ``wait()`` / ``get()`` and ``events()`` work as for an aqueue
+    task; ``revoke()`` and ``forget()`` are Celery's to do (``celery -A proj control
+    revoke``) and raise :class:`~aqueue.ConfigurationError` here.
+    """
 
     def __init__(self, bridge: CeleryBridge, task_id: str) -> None:
+        super().__init__(bridge.app, task_id)
         self.bridge = bridge
-        self.id = task_id
 
     def __repr__(self) -> str:
         return f"<CeleryResult {self.id}>"
 
-    async def state(self) -> str:
-        """Celery's state of the task (``PENDING`` until something is stored)."""
+    async def _fetch(self) -> ResultIn | None:
         meta = await self.bridge.result_store().get_meta(self.id)
-        return "PENDING" if meta is None else meta.status
+        self._record = None if meta is None else self._record_of(meta)
+        return self._record
 
-    async def wait(self, timeout: float | None = None) -> Any:
-        """The task's return value, once Celery stored it.
+    async def _records(self) -> AsyncIterator[ResultIn]:
+        # Celery's backend publishes each state change; the bridge's store waits for the
+        # final one (the caller's deadline, if any, bounds it)
+        meta = await self.bridge.result_store().wait_meta(self.id, None)
+        self._record = self._record_of(meta)
+        yield self._record
 
-        Raises:
-            TaskFailed: the task failed (type name, message and traceback as Celery stored them).
-            TaskRevoked: revoked or expired.
-            TimeoutError: not done within ``timeout`` seconds.
-        """
-        meta = await self.bridge.result_store().wait_meta(self.id, timeout)
-        return outcome(meta)
+    def _record_of(self, meta: Meta) -> ResultIn:
+        self._format = "json"
+        if meta.status == "SUCCESS":
+            value = msgspec.Raw(msgspec.json.encode(meta.result))
+            return ResultIn(id=self.id, state=meta.status, value=value)
+        error = None
+        if meta.status in ("FAILURE", "REVOKED", "RETRY"):
+            exc_type, message = meta.error()
+            error = ErrorInfo(type=exc_type, message=message, traceback=meta.traceback)
+        return ResultIn(id=self.id, state=meta.status, error=error)
 
+    @query
+    async def revoke(self, *, terminate: bool = False) -> None:
+        raise ConfigurationError(
+            f"task {self.id} runs on Celery: revoke it there (celery -A proj control revoke)"
+        )
 
-def outcome(meta: Meta) -> Any:
-    """A ready meta's value, or its failure raised."""
-    if meta.status == "SUCCESS":
-        return meta.result
-    if meta.status == "REVOKED":
-        raise TaskRevoked(meta.task_id)
-    exc_type, message = meta.error()
-    raise TaskFailed(meta.task_id, exc_type, message, meta.traceback)
+    @query
+    async def forget(self) -> None:
+        raise ConfigurationError(
+            f"task {self.id} ran on Celery: its result is Celery's (AsyncResult.forget there)"
+        )
 
 
 class CeleryBridge:
@@ -194,6 +214,7 @@ class CeleryBridge:
         self._workers = 0
         self._waiters: set[Waiter] = set()
         app.lifespan(self._lifespan)
+        app.register_protocol("celery", self._send_for_app)
 
     def result_store(self) -> KombuRedis:
         """Celery's Redis result backend, where a :class:`CeleryResult` reads.
@@ -598,6 +619,38 @@ class CeleryBridge:
         )
         await self._push(task, queue, priority)
         return CeleryResult(self, task_id)
+
+    async def _send_for_app(
+        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: CallOptions
+    ) -> AsyncResult[Any]:
+        """``app.send_task(name, ..., protocol="celery", **options)``: :meth:`send_task`
+        with aqueue's call options; those Celery's message cannot carry are refused."""
+        unsupported = sorted(set(options) - _CELERY_CALL_OPTIONS)
+        if unsupported:
+            raise ConfigurationError(
+                f"send_task(protocol='celery'): {', '.join(unsupported)} cannot be carried to "
+                "Celery (use bridge.send_task(..., link=, chain=) with Celery signatures)"
+            )
+        eta, expires = options.get("eta"), options.get("expires")
+        return await self.send_task(
+            name,
+            args,
+            kwargs,
+            queue=options.get("queue"),
+            task_id=options.get("task_id"),
+            countdown=options.get("countdown"),
+            eta=eta.timestamp() if isinstance(eta, dt.datetime) else eta,
+            expires=(
+                expires.timestamp()
+                if isinstance(expires, dt.datetime)
+                else None
+                if expires is None
+                else time.time() + expires  # aqueue's number: seconds from now
+            ),
+            priority=options.get("priority", 0),
+            time_limit=options.get("time_limit"),
+            soft_time_limit=options.get("soft_time_limit"),
+        )
 
     async def close(self) -> None:
         """Close the connections to Celery's side (a later use opens them again)."""
