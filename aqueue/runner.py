@@ -315,11 +315,18 @@ def _run_once(options: WorkerOptions) -> tuple[int, bool]:
         else:
             log.info("worker %s replaced itself (restart %d)", w.hostname, options["restarts"])
         status = _serve(the_app, w, scheduler, supervisor)
-        retired = status == EXIT_OK and w.retired is not None
+        retired = replaced(status, w)
         return status, retired
     finally:
         if pidfile is not None and not retired:
             pidfile.release()
+
+
+def replaced(status: int, w: Worker) -> bool:
+    """Whether a worker that ended with ``status`` is to be replaced by a new life: it
+    retired (a limit) and nothing asked it to stop for good meanwhile (a SIGTERM that came
+    while it was retiring must not be swallowed by the next life)."""
+    return status == EXIT_OK and w.retired is not None and not w.stop_requested
 
 
 def _worker(the_app: App, options: WorkerOptions) -> Worker:

@@ -146,6 +146,9 @@ class Worker:
         self.claimed = 0
         #: why the worker retired (a limit was reached), or ``None``
         self.retired: str | None = None
+        #: whether something asked it to stop for good (a signal, ``control shutdown``, its
+        #: supervisor's death): a worker retiring meanwhile is then not replaced
+        self.stop_requested = False
         self.hostname = expand_hostname(hostname or "aqueue@%h")
         #: unique per worker object: its registry id, and the owner its claims give
         self.owner = new_worker_id(self.hostname)
@@ -360,7 +363,9 @@ class Worker:
                 await asyncio.shield(self.stop())
 
     def request_stop(self) -> None:
-        """Begin a graceful stop without waiting (safe from a signal handler)."""
+        """Begin a graceful stop without waiting (safe from a signal handler); for good,
+        even when the worker is retiring (it is then not replaced)."""
+        self.stop_requested = True
         if not self._stopping.is_set():
             self._stopping.set()
             asyncio.get_running_loop().create_task(self.stop())

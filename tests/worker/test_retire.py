@@ -131,3 +131,38 @@ def test_limits_must_be_positive() -> None:
         app.worker(max_tasks_per_child=0)
     with pytest.raises(ValueError, match="max_memory_per_child must be at least 1"):
         app.worker(max_memory_per_child=-5)
+
+
+async def test_a_stop_asked_for_while_retiring_is_for_good() -> None:
+    # a SIGTERM (or `control shutdown`, or the supervisor's death) that comes while the
+    # worker runs out its last tasks must stop the process, not be swallowed by the next
+    # life `aqueue worker` would start (it then ran on until killed: a CI flake)
+    from aqueue.runner import EXIT_OK, replaced
+
+    app = make_app()
+    release = asyncio.Event()
+
+    @app.task(name="r.held")
+    async def held(i: int) -> int:
+        if i == 1:
+            await release.wait()
+        return i
+
+    async with app:
+        for i in range(2):
+            await held.delay(i)
+        worker = app.worker(concurrency=2, prefetch=2, max_tasks_per_child=2)
+        running = asyncio.create_task(worker.run())
+        async with asyncio.timeout(10):
+            while worker.retired is None:  # both claimed: retiring, task 1 still held
+                await asyncio.sleep(0.01)
+            worker.request_stop()  # what the SIGTERM handler calls
+            release.set()
+            await running
+        assert worker.retired is not None and worker.stop_requested
+        assert not replaced(EXIT_OK, worker)
+    plain = make_app()
+    async with plain:
+        retiring = plain.worker(max_tasks_per_child=1)
+        retiring.retired = "max_tasks_per_child (1) reached"
+        assert replaced(EXIT_OK, retiring)  # a retirement alone is replaced
