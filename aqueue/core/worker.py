@@ -193,6 +193,8 @@ class Worker:
         self._watchdog: asyncio.Task[None] | None = None
         self._memory_watch: asyncio.Task[None] | None = None
         self._retiring: asyncio.Task[None] | None = None
+        #: retiring and handing back what waits: nothing that has not started may start
+        self._no_new_starts = False
         self._lifespans = contextlib.AsyncExitStack()
         self._process_pool: ProcessPool | None = None
         self.lost_leases = 0
@@ -442,6 +444,9 @@ class Worker:
         if self.retired is not None or self._stopping.is_set():
             return
         self.retired = reason
+        # decided now, not when the hand-back gets its turn: a slot freed meanwhile must not
+        # start a task that is about to be handed back
+        self._no_new_starts = hand_back
         log.warning("%s: stopping to be replaced", reason)
         self._retiring = asyncio.get_running_loop().create_task(self._run_out(hand_back))
 
@@ -586,9 +591,11 @@ class Worker:
                 started = self._start(delivery)
                 if started:
                     await self.executor.execute(delivery, prior=prior)
-                elif self._stopping.is_set() and delivery.id not in self._handed_back:
-                    # its slot came free after the stop began, before the stop handed back
-                    # what had not started: hand it back here, at once
+                elif (
+                    self._stopping.is_set() or self._no_new_starts
+                ) and delivery.id not in self._handed_back:
+                    # its slot came free after the stop (or a retirement handing back) began,
+                    # before what had not started was handed back: hand it back here, at once
                     self._handed_back.add(delivery.id)
                     await self._hand_back(delivery, executed=False)
         except asyncio.CancelledError:
@@ -638,8 +645,8 @@ class Worker:
 
     def _start(self, delivery: Delivery) -> bool:
         """Whether ``delivery``, now holding its slot, may run."""
-        if self._stopping.is_set() or delivery.id in self._handed_back:
-            return False  # handed back by _release_waiting
+        if self._stopping.is_set() or self._no_new_starts or delivery.id in self._handed_back:
+            return False  # handed back here or by _release_waiting
         self._started.add(delivery.id)
         # where the connection is the lease, its channel may have died while it waited:
         # then it is redelivered elsewhere

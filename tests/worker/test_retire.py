@@ -166,3 +166,31 @@ async def test_a_stop_asked_for_while_retiring_is_for_good() -> None:
         retiring = plain.worker(max_tasks_per_child=1)
         retiring.retired = "max_tasks_per_child (1) reached"
         assert replaced(EXIT_OK, retiring)  # a retirement alone is replaced
+
+
+async def test_a_retirement_that_hands_back_starts_nothing_more() -> None:
+    # the slot the last running task frees must not start a waiting task that the
+    # retirement is about to hand back (it did, now and then: a flaky memory-limit test)
+    app = make_app()
+    ran: list[str] = []
+    worker: Worker | None = None
+
+    @app.task(name="r.last")
+    async def last() -> None:
+        assert worker is not None
+        worker._retire("limit reached", hand_back=True)  # what the memory watcher calls
+        ran.append("last")
+
+    @app.task(name="r.next")
+    async def next_one() -> None:
+        ran.append("next")
+
+    async with app:
+        await last.delay()
+        waiting = [await next_one.delay() for _ in range(3)]
+        worker = app.worker(concurrency=1, prefetch=4)
+        async with asyncio.timeout(20):
+            await worker.run()
+        assert ran == ["last"]
+        back = await app.broker.claim(["celery"], limit=10, lease_seconds=5, owner="t", timeout=1)
+        assert sorted(d.id for d in back) == sorted(h.id for h in waiting)
