@@ -474,6 +474,18 @@ class PeeksHead(Protocol):
 
 
 @runtime_checkable
+class SettlesInBackground(Protocol):
+    """A broker that finishes some work of a cancelled call in the background (the Redis
+    broker hands back what a cancelled claim took once its script answers)."""
+
+    async def settled(self) -> None:
+        """Return once that background work is done (each piece within the broker's own
+        operation timeout): a worker about to run a message that may kill its process
+        waits for it, so nothing a cancelled claim took is left counted and leased to a
+        process that dies."""
+
+
+@runtime_checkable
 class StopsConsuming(Protocol):
     """Optional broker capability: a broker that buffers deliveries ahead of claims
     (RabbitMQ's consumers) stops that for a queue a worker no longer consumes."""

@@ -46,6 +46,7 @@ from .protocols import (
     Lease,
     ListsScheduled,
     RoutesByExchange,
+    SettlesInBackground,
     SharedThrottle,
     StopsConsuming,
 )
@@ -636,6 +637,11 @@ class Worker:
             if in_flight is not None:
                 in_flight.cancel()
                 await asyncio.wait([in_flight])
+                broker = self.app.broker
+                if isinstance(broker, SettlesInBackground):
+                    # what the cancelled claim took goes back before this runs, uncounted:
+                    # else a process this message kills leaves it counted against them
+                    await broker.settled()
             await self._release_waiting(keep=delivery_id)
             yield
         finally:

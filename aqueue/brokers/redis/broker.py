@@ -177,11 +177,7 @@ class RedisBroker:
 
     async def close(self) -> None:
         """Flush pending settlements and close every connection; idempotent."""
-        # cancelled claims' scripts first, then the hand-backs they started
-        for _ in range(2):
-            if self._background:
-                limit = self._settings.operation_timeout
-                await asyncio.wait(set(self._background), timeout=limit)
+        await self.settled()
         for pending in (self._publisher, self._settler):
             try:
                 await pending.drain()
@@ -193,6 +189,15 @@ class RedisBroker:
             await redispy.disconnect(lone)
         await self._link.close()
         await asyncio.to_thread(self._sync.close)
+
+    async def settled(self) -> None:
+        """Return once cancelled claims' scripts have answered and what they took has been
+        handed back (:class:`~aqueue.core.protocols.SettlesInBackground`)."""
+        # cancelled claims' scripts first, then the hand-backs they started
+        for _ in range(2):
+            if self._background:
+                limit = self._settings.operation_timeout
+                await asyncio.wait(set(self._background), timeout=limit)
 
     # -- publish ------------------------------------------------------------------------
 
