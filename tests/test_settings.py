@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -97,3 +98,24 @@ async def test_bare_scheme_names_are_urls() -> None:
     assert (app.broker_url, app.backend_url) == ("redis://", "redis://")
     async with app:
         assert app.backend is not None
+
+
+def test_a_celery_configs_transport_options_aqueue_does_not_need_are_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # a Celery project's `broker_transport_options = {"visibility_timeout": 3600}` kept
+    # aqueue from starting (the Redis broker refused the unknown option): it is dropped
+    # with a line saying what aqueue does instead; what aqueue uses is passed on
+    from aqueue.core.urls import make_broker
+
+    conf = Settings()
+    with caplog.at_level(logging.INFO, logger="aqueue"):
+        conf.update_from_object(
+            {"BROKER_TRANSPORT_OPTIONS": {"visibility_timeout": 3600, "socket_timeout": 7}}
+        )
+    assert conf.broker_options == {"socket_timeout": 7}
+    assert "visibility_timeout" in caplog.text and "renewed while it runs" in caplog.text
+    broker = make_broker("redis://127.0.0.1:6379/0", conf.broker_options)  # not refused
+    assert broker is not None
+    with pytest.raises(ConfigurationError, match="global_keyprefix"):
+        make_broker("redis://127.0.0.1:6379/0", {"global_keyprefix": "x"})  # still refused

@@ -178,6 +178,8 @@ class Settings:
             self.explicit.add(CELERY_RENAMED.get(name, name))
 
     def _set(self, name: str, value: Any) -> None:
+        if name == "broker_transport_options" and isinstance(value, Mapping):
+            value = _without_kombu_only(value)
         name = CELERY_RENAMED.get(name, name)
         if name not in _FIELDS:
             if name in CELERY_NOT_NEEDED:  # a Celery setting aqueue needs no counterpart for
@@ -376,6 +378,39 @@ def _attributes(source: Any, wanted: Callable[[str], str | None]) -> list[tuple[
             continue
         out.append((key, value))
     return out
+
+
+#: kombu transport options (``broker_transport_options``) aqueue has no use for: a Celery
+#: configuration keeps working, each dropped with an INFO line saying what aqueue does
+KOMBU_ONLY_OPTIONS: dict[str, str] = {
+    "visibility_timeout": "a task's lease (lease_seconds, 30 s) is renewed while it runs",
+    "unacked_restore_limit": "a dead worker's tasks come back within seconds of its heartbeat",
+    "fanout_prefix": "topics (control, events) have keys of their own",
+    "fanout_patterns": "topics (control, events) have keys of their own",
+    "priority_steps": "priorities 0-9 are kept exactly, on every broker",
+    "sep": "aqueue's key layout has no separator to set",
+    "queue_order_strategy": "a worker reads its queues in the order given (-Q)",
+    "polling_interval": "idle workers wait on the broker, they do not poll",
+    "max_retries": "each call has one deadline (operation_timeout)",
+    "interval_start": "each call has one deadline (operation_timeout)",
+    "interval_step": "each call has one deadline (operation_timeout)",
+    "interval_max": "each call has one deadline (operation_timeout)",
+    "confirm_publish": "publishes on RabbitMQ are always confirmed",
+}
+
+
+def _without_kombu_only(options: Mapping[str, Any]) -> dict[str, Any]:
+    kept = {}
+    for key, value in options.items():
+        if key in KOMBU_ONLY_OPTIONS:
+            log.info(
+                "broker_transport_options[%r] is not needed in aqueue: %s",
+                key,
+                KOMBU_ONLY_OPTIONS[key],
+            )
+        else:
+            kept[key] = value
+    return kept
 
 
 #: Celery settings with another name in aqueue
