@@ -482,6 +482,31 @@ async def test_classic_queues_keep_priorities(make: Make) -> None:
     assert [d.delivery_count for d in got] == [1, 1]
 
 
+async def test_channels_the_server_closes_never_free_a_live_channel_number(
+    broker: RabbitMQBroker,
+) -> None:
+    """Dead-letter scans and queue probes of missing queues get their channels closed by
+    the server while other channels open on the same connection. aiormq 7.2.1 freed a
+    closed channel's number twice, the second time under a new channel that had taken it,
+    so the next channel reused a number still open on the server ("CHANNEL_ERROR - second
+    'channel.open' seen") and the connection dropped: a dashboard on RabbitMQ lost its
+    connection under a fresh-clone run. The floor is aiormq 7.2.2, which fixed it."""
+    for n in range(4):
+        await broker.publish([msg(f"q{n}")])  # known queues without dead-letter queues
+    missing = [f"missing-{uuid.uuid4().hex}" for _ in range(2)]
+
+    async def scan() -> None:
+        for _ in range(100):
+            assert await broker.dead_letters() == []
+
+    async def probe() -> None:
+        for _ in range(300):
+            assert await broker.channels.probe(missing) == {}
+
+    await asyncio.gather(scan(), scan(), scan(), probe(), probe())
+    assert [await broker.size(f"q{n}") for n in range(4)] == [1, 1, 1, 1]
+
+
 # -- bad input --------------------------------------------------------------------------
 
 
