@@ -105,10 +105,10 @@ class _Stamp:
         self.pid = os.getpid()
         self.utcoffset = utcoffset()
 
-    def event(self, type_: str, **fields: Any) -> Event:
+    def event(self, type_: str, at: float | None = None, **fields: Any) -> Event:
         return Event(
             type=type_,
-            timestamp=time.time(),
+            timestamp=time.time() if at is None else at,
             hostname=self.hostname,
             pid=self.pid,
             clock=next(self._clock),
@@ -136,10 +136,14 @@ def _task_fields(
 
 
 def sent_events(stamp: _Stamp, messages: Iterable[MessageOut], with_arguments: bool) -> list[Event]:
-    """``task-sent`` of each message."""
+    """``task-sent`` of each message, stamped with its envelope's ``sent_at``: taken before
+    the publish, so a monitor ordering a task's events by timestamp never finds its
+    ``task-sent`` after the worker's ``task-received`` (stamped once it has the message,
+    maybe before the publish returns to the sender)."""
     return [
         stamp.event(
             "task-sent",
+            msg.sent_at or None,
             queue=msg.queue,
             exchange=msg.exchange,
             routing_key=msg.routing_key or msg.queue,

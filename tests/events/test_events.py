@@ -471,6 +471,46 @@ async def test_bulk_sends_tell_task_sent_for_each(app: App, stream: EventStream)
     assert {e.type for e in got} == {"task-sent"}
 
 
+async def test_task_sent_is_stamped_before_the_publish_returns(
+    app: App, stream: EventStream
+) -> None:
+    """A task's ``task-sent`` never comes after its ``task-received`` in timestamp order:
+    it is stamped when the message is made, not after the publish returned (by then a worker
+    may have stamped ``task-received``: ``aqueue events`` showed a chain's step received
+    before it was sent). For ``delay()``, ``delay_many()`` and a chain's later steps."""
+    app.conf.update(task_send_sent_event=True)
+
+    @app.task(name="ev.stamp")
+    async def stamp(n: int) -> int:
+        return n + 1
+
+    await app.connected_broker()
+    broker = app.broker
+    inner = broker.publish
+    returned: dict[str, float] = {}
+
+    async def publish(batch: list[Outgoing]) -> Any:
+        result = await inner(batch)
+        now = time.time()
+        returned.update((o.id, now) for o in batch)
+        return result
+
+    broker.publish = publish  # type: ignore[method-assign]
+    try:
+        ids = [(await stamp.delay(0)).id]
+        ids += [h.id for h in await stamp.delay_many([(i,) for i in range(3)])]
+        async with app.worker():
+            handle = await (stamp.s(1) | stamp.s() | stamp.s()).apply_async()
+            assert await handle.get(timeout=15) == 4
+        ids += [handle.id, handle.parent.id]  # type: ignore[union-attr]  # sent by the worker
+    finally:
+        del broker.publish
+    got = await read_until(stream, lambda es: set(ids) <= {e.uuid for e in es})
+    sent = {e.uuid: e for e in got if e.type == "task-sent"}
+    late = {i: sent[i].timestamp - returned[i] for i in ids if sent[i].timestamp > returned[i]}
+    assert late == {}
+
+
 async def test_the_stream_keeps_at_most_its_cap(app: App, stream: EventStream) -> None:
     """``event_max_kept`` bounds the events kept: a late reader finds the newest ones, never
     more than the cap (and, events being stored 16 to a message, at least 1/16 of it)."""
