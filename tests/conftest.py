@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -24,6 +25,14 @@ from aqueue.core.urls import default_backend_url
 
 #: aqueue's own pytest plugin (opt-in for users: docs/testing.md), and pytester to test it
 pytest_plugins = ["aqueue.testing", "pytester"]
+
+# A suite started in the background by a non-interactive shell (`make test` runs the
+# lowest-versions suite with `&`; CI may start `make test` so) inherits SIGINT ignored, and
+# so would every process the tests start: the tests of what Ctrl-C does would then test
+# nothing and wait out their timeouts. A Python handler here becomes the default in the
+# children (an exec resets handlers, not ignored signals), as in a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 RABBIT_HOST, RABBIT_PORT = "127.0.0.1", 5672
