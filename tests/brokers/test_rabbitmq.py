@@ -491,20 +491,20 @@ async def test_channels_the_server_closes_never_free_a_live_channel_number(
     so the next channel reused a number still open on the server ("CHANNEL_ERROR - second
     'channel.open' seen") and the connection dropped: a dashboard on RabbitMQ lost its
     connection under a fresh-clone run. The floor is aiormq 7.2.2, which fixed it."""
-    for n in range(4):
+    for n in range(2):
         await broker.publish([msg(f"q{n}")])  # known queues without dead-letter queues
     missing = [f"missing-{uuid.uuid4().hex}" for _ in range(2)]
 
     async def scan() -> None:
-        for _ in range(100):
+        for _ in range(80):  # fails 12 runs in 12 on aiormq 7.2.1
             assert await broker.dead_letters() == []
 
     async def probe() -> None:
-        for _ in range(300):
+        for _ in range(240):
             assert await broker.channels.probe(missing) == {}
 
     await asyncio.gather(scan(), scan(), scan(), probe(), probe())
-    assert [await broker.size(f"q{n}") for n in range(4)] == [1, 1, 1, 1]
+    assert [await broker.size(f"q{n}") for n in range(2)] == [1, 1]
 
 
 # -- bad input --------------------------------------------------------------------------
