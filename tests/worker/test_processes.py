@@ -72,6 +72,13 @@ def running(pid: int) -> bool:
         return True
 
 
+async def all_stopped(pids: list[int], timeout: float) -> None:
+    """Return once none of ``pids`` runs (children stopping after their supervisor died)."""
+    async with asyncio.timeout(timeout):
+        while any(running(pid) for pid in pids):
+            await asyncio.sleep(0.05)
+
+
 async def test_children_are_distinct_workers_that_share_a_drain(
     app: App,  # noqa: F811
     env: dict[str, str],  # noqa: F811
@@ -144,9 +151,7 @@ async def test_supervisor_killed_its_children_stop_and_a_new_one_runs_the_rest(
         await wait_for_file(tmp_path / "started-s0")
         first.send_signal(signal.SIGKILL)
         await exits(first)
-        async with asyncio.timeout(10):  # each child stops once its supervisor is gone
-            while any(running(pid) for pid in children):
-                await asyncio.sleep(0.05)
+        await all_stopped(children, 10)  # each child stops once its supervisor is gone
     finally:
         out = finish(first, log)
     # each stopped gracefully (Linux sends it SIGTERM; elsewhere it notices in a second)
@@ -192,9 +197,7 @@ async def test_four_processes_survive_kill_9_of_children_and_of_the_supervisor(
         survivors = list((await live_workers(app)).values())
         first.send_signal(signal.SIGKILL)
         await exits(first)
-        async with asyncio.timeout(20):  # each child stops once its supervisor is gone
-            while any(running(pid) for pid in survivors):
-                await asyncio.sleep(0.05)
+        await all_stopped(survivors, 20)  # each child stops once its supervisor is gone
     finally:
         out = finish(first, log)
     for name in killed:
