@@ -166,6 +166,12 @@ class Supervisor:
         self.autoscale = autoscale
         self.processes = autoscale.minimum if autoscale is not None else processes
         self.count = autoscale.maximum if autoscale is not None else processes
+        port = options.get("metrics_port")
+        if port is not None and port + self.count - 1 > 65535:
+            raise ConfigurationError(
+                f"--metrics-port {port}: {self.count} worker processes need ports {port}-"
+                f"{port + self.count - 1}, past 65535"
+            )
         self.children: dict[int, asyncio.subprocess.Process] = {}
         #: the processes being kept (index -> its keeper), and those told to stop for good
         self.keepers: dict[int, asyncio.Task[None]] = {}
@@ -176,10 +182,13 @@ class Supervisor:
 
     def child_options(self, index: int) -> WorkerOptions:
         """What worker process ``index`` runs with: no pid file (the supervisor's), never
-        detached, its own node name."""
+        detached, its own node name, and its own metrics port (``--metrics-port`` is the
+        first process's; process ``i`` serves on that port ``+ i - 1``)."""
+        port = self.base.get("metrics_port")
         return {
             **self.base,
             "hostname": child_hostname(self.template, index),
+            "metrics_port": None if port is None else port + index - 1,
             "detach": False,
             "pidfile": None,
             "restarts": 0,

@@ -8,11 +8,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from aqueue import App
 from aqueue.core.config import Settings
+from aqueue.core.errors import ConfigurationError
 from aqueue.process import (
     AlreadyRunning,
     CLIError,
@@ -22,7 +24,7 @@ from aqueue.process import (
     parse_level,
     use_formats,
 )
-from aqueue.supervisor import child_hostname
+from aqueue.supervisor import Supervisor, child_hostname
 
 
 @pytest.mark.parametrize(
@@ -142,3 +144,15 @@ def test_a_bad_log_format_setting_is_one_line() -> None:
     conf.update(worker_task_log_format="%(task_name)q: %(message)q")
     with pytest.raises(CLIError, match="setting worker_task_log_format is not a logging format"):
         use_formats(logging.NullHandler(), conf)
+
+
+def test_each_worker_process_serves_metrics_on_its_own_port() -> None:
+    # every child was given the same --metrics-port: the second failed to bind ("Address
+    # already in use", exit status 2) and the supervisor stopped the whole fleet
+    options: Any = {"hostname": None, "metrics_port": 9808}
+    supervisor = Supervisor(options, 3)
+    assert [supervisor.child_options(i)["metrics_port"] for i in (1, 2, 3)] == [9808, 9809, 9810]
+    unset: Any = {"hostname": None, "metrics_port": None}
+    assert Supervisor(unset, 2).child_options(2)["metrics_port"] is None
+    with pytest.raises(ConfigurationError, match="need ports 65535-65536"):
+        Supervisor({**options, "metrics_port": 65535}, 2)
