@@ -35,6 +35,7 @@ import time
 
 from .core.app import App
 from .core.errors import AqueueError, ConfigurationError
+from .core.protocols import PeeksHead
 from .core.stopping import stop_on_signals
 from .core.worker import expand_hostname
 from .process import (
@@ -336,10 +337,10 @@ class Autoscaler:
     wait in the queues, and stops one (down to ``minimum``) after ``keepalive`` seconds
     with none waiting.
 
-    The only broker connection of the supervisor: it reads queue sizes (ready messages),
-    every ``interval`` seconds. Messages waiting at two readings in a row mean every
-    process holds all it may (a process with room claims within milliseconds): one more
-    process starts, at most one per reading.
+    The only broker connection of the supervisor: it reads whether messages are ready in
+    the queues every ``interval`` seconds (:meth:`waiting`). Messages waiting at two
+    readings in a row mean every process holds all it may (a process with room claims
+    within milliseconds): one more process starts, at most one per reading.
     """
 
     def __init__(
@@ -365,7 +366,7 @@ class Autoscaler:
                 if supervisor.stopping:
                     continue
                 try:
-                    backlog = sum([await self.app.broker.size(q) for q in self.queues])
+                    backlog = await self.waiting()
                 except (AqueueError, OSError) as exc:
                     if not failing:
                         log.warning("autoscale: cannot read the queues' sizes: %s", exc)
@@ -377,8 +378,7 @@ class Autoscaler:
                     idle_since = now
                     if waiting_before and supervisor.active < self.maximum:
                         log.info(
-                            "autoscale: %d message(s) waiting: starting worker process %d",
-                            backlog,
+                            "autoscale: messages waiting: starting worker process %d",
                             supervisor.active + 1,
                         )
                         supervisor.grow()
@@ -390,6 +390,15 @@ class Autoscaler:
                     supervisor.shrink()
                     idle_since = now
                 waiting_before = backlog > 0
+
+    async def waiting(self) -> int:
+        """How many of the queues have a message ready (a message running or delayed is not
+        waiting: a long task must not grow the fleet); on a broker that cannot look at the
+        next ready message (RabbitMQ) their sizes, which count delayed messages too."""
+        broker = self.app.broker
+        if isinstance(broker, PeeksHead):
+            return sum([await broker.peek_head(q) is not None for q in self.queues])
+        return sum([await broker.size(q) for q in self.queues])
 
 
 def _ended(status: int) -> str:

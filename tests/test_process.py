@@ -3,6 +3,7 @@ file names, pid files, the banner."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
@@ -24,7 +25,7 @@ from aqueue.process import (
     parse_level,
     use_formats,
 )
-from aqueue.supervisor import Supervisor, child_hostname
+from aqueue.supervisor import Autoscaler, Supervisor, child_hostname
 
 
 @pytest.mark.parametrize(
@@ -156,3 +157,48 @@ def test_each_worker_process_serves_metrics_on_its_own_port() -> None:
     assert Supervisor(unset, 2).child_options(2)["metrics_port"] is None
     with pytest.raises(ConfigurationError, match="need ports 65535-65536"):
         Supervisor({**options, "metrics_port": 65535}, 2)
+
+
+class _Fleet:
+    """What the autoscaler steers, counting its readings (one ``stopping`` look each)."""
+
+    def __init__(self) -> None:
+        self.active, self.readings = 1, 0
+        self.read_often, self.grown = asyncio.Event(), asyncio.Event()
+
+    @property
+    def stopping(self) -> bool:
+        self.readings += 1
+        if self.readings >= 6:  # several readings
+            self.read_often.set()
+        return False
+
+    def grow(self) -> None:
+        self.active += 1
+        self.grown.set()
+
+    def shrink(self) -> None:
+        raise AssertionError("nothing asked it to shrink")
+
+
+async def test_autoscale_grows_for_ready_messages_not_for_running_ones() -> None:
+    # it read the queues' sizes, which count messages in flight: one long task made the
+    # fleet grow to MAX while nothing waited
+    app = App("scale", broker=f"memory://scale-{os.getpid()}-{id(object())}")
+    async with app:
+        await app.send_task("t.long")
+        running = await app.broker.claim(
+            ["celery"], limit=1, lease_seconds=60, owner="w", timeout=1
+        )
+        assert len(running) == 1 and await app.broker.size("celery") == 1
+        fleet = _Fleet()
+        scaler = Autoscaler(app, ["celery"], maximum=3, minimum=1, keepalive=3600, interval=0.01)
+        steering = asyncio.create_task(scaler.run(fleet))  # type: ignore[arg-type]
+        try:
+            async with asyncio.timeout(10):
+                await fleet.read_often.wait()  # several readings with only the running task
+                assert not fleet.grown.is_set()
+                await app.send_task("t.next")  # now one waits
+                await fleet.grown.wait()
+        finally:
+            steering.cancel()
