@@ -82,7 +82,7 @@ def rabbit_url(prefix: str, base: str = RABBIT_URL) -> str:
     return f"{base}?prefix={prefix}&{RABBIT_TEST_OPTIONS}"
 
 
-def _delete_rabbit_queues(names: list[str], exchanges: Sequence[str] = ()) -> None:
+def delete_rabbit_queues(names: list[str], exchanges: Sequence[str] = ()) -> None:
     """Delete RabbitMQ queues (and exchanges) by name, from a thread with its own event loop
     (callable from any fixture, whatever loop a test ran in)."""
     import aio_pika
@@ -160,7 +160,7 @@ def _delete_queues_of_each_test() -> Iterator[None]:
         names, exchanges = sorted(_DECLARED_QUEUES), sorted(_DECLARED_EXCHANGES)
         _DECLARED_QUEUES.clear()
         _DECLARED_EXCHANGES.clear()
-        _delete_rabbit_queues(names, exchanges)
+        delete_rabbit_queues(names, exchanges)
 
 
 def _delete_rabbit_prefixes(prefixes: list[str]) -> None:
@@ -183,7 +183,7 @@ def _delete_rabbit_prefixes(prefixes: list[str]) -> None:
 
     names, exchanges = listed("list_queues"), listed("list_exchanges")
     if names or exchanges:
-        _delete_rabbit_queues(names, exchanges)
+        delete_rabbit_queues(names, exchanges)
 
 
 #: every RabbitMQ prefix this process used: each one ``make_url`` hands out, and those

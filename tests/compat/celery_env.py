@@ -24,15 +24,15 @@ from typing import Any
 
 import redis
 
-from tests.conftest import _delete_rabbit_queues as delete_rabbit_queues
+from tests.conftest import RABBIT_HOST, RABBIT_PORT, REDIS_HOST, REDIS_PORT, delete_rabbit_queues
 
 #: what the virtualenv holds (a change rebuilds it)
 CELERY_REQUIREMENT = "celery[redis]>=5.3,<6"
 #: the Redis database the Celery side uses in these tests (aqueue's keys stay in 0)
 CELERY_DB = 11
-CELERY_URL = f"redis://127.0.0.1:6379/{CELERY_DB}"
+CELERY_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/{CELERY_DB}"
 #: Celery's RabbitMQ (its queues are unique to each test, and deleted after it)
-CELERY_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
+CELERY_AMQP_URL = f"amqp://guest:guest@{RABBIT_HOST}:{RABBIT_PORT}//"
 
 
 def _cache_dir() -> Path:
@@ -251,7 +251,7 @@ def celery_keys_deleted(project: CeleryProject) -> Iterator[None]:
         if project.broker.startswith("amqp://"):
             names = [project.celery_queue, project.aqueue_queue]
             delete_rabbit_queues(names, names)
-        client = redis.Redis(host="127.0.0.1", port=6379, db=CELERY_DB)
+        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=CELERY_DB)
         try:
             queues = (project.celery_queue, project.aqueue_queue)
             # what a killed Celery worker still held (it would be restored in an hour)

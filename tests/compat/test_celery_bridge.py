@@ -24,9 +24,9 @@ import redis
 from aqueue import App
 from aqueue.contrib.celery import REFUSED_QUEUE, CeleryBridge, signature
 from aqueue.contrib.celery.kombu_redis import UNACKED, UNACKED_INDEX, KombuRedis
-from aqueue.contrib.celery.protocol import CeleryTask, envelope
+from aqueue.contrib.celery.protocol import PRIORITY_STEPS, CeleryTask, envelope, queue_list
 from aqueue.core import signals
-from aqueue.core.errors import ConfigurationError, TaskFailed, TaskRevoked
+from aqueue.core.errors import ConfigurationError, OptionError, TaskFailed, TaskRevoked
 from tests.conftest import (
     BROKER_KINDS,
     REDIS_HOST,
@@ -169,7 +169,7 @@ async def test_a_stale_message_routed_by_an_exchange_binding_goes_back_to_its_qu
         await kombu.close()
 
 
-async def test_priority_lists_are_claimed_before_the_bare_list(queue: str) -> None:
+async def test_the_bare_list_is_claimed_before_the_priority_lists(queue: str) -> None:
     kombu = KombuRedis(CELERY_URL)
     first, later = celery_task("a"), celery_task("b")
     try:
@@ -262,7 +262,9 @@ async def test_unknown_tasks_are_refused_and_their_celery_result_fails(
     [letter] = await app.control.dead_letters.list(REFUSED_QUEUE)
     assert (letter.id, letter.reason) == (task.id, "celery:unknown-task proj.only_on_celery")
     assert json.loads(letter.body)["queue"] == queue
-    assert await bridge.kombu.client().hlen(UNACKED) is not None
+    # the refused message was acked on Celery's side: kombu's unacked records lost it
+    for entry in await bridge.kombu.client().hvals(UNACKED):
+        assert json.loads(entry)[0]["headers"]["id"] != task.id
     await bridge.kombu.close()
 
 
@@ -348,7 +350,7 @@ def test_a_bridge_imports_only_its_brokers_client() -> None:
         "import sys, aqueue.contrib.celery as c\n"
         "from aqueue import App\n"
         "assert not {'redis', 'aio_pika'} & set(sys.modules)\n"
-        "c.CeleryBridge(App('x', broker='memory://x'), 'redis://127.0.0.1:6379/11', queues=[])\n"
+        f"c.CeleryBridge(App('x', broker='memory://x'), {CELERY_URL!r}, queues=[])\n"
         "assert 'redis' in sys.modules and 'aio_pika' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
@@ -384,6 +386,51 @@ async def test_send_task_to_celery_refuses_options_a_celery_message_cannot_carry
         await bridge.close()
 
 
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"countdown": 30, "eta": time.time() + 60}, "countdown or eta, not both"),
+        ({"priority": 42}, "priority must be between 0 and 9"),
+        ({"eta": -1}, "eta must be a finite time after 1970"),
+        ({"time_limit": 0}, "time_limit must be more than 0 seconds"),
+    ],
+)
+async def test_send_task_to_celery_checks_its_options_as_aqueue_does(
+    queue: str, options: dict[str, Any], error: str
+) -> None:
+    app = App("proto", broker=f"memory://proto-{uuid.uuid4().hex[:12]}")
+    bridge = CeleryBridge(app, CELERY_URL, default_queue=queue)
+    try:
+        with pytest.raises(OptionError, match=error):
+            await app.send_task("legacy.report", protocol="celery", **options)
+        # refused before anything reached Celery's lists
+        client = bridge.kombu.client()
+        assert [await client.llen(queue_list(queue, p)) for p in PRIORITY_STEPS] == [0] * 4
+    finally:
+        await bridge.close()
+
+
+async def test_send_task_to_celery_on_redis_keeps_higher_priorities_first(queue: str) -> None:
+    # kombu's Redis transport takes its lists lowest number first: aqueue's priority 9 (its
+    # highest) was sent as kombu's 9, behind everything a Celery worker had on that queue
+    app = App("proto", broker=f"memory://proto-{uuid.uuid4().hex[:12]}")
+    bridge = CeleryBridge(app, CELERY_URL, default_queue=queue)
+    try:
+        sent = {
+            priority: (await app.send_task("legacy.report", protocol="celery", **options)).id
+            for priority, options in ((9, {"priority": 9}), (0, {"priority": 0}), (None, {}))
+        }
+        client = bridge.kombu.client()
+        lists: dict[int, list[str]] = {}
+        for step in PRIORITY_STEPS:
+            raws = await client.lrange(queue_list(queue, step), 0, -1)
+            lists[step] = [json.loads(raw)["headers"]["id"] for raw in raws]
+        # aqueue's 9 and no priority (Celery's default) on the list taken first, 0 on the last
+        assert sorted(lists[0]) == sorted([sent[9], sent[None]]) and lists[9] == [sent[0]]
+    finally:
+        await bridge.close()
+
+
 def test_blocking_code_sends_to_celery_through_the_app(queue: str) -> None:
     # a Flask view or a script: app.sync.send_task(..., protocol="celery") puts a Celery
     # protocol 2 message on Celery's list, options carried in its headers
@@ -391,7 +438,7 @@ def test_blocking_code_sends_to_celery_through_the_app(queue: str) -> None:
     bridge = CeleryBridge(app, CELERY_URL, default_queue=queue)
     try:
         handle = app.sync.send_task(
-            "proj.report", (7,), {"team": "a"}, protocol="celery", countdown=30, priority=0
+            "proj.report", (7,), {"team": "a"}, protocol="celery", countdown=30, priority=9
         )
         client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=CELERY_DB)
         try:

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from aqueue.contrib.celery.protocol import (
-    CELERY_HEADER,
     CeleryTask,
     Refused,
     applied,
@@ -117,8 +116,7 @@ def celery_envelope(
 
 
 def test_a_captured_celery_envelope_reads() -> None:
-    task, tag = read_envelope(CAPTURED.encode(), MAX)
-    assert tag == "1543b078-900b-4ce5-96f8-50ebf670b129"
+    task = read_envelope(CAPTURED.encode(), MAX)
     assert (task.id, task.task, task.args, task.kwargs) == (
         "01045328-89b8-4fc9-b7bd-1bc7b4c5faa4",
         "proj.add",
@@ -141,8 +139,7 @@ def test_a_captured_celery_envelope_reads() -> None:
 
 
 def test_headers_and_embed_map_onto_the_request() -> None:
-    task, tag = read_envelope(celery_envelope(), MAX)
-    assert tag == "0b2f0f0e-aaaa-4bbb-8ccc-0123456789ab"
+    task = read_envelope(celery_envelope(), MAX)
     assert (task.id, task.task) == ("f3f0b0c4-1111-2222-3333-444455556666", "proj.add")
     assert (task.args, task.kwargs, task.retries) == ((2, 3), {"z": 1}, 2)
     assert task.eta == dt.datetime(2026, 12, 7, 12, 1, tzinfo=dt.UTC).timestamp()
@@ -158,7 +155,7 @@ def test_headers_and_embed_map_onto_the_request() -> None:
 
 def test_naive_times_are_utc_and_missing_ones_none() -> None:
     raw = celery_envelope(headers={"eta": "2026-12-07T12:01:00", "expires": None})
-    task, _ = read_envelope(raw, MAX)
+    task = read_envelope(raw, MAX)
     assert task.eta == dt.datetime(2026, 12, 7, 12, 1, tzinfo=dt.UTC).timestamp()
     assert task.expires is None
 
@@ -219,7 +216,6 @@ def test_a_very_long_workflow_is_refused_rather_than_cut() -> None:
     task = CeleryTask(id="t", task="proj.add", args=(), kwargs={}, chain=chain)
     with pytest.raises(Refused, match="celery:workflow-too-large"):
         task.embed_header()
-    assert CELERY_HEADER == "celery"
 
 
 def test_what_aqueue_sends_reads_back_as_celery_would_see_it() -> None:
@@ -242,8 +238,7 @@ def test_what_aqueue_sends_reads_back_as_celery_would_see_it() -> None:
     headers = parsed["headers"]
     assert headers["argsrepr"] == "<1 args>"  # never the arguments themselves
     assert headers["eta"] == "2027-01-15T08:00:00+00:00"
-    back, tag = read_envelope(raw, MAX)
-    assert tag == parsed["properties"]["delivery_tag"]
+    back = read_envelope(raw, MAX)
     assert (back.id, back.task, back.args, back.kwargs) == ("id-1", "proj.mul", (3,), {"by": 2})
     assert (back.retries, back.eta, back.time_limit) == (1, 1_800_000_000.0, 9.0)
     assert (back.root_id, back.parent_id, back.chain) == ("root", "parent", task.chain)

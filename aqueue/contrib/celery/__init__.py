@@ -1,9 +1,9 @@
-"""Celery compatibility: aqueue and Celery on the same Redis, one task at a time.
+"""Celery compatibility: aqueue and Celery on the same Redis or RabbitMQ, one task at a time.
 
-``CeleryBridge(app, "redis://...", queues=["celery"])`` makes every worker of ``app`` run
-the Celery-sent tasks of those queues it knows (and write Celery's results), and gives
-``bridge.send_task(...)`` for tasks that still live on Celery. See
-docs/migrating-from-celery.md, "Migrating one task at a time".
+``CeleryBridge(app, "redis://...", queues=["celery"])`` (or an ``amqp://`` broker URL) makes
+every worker of ``app`` run the Celery-sent tasks of those queues it knows (and write
+Celery's results), and gives ``bridge.send_task(...)`` for tasks that still live on Celery.
+See docs/migrating-from-celery.md, "Migrating one task at a time".
 """
 
 from .bridge import REFUSED_QUEUE, CeleryBridge, CeleryResult

@@ -37,13 +37,15 @@ from aqueue.core.errors import (
     MessageTooLarge,
     OptionError,
 )
-from aqueue.core.message import ErrorInfo, ResultIn
-from aqueue.core.options import CallOptions
+from aqueue.core.message import MAX_PRIORITY, ErrorInfo, ResultIn
+from aqueue.core.options import CallOptions, Plan, check_options
 from aqueue.core.protocols import Outgoing
 from aqueue.core.result import AsyncResult
 
 from .protocol import (
     CELERY_HEADER,
+    RESULT_EXPIRES,
+    VISIBILITY_TIMEOUT,
     CeleryTask,
     Meta,
     Refused,
@@ -66,14 +68,11 @@ if TYPE_CHECKING:  # each technology's module is imported when a bridge uses it
 
 log = logging.getLogger("aqueue.celery")
 
-#: kombu's default ``visibility_timeout`` on Redis
-VISIBILITY_TIMEOUT: Final = 3600.0
-#: Celery's default ``result_expires`` (one day)
-RESULT_EXPIRES: Final = 86400
-
 #: the aqueue queue refused Celery messages pass through on their way to the dead letters
 REFUSED_QUEUE: Final = "celery.refused"
-#: seconds a stopping worker gives its relays to end (each wait lasts a second at most)
+#: seconds a relay on Redis waits for a message at most before looking again (and at ``stop``)
+_RELAY_WAIT: Final = 1.0
+#: seconds a stopping worker gives its relays to end (each wait lasts ``_RELAY_WAIT`` at most)
 _STOP_WITHIN: Final = 10.0
 #: the headers of a refused RabbitMQ message its dead letter keeps
 _KEPT_HEADERS: Final = frozenset({"task", "id", "root_id", "parent_id", "group", "retries"})
@@ -263,15 +262,13 @@ class CeleryBridge:
                 signals.task_retry.disconnect(self._on_retry)
                 await self.close()
 
-    async def relay(
-        self, queue: str, *, wait: float = 1.0, stop: asyncio.Event | None = None
-    ) -> None:
+    async def relay(self, queue: str, *, stop: asyncio.Event | None = None) -> None:
         """Relay ``queue`` from Celery into aqueue until ``stop`` is set (the worker's
         lifespan sets it), or until cancelled.
 
         On Redis, messages a dead relay left unacked are pushed back once the visibility
-        timeout has passed, by this loop as by Celery's workers; each wait lasts ``wait``
-        seconds at most. On RabbitMQ, the connection is the lease: what a lost relay held
+        timeout has passed, by this loop as by Celery's workers; each wait lasts a second at
+        most. On RabbitMQ, the connection is the lease: what a lost relay held
         goes back to the queue.
         """
         stop = stop or asyncio.Event()
@@ -292,7 +289,7 @@ class CeleryBridge:
                         await kombu.restore_stale([queue])
                     taken = await kombu.claim(queue, self.batch)
                     if not taken:
-                        await waiter.wait(queue, wait)
+                        await waiter.wait(queue, _RELAY_WAIT)
                         continue
                     await self._hand_over(kombu, queue, taken)
                     failures = 0
@@ -311,11 +308,13 @@ class CeleryBridge:
         try:
             for payload, tag in taken:
                 try:
-                    task, _tag = read_envelope(payload, self.app.conf.max_message_bytes)
+                    task = read_envelope(payload, self.app.conf.max_message_bytes)
                 except Refused as refusal:
                     await self._refuse(queue, payload, refusal, "")
                 else:
-                    await self._relay(queue, task, payload)
+                    refused = await self._relay(queue, task)
+                    if refused is not None:
+                        await self._refuse(queue, payload, refused, task.reply_to)
                 await kombu.ack([tag])
                 done += 1
         except BaseException:
@@ -329,7 +328,7 @@ class CeleryBridge:
         failures = 0
 
         async def handle(message: AbstractIncomingMessage) -> None:
-            await self._relay_amqp_message(queue, message)
+            await self._relay_amqp_message(amqp, queue, message)
 
         while not stop.is_set():
             try:
@@ -339,31 +338,28 @@ class CeleryBridge:
                 log.exception("relaying Celery queue %s failed; retrying", queue)
                 await asyncio.sleep(min(0.1 * 2**failures, 5.0))
 
-    async def _relay_amqp_message(self, queue: str, message: AbstractIncomingMessage) -> None:
-        content_type, headers, properties = _celery_amqp().message_parts(message)
+    async def _relay_amqp_message(
+        self, amqp: CeleryAmqp, queue: str, message: AbstractIncomingMessage
+    ) -> None:
+        content_type, headers, properties = amqp.message_parts(message)
         body = message.body
         named = headers.get("id") or properties.get("correlation_id")
         task_id = named if isinstance(named, str) and named else None
         reply_to = str(properties.get("reply_to") or "")
-        # what a dead letter keeps: the headers that say what it was, and the body
-        kept = msgspec.json.encode(
-            {
-                "content-type": content_type,
-                "headers": {k: str(v) for k, v in headers.items() if k in _KEPT_HEADERS},
-                "body": body[:_REFUSED_KEEP].decode(errors="replace"),
-            }
-        )
         try:
             if len(body) > self.app.conf.max_message_bytes:
                 raise Refused("celery:too-large", f"{len(body)} bytes", task_id)
             check_content_type(content_type, task_id)
             task = read_message(headers, properties, body)
         except Refused as refusal:
-            await self._refuse(queue, kept, refusal, reply_to)
+            await self._refuse(queue, _kept(content_type, headers, body), refusal, reply_to)
             await message.ack()
             return
         try:
-            await self._relay(queue, task, kept)
+            refused = await self._relay(queue, task)
+            if refused is not None:
+                kept = _kept(content_type, headers, body)
+                await self._refuse(queue, kept, refused, task.reply_to)
         except Exception:
             log.exception("Celery task %s[%s] not relayed; requeued", task.task, task.id)
             await asyncio.sleep(1.0)  # not a hot loop while aqueue's broker is down
@@ -371,21 +367,21 @@ class CeleryBridge:
             return
         await message.ack()
 
-    async def _relay(self, queue: str, task: CeleryTask, raw: bytes) -> None:
-        """Publish a Celery task to aqueue under its id (or dead-letter it, with why)."""
+    async def _relay(self, queue: str, task: CeleryTask) -> Refused | None:
+        """Publish a Celery task to aqueue under its id; else why it cannot be (the caller
+        dead-letters the message with that reason)."""
         app = self.app
         if task.expires is not None and task.expires <= time.time():
             # as a Celery worker does: not run, and REVOKED for the caller
             await self._store(task.id, revoked_meta(task.id, "expired"), task.reply_to)
             log.info("Celery task %s[%s] expired before it was relayed", task.task, task.id)
-            return
+            return None
         try:
             if task.task not in app.tasks:
                 raise Refused("celery:unknown-task", task.task, task.id)
             headers = {CELERY_HEADER: task.embed_header()}
         except Refused as refusal:
-            await self._refuse(queue, raw, refusal, task.reply_to)
-            return
+            return refusal
         options: CallOptions = {"task_id": task.id, "headers": headers}
         if task.eta is not None:
             options["eta"] = task.eta
@@ -409,11 +405,10 @@ class CeleryBridge:
                 msg = msgspec.structs.replace(msg, retries=task.retries)
             await sending.publish(app, msg, fmt)
         except (OptionError, MessageTooLarge, EncodeError) as exc:
-            bad = Refused("celery:bad-message", str(exc), task.id)
-            await self._refuse(queue, raw, bad, task.reply_to)
-            return
+            return Refused("celery:bad-message", str(exc), task.id)
         self.relayed += 1
         log.info("Celery task %s[%s] relayed from queue %s", task.task, task.id, queue)
+        return None
 
     async def _refuse(self, queue: str, payload: bytes, refusal: Refused, reply_to: str) -> None:
         """Dead-letter a Celery message in aqueue, with the reason, and fail its Celery
@@ -592,8 +587,8 @@ class CeleryBridge:
         ``chain`` is the steps to run after it, in order, as Celery signatures (see
         :func:`aqueue.contrib.celery.signature`): each step is sent as a Celery message
         by whichever side ran the step before, so a chain may alternate between Celery
-        and aqueue tasks. ``eta`` and ``expires`` are unix seconds (``expires`` also
-        takes seconds from now when smaller than a day in seconds... no: pass a time).
+        and aqueue tasks. ``eta`` and ``expires`` are unix seconds (unlike ``apply_async``,
+        where a number for ``expires`` is seconds from now).
 
         Returns:
             a handle whose ``wait()`` reads Celery's result meta.
@@ -624,32 +619,40 @@ class CeleryBridge:
         self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: CallOptions
     ) -> AsyncResult[Any]:
         """``app.send_task(name, ..., protocol="celery", **options)``: :meth:`send_task`
-        with aqueue's call options; those Celery's message cannot carry are refused."""
+        with aqueue's call options, checked as aqueue checks them; those Celery's message
+        cannot carry are refused.
+
+        Raises:
+            ConfigurationError: an option a Celery message cannot carry.
+            OptionError: a bad option value (``countdown`` with ``eta``, a priority out of
+                range...).
+        """
         unsupported = sorted(set(options) - _CELERY_CALL_OPTIONS)
         if unsupported:
             raise ConfigurationError(
                 f"send_task(protocol='celery'): {', '.join(unsupported)} cannot be carried to "
                 "Celery (use bridge.send_task(..., link=, chain=) with Celery signatures)"
             )
-        eta, expires = options.get("eta"), options.get("expires")
+        checked = check_options(options)
+        # the times as aqueue reads them: a countdown, a datetime (naive: UTC) or unix
+        # seconds for eta; seconds from now or a datetime for expires
+        plan = Plan(self.app.conf, name, checked, None)
+        priority = checked.get("priority")
+        if priority is not None and self.amqp is None:
+            # aqueue's priorities run higher first; kombu's Redis transport takes its lists
+            # lowest number first (0, 3, 6, 9), so aqueue's 9 is kombu's 0
+            priority = MAX_PRIORITY - priority
         return await self.send_task(
             name,
             args,
             kwargs,
-            queue=options.get("queue"),
-            task_id=options.get("task_id"),
-            countdown=options.get("countdown"),
-            eta=eta.timestamp() if isinstance(eta, dt.datetime) else eta,
-            expires=(
-                expires.timestamp()
-                if isinstance(expires, dt.datetime)
-                else None
-                if expires is None
-                else time.time() + expires  # aqueue's number: seconds from now
-            ),
-            priority=options.get("priority", 0),
-            time_limit=options.get("time_limit"),
-            soft_time_limit=options.get("soft_time_limit"),
+            queue=checked.get("queue"),
+            task_id=checked.get("task_id"),
+            eta=plan.eta,
+            expires=plan.expires,
+            priority=priority or 0,
+            time_limit=checked.get("time_limit"),
+            soft_time_limit=checked.get("soft_time_limit"),
         )
 
     async def close(self) -> None:
@@ -661,6 +664,18 @@ class CeleryBridge:
     def AsyncResult(self, task_id: str) -> CeleryResult:
         """A handle on a Celery task's result by id."""
         return CeleryResult(self, task_id)
+
+
+def _kept(content_type: str, headers: Mapping[str, Any], body: bytes) -> bytes:
+    """What the dead letter of a refused RabbitMQ message keeps: the headers that say what
+    it was, and (up to ``_REFUSED_KEEP`` bytes of) the body."""
+    return msgspec.json.encode(
+        {
+            "content-type": content_type,
+            "headers": {k: str(v) for k, v in headers.items() if k in _KEPT_HEADERS},
+            "body": body[:_REFUSED_KEEP].decode(errors="replace"),
+        }
+    )
 
 
 def _kombu_redis() -> Any:

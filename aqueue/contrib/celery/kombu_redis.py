@@ -28,16 +28,22 @@ from aqueue.transports.redis import redispy
 from aqueue.transports.redis.redispy import async_client
 from aqueue.transports.redis.scripts import command
 
-from .protocol import PRIORITY_SEPARATOR, PRIORITY_STEPS, Meta, meta_key, queue_list, read_meta
+from .protocol import (
+    PRIORITY_SEPARATOR,
+    PRIORITY_STEPS,
+    RESULT_EXPIRES,
+    VISIBILITY_TIMEOUT,
+    Meta,
+    meta_key,
+    queue_list,
+    read_meta,
+)
 
 #: kombu's key names (``Channel.unacked_key`` / ``unacked_index_key``)
 UNACKED: Final = "unacked"
 UNACKED_INDEX: Final = "unacked_index"
 #: kombu's table of an exchange's bindings (``Channel.keyprefix_queue``)
 BINDING_PREFIX: Final = "_kombu.binding."
-#: kombu's default ``visibility_timeout``, Celery's default ``result_expires`` (one day)
-VISIBILITY_TIMEOUT: Final = 3600.0
-RESULT_EXPIRES: Final = 86400
 
 
 def _lua(name: str) -> str:

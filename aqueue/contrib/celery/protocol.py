@@ -27,6 +27,8 @@ from typing import Any, Final
 import msgspec
 
 from aqueue.core.errors import AqueueError
+from aqueue.core.message import MAX_HEADER_VALUE_LENGTH
+from aqueue.core.states import READY_STATES
 
 #: the content type Celery's default serializer sends (the only one aqueue reads)
 JSON_CONTENT_TYPE: Final = "application/json"
@@ -44,21 +46,21 @@ PRIORITY_SEPARATOR: Final = "\x06\x16"
 PRIORITY_STEPS: Final = (0, 3, 6, 9)
 #: where Celery's key-value backends keep a task's result: ``celery-task-meta-<id>``
 META_PREFIX: Final = "celery-task-meta-"
-#: the states after which a Celery result does not change
-READY_STATES: Final = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 #: the header of an aqueue message relayed from Celery: what Celery expects after the task
 #: (its callbacks, errbacks and chain), JSON; its presence also marks the message as Celery's
 CELERY_HEADER: Final = "celery"
-#: the longest header value aqueue carries (``message.MAX_HEADER_VALUE_LENGTH``)
-_MAX_EMBED_CHARS: Final = 8192
+#: kombu's default ``visibility_timeout`` on Redis
+VISIBILITY_TIMEOUT: Final = 3600.0
+#: Celery's default ``result_expires`` (one day)
+RESULT_EXPIRES: Final = 86400
 
 
 class Refused(AqueueError):
     """A Celery message aqueue does not run; ``reason`` is the dead letter's reason."""
 
     def __init__(self, reason: str, detail: str = "", task_id: str | None = None) -> None:
-        super().__init__(f"{reason} {detail}".strip())
         self.reason = f"{reason} {detail}".strip()
+        super().__init__(self.reason)
         self.task_id = task_id
 
 
@@ -102,10 +104,11 @@ class CeleryTask:
         if self.reply_to:
             embed["reply_to"] = self.reply_to
         text = msgspec.json.encode(embed).decode()
-        if len(text) > _MAX_EMBED_CHARS:
+        if len(text) > MAX_HEADER_VALUE_LENGTH:
+            limit = MAX_HEADER_VALUE_LENGTH
             raise Refused(
                 "celery:workflow-too-large",
-                f"{len(text)} characters of callbacks and chain (at most {_MAX_EMBED_CHARS})",
+                f"{len(text)} characters of callbacks and chain (at most {limit})",
                 self.id,
             )
         return text
@@ -138,9 +141,8 @@ def read_followers(header: str) -> Followers:
 # -- reading a message ------------------------------------------------------------------------
 
 
-def read_envelope(payload: bytes, max_bytes: int) -> tuple[CeleryTask, str]:
-    """A kombu Redis envelope (what ``LPUSH`` put on the queue's list): the task, and its
-    delivery tag (``""`` when it has none).
+def read_envelope(payload: bytes, max_bytes: int) -> CeleryTask:
+    """The task of a kombu Redis envelope (what ``LPUSH`` put on the queue's list).
 
     Raises:
         Refused: not a JSON protocol 2 task message aqueue can run, with the reason.
@@ -166,8 +168,7 @@ def read_envelope(payload: bytes, max_bytes: int) -> tuple[CeleryTask, str]:
             raise Refused("celery:bad-envelope", "body is not base64", task_id) from None
     else:
         raw = body.encode()
-    task = read_message(headers, properties, raw)
-    return task, _text(properties.get("delivery_tag")) or ""
+    return read_message(headers, properties, raw)
 
 
 def check_content_type(content_type: Any, task_id: str | None) -> None:
