@@ -84,7 +84,7 @@ def redact(url: str) -> str:
     (Celery's Sentinel spelling) are redacted one by one, and a netloc of several hosts
     (``redis+sentinel://:pw@h1:26379,h2:26379/mymaster``) keeps its hosts.
     """
-    joined = _JOINED.split(url)
+    joined = JOINED_URLS.split(url)
     if len(joined) > 1:
         return ";".join(redact(part) for part in joined)
     try:
@@ -117,8 +117,9 @@ def redact(url: str) -> str:
     return shown + (f"#{parts.fragment}" if parts.fragment else "")
 
 
-#: where URLs joined by ``;`` meet (a ``;`` followed by a scheme)
-_JOINED = re.compile(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+#: where URLs joined by ``;`` meet (a ``;`` followed by a scheme): Celery's spelling of
+#: several sentinels, ``sentinel://h1:26379;sentinel://h2:26379``
+JOINED_URLS: Final = re.compile(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 
 
 def _redact_query(query: str) -> str:

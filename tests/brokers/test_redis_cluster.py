@@ -122,6 +122,22 @@ def test_bad_cluster_urls_are_refused_naming_the_part(url: str, named: str) -> N
         parse_settings(url, {}, what="t")
 
 
+def test_wait_replicas_is_refused_on_a_cluster() -> None:
+    # the cluster classes never WAIT after a write: asking for it must not pass silently
+    named = "wait_replicas applies to one server or a master behind Redis Sentinel only"
+    with pytest.raises(ConfigurationError, match=named):
+        parse_settings("redis+cluster://h:7000?wait_replicas=1", {}, what="t")
+    with pytest.raises(ConfigurationError, match=named):
+        parse_settings("redis+cluster://h:7000", {"wait_replicas": 2}, what="t")
+    with pytest.raises(ConfigurationError, match=named):
+        RedisClusterBroker("redis+cluster://h:7000?wait_replicas=1")
+    with pytest.raises(ConfigurationError, match=named):
+        RedisClusterBackend("redis+cluster://h:7000", wait_replicas=1)
+    # 0 (none asked) is what a cluster does anyway
+    settings = parse_settings("redis+cluster://h:7000?wait_replicas=0", {}, what="t")
+    assert settings.wait_replicas == 0 and settings.confirm is None
+
+
 def test_the_one_server_classes_refuse_a_cluster_and_back() -> None:
     with pytest.raises(ConfigurationError, match="RedisClusterBroker"):
         RedisBroker("redis+cluster://h:7000")
@@ -219,19 +235,21 @@ async def test_a_cancelled_idle_claim_ends_every_wait(
 
 
 async def _blocked_clients(count: int) -> None:
-    """Wait until the private cluster's masters hold exactly ``count`` blocked clients."""
+    """Wait until the private cluster's masters hold exactly ``count`` blocked clients
+    (within 10 s: ``TimeoutError`` otherwise)."""
     cluster = private_cluster()
-    while True:
-        total = 0
-        for node in cluster.live():
-            client = node.admin()
-            try:
-                total += int(client.info("clients")["blocked_clients"])
-            finally:
-                client.close()
-        if total == count:
-            return
-        await asyncio.sleep(0.01)
+    async with asyncio.timeout(10):
+        while True:
+            total = 0
+            for node in cluster.live():
+                client = node.admin()
+                try:
+                    total += int(client.info("clients")["blocked_clients"])
+                finally:
+                    client.close()
+            if total == count:
+                return
+            await asyncio.sleep(0.01)
 
 
 async def test_renewals_and_settlements_across_masters(
@@ -411,8 +429,6 @@ def test_no_script_builds_a_key_on_the_cluster_path() -> None:
         )
         is False
     )
-    assert RedisClusterBackend.get_many is not RedisBackend.get_many
-    assert RedisClusterBackend._flush_stores is not RedisBackend._flush_stores
 
 
 # -- a password ------------------------------------------------------------------------------

@@ -85,10 +85,13 @@ class RedisBackend:
 
     def __init__(self, url: str, **options: Any) -> None:
         self._settings = parse_settings(url, options, what="redis backend")
-        if self._settings.cluster and not self.on_cluster:
+        if self._settings.cluster != self.on_cluster:
             raise ConfigurationError(
                 f"redis backend: {self._settings.redacted!r} is a Redis Cluster: use "
                 "RedisClusterBackend (make_backend and App pick it for redis+cluster://)"
+                if self._settings.cluster
+                else f"redis backend: {self._settings.redacted!r} is one server, not a "
+                "cluster: RedisClusterBackend takes redis+cluster://host:port[,host:port...]"
             )
         self._link = Link(self._settings, BackendError)
         self._keys = KeySpace(self._settings.prefix)
@@ -111,7 +114,8 @@ class RedisBackend:
         )
 
     def __repr__(self) -> str:
-        return f"<RedisBackend {self._settings.redacted} prefix={self._settings.prefix!r}>"
+        name = type(self).__name__
+        return f"<{name} {self._settings.redacted} prefix={self._settings.prefix!r}>"
 
     @property
     def settings(self) -> RedisSettings:
@@ -350,17 +354,6 @@ class RedisClusterBackend(RedisBackend):
     """
 
     on_cluster = True
-
-    def __init__(self, url: str, **options: Any) -> None:
-        super().__init__(url, **options)
-        if not self._settings.cluster:
-            raise ConfigurationError(
-                f"redis backend: {self._settings.redacted!r} is one server, not a cluster: "
-                "RedisClusterBackend takes redis+cluster://host:port[,host:port...]"
-            )
-
-    def __repr__(self) -> str:
-        return f"<RedisClusterBackend {self._settings.redacted} prefix={self._settings.prefix!r}>"
 
     async def _flush_stores(self, items: list[_Store]) -> list[bool]:
         records = self._records

@@ -114,10 +114,13 @@ class RedisBroker:
 
     def __init__(self, url: str, **options: Any) -> None:
         self._settings = parse_settings(url, options, what="redis broker")
-        if self._settings.cluster and not self.on_cluster:
+        if self._settings.cluster != self.on_cluster:
             raise ConfigurationError(
                 f"redis broker: {self._settings.redacted!r} is a Redis Cluster: use "
                 "RedisClusterBroker (make_broker and App pick it for redis+cluster://)"
+                if self._settings.cluster
+                else f"redis broker: {self._settings.redacted!r} is one server, not a "
+                "cluster: RedisClusterBroker takes redis+cluster://host:port[,host:port...]"
             )
         self._link = Link(self._settings, BrokerError)
         self._sync = LazySyncClient(self._settings)
@@ -155,7 +158,8 @@ class RedisBroker:
         self.topics = RedisTopics(self._settings, self._keys, self._link.get, self._max_block)
 
     def __repr__(self) -> str:
-        return f"<RedisBroker {self._settings.redacted} prefix={self._settings.prefix!r}>"
+        name = type(self).__name__
+        return f"<{name} {self._settings.redacted} prefix={self._settings.prefix!r}>"
 
     @property
     def settings(self) -> RedisSettings:
@@ -253,22 +257,15 @@ class RedisBroker:
         # or the server it reached is a replica now) is sent again until the deadline: a
         # failover takes seconds, and the master it ends with takes the publish.
         settings = self._settings
+        once: Callable[[], Awaitable[T]]
         once = partial(_until_sent, call) if settings.sentinel is not None else call
-
-        async def confirmed() -> T:
-            try:
-                return await once()
-            except ReplicasMissing as exc:
-                # stored, maybe run, but a failover now could lose it: the outcome is not
-                # known for sure, and re-sending is safe (dedupe)
-                raise IndeterminatePublish(
-                    f"publish on {settings.redacted}: {settings.describe(exc)}"
-                ) from None
-
+        if self._confirm is not None:
+            # only a publish that WAITs for replicas can miss them
+            once = partial(_confirmed, settings, once)
         return await guarded(
             settings,
             "publish",
-            confirmed,
+            once,
             error=BrokerError,
             timeout_error=PublishTimeout,
             connection_error=IndeterminatePublish,
@@ -754,3 +751,15 @@ async def _until_sent(call: Callable[[], Awaitable[T]]) -> T:
             log.debug("publish not sent (failover in progress?): trying again")
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.5)
+
+
+async def _confirmed(settings: RedisSettings, call: Callable[[], Awaitable[T]]) -> T:
+    """``call()``, a :class:`ReplicasMissing` turned into :class:`IndeterminatePublish`."""
+    try:
+        return await call()
+    except ReplicasMissing as exc:
+        # stored, maybe run, but a failover now could lose it: the outcome is not known
+        # for sure, and re-sending is safe (dedupe)
+        raise IndeterminatePublish(
+            f"publish on {settings.redacted}: {settings.describe(exc)}"
+        ) from None

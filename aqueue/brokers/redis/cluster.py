@@ -40,12 +40,12 @@ from typing import Any
 
 import msgspec
 
-from aqueue.core.errors import BrokerError, ConfigurationError
+from aqueue.core.errors import BrokerError
 from aqueue.core.protocols import DeadLetter, Delivery, Outgoing
 from aqueue.transports.redis import redispy
 from aqueue.transports.redis.scripts import HELPERS, Script, ScriptCall, command, run_scripts
 
-from .broker import MOVE_BATCH, PUBLISH_BATCH, RedisBroker
+from .broker import MOVE_BATCH, RedisBroker
 from .scripts import MAX_BATCH, WAKE_SOURCE, flags, publish_calls
 from .topics import RedisTopics
 
@@ -80,11 +80,6 @@ class RedisClusterBroker(RedisBroker):
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
-        if not self._settings.cluster:
-            raise ConfigurationError(
-                f"redis broker: {self._settings.redacted!r} is one server, not a cluster: "
-                "RedisClusterBroker takes redis+cluster://host:port[,host:port...]"
-            )
         self.topics = RedisTopics(
             self._settings, self._keys, self._link.get, self._max_block, cluster=True
         )
@@ -123,22 +118,11 @@ class RedisClusterBroker(RedisBroker):
             out += shards
         return list(dict.fromkeys(out))
 
-    def __repr__(self) -> str:
-        return f"<RedisClusterBroker {self._settings.redacted} prefix={self._settings.prefix!r}>"
-
     # -- publish ------------------------------------------------------------------------
 
-    async def publish(self, messages: Sequence[Outgoing]) -> list[bool]:
-        """Store messages, one PUBLISH call per queue (and chunk), pipelined per node;
-        ``False`` for an id already known (see :meth:`RedisBroker.publish`)."""
-        if not messages:
-            return []
-        if len(messages) == 1:
-            return [await self._publisher.submit(messages[0]) is True]
-        stored: list[bool] = []
-        for start in range(0, len(messages), PUBLISH_BATCH):
-            stored += await self._flush_publishes(list(messages[start : start + PUBLISH_BATCH]))
-        return stored
+    async def _publish_lone(self, message: Outgoing) -> list[bool]:
+        # no connection of its own on a cluster: through the cluster client's pipeline
+        return [await self._publisher.submit(message) is True]
 
     async def _flush_publishes(self, messages: list[Outgoing]) -> list[bool]:
         if self._shards:
@@ -166,9 +150,9 @@ class RedisClusterBroker(RedisBroker):
         return sum([await base(q, suffix) for q in self.shards_of(queue)])
 
     async def peek_head(self, queue: str) -> bytes | None:
-        """The ready message at the head of ``queue``: of its first shard that has one, in
-        the order the next claim visits them."""
-        for shard in self._in_turn([queue]) if queue in self._shards else [queue]:
+        """The ready message at the head of ``queue``: of its first shard that has one,
+        ``queue#0`` first (an inspection: it does not move the claims' rotation)."""
+        for shard in self.shards_of(queue):
             head = await super().peek_head(shard)
             if head is not None:
                 return head

@@ -43,6 +43,15 @@ async def guarded(
     server fails the call at ``operation_timeout`` rather than after every retry's socket
     timeout. Cancelling the call disconnects the connection in use (see ``async_client``).
 
+    When a Redis Cluster node has no free connection (``MaxConnectionsError``), the whole
+    call is made again after a short pause. A cluster pipeline may already have run on the
+    other nodes by then, so their commands run a second time: that is safe only because
+    publishes are de-duplicated by id (PUBLISH refuses an id still queued or within
+    ``dedupe_ttl``: the second copy reports it as known), settlements are fenced by lease
+    (SETTLE acts only while the lease's token holds the message, which the first run ended),
+    result stores are fenced by attempt and state (STORE); the other calls that span nodes
+    read, or delete dead letters (done twice, the count may miss the first run's).
+
     Args:
         settings: where the call goes (for the deadline and for error text).
         what: the operation, for error text.
@@ -60,9 +69,13 @@ async def guarded(
                 try:
                     return await call()
                 except MaxConnectionsError:
-                    # every connection of a cluster node is in use (redis-py's cluster
-                    # client refuses instead of queueing, unlike one server's pool): no
-                    # command was sent, so wait for one to come back, within the deadline
+                    # every connection of one cluster node is in use (redis-py's cluster
+                    # client refuses instead of queueing, unlike one server's pool). That
+                    # node was sent nothing, but a pipeline spanning several nodes may
+                    # have run on the others already, so sending the whole call again is
+                    # not free of effects: it is safe only because what is re-sent cannot
+                    # act twice (see the docstring). Wait for a connection, then re-send,
+                    # within the deadline.
                     await asyncio.sleep(_BUSY_WAIT)
     except TimeoutError:
         cls = timeout_error or error

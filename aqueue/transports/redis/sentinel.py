@@ -23,16 +23,24 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 from aqueue.core.errors import ConfigurationError
+from aqueue.core.urls import JOINED_URLS
 
-__all__ = ["DEFAULT_PORT", "SENTINEL_SCHEMES", "SentinelTarget", "SentinelURL", "split_url"]
+__all__ = [
+    "DEFAULT_PORT",
+    "DIGITS",
+    "SENTINEL_SCHEMES",
+    "SentinelTarget",
+    "SentinelURL",
+    "split_url",
+]
 
 #: the schemes of a Sentinel URL: aqueue's and Celery's
 SENTINEL_SCHEMES = ("redis+sentinel", "sentinel")
 #: a sentinel's port when the URL names none
 DEFAULT_PORT = 26379
 
-_CELERY_JOIN = re.compile(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)")
-_DIGITS = re.compile(r"[0-9]+\Z")
+#: a port (or a database number) as written: digits only
+DIGITS = re.compile(r"[0-9]+\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +58,6 @@ class SentinelTarget:
     nodes: tuple[tuple[str, int], ...]
     username: str | None = None
     password: str | None = field(default=None, repr=False)
-
-    def describe(self) -> str:
-        """``master 'mymaster' via h1:26379,h2:26379``: safe to print."""
-        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.nodes)
-        return f"master {self.master!r} via {hosts}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +127,7 @@ def _split_celery(url: str, what: str, shown: str) -> SentinelURL:
     users: set[str] = set()
     passwords: set[str] = set()
     queries: list[str] = []
-    for part in _CELERY_JOIN.split(url):
+    for part in JOINED_URLS.split(url):
         if not part.lower().startswith("sentinel://"):
             raise ConfigurationError(
                 f"{what}: {shown!r} joins a URL that is not sentinel://; Celery's spelling "
@@ -190,7 +193,7 @@ def _nodes(addresses: list[str], what: str, shown: str) -> tuple[tuple[str, int]
             raise ConfigurationError(f"{what}: an empty sentinel host in {shown!r}")
         if port_text is None:
             port = DEFAULT_PORT
-        elif _DIGITS.match(port_text) and 0 < int(port_text) < 65536:
+        elif DIGITS.match(port_text) and 0 < int(port_text) < 65536:
             port = int(port_text)
         else:
             raise ConfigurationError(

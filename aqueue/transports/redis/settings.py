@@ -45,10 +45,10 @@ import redis
 import redis.asyncio as aioredis
 
 from aqueue.core.errors import ConfigurationError
-from aqueue.core.urls import redact
+from aqueue.core.urls import REDIS_SCHEMES, redact
 
 from . import redispy
-from .sentinel import SENTINEL_SCHEMES, SentinelTarget, SentinelURL, split_url
+from .sentinel import DIGITS, SENTINEL_SCHEMES, SentinelTarget, SentinelURL, split_url
 
 __all__ = [
     "CLUSTER_SCHEME",
@@ -60,7 +60,6 @@ __all__ = [
     "parse_settings",
 ]
 
-_SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES, "redis+cluster")
 #: the scheme of a Redis Cluster URL
 CLUSTER_SCHEME = "redis+cluster"
 #: spellings of a cluster URL that are refused with a hint (no TLS to a cluster yet)
@@ -134,7 +133,6 @@ _KEYWORD_ONLY = ("credential_provider",)
 _SECRET_OPTIONS = ("password", "ssl_password", "sentinel_password")
 
 _DB_PATH = re.compile(r"/([0-9]+)\Z")
-_DIGITS = re.compile(r"[0-9]+\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,7 +385,7 @@ def parse_settings(url: str, options: Mapping[str, Any], *, what: str) -> RedisS
             raise ConfigurationError(f"{what}: bad Redis URL: {exc}") from None
         redacted = redact(url)
         scheme = parts.scheme.lower()
-        if scheme not in _SCHEMES or not url.lower().startswith(f"{scheme}://"):
+        if scheme not in REDIS_SCHEMES or not url.lower().startswith(f"{scheme}://"):
             raise ConfigurationError(
                 f"{what}: unsupported URL {redacted!r}; use redis://, rediss://, unix://, "
                 "redis+sentinel:// or redis+cluster://"
@@ -467,7 +465,7 @@ def parse_settings(url: str, options: Mapping[str, Any], *, what: str) -> RedisS
         for key, credential in (("username", username), ("password", password)):
             if credential is not None:
                 extra.setdefault(key, credential)
-        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in sentinel.nodes)
+        hosts = ",".join(f"{_bracketed(h)}:{p}" for h, p in sentinel.nodes)
         # canonical, so both spellings of one master compare equal (``bind_records``)
         clean = f"redis+sentinel://{hosts}/{quote(sentinel.master, safe='')}/{db}"
     elif scheme == "unix":
@@ -596,7 +594,7 @@ def _database(
             )
         found.append((f"path /{match[1]}", int(match[1])))
     if in_query is not None:
-        if not _DIGITS.match(in_query):
+        if not DIGITS.match(in_query):
             raise ConfigurationError(
                 f"{what}: db={in_query!r} in {redacted!r} is not a database number (0, 1, ...)"
             )
@@ -604,7 +602,7 @@ def _database(
     if keyword is not None:
         if isinstance(keyword, bool) or not (
             (isinstance(keyword, int) and keyword >= 0)
-            or (isinstance(keyword, str) and _DIGITS.match(keyword))
+            or (isinstance(keyword, str) and DIGITS.match(keyword))
         ):
             raise ConfigurationError(
                 f"{what}: the db option must be a database number (0, 1, ...), not {keyword!r}"
@@ -639,7 +637,7 @@ def _cluster_nodes(hosts: str, what: str, redacted: str) -> tuple[tuple[str, int
         host, sep, port = spec.rpartition(":")
         if spec.startswith("[") and "]" in spec:  # [IPv6]:port
             host, sep, port = spec[1:].partition("]:")
-        if not sep or not host or not _DIGITS.match(port) or not 0 < int(port) < 65536:
+        if not sep or not host or not DIGITS.match(port) or not 0 < int(port) < 65536:
             raise ConfigurationError(
                 f"{what}: {redacted!r}: each cluster node is host:port, not {spec!r} "
                 "(redis+cluster://host:port[,host:port...])"
@@ -674,6 +672,13 @@ def _parse_cluster(url: str, options: Mapping[str, Any], *, what: str) -> RedisS
     shards = _shards(in_url[0] if given is None and in_url else given, what)
     first = f"{_bracketed(nodes[0][0])}:{nodes[0][1]}"
     single = parse_settings(f"redis://{userinfo}{at}{first}/{tail}", options, what=what)
+    if single.wait_replicas > 0:
+        # the cluster broker and backend never WAIT after a write, and a WAIT sent through
+        # the cluster client reaches one node only: refused rather than silently ignored
+        raise ConfigurationError(
+            f"{what}: {redacted!r}: wait_replicas applies to one server or a master behind "
+            "Redis Sentinel only, not to a Redis Cluster (leave it out, or 0)"
+        )
     path = single.url.split("?", 1)[0]
     if not path.endswith("/0"):
         db = path.rsplit("/", 1)[1]
