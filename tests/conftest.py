@@ -291,8 +291,14 @@ def delete_cluster_prefix(prefix: str) -> None:
             client.close()
 
 
-def _broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "rabbitmq" and not {"app", "broker", "topics"} & set(request.fixturenames):
+def broker_url_of(
+    request: pytest.FixtureRequest, tmp_path: Path, *, shared_results: bool = True
+) -> Iterator[str]:
+    """The body of a broker URL fixture parametrized by kind: a URL no other test shares,
+    its keys or queues deleted afterwards. ``shared_results``: the test builds a result
+    store from it (none on RabbitMQ: skipped there unless an ``app`` pairs it with one)."""
+    paired = {"app", "broker", "topics"} & set(request.fixturenames)
+    if request.param == "rabbitmq" and shared_results and not paired:
         # amqp:// has no result store (rpc:// serves only the caller); the `app` fixture
         # pairs it with a memory:// store, but a test building its own from broker_url cannot
         # (the `topics` fixture builds only a broker)
@@ -309,7 +315,7 @@ def _broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
 
 @pytest.fixture(params=BROKER_KINDS)
 def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    yield from _broker_url(request, tmp_path)
+    yield from broker_url_of(request, tmp_path)
 
 
 @contextlib.asynccontextmanager

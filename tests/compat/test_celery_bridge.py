@@ -31,9 +31,7 @@ from tests.conftest import (
     BROKER_KINDS,
     REDIS_HOST,
     REDIS_PORT,
-    delete_redis_prefix,
-    make_url,
-    prefix_of,
+    broker_url_of,
     require_service,
 )
 
@@ -320,12 +318,7 @@ async def test_an_expired_message_is_not_run_and_shows_revoked(app: App, queue: 
 @pytest.fixture(params=BROKER_KINDS)
 def any_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """aqueue's own broker, of every kind (results in memory:// beside it)."""
-    url = make_url(request.param, tmp_path)
-    if request.param == "rabbitmq":
-        request.getfixturevalue("_rabbit_prefixes").append(prefix_of(url))
-    yield url
-    if request.param == "redis":
-        delete_redis_prefix(prefix_of(url))
+    yield from broker_url_of(request, tmp_path, shared_results=False)
 
 
 async def test_refusals_reach_the_dead_letters_on_every_aqueue_broker(

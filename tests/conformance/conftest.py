@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BROKER_KINDS, CLUSTER_KIND, _broker_url
+from tests.conftest import BROKER_KINDS, CLUSTER_KIND, broker_url_of
 
 
 @pytest.fixture(params=[*BROKER_KINDS, CLUSTER_KIND])
 def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    yield from _broker_url(request, tmp_path)
+    yield from broker_url_of(request, tmp_path)
