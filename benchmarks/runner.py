@@ -59,25 +59,27 @@ class Snapshot:
     redis_net: int = 0  # bytes Redis received + sent (its clients' traffic, the harness's too)
 
 
-def _steal() -> tuple[int, int]:
-    """CPU time the hypervisor gave to someone else: noise on a shared VM."""
+def _cpu_jiffies() -> list[int]:
+    """The machine's CPU times since boot, summed over its cores (``/proc/stat``'s first
+    line: user, nice, system, idle, iowait, irq, softirq, steal...); empty if unreadable."""
     try:
         with open("/proc/stat") as fh:
-            fields = [int(x) for x in fh.readline().split()[1:]]
+            return [int(x) for x in fh.readline().split()[1:]]
     except (OSError, ValueError):
-        return (0, 0)
+        return []
+
+
+def _steal() -> tuple[int, int]:
+    """CPU time the hypervisor gave to someone else: noise on a shared VM."""
+    fields = _cpu_jiffies()
     return (fields[7] if len(fields) > 7 else 0, sum(fields[:8]))
 
 
-def _busy() -> tuple[int, int]:
+def busy() -> tuple[int, int]:
     """(busy, total) jiffies of every core since boot: where the machine's CPU went."""
-    try:
-        with open("/proc/stat") as fh:
-            fields = [int(x) for x in fh.readline().split()[1:]]
-    except (OSError, ValueError):
-        return (0, 0)
+    fields = _cpu_jiffies()
     total = sum(fields[:8])
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    idle = sum(fields[3:5])  # idle + iowait
     return (total - idle, total)
 
 
@@ -208,7 +210,7 @@ class Bench:
             cmds,
             _steal(),
             rabbit_cpu,
-            _busy(),
+            busy(),
             int(net["total_net_input_bytes"]) + int(net["total_net_output_bytes"]),
         )
 

@@ -36,6 +36,7 @@ import psutil
 import redis
 
 from .config import K_ARRIVED, K_DONE, K_GO, K_LAST, REDIS_URL, REPO_ROOT
+from .runner import busy
 
 QUEUE = "bench-scale"
 SETUPS = ("redis", "cluster-1", "cluster-3")
@@ -51,13 +52,6 @@ class Row:
     redis_cpu_us: float
     redis_busiest_pct: float
     machine_pct: float
-
-
-def _busy() -> tuple[int, int]:
-    with open("/proc/stat") as fh:
-        fields = [int(x) for x in fh.readline().split()[1:]]
-    total = sum(fields[:8])
-    return total - fields[3] - fields[4], total
 
 
 def _cpu(procs: list[psutil.Process]) -> list[float]:
@@ -159,13 +153,13 @@ def one(setup: str, processes: int, n: int) -> Row:
                 time.sleep(0.01)
             workers = _tree(worker.pid)
             reds = [psutil.Process(pid) for pid in redis_pids]
-            w0, r0, b0, t0 = sum(_cpu(workers)), _cpu(reds), _busy(), time.time()
+            w0, r0, b0, t0 = sum(_cpu(workers)), _cpu(reds), busy(), time.time()
             counter.set(K_GO, "1")
             while float(counter.get(K_DONE) or 0) < n:
                 if time.monotonic() > deadline + 600:
                     raise RuntimeError(f"timed out: {log.read_text()[-2000:]}")
                 time.sleep(0.01)
-            w1, r1, b1, t1 = sum(_cpu(workers)), _cpu(reds), _busy(), time.time()
+            w1, r1, b1, t1 = sum(_cpu(workers)), _cpu(reds), busy(), time.time()
             lasts = [float(v) for v in counter.mget(counter.keys(f"{K_LAST}*")) if v]
             elapsed = max(lasts) - t0
             window = t1 - t0
