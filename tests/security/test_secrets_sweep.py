@@ -34,7 +34,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from aqueue import App
+from aqueue import App, AsyncResult
 from aqueue.cli import cli
 from aqueue.core.errors import AqueueError
 from aqueue.core.urls import make_backend, make_broker, redact
@@ -300,6 +300,18 @@ async def live_app(url: str, backend: str | None = None) -> AsyncIterator[App]:
 WORKER = "sweep@host"
 
 
+async def send_through(app: App, sweep: Sweep, what: str, timeout: float) -> AsyncResult[Any]:
+    """``sweep.add(1, 1)`` sent again until it is accepted (a server restarting or failing
+    over refuses some), each refusal's text swept as ``what``."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                return await app.send_task("sweep.add", args=(1, 1))
+            except AqueueError as exc:
+                sweep.error(what, exc)
+                await asyncio.sleep(0.05)
+
+
 def _tracing() -> tuple[Any, Any]:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -337,14 +349,9 @@ async def test_a_worker_on_a_redis_that_requires_a_password(
             sweep.error("TaskFailed", failed.value)
             # a reconnect: the private server restarts under the worker
             private_redis.restart()
-            async with asyncio.timeout(30):
-                while True:  # the first publish on a dropped connection may be indeterminate
-                    try:
-                        again = await app.send_task("sweep.add", args=(1, 1))
-                        break
-                    except AqueueError as exc:
-                        sweep.error("publish during the restart", exc)
-                assert await again.wait(timeout=30) == 2
+            # the first publish on a dropped connection may be indeterminate
+            again = await send_through(app, sweep, "publish during the restart", 30)
+            assert await again.wait(timeout=30) == 2
             inspect = app.control.inspect(timeout=2.0)
             conf = sweep.add("inspect conf", await inspect.conf(with_defaults=True))
             assert "***" in conf
@@ -523,11 +530,5 @@ async def test_a_worker_through_a_sentinel_failover(tmp_path: Path, sweep: Sweep
             )
             assert await (await app.send_task("sweep.add", args=(2, 3))).wait(15) == 5
             await asyncio.to_thread(setup.crash_master)
-            async with asyncio.timeout(60):
-                while True:
-                    try:
-                        again = await app.send_task("sweep.add", args=(1, 1))
-                        break
-                    except AqueueError as exc:
-                        sweep.error("publish during the failover", exc)
-                assert await again.wait(timeout=60) == 2
+            again = await send_through(app, sweep, "publish during the failover", 60)
+            assert await again.wait(timeout=60) == 2
