@@ -659,9 +659,21 @@ class App:
         """Make ``send_task(..., protocol=name)`` publish through ``sender``: called with
         the task's name, arguments, keyword arguments and call options, it returns the
         task's result handle. ``"aqueue"`` is this app's own protocol and cannot be
-        replaced."""
+        replaced, nor can a protocol another sender already publishes (registering the same
+        sender again is a no-op).
+
+        Raises:
+            ConfigurationError: ``name`` is ``"aqueue"``, or has another sender already
+                (two ``CeleryBridge`` objects on one app, say).
+        """
         if name == "aqueue":
             raise ConfigurationError("the aqueue protocol is the app's own: it cannot be replaced")
+        registered = self._protocols.get(name)
+        if registered is not None and registered != sender:
+            raise ConfigurationError(
+                f"protocol {name!r} already has a sender on this app: one sender per protocol "
+                "(e.g. one CeleryBridge per app)"
+            )
         self._protocols[name] = sender
 
     async def send_many(self, signatures: Iterable[Signature[Any]]) -> list[AsyncResult[Any]]:

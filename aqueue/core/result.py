@@ -265,6 +265,11 @@ class AsyncResult(Generic[R]):
     # -- reads (queries: await them) ------------------------------------------------------
 
     async def _fetch(self) -> ResultIn | None:
+        """Read the task's record once (``None``: none yet), keeping it and its format.
+
+        A hook a subclass may override to read records kept elsewhere (the Celery bridge's
+        ``CeleryResult`` does): every query reads through it.
+        """
         backend = await self.app.result_backend()
         raw = await backend.get(self.id)
         if raw is None:
@@ -369,6 +374,11 @@ class AsyncResult(Generic[R]):
                 yield pair
 
     async def _records(self) -> AsyncIterator[ResultIn]:
+        """The task's records as they change, keeping each and its format.
+
+        A hook a subclass may override, with :meth:`_fetch`: waits and event streams read
+        through it.
+        """
         backend = await self.app.result_backend()
         seen: bytes | None = None
         async with contextlib.aclosing(backend.watch(self.id)) as stream:

@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from aqueue import App
-from aqueue.contrib.celery import REFUSED_QUEUE, CeleryBridge, signature
+from aqueue.contrib.celery import REFUSED_QUEUE, CeleryBridge, CeleryResult, signature
 from aqueue.contrib.celery.kombu_redis import UNACKED, UNACKED_INDEX, KombuRedis
 from aqueue.contrib.celery.protocol import PRIORITY_STEPS, CeleryTask, envelope, queue_list
 from aqueue.core import signals
@@ -367,6 +367,27 @@ async def test_send_task_in_another_protocol_needs_its_sender() -> None:
         await app.send_task("legacy.report", protocol="carrier-pigeon")
     with pytest.raises(ConfigurationError, match="cannot be replaced"):
         app.register_protocol("aqueue", lambda *a: None)  # type: ignore[arg-type,return-value]
+
+
+async def test_a_second_bridge_on_one_app_is_refused(queue: str) -> None:
+    app = App("proto", broker=f"memory://proto-{uuid.uuid4().hex[:12]}")
+    bridge = CeleryBridge(app, CELERY_URL, queues=[], default_queue=queue)
+    lifespans = list(app.lifespans)
+    try:
+        with pytest.raises(ConfigurationError, match="protocol 'celery' already has a sender"):
+            CeleryBridge(app, CELERY_URL, queues=[], default_queue=f"{queue}-celery")
+        await bridge.close()  # dropping its connections leaves it the app's bridge
+        with pytest.raises(ConfigurationError, match="protocol 'celery' already has a sender"):
+            CeleryBridge(app, CELERY_URL, queues=[], default_queue=f"{queue}-celery")
+        assert app.lifespans == lifespans  # the refused ones added nothing to the workers
+        app.register_protocol("celery", bridge._send_for_app)  # the same sender again: fine
+        handle = await app.send_task("legacy.report", protocol="celery")
+        assert isinstance(handle, CeleryResult) and handle.bridge is bridge
+        assert bridge.kombu is not None
+        [raw] = await bridge.kombu.client().lrange(queue, 0, -1)
+        assert json.loads(raw)["headers"]["id"] == handle.id
+    finally:
+        await bridge.close()
 
 
 async def test_send_task_to_celery_refuses_options_a_celery_message_cannot_carry() -> None:

@@ -50,12 +50,11 @@ from .protocol import (
     Meta,
     Refused,
     applied,
-    check_content_type,
     envelope,
     failure_meta,
     read_envelope,
     read_followers,
-    read_message,
+    read_parts,
     revoked_meta,
     success_meta,
 )
@@ -99,9 +98,12 @@ class CeleryResult(AsyncResult[Any]):
     def __init__(self, bridge: CeleryBridge, task_id: str) -> None:
         super().__init__(bridge.app, task_id)
         self.bridge = bridge
+        self._format = "json"  # Celery's meta, as this handle turns it into records
 
     def __repr__(self) -> str:
         return f"<CeleryResult {self.id}>"
+
+    # the two reads AsyncResult lets a subclass replace (see its _fetch and _records)
 
     async def _fetch(self) -> ResultIn | None:
         meta = await self.bridge.result_store().get_meta(self.id)
@@ -116,7 +118,6 @@ class CeleryResult(AsyncResult[Any]):
         yield self._record
 
     def _record_of(self, meta: Meta) -> ResultIn:
-        self._format = "json"
         if meta.status == "SUCCESS":
             value = msgspec.Raw(msgspec.json.encode(meta.result))
             return ResultIn(id=self.id, state=meta.status, value=value)
@@ -143,7 +144,10 @@ class CeleryBridge:
     """Run Celery's tasks in aqueue's workers, and send tasks to Celery's, on one broker.
 
     Creating it is the opt-in: every worker of ``app`` then relays ``queues`` from Celery,
-    and writes Celery's results for the tasks it relayed.
+    and writes Celery's results for the tasks it relayed. One bridge per app: it is the
+    app's ``celery`` protocol (``send_task(..., protocol="celery")``), so a second one is
+    refused with :class:`~aqueue.ConfigurationError` (:meth:`close` only drops
+    connections: the bridge stays the app's).
 
     Args:
         app: the aqueue app whose workers run the relayed tasks.
@@ -212,8 +216,9 @@ class CeleryBridge:
         self.refused = 0
         self._workers = 0
         self._waiters: set[Waiter] = set()
-        app.lifespan(self._lifespan)
+        # first: a second bridge on the app is refused before it adds a lifespan
         app.register_protocol("celery", self._send_for_app)
+        app.lifespan(self._lifespan)
 
     def result_store(self) -> KombuRedis:
         """Celery's Redis result backend, where a :class:`CeleryResult` reads.
@@ -343,14 +348,10 @@ class CeleryBridge:
     ) -> None:
         content_type, headers, properties = amqp.message_parts(message)
         body = message.body
-        named = headers.get("id") or properties.get("correlation_id")
-        task_id = named if isinstance(named, str) and named else None
         reply_to = str(properties.get("reply_to") or "")
         try:
-            if len(body) > self.app.conf.max_message_bytes:
-                raise Refused("celery:too-large", f"{len(body)} bytes", task_id)
-            check_content_type(content_type, task_id)
-            task = read_message(headers, properties, body)
+            max_bytes = self.app.conf.max_message_bytes
+            task = read_parts(content_type, headers, properties, body, max_bytes)
         except Refused as refusal:
             await self._refuse(queue, _kept(content_type, headers, body), refusal, reply_to)
             await message.ack()

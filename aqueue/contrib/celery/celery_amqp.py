@@ -149,7 +149,7 @@ class CeleryAmqp:
         message: AbstractIncomingMessage,
     ) -> tuple[str, dict[str, Any], dict[str, Any]]:
         """A delivered message's content type, headers and properties (as
-        :func:`~aqueue.contrib.celery.protocol.read_message` reads them)."""
+        :func:`~aqueue.contrib.celery.protocol.read_parts` reads them)."""
         headers = {k: v.decode() if isinstance(v, bytes) else v for k, v in message.headers.items()}
         properties = {"correlation_id": message.correlation_id, "reply_to": message.reply_to}
         return message.content_type or "", headers, properties

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
-from importlib import resources
+from importlib.resources import files
 from typing import Any, Final
 
 import msgspec
@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from aqueue.transports.redis import redispy
 from aqueue.transports.redis.redispy import async_client
-from aqueue.transports.redis.scripts import command
+from aqueue.transports.redis.scripts import Script, command, run_scripts
 
 from .protocol import (
     PRIORITY_SEPARATOR,
@@ -45,9 +45,11 @@ UNACKED_INDEX: Final = "unacked_index"
 #: kombu's table of an exchange's bindings (``Channel.keyprefix_queue``)
 BINDING_PREFIX: Final = "_kombu.binding."
 
-
-def _lua(name: str) -> str:
-    return (resources.files(__package__) / "lua" / name).read_text()
+_LUA = files(__package__) / "lua"
+#: take messages off a queue's lists into the unacked records, in one atomic step
+CLAIM: Final = Script.load(_LUA / "claim.lua")
+#: put an unacked message back on its list, unless acked or restored meanwhile
+RESTORE: Final = Script.load(_LUA / "restore.lua")
 
 
 class KombuRedis:
@@ -70,15 +72,11 @@ class KombuRedis:
         self.visibility_timeout = visibility_timeout
         self.result_expires = result_expires
         self._client: aioredis.Redis | None = None
-        self._claim: Any = None
-        self._restore: Any = None
 
     def client(self) -> aioredis.Redis:
         """The client, created on first use."""
         if self._client is None:
             self._client = async_client(self.url, max_connections=32)
-            self._claim = self._client.register_script(_lua("claim.lua"))
-            self._restore = self._client.register_script(_lua("restore.lua"))
         return self._client
 
     async def close(self) -> None:
@@ -92,9 +90,8 @@ class KombuRedis:
     async def claim(self, queue: str, limit: int) -> list[tuple[bytes, str]]:
         """Up to ``limit`` envelopes off ``queue``'s lists, each recorded as unacked: the
         envelope and its delivery tag (``""``: not recorded, the envelope is not kombu's)."""
-        self.client()
         keys = [UNACKED, UNACKED_INDEX, *(queue_list(queue, p) for p in PRIORITY_STEPS)]
-        flat = await self._claim(keys=keys, args=[time.time(), limit])
+        [flat] = await run_scripts(self.client(), [(CLAIM, keys, [time.time(), limit])])
         return [(flat[i], flat[i + 1].decode()) for i in range(0, len(flat), 2)]
 
     def waiter(self) -> Waiter:
@@ -132,9 +129,13 @@ class KombuRedis:
             properties = payload.get("properties") or {}
             priority = properties.get("priority")
             key = queue_list(routed, priority if isinstance(priority, int) else 0)
-            restored += await self._restore(
-                keys=[UNACKED, UNACKED_INDEX, key], args=[tag, entry, msgspec.json.encode(payload)]
+            call = (
+                RESTORE,
+                [UNACKED, UNACKED_INDEX, key],
+                [tag, entry, msgspec.json.encode(payload)],
             )
+            [done] = await run_scripts(client, [call])
+            restored += done
         return restored
 
     async def routed(self, exchange: str, routing_key: str) -> str | None:

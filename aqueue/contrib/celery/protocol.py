@@ -147,8 +147,7 @@ def read_envelope(payload: bytes, max_bytes: int) -> CeleryTask:
     Raises:
         Refused: not a JSON protocol 2 task message aqueue can run, with the reason.
     """
-    if len(payload) > max_bytes:
-        raise Refused("celery:too-large", f"{len(payload)} bytes (max_message_bytes={max_bytes})")
+    check_size(len(payload), max_bytes, None)  # the whole envelope, before decoding it
     envelope = _json(payload, "envelope")
     if not isinstance(envelope, dict):
         raise Refused("celery:bad-envelope", "not a JSON object")
@@ -156,19 +155,57 @@ def read_envelope(payload: bytes, max_bytes: int) -> CeleryTask:
     properties = properties if isinstance(properties, dict) else {}
     headers = envelope.get("headers")
     headers = headers if isinstance(headers, dict) else {}
-    task_id = _text(headers.get("id")) or _text(properties.get("correlation_id"))
-    check_content_type(envelope.get("content-type"), task_id)
-    body = envelope.get("body")
+    task_id = task_id_of(headers, properties)
+    check_content_type(envelope.get("content-type"), task_id)  # before the body is decoded
+    return read_message(
+        headers, properties, _envelope_body(envelope.get("body"), properties, task_id)
+    )
+
+
+def _envelope_body(body: Any, properties: Mapping[str, Any], task_id: str | None) -> bytes:
+    """An envelope's ``body`` field as bytes (base64-decoded when its properties say so)."""
     if not isinstance(body, str):
         raise Refused("celery:bad-envelope", "no body", task_id)
     if properties.get("body_encoding") == "base64":
         try:
-            raw = base64.b64decode(body, validate=True)
+            return base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError):
             raise Refused("celery:bad-envelope", "body is not base64", task_id) from None
-    else:
-        raw = body.encode()
-    return read_message(headers, properties, raw)
+    return body.encode()
+
+
+def read_parts(
+    content_type: Any,
+    headers: Mapping[str, Any],
+    properties: Mapping[str, Any],
+    body: bytes,
+    max_bytes: int,
+) -> CeleryTask:
+    """The task of a message delivered in its parts (RabbitMQ): the size limit (the app's
+    ``max_message_bytes``), then the content type (JSON only), then the protocol 2 message.
+
+    Raises:
+        Refused: too large, not JSON, or not a protocol 2 task message aqueue can run.
+    """
+    task_id = task_id_of(headers, properties)
+    check_size(len(body), max_bytes, task_id)
+    check_content_type(content_type, task_id)
+    return read_message(headers, properties, body)
+
+
+def task_id_of(headers: Mapping[str, Any], properties: Mapping[str, Any]) -> str | None:
+    """A message's task id: its ``id`` header, else its ``correlation_id`` property."""
+    return _text(headers.get("id")) or _text(properties.get("correlation_id"))
+
+
+def check_size(size: int, max_bytes: int, task_id: str | None) -> None:
+    """Refuse a message of more than ``max_bytes`` (the app's ``max_message_bytes``).
+
+    Raises:
+        Refused: ``celery:too-large``.
+    """
+    if size > max_bytes:
+        raise Refused("celery:too-large", f"{size} bytes (max_message_bytes={max_bytes})", task_id)
 
 
 def check_content_type(content_type: Any, task_id: str | None) -> None:
@@ -191,7 +228,7 @@ def read_message(
         Refused: protocol 1, a chord, a Celery built-in, or a malformed field.
     """
     name = headers.get("task")
-    task_id = _text(headers.get("id")) or _text(properties.get("correlation_id"))
+    task_id = task_id_of(headers, properties)
     if name is None:
         raise Refused(
             "celery:unsupported-protocol", "1 (upgrade the producer to protocol 2)", task_id
