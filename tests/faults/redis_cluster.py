@@ -9,18 +9,16 @@ are stopped by PID. The shared Redis on 6379 is never touched.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import redis
 
-from .redis_server import HOST, RedisServer
+from .redis_server import HOST, RedisServer, running
 
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 #: a node's cluster bus listens on its port + 10000
@@ -229,14 +227,8 @@ class PrivateCluster:
             node.stop(kill=True)
 
 
-@contextlib.contextmanager
-def running_cluster(directory: Path, **options: object) -> Iterator[PrivateCluster]:
+def running_cluster(
+    directory: Path, **options: object
+) -> contextlib.AbstractContextManager[PrivateCluster]:
     """A started :class:`PrivateCluster`, stopped (its directory removed) afterwards."""
-    cluster = PrivateCluster(directory, **options)  # type: ignore[arg-type]
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
-        if os.environ.get("AQUEUE_KEEP_REDIS_DIRS") is None:
-            shutil.rmtree(directory, ignore_errors=True)
+    return running(PrivateCluster(directory, **options), directory)  # type: ignore[arg-type]

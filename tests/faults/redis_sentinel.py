@@ -11,17 +11,14 @@ a few seconds.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import redis
 
-from .redis_server import HOST, REDIS_SERVER, RedisServer, free_port
+from .redis_server import HOST, REDIS_SERVER, RedisServer, free_port, running
 
 MASTER_NAME = "mymaster"
 
@@ -269,14 +266,8 @@ class SentinelSetup:
         self.wait_until(lambda: self._settled(self.master_port()), timeout, "settled")
 
 
-@contextlib.contextmanager
-def running_sentinels(directory: Path, **options: object) -> Iterator[SentinelSetup]:
+def running_sentinels(
+    directory: Path, **options: object
+) -> contextlib.AbstractContextManager[SentinelSetup]:
     """A started :class:`SentinelSetup`, stopped (and its directory removed) afterwards."""
-    setup = SentinelSetup(directory, **options)  # type: ignore[arg-type]
-    try:
-        setup.start()
-        yield setup
-    finally:
-        setup.stop()
-        if os.environ.get("AQUEUE_KEEP_REDIS_DIRS") is None:
-            shutil.rmtree(directory, ignore_errors=True)
+    return running(SentinelSetup(directory, **options), directory)  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import redis
 
@@ -195,14 +196,32 @@ class RedisServer:
         return self.proc.pid if self.proc is not None else None
 
 
+class Startable(Protocol):
+    """What :func:`running` runs: a server, a cluster, a Sentinel setup."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=Startable)
+
+
 @contextlib.contextmanager
-def running_server(directory: Path, **options: object) -> Iterator[RedisServer]:
-    """A started :class:`RedisServer`, stopped (and its directory removed) afterwards."""
-    server = RedisServer(directory, **options)  # type: ignore[arg-type]
+def running(processes: S, directory: Path) -> Iterator[S]:
+    """``processes`` started, stopped afterwards, and ``directory`` (theirs) then removed,
+    unless ``AQUEUE_KEEP_REDIS_DIRS`` is set."""
     try:
-        server.start()
-        yield server
+        processes.start()
+        yield processes
     finally:
-        server.stop()
+        processes.stop()
         if os.environ.get("AQUEUE_KEEP_REDIS_DIRS") is None:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def running_server(
+    directory: Path, **options: object
+) -> contextlib.AbstractContextManager[RedisServer]:
+    """A started :class:`RedisServer`, stopped (and its directory removed) afterwards."""
+    return running(RedisServer(directory, **options), directory)  # type: ignore[arg-type]

@@ -154,7 +154,8 @@ class RedisBroker:
         # WAIT after each publish for this many replicas (None: none), within wait_timeout
         self._confirm = self._settings.confirm
         #: control, replies and events (:class:`~aqueue.core.protocols.KeepsTopics`): one
-        #: stream per topic, read on connections of their own (see :mod:`.topics`)
+        #: stream per topic, read on connections of their own, or on a cluster through the
+        #: pooled cluster client (see :mod:`.topics`)
         self.topics = RedisTopics(self._settings, self._keys, self._link.get, self._max_block)
 
     def __repr__(self) -> str:
@@ -455,7 +456,13 @@ class RedisBroker:
     def _hand_back_claimed(self, queues: list[str], claimed: list[Claimed]) -> None:
         if not claimed:
             return
-        deliveries = self._deliveries(queues, claimed)
+        self._release_unsent(self._deliveries(queues, claimed))
+
+    def _release_unsent(self, deliveries: list[Delivery]) -> None:
+        """Release ``deliveries`` (claimed, never handed to the caller) in the background,
+        uncounted; :meth:`close` waits for it, and a failure is logged."""
+        if not deliveries:
+            return
         task = asyncio.ensure_future(
             asyncio.gather(*(d.release(executed=False) for d in deliveries))
         )

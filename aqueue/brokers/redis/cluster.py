@@ -43,16 +43,12 @@ import msgspec
 from aqueue.core.errors import BrokerError
 from aqueue.core.protocols import DeadLetter, Delivery, Outgoing
 from aqueue.transports.redis import redispy
-from aqueue.transports.redis.scripts import HELPERS, Script, ScriptCall, command, run_scripts
+from aqueue.transports.redis.scripts import ScriptCall, command, run_scripts
 
 from .broker import MOVE_BATCH, RedisBroker
-from .scripts import MAX_BATCH, WAKE_SOURCE, flags, publish_calls
-from .topics import RedisTopics
+from .scripts import MAX_BATCH, PASS_ON, flags, publish_calls
 
 __all__ = ["RedisClusterBroker"]
-
-#: hands a wake-up token back to a queue whose wait took it but whose claim never ran
-WAKE = Script("wake", HELPERS + WAKE_SOURCE + "wake(KEYS[1])\nreturn 1\n")
 
 log = logging.getLogger("aqueue.broker.redis")
 
@@ -80,9 +76,6 @@ class RedisClusterBroker(RedisBroker):
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
-        self.topics = RedisTopics(
-            self._settings, self._keys, self._link.get, self._max_block, cluster=True
-        )
         self._shards = dict(self._settings.shards)
         # queues whose last claim failed (their node down), with when: the others are
         # claimed from meanwhile
@@ -289,15 +282,6 @@ class RedisClusterBroker(RedisBroker):
         if self._failing and self._failing.pop(queue, None) is not None:
             log.info("claiming from queue %r works again", queue)
 
-    def _release_unsent(self, deliveries: list[Delivery]) -> None:
-        if not deliveries:
-            return
-        task = asyncio.ensure_future(
-            asyncio.gather(*(d.release(executed=False) for d in deliveries))
-        )
-        self._track(task)
-        task.add_done_callback(_log_release_failure)
-
     async def _wait_any(
         self, client: redispy.AsyncClient, queues: list[str], block: float
     ) -> list[str]:
@@ -352,14 +336,9 @@ class RedisClusterBroker(RedisBroker):
         return woken
 
     async def _pass_on(self, client: redispy.AsyncClient, queues: list[str]) -> None:
-        """Give ``queues`` their wake-up token back (one WAKE call each, pipelined)."""
-        calls: list[ScriptCall] = [(WAKE, [self._queue_keys(q).notify], ()) for q in queues]
+        """Give ``queues`` their wake-up token back (one PASS_ON call each, pipelined)."""
+        calls: list[ScriptCall] = [(PASS_ON, [self._queue_keys(q).notify], ()) for q in queues]
         try:
             await run_scripts(client, calls)
         except Exception as exc:  # a sleeping claimer then wakes at its next round
             log.debug("passing a wake-up on failed: %s", self._settings.describe(exc))
-
-
-def _log_release_failure(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("handing back a cancelled claim failed: %s", task.exception())

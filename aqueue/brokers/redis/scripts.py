@@ -186,21 +186,21 @@ class ClaimReply(NamedTuple):
 
 
 _LUA = files(__package__) / "lua"
-WAKE_SOURCE = lua_source(_LUA / "wake.lua")
+_WAKE_SOURCE = lua_source(_LUA / "wake.lua")
 
 PUBLISH = Script.load(
     _LUA / "publish.lua",
-    uses=(HELPERS, WAKE_SOURCE),
+    uses=(HELPERS, _WAKE_SOURCE),
     constants={"PRIORITY_WEIGHT": PRIORITY_WEIGHT},
 )
 CLAIM = Script.load(
     _LUA / "claim.lua",
-    uses=(HELPERS, WAKE_SOURCE),
+    uses=(HELPERS, _WAKE_SOURCE),
     constants={"KEYS_PER_QUEUE": KEYS_PER_QUEUE, "RECORD_FIELD": RECORD_FIELD},
 )
 SETTLE = Script.load(
     _LUA / "settle.lua",
-    uses=(HELPERS, WAKE_SOURCE),
+    uses=(HELPERS, _WAKE_SOURCE),
     constants={
         **{op.name: op.value for op in SettleOp},
         "DEAD_LETTER_BODY_LIMIT": DEAD_LETTER_BODY_LIMIT,
@@ -211,8 +211,13 @@ SIZE = Script.load(_LUA / "size.lua")
 PURGE = Script.load(_LUA / "purge.lua")
 PURGE_DEAD = Script.load(_LUA / "purge_dead.lua")
 REPLAY = Script.load(
-    _LUA / "replay.lua", uses=(HELPERS, WAKE_SOURCE), constants={"PRIORITY_WEIGHT": PRIORITY_WEIGHT}
+    _LUA / "replay.lua",
+    uses=(HELPERS, _WAKE_SOURCE),
+    constants={"PRIORITY_WEIGHT": PRIORITY_WEIGHT},
 )
+#: hands a wake-up token back to a queue whose wait took it but whose claim never ran (the
+#: cluster's claim: one call per queue, each in its own slot)
+PASS_ON = Script.load(_LUA / "pass_on.lua", uses=(HELPERS, _WAKE_SOURCE))
 
 
 def eta_delay(eta: float | None) -> str:

@@ -7,10 +7,14 @@ entries, ``~`` above, where exact trimming would cost a scan of a macro node per
 and a reply topic's key also gets ``EXPIRE 60``: nobody has to delete it.
 
 A subscription notes the stream's last id when ``subscribe`` returns (not ``$`` at its first
-read, which would skip what was published in between) and reads with ``XREAD BLOCK`` on a
-connection of its own, outside the broker's pool: a reader blocked for seconds never holds
-one of the pooled connections that publishes and claims need. Stream ids are the Redis
-server's clock in milliseconds, so ``since`` is compared with the server's time.
+read, which would skip what was published in between) and reads with ``XREAD BLOCK``. On one
+server (or behind Sentinel) it reads on a connection of its own, outside the broker's pool:
+a reader blocked for seconds never holds one of the pooled connections that publishes and
+claims need. On a Redis Cluster it reads through the broker's cluster client instead (which
+finds the node serving the topic's slot and follows it through a failover): each
+``XREAD BLOCK`` holds a pooled connection of that node for up to ``max_block``. Stream ids
+are the Redis server's clock in milliseconds, so ``since`` is compared with the server's
+time.
 """
 
 from __future__ import annotations
@@ -57,13 +61,14 @@ class RedisTopics:
 
     Args:
         settings: where it connects (subscriptions open their own connections from it).
+            On a Redis Cluster (``settings.cluster``) a subscription reads through the
+            pooled cluster client instead, which finds the node that serves the topic's
+            slot (and follows it through a failover).
         keys: the broker's key space.
-        client: the broker's pooled client, connected if needed (for publishes).
+        client: the broker's pooled client, connected if needed (for publishes; on a
+            cluster, for reads too).
         max_block: the longest single ``XREAD BLOCK``: below the socket timeout, so a
             blocked read is never taken for a dead connection.
-        cluster: on a Redis Cluster a subscription reads through the pooled cluster
-            client, which finds the node that serves the topic's slot (and follows it
-            through a failover), instead of on a connection of its own.
     """
 
     def __init__(
@@ -72,14 +77,11 @@ class RedisTopics:
         keys: KeySpace,
         client: Callable[[], Awaitable[redispy.AsyncClient]],
         max_block: float,
-        *,
-        cluster: bool = False,
     ) -> None:
         self._settings = settings
         self._keys = keys
         self._client = client
         self._max_block = max_block
-        self._cluster = cluster
         self._open: set[RedisSubscription] = set()
 
     async def publish(self, topic: str, bodies: Sequence[bytes], *, cap: int) -> None:
@@ -116,7 +118,7 @@ class RedisTopics:
         if since is not None:
             ms = int(since * 1000)
             after = min(after, (ms - 1, _MAX_SEQ) if ms > 0 else (0, 0))
-        if self._cluster:
+        if self._settings.cluster:
             sub: RedisSubscription = RedisClusterSubscription(
                 self._settings, key, after, client, self._max_block, self._open.discard
             )
