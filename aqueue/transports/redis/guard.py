@@ -69,13 +69,9 @@ async def guarded(
                 try:
                     return await call()
                 except MaxConnectionsError:
-                    # every connection of one cluster node is in use (redis-py's cluster
-                    # client refuses instead of queueing, unlike one server's pool). That
-                    # node was sent nothing, but a pipeline spanning several nodes may
-                    # have run on the others already, so sending the whole call again is
-                    # not free of effects: it is safe only because what is re-sent cannot
-                    # act twice (see the docstring). Wait for a connection, then re-send,
-                    # within the deadline.
+                    # a cluster node's connections are all in use (redis-py's cluster
+                    # client refuses instead of queueing): wait, then send again within
+                    # the deadline (why that is safe: the docstring)
                     await asyncio.sleep(_BUSY_WAIT)
     except TimeoutError:
         cls = timeout_error or error
