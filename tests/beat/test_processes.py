@@ -102,6 +102,7 @@ async def wait_for(what: str, check, limit: float = 30.0):  # type: ignore[no-un
 
 
 @pytest.mark.redis
+@pytest.mark.waits_for_the_clock
 @pytest.mark.timeout(3 * SOAK + 150)  # waiting for a minute boundary, the run, the drain
 async def test_every_slot_runs_once_through_a_leader_kill(tmp_path: Path) -> None:
     """Redis and SQLite side by side (both wait for the same minute boundary)."""
