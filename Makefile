@@ -33,14 +33,14 @@ example-django: venv
 
 ## make test: ruff, import contracts, mypy --strict, the whole suite against real Redis and
 ## RabbitMQ: the fast tests three at a time, then the slow ones (subprocesses, private
-## servers, faults: they mostly wait, so three at a time too) with the fast suite on the
+## servers, faults: they mostly wait, so four at a time) with the fast suite on the
 ## lowest versions pyproject.toml allows beside them, its output in .test-lowest.log
 ## (shown whole if it fails). Recovery-time bounds in the slow tests are correctness
 ## bounds with room for a loaded machine, not speed measurements (benchmarks/ does those)
 test: venv services lint typecheck $(LOWEST)/.installed
 	$(BIN)/pytest -q -p no:cacheprovider -m "not slow" -n 3
 	@$(LOWEST)/bin/pytest -q -m "not slow" -n 2 -p no:cacheprovider > .test-lowest.log 2>&1 & low=$$!; \
-	$(BIN)/pytest -q -p no:cacheprovider -m slow -n 3; slow=$$?; \
+	$(BIN)/pytest -q -p no:cacheprovider -m slow -n 4; slow=$$?; \
 	wait $$low; lowest=$$?; \
 	echo "== the fast suite on the lowest allowed versions (.test-lowest.log):"; \
 	if [ $$lowest -eq 0 ]; then tail -n 1 .test-lowest.log; else cat .test-lowest.log; fi; \
