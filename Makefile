@@ -31,24 +31,35 @@ example-django: venv
 	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
 	../../$(BIN)/python manage.py runserver 127.0.0.1:8000 --noreload
 
+## The fast tests that call the dependencies' APIs (brokers, backends, topics, the CLI,
+## beat's croniter, the dashboard, Django, the pytest plugin, the canvas on each store):
+## make test runs them again on the lowest allowed versions. The rest (workflow, worker and
+## execution semantics) calls the same APIs through the same adapters; make test-lowest
+## runs everything on the lowest versions
+LOWEST_TESTS := tests/brokers tests/conformance tests/compat tests/beat tests/web \
+	tests/events tests/observability tests/testing tests/sync tests/django tests/examples \
+	tests/security tests/workflows/test_canvas.py tests/workflows/test_results.py \
+	$(wildcard tests/test_*.py)
+
 ## make test: ruff, import contracts, mypy --strict, the whole suite against real Redis and
-## RabbitMQ: the fast tests three at a time, then the slow ones (subprocesses, private
-## servers, faults: they mostly wait, so four at a time) with the fast suite on the
-## lowest versions pyproject.toml allows beside them, its output in .test-lowest.log
-## (shown whole if it fails). Recovery-time bounds in the slow tests are correctness
-## bounds with room for a loaded machine, not speed measurements (benchmarks/ does those)
+## RabbitMQ: the fast tests four at a time, then the slow ones (subprocesses, private
+## servers, faults: they mostly wait, so four at a time) with LOWEST_TESTS on the lowest
+## versions pyproject.toml allows beside them, its output in .test-lowest.log (shown
+## whole if it fails). Recovery-time bounds in the slow tests are correctness bounds with
+## room for a loaded machine, not speed measurements (benchmarks/ does those)
 test: venv services lint typecheck $(LOWEST)/.installed
-	$(BIN)/pytest -q -p no:cacheprovider -m "not slow" -n 3
-	@$(LOWEST)/bin/pytest -q -m "not slow" -n 2 -p no:cacheprovider > .test-lowest.log 2>&1 & low=$$!; \
+	$(BIN)/pytest -q -p no:cacheprovider -m "not slow" -n 4
+	@$(LOWEST)/bin/pytest -q -m "not slow" -n 2 -p no:cacheprovider $(LOWEST_TESTS) \
+		> .test-lowest.log 2>&1 & low=$$!; \
 	$(BIN)/pytest -q -p no:cacheprovider -m slow -n 4; slow=$$?; \
 	wait $$low; lowest=$$?; \
-	echo "== the fast suite on the lowest allowed versions (.test-lowest.log):"; \
+	echo "== LOWEST_TESTS on the lowest allowed versions (.test-lowest.log):"; \
 	if [ $$lowest -eq 0 ]; then tail -n 1 .test-lowest.log; else cat .test-lowest.log; fi; \
 	[ $$slow -eq 0 ] && [ $$lowest -eq 0 ]
 
 ## make test-fast: the suite without subprocess and fault tests
 test-fast: venv
-	$(BIN)/pytest -q -m "not slow" -n 3 -p no:cacheprovider
+	$(BIN)/pytest -q -m "not slow" -n 4 -p no:cacheprovider
 
 lint: venv
 	$(BIN)/ruff check .

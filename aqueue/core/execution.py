@@ -369,7 +369,9 @@ class Executor:
                 return True
         rate = parse_rate(task.rate_limit)
         slot = await self.throttle.reserve_rate(f"task:{task.name}", rate.limit, rate.period)
-        if slot <= now + 0.01:
+        # the clock again: a reservation that took a while to come back (a loaded machine or
+        # server) is a slot for now, not one to send the message back to wait for
+        if slot <= time.time() + 0.01:
             return True
         delayed = msgspec.structs.replace(
             msg, headers={**msg.headers, RATE_SLOT_HEADER: f"{slot!r} {task.rate_limit}"}
