@@ -33,13 +33,14 @@ example-django: venv
 
 ## The fast tests that call the dependencies' APIs (brokers, backends, topics, the CLI,
 ## beat's croniter, the dashboard, Django, the pytest plugin, the canvas on each store):
-## make test runs them again on the lowest allowed versions. The rest (workflow, worker and
-## execution semantics) calls the same APIs through the same adapters; make test-lowest
-## runs everything on the lowest versions
-LOWEST_TESTS := tests/brokers tests/conformance tests/compat tests/beat tests/web \
-	tests/events tests/observability tests/testing tests/sync tests/django tests/examples \
-	tests/security tests/workflows/test_canvas.py tests/workflows/test_results.py \
-	$(wildcard tests/test_*.py)
+## make test runs them again on the lowest allowed versions. The rest (workflow, worker,
+## execution and event semantics) calls the same APIs through the same adapters; make
+## test-lowest runs everything on the lowest versions
+LOWEST_TESTS := tests/brokers tests/conformance/test_broker.py \
+	tests/conformance/test_backend.py tests/conformance/test_topics.py \
+	tests/conformance/test_bulk.py tests/compat tests/beat tests/web tests/testing \
+	tests/sync tests/django tests/examples tests/observability tests/workflows/test_canvas.py \
+	tests/test_cli.py tests/test_cli_commands.py tests/test_settings.py
 
 ## make test: ruff, import contracts, mypy --strict, the whole suite against real Redis and
 ## RabbitMQ: the fast tests four at a time, then the slow ones (subprocesses, private
@@ -48,10 +49,10 @@ LOWEST_TESTS := tests/brokers tests/conformance tests/compat tests/beat tests/we
 ## whole if it fails). Recovery-time bounds in the slow tests are correctness bounds with
 ## room for a loaded machine, not speed measurements (benchmarks/ does those)
 test: venv services lint typecheck $(LOWEST)/.installed
-	$(BIN)/pytest -q -p no:cacheprovider -m "not slow" -n 4
-	@$(LOWEST)/bin/pytest -q -m "not slow" -n 2 -p no:cacheprovider $(LOWEST_TESTS) \
+	$(BIN)/pytest -q -p no:cacheprovider -m "not slow" -n 4 --dist loadgroup
+	@$(LOWEST)/bin/pytest -q -m "not slow" -n 2 --dist loadgroup -p no:cacheprovider $(LOWEST_TESTS) \
 		> .test-lowest.log 2>&1 & low=$$!; \
-	$(BIN)/pytest -q -p no:cacheprovider -m slow -n 4; slow=$$?; \
+	$(BIN)/pytest -q -p no:cacheprovider -m slow -n 4 --dist loadgroup; slow=$$?; \
 	wait $$low; lowest=$$?; \
 	echo "== LOWEST_TESTS on the lowest allowed versions (.test-lowest.log):"; \
 	if [ $$lowest -eq 0 ]; then tail -n 1 .test-lowest.log; else cat .test-lowest.log; fi; \
