@@ -48,6 +48,7 @@ from aqueue.transports.redis.settings import (
     parse_settings,
 )
 from tests.conftest import assert_none_before
+from tests.faults.redis_server import RedisServer, running_server
 
 pytestmark = pytest.mark.redis
 
@@ -107,6 +108,32 @@ def msg(queue: str = "q", *, priority: int = 0, eta: float | None = None, id: st
 
 async def claim(b: Broker, queues=("q",), limit=10, lease=30.0, timeout=0.0) -> list[Delivery]:
     return await b.claim(list(queues), limit=limit, lease_seconds=lease, owner="t", timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def alone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server for the tests that count the server's blocked clients: on the
+    shared one, the other test processes' waits change that count under them (a failed
+    make test waited 5 s for an exact count)."""
+    with running_server(tmp_path_factory.mktemp("redis-alone")) as server:
+        yield server
+
+
+@pytest.fixture
+def alone_raw(alone: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis(host=HOST, port=alone.port)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+async def alone_broker(alone: RedisServer, prefix: str) -> AsyncIterator[RedisBroker]:
+    b = RedisBroker(f"redis://{HOST}:{alone.port}/0?prefix={prefix}")
+    await b.connect()
+    try:
+        yield b
+    finally:
+        await b.close()
 
 
 def blocked_clients(raw: redis.Redis) -> int:
@@ -533,8 +560,9 @@ async def test_cancelled_claim_hands_back_what_it_took(broker: RedisBroker) -> N
 
 
 async def test_a_woken_wait_claims_in_the_same_round_trip(
-    broker: RedisBroker, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    alone_broker: RedisBroker, alone_raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    broker, raw = alone_broker, alone_raw
     calls = 0
     real = redis_broker_module.run_scripts
 
@@ -556,8 +584,9 @@ async def test_a_woken_wait_claims_in_the_same_round_trip(
 
 
 async def test_cancelled_wait_hands_back_what_its_claim_took(
-    broker: RedisBroker, raw: redis.Redis
+    alone_broker: RedisBroker, alone_raw: redis.Redis
 ) -> None:
+    broker, raw = alone_broker, alone_raw
     base = blocked_clients(raw)
     for delay in (0, 0.0002, 0.0005, 0.001, 0.002, 0.005):
         await until_blocked(raw, base)
@@ -580,13 +609,14 @@ async def test_cancelled_wait_hands_back_what_its_claim_took(
 
 
 async def test_waits_work_for_a_user_without_the_client_command(
-    prefix: str, raw: redis.Redis
+    prefix: str, alone: RedisServer, alone_raw: redis.Redis
 ) -> None:
+    raw = alone_raw
     user, password = f"aqt-{uuid.uuid4().hex[:12]}", uuid.uuid4().hex
     raw.execute_command("ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all")
     raw.execute_command("ACL", "SETUSER", user, "-client")
     try:
-        b = RedisBroker(f"redis://{user}:{password}@{HOST}:{PORT}/0?prefix={prefix}")
+        b = RedisBroker(f"redis://{user}:{password}@{HOST}:{alone.port}/0?prefix={prefix}")
         await b.connect()
         try:
             base = blocked_clients(raw)
@@ -618,8 +648,9 @@ async def test_waits_work_for_a_user_without_the_client_command(
 
 
 async def test_cancelled_wait_does_not_poison_the_pool(
-    broker: RedisBroker, raw: redis.Redis
+    alone_broker: RedisBroker, alone_raw: redis.Redis
 ) -> None:
+    broker, raw = alone_broker, alone_raw
     base = blocked_clients(raw)
     for _ in range(5):
         await until_blocked(raw, base)
