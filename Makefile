@@ -12,8 +12,8 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "aqueue needs Python >= 3.11: run make PYTHON=python3.11 ...")'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -U pip
-	$(BIN)/pip install -q -e ".[all]" --group dev
+	$(BIN)/pip install -q uv
+	$(BIN)/uv pip install -q --python $(BIN)/python -e ".[all]" --group dev
 	@touch $(STAMP)
 
 ## make demo: a worker and a producer on the embedded SQLite broker, no server needed
@@ -31,28 +31,34 @@ example-django: venv
 	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
 	../../$(BIN)/python manage.py runserver 127.0.0.1:8000 --noreload
 
-## The fast tests that call the dependencies' APIs (brokers, backends, topics, the CLI,
-## beat's croniter, the dashboard, Django, the pytest plugin, the canvas on each store):
-## make test runs them again on the lowest allowed versions. The rest (workflow, worker,
-## execution and event semantics) calls the same APIs through the same adapters; make
-## test-lowest runs everything on the lowest versions
+## The fast tests that call the dependencies' APIs directly (the brokers' and backends' own
+## tests and contracts, a worker running tasks, the CLI, croniter, Starlette, Django, the
+## pytest plugin, the canvas on each store): make test runs them again on the lowest
+## allowed versions. The rest reaches the same APIs through the same adapters; make
+## test-lowest runs all of it on the lowest versions
 LOWEST_TESTS := tests/brokers tests/conformance/test_broker.py \
 	tests/conformance/test_backend.py tests/conformance/test_topics.py \
-	tests/conformance/test_bulk.py tests/compat tests/beat tests/web tests/testing \
-	tests/sync tests/django tests/examples tests/observability tests/workflows/test_canvas.py \
-	tests/test_cli.py tests/test_cli_commands.py tests/test_settings.py
+	tests/conformance/test_tasks.py tests/compat tests/beat/test_schedules.py \
+	tests/web/test_api.py tests/testing tests/django tests/workflows/test_canvas.py \
+	tests/test_cli.py
 
-## make test: ruff, import contracts, mypy --strict, the whole suite against real Redis and
-## RabbitMQ: the fast tests four at a time, then the slow ones (subprocesses, private
-## servers, faults: they mostly wait, so four at a time) with LOWEST_TESTS on the lowest
-## versions pyproject.toml allows beside them, its output in .test-lowest.log (shown
-## whole if it fails). Recovery-time bounds in the slow tests are correctness bounds with
-## room for a loaded machine, not speed measurements (benchmarks/ does those)
-test: venv services lint typecheck $(LOWEST)/.installed
-	$(BIN)/pytest -q -p no:cacheprovider -m "not slow" -n 4 --dist loadgroup
-	@$(LOWEST)/bin/pytest -q -m "not slow" -n 2 --dist loadgroup -p no:cacheprovider $(LOWEST_TESTS) \
+## make test: ruff and the import contracts; the fast tests four at a time with mypy
+## --strict beside them (its output in .typecheck.log); then the slow ones (subprocesses,
+## private servers, faults: they mostly wait, so four at a time) with LOWEST_TESTS on the
+## lowest versions pyproject.toml allows beside them (.test-lowest.log). A log is shown
+## whole if its run failed. Everything runs against real Redis and RabbitMQ.
+## Recovery-time bounds in the slow tests are correctness bounds with room for a loaded
+## machine, not speed measurements (benchmarks/ does those)
+test: venv services lint $(LOWEST)/.installed
+	@$(BIN)/mypy > .typecheck.log 2>&1 & typing=$$!; \
+	$(BIN)/pytest -q -p no:cacheprovider -m "not slow" -n 4; fast=$$?; \
+	wait $$typing; typed=$$?; \
+	echo "== mypy --strict (.typecheck.log):"; \
+	if [ $$typed -eq 0 ]; then tail -n 1 .typecheck.log; else cat .typecheck.log; fi; \
+	[ $$fast -eq 0 ] && [ $$typed -eq 0 ]
+	@$(LOWEST)/bin/pytest -q -m "not slow" -n 2 -p no:cacheprovider $(LOWEST_TESTS) \
 		> .test-lowest.log 2>&1 & low=$$!; \
-	$(BIN)/pytest -q -p no:cacheprovider -m slow -n 4 --dist loadgroup; slow=$$?; \
+	$(BIN)/pytest -q -p no:cacheprovider -m slow -n 4; slow=$$?; \
 	wait $$low; lowest=$$?; \
 	echo "== LOWEST_TESTS on the lowest allowed versions (.test-lowest.log):"; \
 	if [ $$lowest -eq 0 ]; then tail -n 1 .test-lowest.log; else cat .test-lowest.log; fi; \

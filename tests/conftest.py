@@ -200,29 +200,10 @@ def _rabbit_prefixes() -> Iterator[list[str]]:
         _delete_rabbit_prefixes(sorted(set(_SESSION_RABBIT_PREFIXES)))
 
 
-#: modules whose module-scoped fixture starts private servers (a RabbitMQ node, a Sentinel
-#: setup, a cluster) or builds the docs site: under ``--dist loadgroup`` (make test) their
-#: tests stay on one xdist worker, so it is done once, not once per worker that runs one
-ONE_WORKER_MODULES = frozenset(
-    {
-        "tests/brokers/test_redis_cluster.py",
-        "tests/brokers/test_redis_sentinel.py",
-        "tests/brokers/test_redis_transports.py",
-        "tests/brokers/test_tls.py",
-        "tests/docs/test_site.py",
-        "tests/security/test_secrets_sweep.py",
-    }
-)
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # a test that waits for a wall-clock moment (a minute boundary: up to 90 s) runs first:
     # started last, its wait alone made `make test`'s slow suite a minute longer
     items.sort(key=lambda item: item.get_closest_marker("waits_for_the_clock") is None)
-    for item in items:
-        module = item.nodeid.partition("::")[0]
-        if module in ONE_WORKER_MODULES:
-            item.add_marker(pytest.mark.xdist_group(module))
 
 
 BROKER_KINDS = [
