@@ -58,7 +58,7 @@ test: venv services lint $(LOWEST)/.installed
 	[ $$fast -eq 0 ] && [ $$typed -eq 0 ]
 	@$(LOWEST)/bin/pytest -q -m "not slow" -n 2 -p no:cacheprovider $(LOWEST_TESTS) \
 		> .test-lowest.log 2>&1 & low=$$!; \
-	$(BIN)/pytest -q -p no:cacheprovider -m slow -n 4; slow=$$?; \
+	$(BIN)/pytest -q -p no:cacheprovider -m slow -n 4 --durations=15; slow=$$?; \
 	wait $$low; lowest=$$?; \
 	echo "== LOWEST_TESTS on the lowest allowed versions (.test-lowest.log):"; \
 	if [ $$lowest -eq 0 ]; then tail -n 1 .test-lowest.log; else cat .test-lowest.log; fi; \

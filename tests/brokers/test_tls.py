@@ -248,51 +248,38 @@ asyncio.run(main())
 # -- RabbitMQ ---------------------------------------------------------------------------
 
 
+# One test for the private node (a RabbitMQ node is ~8 s of CPU to start: as five tests
+# spread over the xdist workers, each worker that ran one started its own)
 @pytest.mark.rabbitmq
-async def test_rabbitmq_mutual_tls_round_trip_with_a_rediss_backend(
+async def test_rabbitmq_over_mutual_tls(
     rabbit_mtls: RabbitNode, redis_tls: RedisServer, certs: Certificates
 ) -> None:
-    broker = amqps(rabbit_mtls, cafile=certs.ca, **client_cert(certs, redis=False))
+    mine = client_cert(certs, redis=False)
+    # a round trip, with results on Redis over TLS
+    broker = amqps(rabbit_mtls, cafile=certs.ca, **mine)
     await round_trip(broker, rediss(redis_tls, ssl_ca_certs=certs.ca))
 
-
-@pytest.mark.rabbitmq
-async def test_rabbitmq_client_without_certificate_is_refused(
-    rabbit_mtls: RabbitNode, certs: Certificates
-) -> None:
+    # a client without a certificate is refused, and told what to set
     text = await connect_error(amqps(rabbit_mtls, cafile=certs.ca))
     assert "client certificate" in text and "certfile" in text, text
 
-
-@pytest.mark.rabbitmq
-async def test_rabbitmq_wrong_ca_names_certificate_verification(
-    rabbit_mtls: RabbitNode, certs: Certificates
-) -> None:
-    url = amqps(rabbit_mtls, cafile=certs.other_ca, **client_cert(certs, redis=False))
+    # a wrong CA names certificate verification, at connect and at the first send
+    url = amqps(rabbit_mtls, cafile=certs.other_ca, **mine)
     for send in (False, True):
         text = await connect_error(url, send=send)
         assert "certificate verification failed" in text and "cafile" in text, text
 
-
-@pytest.mark.rabbitmq
-async def test_rabbitmq_missing_ca_file_is_named(
-    rabbit_mtls: RabbitNode, certs: Certificates
-) -> None:
+    # a CA file that does not exist is named
     missing = certs.directory / "no-such-ca.pem"
-    url = amqps(rabbit_mtls, cafile=missing, **client_cert(certs, redis=False))
-    text = await connect_error(url)
+    text = await connect_error(amqps(rabbit_mtls, cafile=missing, **mine))
     assert f"cafile={missing} does not exist" in text, text
 
-
-@pytest.mark.rabbitmq
-async def test_rabbitmq_verification_off_connects(
-    rabbit_mtls: RabbitNode, certs: Certificates
-) -> None:
-    url = amqps(rabbit_mtls, no_verify_ssl=1, **client_cert(certs, redis=False))
+    # verification off connects whatever the CA, as a query option ...
+    url = amqps(rabbit_mtls, no_verify_ssl=1, **mine)
     async with App("tls", broker=url, backend="memory://"):
         pass
-    # the same as keyword options (broker_options), which win over the query
+    # ... and as keyword options (broker_options), which win over the query
     url = amqps(rabbit_mtls, cafile=certs.other_ca)
-    options = {"no_verify_ssl": True, **client_cert(certs, redis=False)}
+    options = {"no_verify_ssl": True, **mine}
     async with App("tls", broker=url, backend="memory://", broker_options=options):
         pass

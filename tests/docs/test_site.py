@@ -4,6 +4,7 @@ and the reference pages document the public API under the names the guides use."
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import subprocess
@@ -35,18 +36,29 @@ REFERENCE = {
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("site")
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", "mkdocs.yml", "-d", out],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+def site(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """The site, built once per run: xdist's workers share the base temp directory's parent,
+    and the first to take the lock builds there (a build is ~10 s of CPU; the tests of this
+    module spread over the workers built it once per worker)."""
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        shared = shared.parent
+    out = shared / "docs-site"
+    with open(shared / "docs-site.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / ".built").is_file():
+            env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+            build = ["mkdocs", "build", "--strict", "-f", "mkdocs.yml", "-d", str(out)]
+            done = subprocess.run(
+                [sys.executable, "-m", *build],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=240,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+            (out / ".built").touch()
     return out
 
 
