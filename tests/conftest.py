@@ -86,13 +86,19 @@ def delete_rabbit_queues(names: list[str], exchanges: Sequence[str] = ()) -> Non
     """Delete RabbitMQ queues (and exchanges) by name, from a thread with its own event loop
     (callable from any fixture, whatever loop a test ran in)."""
     import aio_pika
+    from aiormq.exceptions import ChannelLockedResource
 
     async def delete() -> None:
         conn = await aio_pika.connect(RABBIT_URL, timeout=10)
         try:
             channel = await conn.channel()
             for name in names:
-                await channel.queue_delete(name)
+                try:
+                    await channel.queue_delete(name)
+                except ChannelLockedResource:
+                    # an exclusive queue of a connection still open (a worker subprocess
+                    # still stopping): the server deletes it when that connection closes
+                    channel = await conn.channel()
             for name in exchanges:
                 await channel.exchange_delete(name)
         finally:

@@ -116,6 +116,7 @@ class Presence:
         self._keep = max(_KEEP_MIN, lost_after * _KEEP_FACTOR)
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._lifecycle = threading.Lock()
         self._thread: threading.Thread | None = None
         #: workers this one found lost (their leases handed back)
         self.reaped: list[str] = []
@@ -124,10 +125,14 @@ class Presence:
         self._beaten = threading.Condition()
 
     def start(self) -> None:
-        """Register (one beat, so the worker is listed before it claims) and start beating."""
-        self._beat()
-        self._thread = threading.Thread(target=self._run, name="aqueue-presence", daemon=True)
-        self._thread.start()
+        """Register (one beat, so the worker is listed before it claims) and start beating;
+        nothing once ``stop()`` was called (a stop from another thread waits for this)."""
+        with self._lifecycle:
+            if self._stop.is_set():
+                return
+            self._beat()
+            self._thread = threading.Thread(target=self._run, name="aqueue-presence", daemon=True)
+            self._thread.start()
 
     def nudge(self) -> None:
         """Leases were just claimed: beat soon, so a kill now does not strand them."""
@@ -156,10 +161,12 @@ class Presence:
 
     def stop(self) -> None:
         """Stop beating and leave the registry (a graceful stop). Blocking."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
+        with self._lifecycle:  # not half way through start(): its beat would list it again
+            self._stop.set()
+            self._wake.set()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
         try:
             self.registry.leave(self.info.id)
         except Exception as exc:

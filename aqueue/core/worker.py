@@ -175,6 +175,9 @@ class Worker:
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._stop_begun = False
+        #: the task running start() while it runs: a stop() waits for it (see stop())
+        self._starting: asyncio.Task[None] | None = None
+        self._start_done = asyncio.Event()
         self._consumer: asyncio.Task[None] | None = None
         self._heartbeat: threading.Thread | None = None
         self._heartbeat_stop = threading.Event()
@@ -245,8 +248,19 @@ class Worker:
 
     async def start(self) -> None:
         """Connect and start consuming in the background."""
-        if self._consumer is not None:
+        if self._consumer is not None or self._starting is not None:
             return
+        self._starting = asyncio.current_task()
+        self._start_done.clear()
+        try:
+            await self._start_up()
+        except BaseException:
+            self._starting = None  # it may be started again
+            raise
+        finally:
+            self._start_done.set()
+
+    async def _start_up(self) -> None:
         await self.app.connect()
         self.app.import_includes()
         self._check_queues()
@@ -381,6 +395,11 @@ class Worker:
         """
         if self._stopped.is_set():
             return
+        if self._starting not in (None, asyncio.current_task()):
+            # a stop (a SIGTERM) while start() is under way stops what it started once it is
+            # done: stopped half way, start() went on to start the rest after the stop (a
+            # worker stopped just after it was ready ran on, and its supervisor waited)
+            await self._start_done.wait()
         if self._executor is None:  # never started: nothing to stop
             self._stopping.set()
             self._stopped.set()

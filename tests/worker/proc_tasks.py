@@ -26,6 +26,18 @@ async def slow(self: Task[[str, float], str], key: str, seconds: float) -> str:
     return f"{key}:{self.request.attempt}"
 
 
+@app.task(bind=True)
+async def gated(self: Task[[str], str], key: str) -> str:
+    """``slow`` that runs until the test creates ``release-<key>``, not for a time a loaded
+    machine can outlast: marks ``<attempt>`` in started-<key> and done-<key>."""
+    _mark(f"started-{key}", str(self.request.attempt))
+    release = Path(os.environ["AQUEUE_TEST_DIR"], f"release-{key}")
+    while not release.exists():
+        await asyncio.sleep(0.02)
+    _mark(f"done-{key}", str(self.request.attempt))
+    return f"{key}:{self.request.attempt}"
+
+
 @app.task
 def blocking(key: str, seconds: float) -> str:
     _mark(f"started-{key}", "1")

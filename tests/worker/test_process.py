@@ -388,7 +388,8 @@ async def test_sigkill_runs_again_within_seconds_whatever_the_lease(
     """docs/reliability.md row 1: a dead worker is noticed by its lapsed heartbeat, not by
     its lease running out (30 s here), so another live worker runs its task in seconds."""
     env = {**env, "AQUEUE_LEASE_SECONDS": "30"}
-    h = await proc_tasks.slow.delay("f", 8.0)  # outlasts the second worker's start
+    # runs until released: an 8 s task was done before a loaded machine started the second
+    h = await proc_tasks.gated.delay("f")
     first = start_worker(env, "-n", "first@%h")
     second: subprocess.Popen[bytes] | None = None
     try:
@@ -402,6 +403,7 @@ async def test_sigkill_runs_again_within_seconds_whatever_the_lease(
             while len((tmp_path / "started-f").read_text().split()) < 2:
                 await asyncio.sleep(0.02)
         rerun = time.monotonic() - killed_at
+        (tmp_path / "release-f").touch()
         assert await h.wait(timeout=30) == "f:2"
     finally:
         stop(first)

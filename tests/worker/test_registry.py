@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -193,3 +194,36 @@ async def test_the_renewal_thread_leaves_a_lease_no_beat_listed_short(app: App) 
     finally:
         release.set()
         await worker.stop()
+
+
+async def test_a_stop_during_the_start_stops_what_the_start_went_on_to_start(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGTERM just after "ready" arrives while the worker still registers itself: the stop
+    waits for the start, then stops all of it. Before, the stop ran half way (the registry's
+    heartbeat thread not started yet, so joining it raised) and the start went on to start
+    the consumer after it: the worker never exited (its supervisor waited 30 s and more)."""
+    registry_or_skip(app)
+    entered, release = threading.Event(), threading.Event()
+    register = Presence.start
+
+    def registering_slowly(self: Presence) -> None:
+        entered.set()
+        release.wait(10)
+        register(self)
+
+    monkeypatch.setattr(Presence, "start", registering_slowly)
+    worker = app.worker(hostname="early@test")
+    starting = asyncio.create_task(worker.start())
+    assert await asyncio.to_thread(entered.wait, 10)
+    stopping = asyncio.create_task(worker.stop())
+    # the stop has begun (it is waiting, or ran through before the fix) when the start is let go
+    await asyncio.wait([stopping], timeout=0.2)
+    release.set()
+    async with asyncio.timeout(20):
+        await starting
+        await stopping
+    assert worker.presence is not None and worker.presence._thread is not None
+    assert not worker.presence._thread.is_alive()  # no heartbeat left behind
+    assert worker._consumer is None  # nothing consuming after the stop
+    assert await app.control.workers() == []  # and it left the registry
