@@ -175,7 +175,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._stop_begun = False
-        #: the task running start() while it runs: a stop() waits for it (see stop())
+        #: the task that ran start() (None until then, or after a start that failed): a
+        #: stop() while it runs waits for it (see stop())
         self._starting: asyncio.Task[None] | None = None
         self._start_done = asyncio.Event()
         self._consumer: asyncio.Task[None] | None = None
@@ -248,7 +249,7 @@ class Worker:
 
     async def start(self) -> None:
         """Connect and start consuming in the background."""
-        if self._consumer is not None or self._starting is not None:
+        if self._starting is not None:  # started, or starting
             return
         self._starting = asyncio.current_task()
         self._start_done.clear()
